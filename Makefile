@@ -1,0 +1,60 @@
+# make demo   set up .venv, build the extension, run the main job
+# make test   set up .venv, build the extension and the C++ library, run every test
+# Both are idempotent and quick once set up.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+MAX_JOBS    ?= 2
+CMAKE_BUILD ?= build/cmake
+DEPS_STAMP  := $(VENV)/.deps-installed
+DEV_STAMP   := $(VENV)/.editable-installed
+SOURCES     := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h') setup.py
+
+export MAX_JOBS
+
+.PHONY: demo test test-python test-cpp build cmake bench info clean
+
+demo: build
+	$(PY) -m rcm_fsad_ops demo
+
+test: test-python test-cpp
+
+test-python: build
+	$(PY) -m pytest tests -q
+
+test-cpp: cmake
+	cd $(CMAKE_BUILD) && ctest --output-on-failure
+
+build: $(DEV_STAMP) rcm_fsad_ops/.built
+
+bench: build
+	$(PY) -m benchmarks
+
+info: build
+	$(PY) -m rcm_fsad_ops info
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS_STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+# The checkout goes on the venv's path (what an editable install does) and the extension is built
+# in place, incrementally, by ninja; `pip install --no-build-isolation .` installs it for good.
+$(DEV_STAMP): $(DEPS_STAMP)
+	$(PY) -c 'import os, sysconfig; open(os.path.join(sysconfig.get_paths()["purelib"], "rcm_fsad_ops_checkout.pth"), "w").write(os.getcwd() + "\n")'
+	touch $@
+
+rcm_fsad_ops/.built: $(SOURCES) $(DEPS_STAMP)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+cmake: $(DEPS_STAMP)
+	$(PY) tools/cmake_configure.py $(CMAKE_BUILD)
+	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
+
+clean:
+	rm -rf build rcm_fsad_ops/_C*.so rcm_fsad_ops/.built

@@ -1,0 +1,271 @@
+// CPU backend of deform_conv2d: tiles of output pixels are sampled into a cache-sized columns
+// tile (NHWC gathers shared by all channels of an offset group) and multiplied by the weight
+// right away, so no full columns buffer is ever materialised.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../deform_conv2d_args.h"
+#include "../kernels/deform_conv2d_math.cuh"
+
+namespace rcm_fsad {
+namespace {
+
+using kernels::DeformConvGeometry;
+using kernels::FieldStrides;
+using kernels::SamplePoint;
+
+// Output pixels per tile: a 256 x (C*K) columns tile of a 3x3, 256-channel layer is 2.4 MB in fp32.
+constexpr int64_t kRowTile = 256;
+// Channels handled per inner step; fixed so the compiler vectorises the lane loop.
+constexpr int64_t kLanes = 8;
+
+template <typename scalar_t>
+struct Sampling {
+  const DeformConvGeometry& g;
+  const scalar_t* input;
+  const scalar_t* offset;
+  FieldStrides offset_strides;
+  const scalar_t* mask;
+  FieldStrides mask_strides;
+  const scalar_t* zeros;
+
+  struct Row {
+    int64_t n, oy, ox;
+  };
+  Row row(int64_t r) const {
+    const int64_t n = r / g.out_pixels();
+    const int64_t pix = r - n * g.out_pixels();
+    return {n, pix / g.out_w, pix % g.out_w};
+  }
+  const scalar_t* image(int64_t n) const { return input + n * g.height * g.width * g.channels; }
+
+  // Calls body(first_channel, end_channel) for the runs of offset group og's channels that lie in
+  // one conv group, i.e. that are contiguous in a columns row.
+  template <typename Body>
+  void for_each_run(int64_t og, Body&& body) const {
+    const int64_t cg = g.channels_per_group();
+    const int64_t end = (og + 1) * g.channels_per_offset_group();
+    for (int64_t c = og * g.channels_per_offset_group(); c < end;) {
+      const int64_t run_end = std::min(end, (c / cg + 1) * cg);
+      body(c, run_end);
+      c = run_end;
+    }
+  }
+};
+
+// cols[r - row_begin, :] for rows [row_begin, row_end).
+template <typename scalar_t>
+void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, scalar_t* cols) {
+  const DeformConvGeometry& g = s.g;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const auto [n, oy, ox] = s.row(r);
+    const scalar_t* image = s.image(n);
+    scalar_t* col_row = cols + (r - row_begin) * g.column_width();
+    for (int64_t og = 0; og < g.offset_groups; ++og) {
+      for (int64_t k = 0; k < g.kernel_points(); ++k) {
+        const SamplePoint<scalar_t> p =
+            kernels::deform_sample_point<scalar_t>(g, s.offset, s.offset_strides, n, og, k, oy, ox);
+        const scalar_t m = kernels::modulation<scalar_t>(g, s.mask, s.mask_strides, n, og, k, oy, ox);
+        const scalar_t* corner[4];
+        scalar_t w[4];
+        for (int i = 0; i < 4; ++i) {
+          corner[i] = p.valid[i] ? image + p.pixel[i] * g.channels : s.zeros;
+          w[i] = p.weight[i] * m;
+        }
+        s.for_each_run(og, [&](int64_t c0, int64_t c1) {
+          scalar_t* __restrict__ dst = col_row + g.column_index(c0, k);
+          const scalar_t* __restrict__ a = corner[0];
+          const scalar_t* __restrict__ b = corner[1];
+          const scalar_t* __restrict__ c = corner[2];
+          const scalar_t* __restrict__ d = corner[3];
+          for (int64_t ch = c0; ch < c1; ++ch) {
+            dst[ch - c0] = w[0] * a[ch] + w[1] * b[ch] + w[2] * c[ch] + w[3] * d[ch];
+          }
+        });
+      }
+    }
+  }
+}
+
+// Backward of sample_columns for rows [row_begin, row_end) of one image: scatters into that
+// image's NHWC grad_input (the caller owns it, so no atomics) and writes the offset and mask
+// gradients of every (row, offset group, kernel point).
+template <typename scalar_t>
+void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end,
+                             const scalar_t* grad_cols, scalar_t* grad_input,
+                             scalar_t* grad_offset, FieldStrides grad_offset_strides,
+                             scalar_t* grad_mask, FieldStrides grad_mask_strides) {
+  const DeformConvGeometry& g = s.g;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const auto [n, oy, ox] = s.row(r);
+    const scalar_t* image = s.image(n);
+    scalar_t* grad_image = grad_input + n * g.height * g.width * g.channels;
+    const scalar_t* grad_row = grad_cols + (r - row_begin) * g.column_width();
+    for (int64_t og = 0; og < g.offset_groups; ++og) {
+      for (int64_t k = 0; k < g.kernel_points(); ++k) {
+        const SamplePoint<scalar_t> p =
+            kernels::deform_sample_point<scalar_t>(g, s.offset, s.offset_strides, n, og, k, oy, ox);
+        const scalar_t m = kernels::modulation<scalar_t>(g, s.mask, s.mask_strides, n, og, k, oy, ox);
+        const scalar_t* corner[4];
+        for (int i = 0; i < 4; ++i) corner[i] = p.valid[i] ? image + p.pixel[i] * g.channels : s.zeros;
+        scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
+        s.for_each_run(og, [&](int64_t c0, int64_t c1) {
+          const scalar_t* __restrict__ gcol = grad_row + g.column_index(c0, k) - c0;
+          for (int64_t base = c0; base < c1; base += kLanes) {
+            const int64_t lanes = std::min(kLanes, c1 - base);
+            for (int64_t l = 0; l < lanes; ++l) {
+              const int64_t ch = base + l;
+              const scalar_t v00 = corner[0][ch], v01 = corner[1][ch];
+              const scalar_t v10 = corner[2][ch], v11 = corner[3][ch];
+              const auto d = kernels::coordinate_gradient(p, v00, v01, v10, v11);
+              sum_dy[l] += gcol[ch] * d.dy;
+              sum_dx[l] += gcol[ch] * d.dx;
+              sum_value[l] += gcol[ch] * kernels::interpolate(p, v00, v01, v10, v11);
+            }
+          }
+          for (int i = 0; i < 4; ++i) {
+            if (!p.valid[i]) continue;
+            scalar_t* __restrict__ dst = grad_image + p.pixel[i] * g.channels;
+            const scalar_t w = p.weight[i] * m;
+            for (int64_t ch = c0; ch < c1; ++ch) dst[ch] += w * gcol[ch];
+          }
+        });
+        scalar_t dy = 0, dx = 0, value = 0;
+        for (int64_t l = 0; l < kLanes; ++l) {
+          dy += sum_dy[l];
+          dx += sum_dx[l];
+          value += sum_value[l];
+        }
+        const int64_t ch = 2 * (og * g.kernel_points() + k);
+        grad_offset[grad_offset_strides.at(n, ch, oy, ox)] = m * dy;
+        grad_offset[grad_offset_strides.at(n, ch + 1, oy, ox)] = m * dx;
+        if (grad_mask != nullptr) {
+          grad_mask[grad_mask_strides.at(n, og * g.kernel_points() + k, oy, ox)] = value;
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+Sampling<scalar_t> make_sampling(const DeformConvGeometry& g, const at::Tensor& input_nhwc,
+                                 const at::Tensor& offset, const std::optional<at::Tensor>& mask,
+                                 const at::Tensor& zeros) {
+  return {g,
+          input_nhwc.const_data_ptr<scalar_t>(),
+          offset.const_data_ptr<scalar_t>(),
+          field_strides(offset),
+          mask.has_value() ? mask->const_data_ptr<scalar_t>() : nullptr,
+          mask.has_value() ? field_strides(*mask) : FieldStrides{0, 0, 0, 0},
+          zeros.const_data_ptr<scalar_t>()};
+}
+
+void check_cpu(const at::Tensor& input) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+              "deform_conv2d: the CPU kernel supports float32 and float64 inputs, got ",
+              input.scalar_type());
+}
+
+at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const DeformConvGeometry g =
+      check_deform_conv2d_args(input, offset, weight, mask, bias, stride, padding, dilation);
+  check_cpu(input);
+  const int64_t rows = g.batch * g.out_pixels();
+  at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
+  if (rows > 0) {
+    const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor wmat = weight_matrix(weight);
+    const at::Tensor zeros = at::zeros({g.channels}, input.options());
+    const at::Tensor out_rows = out.view({rows, g.out_channels});
+    const int64_t cg_cols = g.kernel_points() * g.channels_per_group();
+    const int64_t og_cols = g.out_channels / g.groups;
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
+      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset, mask, zeros);
+      const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
+      at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+        at::Tensor cols = at::empty({kRowTile, g.column_width()}, input.options());
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t r0 = t * kRowTile;
+          const int64_t len = std::min(kRowTile, rows - r0);
+          sample_columns(s, r0, r0 + len, cols.mutable_data_ptr<scalar_t>());
+          for (int64_t gc = 0; gc < g.groups; ++gc) {
+            const at::Tensor a = cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
+            const at::Tensor b = wmat.narrow(0, gc * og_cols, og_cols).t();
+            at::Tensor o = out_rows.narrow(0, r0, len).narrow(1, gc * og_cols, og_cols);
+            if (bias.has_value()) {
+              at::addmm_out(o, bias->narrow(0, gc * og_cols, og_cols), a, b);
+            } else {
+              at::mm_out(o, a, b);
+            }
+          }
+        }
+      });
+    });
+  }
+  return from_nhwc(out, output_memory_format(input));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+    const at::Tensor& weight, const std::optional<at::Tensor>& mask, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const DeformConvGeometry g = check_deform_conv2d_backward_args(grad_output, input, offset, weight,
+                                                                 mask, stride, padding, dilation);
+  check_cpu(input);
+  at::Tensor grad_input = at::zeros({g.batch, g.height, g.width, g.channels}, input.options());
+  at::Tensor grad_offset = at::empty_like(offset);
+  at::Tensor grad_mask = mask.has_value() ? at::empty_like(*mask) : at::empty({0}, input.options());
+  const at::Tensor wmat = weight_matrix(weight);
+  // One weight-gradient accumulator per thread; summed once at the end, in thread order.
+  at::Tensor grad_wmat_parts = at::zeros({at::get_num_threads(), wmat.size(0), wmat.size(1)},
+                                         weight.options());
+  const int64_t cg_cols = g.kernel_points() * g.channels_per_group();
+  const int64_t og_cols = g.out_channels / g.groups;
+  if (g.batch > 0) {
+    const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor grad_rows =
+        grad_output.permute({0, 2, 3, 1}).contiguous().view({-1, g.out_channels});
+    const at::Tensor zeros = at::zeros({g.channels}, input.options());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
+      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset, mask, zeros);
+      const FieldStrides gos = field_strides(grad_offset);
+      const FieldStrides gms = mask.has_value() ? field_strides(grad_mask) : FieldStrides{0, 0, 0, 0};
+      scalar_t* gm_ptr = mask.has_value() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr;
+      // One image per task: its grad_input is written by that task alone.
+      at::parallel_for(0, g.batch, 1, [&](int64_t n0, int64_t n1) {
+        at::Tensor cols = at::empty({kRowTile, g.column_width()}, input.options());
+        at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, input.options());
+        at::Tensor grad_wmat = grad_wmat_parts[at::get_thread_num()];
+        for (int64_t r0 = n0 * g.out_pixels(); r0 < n1 * g.out_pixels(); r0 += kRowTile) {
+          const int64_t len = std::min(kRowTile, n1 * g.out_pixels() - r0);
+          sample_columns(s, r0, r0 + len, cols.mutable_data_ptr<scalar_t>());
+          for (int64_t gc = 0; gc < g.groups; ++gc) {
+            const at::Tensor go = grad_rows.narrow(0, r0, len).narrow(1, gc * og_cols, og_cols);
+            const at::Tensor a = cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
+            at::Tensor ga = grad_cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
+            at::mm_out(ga, go, wmat.narrow(0, gc * og_cols, og_cols));
+            at::Tensor gw = grad_wmat.narrow(0, gc * og_cols, og_cols);
+            gw.addmm_(go.t(), a);
+          }
+          sample_columns_backward(s, r0, r0 + len, grad_cols.const_data_ptr<scalar_t>(),
+                                  grad_input.mutable_data_ptr<scalar_t>(),
+                                  grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
+        }
+      });
+    });
+  }
+  return {from_nhwc(grad_input, output_memory_format(input)), grad_offset,
+          weight_from_matrix(grad_wmat_parts.sum(0), g), grad_mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rcm_fsad, CPU, m) {
+  m.impl("deform_conv2d", &deform_conv2d_cpu);
+  m.impl("deform_conv2d_backward", &deform_conv2d_backward_cpu);
+}
+
+}  // namespace rcm_fsad

@@ -1,0 +1,195 @@
+// CUDA launchers of deform_conv2d (direct path): the batch is processed in chunks of output
+// pixels; each chunk is sampled into a columns buffer by deform_im2col_kernel and multiplied by
+// the weight with cuBLAS. The backward recomputes the columns, takes both GEMMs and runs
+// deform_col2im_kernel. Kernel bodies live in ../kernels/deform_conv2d_kernels.cuh.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../deform_conv2d_args.h"
+#include "../kernels/deform_conv2d_kernels.cuh"
+
+namespace rcm_fsad {
+namespace {
+
+using kernels::DeformConvGeometry;
+using kernels::FieldStrides;
+
+constexpr int kThreads = 256;
+// Columns elements per chunk: 64M elements keeps the buffer at 256 MB in float32.
+constexpr int64_t kChunkElements = int64_t(1) << 26;
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+
+int64_t chunk_rows(const DeformConvGeometry& g) {
+  return std::max<int64_t>(1, std::min(g.batch * g.out_pixels(), kChunkElements / g.column_width()));
+}
+
+int blocks_for(int64_t work_items, int64_t items_per_block) {
+  return static_cast<int>(std::min(kMaxBlocks, (work_items + items_per_block - 1) / items_per_block));
+}
+
+// 32-bit loop indices whenever the grid-stride loop cannot overflow them.
+bool fits_int32(int64_t total) {
+  return total + kMaxBlocks * kThreads < std::numeric_limits<int32_t>::max();
+}
+
+template <typename scalar_t>
+struct ChunkArgs {
+  const scalar_t* input;
+  const scalar_t* offset;
+  FieldStrides offset_strides;
+  const scalar_t* mask;
+  FieldStrides mask_strides;
+};
+
+template <typename scalar_t>
+ChunkArgs<scalar_t> chunk_args(const at::Tensor& input_nhwc, const at::Tensor& offset,
+                               const std::optional<at::Tensor>& mask) {
+  return {input_nhwc.const_data_ptr<scalar_t>(), offset.const_data_ptr<scalar_t>(),
+          field_strides(offset), mask.has_value() ? mask->const_data_ptr<scalar_t>() : nullptr,
+          mask.has_value() ? field_strides(*mask) : FieldStrides{0, 0, 0, 0}};
+}
+
+template <typename scalar_t>
+void launch_im2col(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, int64_t first_row,
+                   int64_t rows, scalar_t* columns) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t total = rows * g.column_width();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (fits_int32(total)) {
+    kernels::deform_im2col_kernel<scalar_t, acc_t, int32_t>
+        <<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+            g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row,
+            static_cast<int32_t>(rows), columns);
+  } else {
+    kernels::deform_im2col_kernel<scalar_t, acc_t, int64_t>
+        <<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+            g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows, columns);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+void launch_col2im(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, int64_t first_row,
+                   int64_t rows, const scalar_t* grad_columns, at::opmath_type<scalar_t>* grad_input,
+                   scalar_t* grad_offset, FieldStrides gos, scalar_t* grad_mask, FieldStrides gms) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t warps = rows * g.kernel_points() * g.offset_groups;
+  const int64_t warps_per_block = kThreads / kernels::kWarpSize;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (fits_int32(warps * kernels::kWarpSize)) {
+    kernels::deform_col2im_kernel<scalar_t, acc_t, int32_t>
+        <<<blocks_for(warps, warps_per_block), kThreads, 0, stream>>>(
+            g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row,
+            static_cast<int32_t>(rows), grad_columns, grad_input, grad_offset, gos, grad_mask, gms);
+  } else {
+    kernels::deform_col2im_kernel<scalar_t, acc_t, int64_t>
+        <<<blocks_for(warps, warps_per_block), kThreads, 0, stream>>>(
+            g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows,
+            grad_columns, grad_input, grad_offset, gos, grad_mask, gms);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
+                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const DeformConvGeometry g =
+      check_deform_conv2d_args(input, offset, weight, mask, bias, stride, padding, dilation);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t rows = g.batch * g.out_pixels();
+  at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
+  if (rows > 0) {
+    const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor wmat = weight_matrix(weight);
+    const at::Tensor out_rows = out.view({rows, g.out_channels});
+    const int64_t chunk = chunk_rows(g);
+    at::Tensor cols = at::empty({chunk, g.column_width()}, input.options());
+    const int64_t cg_cols = g.kernel_points() * g.channels_per_group();
+    const int64_t og_cols = g.out_channels / g.groups;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
+      const ChunkArgs<scalar_t> a = chunk_args<scalar_t>(input_nhwc, offset, mask);
+      for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        const int64_t len = std::min(chunk, rows - r0);
+        launch_im2col<scalar_t>(g, a, r0, len, cols.mutable_data_ptr<scalar_t>());
+        for (int64_t gc = 0; gc < g.groups; ++gc) {
+          const at::Tensor c = cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
+          const at::Tensor w = wmat.narrow(0, gc * og_cols, og_cols).t();
+          at::Tensor o = out_rows.narrow(0, r0, len).narrow(1, gc * og_cols, og_cols);
+          if (bias.has_value()) {
+            at::addmm_out(o, bias->narrow(0, gc * og_cols, og_cols), c, w);
+          } else {
+            at::mm_out(o, c, w);
+          }
+        }
+      }
+    });
+  }
+  return from_nhwc(out, output_memory_format(input));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+    const at::Tensor& weight, const std::optional<at::Tensor>& mask, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const DeformConvGeometry g = check_deform_conv2d_backward_args(grad_output, input, offset, weight,
+                                                                 mask, stride, padding, dilation);
+  // The input gradient is scattered with floating-point atomics.
+  at::globalContext().alertNotDeterministic("rcm_fsad::deform_conv2d_backward (CUDA)");
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::ScalarType acc_type = at::toOpMathType(input.scalar_type());
+  at::Tensor grad_input =
+      at::zeros({g.batch, g.height, g.width, g.channels}, input.options().dtype(acc_type));
+  at::Tensor grad_offset = at::empty_like(offset);
+  at::Tensor grad_mask = mask.has_value() ? at::empty_like(*mask) : at::empty({0}, input.options());
+  const at::Tensor wmat = weight_matrix(weight);
+  at::Tensor grad_wmat = at::zeros_like(wmat);
+  const int64_t rows = g.batch * g.out_pixels();
+  if (rows > 0) {
+    const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor grad_rows =
+        grad_output.permute({0, 2, 3, 1}).contiguous().view({rows, g.out_channels});
+    const int64_t chunk = chunk_rows(g);
+    at::Tensor cols = at::empty({chunk, g.column_width()}, input.options());
+    at::Tensor grad_cols = at::empty({chunk, g.column_width()}, input.options());
+    const int64_t cg_cols = g.kernel_points() * g.channels_per_group();
+    const int64_t og_cols = g.out_channels / g.groups;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "deform_conv2d_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const ChunkArgs<scalar_t> a = chunk_args<scalar_t>(input_nhwc, offset, mask);
+      const FieldStrides gos = field_strides(grad_offset);
+      const FieldStrides gms = mask.has_value() ? field_strides(grad_mask) : FieldStrides{0, 0, 0, 0};
+      scalar_t* gm_ptr = mask.has_value() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr;
+      for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        const int64_t len = std::min(chunk, rows - r0);
+        launch_im2col<scalar_t>(g, a, r0, len, cols.mutable_data_ptr<scalar_t>());
+        for (int64_t gc = 0; gc < g.groups; ++gc) {
+          const at::Tensor go = grad_rows.narrow(0, r0, len).narrow(1, gc * og_cols, og_cols);
+          const at::Tensor c = cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
+          at::Tensor gc_cols = grad_cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
+          at::mm_out(gc_cols, go, wmat.narrow(0, gc * og_cols, og_cols));
+          grad_wmat.narrow(0, gc * og_cols, og_cols).addmm_(go.t(), c);
+        }
+        launch_col2im<scalar_t>(g, a, r0, len, grad_cols.const_data_ptr<scalar_t>(),
+                                grad_input.mutable_data_ptr<acc_t>(),
+                                grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
+      }
+    });
+  }
+  return {from_nhwc(grad_input.to(input.scalar_type()), output_memory_format(input)), grad_offset,
+          weight_from_matrix(grad_wmat, g), grad_mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rcm_fsad, CUDA, m) {
+  m.impl("deform_conv2d", &deform_conv2d_cuda);
+  m.impl("deform_conv2d_backward", &deform_conv2d_backward_cuda);
+}
+
+}  // namespace rcm_fsad

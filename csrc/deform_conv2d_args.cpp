@@ -1,0 +1,147 @@
+#include "deform_conv2d_args.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace rcm_fsad {
+namespace {
+
+void check_rank4(const at::Tensor& t, const char* name, const char* layout) {
+  TORCH_CHECK(t.dim() == 4, "deform_conv2d: expected ", name, " to be a 4-D tensor ", layout,
+              ", got a ", t.dim(), "-D tensor of shape ", t.sizes());
+}
+
+void check_float(const at::Tensor& t, const char* name, const at::Tensor& input) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "deform_conv2d: expected ", name,
+              " to be a floating-point tensor, got dtype ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), "deform_conv2d: expected ", name,
+              " to have the same dtype as input (", input.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == input.device(), "deform_conv2d: expected ", name,
+              " to be on the same device as input (", input.device(), "), got ", t.device());
+}
+
+void check_pair(at::IntArrayRef v, const char* name, int64_t minimum) {
+  TORCH_CHECK(v.size() == 2, "deform_conv2d: expected ", name, " to have 2 values, got ", v);
+  TORCH_CHECK(v[0] >= minimum && v[1] >= minimum, "deform_conv2d: expected ", name,
+              " values to be at least ", minimum, ", got ", v);
+}
+
+}  // namespace
+
+kernels::DeformConvGeometry check_deform_conv2d_args(const at::Tensor& input, const at::Tensor& offset,
+                                                     const at::Tensor& weight,
+                                                     const std::optional<at::Tensor>& mask,
+                                                     const std::optional<at::Tensor>& bias,
+                                                     at::IntArrayRef stride, at::IntArrayRef padding,
+                                                     at::IntArrayRef dilation) {
+  check_rank4(input, "input", "(N, C_in, H, W)");
+  check_rank4(weight, "weight", "(C_out, C_in/groups, kh, kw)");
+  check_rank4(offset, "offset", "(N, 2*offset_groups*kh*kw, H_out, W_out)");
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()),
+              "deform_conv2d: expected input to be a floating-point tensor, got dtype ",
+              input.scalar_type());
+  check_float(weight, "weight", input);
+  check_float(offset, "offset", input);
+  check_pair(stride, "stride", 1);
+  check_pair(padding, "padding", 0);
+  check_pair(dilation, "dilation", 1);
+
+  kernels::DeformConvGeometry g{};
+  g.batch = input.size(0);
+  g.channels = input.size(1);
+  g.height = input.size(2);
+  g.width = input.size(3);
+  g.out_channels = weight.size(0);
+  g.kernel_h = weight.size(2);
+  g.kernel_w = weight.size(3);
+  g.stride_h = stride[0];
+  g.stride_w = stride[1];
+  g.pad_h = padding[0];
+  g.pad_w = padding[1];
+  g.dil_h = dilation[0];
+  g.dil_w = dilation[1];
+
+  TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, "deform_conv2d: expected weight to have a non-empty "
+              "kernel, got weight of shape ", weight.sizes());
+  TORCH_CHECK(weight.size(1) > 0 && g.channels % weight.size(1) == 0,
+              "deform_conv2d: weight.shape[1] (C_in/groups = ", weight.size(1),
+              ") must divide the input channels (", g.channels, ")");
+  g.groups = g.channels / weight.size(1);
+  TORCH_CHECK(g.out_channels % g.groups == 0, "deform_conv2d: groups (", g.groups,
+              ", from input channels / weight.shape[1]) must divide the output channels "
+              "(weight.shape[0] = ", g.out_channels, ")");
+
+  const int64_t points = g.kernel_h * g.kernel_w;
+  TORCH_CHECK(offset.size(1) > 0 && offset.size(1) % (2 * points) == 0,
+              "deform_conv2d: offset.shape[1] must be a positive multiple of 2*kh*kw = ", 2 * points,
+              " (2*offset_groups*kh*kw), got ", offset.size(1));
+  g.offset_groups = offset.size(1) / (2 * points);
+  TORCH_CHECK(g.channels % g.offset_groups == 0, "deform_conv2d: offset groups (", g.offset_groups,
+              ", from offset.shape[1] / (2*kh*kw)) must divide the input channels (", g.channels, ")");
+
+  g.out_h = (g.height + 2 * g.pad_h - (g.dil_h * (g.kernel_h - 1) + 1)) / g.stride_h + 1;
+  g.out_w = (g.width + 2 * g.pad_w - (g.dil_w * (g.kernel_w - 1) + 1)) / g.stride_w + 1;
+  TORCH_CHECK(g.out_h > 0 && g.out_w > 0, "deform_conv2d: the output would be empty: input of size ",
+              g.height, "x", g.width, " with kernel ", g.kernel_h, "x", g.kernel_w, ", padding ",
+              padding, ", dilation ", dilation, ", stride ", stride);
+
+  TORCH_CHECK(offset.size(0) == g.batch && offset.size(2) == g.out_h && offset.size(3) == g.out_w,
+              "deform_conv2d: expected offset of shape (", g.batch, ", ", offset.size(1), ", ", g.out_h,
+              ", ", g.out_w, ") to match the batch and output size, got ", offset.sizes());
+  if (mask.has_value()) {
+    check_rank4(*mask, "mask", "(N, offset_groups*kh*kw, H_out, W_out)");
+    check_float(*mask, "mask", input);
+    TORCH_CHECK(mask->size(0) == g.batch && mask->size(1) == g.offset_groups * points &&
+                    mask->size(2) == g.out_h && mask->size(3) == g.out_w,
+                "deform_conv2d: expected mask of shape (", g.batch, ", ", g.offset_groups * points, ", ",
+                g.out_h, ", ", g.out_w, "), got ", mask->sizes());
+  }
+  if (bias.has_value()) {
+    check_float(*bias, "bias", input);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels,
+                "deform_conv2d: expected bias of shape (", g.out_channels, "), got ", bias->sizes());
+  }
+  return g;
+}
+
+kernels::DeformConvGeometry check_deform_conv2d_backward_args(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+    const at::Tensor& weight, const std::optional<at::Tensor>& mask, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const kernels::DeformConvGeometry g =
+      check_deform_conv2d_args(input, offset, weight, mask, std::nullopt, stride, padding, dilation);
+  check_float(grad_output, "grad_output", input);
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.batch &&
+                  grad_output.size(1) == g.out_channels && grad_output.size(2) == g.out_h &&
+                  grad_output.size(3) == g.out_w,
+              "deform_conv2d_backward: expected grad_output of shape (", g.batch, ", ", g.out_channels,
+              ", ", g.out_h, ", ", g.out_w, "), got ", grad_output.sizes());
+  return g;
+}
+
+kernels::FieldStrides field_strides(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+at::MemoryFormat output_memory_format(const at::Tensor& input) {
+  const bool channels_last =
+      input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+at::Tensor from_nhwc(const at::Tensor& nhwc, at::MemoryFormat format) {
+  at::Tensor nchw = nhwc.permute({0, 3, 1, 2});
+  return format == at::MemoryFormat::ChannelsLast ? nchw : nchw.contiguous();
+}
+
+at::Tensor weight_matrix(const at::Tensor& weight) {
+  return weight.permute({0, 2, 3, 1}).contiguous().view({weight.size(0), -1});
+}
+
+at::Tensor weight_from_matrix(const at::Tensor& matrix, const kernels::DeformConvGeometry& g) {
+  return matrix.view({g.out_channels, g.kernel_h, g.kernel_w, g.channels_per_group()})
+      .permute({0, 3, 1, 2})
+      .contiguous();
+}
+
+}  // namespace rcm_fsad

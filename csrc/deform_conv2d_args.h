@@ -1,0 +1,44 @@
+// Argument checks and layout decisions shared by the CPU and CUDA backends of deform_conv2d.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <optional>
+
+#include "kernels/deform_conv2d_math.cuh"
+
+namespace rcm_fsad {
+
+// Validates every argument (ranks, dtypes, devices, channel and group counts, offset/mask/bias
+// shapes against the output size) with messages that name the argument, and returns the geometry.
+kernels::DeformConvGeometry check_deform_conv2d_args(const at::Tensor& input, const at::Tensor& offset,
+                                                     const at::Tensor& weight,
+                                                     const std::optional<at::Tensor>& mask,
+                                                     const std::optional<at::Tensor>& bias,
+                                                     at::IntArrayRef stride, at::IntArrayRef padding,
+                                                     at::IntArrayRef dilation);
+
+// Also checks grad_output against the output shape.
+kernels::DeformConvGeometry check_deform_conv2d_backward_args(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+    const at::Tensor& weight, const std::optional<at::Tensor>& mask, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation);
+
+kernels::FieldStrides field_strides(const at::Tensor& t);
+
+// Results come back in the input's layout: channels_last for a channels_last input, else contiguous.
+// Mirrored by rcm_fsad_ops.ops.deform_conv2d._output_memory_format for the fake kernels.
+at::MemoryFormat output_memory_format(const at::Tensor& input);
+
+// Turns an NHWC buffer (N, H, W, C) into an (N, C, H, W) tensor in the given layout.
+at::Tensor from_nhwc(const at::Tensor& nhwc, at::MemoryFormat format);
+
+// weight (C_out, C_in/groups, kh, kw) -> (C_out, kh*kw*C_in/groups), the GEMM operand whose
+// column order matches kernels::DeformConvGeometry::column_index within one conv group.
+at::Tensor weight_matrix(const at::Tensor& weight);
+
+// Inverse of weight_matrix for the weight gradient.
+at::Tensor weight_from_matrix(const at::Tensor& matrix, const kernels::DeformConvGeometry& g);
+
+}  // namespace rcm_fsad

@@ -1,0 +1,194 @@
+// Per-element math of modulated deformable convolution (DCNv2), shared by the CPU backend, the
+// CUDA kernels and the emulation harness. Torch-free by design (see common.cuh).
+//
+// Conventions (identical to torchvision.ops.deform_conv2d):
+//   * input is read as NHWC internally: pixel (y, x) of image n starts at ((n*H + y)*W + x)*C.
+//   * offset (N, 2*G*K, H_out, W_out): channel 2*(g*K + k) holds dy, 2*(g*K + k) + 1 holds dx for
+//     kernel point k = i*kernel_w + j of offset group g; mask (N, G*K, H_out, W_out).
+//   * columns (rows = (n, oy, ox), C*K values each) are ordered (conv group, kernel point, channel
+//     within the conv group), so one conv group's columns are a contiguous K*C_g block and the
+//     weight in (C_out, kh, kw, C_g) order is the matching GEMM operand.
+//   * a sample at (y, x) is the bilinear interpolation of its four corner pixels, a corner outside
+//     the image reading zero. The offset gradient uses the same corners even when the sample value
+//     itself is zero, so a sample exactly on the -1 border gets the gradient of its inside corners
+//     (torchvision's convention; mmcv zeroes it, see pytorch/vision#6885). On an integer coordinate
+//     the gradient is one-sided, taken from the floor cell.
+#pragma once
+
+#include <cmath>
+
+#include "common.cuh"
+
+namespace rcm_fsad {
+namespace kernels {
+
+// Shapes and hyper-parameters of one deformable convolution.
+struct DeformConvGeometry {
+  int64_t batch;
+  int64_t channels;
+  int64_t height;
+  int64_t width;
+  int64_t out_channels;
+  int64_t kernel_h;
+  int64_t kernel_w;
+  int64_t stride_h;
+  int64_t stride_w;
+  int64_t pad_h;
+  int64_t pad_w;
+  int64_t dil_h;
+  int64_t dil_w;
+  int64_t out_h;
+  int64_t out_w;
+  int64_t groups;
+  int64_t offset_groups;
+
+  RCM_HD int64_t kernel_points() const { return kernel_h * kernel_w; }
+  RCM_HD int64_t channels_per_group() const { return channels / groups; }
+  RCM_HD int64_t channels_per_offset_group() const { return channels / offset_groups; }
+  RCM_HD int64_t out_pixels() const { return out_h * out_w; }
+  RCM_HD int64_t column_width() const { return channels * kernel_points(); }
+
+  // Position of channel c of kernel point k inside a row of the columns matrix.
+  RCM_HD int64_t column_index(int64_t c, int64_t k) const {
+    const int64_t cg = channels_per_group();
+    const int64_t group = c / cg;
+    return group * kernel_points() * cg + k * cg + (c - group * cg);
+  }
+};
+
+// Element strides of a 4-D (N, C, H, W) tensor, whatever its memory format.
+struct FieldStrides {
+  int64_t n;
+  int64_t c;
+  int64_t h;
+  int64_t w;
+
+  RCM_HD int64_t at(int64_t n_, int64_t c_, int64_t h_, int64_t w_) const {
+    return n_ * n + c_ * c + h_ * h + w_ * w;
+  }
+};
+
+// Where kernel point k of output pixel (oy, ox) samples before its offset is added.
+struct TapOrigin {
+  int64_t y;
+  int64_t x;
+};
+
+RCM_HD TapOrigin tap_origin(const DeformConvGeometry& g, int64_t oy, int64_t ox, int64_t k) {
+  const int64_t i = k / g.kernel_w;
+  const int64_t j = k - i * g.kernel_w;
+  return {oy * g.stride_h - g.pad_h + i * g.dil_h, ox * g.stride_w - g.pad_w + j * g.dil_w};
+}
+
+template <typename T>
+RCM_HD T floor_of(T v) {
+#if defined(__CUDA_ARCH__)
+  return floor(v);
+#else
+  return std::floor(v);
+#endif
+}
+
+// The four bilinear corners of one sample: (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1).
+// pixel[i] is the corner's index y*W + x within its image (0 for a corner outside the image, so
+// it is always safe to form an address from it); valid[i] says the corner is inside the image.
+// weight[i] is the bilinear weight, zero for an invalid corner: the sample is sum(weight[i] * v[i]).
+template <typename acc_t>
+struct SamplePoint {
+  int64_t pixel[4];
+  bool valid[4];
+  acc_t weight[4];
+  acc_t ly;  // y - y0
+  acc_t lx;  // x - x0
+};
+
+// Every corner of a sample with y < -1, y >= H, x < -1 or x >= W lies outside the image; the same
+// test also rejects NaN and infinite positions before they reach floor() and an integer cast.
+template <typename acc_t>
+RCM_HD SamplePoint<acc_t> make_sample_point(acc_t y, acc_t x, int64_t height, int64_t width) {
+  SamplePoint<acc_t> p;
+  const bool reachable = y >= acc_t(-1) && y < acc_t(height) && x >= acc_t(-1) && x < acc_t(width);
+  if (!reachable) {
+    for (int i = 0; i < 4; ++i) {
+      p.pixel[i] = 0;
+      p.valid[i] = false;
+      p.weight[i] = acc_t(0);
+    }
+    p.ly = acc_t(0);
+    p.lx = acc_t(0);
+    return p;
+  }
+  const acc_t yf = floor_of(y);
+  const acc_t xf = floor_of(x);
+  const int64_t y0 = static_cast<int64_t>(yf);
+  const int64_t x0 = static_cast<int64_t>(xf);
+  p.ly = y - yf;
+  p.lx = x - xf;
+  const acc_t hy = acc_t(1) - p.ly;
+  const acc_t hx = acc_t(1) - p.lx;
+  const bool in_y0 = y0 >= 0;
+  const bool in_y1 = y0 + 1 < height;
+  const bool in_x0 = x0 >= 0;
+  const bool in_x1 = x0 + 1 < width;
+  const bool inside[4] = {in_y0 && in_x0, in_y0 && in_x1, in_y1 && in_x0, in_y1 && in_x1};
+  const int64_t pixel[4] = {y0 * width + x0, y0 * width + x0 + 1, (y0 + 1) * width + x0,
+                            (y0 + 1) * width + x0 + 1};
+  const acc_t bilinear[4] = {hy * hx, hy * p.lx, p.ly * hx, p.ly * p.lx};
+  for (int i = 0; i < 4; ++i) {
+    p.pixel[i] = inside[i] ? pixel[i] : 0;
+    p.valid[i] = inside[i];
+    p.weight[i] = inside[i] ? bilinear[i] : acc_t(0);
+  }
+  return p;
+}
+
+// Sample point of kernel point k of offset group og at output pixel (oy, ox) of image n, with
+// the modulation m (1 when there is no mask).
+template <typename acc_t, typename scalar_t>
+RCM_HD SamplePoint<acc_t> deform_sample_point(const DeformConvGeometry& g, const scalar_t* offset,
+                                              const FieldStrides& offset_strides, int64_t n,
+                                              int64_t og, int64_t k, int64_t oy, int64_t ox) {
+  const TapOrigin o = tap_origin(g, oy, ox, k);
+  const int64_t ch = 2 * (og * g.kernel_points() + k);
+  const acc_t dy = static_cast<acc_t>(offset[offset_strides.at(n, ch, oy, ox)]);
+  const acc_t dx = static_cast<acc_t>(offset[offset_strides.at(n, ch + 1, oy, ox)]);
+  return make_sample_point<acc_t>(static_cast<acc_t>(o.y) + dy, static_cast<acc_t>(o.x) + dx,
+                                  g.height, g.width);
+}
+
+template <typename acc_t, typename scalar_t>
+RCM_HD acc_t modulation(const DeformConvGeometry& g, const scalar_t* mask,
+                        const FieldStrides& mask_strides, int64_t n, int64_t og, int64_t k,
+                        int64_t oy, int64_t ox) {
+  if (mask == nullptr) return acc_t(1);
+  return static_cast<acc_t>(mask[mask_strides.at(n, og * g.kernel_points() + k, oy, ox)]);
+}
+
+template <typename acc_t>
+RCM_HD acc_t interpolate(const SamplePoint<acc_t>& p, acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
+  return p.weight[0] * v00 + p.weight[1] * v01 + p.weight[2] * v10 + p.weight[3] * v11;
+}
+
+// Value of channel c at corner i of an NHWC image; zero for a corner outside the image.
+template <typename acc_t, typename scalar_t>
+RCM_HD acc_t corner_value(const SamplePoint<acc_t>& p, int i, const scalar_t* image,
+                          int64_t channels, int64_t c) {
+  return p.valid[i] ? static_cast<acc_t>(image[p.pixel[i] * channels + c]) : acc_t(0);
+}
+
+// d(sample)/dy and d(sample)/dx from the corner values, which must be zero for invalid corners.
+template <typename acc_t>
+struct CoordinateGradient {
+  acc_t dy;
+  acc_t dx;
+};
+
+template <typename acc_t>
+RCM_HD CoordinateGradient<acc_t> coordinate_gradient(const SamplePoint<acc_t>& p, acc_t v00,
+                                                     acc_t v01, acc_t v10, acc_t v11) {
+  return {(acc_t(1) - p.lx) * (v10 - v00) + p.lx * (v11 - v01),
+          (acc_t(1) - p.ly) * (v01 - v00) + p.ly * (v11 - v10)};
+}
+
+}  // namespace kernels
+}  // namespace rcm_fsad

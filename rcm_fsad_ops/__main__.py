@@ -1,0 +1,3 @@
+from rcm_fsad_ops.cli import main
+
+raise SystemExit(main())

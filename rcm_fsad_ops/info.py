@@ -1,0 +1,34 @@
+"""What was built and what this process can run."""
+from __future__ import annotations
+
+import torch
+
+from rcm_fsad_ops import _C
+
+OPS = ("deform_conv2d", "deform_conv2d_backward")
+
+
+def _has_kernel(op: str, dispatch_key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"rcm_fsad::{op}", dispatch_key)
+
+
+def info() -> dict:
+    """Package and torch versions, compiled backends and CUDA arch list, registered kernels, threads."""
+    from rcm_fsad_ops import __version__
+
+    built_with_cuda = bool(_C.built_with_cuda)
+    return {
+        "rcm_fsad_ops": __version__,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "backends": ["CPU"] + (["CUDA"] if built_with_cuda else []),
+        "cuda_arch_list": _C.cuda_arch_list.split(";") if built_with_cuda else [],
+        "cuda_available": torch.cuda.is_available(),
+        "kernels": {op: [key for key in ("CPU", "CUDA", "AutocastCUDA") if _has_kernel(op, key)] for op in OPS},
+        "threads": torch.get_num_threads(),
+    }
+
+
+def format_info(values: dict) -> str:
+    width = max(len(k) for k in values)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in values.items())

@@ -1,0 +1,4 @@
+"""nn.Modules built on the compiled operators."""
+from rcm_fsad_ops.nn.deform_conv import ModulatedDeformConv2d, ModulatedDeformConv2dWithOffsetPredictor
+
+__all__ = ["ModulatedDeformConv2d", "ModulatedDeformConv2dWithOffsetPredictor"]

@@ -1,0 +1,110 @@
+"""Deformable convolution layers."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from rcm_fsad_ops.ops.deform_conv2d import deform_conv2d
+
+IntPair = Union[int, Tuple[int, int]]
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """DCNv2 layer whose offsets and mask are given by the caller.
+
+    forward(input (N, C_in, H, W), offset (N, 2*G*kh*kw, H_out, W_out),
+            mask (N, G*kh*kw, H_out, W_out) or None) -> (N, C_out, H_out, W_out)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels ({out_channels})"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The initialisation of nn.Conv2d, so a DCN layer can replace a conv layer.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
+                             self.dilation, mask)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}")
+
+
+class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
+    """DCNv2 layer that predicts its own offsets and mask from its input (mmcv's "pack" form).
+
+    A plain conv with the layer's kernel size, stride, padding and dilation predicts 3*G*kh*kw
+    channels: the first 2*G*kh*kw are the offsets, the rest pass through a sigmoid to become the
+    mask. It is zero-initialised, so a new layer samples the regular grid with a mask of 0.5.
+
+    forward(input (N, C_in, H, W)) -> (N, C_out, H_out, W_out)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        offset_groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        if in_channels % offset_groups:
+            raise ValueError(f"offset_groups ({offset_groups}) must divide in_channels ({in_channels})")
+        self.offset_groups = offset_groups
+        points = self.kernel_size[0] * self.kernel_size[1]
+        self.offset_channels = 2 * offset_groups * points
+        self.offset_predictor = nn.Conv2d(
+            in_channels, 3 * offset_groups * points, self.kernel_size, self.stride, self.padding,
+            self.dilation, bias=True,
+        )
+        nn.init.zeros_(self.offset_predictor.weight)
+        nn.init.zeros_(self.offset_predictor.bias)
+
+    def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
+        predicted = self.offset_predictor(input)
+        offset = predicted[:, : self.offset_channels]
+        mask = torch.sigmoid(predicted[:, self.offset_channels :])
+        return super().forward(input, offset, mask)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, offset_groups={self.offset_groups}"

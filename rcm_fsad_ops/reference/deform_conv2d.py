@@ -1,0 +1,84 @@
+"""Reference modulated deformable convolution, written with plain tensor ops.
+
+Gradients come from autograd. Because the value is a sum of bilinear weights times corner values,
+with corners outside the image contributing zero (and ``floor`` having zero derivative), autograd
+yields torchvision's conventions by itself: one-sided offset gradients on integer coordinates (the
+floor cell) and a non-zero offset gradient exactly on the -1 border. Run it in float64 for an oracle.
+Memory is O(N * C_in * kh * kw * H_out * W_out): meant for tests, not for speed.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.nn.modules.utils import _pair
+
+
+def _bilinear_gather(image: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    """Bilinear samples of image (N, G, Cg, H, W) at y, x (N, G, P); zero outside. -> (N, G, Cg, P)."""
+    n, groups, cg, height, width = image.shape
+    flat = image.reshape(n, groups, cg, height * width)
+    y0 = torch.floor(y)
+    x0 = torch.floor(x)
+    ly, lx = y - y0, x - x0
+    y0, x0 = y0.long(), x0.long()
+    out = image.new_zeros(n, groups, cg, y.shape[-1])
+    for dy, wy in ((0, 1 - ly), (1, ly)):
+        for dx, wx in ((0, 1 - lx), (1, lx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
+            index = torch.where(inside, yy * width + xx, torch.zeros_like(yy))
+            values = torch.gather(flat, 3, index.unsqueeze(2).expand(n, groups, cg, -1))
+            out = out + values * (wy * wx * inside).unsqueeze(2)
+    return out
+
+
+def deform_conv2d(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    mask: Optional[Tensor] = None,
+) -> Tensor:
+    """Same contract as rcm_fsad_ops.deform_conv2d (and torchvision.ops.deform_conv2d).
+
+    input (N, C_in, H, W), offset (N, 2*G*kh*kw, H_out, W_out), weight (C_out, C_in/groups, kh, kw),
+    mask (N, G*kh*kw, H_out, W_out) or None -> (N, C_out, H_out, W_out).
+    """
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    n, c_in, height, width = input.shape
+    c_out, c_group, kh, kw = weight.shape
+    groups = c_in // c_group
+    points = kh * kw
+    offset_groups = offset.shape[1] // (2 * points)
+    out_h = (height + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    out_w = (width + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+
+    dev, dt = input.device, input.dtype
+    oy = torch.arange(out_h, device=dev, dtype=dt) * sh - ph
+    ox = torch.arange(out_w, device=dev, dtype=dt) * sw - pw
+    ky = torch.arange(kh, device=dev, dtype=dt) * dh
+    kx = torch.arange(kw, device=dev, dtype=dt) * dw
+    # Integer tap positions (kh, kw, H_out, W_out), flattened to (K, L).
+    base_y = (ky.view(kh, 1, 1, 1) + oy.view(1, 1, out_h, 1)).expand(kh, kw, out_h, out_w).reshape(points, -1)
+    base_x = (kx.view(1, kw, 1, 1) + ox.view(1, 1, 1, out_w)).expand(kh, kw, out_h, out_w).reshape(points, -1)
+
+    off = offset.reshape(n, offset_groups, points, 2, out_h * out_w)
+    y = (base_y + off[:, :, :, 0]).reshape(n, offset_groups, -1)
+    x = (base_x + off[:, :, :, 1]).reshape(n, offset_groups, -1)
+    image = input.reshape(n, offset_groups, c_in // offset_groups, height, width)
+    samples = _bilinear_gather(image, y, x).reshape(n, offset_groups, c_in // offset_groups, points, -1)
+    if mask is not None:
+        samples = samples * mask.reshape(n, offset_groups, 1, points, out_h * out_w)
+
+    # columns (N, groups, C_in/groups * K, L) times weight (groups, C_out/groups, C_in/groups * K).
+    columns = samples.reshape(n, groups, c_group * points, out_h * out_w)
+    w = weight.reshape(groups, c_out // groups, c_group * points)
+    out = torch.einsum("gok,ngkl->ngol", w, columns).reshape(n, c_out, out_h, out_w)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out

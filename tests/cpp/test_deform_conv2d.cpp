@@ -1,0 +1,63 @@
+// The C++ library on its own: the operator is reachable through the dispatcher from a program
+// linked against libtorch, and with zero offsets and no mask it is an ordinary convolution.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/torch.h>
+
+#include <iostream>
+
+namespace {
+
+at::Tensor deform_conv2d(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& mask) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("rcm_fsad::deform_conv2d", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
+  return op.call(input, offset, weight, mask, std::nullopt, {1, 1}, {1, 1}, {1, 1});
+}
+
+int failures = 0;
+
+void expect(bool ok, const char* what) {
+  std::cout << (ok ? "PASS " : "FAIL ") << what << "\n";
+  failures += ok ? 0 : 1;
+}
+
+}  // namespace
+
+int main() {
+  torch::manual_seed(0);
+  const auto options = torch::dtype(torch::kFloat64);
+  const at::Tensor input = torch::randn({2, 5, 7, 6}, options);
+  const at::Tensor weight = torch::randn({4, 5, 3, 3}, options);
+  const at::Tensor offset = torch::zeros({2, 18, 7, 6}, options);
+  const at::Tensor expected = torch::conv2d(input, weight, {}, 1, 1);
+
+  expect(torch::allclose(deform_conv2d(input, offset, weight, std::nullopt), expected, 1e-12, 1e-12),
+         "zero offsets without a mask equal conv2d");
+  const at::Tensor half_mask = torch::full({2, 9, 7, 6}, 0.5, options);
+  expect(torch::allclose(deform_conv2d(input, offset, weight, half_mask), expected * 0.5, 1e-12, 1e-12),
+         "a constant mask of 0.5 halves conv2d");
+  // Shifting every sample by one pixel to the right equals convolving the shifted image, except in
+  // output column 0, whose leftmost tap reads pixel 0 where the shifted image has zero padding.
+  at::Tensor shift = torch::zeros({2, 9, 2, 7, 6}, options);
+  shift.select(2, 1).fill_(1.0);
+  const at::Tensor shifted_input = torch::nn::functional::pad(
+      input.narrow(3, 1, 5), torch::nn::functional::PadFuncOptions({0, 1, 0, 0}));
+  expect(torch::allclose(deform_conv2d(input, shift.view({2, 18, 7, 6}), weight, std::nullopt).narrow(3, 1, 5),
+                         torch::conv2d(shifted_input, weight, {}, 1, 1).narrow(3, 1, 5), 1e-12, 1e-12),
+         "a uniform offset of one pixel equals conv2d of the shifted image");
+
+  bool raised = false;
+  try {
+    deform_conv2d(input, offset.narrow(1, 0, 17), weight, std::nullopt);
+  } catch (const c10::Error& e) {
+    raised = std::string(e.what()).find("offset.shape[1]") != std::string::npos;
+  }
+  expect(raised, "a bad offset shape raises an error naming offset.shape[1]");
+
+  std::cout << (4 - failures) << " passed, " << failures << " failed\n";
+  return failures == 0 ? 0 : 1;
+}

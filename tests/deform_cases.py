@@ -1,0 +1,88 @@
+"""Random deformable-convolution problems shared by the tests."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class DeformCase:
+    batch: int = 2
+    in_channels: int = 4
+    out_channels: int = 6
+    height: int = 7
+    width: int = 8
+    kernel: tuple = (3, 3)
+    stride: tuple = (1, 1)
+    padding: tuple = (1, 1)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    offset_groups: int = 1
+    use_mask: bool = True
+    use_bias: bool = True
+    offset_scale: float = 1.5
+    integer_offsets: bool = False
+    seed: int = 0
+
+    def with_(self, **changes) -> "DeformCase":
+        return replace(self, **changes)
+
+    @property
+    def out_size(self) -> tuple:
+        kh, kw = self.kernel
+        out_h = (self.height + 2 * self.padding[0] - (self.dilation[0] * (kh - 1) + 1)) // self.stride[0] + 1
+        out_w = (self.width + 2 * self.padding[1] - (self.dilation[1] * (kw - 1) + 1)) // self.stride[1] + 1
+        return out_h, out_w
+
+    def tensors(self, dtype=torch.float64, device="cpu") -> dict:
+        """input, offset, weight, bias, mask (None where unused), generated from the seed on the CPU."""
+        g = torch.Generator().manual_seed(self.seed)
+        kh, kw = self.kernel
+        out_h, out_w = self.out_size
+        points = kh * kw
+        offset_shape = (self.batch, 2 * self.offset_groups * points, out_h, out_w)
+        if self.integer_offsets:
+            offset = torch.randint(-3, 4, offset_shape, generator=g).double()
+        else:
+            offset = torch.randn(offset_shape, generator=g, dtype=torch.float64) * self.offset_scale
+        values = dict(
+            input=torch.randn(self.batch, self.in_channels, self.height, self.width, generator=g, dtype=torch.float64),
+            offset=offset,
+            weight=torch.randn(self.out_channels, self.in_channels // self.groups, kh, kw, generator=g,
+                               dtype=torch.float64) / (points * self.in_channels) ** 0.5,
+            bias=torch.randn(self.out_channels, generator=g, dtype=torch.float64) if self.use_bias else None,
+            mask=torch.rand(self.batch, self.offset_groups * points, out_h, out_w, generator=g, dtype=torch.float64)
+            if self.use_mask else None,
+        )
+        return {k: None if v is None else v.to(device=device, dtype=dtype) for k, v in values.items()}
+
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+
+
+# Kernel sizes (square and not), stride, padding, dilation, groups, offset groups, offsets far out of
+# the image, no mask, no bias, batch 1.
+CASES = {
+    "basic": DeformCase(),
+    "k1x1": DeformCase(kernel=(1, 1), padding=(0, 0)),
+    "k2x3": DeformCase(kernel=(2, 3), padding=(0, 1)),
+    "k5x5_pad2": DeformCase(kernel=(5, 5), padding=(2, 2), height=9, width=9),
+    "k3x1_stride2": DeformCase(kernel=(3, 1), stride=(2, 2), padding=(1, 0), height=9, width=7),
+    "stride_2x1": DeformCase(stride=(2, 1)),
+    "dilation2": DeformCase(dilation=(2, 2), padding=(2, 2)),
+    "dilation_1x3": DeformCase(dilation=(1, 3), padding=(0, 3), height=6, width=10),
+    "groups2": DeformCase(in_channels=6, out_channels=4, groups=2),
+    "offset_groups3": DeformCase(in_channels=6, offset_groups=3),
+    "groups2_offset_groups3": DeformCase(in_channels=6, out_channels=8, groups=2, offset_groups=3),
+    "groups4_offset_groups2": DeformCase(in_channels=8, out_channels=4, groups=4, offset_groups=2),
+    "far_offsets": DeformCase(offset_scale=6.0),
+    "no_mask": DeformCase(use_mask=False),
+    "no_bias": DeformCase(use_bias=False),
+    "no_mask_no_bias_groups": DeformCase(use_mask=False, use_bias=False, in_channels=6, groups=3, offset_groups=2,
+                                         out_channels=3),
+    "batch1": DeformCase(batch=1, in_channels=3, out_channels=5),
+    "integer_offsets": DeformCase(integer_offsets=True),
+    "integer_offsets_no_pad": DeformCase(integer_offsets=True, padding=(0, 0), height=6, width=6),
+    "wide_channels": DeformCase(in_channels=19, out_channels=3, height=5, width=5, seed=3),
+}

@@ -1,0 +1,215 @@
+"""deform_conv2d against torchvision and the float64 reference: values and all five gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import rcm_fsad_ops
+from rcm_fsad_ops import reference
+from tests.deform_cases import CASES, DeformCase
+
+GRAD_NAMES = ("input", "offset", "weight", "bias", "mask")
+
+
+def run_with_grads(fn, case: DeformCase, tensors: dict, grad_seed: int = 1):
+    """Output and the gradients of <output, random cotangent> for every tensor argument."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in tensors.items() if v is not None}
+    args = {k: leaves.get(k) for k in tensors}
+    out = fn(args["input"], args["offset"], args["weight"], args["bias"], mask=args["mask"], **case.kwargs())
+    g = torch.Generator().manual_seed(grad_seed)
+    cotangent = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+    out.backward(cotangent)
+    return out.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+def assert_matches(ours, theirs, rtol, atol):
+    out, grads = ours
+    out_ref, grads_ref = theirs
+    torch.testing.assert_close(out, out_ref, rtol=rtol, atol=atol, msg=lambda m: f"output: {m}")
+    assert grads.keys() == grads_ref.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=rtol, atol=atol,
+                                   msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_torchvision_float64(name, device):
+    case = CASES[name]
+    tensors = case.tensors(torch.float64, device)
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    theirs = run_with_grads(torchvision.ops.deform_conv2d, case, tensors)
+    assert_matches(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_reference_float64(name, device):
+    case = CASES[name]
+    tensors = case.tensors(torch.float64, device)
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    oracle = run_with_grads(reference.deform_conv2d, case, tensors)
+    assert_matches(ours, oracle, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["basic", "groups2_offset_groups3", "far_offsets", "wide_channels"])
+def test_float32_error_is_that_of_float32_arithmetic(name, device):
+    """Judged against float64: ours in float32 is no worse than torchvision in float32 (times 4)."""
+    case = CASES[name]
+    exact = run_with_grads(reference.deform_conv2d, case, case.tensors(torch.float64, device))
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, case.tensors(torch.float32, device))
+    theirs = run_with_grads(torchvision.ops.deform_conv2d, case, case.tensors(torch.float32, device))
+
+    def error(result):
+        out, grads = result
+        errs = {"output": (out.double() - exact[0]).abs().max().item()}
+        errs.update({k: (v.double() - exact[1][k]).abs().max().item() for k, v in grads.items()})
+        return errs
+
+    ours_err, theirs_err = error(ours), error(theirs)
+    for key, err in ours_err.items():
+        assert err <= 4 * theirs_err[key] + 1e-6, (key, err, theirs_err[key])
+
+
+def border_case_offsets(case: DeformCase) -> dict:
+    """Offsets that put every sample exactly on an integer coordinate: on the -1 border, on the last
+    row/column, inside, or beyond the image."""
+    tensors = case.tensors(torch.float64)
+    kh, kw = case.kernel
+    out_h, out_w = case.out_size
+    offset = tensors["offset"].view(case.batch, case.offset_groups, kh * kw, 2, out_h, out_w)
+    oy = torch.arange(out_h, dtype=torch.float64).view(out_h, 1) * case.stride[0] - case.padding[0]
+    ox = torch.arange(out_w, dtype=torch.float64).view(1, out_w) * case.stride[1] - case.padding[1]
+    targets_y = torch.tensor([-1.0, 0.0, case.height - 1.0, case.height, -2.0, 2.0], dtype=torch.float64)
+    targets_x = torch.tensor([-1.0, case.width - 1.0, 1.0, -1.0, case.width, 0.0], dtype=torch.float64)
+    for k in range(kh * kw):
+        i, j = divmod(k, kw)
+        ty = targets_y[(k + torch.arange(out_h * out_w)) % len(targets_y)].view(out_h, out_w)
+        tx = targets_x[(2 * k + torch.arange(out_h * out_w)) % len(targets_x)].view(out_h, out_w)
+        offset[:, :, k, 0] = ty - (oy + i * case.dilation[0])
+        offset[:, :, k, 1] = tx - (ox + j * case.dilation[1])
+    return tensors
+
+
+@pytest.mark.parametrize("use_mask", [True, False])
+def test_samples_on_integer_coordinates_and_the_minus_one_border(use_mask, device):
+    case = DeformCase(height=5, width=6, use_mask=use_mask)
+    tensors = {k: None if v is None else v.to(device) for k, v in border_case_offsets(case).items()}
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    theirs = run_with_grads(torchvision.ops.deform_conv2d, case, tensors)
+    oracle = run_with_grads(reference.deform_conv2d, case, tensors)
+    assert_matches(ours, theirs, rtol=1e-10, atol=1e-10)
+    assert_matches(ours, oracle, rtol=1e-10, atol=1e-10)
+    # torchvision's convention: the offset gradient on the -1 border is not zeroed.
+    assert ours[1]["offset"].abs().sum() > 0
+
+
+def test_border_gradient_by_hand(device):
+    """One channel, 1x1 kernel, a sample at (-1, 0) on a 2x2 image [[a, b], [c, d]]:
+    value 0; d/dy = a - 0 (inside corner (0, 0) minus the outside corner (-1, 0)); d/dx = 0, since the
+    floor cell's row y = -1 is outside and its weight 1 - ly = 1 leaves only that row."""
+    image = torch.tensor([[[[3.0, 5.0], [7.0, 11.0]]]], dtype=torch.float64, device=device)
+    weight = torch.ones(1, 1, 1, 1, dtype=torch.float64, device=device)
+    offset = torch.zeros(1, 2, 2, 2, dtype=torch.float64, device=device)
+    offset[0, 0, 0, 0] = -1.0  # output (0, 0) samples y = -1, x = 0
+    offset.requires_grad_(True)
+    out = rcm_fsad_ops.deform_conv2d(image, offset, weight)
+    assert out[0, 0, 0, 0].item() == 0.0
+    out[0, 0, 0, 0].backward()
+    assert offset.grad[0, 0, 0, 0].item() == 3.0
+    assert offset.grad[0, 1, 0, 0].item() == 0.0
+
+
+@pytest.mark.parametrize("batch", [0, 1, 33])
+def test_batch_sizes(batch, device):
+    case = DeformCase(batch=batch, in_channels=3, out_channels=2, height=5, width=4)
+    tensors = case.tensors(torch.float64, device)
+    if batch == 0:
+        out = rcm_fsad_ops.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
+                                         mask=tensors["mask"], **case.kwargs())
+        assert out.shape == (0, 2, *case.out_size)
+        return
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    theirs = run_with_grads(torchvision.ops.deform_conv2d, case, tensors)
+    assert_matches(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_batch_zero_backward(device):
+    case = DeformCase(batch=0)
+    tensors = {k: v.requires_grad_(True) for k, v in case.tensors(torch.float64, device).items()}
+    out = rcm_fsad_ops.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
+                                     mask=tensors["mask"], **case.kwargs())
+    out.sum().backward()
+    assert tensors["input"].grad.shape == tensors["input"].shape
+    assert torch.equal(tensors["weight"].grad, torch.zeros_like(tensors["weight"]))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_offset"])
+def test_memory_layouts(layout, device):
+    case = CASES["groups2_offset_groups3"]
+    tensors = case.tensors(torch.float64, device)
+    expected = run_with_grads(torchvision.ops.deform_conv2d, case, tensors)
+    if layout == "channels_last":
+        tensors["input"] = tensors["input"].contiguous(memory_format=torch.channels_last)
+        tensors["offset"] = tensors["offset"].contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        wide = torch.randn(case.batch, case.in_channels + 2, case.height, case.width * 2, dtype=torch.float64,
+                           device=device)
+        wide[:, 1:-1, :, ::2] = tensors["input"]
+        tensors["input"] = wide[:, 1:-1, :, ::2]
+        assert not tensors["input"].is_contiguous()
+    else:
+        tensors["offset"] = tensors["offset"].transpose(2, 3).contiguous().transpose(2, 3)
+        tensors["mask"] = tensors["mask"].transpose(0, 1).contiguous().transpose(0, 1)
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    assert_matches(ours, expected, rtol=1e-10, atol=1e-10)
+    if layout == "channels_last":
+        assert ours[0].is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert ours[0].is_contiguous()
+
+
+def test_non_finite_offsets_sample_zero(device):
+    """A NaN or infinite offset samples zero (as an offset far outside the image), never garbage."""
+    case = DeformCase(batch=1)
+    tensors = case.tensors(torch.float64, device)
+    far = tensors["offset"].clone()
+    far[0, 0, 1, 2] = 1e6
+    far[0, 3, 2, 3] = -1e6
+    bad = tensors["offset"].clone()
+    bad[0, 0, 1, 2] = float("nan")
+    bad[0, 3, 2, 3] = float("-inf")
+    args = (tensors["input"],)
+    rest = dict(weight=tensors["weight"], bias=tensors["bias"], mask=tensors["mask"], **case.kwargs())
+    torch.testing.assert_close(rcm_fsad_ops.deform_conv2d(*args, offset=bad, **rest),
+                               rcm_fsad_ops.deform_conv2d(*args, offset=far, **rest), rtol=0, atol=0)
+
+
+def test_gradcheck(device):
+    case = DeformCase(batch=2, in_channels=4, out_channels=2, height=4, width=5, groups=2, offset_groups=2,
+                      offset_scale=0.7)
+    t = case.tensors(torch.float64, device)
+    inputs = [t["input"], t["offset"], t["weight"], t["bias"], t["mask"]]
+    inputs = [x.requires_grad_(True) for x in inputs]
+
+    def fn(x, off, w, b, m):
+        return rcm_fsad_ops.deform_conv2d(x, off, w, b, mask=m, **case.kwargs())
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_double_backward_raises(device):
+    case = DeformCase(batch=1)
+    t = {k: v.requires_grad_(True) for k, v in case.tensors(torch.float64, device).items()}
+    out = rcm_fsad_ops.deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], mask=t["mask"],
+                                     **case.kwargs())
+    (grad_input,) = torch.autograd.grad(out.square().sum(), t["input"], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad_input.sum().backward()
+
+
+def test_cpu_backward_is_deterministic():
+    case = DeformCase(batch=5, in_channels=16, out_channels=8, height=9, width=9, offset_scale=3.0)
+    tensors = case.tensors(torch.float32)
+    first = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    second = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    assert_matches(first, second, rtol=0, atol=0)

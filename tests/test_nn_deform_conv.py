@@ -1,0 +1,46 @@
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from rcm_fsad_ops.nn import ModulatedDeformConv2d, ModulatedDeformConv2dWithOffsetPredictor
+
+
+def test_modulated_deform_conv2d_matches_torchvision(device):
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2d(6, 4, (3, 2), stride=(1, 2), padding=(1, 0), groups=2).double().to(device)
+    x = torch.randn(2, 6, 8, 9, dtype=torch.float64, device=device)
+    out_h, out_w = 8, 4
+    offset = torch.randn(2, 2 * 2 * 6, out_h, out_w, dtype=torch.float64, device=device)
+    mask = torch.rand(2, 2 * 6, out_h, out_w, dtype=torch.float64, device=device)
+    expected = torchvision.ops.deform_conv2d(x, offset, layer.weight, layer.bias, stride=(1, 2), padding=(1, 0),
+                                             mask=mask)
+    torch.testing.assert_close(layer(x, offset, mask), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_offset_predictor_starts_as_half_a_plain_conv(device):
+    """Zero-initialised predictor: zero offsets and a mask of sigmoid(0) = 0.5, so the layer is
+    0.5 * conv2d(x, weight) + bias (the oracle is F.conv2d)."""
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2dWithOffsetPredictor(8, 5, 3, padding=1, offset_groups=2).double().to(device)
+    x = torch.randn(3, 8, 7, 6, dtype=torch.float64, device=device)
+    expected = 0.5 * F.conv2d(x, layer.weight, padding=1) + layer.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+    assert layer.offset_predictor.out_channels == 3 * 2 * 9
+
+
+def test_offset_predictor_learns(device):
+    """The predictor receives gradients through the offsets and the mask."""
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2dWithOffsetPredictor(4, 4, 3, padding=1).to(device)
+    x = torch.randn(2, 4, 6, 6, device=device)
+    layer(x).square().sum().backward()
+    grad = layer.offset_predictor.weight.grad
+    assert grad[: 2 * 9].abs().sum() > 0 and grad[2 * 9 :].abs().sum() > 0
+
+
+def test_module_rejects_groups_that_do_not_divide():
+    with pytest.raises(ValueError, match="groups"):
+        ModulatedDeformConv2d(6, 4, 3, groups=4)
+    with pytest.raises(ValueError, match="offset_groups"):
+        ModulatedDeformConv2dWithOffsetPredictor(6, 6, 3, offset_groups=4)

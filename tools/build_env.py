@@ -1,0 +1,64 @@
+"""Where the build finds CUDA: shared by setup.py and tools/cmake_configure.py (torch-free)."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import site
+import sysconfig
+from pathlib import Path
+
+# Hopper (H100/H200): the target when no GPU is visible to pick an arch from.
+DEFAULT_ARCH_LIST = "9.0"
+
+
+def _toolkit_root_of(nvcc: str) -> str | None:
+    """The toolkit root of an nvcc binary, or of the compiler a small wrapper script execs."""
+    real = os.path.realpath(nvcc)
+    try:
+        with open(real, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if head.startswith(b"#!"):
+        match = re.search(rb"(/\S+)/bin/nvcc\b", head)
+        return os.fsdecode(match.group(1)) if match else None
+    return str(Path(real).parent.parent)
+
+
+def find_cuda_home() -> str | None:
+    """CUDA_HOME, CUDA_PATH, the toolkit behind the nvcc on PATH, or /usr/local/cuda; None when
+    RCM_FSAD_CPU_ONLY=1 or no toolkit is found."""
+    if os.environ.get("RCM_FSAD_CPU_ONLY") == "1":
+        return None
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(_toolkit_root_of(nvcc))
+    candidates.append("/usr/local/cuda")
+    for root in candidates:
+        if root and os.path.isfile(os.path.join(root, "bin", "nvcc")):
+            return root
+    return None
+
+
+def wheel_cuda_include_dirs() -> list[str]:
+    """Headers shipped by torch's nvidia-* wheels (cusparse.h, cublas) that torch's CUDA headers need."""
+    roots = site.getsitepackages() + [sysconfig.get_paths()["purelib"]]
+    found: list[str] = []
+    for root in roots:
+        found += sorted(glob.glob(os.path.join(root, "nvidia", "cu[0-9]*", "include")))
+    return list(dict.fromkeys(found))
+
+
+def find_cuda_library(cuda_home: str, name: str) -> str | None:
+    """lib<name>.so from the toolkit, else from torch's nvidia-* wheels (the toolkit here has no nvrtc)."""
+    roots = [os.path.join(cuda_home, "lib64")] + [
+        os.path.join(os.path.dirname(include), "lib") for include in wheel_cuda_include_dirs()
+    ]
+    for root in roots:
+        matches = sorted(glob.glob(os.path.join(root, f"lib{name}.so*")))
+        if matches:
+            return matches[0]
+    return None
