@@ -17,18 +17,18 @@ using kernels::SamplePoint;
 
 // Output pixels per tile: a 256 x (C*K) columns tile of a 3x3, 256-channel layer is 2.4 MB in fp32.
 constexpr int64_t kRowTile = 256;
-// Channels handled per inner step; fixed so the compiler vectorises the lane loop.
+// Channels per inner step of the backward sums; fixed so that the lane loop vectorises.
 constexpr int64_t kLanes = 8;
 
 template <typename scalar_t>
 struct Sampling {
   const DeformConvGeometry& g;
-  const scalar_t* input;
+  const scalar_t* input;  // NHWC
   const scalar_t* offset;
   FieldStrides offset_strides;
-  const scalar_t* mask;
+  const scalar_t* mask;  // null without modulation
   FieldStrides mask_strides;
-  const scalar_t* zeros;
+  const scalar_t* zeros;  // C zeros, read in place of a corner outside the image
 
   struct Row {
     int64_t n, oy, ox;
@@ -40,23 +40,18 @@ struct Sampling {
   }
   const scalar_t* image(int64_t n) const { return input + n * g.height * g.width * g.channels; }
 
-  // Calls body(first_channel, end_channel) for the runs of offset group og's channels that lie in
-  // one conv group, i.e. that are contiguous in a columns row.
-  template <typename Body>
-  void for_each_run(int64_t og, Body&& body) const {
+  // End of the run of channels starting at c that stays in offset group og and in one conv group,
+  // i.e. that is contiguous in a columns row.
+  int64_t run_end(int64_t og, int64_t c) const {
     const int64_t cg = g.channels_per_group();
-    const int64_t end = (og + 1) * g.channels_per_offset_group();
-    for (int64_t c = og * g.channels_per_offset_group(); c < end;) {
-      const int64_t run_end = std::min(end, (c / cg + 1) * cg);
-      body(c, run_end);
-      c = run_end;
-    }
+    return std::min((og + 1) * g.channels_per_offset_group(), (c / cg + 1) * cg);
   }
 };
 
 // cols[r - row_begin, :] for rows [row_begin, row_end).
 template <typename scalar_t>
-void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, scalar_t* cols) {
+[[gnu::always_inline]] inline void sample_columns_body(const Sampling<scalar_t>& s, int64_t row_begin,
+                                                       int64_t row_end, scalar_t* cols) {
   const DeformConvGeometry& g = s.g;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const auto [n, oy, ox] = s.row(r);
@@ -73,16 +68,18 @@ void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_
           corner[i] = p.valid[i] ? image + p.pixel[i] * g.channels : s.zeros;
           w[i] = p.weight[i] * m;
         }
-        s.for_each_run(og, [&](int64_t c0, int64_t c1) {
-          scalar_t* __restrict__ dst = col_row + g.column_index(c0, k);
+        for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
+             c0 = c1) {
+          c1 = s.run_end(og, c0);
+          scalar_t* __restrict__ dst = col_row + g.column_index(c0, k) - c0;
           const scalar_t* __restrict__ a = corner[0];
           const scalar_t* __restrict__ b = corner[1];
           const scalar_t* __restrict__ c = corner[2];
           const scalar_t* __restrict__ d = corner[3];
           for (int64_t ch = c0; ch < c1; ++ch) {
-            dst[ch - c0] = w[0] * a[ch] + w[1] * b[ch] + w[2] * c[ch] + w[3] * d[ch];
+            dst[ch] = w[0] * a[ch] + w[1] * b[ch] + w[2] * c[ch] + w[3] * d[ch];
           }
-        });
+        }
       }
     }
   }
@@ -90,12 +87,13 @@ void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_
 
 // Backward of sample_columns for rows [row_begin, row_end) of one image: scatters into that
 // image's NHWC grad_input (the caller owns it, so no atomics) and writes the offset and mask
-// gradients of every (row, offset group, kernel point).
+// gradients of every (row, offset group, kernel point). sink: C scratch values that absorb the
+// (zero-weighted) scatter of corners outside the image, so one branch-free loop does everything.
 template <typename scalar_t>
-void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end,
-                             const scalar_t* grad_cols, scalar_t* grad_input,
-                             scalar_t* grad_offset, FieldStrides grad_offset_strides,
-                             scalar_t* grad_mask, FieldStrides grad_mask_strides) {
+[[gnu::always_inline]] inline void sample_columns_backward_body(
+    const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const scalar_t* grad_cols,
+    scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset, FieldStrides grad_offset_strides,
+    scalar_t* grad_mask, FieldStrides grad_mask_strides) {
   const DeformConvGeometry& g = s.g;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const auto [n, oy, ox] = s.row(r);
@@ -108,29 +106,42 @@ void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int
             kernels::deform_sample_point<scalar_t>(g, s.offset, s.offset_strides, n, og, k, oy, ox);
         const scalar_t m = kernels::modulation<scalar_t>(g, s.mask, s.mask_strides, n, og, k, oy, ox);
         const scalar_t* corner[4];
-        for (int i = 0; i < 4; ++i) corner[i] = p.valid[i] ? image + p.pixel[i] * g.channels : s.zeros;
+        scalar_t* target[4];
+        scalar_t w[4];
+        for (int i = 0; i < 4; ++i) {
+          corner[i] = p.valid[i] ? image + p.pixel[i] * g.channels : s.zeros;
+          target[i] = p.valid[i] ? grad_image + p.pixel[i] * g.channels : sink;
+          w[i] = p.weight[i] * m;
+        }
         scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
-        s.for_each_run(og, [&](int64_t c0, int64_t c1) {
+        for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
+             c0 = c1) {
+          c1 = s.run_end(og, c0);
           const scalar_t* __restrict__ gcol = grad_row + g.column_index(c0, k) - c0;
+          const scalar_t* __restrict__ v00 = corner[0];
+          const scalar_t* __restrict__ v01 = corner[1];
+          const scalar_t* __restrict__ v10 = corner[2];
+          const scalar_t* __restrict__ v11 = corner[3];
+          scalar_t* __restrict__ t00 = target[0];
+          scalar_t* __restrict__ t01 = target[1];
+          scalar_t* __restrict__ t10 = target[2];
+          scalar_t* __restrict__ t11 = target[3];
           for (int64_t base = c0; base < c1; base += kLanes) {
             const int64_t lanes = std::min(kLanes, c1 - base);
             for (int64_t l = 0; l < lanes; ++l) {
               const int64_t ch = base + l;
-              const scalar_t v00 = corner[0][ch], v01 = corner[1][ch];
-              const scalar_t v10 = corner[2][ch], v11 = corner[3][ch];
-              const auto d = kernels::coordinate_gradient(p, v00, v01, v10, v11);
-              sum_dy[l] += gcol[ch] * d.dy;
-              sum_dx[l] += gcol[ch] * d.dx;
-              sum_value[l] += gcol[ch] * kernels::interpolate(p, v00, v01, v10, v11);
+              const scalar_t gc = gcol[ch];
+              const auto d = kernels::coordinate_gradient(p, v00[ch], v01[ch], v10[ch], v11[ch]);
+              sum_dy[l] += gc * d.dy;
+              sum_dx[l] += gc * d.dx;
+              sum_value[l] += gc * kernels::interpolate(p, v00[ch], v01[ch], v10[ch], v11[ch]);
+              t00[ch] += w[0] * gc;
+              t01[ch] += w[1] * gc;
+              t10[ch] += w[2] * gc;
+              t11[ch] += w[3] * gc;
             }
           }
-          for (int i = 0; i < 4; ++i) {
-            if (!p.valid[i]) continue;
-            scalar_t* __restrict__ dst = grad_image + p.pixel[i] * g.channels;
-            const scalar_t w = p.weight[i] * m;
-            for (int64_t ch = c0; ch < c1; ++ch) dst[ch] += w * gcol[ch];
-          }
-        });
+        }
         scalar_t dy = 0, dx = 0, value = 0;
         for (int64_t l = 0; l < kLanes; ++l) {
           dy += sum_dy[l];
@@ -146,6 +157,64 @@ void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int
       }
     }
   }
+}
+
+// The two hot loops are compiled for the baseline ISA and, on x86, again for AVX2+FMA (what the
+// bodies gain most from: 8-wide vectors and registers enough for the lane sums); the CPU picks at
+// run time, as ATen's own kernels do.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define RCM_FSAD_AVX2_DISPATCH 1
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+template <typename scalar_t>
+void sample_columns_baseline(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, scalar_t* cols) {
+  sample_columns_body(s, row_begin, row_end, cols);
+}
+
+template <typename scalar_t, typename... Args>
+void sample_columns_backward_baseline(Args... args) {
+  sample_columns_backward_body<scalar_t>(args...);
+}
+
+#ifdef RCM_FSAD_AVX2_DISPATCH
+template <typename scalar_t>
+[[gnu::target("avx2,fma")]] void sample_columns_avx2(const Sampling<scalar_t>& s, int64_t row_begin,
+                                                     int64_t row_end, scalar_t* cols) {
+  sample_columns_body(s, row_begin, row_end, cols);
+}
+
+template <typename scalar_t, typename... Args>
+[[gnu::target("avx2,fma")]] void sample_columns_backward_avx2(Args... args) {
+  sample_columns_backward_body<scalar_t>(args...);
+}
+#endif
+
+template <typename scalar_t>
+void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, scalar_t* cols) {
+#ifdef RCM_FSAD_AVX2_DISPATCH
+  if (cpu_has_avx2_fma()) return sample_columns_avx2(s, row_begin, row_end, cols);
+#endif
+  sample_columns_baseline(s, row_begin, row_end, cols);
+}
+
+template <typename scalar_t>
+void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end,
+                             const scalar_t* grad_cols, scalar_t* grad_input, scalar_t* sink,
+                             scalar_t* grad_offset, FieldStrides grad_offset_strides, scalar_t* grad_mask,
+                             FieldStrides grad_mask_strides) {
+#ifdef RCM_FSAD_AVX2_DISPATCH
+  if (cpu_has_avx2_fma()) {
+    return sample_columns_backward_avx2<scalar_t>(s, row_begin, row_end, grad_cols, grad_input, sink,
+                                                  grad_offset, grad_offset_strides, grad_mask,
+                                                  grad_mask_strides);
+  }
+#endif
+  sample_columns_backward_baseline<scalar_t>(s, row_begin, row_end, grad_cols, grad_input, sink, grad_offset,
+                                             grad_offset_strides, grad_mask, grad_mask_strides);
 }
 
 template <typename scalar_t>
@@ -239,6 +308,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         at::Tensor cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor grad_wmat = grad_wmat_parts[at::get_thread_num()];
+        at::Tensor sink = at::empty({g.channels}, input.options());
         for (int64_t r0 = n0 * g.out_pixels(); r0 < n1 * g.out_pixels(); r0 += kRowTile) {
           const int64_t len = std::min(kRowTile, n1 * g.out_pixels() - r0);
           sample_columns(s, r0, r0 + len, cols.mutable_data_ptr<scalar_t>());
@@ -251,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
             gw.addmm_(go.t(), a);
           }
           sample_columns_backward(s, r0, r0 + len, grad_cols.const_data_ptr<scalar_t>(),
-                                  grad_input.mutable_data_ptr<scalar_t>(),
+                                  grad_input.mutable_data_ptr<scalar_t>(), sink.mutable_data_ptr<scalar_t>(),
                                   grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
         }
       });

@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# The one prepared check for a GPU machine (SPEC section 3): H200, system-wide torch (2.11) + torchvision,
+# nvcc 13.0, no network. Run from anywhere:
+#
+#     OUT=/some/folder bash benchmarks/gpu_check.sh
+#
+# Steps, in order (each one's output is tee'd into a log under $OUT; a failing step does not stop the
+# ones after it):
+#   1 env        nvidia-smi, nvcc, python/torch/torchvision/pytest/ninja versions   -> build.log
+#   2 build      MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace -> build.log
+#   3 info       python -m rcm_fsad_ops info                                        -> build.log
+#   4 tests      python -m pytest tests -x -q -k cuda (CUDA parity tests)           -> checks.log
+#   5 memcheck   compute-sanitizer --tool memcheck on a small forward+backward      -> checks.log
+#   6 bench      python -m benchmarks --device cuda --out $OUT                      -> bench.log, cuda-*.json/.md
+#   extras, only while the time budget lasts:
+#   7 racecheck  compute-sanitizer --tool racecheck on the small case (forward+backward) -> checks.log
+#   8 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
+#
+# $OUT/summary.txt lists every step (OK / FAIL / SKIP, exit code, seconds) and a final STATUS line;
+# the script exits 0 when all ran and passed, 1 when any step failed, 2 when a required step was skipped.
+# Files in $OUT are kept to at most 7 (the device tool brings back 8 at most).
+#
+# Environment: OUT (default /tmp/gpu_check_out), PYTHON (default: python, else python3),
+# BUDGET_S (total time budget in seconds, default 480; each step's timeout is capped by what is left).
+
+set -uo pipefail
+
+REPO="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
+cd "$REPO" || exit 1
+
+OUT="${OUT:-/tmp/gpu_check_out}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+SUMMARY="$OUT/summary.txt"
+BUILD_LOG="$OUT/build.log"
+CHECKS_LOG="$OUT/checks.log"
+BENCH_LOG="$OUT/bench.log"
+BUDGET_S="${BUDGET_S:-480}"
+export PYTHONUNBUFFERED=1
+# The extension is built in place, not installed: scripts run from elsewhere (/tmp) must find it.
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+
+if [[ -n "${PYTHON:-}" ]]; then
+    PY="$PYTHON"
+elif command -v python >/dev/null 2>&1; then
+    PY=python
+else
+    PY=python3
+fi
+
+SANITIZER=""
+for candidate in "$(command -v compute-sanitizer 2>/dev/null)" /usr/local/cuda/bin/compute-sanitizer \
+                 /usr/local/cuda-*/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+    if [[ -n "$candidate" && -x "$candidate" ]]; then
+        SANITIZER="$candidate"
+        break
+    fi
+done
+
+START=$SECONDS
+FAILED=()
+SKIPPED_REQUIRED=()
+{
+    echo "gpu_check.sh  $(date -Is)"
+    echo "repo $REPO  python $PY  budget ${BUDGET_S}s  sanitizer ${SANITIZER:-not found}"
+    printf '%-10s %-6s %5s %7s  %s\n' step status rc seconds log
+} > "$SUMMARY"
+
+remaining() { echo $(( BUDGET_S - (SECONDS - START) )); }
+
+# step NAME LOG CAP_SECONDS REQUIRED(1/0) COMMAND...
+# Runs COMMAND through bash under `timeout`, min(CAP, time left); appends to LOG and echoes to stdout.
+step() {
+    local name="$1" log="$2" cap="$3" required="$4"
+    shift 4
+    local cmd="$*"
+    local left
+    left=$(remaining)
+    local limit=$(( cap < left ? cap : left ))
+    if (( limit < 15 )); then
+        echo "===== [$name] SKIPPED: only ${left}s of the ${BUDGET_S}s budget left" | tee -a "$log"
+        printf '%-10s %-6s %5s %7s  %s\n' "$name" SKIP - 0 "$(basename "$log") (out of time)" >> "$SUMMARY"
+        (( required )) && SKIPPED_REQUIRED+=("$name")
+        return 0
+    fi
+    local shown="${cmd#$'\n'}"
+    [[ "$shown" == *$'\n'* ]] && shown="${shown%%$'\n'*} ..."
+    echo "===== [$name] $(date +%T) timeout ${limit}s: $shown" | tee -a "$log"
+    local t0=$SECONDS
+    timeout --kill-after=10 "$limit" bash -c "$cmd" 2>&1 | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    local dt=$(( SECONDS - t0 ))
+    local status=OK
+    if (( rc != 0 )); then
+        status=FAIL
+        FAILED+=("$name")
+        (( rc == 124 || rc == 137 )) && echo "===== [$name] TIMED OUT after ${limit}s" | tee -a "$log"
+    fi
+    echo "===== [$name] $status (rc=$rc, ${dt}s)" | tee -a "$log"
+    printf '%-10s %-6s %5s %7s  %s\n' "$name" "$status" "$rc" "$dt" "$(basename "$log")" >> "$SUMMARY"
+}
+
+skip_step() {  # skip_step NAME LOG REQUIRED REASON
+    echo "===== [$1] SKIPPED: $4" | tee -a "$2"
+    printf '%-10s %-6s %5s %7s  %s\n' "$1" SKIP - 0 "$(basename "$2") ($4)" >> "$SUMMARY"
+    (( $3 )) && SKIPPED_REQUIRED+=("$1")
+}
+
+# ---- 1 env ------------------------------------------------------------------------------------------
+step env "$BUILD_LOG" 60 1 "
+nvidia-smi || echo 'nvidia-smi failed'
+echo; echo \"nvcc: \$(command -v nvcc || echo 'not on PATH')\"; nvcc --version 2>/dev/null | tail -n 2
+echo \"ninja: \$(command -v ninja || echo 'not found (torch falls back to a slow serial build)')\"
+echo \"python: \$(command -v $PY)\"
+$PY - <<'PYEOF'
+import platform, importlib
+import torch
+print('python', platform.python_version(), platform.platform())
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())
+print('cuda available', torch.cuda.is_available(), 'devices', torch.cuda.device_count())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print('gpu', p.name, 'sm_%d%d' % (p.major, p.minor), round(p.total_memory / 2**30, 1), 'GiB', p.multi_processor_count, 'SMs')
+print('threads', torch.get_num_threads())
+for name in ('torchvision', 'pytest', 'numpy', 'ninja'):
+    try:
+        m = importlib.import_module(name)
+        print(name, getattr(m, '__version__', '?'))
+    except Exception as e:
+        print(name, 'NOT AVAILABLE:', type(e).__name__, e)
+PYEOF
+"
+
+# ---- 2 build ----------------------------------------------------------------------------------------
+step build "$BUILD_LOG" 330 1 "MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 $PY setup.py build_ext --inplace"
+
+# ---- 3 info -----------------------------------------------------------------------------------------
+step info "$BUILD_LOG" 60 1 "
+$PY -m rcm_fsad_ops info || { echo '(python -m rcm_fsad_ops info failed; asking the package directly)';
+$PY -c 'import json, rcm_fsad_ops; print(json.dumps(rcm_fsad_ops.info(), indent=2))'; }
+"
+
+# ---- 4 CUDA parity tests ----------------------------------------------------------------------------
+if $PY -c 'import pytest' >/dev/null 2>&1; then
+    step tests "$CHECKS_LOG" 180 1 "$PY -m pytest tests -x -q -rfEs -k cuda -p no:cacheprovider"
+else
+    skip_step tests "$CHECKS_LOG" 1 "pytest is not installed for $PY"
+fi
+
+# ---- 5 compute-sanitizer memcheck on a small case -----------------------------------------------------
+SMALL_PY=/tmp/rcm_fsad_sanitizer_small.py
+cat > "$SMALL_PY" <<'PYEOF'
+"""Small deform_conv2d forward+backward cases on CUDA, for compute-sanitizer."""
+import torch
+
+import rcm_fsad_ops
+
+torch.manual_seed(0)
+device = "cuda"
+# (N, C_in, C_out, H, W, kernel, stride, padding, dilation, groups, offset_groups, mask, channels_last)
+CASES = [
+    (2, 8, 12, 9, 7, 3, 1, 1, 1, 1, 1, True, False),
+    (2, 16, 8, 11, 13, 3, 2, 2, 2, 2, 2, True, False),
+    (1, 12, 6, 8, 8, 3, 1, 1, 1, 1, 1, False, False),
+    (2, 32, 32, 7, 9, 3, 1, 1, 1, 1, 1, True, True),
+]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+for n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels_last in CASES:
+    h_out = (h + 2 * p - d * (k - 1) - 1) // s + 1
+    w_out = (w + 2 * p - d * (k - 1) - 1) // s + 1
+    base = {
+        "input": torch.randn(n, c_in, h, w),
+        # scaled so that many samples fall outside the image and on its border
+        "offset": torch.randn(n, 2 * offset_groups * k * k, h_out, w_out) * 2.0,
+        "weight": torch.randn(c_out, c_in // groups, k, k) * 0.2,
+        "bias": torch.randn(c_out),
+        "mask": torch.rand(n, offset_groups * k * k, h_out, w_out),
+    }
+    for dtype in DTYPES:
+        t = {key: v.to(device, dtype).requires_grad_() for key, v in base.items()}
+        x = t["input"]
+        if channels_last:
+            x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+        out = rcm_fsad_ops.deform_conv2d(x, t["offset"], t["weight"], t["bias"], stride=s, padding=p,
+                                         dilation=d, mask=t["mask"] if use_mask else None)
+        out.backward(torch.randn_like(out))
+        torch.cuda.synchronize()
+        print("ok", (n, c_in, c_out, h, w, s, p, d, groups, offset_groups, use_mask, channels_last), dtype,
+              tuple(out.shape), flush=True)
+print("sanitizer small cases: done")
+PYEOF
+
+if [[ -n "$SANITIZER" ]]; then
+    # No caching allocator: out-of-bounds accesses inside a pooled block would go unseen otherwise.
+    step memcheck "$CHECKS_LOG" 180 1 "PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' --tool memcheck --leak-check no --error-exitcode 86 --print-limit 40 $PY $SMALL_PY"
+else
+    skip_step memcheck "$CHECKS_LOG" 1 "compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"
+fi
+
+# ---- 6 benchmarks -------------------------------------------------------------------------------------
+step bench "$BENCH_LOG" 270 1 "$PY -m benchmarks --device cuda --out '$OUT'"
+
+# ---- 7, 8 extras while time is left -------------------------------------------------------------------
+if [[ -n "$SANITIZER" ]] && (( $(remaining) >= 60 )); then
+    step racecheck "$CHECKS_LOG" 120 0 "PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' --tool racecheck --error-exitcode 86 --print-limit 40 $PY $SMALL_PY"
+else
+    skip_step racecheck "$CHECKS_LOG" 0 "not enough time left or no compute-sanitizer"
+fi
+if (( $(remaining) >= 90 )); then
+    step compile "$BENCH_LOG" 200 0 "rm -rf /tmp/gpu_check_compile && $PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --out /tmp/gpu_check_compile; rc=\$?; for f in /tmp/gpu_check_compile/cuda-*.json; do [[ -e \$f ]] && cp \"\$f\" '$OUT/'\"\$(basename \"\$f\" | sed 's/^cuda-/cuda-compile-/')\"; done; exit \$rc"
+else
+    skip_step compile "$BENCH_LOG" 0 "not enough time left for torch.compile of the reference"
+fi
+
+# ---- summary ----------------------------------------------------------------------------------------
+TOTAL=$(( SECONDS - START ))
+{
+    echo "total ${TOTAL}s (budget ${BUDGET_S}s)"
+    if (( ${#FAILED[@]} )); then
+        echo "STATUS: FAIL (${#FAILED[@]} failed: ${FAILED[*]}${SKIPPED_REQUIRED[*]:+; skipped: ${SKIPPED_REQUIRED[*]}})"
+    elif (( ${#SKIPPED_REQUIRED[@]} )); then
+        echo "STATUS: INCOMPLETE (required steps skipped: ${SKIPPED_REQUIRED[*]})"
+    else
+        echo "STATUS: OK"
+    fi
+    echo "files in $OUT:"
+    ls -l "$OUT"
+} >> "$SUMMARY"
+echo
+cat "$SUMMARY"
+if (( ${#FAILED[@]} )); then
+    exit 1
+elif (( ${#SKIPPED_REQUIRED[@]} )); then
+    exit 2
+fi
+exit 0

@@ -1,0 +1,84 @@
+"""pytest-benchmark suite: rcm_fsad_ops.deform_conv2d vs torchvision.ops.deform_conv2d.
+
+Same cases and inputs as ``python -m benchmarks`` (benchmarks/shapes.py), forward and forward+backward.
+Each (device, case, dtype, pass) is one pytest-benchmark group, so ``--benchmark-only`` prints ours
+and torchvision next to each other. CUDA cases are skipped without a GPU. TF32 is off on both sides.
+
+Run:  pytest benchmarks --benchmark-only
+      pytest benchmarks --benchmark-only -k "cpu and fwd_bwd" --benchmark-min-rounds=3
+"""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("pytest_benchmark")
+
+import torch  # noqa: E402
+
+from benchmarks.runner import _make_step, _ours, pick_torchvision, set_tf32  # noqa: E402
+from benchmarks.shapes import CASES, FWD, FWD_BWD, dtype_of  # noqa: E402
+
+DEVICE_DTYPE_CASES = [
+    pytest.param(device, case, dtype_name, id=f"{device}-{case.name}-{dtype_name}",
+                 marks=[pytest.mark.cuda] if device == "cuda" else [])
+    for device in ("cpu", "cuda")
+    for case in CASES
+    if device in case.dtypes
+    for dtype_name in case.dtypes[device]
+]
+PASS_PARAMS = [pytest.param(FWD, id="fwd"), pytest.param(FWD_BWD, id="fwd_bwd")]
+IMPL_PARAMS = ["ours", "torchvision"]
+
+_INPUTS: dict = {}
+
+
+def _inputs(case, device: str, dtype_name: str):
+    """Inputs of one case, cached for the run of consecutive tests that share them (one entry kept)."""
+    key = (case.name, device, dtype_name)
+    if key not in _INPUTS:
+        _INPUTS.clear()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        _INPUTS[key] = case.make_inputs(device, dtype_of(dtype_name))
+    return _INPUTS[key]
+
+
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
+@pytest.mark.parametrize("pass_name", PASS_PARAMS)
+@pytest.mark.parametrize("device, case, dtype_name", DEVICE_DTYPE_CASES)
+def test_deform_conv2d(benchmark, device, case, dtype_name, pass_name, impl):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    tf32 = set_tf32(False)
+    tensors = _inputs(case, device, dtype_name)
+    note = ""
+    if impl == "ours":
+        fn = _ours()
+    else:
+        fn, note, _ = pick_torchvision(tensors, case)
+    prepare, step = _make_step(fn, tensors, case, pass_name)
+    if device == "cuda":
+        def target():
+            prepare()
+            step()
+            torch.cuda.synchronize()
+    else:
+        def target():
+            prepare()
+            step()
+
+    element_size = torch.empty((), dtype=dtype_of(dtype_name)).element_size()
+    flops = case.flops(pass_name)
+    min_bytes = case.min_bytes(pass_name, element_size)
+    benchmark.group = f"{device} {case.name} {dtype_name} {pass_name}"
+    benchmark.extra_info.update({
+        "case": case.describe(), "dtype": dtype_name, "pass": pass_name, "impl": impl, "impl_note": note,
+        "flops": flops, "min_bytes": min_bytes, "tf32": tf32, "threads": torch.get_num_threads(),
+    })
+    benchmark(target)
+
+    stats = getattr(benchmark, "stats", None)
+    median = getattr(getattr(stats, "stats", None), "median", None)
+    if median:
+        benchmark.extra_info["gflops_at_median"] = flops / median / 1e9
+        benchmark.extra_info["gbps_at_median"] = min_bytes / median / 1e9
