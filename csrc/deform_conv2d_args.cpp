@@ -144,4 +144,33 @@ at::Tensor weight_from_matrix(const at::Tensor& matrix, const kernels::DeformCon
       .contiguous();
 }
 
+void columns_times_weight(const at::Tensor& columns, const at::Tensor& wmat,
+                          const std::optional<at::Tensor>& bias, at::Tensor& out_rows,
+                          const kernels::DeformConvGeometry& g) {
+  const int64_t in_cols = g.kernel_points() * g.channels_per_group();
+  const int64_t out_cols = g.out_channels / g.groups;
+  for (int64_t group = 0; group < g.groups; ++group) {
+    const at::Tensor a = columns.narrow(1, group * in_cols, in_cols);
+    const at::Tensor b = wmat.narrow(0, group * out_cols, out_cols).t();
+    at::Tensor out = out_rows.narrow(1, group * out_cols, out_cols);
+    if (bias.has_value()) {
+      at::addmm_out(out, bias->narrow(0, group * out_cols, out_cols), a, b);
+    } else {
+      at::mm_out(out, a, b);
+    }
+  }
+}
+
+void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, const at::Tensor& wmat,
+                    at::Tensor& grad_columns, at::Tensor& grad_wmat, const kernels::DeformConvGeometry& g) {
+  const int64_t in_cols = g.kernel_points() * g.channels_per_group();
+  const int64_t out_cols = g.out_channels / g.groups;
+  for (int64_t group = 0; group < g.groups; ++group) {
+    const at::Tensor go = grad_rows.narrow(1, group * out_cols, out_cols);
+    at::Tensor gc = grad_columns.narrow(1, group * in_cols, in_cols);
+    at::mm_out(gc, go, wmat.narrow(0, group * out_cols, out_cols));
+    grad_wmat.narrow(0, group * out_cols, out_cols).addmm_(go.t(), columns.narrow(1, group * in_cols, in_cols));
+  }
+}
+
 }  // namespace rcm_fsad

@@ -41,4 +41,14 @@ at::Tensor weight_matrix(const at::Tensor& weight);
 // Inverse of weight_matrix for the weight gradient.
 at::Tensor weight_from_matrix(const at::Tensor& matrix, const kernels::DeformConvGeometry& g);
 
+// out_rows (rows, C_out) = columns (rows, C_in*K) x wmat^T (+ bias), one GEMM per conv group.
+void columns_times_weight(const at::Tensor& columns, const at::Tensor& wmat,
+                          const std::optional<at::Tensor>& bias, at::Tensor& out_rows,
+                          const kernels::DeformConvGeometry& g);
+
+// The two backward GEMMs of a block of rows, per conv group: grad_columns = grad_rows x wmat and
+// grad_wmat += grad_rows^T x columns.
+void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, const at::Tensor& wmat,
+                    at::Tensor& grad_columns, at::Tensor& grad_wmat, const kernels::DeformConvGeometry& g);
+
 }  // namespace rcm_fsad

@@ -30,14 +30,6 @@ struct Sampling {
   FieldStrides mask_strides;
   const scalar_t* zeros;  // C zeros, read in place of a corner outside the image
 
-  struct Row {
-    int64_t n, oy, ox;
-  };
-  Row row(int64_t r) const {
-    const int64_t n = r / g.out_pixels();
-    const int64_t pix = r - n * g.out_pixels();
-    return {n, pix / g.out_w, pix % g.out_w};
-  }
   const scalar_t* image(int64_t n) const { return input + n * g.height * g.width * g.channels; }
 
   // End of the run of channels starting at c that stays in offset group og and in one conv group,
@@ -54,7 +46,7 @@ template <typename scalar_t>
                                                        int64_t row_end, scalar_t* cols) {
   const DeformConvGeometry& g = s.g;
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const auto [n, oy, ox] = s.row(r);
+    const auto [n, oy, ox] = kernels::output_pixel(g, r);
     const scalar_t* image = s.image(n);
     scalar_t* col_row = cols + (r - row_begin) * g.column_width();
     for (int64_t og = 0; og < g.offset_groups; ++og) {
@@ -96,7 +88,7 @@ template <typename scalar_t>
     scalar_t* grad_mask, FieldStrides grad_mask_strides) {
   const DeformConvGeometry& g = s.g;
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const auto [n, oy, ox] = s.row(r);
+    const auto [n, oy, ox] = kernels::output_pixel(g, r);
     const scalar_t* image = s.image(n);
     scalar_t* grad_image = grad_input + n * g.height * g.width * g.channels;
     const scalar_t* grad_row = grad_cols + (r - row_begin) * g.column_width();
@@ -249,8 +241,6 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     const at::Tensor wmat = weight_matrix(weight);
     const at::Tensor zeros = at::zeros({g.channels}, input.options());
     const at::Tensor out_rows = out.view({rows, g.out_channels});
-    const int64_t cg_cols = g.kernel_points() * g.channels_per_group();
-    const int64_t og_cols = g.out_channels / g.groups;
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
       const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset, mask, zeros);
       const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
@@ -260,16 +250,8 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
           const int64_t r0 = t * kRowTile;
           const int64_t len = std::min(kRowTile, rows - r0);
           sample_columns(s, r0, r0 + len, cols.mutable_data_ptr<scalar_t>());
-          for (int64_t gc = 0; gc < g.groups; ++gc) {
-            const at::Tensor a = cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
-            const at::Tensor b = wmat.narrow(0, gc * og_cols, og_cols).t();
-            at::Tensor o = out_rows.narrow(0, r0, len).narrow(1, gc * og_cols, og_cols);
-            if (bias.has_value()) {
-              at::addmm_out(o, bias->narrow(0, gc * og_cols, og_cols), a, b);
-            } else {
-              at::mm_out(o, a, b);
-            }
-          }
+          at::Tensor out_tile = out_rows.narrow(0, r0, len);
+          columns_times_weight(cols.narrow(0, 0, len), wmat, bias, out_tile, g);
         }
       });
     });
@@ -291,8 +273,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   // One weight-gradient accumulator per thread; summed once at the end, in thread order.
   at::Tensor grad_wmat_parts = at::zeros({at::get_num_threads(), wmat.size(0), wmat.size(1)},
                                          weight.options());
-  const int64_t cg_cols = g.kernel_points() * g.channels_per_group();
-  const int64_t og_cols = g.out_channels / g.groups;
   if (g.batch > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor grad_rows =
@@ -312,14 +292,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         for (int64_t r0 = n0 * g.out_pixels(); r0 < n1 * g.out_pixels(); r0 += kRowTile) {
           const int64_t len = std::min(kRowTile, n1 * g.out_pixels() - r0);
           sample_columns(s, r0, r0 + len, cols.mutable_data_ptr<scalar_t>());
-          for (int64_t gc = 0; gc < g.groups; ++gc) {
-            const at::Tensor go = grad_rows.narrow(0, r0, len).narrow(1, gc * og_cols, og_cols);
-            const at::Tensor a = cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
-            at::Tensor ga = grad_cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
-            at::mm_out(ga, go, wmat.narrow(0, gc * og_cols, og_cols));
-            at::Tensor gw = grad_wmat.narrow(0, gc * og_cols, og_cols);
-            gw.addmm_(go.t(), a);
-          }
+          at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
+          backward_gemms(grad_rows.narrow(0, r0, len), cols.narrow(0, 0, len), wmat, grad_cols_tile,
+                         grad_wmat, g);
           sample_columns_backward(s, r0, r0 + len, grad_cols.const_data_ptr<scalar_t>(),
                                   grad_input.mutable_data_ptr<scalar_t>(), sink.mutable_data_ptr<scalar_t>(),
                                   grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);

@@ -109,23 +109,13 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset,
     const at::Tensor out_rows = out.view({rows, g.out_channels});
     const int64_t chunk = chunk_rows(g);
     at::Tensor cols = at::empty({chunk, g.column_width()}, input.options());
-    const int64_t cg_cols = g.kernel_points() * g.channels_per_group();
-    const int64_t og_cols = g.out_channels / g.groups;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
       const ChunkArgs<scalar_t> a = chunk_args<scalar_t>(input_nhwc, offset, mask);
       for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         const int64_t len = std::min(chunk, rows - r0);
         launch_im2col<scalar_t>(g, a, r0, len, cols.mutable_data_ptr<scalar_t>());
-        for (int64_t gc = 0; gc < g.groups; ++gc) {
-          const at::Tensor c = cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
-          const at::Tensor w = wmat.narrow(0, gc * og_cols, og_cols).t();
-          at::Tensor o = out_rows.narrow(0, r0, len).narrow(1, gc * og_cols, og_cols);
-          if (bias.has_value()) {
-            at::addmm_out(o, bias->narrow(0, gc * og_cols, og_cols), c, w);
-          } else {
-            at::mm_out(o, c, w);
-          }
-        }
+        at::Tensor out_chunk = out_rows.narrow(0, r0, len);
+        columns_times_weight(cols.narrow(0, 0, len), wmat, bias, out_chunk, g);
       }
     });
   }
@@ -156,8 +146,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     const int64_t chunk = chunk_rows(g);
     at::Tensor cols = at::empty({chunk, g.column_width()}, input.options());
     at::Tensor grad_cols = at::empty({chunk, g.column_width()}, input.options());
-    const int64_t cg_cols = g.kernel_points() * g.channels_per_group();
-    const int64_t og_cols = g.out_channels / g.groups;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                     "deform_conv2d_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -168,13 +156,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         const int64_t len = std::min(chunk, rows - r0);
         launch_im2col<scalar_t>(g, a, r0, len, cols.mutable_data_ptr<scalar_t>());
-        for (int64_t gc = 0; gc < g.groups; ++gc) {
-          const at::Tensor go = grad_rows.narrow(0, r0, len).narrow(1, gc * og_cols, og_cols);
-          const at::Tensor c = cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
-          at::Tensor gc_cols = grad_cols.narrow(0, 0, len).narrow(1, gc * cg_cols, cg_cols);
-          at::mm_out(gc_cols, go, wmat.narrow(0, gc * og_cols, og_cols));
-          grad_wmat.narrow(0, gc * og_cols, og_cols).addmm_(go.t(), c);
-        }
+        at::Tensor grad_cols_chunk = grad_cols.narrow(0, 0, len);
+        backward_gemms(grad_rows.narrow(0, r0, len), cols.narrow(0, 0, len), wmat, grad_cols_chunk,
+                       grad_wmat, g);
         launch_col2im<scalar_t>(g, a, r0, len, grad_cols.const_data_ptr<scalar_t>(),
                                 grad_input.mutable_data_ptr<acc_t>(),
                                 grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);

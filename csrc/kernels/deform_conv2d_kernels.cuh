@@ -28,11 +28,8 @@ __global__ void deform_im2col_kernel(DeformConvGeometry g, const scalar_t* __res
     const index_t t = idx / channels;
     const index_t k = t % points;
     const index_t r = t / points;
-    const int64_t row = first_row + r;
-    const int64_t n = row / g.out_pixels();
-    const int64_t pix = row - n * g.out_pixels();
-    const int64_t oy = pix / g.out_w;
-    const int64_t ox = pix - oy * g.out_w;
+    const OutputPixel px = output_pixel(g, first_row + r);
+    const int64_t n = px.n, oy = px.oy, ox = px.ox;
     const int64_t og = c / g.channels_per_offset_group();
     const SamplePoint<acc_t> p =
         deform_sample_point<acc_t>(g, offset, offset_strides, n, og, k, oy, ox);
@@ -82,11 +79,8 @@ __global__ void deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __res
     const index_t t = w / groups;
     const index_t k = t % points;
     const index_t r = t / points;
-    const int64_t row = first_row + r;
-    const int64_t n = row / g.out_pixels();
-    const int64_t pix = row - n * g.out_pixels();
-    const int64_t oy = pix / g.out_w;
-    const int64_t ox = pix - oy * g.out_w;
+    const OutputPixel px = output_pixel(g, first_row + r);
+    const int64_t n = px.n, oy = px.oy, ox = px.ox;
     const SamplePoint<acc_t> p =
         deform_sample_point<acc_t>(g, offset, offset_strides, n, og, k, oy, ox);
     const acc_t m = modulation<acc_t>(g, mask, mask_strides, n, og, k, oy, ox);

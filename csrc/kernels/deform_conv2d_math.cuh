@@ -68,6 +68,20 @@ struct FieldStrides {
   }
 };
 
+// Row r of the columns matrix is output pixel (oy, ox) of image n.
+struct OutputPixel {
+  int64_t n;
+  int64_t oy;
+  int64_t ox;
+};
+
+RCM_HD OutputPixel output_pixel(const DeformConvGeometry& g, int64_t row) {
+  const int64_t n = row / g.out_pixels();
+  const int64_t pix = row - n * g.out_pixels();
+  const int64_t oy = pix / g.out_w;
+  return {n, oy, pix - oy * g.out_w};
+}
+
 // Where kernel point k of output pixel (oy, ox) samples before its offset is added.
 struct TapOrigin {
   int64_t y;

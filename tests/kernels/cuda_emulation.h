@@ -1,0 +1,891 @@
+// CPU emulation of the CUDA execution model, so that the torch-free kernel headers under
+// csrc/kernels/ run (and are tested, under AddressSanitizer, UBSan and ThreadSanitizer) on machines
+// without a GPU. Include this header BEFORE any kernel header; compile as host C++20 (g++ >= 12).
+//
+// What it provides
+//   * the qualifiers __global__, __device__, __host__, __forceinline__, __noinline__,
+//     __launch_bounds__(...), __align__(n), __constant__ and __shared__ (static shared memory);
+//   * threadIdx, blockIdx (uint3), blockDim, gridDim (dim3) and warpSize: per OS thread
+//     (thread_local), read-only;
+//   * __syncthreads(), __syncthreads_count/and/or(pred): a real barrier of the thread block. A
+//     barrier not reached by every thread of the block is reported as "divergent __syncthreads"
+//     and aborts the process: a thread that waits while others of its block have exited, a thread
+//     that exits while others wait, or threads waiting at two different __syncthreads() calls;
+//   * warp collectives __shfl_sync, __shfl_up_sync, __shfl_down_sync, __shfl_xor_sync (with the
+//     width argument), __ballot_sync, __any_sync, __all_sync and __syncwarp, through a per-warp
+//     exchange: every lane named in the mask must call the same collective with the same mask.
+//     Reported as errors (abort): a lane of the mask that has exited or calls something else, a
+//     calling lane missing from the mask, a mask naming lanes the warp does not have, and a shuffle
+//     reading a lane outside the mask (its value is undefined on the GPU);
+//   * atomics through std::atomic_ref with relaxed ordering, as on the GPU (so they do not hide
+//     races from ThreadSanitizer): atomicAdd (int, unsigned, unsigned long long, float, double,
+//     __half, __nv_bfloat16), atomicSub, atomicExch, atomicCAS, atomicMin, atomicMax;
+//   * dynamic shared memory through RCM_DYNAMIC_SHARED(type, name), which declares `type* name`
+//     pointing at the block's dynamic shared memory (the shared_bytes of the launch). The same
+//     macro works under nvcc (see the __CUDACC__ branch below): kernel headers should use it rather
+//     than `extern __shared__`, which this harness cannot emulate. Each block gets its own
+//     heap buffer of exactly shared_bytes, filled with 0xFF bytes (NaN for float/double) so reads
+//     of never-written shared memory show, and AddressSanitizer catches overruns;
+//   * host 16-bit float types __half and __nv_bfloat16: 16-bit storage, round-to-nearest-even
+//     conversion from float and exact conversion to float, both implicit (like c10::Half), and
+//     __float2half/__half2float/__float2bfloat16/__bfloat162float. Arithmetic goes through float;
+//   * emu::launch(mode, grid, block, shared_bytes, kernel, args...): every GPU thread of a block
+//     runs on its own OS thread (a pool of threads, reused between launches), so ThreadSanitizer
+//     sees races between the threads of a block.
+//       Mode::BlockByBlock runs the blocks one after the other (all threads of one block at a time);
+//       Mode::AllBlocks runs the threads of every block at once, to expose races BETWEEN blocks
+//       (a non-atomic scatter). It rejects static __shared__ variables (one object per kernel here,
+//       not one per block); dynamic shared memory works in both modes.
+//     The launch returns when every thread has finished (like a launch followed by a device
+//     synchronise): everything the kernel wrote happens-before the code after emu::launch.
+//
+// Limits (what it does NOT emulate)
+//   * no inline PTX (asm), no cp.async / TMA / mbarrier, no cooperative groups, no clusters,
+//     no texture or surface objects, no __activemask(), no __nanosleep, no clock();
+//   * no WMMA / mma.sync fragment API: the kernels do not use tensor cores yet;
+//   * no lockstep execution: lanes of a warp run as independent threads and only synchronise inside
+//     the warp collectives above (as with independent thread scheduling, sm_70+). Code that relies
+//     on implicit warp-synchronous execution (reading another lane's shared-memory write without
+//     __syncwarp) is a data race here, which ThreadSanitizer reports: a feature;
+//   * memory is the host's: no distinction between global, shared, constant and local memory beyond
+//     the lifetime rules above, no memory-model effects beyond the C++ ones (a plain store is seen by
+//     other threads only through the synchronisation above), no alignment faults;
+//   * static __shared__ works only in function (block) scope and does not start uninitialised:
+//     it keeps what the previous block left (its first use in a process reads zeros);
+//     `extern __shared__` is not supported (use RCM_DYNAMIC_SHARED);
+//   * resource limits are checked loosely: at most 1024 threads per block, 227 KiB of dynamic
+//     shared memory; registers, occupancy and timing are not modelled (tools/ptxas_report.py covers
+//     registers and spills);
+//   * a hang (a lane waiting for a partner that never comes, e.g. waiting at __syncthreads while its
+//     warp mates wait in a shuffle) is reported after EMU_WATCHDOG_SECONDS (default 60) of waiting;
+//   * Linux/POSIX threads only; at most EMU_MAX_THREADS (default 4096) threads in one AllBlocks launch.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+
+// Under nvcc only the shared-memory macro is needed; the same definition belongs in
+// csrc/kernels/common.cuh so that kernel headers can use it.
+#ifndef RCM_DYNAMIC_SHARED
+#define RCM_DYNAMIC_SHARED(type, name)                                          \
+  extern __shared__ __align__(16) unsigned char rcm_dynamic_shared_storage_[]; \
+  type* name = reinterpret_cast<type*>(rcm_dynamic_shared_storage_)
+#endif
+
+#else  // host emulation
+
+#include <pthread.h>
+
+#include <array>
+#include <atomic>
+#include <bit>
+#include <chrono>
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <source_location>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+// ---------------------------------------------------------------------------------------------
+// Qualifiers.
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+#define __constant__
+
+#define RCM_EMU_CAT_(a, b) a##b
+#define RCM_EMU_CAT(a, b) RCM_EMU_CAT_(a, b)
+// `__shared__ T name[N];` in a kernel becomes a marker (which rejects AllBlocks launches, where the
+// one static object would be shared by all blocks) followed by a function-local static.
+#define __shared__                                                   \
+  [[maybe_unused]] const bool RCM_EMU_CAT(rcm_emu_static_shared_, __COUNTER__) = \
+      ::emu::detail::note_static_shared();                           \
+  static
+
+#ifndef RCM_DYNAMIC_SHARED
+#define RCM_DYNAMIC_SHARED(type, name) \
+  type* name = reinterpret_cast<type*>(::emu::detail::dynamic_shared_memory())
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Vector types of the built-in variables.
+struct uint3 {
+  unsigned int x, y, z;
+};
+
+struct dim3 {
+  unsigned int x, y, z;
+  constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
+  constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+};
+
+// ---------------------------------------------------------------------------------------------
+// Host 16-bit floating-point types.
+namespace emu {
+namespace detail {
+
+inline std::uint16_t float_to_half_bits(float f) {
+  const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+  const std::uint32_t sign = (u >> 16) & 0x8000u;
+  const std::uint32_t mag = u & 0x7fffffffu;
+  if (mag >= 0x7f800000u) {  // infinity, or NaN (quiet, keeping the top payload bits)
+    return static_cast<std::uint16_t>(sign | 0x7c00u | (mag > 0x7f800000u ? 0x0200u | (mag >> 13) : 0u));
+  }
+  if (mag >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds past 65504
+  if (mag < 0x38800000u) {  // below the smallest normal half, 2^-14: a subnormal half or zero
+    if (mag <= 0x33000000u) return static_cast<std::uint16_t>(sign);  // <= 2^-25: ties to even zero
+    const std::uint32_t exponent = mag >> 23;
+    const std::uint32_t mantissa = (mag & 0x7fffffu) | 0x800000u;
+    const std::uint32_t shift = 126u - exponent;  // value / 2^-24 = mantissa >> shift
+    std::uint32_t q = mantissa >> shift;
+    const std::uint32_t rest = mantissa & ((1u << shift) - 1u);
+    const std::uint32_t half_way = 1u << (shift - 1u);
+    if (rest > half_way || (rest == half_way && (q & 1u))) ++q;
+    return static_cast<std::uint16_t>(sign | q);
+  }
+  std::uint32_t h = (mag - 0x38000000u) >> 13;  // re-bias the exponent (127 -> 15), drop 13 bits
+  const std::uint32_t rest = mag & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+  return static_cast<std::uint16_t>(sign | h);
+}
+
+inline float half_bits_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exponent = (h >> 10) & 0x1fu;
+  const std::uint32_t mantissa = h & 0x3ffu;
+  if (exponent == 0) {
+    // Zero or subnormal: mantissa * 2^-24, exact in float.
+    const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+    return sign ? -magnitude : magnitude;
+  }
+  if (exponent == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
+  return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+inline std::uint16_t float_to_bfloat16_bits(float f) {
+  const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x0040u);  // NaN
+  return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+inline float bfloat16_bits_to_float(std::uint16_t b) {
+  return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16);
+}
+
+}  // namespace detail
+}  // namespace emu
+
+struct __half {
+  std::uint16_t __x;
+  __half() = default;
+  __half(float f) : __x(::emu::detail::float_to_half_bits(f)) {}
+  operator float() const { return ::emu::detail::half_bits_to_float(__x); }
+};
+
+struct __nv_bfloat16 {
+  std::uint16_t __x;
+  __nv_bfloat16() = default;
+  __nv_bfloat16(float f) : __x(::emu::detail::float_to_bfloat16_bits(f)) {}
+  operator float() const { return ::emu::detail::bfloat16_bits_to_float(__x); }
+};
+
+inline __half __float2half(float f) { return __half(f); }
+inline float __half2float(__half h) { return static_cast<float>(h); }
+inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
+inline float __bfloat162float(__nv_bfloat16 b) { return static_cast<float>(b); }
+
+// ---------------------------------------------------------------------------------------------
+// The emulator.
+namespace emu {
+
+enum class Mode {
+  BlockByBlock,  // blocks one after the other; all threads of one block concurrently
+  AllBlocks,     // all threads of all blocks concurrently (no static __shared__)
+};
+
+inline const char* mode_name(Mode m) { return m == Mode::BlockByBlock ? "BlockByBlock" : "AllBlocks"; }
+
+namespace detail {
+
+inline std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+inline std::string format(const char* fmt, ...) {
+  char buffer[1024];
+  va_list args;
+  va_start(args, fmt);
+  std::vsnprintf(buffer, sizeof buffer, fmt, args);
+  va_end(args);
+  return buffer;
+}
+
+// An error of the emulated program: print and abort (the test driver expects a non-zero exit).
+// Only the first error is reported: a second thread finding one waits for the abort.
+[[noreturn]] inline void fatal(const std::string& what) {
+  static std::atomic<bool> reported{false};
+  if (reported.exchange(true)) {
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  std::fprintf(stderr, "emu: error: %s\n", what.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+inline long env_long(const char* name, long fallback) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return fallback;
+  char* end = nullptr;
+  const long v = std::strtol(text, &end, 10);
+  return (end != nullptr && *end == '\0' && v > 0) ? v : fallback;
+}
+
+inline std::chrono::seconds watchdog() {
+  static const std::chrono::seconds s{env_long("EMU_WATCHDOG_SECONDS", 60)};
+  return s;
+}
+
+struct Site {
+  const char* file = "?";
+  unsigned line = 0;
+  static Site of(const std::source_location& l) { return {l.file_name(), static_cast<unsigned>(l.line())}; }
+  bool operator==(const Site& o) const { return line == o.line && std::strcmp(file, o.file) == 0; }
+  std::string str() const { return format("%s:%u", file, line); }
+};
+
+inline std::string lanes_of(std::uint32_t mask) {
+  std::string s = "{";
+  for (int i = 0; i < 32; ++i) {
+    if (mask & (1u << i)) s += (s.size() > 1 ? "," : "") + std::to_string(i);
+  }
+  return s + "}";
+}
+
+enum class WarpOp { Syncwarp, Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All };
+
+inline const char* op_name(WarpOp op) {
+  switch (op) {
+    case WarpOp::Syncwarp: return "__syncwarp";
+    case WarpOp::Shfl: return "__shfl_sync";
+    case WarpOp::ShflUp: return "__shfl_up_sync";
+    case WarpOp::ShflDown: return "__shfl_down_sync";
+    case WarpOp::ShflXor: return "__shfl_xor_sync";
+    case WarpOp::Ballot: return "__ballot_sync";
+    case WarpOp::Any: return "__any_sync";
+    case WarpOp::All: return "__all_sync";
+  }
+  return "?";
+}
+
+// One warp collective in progress: the lanes of `mask` deposit their value, wait until all have,
+// read what they need, and the last reader retires it.
+struct WarpCollective {
+  WarpOp op;
+  std::uint32_t mask;
+  std::size_t value_size;
+  Site site;
+  std::uint32_t arrived = 0;
+  bool complete = false;
+  int readers = 0;
+  std::array<std::array<unsigned char, 8>, 32> values{};
+};
+
+struct WarpState {
+  std::mutex m;
+  std::condition_variable cv;
+  unsigned index = 0;
+  unsigned lanes = 32;        // lanes that exist (the last warp of a block may be partial)
+  std::uint32_t exited = 0;   // lanes whose kernel function has returned
+  std::list<WarpCollective> open;
+
+  std::uint32_t existing() const { return lanes >= 32 ? 0xffffffffu : ((1u << lanes) - 1u); }
+};
+
+struct BlockState {
+  std::mutex m;
+  std::condition_variable cv;
+  uint3 index{0, 0, 0};
+  unsigned size = 0;
+  unsigned arrived = 0;
+  unsigned exited = 0;
+  std::uint64_t generation = 0;
+  Site site;               // the __syncthreads the waiting threads are at
+  unsigned count = 0;      // predicates of the barrier being filled
+  unsigned result = 0;     // predicate count of the last completed barrier
+  unsigned char* shared = nullptr;
+  std::size_t shared_bytes = 0;
+  std::vector<std::unique_ptr<WarpState>> warps;
+
+  BlockState() = default;
+  BlockState(const BlockState&) = delete;
+  BlockState& operator=(const BlockState&) = delete;
+  ~BlockState() {
+    if (shared != nullptr) ::operator delete(shared, std::align_val_t{16});
+  }
+  std::string name() const { return format("block (%u,%u,%u)", index.x, index.y, index.z); }
+};
+
+struct ThreadContext {
+  Mode mode = Mode::BlockByBlock;
+  BlockState* block = nullptr;
+  WarpState* warp = nullptr;
+  unsigned linear = 0;  // linear thread index within the block
+  unsigned lane = 0;
+  uint3 thread_idx{0, 0, 0};
+  uint3 block_idx{0, 0, 0};
+  dim3 block_dim{0, 0, 0};
+  dim3 grid_dim{0, 0, 0};
+};
+
+inline thread_local ThreadContext tls;
+
+inline ThreadContext& current(const char* what) {
+  if (tls.block == nullptr) fatal(format("%s called outside a kernel launched with emu::launch", what));
+  return tls;
+}
+
+inline std::string thread_name(const ThreadContext& t) {
+  return format("thread (%u,%u,%u) of %s", t.thread_idx.x, t.thread_idx.y, t.thread_idx.z,
+                t.block->name().c_str());
+}
+
+inline bool note_static_shared() {
+  if (tls.block != nullptr && tls.mode == Mode::AllBlocks) {
+    fatal("a static __shared__ variable is used in an AllBlocks launch: the emulator has one object per "
+          "kernel, not per block. Launch with emu::Mode::BlockByBlock, or use RCM_DYNAMIC_SHARED");
+  }
+  return true;
+}
+
+inline unsigned char* dynamic_shared_memory() {
+  return current("dynamic shared memory (RCM_DYNAMIC_SHARED)").block->shared;
+}
+
+// __syncthreads and its predicate variants.
+inline unsigned block_barrier(bool predicate, const char* what, const std::source_location& loc) {
+  ThreadContext& t = current(what);
+  BlockState& b = *t.block;
+  const Site site = Site::of(loc);
+  std::unique_lock<std::mutex> lock(b.m);
+  if (b.exited != 0) {
+    fatal(format("divergent __syncthreads: %s waits at %s (%s) while %u thread(s) of its block have "
+                 "already exited", thread_name(t).c_str(), site.str().c_str(), what, b.exited));
+  }
+  if (b.arrived == 0) {
+    b.site = site;
+  } else if (!(b.site == site)) {
+    fatal(format("divergent __syncthreads: %s waits at %s while %u thread(s) of its block wait at %s",
+                 thread_name(t).c_str(), site.str().c_str(), b.arrived, b.site.str().c_str()));
+  }
+  b.count += predicate ? 1u : 0u;
+  if (++b.arrived == b.size) {
+    b.result = b.count;
+    b.count = 0;
+    b.arrived = 0;
+    ++b.generation;
+    b.cv.notify_all();
+    return b.result;
+  }
+  const std::uint64_t generation = b.generation;
+  if (!b.cv.wait_for(lock, watchdog(), [&] { return b.generation != generation; })) {
+    fatal(format("hang: %s waited %llds at __syncthreads %s: %u of %u threads arrived (is another one "
+                 "stuck in a warp collective or a loop?)", thread_name(t).c_str(),
+                 static_cast<long long>(watchdog().count()), site.str().c_str(), b.arrived, b.size));
+  }
+  return b.result;
+}
+
+// Runs one warp collective for the calling lane: deposits `size` bytes of `value`, waits for the
+// other lanes of the mask, then calls read(collective) before leaving.
+template <typename Read>
+void warp_collective(WarpOp op, std::uint32_t mask, const void* value, std::size_t size,
+                     const std::source_location& loc, Read&& read) {
+  ThreadContext& t = current(op_name(op));
+  WarpState& w = *t.warp;
+  const Site site = Site::of(loc);
+  const std::uint32_t bit = 1u << t.lane;
+  std::unique_lock<std::mutex> lock(w.m);
+  if ((mask & bit) == 0) {
+    fatal(format("%s at %s: %s (lane %u) is not in its mask 0x%08x", op_name(op), site.str().c_str(),
+                 thread_name(t).c_str(), t.lane, mask));
+  }
+  if ((mask & ~w.existing()) != 0) {
+    fatal(format("%s at %s: mask 0x%08x names lanes %s that warp %u of %s does not have (it has %u)",
+                 op_name(op), site.str().c_str(), mask, lanes_of(mask & ~w.existing()).c_str(), w.index,
+                 t.block->name().c_str(), w.lanes));
+  }
+  if ((mask & w.exited) != 0) {
+    fatal(format("divergent %s at %s: lanes %s of its mask 0x%08x (warp %u of %s) have already exited",
+                 op_name(op), site.str().c_str(), lanes_of(mask & w.exited).c_str(), mask, w.index,
+                 t.block->name().c_str()));
+  }
+  // A lane's next collective must be the oldest unfinished one whose mask names it.
+  auto it = w.open.begin();
+  for (; it != w.open.end(); ++it) {
+    if (!it->complete && (it->mask & bit) != 0) break;
+  }
+  if (it != w.open.end()) {
+    if (it->op != op || it->mask != mask || it->value_size != size) {
+      fatal(format("divergent warp collectives in warp %u of %s: lane %u calls %s (mask 0x%08x) at %s "
+                   "while lanes %s wait in %s (mask 0x%08x) at %s", w.index, t.block->name().c_str(),
+                   t.lane, op_name(op), mask, site.str().c_str(), lanes_of(it->arrived).c_str(),
+                   op_name(it->op), it->mask, it->site.str().c_str()));
+    }
+  } else {
+    it = w.open.insert(w.open.end(), WarpCollective{op, mask, size, site});
+  }
+  if (size != 0) std::memcpy(it->values[t.lane].data(), value, size);
+  it->arrived |= bit;
+  if (it->arrived == mask) {
+    it->complete = true;
+    it->readers = std::popcount(mask);
+    w.cv.notify_all();
+  } else if (!w.cv.wait_for(lock, watchdog(), [&] { return it->complete; })) {
+    fatal(format("hang: lane %u of warp %u of %s waited %llds in %s at %s for lanes %s", t.lane, w.index,
+                 t.block->name().c_str(), static_cast<long long>(watchdog().count()), op_name(op),
+                 site.str().c_str(), lanes_of(mask & ~it->arrived).c_str()));
+  }
+  read(*it);
+  if (--it->readers == 0) w.open.erase(it);
+}
+
+// Called when the kernel function of a thread returns.
+inline void thread_exit() {
+  ThreadContext& t = tls;
+  {
+    WarpState& w = *t.warp;
+    std::lock_guard<std::mutex> lock(w.m);
+    w.exited |= 1u << t.lane;
+    for (const WarpCollective& c : w.open) {
+      if (!c.complete && (c.mask & (1u << t.lane)) != 0) {
+        fatal(format("divergent %s at %s: lane %u of warp %u of %s exited while lanes %s wait for it",
+                     op_name(c.op), c.site.str().c_str(), t.lane, w.index, t.block->name().c_str(),
+                     lanes_of(c.arrived).c_str()));
+      }
+    }
+  }
+  BlockState& b = *t.block;
+  std::lock_guard<std::mutex> lock(b.m);
+  ++b.exited;
+  if (b.arrived != 0) {
+    fatal(format("divergent __syncthreads: %s exited while %u thread(s) of its block wait at %s",
+                 thread_name(t).c_str(), b.arrived, b.site.str().c_str()));
+  }
+}
+
+template <typename T>
+void check_shuffle_type() {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8,
+                "warp shuffles move trivially copyable values of at most 8 bytes");
+}
+
+inline void check_width(int width, const char* what, const std::source_location& loc) {
+  if (width < 1 || width > 32 || (width & (width - 1)) != 0) {
+    fatal(format("%s at %s:%u: width %d is not a power of two in [1, 32]", what, loc.file_name(),
+                 static_cast<unsigned>(loc.line()), width));
+  }
+}
+
+template <typename T>
+T shuffle(WarpOp op, std::uint32_t mask, T var, int arg, int width, const std::source_location& loc) {
+  check_shuffle_type<T>();
+  check_width(width, op_name(op), loc);
+  const unsigned lane = current(op_name(op)).lane;
+  const unsigned w = static_cast<unsigned>(width);
+  const unsigned first = lane & ~(w - 1u);  // first lane of this lane's segment
+  const unsigned last = first + w - 1u;
+  unsigned src = lane;
+  switch (op) {
+    case WarpOp::Shfl:
+      src = first + (static_cast<unsigned>(arg) & (w - 1u));
+      break;
+    case WarpOp::ShflUp:
+      if (arg >= 0 && lane >= first + static_cast<unsigned>(arg)) src = lane - static_cast<unsigned>(arg);
+      break;
+    case WarpOp::ShflDown:
+      if (arg >= 0 && lane + static_cast<unsigned>(arg) <= last) src = lane + static_cast<unsigned>(arg);
+      break;
+    case WarpOp::ShflXor: {
+      const unsigned j = lane ^ (static_cast<unsigned>(arg) & 31u);
+      if (j <= last) src = j;  // a lane of a later segment reads its own value
+      break;
+    }
+    default:
+      break;
+  }
+  T result = var;
+  warp_collective(op, mask, &var, sizeof(T), loc, [&](const WarpCollective& c) {
+    if ((c.mask & (1u << src)) == 0) {
+      fatal(format("%s at %s:%u: lane %u reads lane %u, which is not in the mask 0x%08x (undefined value "
+                   "on the GPU)", op_name(op), loc.file_name(), static_cast<unsigned>(loc.line()), lane, src,
+                   c.mask));
+    }
+    std::memcpy(&result, c.values[src].data(), sizeof(T));
+  });
+  return result;
+}
+
+inline std::uint32_t vote(WarpOp op, std::uint32_t mask, bool predicate, const std::source_location& loc) {
+  const unsigned char p = predicate ? 1 : 0;
+  std::uint32_t ballot = 0;
+  warp_collective(op, mask, &p, 1, loc, [&](const WarpCollective& c) {
+    for (unsigned i = 0; i < 32; ++i) {
+      if ((c.mask & (1u << i)) != 0 && c.values[i][0] != 0) ballot |= 1u << i;
+    }
+  });
+  return ballot;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A pool of OS threads: run(jobs) runs every job on its own thread, all concurrently, and returns
+// when all have finished. Threads are created on demand and kept for later launches.
+class ThreadPool {
+ public:
+  static ThreadPool& instance() {
+    static ThreadPool pool;
+    return pool;
+  }
+
+  void run(std::vector<std::function<void()>>& jobs) {
+    while (workers_.size() < jobs.size()) start_worker();
+    {
+      std::lock_guard<std::mutex> lock(done_m_);
+      remaining_ = jobs.size();
+    }
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+      Worker& w = *workers_[i];
+      {
+        std::lock_guard<std::mutex> lock(w.m);
+        w.job = std::move(jobs[i]);
+        w.has_job = true;
+      }
+      w.cv.notify_one();
+    }
+    std::unique_lock<std::mutex> lock(done_m_);
+    done_cv_.wait(lock, [&] { return remaining_ == 0; });
+  }
+
+  ~ThreadPool() {
+    for (auto& w : workers_) {
+      {
+        std::lock_guard<std::mutex> lock(w->m);
+        w->stop = true;
+      }
+      w->cv.notify_one();
+    }
+    for (auto& w : workers_) pthread_join(w->thread, nullptr);
+  }
+
+ private:
+  struct Worker {
+    ThreadPool* pool = nullptr;
+    pthread_t thread{};
+    std::mutex m;
+    std::condition_variable cv;
+    std::function<void()> job;
+    bool has_job = false;
+    bool stop = false;
+  };
+
+  ThreadPool() = default;
+
+  void start_worker() {
+    auto w = std::make_unique<Worker>();
+    w->pool = this;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, std::size_t(2) << 20);
+    const int rc = pthread_create(&w->thread, &attr, &ThreadPool::main, w.get());
+    pthread_attr_destroy(&attr);
+    if (rc != 0) fatal(format("cannot start emulator thread %zu (pthread_create: %d)", workers_.size(), rc));
+    workers_.push_back(std::move(w));
+  }
+
+  static void* main(void* arg) {
+    Worker& w = *static_cast<Worker*>(arg);
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(w.m);
+        w.cv.wait(lock, [&] { return w.has_job || w.stop; });
+        if (!w.has_job) return nullptr;
+        job = std::move(w.job);
+        w.has_job = false;
+      }
+      job();
+      job = nullptr;
+      std::lock_guard<std::mutex> lock(w.pool->done_m_);
+      if (--w.pool->remaining_ == 0) w.pool->done_cv_.notify_one();
+    }
+  }
+
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::mutex done_m_;
+  std::condition_variable done_cv_;
+  std::size_t remaining_ = 0;
+};
+
+inline std::unique_ptr<BlockState> make_block(uint3 index, dim3 block, std::size_t shared_bytes) {
+  auto b = std::make_unique<BlockState>();
+  b->index = index;
+  b->size = block.x * block.y * block.z;
+  b->shared_bytes = shared_bytes;
+  b->shared = static_cast<unsigned char*>(::operator new(shared_bytes, std::align_val_t{16}));
+  std::memset(b->shared, 0xff, shared_bytes);
+  const unsigned warps = (b->size + 31u) / 32u;
+  for (unsigned i = 0; i < warps; ++i) {
+    auto w = std::make_unique<WarpState>();
+    w->index = i;
+    w->lanes = (i + 1u) * 32u <= b->size ? 32u : b->size - i * 32u;
+    b->warps.push_back(std::move(w));
+  }
+  return b;
+}
+
+inline void add_block_jobs(std::vector<std::function<void()>>& jobs, BlockState* b, Mode mode, dim3 grid,
+                           dim3 block, const std::function<void()>& body) {
+  for (unsigned z = 0; z < block.z; ++z) {
+    for (unsigned y = 0; y < block.y; ++y) {
+      for (unsigned x = 0; x < block.x; ++x) {
+        const unsigned linear = x + block.x * (y + block.y * z);
+        jobs.emplace_back([b, mode, grid, block, linear, x, y, z, &body] {
+          ThreadContext& t = tls;
+          t.mode = mode;
+          t.block = b;
+          t.warp = b->warps[linear / 32u].get();
+          t.linear = linear;
+          t.lane = linear % 32u;
+          t.thread_idx = uint3{x, y, z};
+          t.block_idx = b->index;
+          t.block_dim = block;
+          t.grid_dim = grid;
+          body();
+          thread_exit();
+          t = ThreadContext{};
+        });
+      }
+    }
+  }
+}
+
+inline void run_launch(Mode mode, dim3 grid, dim3 block, std::size_t shared_bytes,
+                       const std::function<void()>& body) {
+  const unsigned long long threads = 1ull * block.x * block.y * block.z;
+  const unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
+  if (threads == 0 || blocks == 0) {
+    fatal(format("invalid launch configuration: grid (%u,%u,%u), block (%u,%u,%u)", grid.x, grid.y, grid.z,
+                 block.x, block.y, block.z));
+  }
+  if (threads > 1024 || block.z > 64) {
+    fatal(format("invalid launch configuration: block (%u,%u,%u) exceeds 1024 threads or z > 64", block.x,
+                 block.y, block.z));
+  }
+  if (grid.y > 65535 || grid.z > 65535) fatal("invalid launch configuration: grid.y or grid.z > 65535");
+  if (shared_bytes > 227u * 1024u) fatal(format("%zu bytes of dynamic shared memory exceed 227 KiB", shared_bytes));
+  if (tls.block != nullptr) fatal("emu::launch called from inside a kernel (dynamic parallelism)");
+
+  static std::mutex launch_mutex;  // one launch at a time
+  std::lock_guard<std::mutex> launch_lock(launch_mutex);
+  ThreadPool& pool = ThreadPool::instance();
+  std::vector<std::function<void()>> jobs;
+  if (mode == Mode::AllBlocks) {
+    const unsigned long long limit = static_cast<unsigned long long>(env_long("EMU_MAX_THREADS", 4096));
+    if (threads * blocks > limit) {
+      fatal(format("an AllBlocks launch of %llu threads exceeds EMU_MAX_THREADS=%llu: use a smaller grid "
+                   "(grid-stride loops cover the rest) or Mode::BlockByBlock", threads * blocks, limit));
+    }
+    std::vector<std::unique_ptr<BlockState>> states;
+    jobs.reserve(threads * blocks);
+    for (unsigned z = 0; z < grid.z; ++z) {
+      for (unsigned y = 0; y < grid.y; ++y) {
+        for (unsigned x = 0; x < grid.x; ++x) {
+          states.push_back(make_block(uint3{x, y, z}, block, shared_bytes));
+          add_block_jobs(jobs, states.back().get(), mode, grid, block, body);
+        }
+      }
+    }
+    pool.run(jobs);
+    return;
+  }
+  for (unsigned z = 0; z < grid.z; ++z) {
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) {
+        const std::unique_ptr<BlockState> state = make_block(uint3{x, y, z}, block, shared_bytes);
+        jobs.clear();
+        jobs.reserve(threads);
+        add_block_jobs(jobs, state.get(), mode, grid, block, body);
+        pool.run(jobs);
+      }
+    }
+  }
+}
+
+}  // namespace detail
+
+// Launches kernel<<<grid, block, shared_bytes>>>(args...) and waits for it to finish. The arguments
+// are converted to the kernel's parameter types once, and every thread gets its own copy.
+template <typename... Params, typename... Args>
+void launch(Mode mode, dim3 grid, dim3 block, std::size_t shared_bytes, void (*kernel)(Params...),
+            Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "emu::launch: wrong number of kernel arguments");
+  const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+  const std::function<void()> body = [&params, kernel] { std::apply(kernel, params); };
+  detail::run_launch(mode, grid, block, shared_bytes, body);
+}
+
+}  // namespace emu
+
+// ---------------------------------------------------------------------------------------------
+// Built-in variables (read-only, per thread).
+inline thread_local const uint3& threadIdx = ::emu::detail::tls.thread_idx;
+inline thread_local const uint3& blockIdx = ::emu::detail::tls.block_idx;
+inline thread_local const dim3& blockDim = ::emu::detail::tls.block_dim;
+inline thread_local const dim3& gridDim = ::emu::detail::tls.grid_dim;
+inline constexpr int warpSize = 32;
+
+// ---------------------------------------------------------------------------------------------
+// Synchronisation.
+inline void __syncthreads(std::source_location loc = std::source_location::current()) {
+  ::emu::detail::block_barrier(false, "__syncthreads", loc);
+}
+inline int __syncthreads_count(int predicate, std::source_location loc = std::source_location::current()) {
+  return static_cast<int>(::emu::detail::block_barrier(predicate != 0, "__syncthreads_count", loc));
+}
+inline int __syncthreads_and(int predicate, std::source_location loc = std::source_location::current()) {
+  return ::emu::detail::block_barrier(predicate != 0, "__syncthreads_and", loc) ==
+         ::emu::detail::tls.block->size;
+}
+inline int __syncthreads_or(int predicate, std::source_location loc = std::source_location::current()) {
+  return ::emu::detail::block_barrier(predicate != 0, "__syncthreads_or", loc) != 0;
+}
+
+inline void __syncwarp(unsigned mask = 0xffffffffu, std::source_location loc = std::source_location::current()) {
+  ::emu::detail::warp_collective(::emu::detail::WarpOp::Syncwarp, mask, nullptr, 0, loc,
+                                 [](const ::emu::detail::WarpCollective&) {});
+}
+
+template <typename T>
+T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize,
+              std::source_location loc = std::source_location::current()) {
+  return ::emu::detail::shuffle(::emu::detail::WarpOp::Shfl, mask, var, src_lane, width, loc);
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
+                 std::source_location loc = std::source_location::current()) {
+  return ::emu::detail::shuffle(::emu::detail::WarpOp::ShflUp, mask, var, static_cast<int>(delta), width, loc);
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
+                   std::source_location loc = std::source_location::current()) {
+  return ::emu::detail::shuffle(::emu::detail::WarpOp::ShflDown, mask, var, static_cast<int>(delta), width, loc);
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize,
+                  std::source_location loc = std::source_location::current()) {
+  return ::emu::detail::shuffle(::emu::detail::WarpOp::ShflXor, mask, var, lane_mask, width, loc);
+}
+
+inline unsigned __ballot_sync(unsigned mask, int predicate,
+                              std::source_location loc = std::source_location::current()) {
+  return ::emu::detail::vote(::emu::detail::WarpOp::Ballot, mask, predicate != 0, loc);
+}
+inline int __any_sync(unsigned mask, int predicate, std::source_location loc = std::source_location::current()) {
+  return ::emu::detail::vote(::emu::detail::WarpOp::Any, mask, predicate != 0, loc) != 0;
+}
+inline int __all_sync(unsigned mask, int predicate, std::source_location loc = std::source_location::current()) {
+  return ::emu::detail::vote(::emu::detail::WarpOp::All, mask, predicate != 0, loc) == mask;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Atomics: relaxed, like the GPU's (no ordering, so they create no happens-before edges).
+namespace emu {
+namespace detail {
+
+template <typename T>
+T atomic_add(T* address, T value) {
+  return std::atomic_ref<T>(*address).fetch_add(value, std::memory_order_relaxed);
+}
+
+template <typename T, typename F>
+T atomic_update(T* address, F&& update) {
+  std::atomic_ref<T> ref(*address);
+  T old = ref.load(std::memory_order_relaxed);
+  while (!ref.compare_exchange_weak(old, update(old), std::memory_order_relaxed)) {
+  }
+  return old;
+}
+
+// 16-bit floats: a compare-and-swap loop on the storage bits.
+template <typename H>
+H atomic_add_16(H* address, H value) {
+  static_assert(sizeof(H) == sizeof(std::uint16_t));
+  std::uint16_t* bits = &address->__x;
+  const std::uint16_t old = atomic_update(bits, [&](std::uint16_t b) {
+    H h;
+    h.__x = b;
+    return H(static_cast<float>(h) + static_cast<float>(value)).__x;
+  });
+  H result;
+  result.__x = old;
+  return result;
+}
+
+}  // namespace detail
+}  // namespace emu
+
+inline int atomicAdd(int* a, int v) { return ::emu::detail::atomic_add(a, v); }
+inline unsigned atomicAdd(unsigned* a, unsigned v) { return ::emu::detail::atomic_add(a, v); }
+inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
+  return ::emu::detail::atomic_add(a, v);
+}
+inline float atomicAdd(float* a, float v) { return ::emu::detail::atomic_add(a, v); }
+inline double atomicAdd(double* a, double v) { return ::emu::detail::atomic_add(a, v); }
+inline __half atomicAdd(__half* a, __half v) { return ::emu::detail::atomic_add_16(a, v); }
+inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) { return ::emu::detail::atomic_add_16(a, v); }
+
+inline int atomicSub(int* a, int v) { return std::atomic_ref<int>(*a).fetch_sub(v, std::memory_order_relaxed); }
+inline unsigned atomicSub(unsigned* a, unsigned v) {
+  return std::atomic_ref<unsigned>(*a).fetch_sub(v, std::memory_order_relaxed);
+}
+
+template <typename T>
+  requires(std::is_same_v<T, int> || std::is_same_v<T, unsigned> || std::is_same_v<T, unsigned long long> ||
+           std::is_same_v<T, float>)
+T atomicExch(T* a, T v) {
+  return std::atomic_ref<T>(*a).exchange(v, std::memory_order_relaxed);
+}
+
+template <typename T>
+  requires(std::is_same_v<T, int> || std::is_same_v<T, unsigned> || std::is_same_v<T, unsigned long long> ||
+           std::is_same_v<T, unsigned short>)
+T atomicCAS(T* a, T compare, T v) {
+  std::atomic_ref<T>(*a).compare_exchange_strong(compare, v, std::memory_order_relaxed);
+  return compare;  // the old value, whether or not the swap happened
+}
+
+template <typename T>
+  requires(std::is_integral_v<T>)
+T atomicMax(T* a, T v) {
+  return ::emu::detail::atomic_update(a, [v](T old) { return old < v ? v : old; });
+}
+
+template <typename T>
+  requires(std::is_integral_v<T>)
+T atomicMin(T* a, T v) {
+  return ::emu::detail::atomic_update(a, [v](T old) { return v < old ? v : old; });
+}
+
+#endif  // host emulation

@@ -1,0 +1,478 @@
+// Self-test of the CUDA emulation harness (cuda_emulation.h).
+//
+//   test_harness <case>     runs one case; exit 0 = pass
+//   test_harness --list     prints the case names
+//
+// Two kinds of cases:
+//   * features: the emulated built-ins, collectives, shared memory and atomics give the results a
+//     GPU gives (exit 0 expected);
+//   * planted bugs and their correct twins: each planted kernel must make the run FAIL with the
+//     expected report (checked by expect_failure.cmake), its twin must pass:
+//       shared_race            a shared-memory race inside a block      -> ThreadSanitizer
+//       oob_read               an out-of-bounds global read             -> AddressSanitizer
+//       block_scatter_race     a non-atomic scatter between blocks     -> ThreadSanitizer (AllBlocks)
+//       divergent_barrier      __syncthreads skipped by some threads    -> the harness
+//       divergent_barrier_late __syncthreads after some threads exited -> the harness
+//       divergent_shuffle      a shuffle half the warp does not reach   -> the harness
+//       static_shared_all_blocks  static __shared__ in an AllBlocks launch -> the harness
+#include "cuda_emulation.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <string>
+#include <vector>
+
+namespace {
+
+int g_failures = 0;
+
+#define EXPECT(cond)                                                               \
+  do {                                                                             \
+    if (!(cond)) {                                                                 \
+      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++g_failures;                                                                \
+    }                                                                              \
+  } while (0)
+
+#define EXPECT_EQ(a, b)                                                                        \
+  do {                                                                                         \
+    const auto va_ = (a);                                                                      \
+    const auto vb_ = (b);                                                                      \
+    if (!(va_ == vb_)) {                                                                       \
+      std::fprintf(stderr, "%s:%d: check failed: %s == %s (%lld vs %lld)\n", __FILE__, __LINE__, #a, #b, \
+                   static_cast<long long>(va_), static_cast<long long>(vb_));                  \
+      ++g_failures;                                                                            \
+    }                                                                                          \
+  } while (0)
+
+// ---------------------------------------------------------------------------------------------
+// Feature kernels.
+
+__global__ void index_kernel(unsigned* out) {
+  const unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  const unsigned thread = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  const unsigned global = block * (blockDim.x * blockDim.y * blockDim.z) + thread;
+  out[global] = global + 1;
+}
+
+void case_builtins() {
+  for (const emu::Mode mode : {emu::Mode::BlockByBlock, emu::Mode::AllBlocks}) {
+    const dim3 grid(3, 2, 1), block(4, 3, 2);
+    std::vector<unsigned> out(6 * 24, 0);
+    emu::launch(mode, grid, block, 0, index_kernel, out.data());
+    for (unsigned i = 0; i < out.size(); ++i) EXPECT_EQ(out[i], i + 1);
+  }
+}
+
+// Each lane records the result of every shuffle flavour; the expectation is computed here.
+__global__ void shuffle_kernel(int* out, int width) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int base = (static_cast<int>(threadIdx.x) / 32) * 32;
+  int* o = out + 8 * static_cast<int>(threadIdx.x);
+  const int v = 1000 * (base / 32) + lane;
+  o[0] = __shfl_sync(0xffffffffu, v, 3, width);
+  o[1] = __shfl_up_sync(0xffffffffu, v, 2, width);
+  o[2] = __shfl_down_sync(0xffffffffu, v, 5, width);
+  o[3] = __shfl_xor_sync(0xffffffffu, v, 9, width);
+  o[4] = static_cast<int>(__ballot_sync(0xffffffffu, lane % 3 == 0));
+  o[5] = __any_sync(0xffffffffu, lane == 17);
+  o[6] = __all_sync(0xffffffffu, lane < 31);
+  __syncwarp();
+  // Double and a reduction over the full warp.
+  double d = lane + 0.5;
+  for (int delta = 16; delta > 0; delta /= 2) d += __shfl_xor_sync(0xffffffffu, d, delta);
+  o[7] = static_cast<int>(d * 2);
+}
+
+void case_shuffles() {
+  for (const int width : {32, 16, 8, 4}) {
+    const unsigned threads = 64;
+    std::vector<int> out(8 * threads, -1);
+    emu::launch(emu::Mode::BlockByBlock, 1, threads, 0, shuffle_kernel, out.data(), width);
+    for (unsigned t = 0; t < threads; ++t) {
+      const int lane = static_cast<int>(t % 32);
+      const int warp = static_cast<int>(t / 32);
+      auto value = [&](int l) { return 1000 * warp + l; };
+      const int first = lane & ~(width - 1);
+      const int* o = out.data() + 8 * t;
+      EXPECT_EQ(o[0], value(first + 3 % width));
+      EXPECT_EQ(o[1], value(lane - 2 >= first ? lane - 2 : lane));
+      EXPECT_EQ(o[2], value(lane + 5 < first + width ? lane + 5 : lane));
+      const int x = lane ^ 9;
+      EXPECT_EQ(o[3], value(x < first + width ? x : lane));
+      EXPECT_EQ(static_cast<unsigned>(o[4]), 0x49249249u);
+      EXPECT_EQ(o[5], 1);
+      EXPECT_EQ(o[6], 0);
+      EXPECT_EQ(o[7], 2 * (31 * 32 / 2) + 32);
+    }
+  }
+}
+
+// A partial last warp (48 threads: lanes 0..15 of warp 1) using a mask of the lanes it has.
+__global__ void partial_warp_kernel(int* out) {
+  const unsigned lane = threadIdx.x % 32;
+  const unsigned mask = threadIdx.x < 32 ? 0xffffffffu : 0x0000ffffu;
+  int v = static_cast<int>(lane);
+  for (int delta = 8; delta > 0; delta /= 2) v += __shfl_xor_sync(mask, v, delta, 16);
+  out[threadIdx.x] = v;
+  // A subset of the warp synchronises on its own.
+  if (lane < 4) {
+    const unsigned ballot = __ballot_sync(0xfu, lane >= 2);
+    out[48 + threadIdx.x] = static_cast<int>(ballot);
+  }
+}
+
+void case_partial_warp() {
+  std::vector<int> out(96, -1);
+  emu::launch(emu::Mode::BlockByBlock, 1, 48, 0, partial_warp_kernel, out.data());
+  for (unsigned t = 0; t < 48; ++t) {
+    const int segment = static_cast<int>((t % 32) / 16);
+    const int expected = 16 * segment * 16 + 120;  // sum of the 16 lanes of the segment
+    EXPECT_EQ(out[t], expected);
+    if (t % 32 < 4) EXPECT_EQ(out[48 + t], 0xc);
+  }
+}
+
+// Tree reduction through static __shared__ memory and __syncthreads.
+__global__ void block_sum_kernel(const float* in, float* out, int* count_out) {
+  __shared__ float partial[256];
+  const unsigned t = threadIdx.x;
+  partial[t] = in[blockIdx.x * blockDim.x + t];
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s /= 2) {
+    if (t < s) partial[t] += partial[t + s];
+    __syncthreads();
+  }
+  const int count = __syncthreads_count(in[blockIdx.x * blockDim.x + t] > 0.5f);
+  const int all = __syncthreads_and(1);
+  const int any = __syncthreads_or(t == 7);
+  if (t == 0) {
+    out[blockIdx.x] = partial[0];
+    count_out[blockIdx.x] = count * all * any;
+  }
+}
+
+void case_static_shared() {
+  const unsigned blocks = 3, threads = 256;
+  std::vector<float> in(blocks * threads);
+  for (unsigned i = 0; i < in.size(); ++i) in[i] = static_cast<float>(i % 7) * 0.25f;
+  std::vector<float> out(blocks, -1.0f);
+  std::vector<int> count(blocks, -1);
+  emu::launch(emu::Mode::BlockByBlock, blocks, threads, 0, block_sum_kernel, in.data(), out.data(), count.data());
+  for (unsigned b = 0; b < blocks; ++b) {
+    float sum = 0;
+    int above = 0;
+    for (unsigned t = 0; t < threads; ++t) {
+      sum += in[b * threads + t];
+      above += in[b * threads + t] > 0.5f;
+    }
+    EXPECT(out[b] == sum);
+    EXPECT_EQ(count[b], above);
+  }
+}
+
+// Dynamic shared memory: private to each block, also in AllBlocks mode.
+__global__ void dynamic_shared_kernel(int* out, int n) {
+  RCM_DYNAMIC_SHARED(int, buffer);
+  const int t = static_cast<int>(threadIdx.x);
+  buffer[t] = static_cast<int>(blockIdx.x) * 100 + t;
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + t] = buffer[(t + 1) % n];
+}
+
+void case_dynamic_shared() {
+  for (const emu::Mode mode : {emu::Mode::BlockByBlock, emu::Mode::AllBlocks}) {
+    const int blocks = 4, threads = 40;
+    std::vector<int> out(blocks * threads, -1);
+    emu::launch(mode, blocks, threads, threads * sizeof(int), dynamic_shared_kernel, out.data(), threads);
+    for (int b = 0; b < blocks; ++b) {
+      for (int t = 0; t < threads; ++t) EXPECT_EQ(out[b * threads + t], b * 100 + (t + 1) % threads);
+    }
+  }
+}
+
+// Never-written dynamic shared memory reads as NaN.
+__global__ void uninitialised_shared_kernel(float* out) {
+  RCM_DYNAMIC_SHARED(float, buffer);
+  out[threadIdx.x] = buffer[threadIdx.x];
+}
+
+void case_uninitialised_shared() {
+  std::vector<float> out(8, 0.0f);
+  emu::launch(emu::Mode::BlockByBlock, 1, 8, 8 * sizeof(float), uninitialised_shared_kernel, out.data());
+  for (float v : out) EXPECT(std::isnan(v));
+}
+
+__global__ void atomics_kernel(int* i, unsigned long long* u, float* f, double* d, __half* h, int* mx) {
+  atomicAdd(i, 1);
+  atomicAdd(u, 3ull);
+  atomicAdd(f, 0.5f);
+  atomicAdd(d, 0.25);
+  atomicAdd(h, __half(1.0f));
+  atomicMax(mx, static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x));
+}
+
+void case_atomics() {
+  int i = 0, mx = -1;
+  unsigned long long u = 0;
+  float f = 0;
+  double d = 0;
+  __half h(0.0f);
+  const unsigned blocks = 4, threads = 64;
+  emu::launch(emu::Mode::AllBlocks, blocks, threads, 0, atomics_kernel, &i, &u, &f, &d, &h, &mx);
+  const unsigned n = blocks * threads;
+  EXPECT_EQ(i, static_cast<int>(n));
+  EXPECT_EQ(u, 3ull * n);
+  EXPECT(f == 0.5f * n);
+  EXPECT(d == 0.25 * n);
+  EXPECT(static_cast<float>(h) == static_cast<float>(n));
+  EXPECT_EQ(mx, static_cast<int>(n - 1));
+  int old = 5;
+  EXPECT_EQ(atomicCAS(&old, 5, 9), 5);
+  EXPECT_EQ(old, 9);
+  EXPECT_EQ(atomicCAS(&old, 5, 1), 9);
+  EXPECT_EQ(atomicExch(&old, 4), 9);
+  EXPECT_EQ(atomicSub(&old, 1), 4);
+  EXPECT_EQ(atomicMin(&old, -2), 3);
+  EXPECT_EQ(old, -2);
+}
+
+// The 16-bit types: exact round trips and round-to-nearest-even.
+void case_half_types() {
+  // Every half converts to float and back unchanged (NaNs stay NaN).
+  for (unsigned b = 0; b < 65536; ++b) {
+    __half h;
+    h.__x = static_cast<std::uint16_t>(b);
+    const float f = static_cast<float>(h);
+    const __half back(f);
+    if (std::isnan(f)) {
+      EXPECT((back.__x & 0x7c00u) == 0x7c00u && (back.__x & 0x3ffu) != 0);
+    } else if (back.__x != b) {
+      std::fprintf(stderr, "half round trip 0x%04x -> %a -> 0x%04x\n", b, static_cast<double>(f), back.__x);
+      ++g_failures;
+    }
+    __nv_bfloat16 bf;
+    bf.__x = static_cast<std::uint16_t>(b);
+    const float g = static_cast<float>(bf);
+    if (!std::isnan(g)) EXPECT_EQ(__nv_bfloat16(g).__x, bf.__x);
+  }
+  EXPECT_EQ(__half(1.0f).__x, 0x3c00);
+  EXPECT_EQ(__half(65504.0f).__x, 0x7bff);
+  EXPECT_EQ(__half(65519.0f).__x, 0x7bff);
+  EXPECT_EQ(__half(65520.0f).__x, 0x7c00);  // the tie rounds to even: infinity
+  EXPECT_EQ(__half(0x1p-24f).__x, 0x0001);
+  EXPECT_EQ(__half(0x1p-25f).__x, 0x0000);  // tie to even zero
+  EXPECT_EQ(__half(0x1.8p-25f).__x, 0x0001);
+  EXPECT_EQ(__half(1.0f + 0x1p-11f).__x, 0x3c00);  // tie to even
+  EXPECT_EQ(__half(1.0f + 0x1.8p-11f).__x, 0x3c01);
+  EXPECT_EQ(__half(-2.0f).__x, 0xc000);
+  EXPECT_EQ(__nv_bfloat16(1.0f).__x, 0x3f80);
+  EXPECT_EQ(__nv_bfloat16(1.0f + 0x1p-8f).__x, 0x3f80);  // tie to even
+  EXPECT_EQ(__nv_bfloat16(1.0f + 0x1.8p-8f).__x, 0x3f81);
+  EXPECT_EQ(__nv_bfloat16(1.0f + 0x1.8p-7f).__x, 0x3f82);  // tie to even, upwards
+  EXPECT(std::isnan(static_cast<float>(__nv_bfloat16(std::nanf("")))));
+#if defined(__FLT16_MAX__)
+  // Against the compiler's own _Float16 where it has one.
+  std::uint32_t state = 12345;
+  for (int i = 0; i < 2000000; ++i) {
+    state = state * 1664525u + 1013904223u;
+    const std::uint32_t bits = (state & 0x807fffffu) | ((100u + (state >> 7) % 60u) << 23);
+    const float f = std::bit_cast<float>(bits);
+    const _Float16 reference = static_cast<_Float16>(f);
+    std::uint16_t rb;
+    std::memcpy(&rb, &reference, 2);
+    if (__half(f).__x != rb) {
+      std::fprintf(stderr, "float %a -> half 0x%04x, _Float16 gives 0x%04x\n", static_cast<double>(f),
+                   __half(f).__x, rb);
+      ++g_failures;
+      break;
+    }
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planted bugs and their twins.
+
+// Each thread writes its slot, then reads its neighbour's: without the barrier that is a race.
+template <bool kBarrier>
+__global__ void shared_neighbour_kernel(const float* in, float* out) {
+  RCM_DYNAMIC_SHARED(float, tile);
+  const unsigned t = threadIdx.x;
+  tile[t] = in[blockIdx.x * blockDim.x + t] * 2.0f;
+  if constexpr (kBarrier) __syncthreads();
+  out[blockIdx.x * blockDim.x + t] = tile[(t + 1) % blockDim.x];
+}
+
+template <bool kBarrier>
+void case_shared_neighbour() {
+  const unsigned blocks = 2, threads = 64;
+  std::vector<float> in(blocks * threads), out(blocks * threads);
+  std::iota(in.begin(), in.end(), 0.0f);
+  emu::launch(emu::Mode::BlockByBlock, blocks, threads, threads * sizeof(float), shared_neighbour_kernel<kBarrier>,
+              in.data(), out.data());
+  if (kBarrier) {
+    for (unsigned b = 0; b < blocks; ++b) {
+      for (unsigned t = 0; t < threads; ++t) EXPECT(out[b * threads + t] == 2.0f * in[b * threads + (t + 1) % threads]);
+    }
+  }
+}
+
+// Reads in[i + 1] for every i < n: the last thread reads one past the end.
+template <bool kGuard>
+__global__ void neighbour_sum_kernel(const float* in, float* out, int n) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= n) return;
+  const float next = (!kGuard || i + 1 < n) ? in[i + 1] : 0.0f;
+  out[i] = in[i] + next;
+}
+
+template <bool kGuard>
+void case_neighbour_sum() {
+  const int n = 100;
+  std::vector<float> in(n, 1.0f), out(n, 0.0f);
+  emu::launch(emu::Mode::BlockByBlock, 2, 64, 0, neighbour_sum_kernel<kGuard>, in.data(), out.data(), n);
+  if (kGuard) {
+    for (int i = 0; i < n; ++i) EXPECT(out[i] == (i + 1 < n ? 2.0f : 1.0f));
+  }
+}
+
+// Every block adds into the same histogram; within a block the threads hit different bins, so only
+// the blocks race with each other.
+template <bool kAtomic>
+__global__ void histogram_kernel(float* bins) {
+  const unsigned bin = threadIdx.x;
+  const float v = static_cast<float>(blockIdx.x + 1);
+  if constexpr (kAtomic) {
+    atomicAdd(bins + bin, v);
+  } else {
+    bins[bin] += v;
+  }
+}
+
+template <bool kAtomic>
+void case_histogram() {
+  const unsigned blocks = 4, threads = 32;
+  std::vector<float> bins(threads, 0.0f);
+  emu::launch(emu::Mode::AllBlocks, blocks, threads, 0, histogram_kernel<kAtomic>, bins.data());
+  if (kAtomic) {
+    for (float b : bins) EXPECT(b == 10.0f);
+  }
+}
+
+// Threads past n return early, then the rest wait at a barrier.
+template <bool kUniform>
+__global__ void early_exit_barrier_kernel(const float* in, float* out, int n) {
+  RCM_DYNAMIC_SHARED(float, tile);
+  const int t = static_cast<int>(threadIdx.x);
+  if (!kUniform && t >= n) return;
+  tile[t] = t < n ? in[t] : 0.0f;
+  __syncthreads();
+  if (t < n) out[t] = tile[n - 1 - t];
+}
+
+template <bool kUniform>
+void case_early_exit_barrier() {
+  const int n = 40;
+  std::vector<float> in(n), out(n, -1.0f);
+  std::iota(in.begin(), in.end(), 0.0f);
+  emu::launch(emu::Mode::BlockByBlock, 1, 64, 64 * sizeof(float), early_exit_barrier_kernel<kUniform>, in.data(),
+              out.data(), n);
+  for (int t = 0; t < n; ++t) EXPECT(out[t] == in[n - 1 - t]);
+}
+
+// Threads that finish early skip the second barrier, which the others still reach.
+__global__ void late_divergent_barrier_kernel(float* out) {
+  const unsigned t = threadIdx.x;
+  out[t] = 1.0f;
+  __syncthreads();
+  if (t % 2 == 0) {
+    __syncthreads();
+    out[t] += 1.0f;
+  }
+}
+
+void case_divergent_barrier_late() {
+  std::vector<float> out(64);
+  emu::launch(emu::Mode::BlockByBlock, 1, 64, 0, late_divergent_barrier_kernel, out.data());
+}
+
+// A warp sum that only the lanes holding data take part in (a full-warp mask nonetheless).
+template <bool kUniform>
+__global__ void lane_sum_kernel(const float* in, float* out, int n) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  float v = lane < n ? in[lane] : 0.0f;
+  if (kUniform || lane < n) {
+    for (int delta = 16; delta > 0; delta /= 2) v += __shfl_xor_sync(0xffffffffu, v, delta);
+  }
+  if (lane == 0) out[0] = v;
+}
+
+template <bool kUniform>
+void case_lane_sum() {
+  const int n = 20;
+  std::vector<float> in(n, 1.0f), out(1, 0.0f);
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, lane_sum_kernel<kUniform>, in.data(), out.data(), n);
+  EXPECT(out[0] == static_cast<float>(n));
+}
+
+void case_static_shared_all_blocks() {
+  std::vector<float> in(2 * 256, 1.0f), out(2);
+  std::vector<int> count(2);
+  emu::launch(emu::Mode::AllBlocks, 2, 256, 0, block_sum_kernel, in.data(), out.data(), count.data());
+}
+
+const std::map<std::string, void (*)()>& cases() {
+  static const std::map<std::string, void (*)()> table = {
+      {"builtins", case_builtins},
+      {"shuffles", case_shuffles},
+      {"partial_warp", case_partial_warp},
+      {"static_shared", case_static_shared},
+      {"dynamic_shared", case_dynamic_shared},
+      {"uninitialised_shared", case_uninitialised_shared},
+      {"atomics", case_atomics},
+      {"half_types", case_half_types},
+      {"shared_race", case_shared_neighbour<false>},
+      {"shared_race_fixed", case_shared_neighbour<true>},
+      {"oob_read", case_neighbour_sum<false>},
+      {"oob_read_fixed", case_neighbour_sum<true>},
+      {"block_scatter_race", case_histogram<false>},
+      {"block_scatter_atomic", case_histogram<true>},
+      {"divergent_barrier", case_early_exit_barrier<false>},
+      {"uniform_barrier", case_early_exit_barrier<true>},
+      {"divergent_barrier_late", case_divergent_barrier_late},
+      {"divergent_shuffle", case_lane_sum<false>},
+      {"uniform_shuffle", case_lane_sum<true>},
+      {"static_shared_all_blocks", case_static_shared_all_blocks},
+  };
+  return table;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s <case> | --list\n", argv[0]);
+    return 2;
+  }
+  const std::string name = argv[1];
+  if (name == "--list") {
+    for (const auto& [n, fn] : cases()) std::printf("%s\n", n.c_str());
+    return 0;
+  }
+  const auto it = cases().find(name);
+  if (it == cases().end()) {
+    std::fprintf(stderr, "unknown case '%s'\n", name.c_str());
+    return 2;
+  }
+  it->second();
+  if (g_failures != 0) {
+    std::printf("FAIL %s: %d check(s) failed\n", name.c_str(), g_failures);
+    return 1;
+  }
+  std::printf("PASS %s\n", name.c_str());
+  return 0;
+}
