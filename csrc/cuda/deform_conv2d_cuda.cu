@@ -1,16 +1,21 @@
-// CUDA launchers of deform_conv2d (direct path): the batch is processed in chunks of output
-// pixels; each chunk is sampled into a columns buffer by deform_im2col_kernel and multiplied by
-// the weight with cuBLAS. The backward recomputes the columns, takes both GEMMs and runs
-// deform_col2im_kernel. Kernel bodies live in ../kernels/deform_conv2d_kernels.cuh.
+// CUDA launchers of deform_conv2d. Forward, two algorithms (RCM_FSAD_DEFORM_CONV_ALGO):
+//   implicit_gemm (default)  deform_conv2d_implicit_gemm_kernel, no columns buffer;
+//   columns                  the direct path: chunks of output pixels are sampled into a columns
+//                            buffer by deform_im2col_kernel and multiplied by the weight with cuBLAS.
+// The backward takes the columns path: recompute the columns, both GEMMs, deform_col2im_kernel.
+// Kernel bodies live in ../kernels/.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "../deform_conv2d_args.h"
+#include "../kernels/deform_conv2d_implicit_gemm.cuh"
 #include "../kernels/deform_conv2d_kernels.cuh"
 
 namespace rcm_fsad {
@@ -52,6 +57,35 @@ ChunkArgs<scalar_t> chunk_args(const at::Tensor& input_nhwc, const at::Tensor& o
   return {input_nhwc.const_data_ptr<scalar_t>(), offset.const_data_ptr<scalar_t>(),
           field_strides(offset), mask.has_value() ? mask->const_data_ptr<scalar_t>() : nullptr,
           mask.has_value() ? field_strides(*mask) : FieldStrides{0, 0, 0, 0}};
+}
+
+bool use_implicit_gemm() {
+  const char* algo = std::getenv("RCM_FSAD_DEFORM_CONV_ALGO");
+  if (algo == nullptr || std::strcmp(algo, "implicit_gemm") == 0) return true;
+  TORCH_CHECK(std::strcmp(algo, "columns") == 0,
+              "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm' or 'columns', got '", algo, "'");
+  return false;
+}
+
+template <typename scalar_t>
+void launch_implicit_gemm(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
+                          const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using T = kernels::ImplicitGemmTiles;
+  const int64_t rows = g.batch * g.out_pixels();
+  const int64_t out_per_group = g.out_channels / g.groups;
+  TORCH_CHECK((rows + T::kRows - 1) / T::kRows <= std::numeric_limits<int32_t>::max() &&
+                  g.groups <= 65535,
+              "deform_conv2d: problem too large for the implicit-GEMM grid; set "
+              "RCM_FSAD_DEFORM_CONV_ALGO=columns");
+  const dim3 grid(static_cast<unsigned>((rows + T::kRows - 1) / T::kRows),
+                  static_cast<unsigned>((out_per_group + T::kCols - 1) / T::kCols),
+                  static_cast<unsigned>(g.groups));
+  kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t>
+      <<<grid, T::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, wmat.const_data_ptr<scalar_t>(),
+          bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, out_rows.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t>
@@ -106,11 +140,17 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset,
   if (rows > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor wmat = weight_matrix(weight);
-    const at::Tensor out_rows = out.view({rows, g.out_channels});
-    const int64_t chunk = chunk_rows(g);
-    at::Tensor cols = at::empty({chunk, g.column_width()}, input.options());
+    at::Tensor out_rows = out.view({rows, g.out_channels});
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
       const ChunkArgs<scalar_t> a = chunk_args<scalar_t>(input_nhwc, offset, mask);
+      if (use_implicit_gemm()) {
+        const std::optional<at::Tensor> bias_c =
+            bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+        launch_implicit_gemm<scalar_t>(g, a, wmat, bias_c, out_rows);
+        return;
+      }
+      const int64_t chunk = chunk_rows(g);
+      at::Tensor cols = at::empty({chunk, g.column_width()}, input.options());
       for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         const int64_t len = std::min(chunk, rows - r0);
         launch_im2col<scalar_t>(g, a, r0, len, cols.mutable_data_ptr<scalar_t>());
