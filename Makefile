@@ -1,5 +1,7 @@
 # make demo   set up .venv, build the extension, run the main job
 # make test   set up .venv, build the extension and the C++ library, run every test
+# make test-kernels   run the CUDA kernels on the CPU (ASan+UBSan and TSan builds) + the ptxas gate;
+#                     needs no venv, no torch and no GPU
 # Both are idempotent and quick once set up.
 
 PYTHON      ?= python3
@@ -13,18 +15,26 @@ SOURCES     := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' 
 
 export MAX_JOBS
 
-.PHONY: demo test test-python test-cpp build cmake bench info clean
+.PHONY: demo test test-python test-cpp test-kernels build cmake bench info clean
 
 demo: build
 	$(PY) -m rcm_fsad_ops demo
 
-test: test-python test-cpp
+# In this order, one after the other, so that pytest's summary stays the last line.
+test: test-kernels test-cpp test-python
+.NOTPARALLEL: test
 
 test-python: build
 	$(PY) -m pytest tests -q
 
 test-cpp: cmake
 	cd $(CMAKE_BUILD) && ctest --output-on-failure
+
+# The __global__ kernels of csrc/kernels/ run on the CPU through tests/kernels/cuda_emulation.h, in an
+# ASan+UBSan build (build/kernels-asan) and a TSan build (build/kernels-tsan), then
+# `tools/ptxas_report.py --check`. Ends with "N passed, M failed".
+test-kernels:
+	bash tests/kernels/run_kernel_tests.sh
 
 build: $(DEV_STAMP) rcm_fsad_ops/.built
 

@@ -13,6 +13,15 @@
 #define RCM_HD inline
 #endif
 
+// Dynamic shared memory: kernel headers declare it with RCM_DYNAMIC_SHARED(type, name) rather than
+// `extern __shared__`, which the emulation harness (tests/kernels/cuda_emulation.h) cannot model;
+// the harness defines its own version of the macro.
+#if (defined(__CUDACC__) || defined(__HIPCC__)) && !defined(RCM_DYNAMIC_SHARED)
+#define RCM_DYNAMIC_SHARED(type, name)                                          \
+  extern __shared__ __align__(16) unsigned char rcm_dynamic_shared_storage_[]; \
+  type* name = reinterpret_cast<type*>(rcm_dynamic_shared_storage_)
+#endif
+
 namespace rcm_fsad {
 namespace kernels {
 

@@ -2,6 +2,11 @@
 // csrc/kernels/ run (and are tested, under AddressSanitizer, UBSan and ThreadSanitizer) on machines
 // without a GPU. Include this header BEFORE any kernel header; compile as host C++20 (g++ >= 12).
 //
+//   #include "cuda_emulation.h"
+//   #include "kernels/deform_conv2d_kernels.cuh"
+//   emu::launch(emu::Mode::AllBlocks, dim3(4), dim3(256), /*shared_bytes=*/0,
+//               rcm_fsad::kernels::deform_col2im_kernel<float, float, int32_t>, g, input, ...);
+//
 // What it provides
 //   * the qualifiers __global__, __device__, __host__, __forceinline__, __noinline__,
 //     __launch_bounds__(...), __align__(n), __constant__ and __shared__ (static shared memory);
@@ -58,7 +63,15 @@
 //     registers and spills);
 //   * a hang (a lane waiting for a partner that never comes, e.g. waiting at __syncthreads while its
 //     warp mates wait in a shuffle) is reported after EMU_WATCHDOG_SECONDS (default 60) of waiting;
-//   * Linux/POSIX threads only; at most EMU_MAX_THREADS (default 4096) threads in one AllBlocks launch.
+//   * Linux only (POSIX threads, futex); at most EMU_MAX_THREADS (default 4096) threads in one
+//     AllBlocks launch;
+//   * collectives with a partial mask (not the whole warp) go through a per-warp mutex, which orders
+//     disjoint subsets of one warp for ThreadSanitizer: a race between two such subsets can be missed.
+//
+// Cost. A GPU thread is an OS thread, so every __syncthreads and every warp collective is a round of
+// context switches (a few microseconds per lane, several times that under ThreadSanitizer, whose
+// cost also grows with the number of threads the process has): test with small shapes and grids,
+// and let grid-stride loops cover the work.
 #pragma once
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
@@ -73,7 +86,14 @@
 
 #else  // host emulation
 
+#include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <climits>
+#include <ctime>
 
 #include <array>
 #include <atomic>
@@ -290,41 +310,97 @@ inline const char* op_name(WarpOp op) {
   return "?";
 }
 
-// One warp collective in progress: the lanes of `mask` deposit their value, wait until all have,
-// read what they need, and the last reader retires it.
+// Waiting. A thread that must wait sleeps on a 32-bit futex word (raw syscalls: no library state
+// shared between unrelated threads, which would give ThreadSanitizer happens-before edges that hide
+// races). The ordering that a barrier or a collective does imply comes from the acquire/release
+// atomics and the per-block / per-warp mutexes below, and only from them.
+inline void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t seen, long nanoseconds) {
+  timespec timeout{nanoseconds / 1000000000L, nanoseconds % 1000000000L};
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_PRIVATE, seen, &timeout, nullptr, 0);
+}
+
+inline void futex_wake_all(std::atomic<std::uint32_t>& word) {
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+}
+
+// Waits until done() (which must use acquire loads) holds; `epoch` is bumped and woken by whoever
+// makes it hold. Yields a few times first (the partner is often just about to arrive: this saves a
+// futex sleep and wake, ~25% of the time of a warp-collective-heavy kernel on 2 cores), then sleeps.
+// Calls on_hang() after watchdog() seconds.
+template <typename Done, typename OnHang>
+void wait_until(std::atomic<std::uint32_t>& epoch, Done&& done, OnHang&& on_hang) {
+  for (int i = 0; i < 16; ++i) {
+    if (done()) return;
+    sched_yield();
+  }
+  const auto deadline = std::chrono::steady_clock::now() + watchdog();
+  for (;;) {
+    const std::uint32_t seen = epoch.load(std::memory_order_relaxed);
+    if (done()) return;
+    futex_wait(epoch, seen, 200000000L);
+    if (std::chrono::steady_clock::now() > deadline && !done()) on_hang();
+  }
+}
+
+// One warp collective in progress: the lanes of `mask` deposit their value (under the warp's
+// mutex), the last one marks it complete (release), every lane reads what it needs (acquire, no
+// lock), and the last reader retires it.
 struct WarpCollective {
-  WarpOp op;
-  std::uint32_t mask;
-  std::size_t value_size;
-  Site site;
-  std::uint32_t arrived = 0;
-  bool complete = false;
-  int readers = 0;
+  WarpCollective(WarpOp o, std::uint32_t m, std::size_t size, Site s) : op(o), mask(m), value_size(size), site(s) {}
+  const WarpOp op;
+  const std::uint32_t mask;
+  const std::size_t value_size;
+  const Site site;
+  std::uint32_t arrived = 0;  // guarded by the warp's mutex
+  std::atomic<bool> complete{false};
+  std::atomic<int> readers{0};
   std::array<std::array<unsigned char, 8>, 32> values{};
 };
 
+// A lane's deposit in a whole-warp collective (the fast path).
+struct WarpSlot {
+  std::array<unsigned char, 8> value{};
+  WarpOp op = WarpOp::Syncwarp;
+  std::size_t size = 0;
+  Site site;
+};
+
 struct WarpState {
-  std::mutex m;
-  std::condition_variable cv;
   unsigned index = 0;
-  unsigned lanes = 32;        // lanes that exist (the last warp of a block may be partial)
-  std::uint32_t exited = 0;   // lanes whose kernel function has returned
+  unsigned lanes = 32;                          // lanes that exist (the last warp may be partial)
+  std::atomic<std::uint32_t> exited{0};         // lanes whose kernel function has returned
+
+  // Fast path, for collectives whose mask is the whole warp (all the kernels use): a counting
+  // barrier, with the deposits double-buffered by phase parity (a lane can only deposit for phase
+  // p+2 once every lane has arrived at p+1, i.e. has finished reading phase p).
+  std::atomic<std::uint32_t> full_arrived{0};   // lanes arrived at the current phase
+  std::atomic<std::uint32_t> full_phase{0};     // completed phases (futex word)
+  std::array<std::array<WarpSlot, 32>, 2> slots{};
+
+  // General path, for partial masks: a list of collectives in progress, under a mutex.
+  std::mutex m;
+  std::atomic<std::uint32_t> epoch{0};          // bumped whenever such a collective completes
+  std::atomic<std::uint32_t> slow_waiting{0};   // union of the masks of the unfinished ones
   std::list<WarpCollective> open;
 
   std::uint32_t existing() const { return lanes >= 32 ? 0xffffffffu : ((1u << lanes) - 1u); }
 };
 
+// The block barrier is a counting barrier like the warp fast path: arrive (one atomic add), the last
+// thread to arrive completes the phase (release) and wakes the others. What a thread deposits (its
+// __syncthreads call site, its predicate) is double-buffered by phase parity: a thread can only
+// deposit for phase p+2 once every thread has arrived at p+1, i.e. has finished with phase p.
 struct BlockState {
-  std::mutex m;
-  std::condition_variable cv;
   uint3 index{0, 0, 0};
   unsigned size = 0;
-  unsigned arrived = 0;
-  unsigned exited = 0;
-  std::uint64_t generation = 0;
-  Site site;               // the __syncthreads the waiting threads are at
-  unsigned count = 0;      // predicates of the barrier being filled
-  unsigned result = 0;     // predicate count of the last completed barrier
+  std::atomic<std::uint32_t> arrived{0};  // threads arrived at the current phase
+  std::atomic<std::uint32_t> phase{0};    // completed barriers (futex word)
+  std::atomic<std::uint32_t> exited{0};   // threads whose kernel function has returned
+  std::array<std::vector<Site>, 2> sites;                 // per thread, by phase parity
+  std::array<std::atomic<unsigned>, 2> count{};           // predicates, by phase parity
+  std::array<unsigned, 2> result{};                       // predicate count of a completed phase
+  std::atomic<const char*> waiting_file{nullptr};         // where the current phase's first arrival waits
+  std::atomic<unsigned> waiting_line{0};
   unsigned char* shared = nullptr;
   std::size_t shared_bytes = 0;
   std::vector<std::unique_ptr<WarpState>> warps;
@@ -344,6 +420,8 @@ struct ThreadContext {
   WarpState* warp = nullptr;
   unsigned linear = 0;  // linear thread index within the block
   unsigned lane = 0;
+  std::uint32_t barriers = 0;          // __syncthreads this thread has passed
+  std::uint32_t full_collectives = 0;  // whole-warp collectives this lane has joined
   uint3 thread_idx{0, 0, 0};
   uint3 block_idx{0, 0, 0};
   dim3 block_dim{0, 0, 0};
@@ -374,42 +452,101 @@ inline unsigned char* dynamic_shared_memory() {
   return current("dynamic shared memory (RCM_DYNAMIC_SHARED)").block->shared;
 }
 
-// __syncthreads and its predicate variants.
+// __syncthreads and its predicate variants: returns the number of threads whose predicate held.
 inline unsigned block_barrier(bool predicate, const char* what, const std::source_location& loc) {
   ThreadContext& t = current(what);
   BlockState& b = *t.block;
   const Site site = Site::of(loc);
-  std::unique_lock<std::mutex> lock(b.m);
-  if (b.exited != 0) {
+  const std::uint32_t phase = t.barriers++;
+  const unsigned parity = phase & 1u;
+  b.sites[parity][t.linear] = site;
+  if (predicate) b.count[parity].fetch_add(1, std::memory_order_relaxed);
+  const std::uint32_t arrived = b.arrived.fetch_add(1, std::memory_order_seq_cst) + 1;
+  if (arrived == 1) {
+    b.waiting_file.store(site.file, std::memory_order_relaxed);
+    b.waiting_line.store(site.line, std::memory_order_relaxed);
+  }
+  // Arrive, then look (thread_exit publishes its exit, then looks). A thread that has exited is a
+  // divergence only while this phase is unfinished: once complete, a thread may have left.
+  const std::uint32_t gone = b.exited.load(std::memory_order_seq_cst);
+  if (gone != 0 && b.phase.load(std::memory_order_acquire) == phase) {
     fatal(format("divergent __syncthreads: %s waits at %s (%s) while %u thread(s) of its block have "
-                 "already exited", thread_name(t).c_str(), site.str().c_str(), what, b.exited));
+                 "already exited", thread_name(t).c_str(), site.str().c_str(), what, gone));
   }
-  if (b.arrived == 0) {
-    b.site = site;
-  } else if (!(b.site == site)) {
-    fatal(format("divergent __syncthreads: %s waits at %s while %u thread(s) of its block wait at %s",
-                 thread_name(t).c_str(), site.str().c_str(), b.arrived, b.site.str().c_str()));
+  if (arrived == b.size) {
+    b.result[parity] = b.count[parity].exchange(0, std::memory_order_relaxed);
+    b.arrived.store(0, std::memory_order_relaxed);
+    b.phase.store(phase + 1, std::memory_order_release);
+    futex_wake_all(b.phase);
+  } else {
+    wait_until(
+        b.phase, [&] { return b.phase.load(std::memory_order_acquire) != phase; },
+        [&] {
+          fatal(format("hang: %s waited %llds at __syncthreads %s: %u of %u threads arrived (is another one "
+                       "stuck in a warp collective or a loop?)", thread_name(t).c_str(),
+                       static_cast<long long>(watchdog().count()), site.str().c_str(), b.arrived.load(), b.size));
+        });
   }
-  b.count += predicate ? 1u : 0u;
-  if (++b.arrived == b.size) {
-    b.result = b.count;
-    b.count = 0;
-    b.arrived = 0;
-    ++b.generation;
-    b.cv.notify_all();
-    return b.result;
+  // Every thread of the block must have waited at the same __syncthreads.
+  const Site& first = b.sites[parity][0];
+  if (!(first == site)) {
+    fatal(format("divergent __syncthreads: %s waited at %s while thread 0 of its block waited at %s",
+                 thread_name(t).c_str(), site.str().c_str(), first.str().c_str()));
   }
-  const std::uint64_t generation = b.generation;
-  if (!b.cv.wait_for(lock, watchdog(), [&] { return b.generation != generation; })) {
-    fatal(format("hang: %s waited %llds at __syncthreads %s: %u of %u threads arrived (is another one "
-                 "stuck in a warp collective or a loop?)", thread_name(t).c_str(),
-                 static_cast<long long>(watchdog().count()), site.str().c_str(), b.arrived, b.size));
+  return b.result[parity];
+}
+
+// The fast path of warp_collective: the mask is every lane of the warp.
+template <typename Read>
+void warp_collective_whole(ThreadContext& t, WarpState& w, WarpOp op, std::uint32_t mask, const void* value,
+                           std::size_t size, const Site& site, Read&& read) {
+  const std::uint32_t phase = t.full_collectives++;
+  std::array<WarpSlot, 32>& slots = w.slots[phase & 1u];
+  WarpSlot& mine = slots[t.lane];
+  if (size != 0) std::memcpy(mine.value.data(), value, size);
+  mine.op = op;
+  mine.size = size;
+  mine.site = site;
+  const std::uint32_t arrived = w.full_arrived.fetch_add(1, std::memory_order_seq_cst) + 1;
+  // Arrive, then look (thread_exit and the general path publish, then look: one side sees the other).
+  // A lane that has exited is a divergence only while this phase is unfinished: once it completes,
+  // every lane arrived, and a lane may leave the kernel before this one gets here.
+  const std::uint32_t gone = mask & w.exited.load(std::memory_order_seq_cst);
+  if (gone != 0 && w.full_phase.load(std::memory_order_acquire) == phase) {
+    fatal(format("divergent %s at %s: lanes %s of warp %u of %s have already exited, lane %u waits for them",
+                 op_name(op), site.str().c_str(), lanes_of(gone).c_str(), w.index, t.block->name().c_str(),
+                 t.lane));
   }
-  return b.result;
+  if ((w.slow_waiting.load(std::memory_order_seq_cst) & (1u << t.lane)) != 0) {
+    fatal(format("divergent warp collectives in warp %u of %s: lane %u calls %s (whole warp) at %s while a "
+                 "collective with a partial mask waits for it", w.index, t.block->name().c_str(), t.lane,
+                 op_name(op), site.str().c_str()));
+  }
+  if (arrived == w.lanes) {
+    w.full_arrived.store(0, std::memory_order_relaxed);
+    w.full_phase.store(phase + 1, std::memory_order_release);
+    futex_wake_all(w.full_phase);
+  } else {
+    wait_until(
+        w.full_phase, [&] { return w.full_phase.load(std::memory_order_acquire) != phase; },
+        [&] {
+          fatal(format("hang: lane %u of warp %u of %s waited %llds in %s at %s: %u of %u lanes arrived", t.lane,
+                       w.index, t.block->name().c_str(), static_cast<long long>(watchdog().count()), op_name(op),
+                       site.str().c_str(), w.full_arrived.load(), w.lanes));
+        });
+  }
+  const WarpSlot& first = slots[std::countr_zero(mask)];
+  if (first.op != op || first.size != size) {
+    fatal(format("divergent warp collectives in warp %u of %s: lane %u called %s at %s while lane %d called %s "
+                 "at %s", w.index, t.block->name().c_str(), t.lane, op_name(op), site.str().c_str(),
+                 std::countr_zero(mask), op_name(first.op), first.site.str().c_str()));
+  }
+  read(mask, [&slots](unsigned lane) { return slots[lane].value.data(); });
 }
 
 // Runs one warp collective for the calling lane: deposits `size` bytes of `value`, waits for the
-// other lanes of the mask, then calls read(collective) before leaving.
+// other lanes of the mask, then calls read(mask, value_of) where value_of(lane) points at the bytes
+// lane deposited.
 template <typename Read>
 void warp_collective(WarpOp op, std::uint32_t mask, const void* value, std::size_t size,
                      const std::source_location& loc, Read&& read) {
@@ -417,49 +554,77 @@ void warp_collective(WarpOp op, std::uint32_t mask, const void* value, std::size
   WarpState& w = *t.warp;
   const Site site = Site::of(loc);
   const std::uint32_t bit = 1u << t.lane;
-  std::unique_lock<std::mutex> lock(w.m);
-  if ((mask & bit) == 0) {
-    fatal(format("%s at %s: %s (lane %u) is not in its mask 0x%08x", op_name(op), site.str().c_str(),
-                 thread_name(t).c_str(), t.lane, mask));
+  if (mask == w.existing()) {
+    warp_collective_whole(t, w, op, mask, value, size, site, std::forward<Read>(read));
+    return;
   }
-  if ((mask & ~w.existing()) != 0) {
-    fatal(format("%s at %s: mask 0x%08x names lanes %s that warp %u of %s does not have (it has %u)",
-                 op_name(op), site.str().c_str(), mask, lanes_of(mask & ~w.existing()).c_str(), w.index,
-                 t.block->name().c_str(), w.lanes));
-  }
-  if ((mask & w.exited) != 0) {
-    fatal(format("divergent %s at %s: lanes %s of its mask 0x%08x (warp %u of %s) have already exited",
-                 op_name(op), site.str().c_str(), lanes_of(mask & w.exited).c_str(), mask, w.index,
-                 t.block->name().c_str()));
-  }
-  // A lane's next collective must be the oldest unfinished one whose mask names it.
-  auto it = w.open.begin();
-  for (; it != w.open.end(); ++it) {
-    if (!it->complete && (it->mask & bit) != 0) break;
-  }
-  if (it != w.open.end()) {
-    if (it->op != op || it->mask != mask || it->value_size != size) {
-      fatal(format("divergent warp collectives in warp %u of %s: lane %u calls %s (mask 0x%08x) at %s "
-                   "while lanes %s wait in %s (mask 0x%08x) at %s", w.index, t.block->name().c_str(),
-                   t.lane, op_name(op), mask, site.str().c_str(), lanes_of(it->arrived).c_str(),
-                   op_name(it->op), it->mask, it->site.str().c_str()));
+  std::list<WarpCollective>::iterator it;
+  {
+    std::lock_guard<std::mutex> lock(w.m);
+    if ((mask & bit) == 0) {
+      fatal(format("%s at %s: %s (lane %u) is not in its mask 0x%08x", op_name(op), site.str().c_str(),
+                   thread_name(t).c_str(), t.lane, mask));
     }
-  } else {
-    it = w.open.insert(w.open.end(), WarpCollective{op, mask, size, site});
+    if ((mask & ~w.existing()) != 0) {
+      fatal(format("%s at %s: mask 0x%08x names lanes %s that warp %u of %s does not have (it has %u)",
+                   op_name(op), site.str().c_str(), mask, lanes_of(mask & ~w.existing()).c_str(), w.index,
+                   t.block->name().c_str(), w.lanes));
+    }
+    if (const std::uint32_t gone = mask & w.exited.load(std::memory_order_seq_cst)) {
+      fatal(format("divergent %s at %s: lanes %s of its mask 0x%08x (warp %u of %s) have already exited",
+                   op_name(op), site.str().c_str(), lanes_of(gone).c_str(), mask, w.index,
+                   t.block->name().c_str()));
+    }
+    // A lane's next collective must be the oldest unfinished one whose mask names it.
+    it = w.open.begin();
+    for (; it != w.open.end(); ++it) {
+      if (!it->complete.load(std::memory_order_relaxed) && (it->mask & bit) != 0) break;
+    }
+    if (it != w.open.end()) {
+      if (it->op != op || it->mask != mask || it->value_size != size) {
+        fatal(format("divergent warp collectives in warp %u of %s: lane %u calls %s (mask 0x%08x) at %s "
+                     "while lanes %s wait in %s (mask 0x%08x) at %s", w.index, t.block->name().c_str(),
+                     t.lane, op_name(op), mask, site.str().c_str(), lanes_of(it->arrived).c_str(),
+                     op_name(it->op), it->mask, it->site.str().c_str()));
+      }
+    } else {
+      it = w.open.emplace(w.open.end(), op, mask, size, site);
+      w.slow_waiting.fetch_or(mask, std::memory_order_seq_cst);
+    }
+    // Lanes waiting in a whole-warp collective wait for this lane too.
+    if (const std::uint32_t waiting = w.full_arrived.load(std::memory_order_seq_cst)) {
+      fatal(format("divergent warp collectives in warp %u of %s: lane %u calls %s (mask 0x%08x) at %s while "
+                   "%u lane(s) wait for it in a whole-warp collective", w.index, t.block->name().c_str(), t.lane,
+                   op_name(op), mask, site.str().c_str(), waiting));
+    }
+    if (size != 0) std::memcpy(it->values[t.lane].data(), value, size);
+    it->arrived |= bit;
+    if (it->arrived == mask) {
+      it->readers.store(std::popcount(mask), std::memory_order_relaxed);
+      it->complete.store(true, std::memory_order_release);
+      std::uint32_t still_waiting = 0;
+      for (const WarpCollective& o : w.open) {
+        if (!o.complete.load(std::memory_order_relaxed)) still_waiting |= o.mask;
+      }
+      w.slow_waiting.store(still_waiting, std::memory_order_seq_cst);
+      w.epoch.fetch_add(1, std::memory_order_relaxed);
+      futex_wake_all(w.epoch);
+    }
   }
-  if (size != 0) std::memcpy(it->values[t.lane].data(), value, size);
-  it->arrived |= bit;
-  if (it->arrived == mask) {
-    it->complete = true;
-    it->readers = std::popcount(mask);
-    w.cv.notify_all();
-  } else if (!w.cv.wait_for(lock, watchdog(), [&] { return it->complete; })) {
-    fatal(format("hang: lane %u of warp %u of %s waited %llds in %s at %s for lanes %s", t.lane, w.index,
-                 t.block->name().c_str(), static_cast<long long>(watchdog().count()), op_name(op),
-                 site.str().c_str(), lanes_of(mask & ~it->arrived).c_str()));
+  WarpCollective& c = *it;
+  wait_until(
+      w.epoch, [&] { return c.complete.load(std::memory_order_acquire); },
+      [&] {
+        std::lock_guard<std::mutex> lock(w.m);
+        fatal(format("hang: lane %u of warp %u of %s waited %llds in %s at %s for lanes %s", t.lane, w.index,
+                     t.block->name().c_str(), static_cast<long long>(watchdog().count()), op_name(op),
+                     site.str().c_str(), lanes_of(mask & ~c.arrived).c_str()));
+      });
+  read(c.mask, [&c](unsigned lane) { return c.values[lane].data(); });
+  if (c.readers.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    std::lock_guard<std::mutex> lock(w.m);
+    w.open.erase(it);
   }
-  read(*it);
-  if (--it->readers == 0) w.open.erase(it);
 }
 
 // Called when the kernel function of a thread returns.
@@ -467,10 +632,15 @@ inline void thread_exit() {
   ThreadContext& t = tls;
   {
     WarpState& w = *t.warp;
+    w.exited.fetch_or(1u << t.lane, std::memory_order_seq_cst);
+    if (const std::uint32_t waiting = w.full_arrived.load(std::memory_order_seq_cst)) {
+      fatal(format("divergent warp collective: lane %u of warp %u of %s exited while %u lane(s) wait for it in "
+                   "a whole-warp collective (shuffle, vote or __syncwarp)", t.lane, w.index, t.block->name().c_str(),
+                   waiting));
+    }
     std::lock_guard<std::mutex> lock(w.m);
-    w.exited |= 1u << t.lane;
     for (const WarpCollective& c : w.open) {
-      if (!c.complete && (c.mask & (1u << t.lane)) != 0) {
+      if (!c.complete.load(std::memory_order_relaxed) && (c.mask & (1u << t.lane)) != 0) {
         fatal(format("divergent %s at %s: lane %u of warp %u of %s exited while lanes %s wait for it",
                      op_name(c.op), c.site.str().c_str(), t.lane, w.index, t.block->name().c_str(),
                      lanes_of(c.arrived).c_str()));
@@ -478,11 +648,12 @@ inline void thread_exit() {
     }
   }
   BlockState& b = *t.block;
-  std::lock_guard<std::mutex> lock(b.m);
-  ++b.exited;
-  if (b.arrived != 0) {
-    fatal(format("divergent __syncthreads: %s exited while %u thread(s) of its block wait at %s",
-                 thread_name(t).c_str(), b.arrived, b.site.str().c_str()));
+  b.exited.fetch_add(1, std::memory_order_seq_cst);
+  if (const std::uint32_t waiting = b.arrived.load(std::memory_order_seq_cst)) {
+    const char* file = b.waiting_file.load(std::memory_order_relaxed);
+    fatal(format("divergent __syncthreads: %s exited while %u thread(s) of its block wait at %s:%u",
+                 thread_name(t).c_str(), waiting, file != nullptr ? file : "?",
+                 b.waiting_line.load(std::memory_order_relaxed)));
   }
 }
 
@@ -527,13 +698,12 @@ T shuffle(WarpOp op, std::uint32_t mask, T var, int arg, int width, const std::s
       break;
   }
   T result = var;
-  warp_collective(op, mask, &var, sizeof(T), loc, [&](const WarpCollective& c) {
-    if ((c.mask & (1u << src)) == 0) {
+  warp_collective(op, mask, &var, sizeof(T), loc, [&](std::uint32_t m, auto&& value_of) {
+    if ((m & (1u << src)) == 0) {
       fatal(format("%s at %s:%u: lane %u reads lane %u, which is not in the mask 0x%08x (undefined value "
-                   "on the GPU)", op_name(op), loc.file_name(), static_cast<unsigned>(loc.line()), lane, src,
-                   c.mask));
+                   "on the GPU)", op_name(op), loc.file_name(), static_cast<unsigned>(loc.line()), lane, src, m));
     }
-    std::memcpy(&result, c.values[src].data(), sizeof(T));
+    std::memcpy(&result, value_of(src), sizeof(T));
   });
   return result;
 }
@@ -541,9 +711,9 @@ T shuffle(WarpOp op, std::uint32_t mask, T var, int arg, int width, const std::s
 inline std::uint32_t vote(WarpOp op, std::uint32_t mask, bool predicate, const std::source_location& loc) {
   const unsigned char p = predicate ? 1 : 0;
   std::uint32_t ballot = 0;
-  warp_collective(op, mask, &p, 1, loc, [&](const WarpCollective& c) {
+  warp_collective(op, mask, &p, 1, loc, [&](std::uint32_t m, auto&& value_of) {
     for (unsigned i = 0; i < 32; ++i) {
-      if ((c.mask & (1u << i)) != 0 && c.values[i][0] != 0) ballot |= 1u << i;
+      if ((m & (1u << i)) != 0 && *value_of(i) != 0) ballot |= 1u << i;
     }
   });
   return ballot;
@@ -642,6 +812,7 @@ inline std::unique_ptr<BlockState> make_block(uint3 index, dim3 block, std::size
   auto b = std::make_unique<BlockState>();
   b->index = index;
   b->size = block.x * block.y * block.z;
+  for (std::vector<Site>& sites : b->sites) sites.resize(b->size);
   b->shared_bytes = shared_bytes;
   b->shared = static_cast<unsigned char*>(::operator new(shared_bytes, std::align_val_t{16}));
   std::memset(b->shared, 0xff, shared_bytes);
@@ -774,7 +945,7 @@ inline int __syncthreads_or(int predicate, std::source_location loc = std::sourc
 
 inline void __syncwarp(unsigned mask = 0xffffffffu, std::source_location loc = std::source_location::current()) {
   ::emu::detail::warp_collective(::emu::detail::WarpOp::Syncwarp, mask, nullptr, 0, loc,
-                                 [](const ::emu::detail::WarpCollective&) {});
+                                 [](std::uint32_t, auto&&) {});
 }
 
 template <typename T>

@@ -12,6 +12,10 @@
 // c / (C / offset_groups). The columns row (n, oy, ox) is ordered (conv group, kernel point,
 // channel within the conv group).
 //
+// The convolution output, with weight (C_out, C/groups, kh, kw) and bias (C_out):
+//   out[row, co] = bias[co] + sum over k = (ki, kj) and channels c of co's conv group of
+//                  weight[co, c - group*C/groups, ki, kj] * mask * sample
+//
 // Gradients, given grad_columns G:
 //   grad_input[n, i, j, c] = sum over rows and kernel points of G * mask * tent(y - i) * tent(x - j)
 //   grad_mask = sum over the channels of the offset group of G * sample
@@ -155,6 +159,28 @@ inline Outputs compute(const Inputs& in) {
         out.grad_offset[(t.n * 2 * G * K + 2 * (g * K + k) + 1) * ohw + pix] = t.m * gx;
         out.grad_mask[(t.n * G * K + g * K + k) * ohw + pix] = gm;
       }
+    }
+  }
+  return out;
+}
+
+// The convolution output (rows, C_out) from the columns of compute(); bias may be empty.
+inline std::vector<double> forward(const Inputs& in, const Outputs& o, int64_t out_channels,
+                                   const std::vector<double>& weight, const std::vector<double>& bias) {
+  const Shape& s = in.s;
+  const int64_t K = s.points(), cg = s.C / s.groups, cog = out_channels / s.groups;
+  std::vector<double> out(s.rows() * out_channels, 0.0);
+  for (int64_t row = 0; row < s.rows(); ++row) {
+    for (int64_t co = 0; co < out_channels; ++co) {
+      const int64_t group = co / cog;
+      double sum = bias.empty() ? 0.0 : bias[co];
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t cl = 0; cl < cg; ++cl) {
+          const double w = weight[((co * cg + cl) * s.kh + k / s.kw) * s.kw + k % s.kw];
+          sum += w * o.columns[row * s.row_width() + s.column(group * cg + cl, k)];
+        }
+      }
+      out[row * out_channels + co] = sum;
     }
   }
   return out;

@@ -13,8 +13,10 @@
 //       block_scatter_race     a non-atomic scatter between blocks     -> ThreadSanitizer (AllBlocks)
 //       divergent_barrier      __syncthreads skipped by some threads    -> the harness
 //       divergent_barrier_late __syncthreads after some threads exited -> the harness
+//       divergent_barrier_sites  threads at two different __syncthreads -> the harness
 //       divergent_shuffle      a shuffle half the warp does not reach   -> the harness
 //       static_shared_all_blocks  static __shared__ in an AllBlocks launch -> the harness
+//       hang                   a barrier and a shuffle waiting for each other -> the watchdog
 #include "cuda_emulation.h"
 
 #include <cmath>
@@ -277,7 +279,7 @@ void case_half_types() {
 #if defined(__FLT16_MAX__)
   // Against the compiler's own _Float16 where it has one.
   std::uint32_t state = 12345;
-  for (int i = 0; i < 2000000; ++i) {
+  for (int i = 0; i < 300000; ++i) {
     state = state * 1664525u + 1013904223u;
     const std::uint32_t bits = (state & 0x807fffffu) | ((100u + (state >> 7) % 60u) << 23);
     const float f = std::bit_cast<float>(bits);
@@ -400,6 +402,24 @@ void case_divergent_barrier_late() {
   emu::launch(emu::Mode::BlockByBlock, 1, 64, 0, late_divergent_barrier_kernel, out.data());
 }
 
+// Odd and even threads wait at two different barriers (undefined behaviour in CUDA, even though
+// every thread reaches "a" barrier).
+__global__ void two_barriers_kernel(float* out) {
+  const unsigned t = threadIdx.x;
+  if (t % 2 == 0) {
+    out[t] = 1.0f;
+    __syncthreads();
+  } else {
+    out[t] = 2.0f;
+    __syncthreads();
+  }
+}
+
+void case_divergent_barrier_sites() {
+  std::vector<float> out(64);
+  emu::launch(emu::Mode::BlockByBlock, 1, 64, 0, two_barriers_kernel, out.data());
+}
+
 // A warp sum that only the lanes holding data take part in (a full-warp mask nonetheless).
 template <bool kUniform>
 __global__ void lane_sum_kernel(const float* in, float* out, int n) {
@@ -419,10 +439,27 @@ void case_lane_sum() {
   EXPECT(out[0] == static_cast<float>(n));
 }
 
+// Lane 0 waits at __syncthreads for its warp mates, which wait for it in a shuffle: neither can
+// go on. No thread exits, so only the watchdog can tell (EMU_WATCHDOG_SECONDS).
+__global__ void barrier_vs_shuffle_kernel(float* out) {
+  float v = static_cast<float>(threadIdx.x);
+  if (threadIdx.x == 0) {
+    __syncthreads();
+  } else {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+  }
+  out[threadIdx.x] = v;
+}
+
+void case_hang() {
+  std::vector<float> out(32);
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, barrier_vs_shuffle_kernel, out.data());
+}
+
 void case_static_shared_all_blocks() {
-  std::vector<float> in(2 * 256, 1.0f), out(2);
+  std::vector<float> in(2 * 64, 1.0f), out(2);
   std::vector<int> count(2);
-  emu::launch(emu::Mode::AllBlocks, 2, 256, 0, block_sum_kernel, in.data(), out.data(), count.data());
+  emu::launch(emu::Mode::AllBlocks, 2, 64, 0, block_sum_kernel, in.data(), out.data(), count.data());
 }
 
 const std::map<std::string, void (*)()>& cases() {
@@ -444,9 +481,11 @@ const std::map<std::string, void (*)()>& cases() {
       {"divergent_barrier", case_early_exit_barrier<false>},
       {"uniform_barrier", case_early_exit_barrier<true>},
       {"divergent_barrier_late", case_divergent_barrier_late},
+      {"divergent_barrier_sites", case_divergent_barrier_sites},
       {"divergent_shuffle", case_lane_sum<false>},
       {"uniform_shuffle", case_lane_sum<true>},
       {"static_shared_all_blocks", case_static_shared_all_blocks},
+      {"hang", case_hang},
   };
   return table;
 }

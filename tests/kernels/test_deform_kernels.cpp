@@ -1,0 +1,687 @@
+// Runs every __global__ kernel of csrc/kernels/ on the CPU through the emulation harness and
+// compares it with the float64 reference of deform_reference.h.
+//
+//   test_deform_kernels <kernel>/<dtype>/<index>   im2col or col2im, e.g. col2im/half/int64
+//   test_deform_kernels igemm/<dtype>              the implicit-GEMM forward, e.g. igemm/bfloat16
+//   test_deform_kernels reference                  checks the reference's gradients by finite differences
+//   test_deform_kernels --list
+//
+// dtype: float | double | half | bfloat16 (16-bit types accumulate in float, as the CUDA backend
+// does for c10::Half/BFloat16); index: int32 | int64.
+// im2col and col2im run each problem below with several launch configurations: the production one
+// (256 threads, grid from the work size, capped), all blocks at once (AllBlocks: races between
+// blocks), and a small odd grid (grid-stride loops). The implicit GEMM has one launch shape (its
+// grid is its tiling, and its static shared memory rules out AllBlocks); it runs on every problem
+// plus two that span several row and column tiles and several reduction steps.
+#include "cuda_emulation.h"
+// The kernel headers come after the harness.
+#include "kernels/deform_conv2d_implicit_gemm.cuh"
+#include "kernels/deform_conv2d_kernels.cuh"
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "deform_reference.h"
+
+namespace {
+
+using rcm_fsad::kernels::DeformConvGeometry;
+using rcm_fsad::kernels::FieldStrides;
+using reference::Shape;
+
+// ---------------------------------------------------------------------------------------------
+// Problems.
+
+enum class Layout { Contiguous, ChannelsLast, Padded };
+
+const char* layout_name(Layout l) {
+  return l == Layout::Contiguous ? "contiguous" : l == Layout::ChannelsLast ? "channels_last" : "padded";
+}
+
+struct Problem {
+  const char* name;
+  Shape shape;
+  Layout layout;         // of offset, mask, grad_offset and grad_mask
+  int64_t chunk;         // rows per launch of im2col/col2im (0: all rows in one launch)
+  uint64_t seed;
+  int64_t out_channels;  // for the implicit GEMM (a multiple of groups); odd seeds also get a bias
+};
+
+// N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, offset_groups, mask. The output grids are
+// small (the offsets, not the output size, reach the corner cases) because every emulated warp
+// collective costs a few microseconds of OS context switches per lane.
+const std::vector<Problem>& problems() {
+  static const std::vector<Problem> list = {
+      // out 2x3, rows 12
+      {"basic_3x3_stride2", {2, 6, 4, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, true}, Layout::Contiguous, 0, 1, 5},
+      // out 3x2, rows 6, offset groups 2 (4 channels each), conv groups 2
+      {"strided_dilated_2x3_groups2", {1, 8, 7, 6, 2, 3, 2, 2, 0, 1, 1, 2, 2, 2, true}, Layout::ChannelsLast, 0, 2, 6},
+      // out 2x2, rows 4, one channel per offset group, no mask (DCNv1)
+      {"dcnv1_offset_group_per_channel", {1, 5, 6, 5, 3, 3, 3, 3, 2, 2, 2, 2, 1, 5, false}, Layout::Padded, 0, 3, 3},
+      // out 4x2 (stride 1 along y), rows 8, conv groups 3 = offset groups 3
+      {"groups3_offset_groups3", {1, 6, 4, 7, 3, 3, 1, 3, 1, 0, 1, 1, 3, 3, true}, Layout::Contiguous, 0, 4, 9},
+      // 40 channels in one offset group: lanes 0..7 take two channels (the lane tail); rows 6
+      {"wide_lane_tail_c40", {1, 40, 4, 5, 3, 3, 2, 2, 1, 1, 1, 1, 4, 1, true}, Layout::ChannelsLast, 0, 5, 8},
+      // out 4x3, rows 24 in launches of 7 rows (first_row > 0, a short last chunk)
+      {"chunked_2x3_c7", {2, 7, 6, 6, 2, 3, 2, 2, 1, 1, 1, 1, 7, 1, true}, Layout::Padded, 7, 6, 7},
+  };
+  return list;
+}
+
+// For the implicit GEMM only (too many warps for col2im's budget): 98 rows = two row tiles (the
+// second partial), 70 output channels = two column tiles, one conv group over two offset groups
+// (two channel runs per kernel point); and 40 channels in one group = reduction steps of 16, 16, 8.
+const std::vector<Problem>& igemm_problems() {
+  static const std::vector<Problem> list = [] {
+    std::vector<Problem> l = problems();
+    l.push_back({"tiles_98rows_70cout_og2", {2, 6, 8, 8, 2, 2, 1, 1, 0, 0, 1, 1, 1, 2, true}, Layout::ChannelsLast, 0,
+                 7, 70});
+    l.push_back({"deep_c40_one_group", {1, 40, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, true}, Layout::Contiguous, 0, 8, 5});
+    return l;
+  }();
+  return list;
+}
+
+// Strides and allocation size of a (n, c, h, w) field in a layout.
+struct FieldLayout {
+  FieldStrides strides;
+  int64_t size;
+};
+
+FieldLayout field_layout(Layout layout, int64_t n, int64_t c, int64_t h, int64_t w) {
+  FieldStrides s{};
+  switch (layout) {
+    case Layout::Contiguous:
+      s = {c * h * w, h * w, w, 1};
+      break;
+    case Layout::ChannelsLast:
+      s = {h * w * c, 1, w * c, c};
+      break;
+    case Layout::Padded:  // gaps after every row, channel and image
+      s.w = 1;
+      s.h = w + 1;
+      s.c = h * s.h + 2;
+      s.n = c * s.c + 3;
+      break;
+  }
+  return {s, (n - 1) * s.n + (c - 1) * s.c + (h - 1) * s.h + (w - 1) * s.w + 1};
+}
+
+DeformConvGeometry geometry(const Problem& p) {
+  const Shape& s = p.shape;
+  DeformConvGeometry g{};
+  g.batch = s.N;
+  g.channels = s.C;
+  g.height = s.H;
+  g.width = s.W;
+  g.out_channels = p.out_channels;
+  g.kernel_h = s.kh;
+  g.kernel_w = s.kw;
+  g.stride_h = s.sh;
+  g.stride_w = s.sw;
+  g.pad_h = s.ph;
+  g.pad_w = s.pw;
+  g.dil_h = s.dh;
+  g.dil_w = s.dw;
+  g.out_h = s.out_h();
+  g.out_w = s.out_w();
+  g.groups = s.groups;
+  g.offset_groups = s.offset_groups;
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data.
+
+struct Rng {
+  uint64_t state;
+  uint64_t next() {  // splitmix64
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1p-53; }
+  double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
+  int64_t integer(int64_t lo, int64_t hi) { return lo + static_cast<int64_t>(next() % static_cast<uint64_t>(hi - lo + 1)); }
+};
+
+// An offset for a tap at integer position `origin` along an axis of `extent` pixels: mostly
+// random positions kept 0.1 away from integers (so the finite-difference and rounding arguments
+// hold), plus the corner cases: exactly on the -1 border, on the last row, on an inside integer,
+// exactly one past the end, just outside, far outside, and non-finite.
+double pick_offset(Rng& rng, int64_t origin, int64_t extent, bool allow_non_finite) {
+  const double o = static_cast<double>(origin);
+  const double e = static_cast<double>(extent);
+  const double r = rng.uniform();
+  if (r < 0.55) return static_cast<double>(rng.integer(-2, 2)) + rng.uniform(0.1, 0.9);
+  if (r < 0.63) return -1.0 - o;                 // position -1: torchvision's border gradient
+  if (r < 0.68) return e - 1.0 - o;              // position extent-1: one-sided gradient
+  if (r < 0.73) return static_cast<double>(rng.integer(-1, 1));  // an integer position
+  if (r < 0.77) return e - o;                    // position extent: outside
+  if (r < 0.80) return -1.25 - o;                // just outside the -1 border
+  if (r < 0.86) {                                // far outside
+    const double far[] = {1000.5, -1000.5, e + 7.5, -8.5 - o};
+    return far[rng.integer(0, 3)];
+  }
+  if (r < 0.89 && allow_non_finite) {
+    const double special[] = {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity(),
+                              -std::numeric_limits<double>::infinity()};
+    return special[rng.integer(0, 2)];
+  }
+  return static_cast<double>(rng.integer(-5, 5)) + rng.uniform(0.1, 0.9);
+}
+
+// Rounds a double through scalar_t (what the kernel sees), back to double (what the reference sees).
+template <typename scalar_t>
+double through(double v) {
+  return static_cast<double>(static_cast<scalar_t>(static_cast<float>(v)));
+}
+template <>
+double through<double>(double v) {
+  return v;
+}
+
+template <typename scalar_t>
+reference::Inputs make_inputs(const Problem& p, bool allow_non_finite = true) {
+  const Shape& s = p.shape;
+  Rng rng{p.seed * 7919u + 17u};
+  reference::Inputs in;
+  in.s = s;
+  const int64_t K = s.points(), G = s.offset_groups;
+  in.image.resize(s.N * s.H * s.W * s.C);
+  for (double& v : in.image) v = through<scalar_t>(rng.uniform(-1.0, 1.0));
+  const FieldLayout ol = field_layout(p.layout, s.N, 2 * G * K, s.out_h(), s.out_w());
+  in.offset.data.assign(ol.size, std::numeric_limits<double>::quiet_NaN());
+  in.offset.sn = ol.strides.n, in.offset.sc = ol.strides.c, in.offset.sh = ol.strides.h, in.offset.sw = ol.strides.w;
+  for (int64_t n = 0; n < s.N; ++n) {
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t oy = 0; oy < s.out_h(); ++oy) {
+          for (int64_t ox = 0; ox < s.out_w(); ++ox) {
+            const int64_t ty = oy * s.sh - s.ph + (k / s.kw) * s.dh;
+            const int64_t tx = ox * s.sw - s.pw + (k % s.kw) * s.dw;
+            in.offset.at(n, 2 * (g * K + k), oy, ox) = through<scalar_t>(pick_offset(rng, ty, s.H, allow_non_finite));
+            in.offset.at(n, 2 * (g * K + k) + 1, oy, ox) =
+                through<scalar_t>(pick_offset(rng, tx, s.W, allow_non_finite));
+          }
+        }
+      }
+    }
+  }
+  if (s.has_mask) {
+    const FieldLayout ml = field_layout(p.layout, s.N, G * K, s.out_h(), s.out_w());
+    in.mask.data.assign(ml.size, std::numeric_limits<double>::quiet_NaN());
+    in.mask.sn = ml.strides.n, in.mask.sc = ml.strides.c, in.mask.sh = ml.strides.h, in.mask.sw = ml.strides.w;
+    for (int64_t n = 0; n < s.N; ++n) {
+      for (int64_t c = 0; c < G * K; ++c) {
+        for (int64_t oy = 0; oy < s.out_h(); ++oy) {
+          for (int64_t ox = 0; ox < s.out_w(); ++ox) {
+            const double r = rng.uniform();
+            in.mask.at(n, c, oy, ox) = through<scalar_t>(r < 0.05 ? 0.0 : r < 0.1 ? 1.0 : rng.uniform(0.0, 1.0));
+          }
+        }
+      }
+    }
+  }
+  in.grad_columns.resize(s.rows() * s.row_width());
+  for (double& v : in.grad_columns) v = through<scalar_t>(rng.uniform(-1.0, 1.0));
+  return in;
+}
+
+template <typename scalar_t>
+std::vector<scalar_t> to_device(const std::vector<double>& v) {
+  std::vector<scalar_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = static_cast<scalar_t>(v[i]);
+  return out;
+}
+
+template <typename T>
+double to_double(T v) {
+  return static_cast<double>(static_cast<float>(v));
+}
+template <>
+double to_double<double>(double v) {
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparison.
+
+template <typename scalar_t>
+struct Traits;
+template <>
+struct Traits<float> {
+  using acc_t = float;
+  static constexpr const char* name = "float";
+  static constexpr double tol = 3e-5;
+};
+template <>
+struct Traits<double> {
+  using acc_t = double;
+  static constexpr const char* name = "double";
+  static constexpr double tol = 1e-11;
+};
+template <>
+struct Traits<__half> {
+  using acc_t = float;
+  static constexpr const char* name = "half";
+  static constexpr double tol = 2e-3;
+};
+template <>
+struct Traits<__nv_bfloat16> {
+  using acc_t = float;
+  static constexpr const char* name = "bfloat16";
+  static constexpr double tol = 1e-2;
+};
+
+// Compares got[i] with want[i] for i in [0, count); `where(i)` names an element. NaN never matches.
+template <typename Where>
+int compare(const std::string& what, const std::vector<double>& got, const std::vector<double>& want, double tol,
+            Where&& where) {
+  double scale = 1.0;
+  for (double w : want) scale = std::max(scale, std::abs(w));
+  int bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double err = std::abs(got[i] - want[i]);
+    if (!(err <= tol * scale)) {
+      if (bad < 5) {
+        std::printf("    MISMATCH %s at %s: got %.9g, want %.9g\n", what.c_str(), where(i).c_str(), got[i], want[i]);
+      }
+      ++bad;
+    } else {
+      worst = std::max(worst, err / scale);
+    }
+  }
+  if (bad != 0) std::printf("    %s: %d of %zu elements off (tolerance %.1e x %.3g)\n", what.c_str(), bad, want.size(), tol, scale);
+  return bad;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch configurations.
+
+struct Config {
+  emu::Mode mode;
+  unsigned block;
+  int64_t max_grid;  // cap on the production grid (0: no cap)
+  int64_t fixed_grid;  // a fixed grid instead (0: production)
+};
+
+std::string config_name(const Config& c, int64_t grid) {
+  return emu::detail::format("%s grid %" PRId64 " block %u", emu::mode_name(c.mode), grid, c.block);
+}
+
+int64_t grid_for(const Config& c, int64_t work_items, int64_t items_per_block) {
+  if (c.fixed_grid != 0) return c.fixed_grid;
+  const int64_t production = std::max<int64_t>(1, (work_items + items_per_block - 1) / items_per_block);
+  return c.max_grid != 0 ? std::min(production, c.max_grid) : production;
+}
+
+// ---------------------------------------------------------------------------------------------
+// im2col.
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+template <typename scalar_t, typename index_t>
+int check_im2col(const Problem& p, const Config& cfg) {
+  const auto start = std::chrono::steady_clock::now();
+  using acc_t = typename Traits<scalar_t>::acc_t;
+  const Shape& s = p.shape;
+  const reference::Inputs in = make_inputs<scalar_t>(p);
+  const reference::Outputs ref = reference::compute(in);
+  const DeformConvGeometry g = geometry(p);
+  const std::vector<scalar_t> input = to_device<scalar_t>(in.image);
+  const std::vector<scalar_t> offset = to_device<scalar_t>(in.offset.data);
+  const std::vector<scalar_t> mask = to_device<scalar_t>(in.mask.data);
+  const FieldStrides os{in.offset.sn, in.offset.sc, in.offset.sh, in.offset.sw};
+  const FieldStrides ms = s.has_mask ? FieldStrides{in.mask.sn, in.mask.sc, in.mask.sh, in.mask.sw} : FieldStrides{0, 0, 0, 0};
+  const int64_t rows = s.rows(), width = s.row_width();
+  const int64_t chunk = p.chunk != 0 ? p.chunk : rows;
+  int bad = 0;
+  std::string launched;
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t len = std::min(chunk, rows - r0);
+    std::vector<scalar_t> columns(len * width, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+    const int64_t grid = grid_for(cfg, len * width, cfg.block);
+    if (launched.empty()) launched = config_name(cfg, grid);
+    emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
+                rcm_fsad::kernels::deform_im2col_kernel<scalar_t, acc_t, index_t>, g, input.data(), offset.data(), os,
+                s.has_mask ? mask.data() : nullptr, ms, r0, static_cast<index_t>(len), columns.data());
+    std::vector<double> got(len * width), want(len * width);
+    for (int64_t i = 0; i < len * width; ++i) {
+      got[i] = to_double(columns[i]);
+      want[i] = ref.columns[r0 * width + i];
+    }
+    bad += compare("columns", got, want, Traits<scalar_t>::tol, [&](size_t i) {
+      return emu::detail::format("row %" PRId64 " col %" PRId64 " [%s]", r0 + static_cast<int64_t>(i) / width,
+                                 static_cast<int64_t>(i) % width, config_name(cfg, grid).c_str());
+    });
+  }
+  std::printf("  %s %-32s [%s, chunk %" PRId64 "] %.2fs\n", bad ? "FAIL" : "ok  ", p.name, launched.c_str(), chunk,
+              seconds_since(start));
+  return bad;
+}
+
+// ---------------------------------------------------------------------------------------------
+// col2im.
+
+template <typename scalar_t, typename index_t>
+int check_col2im(const Problem& p, const Config& cfg) {
+  const auto start = std::chrono::steady_clock::now();
+  using acc_t = typename Traits<scalar_t>::acc_t;
+  const Shape& s = p.shape;
+  const reference::Inputs in = make_inputs<scalar_t>(p);
+  const reference::Outputs ref = reference::compute(in);
+  const DeformConvGeometry g = geometry(p);
+  const int64_t K = s.points(), G = s.offset_groups, oh = s.out_h(), ow = s.out_w();
+  const std::vector<scalar_t> input = to_device<scalar_t>(in.image);
+  const std::vector<scalar_t> offset = to_device<scalar_t>(in.offset.data);
+  const std::vector<scalar_t> mask = to_device<scalar_t>(in.mask.data);
+  const FieldStrides os{in.offset.sn, in.offset.sc, in.offset.sh, in.offset.sw};
+  const FieldStrides ms = s.has_mask ? FieldStrides{in.mask.sn, in.mask.sc, in.mask.sh, in.mask.sw} : FieldStrides{0, 0, 0, 0};
+  // Gradient outputs in the same layout as their inputs, NaN everywhere (gaps included) first.
+  const FieldLayout gol = field_layout(p.layout, s.N, 2 * G * K, oh, ow);
+  const FieldLayout gml = field_layout(p.layout, s.N, G * K, oh, ow);
+  const scalar_t nan = static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN());
+  std::vector<scalar_t> grad_offset(gol.size, nan);
+  std::vector<scalar_t> grad_mask(s.has_mask ? gml.size : 0, nan);
+  std::vector<acc_t> grad_input(s.N * s.H * s.W * s.C, acc_t(0));
+  const int64_t rows = s.rows(), width = s.row_width();
+  const int64_t chunk = p.chunk != 0 ? p.chunk : rows;
+  const int64_t warps_per_block = cfg.block / 32;
+  std::string launched;
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t len = std::min(chunk, rows - r0);
+    std::vector<scalar_t> grad_columns(len * width);
+    for (int64_t i = 0; i < len * width; ++i) grad_columns[i] = static_cast<scalar_t>(in.grad_columns[r0 * width + i]);
+    const int64_t grid = grid_for(cfg, len * K * G, warps_per_block);
+    if (launched.empty()) launched = config_name(cfg, grid);
+    emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
+                rcm_fsad::kernels::deform_col2im_kernel<scalar_t, acc_t, index_t>, g, input.data(), offset.data(), os,
+                s.has_mask ? mask.data() : nullptr, ms, r0, static_cast<index_t>(len), grad_columns.data(),
+                grad_input.data(), grad_offset.data(), gol.strides, s.has_mask ? grad_mask.data() : nullptr,
+                s.has_mask ? gml.strides : FieldStrides{0, 0, 0, 0});
+  }
+  int bad = 0;
+  {
+    std::vector<double> got(grad_input.size());
+    for (size_t i = 0; i < got.size(); ++i) got[i] = to_double(grad_input[i]);
+    bad += compare("grad_input", got, ref.grad_input, Traits<scalar_t>::tol, [&](size_t i) {
+      const int64_t c = static_cast<int64_t>(i) % s.C, pix = static_cast<int64_t>(i) / s.C;
+      return emu::detail::format("n %" PRId64 " y %" PRId64 " x %" PRId64 " c %" PRId64, pix / (s.H * s.W),
+                                 pix / s.W % s.H, pix % s.W, c);
+    });
+  }
+  // A logical (n, c, y, x) field read back through its layout; every gap must still be NaN.
+  auto gather = [&](const std::vector<scalar_t>& buffer, const FieldLayout& l, int64_t channels,
+                    const char* what) -> std::vector<double> {
+    std::vector<double> out(s.N * channels * oh * ow);
+    std::vector<bool> logical(buffer.size(), false);
+    for (int64_t n = 0; n < s.N; ++n) {
+      for (int64_t c = 0; c < channels; ++c) {
+        for (int64_t y = 0; y < oh; ++y) {
+          for (int64_t x = 0; x < ow; ++x) {
+            const int64_t at = l.strides.at(n, c, y, x);
+            out[((n * channels + c) * oh + y) * ow + x] = to_double(buffer[at]);
+            logical[at] = true;
+          }
+        }
+      }
+    }
+    for (size_t i = 0; i < buffer.size(); ++i) {
+      if (!logical[i] && !std::isnan(to_double(buffer[i]))) {
+        std::printf("    MISMATCH %s: element %zu of the buffer, a gap of its layout, was written\n", what, i);
+        ++bad;
+        break;
+      }
+    }
+    return out;
+  };
+  auto field_where = [&](int64_t channels) {
+    return [=](size_t i) {
+      const int64_t x = static_cast<int64_t>(i) % ow, y = static_cast<int64_t>(i) / ow % oh;
+      const int64_t c = static_cast<int64_t>(i) / (ow * oh) % channels, n = static_cast<int64_t>(i) / (ow * oh * channels);
+      return emu::detail::format("n %" PRId64 " channel %" PRId64 " (kernel point %" PRId64 ") oy %" PRId64
+                                 " ox %" PRId64, n, c, channels == 2 * G * K ? c / 2 % K : c % K, y, x);
+    };
+  };
+  bad += compare("grad_offset", gather(grad_offset, gol, 2 * G * K, "grad_offset"), ref.grad_offset,
+                 Traits<scalar_t>::tol, field_where(2 * G * K));
+  if (s.has_mask) {
+    bad += compare("grad_mask", gather(grad_mask, gml, G * K, "grad_mask"), ref.grad_mask, Traits<scalar_t>::tol,
+                   field_where(G * K));
+  }
+  std::printf("  %s %-32s [%s, chunk %" PRId64 ", %s fields] %.2fs\n", bad ? "FAIL" : "ok  ", p.name,
+              launched.c_str(), chunk, layout_name(p.layout), seconds_since(start));
+  return bad;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Implicit-GEMM forward.
+
+template <typename scalar_t>
+int check_igemm(const Problem& p) {
+  const auto start = std::chrono::steady_clock::now();
+  using acc_t = typename Traits<scalar_t>::acc_t;
+  using Tiles = rcm_fsad::kernels::ImplicitGemmTiles;
+  const Shape& s = p.shape;
+  const reference::Inputs in = make_inputs<scalar_t>(p);
+  const int64_t cout = p.out_channels, cg = s.C / s.groups, cog = cout / s.groups, K = s.points();
+  const bool with_bias = p.seed % 2 == 1;
+  Rng rng{p.seed * 31u + 5u};
+  std::vector<double> weight(cout * cg * K), bias(with_bias ? cout : 0);  // weight: (C_out, C_g, kh, kw)
+  for (double& w : weight) w = through<scalar_t>(rng.uniform(-0.5, 0.5));
+  for (double& b : bias) b = through<scalar_t>(rng.uniform(-1.0, 1.0));
+  const std::vector<double> want = reference::forward(in, reference::compute(in), cout, weight, bias);
+
+  const DeformConvGeometry g = geometry(p);
+  const std::vector<scalar_t> input = to_device<scalar_t>(in.image);
+  const std::vector<scalar_t> offset = to_device<scalar_t>(in.offset.data);
+  const std::vector<scalar_t> mask = to_device<scalar_t>(in.mask.data);
+  const std::vector<scalar_t> bias_device = to_device<scalar_t>(bias);
+  const FieldStrides os{in.offset.sn, in.offset.sc, in.offset.sh, in.offset.sw};
+  const FieldStrides ms = s.has_mask ? FieldStrides{in.mask.sn, in.mask.sc, in.mask.sh, in.mask.sw} : FieldStrides{0, 0, 0, 0};
+  // The GEMM operand of weight_matrix(): (C_out, kh, kw, C_g).
+  std::vector<scalar_t> wmat(cout * K * cg);
+  for (int64_t co = 0; co < cout; ++co) {
+    for (int64_t cl = 0; cl < cg; ++cl) {
+      for (int64_t k = 0; k < K; ++k) {
+        wmat[(co * K + k) * cg + cl] = static_cast<scalar_t>(weight[((co * cg + cl) * s.kh + k / s.kw) * s.kw + k % s.kw]);
+      }
+    }
+  }
+  const int64_t rows = s.rows();
+  std::vector<scalar_t> out(rows * cout, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+  const dim3 grid(static_cast<unsigned>((rows + Tiles::kRows - 1) / Tiles::kRows),
+                  static_cast<unsigned>((cog + Tiles::kCols - 1) / Tiles::kCols), static_cast<unsigned>(s.groups));
+  emu::launch(emu::Mode::BlockByBlock, grid, dim3(Tiles::kThreads), 0,
+              rcm_fsad::kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t>, g, input.data(), offset.data(),
+              os, s.has_mask ? mask.data() : nullptr, ms, wmat.data(), with_bias ? bias_device.data() : nullptr,
+              out.data());
+  std::vector<double> got(out.size());
+  for (size_t i = 0; i < out.size(); ++i) got[i] = to_double(out[i]);
+  const int bad = compare("out", got, want, Traits<scalar_t>::tol, [&](size_t i) {
+    return emu::detail::format("row %" PRId64 " out channel %" PRId64, static_cast<int64_t>(i) / cout,
+                               static_cast<int64_t>(i) % cout);
+  });
+  std::printf("  %s %-32s [BlockByBlock grid (%u,%u,%u) block %d, C_out %" PRId64 ", %s] %.2fs\n", bad ? "FAIL" : "ok  ",
+              p.name, grid.x, grid.y, grid.z, Tiles::kThreads, cout, with_bias ? "bias" : "no bias",
+              seconds_since(start));
+  return bad;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases.
+
+// Launch configurations. Production: 256 threads, the launcher's grid (capped: a grid-stride loop
+// covers the rest). AllBlocks: every thread of 3 blocks at once (races between blocks, and between
+// the 2 warps of a block). Small: an odd block size or a tiny grid (several grid-stride rounds).
+const Config kProduction{emu::Mode::BlockByBlock, 256, 8, 0};
+const Config kAllBlocks{emu::Mode::AllBlocks, 64, 0, 3};
+const Config kSmallIm2col{emu::Mode::BlockByBlock, 96, 0, 2};
+const Config kSmallCol2im{emu::Mode::BlockByBlock, 64, 0, 3};
+
+// Under ThreadSanitizer every synchronisation costs in proportion to the number of threads the
+// process has had, and the emulated warp collectives are nothing but synchronisation: the TSan build
+// runs AllBlocks (the race-finding configuration) on every problem, and for the two primary
+// instantiations (float/int32, double/int64) the production launch on one problem, last (so that the
+// thread pool only grows to 256 threads at the end). The other builds run every configuration.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kThreadSanitizer = true;
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+
+template <typename scalar_t, typename index_t>
+int run_kernel_case(const std::string& kernel) {
+  const bool im2col = kernel == "im2col";
+  auto check = [&](const Problem& p, const Config& c) {
+    return im2col ? check_im2col<scalar_t, index_t>(p, c) : check_col2im<scalar_t, index_t>(p, c);
+  };
+  int bad = 0;
+  if (kThreadSanitizer) {
+    constexpr bool primary = (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>) ||
+                             (std::is_same_v<scalar_t, double> && std::is_same_v<index_t, int64_t>);
+    std::printf("  (ThreadSanitizer build: AllBlocks on every problem%s)\n",
+                primary ? ", the production launch on the last" : "");
+    for (const Problem& p : problems()) bad += check(p, kAllBlocks);
+    if (primary) bad += check(problems().back(), kProduction);
+    return bad;
+  }
+  for (const Problem& p : problems()) {
+    for (const Config& c : {kProduction, kAllBlocks, im2col ? kSmallIm2col : kSmallCol2im}) bad += check(p, c);
+  }
+  return bad;
+}
+
+template <typename scalar_t>
+int dispatch_index(const std::string& kernel, const std::string& index) {
+  if (index == "int32") return run_kernel_case<scalar_t, int32_t>(kernel);
+  return run_kernel_case<scalar_t, int64_t>(kernel);
+}
+
+// The reference's gradients against finite differences of its own forward: central differences at
+// non-integer positions, forward differences (the right derivative) at integer ones, the -1 border
+// included. Exact up to rounding, since the loss is piecewise bilinear.
+int reference_case() {
+  const Problem p{"fd", {1, 3, 4, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, true}, Layout::Contiguous, 0, 42, 1};
+  const Problem q{"fd_groups", {1, 4, 4, 4, 2, 3, 2, 1, 0, 1, 1, 1, 2, 2, true}, Layout::Padded, 0, 43, 2};
+  int bad = 0;
+  for (const Problem& problem : {p, q}) {
+    reference::Inputs in = make_inputs<double>(problem, /*allow_non_finite=*/false);
+    const reference::Outputs ref = reference::compute(in);
+    const Shape& s = in.s;
+    const int64_t K = s.points(), G = s.offset_groups, oh = s.out_h(), ow = s.out_w();
+    const double h = 1e-6;
+    auto derivative = [&](double& x, bool central) {
+      const double x0 = x;
+      x = x0 + h;
+      const double up = reference::loss(in);
+      x = central ? x0 - h : x0;
+      const double down = reference::loss(in);
+      x = x0;
+      return (up - down) / (central ? 2 * h : h);
+    };
+    auto check = [&](const char* what, double fd, double analytic, int64_t index) {
+      if (!(std::abs(fd - analytic) <= 1e-6 * std::max(1.0, std::abs(analytic)))) {
+        std::printf("    MISMATCH %s [%s] element %" PRId64 ": finite difference %.9g, analytic %.9g\n", what,
+                    problem.name, index, fd, analytic);
+        ++bad;
+      }
+    };
+    int integer_positions = 0;
+    for (int64_t c = 0; c < 2 * G * K; ++c) {
+      for (int64_t y = 0; y < oh; ++y) {
+        for (int64_t x = 0; x < ow; ++x) {
+          double& off = in.offset.at(0, c, y, x);
+          if (std::abs(off) > 100) continue;  // far outside: zero either way
+          const bool integer = off == std::floor(off);
+          integer_positions += integer;
+          check("grad_offset", derivative(off, !integer), ref.grad_offset[(c * oh + y) * ow + x], c);
+        }
+      }
+    }
+    for (int64_t c = 0; c < G * K; ++c) {
+      for (int64_t y = 0; y < oh; ++y) {
+        for (int64_t x = 0; x < ow; ++x) {
+          check("grad_mask", derivative(in.mask.at(0, c, y, x), true), ref.grad_mask[(c * oh + y) * ow + x], c);
+        }
+      }
+    }
+    for (size_t i = 0; i < in.image.size(); ++i) check("grad_input", derivative(in.image[i], true), ref.grad_input[i], static_cast<int64_t>(i));
+    std::printf("  %s %s (%d offsets at integer positions)\n", bad ? "FAIL" : "ok  ", problem.name, integer_positions);
+  }
+  return bad;
+}
+
+template <typename scalar_t>
+int run_igemm_case() {
+  int bad = 0;
+  for (const Problem& p : igemm_problems()) bad += check_igemm<scalar_t>(p);
+  return bad;
+}
+
+std::vector<std::string> case_names() {
+  std::vector<std::string> names = {"reference"};
+  for (const char* dtype : {"float", "double", "half", "bfloat16"}) names.push_back(std::string("igemm/") + dtype);
+  for (const char* kernel : {"im2col", "col2im"}) {
+    for (const char* dtype : {"float", "double", "half", "bfloat16"}) {
+      for (const char* index : {"int32", "int64"}) names.push_back(std::string(kernel) + "/" + dtype + "/" + index);
+    }
+  }
+  return names;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s <kernel>/<dtype>/<index> | reference | --list\n", argv[0]);
+    return 2;
+  }
+  const std::string name = argv[1];
+  const std::vector<std::string> names = case_names();
+  if (name == "--list") {
+    for (const std::string& n : names) std::printf("%s\n", n.c_str());
+    return 0;
+  }
+  if (std::find(names.begin(), names.end(), name) == names.end()) {
+    std::fprintf(stderr, "unknown case '%s' (see --list)\n", name.c_str());
+    return 2;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  std::printf("%s\n", name.c_str());
+  int bad = 0;
+  if (name == "reference") {
+    bad = reference_case();
+  } else if (name.rfind("igemm/", 0) == 0) {
+    const std::string dtype = name.substr(6);
+    if (dtype == "float") bad = run_igemm_case<float>();
+    if (dtype == "double") bad = run_igemm_case<double>();
+    if (dtype == "half") bad = run_igemm_case<__half>();
+    if (dtype == "bfloat16") bad = run_igemm_case<__nv_bfloat16>();
+  } else {
+    const std::string kernel = name.substr(0, name.find('/'));
+    const std::string rest = name.substr(name.find('/') + 1);
+    const std::string dtype = rest.substr(0, rest.find('/'));
+    const std::string index = rest.substr(rest.find('/') + 1);
+    if (dtype == "float") bad = dispatch_index<float>(kernel, index);
+    if (dtype == "double") bad = dispatch_index<double>(kernel, index);
+    if (dtype == "half") bad = dispatch_index<__half>(kernel, index);
+    if (dtype == "bfloat16") bad = dispatch_index<__nv_bfloat16>(kernel, index);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("%s %s (%.2fs)\n", bad ? "FAIL" : "PASS", name.c_str(), seconds);
+  return bad ? 1 : 0;
+}
