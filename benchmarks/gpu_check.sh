@@ -10,11 +10,13 @@
 #   2 build      MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace -> build.log
 #   3 info       python -m rcm_fsad_ops info                                        -> build.log
 #   4 tests      python -m pytest tests -x -q -k cuda (CUDA parity tests)           -> checks.log
-#   5 memcheck   compute-sanitizer --tool memcheck on a small forward+backward      -> checks.log
-#   6 bench      python -m benchmarks --device cuda --out $OUT                      -> bench.log, cuda-*.json/.md
-#   extras, only while the time budget lasts:
-#   7 racecheck  compute-sanitizer --tool racecheck on the small case (forward+backward) -> checks.log
-#   8 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
+#   5 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, both CUDA
+#                forward algorithms, four dtypes (every CUDA kernel)                -> checks.log
+#   6 racecheck  the same cases in float32/float16                                  -> checks.log
+#   7 synccheck  the same cases in float32/float16                                  -> checks.log
+#   8 bench      python -m benchmarks --device cuda --out $OUT                      -> bench.log, cuda-*.json/.md
+#   extra, only while the time budget lasts:
+#   9 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
 #
 # $OUT/summary.txt lists every step (OK / FAIL / SKIP, exit code, seconds) and a final STATUS line;
 # the script exits 0 when all ran and passed, 1 when any step failed, 2 when a required step was skipped.
@@ -150,7 +152,10 @@ fi
 # ---- 5 compute-sanitizer memcheck on a small case -----------------------------------------------------
 SMALL_PY=/tmp/rcm_fsad_sanitizer_small.py
 cat > "$SMALL_PY" <<'PYEOF'
-"""Small deform_conv2d forward+backward cases on CUDA, for compute-sanitizer."""
+"""Small deform_conv2d forward+backward cases on CUDA, for compute-sanitizer: every CUDA kernel
+(implicit-GEMM and columns forward, im2col, col2im). RCM_SANITIZER_QUICK=1: float32 and float16 only."""
+import os
+
 import torch
 
 import rcm_fsad_ops
@@ -165,7 +170,11 @@ CASES = [
     (2, 32, 32, 7, 9, 3, 1, 1, 1, 1, 1, True, True),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-for n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels_last in CASES:
+if os.environ.get("RCM_SANITIZER_QUICK") == "1":
+    DTYPES = DTYPES[:2]
+RUNS = [(case, algo) for case in CASES for algo in ("implicit_gemm", "columns")]
+for (n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels_last), algo in RUNS:
+    os.environ["RCM_FSAD_DEFORM_CONV_ALGO"] = algo  # read by the CUDA forward at each call
     h_out = (h + 2 * p - d * (k - 1) - 1) // s + 1
     w_out = (w + 2 * p - d * (k - 1) - 1) // s + 1
     base = {
@@ -185,7 +194,7 @@ for n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels_
                                          dilation=d, mask=t["mask"] if use_mask else None)
         out.backward(torch.randn_like(out))
         torch.cuda.synchronize()
-        print("ok", (n, c_in, c_out, h, w, s, p, d, groups, offset_groups, use_mask, channels_last), dtype,
+        print("ok", algo, (n, c_in, c_out, h, w, s, p, d, groups, offset_groups, use_mask, channels_last), dtype,
               tuple(out.shape), flush=True)
 print("sanitizer small cases: done")
 PYEOF
@@ -197,15 +206,19 @@ else
     skip_step memcheck "$CHECKS_LOG" 1 "compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"
 fi
 
+# Race and barrier checks on fewer dtypes, to leave time for the benchmarks.
+for tool in racecheck synccheck; do
+    if [[ -n "$SANITIZER" ]]; then
+        step "$tool" "$CHECKS_LOG" 100 1 "RCM_SANITIZER_QUICK=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' --tool $tool --error-exitcode 86 --print-limit 40 $PY $SMALL_PY"
+    else
+        skip_step "$tool" "$CHECKS_LOG" 1 "compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"
+    fi
+done
+
 # ---- 6 benchmarks -------------------------------------------------------------------------------------
 step bench "$BENCH_LOG" 270 1 "$PY -m benchmarks --device cuda --out '$OUT'"
 
-# ---- 7, 8 extras while time is left -------------------------------------------------------------------
-if [[ -n "$SANITIZER" ]] && (( $(remaining) >= 60 )); then
-    step racecheck "$CHECKS_LOG" 120 0 "PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' --tool racecheck --error-exitcode 86 --print-limit 40 $PY $SMALL_PY"
-else
-    skip_step racecheck "$CHECKS_LOG" 0 "not enough time left or no compute-sanitizer"
-fi
+# ---- 7 extra while time is left -------------------------------------------------------------------
 if (( $(remaining) >= 90 )); then
     step compile "$BENCH_LOG" 200 0 "rm -rf /tmp/gpu_check_compile && $PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --out /tmp/gpu_check_compile; rc=\$?; for f in /tmp/gpu_check_compile/cuda-*.json; do [[ -e \$f ]] && cp \"\$f\" '$OUT/'\"\$(basename \"\$f\" | sed 's/^cuda-/cuda-compile-/')\"; done; exit \$rc"
 else

@@ -213,3 +213,15 @@ def test_cpu_backward_is_deterministic():
     first = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
     second = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
     assert_matches(first, second, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["groups2_offset_groups3", "wide_channels", "no_mask"])
+def test_cpu_baseline_build_of_the_hot_loops(name, monkeypatch):
+    """The CPU loops are compiled twice (baseline ISA and AVX2+FMA, picked at run time): the build
+    this machine does not pick by itself must agree with torchvision too."""
+    monkeypatch.setenv("RCM_FSAD_CPU_CAPABILITY", "default")
+    case = CASES[name]
+    tensors = case.tensors(torch.float64)
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    theirs = run_with_grads(torchvision.ops.deform_conv2d, case, tensors)
+    assert_matches(ours, theirs, rtol=1e-10, atol=1e-10)

@@ -5,6 +5,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_math.cuh"
 
@@ -153,12 +156,14 @@ template <typename scalar_t>
 
 // The two hot loops are compiled for the baseline ISA and, on x86, again for AVX2+FMA (what the
 // bodies gain most from: 8-wide vectors and registers enough for the lane sums); the CPU picks at
-// run time, as ATen's own kernels do.
+// run time, as ATen's own kernels do. RCM_FSAD_CPU_CAPABILITY=default forces the baseline build
+// (like ATEN_CPU_CAPABILITY), so that the tests cover both.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define RCM_FSAD_AVX2_DISPATCH 1
-bool cpu_has_avx2_fma() {
+bool use_avx2_fma() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
+  const char* forced = std::getenv("RCM_FSAD_CPU_CAPABILITY");
+  return has && !(forced != nullptr && std::strcmp(forced, "default") == 0);
 }
 #endif
 
@@ -188,7 +193,7 @@ template <typename scalar_t, typename... Args>
 template <typename scalar_t>
 void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, scalar_t* cols) {
 #ifdef RCM_FSAD_AVX2_DISPATCH
-  if (cpu_has_avx2_fma()) return sample_columns_avx2(s, row_begin, row_end, cols);
+  if (use_avx2_fma()) return sample_columns_avx2(s, row_begin, row_end, cols);
 #endif
   sample_columns_baseline(s, row_begin, row_end, cols);
 }
@@ -199,7 +204,7 @@ void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int
                              scalar_t* grad_offset, FieldStrides grad_offset_strides, scalar_t* grad_mask,
                              FieldStrides grad_mask_strides) {
 #ifdef RCM_FSAD_AVX2_DISPATCH
-  if (cpu_has_avx2_fma()) {
+  if (use_avx2_fma()) {
     return sample_columns_backward_avx2<scalar_t>(s, row_begin, row_end, grad_cols, grad_input, sink,
                                                   grad_offset, grad_offset_strides, grad_mask,
                                                   grad_mask_strides);
