@@ -40,14 +40,15 @@ def test_opcheck_backward_op(device):
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def test_torch_compile_fullgraph(device):
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend, device):
     case = CASES["basic"]
     t = case.tensors(torch.float32, device)
 
     def layer(x, offset, weight, bias, mask):
         return torch.relu(rcm_fsad_ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)) * 2
 
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(layer, fullgraph=True, backend=backend)
     args = [t["input"], t["offset"], t["weight"], t["bias"], t["mask"]]
     eager_args = [a.clone().requires_grad_(True) for a in args]
     compiled_args = [a.clone().requires_grad_(True) for a in args]
