@@ -35,6 +35,26 @@ struct Sampling {
 
   const scalar_t* image(int64_t n) const { return input + n * g.height * g.width * g.channels; }
 
+  // The sample of kernel point k of offset group og at output pixel (oy, ox) of image n: its
+  // bilinear point, its modulation, the four corners' NHWC rows (the zeros row for a corner outside
+  // the image) and their weights times the modulation.
+  struct Tap {
+    SamplePoint<scalar_t> point;
+    scalar_t m;
+    const scalar_t* corner[4];
+    scalar_t weight[4];
+  };
+  Tap tap(int64_t n, int64_t og, int64_t k, int64_t oy, int64_t ox) const {
+    Tap t;
+    t.point = kernels::deform_sample_point<scalar_t>(g, offset, offset_strides, n, og, k, oy, ox);
+    t.m = kernels::modulation<scalar_t>(g, mask, mask_strides, n, og, k, oy, ox);
+    for (int i = 0; i < 4; ++i) {
+      t.corner[i] = t.point.valid[i] ? image(n) + t.point.pixel[i] * g.channels : zeros;
+      t.weight[i] = t.point.weight[i] * t.m;
+    }
+    return t;
+  }
+
   // End of the run of channels starting at c that stays in offset group og and in one conv group,
   // i.e. that is contiguous in a columns row.
   int64_t run_end(int64_t og, int64_t c) const {
@@ -50,19 +70,12 @@ template <typename scalar_t>
   const DeformConvGeometry& g = s.g;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const auto [n, oy, ox] = kernels::output_pixel(g, r);
-    const scalar_t* image = s.image(n);
     scalar_t* col_row = cols + (r - row_begin) * g.column_width();
     for (int64_t og = 0; og < g.offset_groups; ++og) {
       for (int64_t k = 0; k < g.kernel_points(); ++k) {
-        const SamplePoint<scalar_t> p =
-            kernels::deform_sample_point<scalar_t>(g, s.offset, s.offset_strides, n, og, k, oy, ox);
-        const scalar_t m = kernels::modulation<scalar_t>(g, s.mask, s.mask_strides, n, og, k, oy, ox);
-        const scalar_t* corner[4];
-        scalar_t w[4];
-        for (int i = 0; i < 4; ++i) {
-          corner[i] = p.valid[i] ? image + p.pixel[i] * g.channels : s.zeros;
-          w[i] = p.weight[i] * m;
-        }
+        const auto t = s.tap(n, og, k, oy, ox);
+        const auto& corner = t.corner;
+        const auto& w = t.weight;
         for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
              c0 = c1) {
           c1 = s.run_end(og, c0);
@@ -92,22 +105,17 @@ template <typename scalar_t>
   const DeformConvGeometry& g = s.g;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const auto [n, oy, ox] = kernels::output_pixel(g, r);
-    const scalar_t* image = s.image(n);
     scalar_t* grad_image = grad_input + n * g.height * g.width * g.channels;
     const scalar_t* grad_row = grad_cols + (r - row_begin) * g.column_width();
     for (int64_t og = 0; og < g.offset_groups; ++og) {
       for (int64_t k = 0; k < g.kernel_points(); ++k) {
-        const SamplePoint<scalar_t> p =
-            kernels::deform_sample_point<scalar_t>(g, s.offset, s.offset_strides, n, og, k, oy, ox);
-        const scalar_t m = kernels::modulation<scalar_t>(g, s.mask, s.mask_strides, n, og, k, oy, ox);
-        const scalar_t* corner[4];
+        const auto t = s.tap(n, og, k, oy, ox);
+        const SamplePoint<scalar_t>& p = t.point;
+        const scalar_t m = t.m;
+        const auto& corner = t.corner;
+        const auto& w = t.weight;
         scalar_t* target[4];
-        scalar_t w[4];
-        for (int i = 0; i < 4; ++i) {
-          corner[i] = p.valid[i] ? image + p.pixel[i] * g.channels : s.zeros;
-          target[i] = p.valid[i] ? grad_image + p.pixel[i] * g.channels : sink;
-          w[i] = p.weight[i] * m;
-        }
+        for (int i = 0; i < 4; ++i) target[i] = p.valid[i] ? grad_image + p.pixel[i] * g.channels : sink;
         scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
         for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
              c0 = c1) {
