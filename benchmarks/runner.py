@@ -627,6 +627,12 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
             "tf32": tf32, "threads": torch.get_num_threads(),
         }
 
+    def add_error_rows(impl: str, exc: BaseException) -> None:
+        for pass_name in PASSES:
+            row = base_row(impl, pass_name)
+            row.update(status="error", error=_error_text(exc))
+            rows.append(row)
+
     # Resolve the callables; torchvision first, since it is the yardstick of the parity check.
     functions: Dict[str, Tuple[Callable, str]] = {}
     first_fwd_bwd_ms: Dict[str, float] = {}  # the parity call: the first forward+backward of each impl
@@ -638,10 +644,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
             first_fwd_bwd_ms[TORCHVISION] = (time.perf_counter() - t0) * 1e3
             functions[TORCHVISION] = (fn, note)
         except Exception as exc:  # noqa: BLE001
-            for pass_name in PASSES:
-                row = base_row(TORCHVISION, pass_name)
-                row.update(status="error", error=_error_text(exc))
-                rows.append(row)
+            add_error_rows(TORCHVISION, exc)
     for impl in impls:
         if impl == TORCHVISION:
             continue
@@ -658,10 +661,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
             elif impl == COMPILED:
                 functions[impl] = (_compiled_reference(), "")
         except Exception as exc:  # noqa: BLE001
-            for pass_name in PASSES:
-                row = base_row(impl, pass_name)
-                row.update(status="error", error=_error_text(exc))
-                rows.append(row)
+            add_error_rows(impl, exc)
 
     for impl in IMPL_ORDER:
         if impl not in functions:
