@@ -10,13 +10,14 @@
 #   2 build      MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace -> build.log
 #   3 info       python -m rcm_fsad_ops info                                        -> build.log
 #   4 tests      python -m pytest tests -x -q -k cuda (CUDA parity tests)           -> checks.log
-#   5 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, both CUDA
+#   5 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, the three CUDA
 #                forward algorithms, four dtypes (every CUDA kernel)                -> checks.log
 #   6 racecheck  the same cases in float32/float16                                  -> checks.log
 #   7 synccheck  the same cases in float32/float16                                  -> checks.log
 #   8 bench      python -m benchmarks --device cuda --out $OUT                      -> bench.log, cuda-*.json/.md
 #   extra, only while the time budget lasts:
-#   9 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
+#   9 bench-tf32 the fp32 benchmark with TF32 allowed on both sides (table only)    -> bench.log
+#  10 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
 #
 # $OUT/summary.txt lists every step (OK / FAIL / SKIP, exit code, seconds) and a final STATUS line;
 # the script exits 0 when all ran and passed, 1 when any step failed, 2 when a required step was skipped.
@@ -153,7 +154,9 @@ fi
 SMALL_PY=/tmp/rcm_fsad_sanitizer_small.py
 cat > "$SMALL_PY" <<'PYEOF'
 """Small deform_conv2d forward+backward cases on CUDA, for compute-sanitizer: every CUDA kernel
-(implicit-GEMM and columns forward, im2col, col2im). RCM_SANITIZER_QUICK=1: float32 and float16 only."""
+(tensor-core and CUDA-core implicit-GEMM forward, columns forward, im2col, col2im). The implicit_gemm
+runs allow TF32, so that float32 takes the tensor-core kernel too. RCM_SANITIZER_QUICK=1: float32 and
+float16 only."""
 import os
 
 import torch
@@ -172,9 +175,10 @@ CASES = [
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 if os.environ.get("RCM_SANITIZER_QUICK") == "1":
     DTYPES = DTYPES[:2]
-RUNS = [(case, algo) for case in CASES for algo in ("implicit_gemm", "columns")]
+RUNS = [(case, algo) for case in CASES for algo in ("implicit_gemm", "implicit_gemm_simt", "columns")]
 for (n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels_last), algo in RUNS:
     os.environ["RCM_FSAD_DEFORM_CONV_ALGO"] = algo  # read by the CUDA forward at each call
+    torch.backends.cuda.matmul.allow_tf32 = algo == "implicit_gemm"
     h_out = (h + 2 * p - d * (k - 1) - 1) // s + 1
     w_out = (w + 2 * p - d * (k - 1) - 1) // s + 1
     base = {
@@ -219,6 +223,12 @@ done
 step bench "$BENCH_LOG" 270 1 "$PY -m benchmarks --device cuda --out '$OUT'"
 
 # ---- 7 extra while time is left -------------------------------------------------------------------
+# fp32 with TF32 allowed on both sides (our tensor-core kernel against torchvision's TF32 GEMM).
+if (( $(remaining) >= 150 )); then
+    step bench-tf32 "$BENCH_LOG" 90 0 "$PY -m benchmarks --device cuda --tf32 --dtypes fp32 --no-write"
+else
+    skip_step bench-tf32 "$BENCH_LOG" 0 "not enough time left for the TF32 benchmark"
+fi
 if (( $(remaining) >= 90 )); then
     step compile "$BENCH_LOG" 200 0 "rm -rf /tmp/gpu_check_compile && $PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --out /tmp/gpu_check_compile; rc=\$?; for f in /tmp/gpu_check_compile/cuda-*.json; do [[ -e \$f ]] && cp \"\$f\" '$OUT/'\"\$(basename \"\$f\" | sed 's/^cuda-/cuda-compile-/')\"; done; exit \$rc"
 else

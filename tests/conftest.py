@@ -1,10 +1,12 @@
 import pytest
 import torch
 
-# (test id, device, CUDA forward algorithm): every CUDA parity test runs both forward paths.
+# (test id, device, CUDA forward algorithm): every CUDA parity test runs each forward path (the
+# default one takes tensor cores for float16/bfloat16, and for float32 under TF32, on sm_80+).
 BACKENDS = [("cpu", "cpu", None)]
 if torch.cuda.is_available():
-    BACKENDS += [("cuda", "cuda", "implicit_gemm"), ("cuda-columns", "cuda", "columns")]
+    BACKENDS += [("cuda", "cuda", "implicit_gemm"), ("cuda-simt", "cuda", "implicit_gemm_simt"),
+                 ("cuda-columns", "cuda", "columns")]
 
 
 @pytest.fixture(params=BACKENDS, ids=[b[0] for b in BACKENDS])

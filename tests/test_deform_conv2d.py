@@ -70,6 +70,53 @@ def test_float32_error_is_that_of_float32_arithmetic(name, device):
         assert err <= 4 * theirs_err[key] + 1e-6, (key, err, theirs_err[key])
 
 
+def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
+    """float32 -> the nearest TF32 value (10 mantissa bits, ties away from zero, like cvt.rna)."""
+    bits = x.float().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+# precision -> (tensor dtype, what the tensor-core MMA reads, tolerance of the gradients relative to
+# their largest magnitude; the backward is a columns GEMM in the tensor dtype).
+LOW_PRECISIONS = {
+    "float16": (torch.float16, lambda x: x.half().double(), 1e-2),
+    "bfloat16": (torch.bfloat16, lambda x: x.bfloat16().double(), 5e-2),
+    "tf32": (torch.float32, lambda x: round_to_tf32(x).double(), 5e-3),
+}
+
+
+@pytest.mark.parametrize("precision", sorted(LOW_PRECISIONS))
+@pytest.mark.parametrize("name", ["basic", "groups2_offset_groups3", "far_offsets", "wide_channels"])
+def test_low_precision_error_is_that_of_its_rounding(name, precision, device, monkeypatch):
+    """float16, bfloat16, and float32 with TF32 allowed, on CUDA. Both ours and a reference that
+    rounds what a tensor-core kernel must round (the sampled columns and the weight to the MMA input
+    type, the output to the tensor dtype) and computes the rest in float64 are measured against the
+    float64 result on the same (rounded) inputs: ours may add float32 accumulation error only."""
+    if device == "cpu":
+        pytest.skip("float16, bfloat16 and TF32 are CUDA-only")
+    dtype, mma_input, grad_tol = LOW_PRECISIONS[precision]
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", precision == "tf32")
+    case = CASES[name]
+    low = {k: None if v is None else v.to(dtype) for k, v in case.tensors(torch.float64, device).items()}
+    exact_inputs = {k: None if v is None else v.double() for k, v in low.items()}
+    exact = run_with_grads(reference.deform_conv2d, case, exact_inputs)
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, low)
+
+    groups = case.in_channels // exact_inputs["weight"].shape[1]
+    columns = reference.sampled_columns(exact_inputs["input"], exact_inputs["offset"], case.kernel, groups,
+                                        mask=exact_inputs["mask"], **case.kwargs())
+    out_size = reference.output_size((case.height, case.width), case.kernel, **case.kwargs())
+    same = reference.columns_times_weight(mma_input(columns), mma_input(exact_inputs["weight"]),
+                                          exact_inputs["bias"], out_size).to(dtype).double()
+    ours_err = (ours[0].double() - exact[0]).abs().max().item()
+    same_err = (same - exact[0]).abs().max().item()
+    scale = exact[0].abs().max().item()
+    assert ours_err <= 2 * same_err + 1e-5 * scale, (ours_err, same_err, scale)
+    for key, grad in ours[1].items():
+        err = (grad.double() - exact[1][key]).abs().max().item()
+        assert err <= grad_tol * exact[1][key].abs().max().item(), (key, err)
+
+
 def border_case_offsets(case: DeformCase) -> dict:
     """Offsets that put every sample exactly on an integer coordinate: on the -1 border, on the last
     row/column, inside, or beyond the image."""

@@ -30,15 +30,8 @@ HOT_KERNELS = (
     "deform_im2col_kernel",
     "deform_col2im_kernel",
     "deform_conv2d_implicit_gemm_kernel",
+    "deform_conv2d_implicit_gemm_wmma_kernel",
 )
-
-# Every __global__ kernel of csrc/kernels/: name -> (header, whether it takes an index_t after
-# <scalar_t, acc_t>). --check fails when the headers declare a kernel that is not listed here.
-KERNELS = {
-    "deform_im2col_kernel": ("deform_conv2d_kernels.cuh", True),
-    "deform_col2im_kernel": ("deform_conv2d_kernels.cuh", True),
-    "deform_conv2d_implicit_gemm_kernel": ("deform_conv2d_implicit_gemm.cuh", False),
-}
 
 # (scalar_t, acc_t) as the CUDA backend dispatches them (AT_DISPATCH_FLOATING_TYPES_AND2(Half,
 # BFloat16), acc_t = at::opmath_type). Half and BFloat16 are stand-ins for c10::Half / c10::BFloat16
@@ -51,6 +44,24 @@ DTYPES = (
     ("BFloat16", "float"),
 )
 INDEX_TYPES = ("int32_t", "int64_t")
+# (scalar_t, mma_t) of the tensor-core kernel, as the backend launches it.
+TENSOR_CORE_TYPES = (
+    ("Half", "__half"),
+    ("BFloat16", "__nv_bfloat16"),
+    ("float", "Tf32"),
+)
+
+# Every __global__ kernel of csrc/kernels/: name -> (header, the template arguments of each
+# instantiation the backend launches). --check fails when the headers declare a kernel that is not
+# listed here.
+KERNELS = {
+    "deform_im2col_kernel": ("deform_conv2d_kernels.cuh", tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)),
+    "deform_col2im_kernel": ("deform_conv2d_kernels.cuh", tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)),
+    "deform_conv2d_implicit_gemm_kernel": ("deform_conv2d_implicit_gemm.cuh", DTYPES),
+    "deform_conv2d_implicit_gemm_wmma_kernel": ("deform_conv2d_implicit_gemm_wmma.cuh", TENSOR_CORE_TYPES),
+}
+# Template arguments: this tool's spelling -> the C++ spelling in the generated source.
+_SOURCE_SPELLING = {"Tf32": "rcm_fsad::kernels::Tf32"}
 
 ARCH = "sm_90"
 # The device flags of the extension build (torch's cpp_extension + setup.py), plus what ptxas needs.
@@ -69,9 +80,7 @@ from build_env import find_cuda_home  # noqa: E402  (torch-free)
 @dataclass
 class KernelResources:
     kernel: str
-    scalar_t: str
-    acc_t: str
-    index_t: str  # "-" for a kernel without one
+    args: tuple[str, ...]  # template arguments
     registers: int = 0
     stack_frame: int = 0
     spill_stores: int = 0
@@ -82,8 +91,7 @@ class KernelResources:
 
     @property
     def label(self) -> str:
-        args = [self.scalar_t, self.acc_t] + ([self.index_t] if self.index_t != "-" else [])
-        return f"{self.kernel}<{', '.join(args)}>"
+        return f"{self.kernel}<{', '.join(self.args)}>"
 
     @property
     def hot(self) -> bool:
@@ -100,10 +108,9 @@ class KernelResources:
         return found
 
 
-def instances() -> list[tuple[str, str, str, str]]:
-    """(kernel, scalar_t, acc_t, index_t or "-") of every instantiation to compile."""
-    return [(k, s, a, i) for k, (_, indexed) in KERNELS.items() for s, a in DTYPES
-            for i in (INDEX_TYPES if indexed else ("-",))]
+def instances() -> list[tuple[str, tuple[str, ...]]]:
+    """(kernel, template arguments) of every instantiation to compile."""
+    return [(k, args) for k, (_, instantiations) in KERNELS.items() for args in instantiations]
 
 
 def declared_kernels() -> dict[str, str]:
@@ -141,9 +148,9 @@ def generated_source() -> str:
         "",
         "void* const rcm_ptxas_report_kernels[] = {",
     ]
-    for kernel, scalar, acc, index in instances():
-        args = ", ".join([scalar, acc] + ([index] if index != "-" else []))
-        lines.append(f"    reinterpret_cast<void*>(&rcm_fsad::kernels::{kernel}<{args}>),")
+    for kernel, args in instances():
+        spelled = ", ".join(_SOURCE_SPELLING.get(a, a) for a in args)
+        lines.append(f"    reinterpret_cast<void*>(&rcm_fsad::kernels::{kernel}<{spelled}>),")
     lines.append("};")
     return "\n".join(lines) + "\n"
 
@@ -163,7 +170,8 @@ def demangle(names: list[str]) -> dict[str, str]:
 
 
 # Spelling of the template arguments in demangled names -> the spelling of this tool.
-_CANONICAL = {"int": "int32_t", "long": "int64_t", "long long": "int64_t"}
+_CANONICAL = {"int": "int32_t", "long": "int64_t", "long long": "int64_t",
+              **{source: ours for ours, source in _SOURCE_SPELLING.items()}}
 
 
 def parse(ptxas_output: str) -> list[KernelResources]:
@@ -199,12 +207,12 @@ def parse(ptxas_output: str) -> list[KernelResources]:
         m = re.search(r"(\w+)<([^<>]*)>\(", names[mangled])
         if m:
             kernel = m.group(1)
-            args = [_CANONICAL.get(a.strip(), a.strip()) for a in m.group(2).split(",")] + ["-"]
+            args = tuple(_CANONICAL.get(a.strip(), a.strip()) for a in m.group(2).split(","))
         else:
-            kernel, args = mangled, ["?", "?", "?"]
-        result.append(KernelResources(kernel, *args[:3], **stats))
-    order = {(k, s, a, i): n for n, (k, s, a, i) in enumerate(instances())}
-    result.sort(key=lambda r: order.get((r.kernel, r.scalar_t, r.acc_t, r.index_t), len(order)))
+            kernel, args = mangled, ()
+        result.append(KernelResources(kernel, args, **stats))
+    order = {instance: n for n, instance in enumerate(instances())}
+    result.sort(key=lambda r: order.get((r.kernel, r.args), len(order)))
     return result
 
 
@@ -219,7 +227,7 @@ def compile_report(cuda_home: str) -> tuple[list[KernelResources], str]:
             sys.stderr.write(proc.stdout + proc.stderr)
             raise SystemExit(f"ptxas report: nvcc failed ({proc.returncode}): {' '.join(cmd)}")
     results = parse(proc.stdout + proc.stderr)
-    missing = {KernelResources(k, s, a, i).label for k, s, a, i in instances()} - {r.label for r in results}
+    missing = {KernelResources(k, args).label for k, args in instances()} - {r.label for r in results}
     if missing:
         raise SystemExit(f"ptxas report: no ptxas entry for {', '.join(sorted(missing))}")
     return results, nvcc_version(nvcc)
@@ -235,16 +243,17 @@ def markdown(results: list[KernelResources], version: str) -> str:
         "backend launches. Hot kernels "
         f"({', '.join(f'`{k}`' for k in HOT_KERNELS)}) must not spill or use local memory: "
         "`python tools/ptxas_report.py --check` (run by `make test-kernels`) fails otherwise.",
-        "`Half` / `BFloat16` rows use stand-ins for the backend's `c10::Half` / `c10::BFloat16` "
-        "(16-bit storage, conversions through the CUDA intrinsics, float accumulation).",
+        "`Half` / `BFloat16` arguments are stand-ins for the backend's `c10::Half` / `c10::BFloat16` "
+        "(16-bit storage, conversions through the CUDA intrinsics). Template arguments: (scalar_t, acc_t"
+        "[, index_t]), or (scalar_t, mma_t) for the tensor-core kernel.",
         "",
-        "| kernel | scalar_t | acc_t | index_t | registers | spill stores (B) | spill loads (B) "
+        "| kernel | template arguments | registers | spill stores (B) | spill loads (B) "
         "| stack frame (B) | local (B) | shared (B) | barriers | hot |",
-        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in results:
         lines.append(
-            f"| `{r.kernel}` | {r.scalar_t} | {r.acc_t} | {r.index_t} | {r.registers} | {r.spill_stores} "
+            f"| `{r.kernel}` | {', '.join(r.args)} | {r.registers} | {r.spill_stores} "
             f"| {r.spill_loads} | {r.stack_frame} | {r.local} | {r.shared} | {r.barriers} | {'yes' if r.hot else ''} |")
     return "\n".join(lines) + "\n"
 

@@ -1,5 +1,10 @@
-// CUDA launchers of deform_conv2d. Forward, two algorithms (RCM_FSAD_DEFORM_CONV_ALGO):
-//   implicit_gemm (default)  deform_conv2d_implicit_gemm_kernel, no columns buffer;
+// CUDA launchers of deform_conv2d. Forward, by RCM_FSAD_DEFORM_CONV_ALGO:
+//   implicit_gemm (default)  no columns buffer: on sm_80+ the tensor-core kernel
+//                            (deform_conv2d_implicit_gemm_wmma_kernel) for float16 and bfloat16, and
+//                            for float32 when TF32 matmuls are allowed
+//                            (torch.backends.cuda.matmul.allow_tf32, as for torchvision's GEMM);
+//                            otherwise the CUDA-core kernel (deform_conv2d_implicit_gemm_kernel);
+//   implicit_gemm_simt       the CUDA-core implicit GEMM for every dtype;
 //   columns                  the direct path: chunks of output pixels are sampled into a columns
 //                            buffer by deform_im2col_kernel and multiplied by the weight with cuBLAS.
 // The backward takes the columns path: recompute the columns, both GEMMs, deform_col2im_kernel.
@@ -13,9 +18,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_implicit_gemm.cuh"
+#include "../kernels/deform_conv2d_implicit_gemm_wmma.cuh"
 #include "../kernels/deform_conv2d_kernels.cuh"
 
 namespace rcm_fsad {
@@ -59,33 +66,78 @@ ChunkArgs<scalar_t> chunk_args(const at::Tensor& input_nhwc, const at::Tensor& o
           mask.has_value() ? field_strides(*mask) : FieldStrides{0, 0, 0, 0}};
 }
 
-bool use_implicit_gemm() {
+enum class ForwardAlgorithm { ImplicitGemm, ImplicitGemmSimt, Columns };
+
+ForwardAlgorithm forward_algorithm() {
   const char* algo = std::getenv("RCM_FSAD_DEFORM_CONV_ALGO");
-  if (algo == nullptr || std::strcmp(algo, "implicit_gemm") == 0) return true;
+  if (algo == nullptr || std::strcmp(algo, "implicit_gemm") == 0) return ForwardAlgorithm::ImplicitGemm;
+  if (std::strcmp(algo, "implicit_gemm_simt") == 0) return ForwardAlgorithm::ImplicitGemmSimt;
   TORCH_CHECK(std::strcmp(algo, "columns") == 0,
-              "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm' or 'columns', got '", algo, "'");
-  return false;
+              "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', 'implicit_gemm_simt' or 'columns', got '", algo,
+              "'");
+  return ForwardAlgorithm::Columns;
 }
 
+// The tensor-core input type for a tensor dtype (void: none).
 template <typename scalar_t>
-void launch_implicit_gemm(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
-                          const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
-  using acc_t = at::opmath_type<scalar_t>;
-  using T = kernels::ImplicitGemmTiles;
+struct TensorCoreInput {
+  using type = void;
+};
+template <>
+struct TensorCoreInput<at::Half> {
+  using type = __half;
+};
+template <>
+struct TensorCoreInput<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+template <>
+struct TensorCoreInput<float> {
+  using type = kernels::Tf32;
+};
+
+// For a dtype with a tensor-core input type: sm_80+, and for float32 only where TF32 is allowed.
+template <typename scalar_t>
+bool use_tensor_cores(const at::Tensor& input) {
+  if (std::is_same_v<scalar_t, float> && !at::globalContext().allowTF32CuBLAS()) return false;
+  return at::cuda::getDeviceProperties(input.get_device())->major >= 8;
+}
+
+template <typename Tiles, typename scalar_t, typename Kernel>
+void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
+                          const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
   const int64_t rows = g.batch * g.out_pixels();
   const int64_t out_per_group = g.out_channels / g.groups;
-  TORCH_CHECK((rows + T::kRows - 1) / T::kRows <= std::numeric_limits<int32_t>::max() &&
+  TORCH_CHECK((rows + Tiles::kRows - 1) / Tiles::kRows <= std::numeric_limits<int32_t>::max() &&
                   g.groups <= 65535,
               "deform_conv2d: problem too large for the implicit-GEMM grid; set "
               "RCM_FSAD_DEFORM_CONV_ALGO=columns");
-  const dim3 grid(static_cast<unsigned>((rows + T::kRows - 1) / T::kRows),
-                  static_cast<unsigned>((out_per_group + T::kCols - 1) / T::kCols),
+  const dim3 grid(static_cast<unsigned>((rows + Tiles::kRows - 1) / Tiles::kRows),
+                  static_cast<unsigned>((out_per_group + Tiles::kCols - 1) / Tiles::kCols),
                   static_cast<unsigned>(g.groups));
-  kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t>
-      <<<grid, T::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, wmat.const_data_ptr<scalar_t>(),
-          bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, out_rows.mutable_data_ptr<scalar_t>());
+  kernel<<<grid, Tiles::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, wmat.const_data_ptr<scalar_t>(),
+      bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, out_rows.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const DeformConvGeometry& g,
+                           const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
+                           const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
+  const std::optional<at::Tensor> bias_c =
+      bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  if constexpr (!std::is_void_v<typename TensorCoreInput<scalar_t>::type>) {
+    if (algo == ForwardAlgorithm::ImplicitGemm && use_tensor_cores<scalar_t>(input)) {
+      using mma_t = typename TensorCoreInput<scalar_t>::type;
+      launch_implicit_gemm<kernels::WmmaTiles>(kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t>,
+                                               g, a, wmat, bias_c, out_rows);
+      return;
+    }
+  }
+  launch_implicit_gemm<kernels::ImplicitGemmTiles>(
+      kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, at::opmath_type<scalar_t>>, g, a, wmat, bias_c,
+      out_rows);
 }
 
 template <typename scalar_t>
@@ -143,10 +195,9 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset,
     at::Tensor out_rows = out.view({rows, g.out_channels});
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
       const ChunkArgs<scalar_t> a = chunk_args<scalar_t>(input_nhwc, offset, mask);
-      if (use_implicit_gemm()) {
-        const std::optional<at::Tensor> bias_c =
-            bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
-        launch_implicit_gemm<scalar_t>(g, a, wmat, bias_c, out_rows);
+      const ForwardAlgorithm algo = forward_algorithm();
+      if (algo != ForwardAlgorithm::Columns) {
+        implicit_gemm_forward<scalar_t>(algo, input, g, a, wmat, bias, out_rows);
         return;
       }
       const int64_t chunk = chunk_rows(g);

@@ -13,6 +13,14 @@
 #define RCM_HD inline
 #endif
 
+// `#pragma unroll` for nvcc (loops over register arrays must unroll, or the arrays go to local
+// memory); nothing for host compilers, which would warn about an unknown pragma.
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define RCM_UNROLL _Pragma("unroll")
+#else
+#define RCM_UNROLL
+#endif
+
 // Dynamic shared memory: kernel headers declare it with RCM_DYNAMIC_SHARED(type, name) rather than
 // `extern __shared__`, which the emulation harness (tests/kernels/cuda_emulation.h) cannot model;
 // the harness defines its own version of the macro.

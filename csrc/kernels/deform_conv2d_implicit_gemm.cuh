@@ -6,7 +6,7 @@
 // Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness.
 #pragma once
 
-#include "deform_conv2d_math.cuh"
+#include "deform_conv2d_tile_corners.cuh"
 
 namespace rcm_fsad {
 namespace kernels {
@@ -33,10 +33,7 @@ __global__ void __launch_bounds__(ImplicitGemmTiles::kThreads)
   using T = ImplicitGemmTiles;
   __shared__ acc_t a_tile[T::kDepth][T::kRows];
   __shared__ acc_t b_tile[T::kDepth][T::kCols];
-  // Per row of the tile, for the current (k, offset group): the four corners' pixel indices in the
-  // whole NHWC batch (-1 for a corner outside the image) and their weights times the mask.
-  __shared__ int64_t corner_pixel[4][T::kRows];
-  __shared__ acc_t corner_weight[4][T::kRows];
+  __shared__ TileCorners<acc_t, T::kRows> corners;  // of the current (k, offset group)
 
   const int tid = threadIdx.x;
   const int tx = tid % (T::kCols / T::kThreadCols);
@@ -47,74 +44,42 @@ __global__ void __launch_bounds__(ImplicitGemmTiles::kThreads)
   const int64_t group = blockIdx.z;
   const int64_t cg = g.channels_per_group();
   const int64_t cog = g.out_channels / g.groups;
-  const int64_t cpog = g.channels_per_offset_group();
   const int64_t reduction = g.kernel_points() * cg;
 
   acc_t acc[T::kThreadRows][T::kThreadCols];
   for (int i = 0; i < T::kThreadRows; ++i)
     for (int j = 0; j < T::kThreadCols; ++j) acc[i][j] = acc_t(0);
 
-  for (int64_t k = 0; k < g.kernel_points(); ++k) {
-    // The group's channels in runs that stay in one offset group (one sample point per row).
-    for (int64_t run_begin = group * cg, run_end; run_begin < (group + 1) * cg; run_begin = run_end) {
-      const int64_t og = run_begin / cpog;
-      run_end = min_of((og + 1) * cpog, (group + 1) * cg);
-      // Safe without a barrier: every read of corner_* happened before the last barrier below.
-      if (tid < T::kRows) {
-        const int64_t row = row0 + tid;
-        if (row < rows) {
-          const OutputPixel px = output_pixel(g, row);
-          const SamplePoint<acc_t> p =
-              deform_sample_point<acc_t>(g, offset, offset_strides, px.n, og, k, px.oy, px.ox);
-          const acc_t m = modulation<acc_t>(g, mask, mask_strides, px.n, og, k, px.oy, px.ox);
-          const int64_t image_pixel0 = px.n * g.height * g.width;
-          for (int i = 0; i < 4; ++i) {
-            corner_pixel[i][tid] = p.valid[i] ? image_pixel0 + p.pixel[i] : -1;
-            corner_weight[i][tid] = p.weight[i] * m;
-          }
-        } else {
-          for (int i = 0; i < 4; ++i) {
-            corner_pixel[i][tid] = -1;
-            corner_weight[i][tid] = acc_t(0);
-          }
-        }
-      }
-      for (int64_t c0 = run_begin; c0 < run_end; c0 += T::kDepth) {
-        const int64_t depth = min_of<int64_t>(T::kDepth, run_end - c0);
-        __syncthreads();  // corner_* written; the previous step's tiles consumed
-        for (int e = tid; e < T::kRows * T::kDepth; e += T::kThreads) {
-          const int r = e / T::kDepth;
-          const int ch = e % T::kDepth;
-          acc_t v = acc_t(0);
-          if (ch < depth) {
-            for (int i = 0; i < 4; ++i) {
-              const int64_t pixel = corner_pixel[i][r];
-              if (pixel >= 0) {
-                v += corner_weight[i][r] * static_cast<acc_t>(input[pixel * g.channels + c0 + ch]);
-              }
-            }
-          }
-          a_tile[ch][r] = v;
-        }
-        const int64_t w_col0 = k * cg + (c0 - group * cg);
-        for (int e = tid; e < T::kCols * T::kDepth; e += T::kThreads) {
-          const int n = e / T::kDepth;
-          const int ch = e % T::kDepth;
-          const int64_t co = co0 + n;
-          b_tile[ch][n] = (ch < depth && co < cog)
-                              ? static_cast<acc_t>(wmat[(group * cog + co) * reduction + w_col0 + ch])
-                              : acc_t(0);
-        }
-        __syncthreads();  // tiles complete
-        for (int kk = 0; kk < T::kDepth; ++kk) {
-          acc_t a[T::kThreadRows];
-          acc_t b[T::kThreadCols];
-          for (int i = 0; i < T::kThreadRows; ++i) a[i] = a_tile[kk][ty * T::kThreadRows + i];
-          for (int j = 0; j < T::kThreadCols; ++j) b[j] = b_tile[kk][tx * T::kThreadCols + j];
-          for (int i = 0; i < T::kThreadRows; ++i)
-            for (int j = 0; j < T::kThreadCols; ++j) acc[i][j] += a[i] * b[j];
-        }
-      }
+  for (ReductionSteps<T::kDepth> step(g, group); !step.done(); step.next()) {
+    const int64_t k = step.k, c0 = step.c0;
+    const int depth = step.depth;
+    // Safe without a barrier: corners were last read before the previous step's second barrier.
+    if (step.first_of_run && tid < T::kRows) {
+      set_tile_corners(corners, tid, g, row0, k, step.og, offset, offset_strides, mask, mask_strides);
+    }
+    __syncthreads();  // corners written; the previous step's tiles consumed
+    for (int e = tid; e < T::kRows * T::kDepth; e += T::kThreads) {
+      const int r = e / T::kDepth;
+      const int ch = e % T::kDepth;
+      a_tile[ch][r] = ch < depth ? sample_tile_row(corners, r, input, g.channels, c0 + ch) : acc_t(0);
+    }
+    const int64_t w_col0 = k * cg + (c0 - group * cg);
+    for (int e = tid; e < T::kCols * T::kDepth; e += T::kThreads) {
+      const int n = e / T::kDepth;
+      const int ch = e % T::kDepth;
+      const int64_t co = co0 + n;
+      b_tile[ch][n] = (ch < depth && co < cog)
+                          ? static_cast<acc_t>(wmat[(group * cog + co) * reduction + w_col0 + ch])
+                          : acc_t(0);
+    }
+    __syncthreads();  // tiles complete
+    for (int kk = 0; kk < T::kDepth; ++kk) {
+      acc_t a[T::kThreadRows];
+      acc_t b[T::kThreadCols];
+      for (int i = 0; i < T::kThreadRows; ++i) a[i] = a_tile[kk][ty * T::kThreadRows + i];
+      for (int j = 0; j < T::kThreadCols; ++j) b[j] = b_tile[kk][tx * T::kThreadCols + j];
+      for (int i = 0; i < T::kThreadRows; ++i)
+        for (int j = 0; j < T::kThreadCols; ++j) acc[i][j] += a[i] * b[j];
     }
   }
 

@@ -51,7 +51,8 @@ def deform_conv2d(
     weight, mask and bias, with torchvision's convention at the -1 border (the offset gradient of a
     sample exactly on y = -1 or x = -1 is not zeroed, unlike mmcv). Double backward is not supported.
     Float32/float64 on CPU; float32/float64/float16/bfloat16 on CUDA (float32 accumulation); under
-    CUDA autocast the op runs in the autocast dtype. The CUDA backward scatters the input gradient
+    CUDA autocast the op runs in the autocast dtype. On sm_80+ the CUDA forward uses tensor cores for
+    float16/bfloat16, and for float32 only when ``torch.backends.cuda.matmul.allow_tf32`` is set. The CUDA backward scatters the input gradient
     with atomics, so it raises under ``torch.use_deterministic_algorithms(True)``.
     """
     return torch.ops.rcm_fsad.deform_conv2d.default(

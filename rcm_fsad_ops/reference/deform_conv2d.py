@@ -34,29 +34,26 @@ def _bilinear_gather(image: Tensor, y: Tensor, x: Tensor) -> Tensor:
     return out
 
 
-def deform_conv2d(
+def sampled_columns(
     input: Tensor,
     offset: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor] = None,
+    kernel_size,
+    groups: int = 1,
     stride=1,
     padding=0,
     dilation=1,
     mask: Optional[Tensor] = None,
 ) -> Tensor:
-    """Same contract as rcm_fsad_ops.deform_conv2d (and torchvision.ops.deform_conv2d).
+    """The modulated bilinear samples that the convolution multiplies by the weight.
 
-    input (N, C_in, H, W), offset (N, 2*G*kh*kw, H_out, W_out), weight (C_out, C_in/groups, kh, kw),
-    mask (N, G*kh*kw, H_out, W_out) or None -> (N, C_out, H_out, W_out).
+    input (N, C_in, H, W), offset (N, 2*G*kh*kw, H_out, W_out), mask (N, G*kh*kw, H_out, W_out) or
+    None -> columns (N, groups, C_in/groups * kh*kw, H_out*W_out), ordered (channel, kernel point).
     """
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
     n, c_in, height, width = input.shape
-    c_out, c_group, kh, kw = weight.shape
-    groups = c_in // c_group
     points = kh * kw
     offset_groups = offset.shape[1] // (2 * points)
-    out_h = (height + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    out_w = (width + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    out_h, out_w = output_size((height, width), (kh, kw), stride, padding, dilation)
 
     dev, dt = input.device, input.dtype
     oy = torch.arange(out_h, device=dev, dtype=dt) * sh - ph
@@ -74,11 +71,47 @@ def deform_conv2d(
     samples = _bilinear_gather(image, y, x).reshape(n, offset_groups, c_in // offset_groups, points, -1)
     if mask is not None:
         samples = samples * mask.reshape(n, offset_groups, 1, points, out_h * out_w)
+    return samples.reshape(n, groups, c_in // groups * points, out_h * out_w)
 
-    # columns (N, groups, C_in/groups * K, L) times weight (groups, C_out/groups, C_in/groups * K).
-    columns = samples.reshape(n, groups, c_group * points, out_h * out_w)
-    w = weight.reshape(groups, c_out // groups, c_group * points)
-    out = torch.einsum("gok,ngkl->ngol", w, columns).reshape(n, c_out, out_h, out_w)
+
+def deform_conv2d(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    mask: Optional[Tensor] = None,
+) -> Tensor:
+    """Same contract as rcm_fsad_ops.deform_conv2d (and torchvision.ops.deform_conv2d).
+
+    input (N, C_in, H, W), offset (N, 2*G*kh*kw, H_out, W_out), weight (C_out, C_in/groups, kh, kw),
+    mask (N, G*kh*kw, H_out, W_out) or None -> (N, C_out, H_out, W_out).
+    """
+    c_out, c_group, kh, kw = weight.shape
+    groups = input.shape[1] // c_group
+    columns = sampled_columns(input, offset, (kh, kw), groups, stride, padding, dilation, mask)
+    out_size = output_size(input.shape[2:], (kh, kw), stride, padding, dilation)
+    return columns_times_weight(columns, weight, bias, out_size)
+
+
+def output_size(size, kernel_size, stride=1, padding=0, dilation=1) -> tuple:
+    """(H_out, W_out) of a convolution over an input of spatial size (H, W)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
+    height, width = size
+    out_h = (height + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    out_w = (width + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    return out_h, out_w
+
+
+def columns_times_weight(columns: Tensor, weight: Tensor, bias: Optional[Tensor], out_size) -> Tensor:
+    """columns (N, groups, C_in/groups * K, L) times weight (C_out, C_in/groups, kh, kw), plus bias
+    -> (N, C_out, H_out, W_out)."""
+    n, groups = columns.shape[:2]
+    c_out = weight.shape[0]
+    w = weight.reshape(groups, c_out // groups, -1)
+    out = torch.einsum("gok,ngkl->ngol", w, columns).reshape(n, c_out, *out_size)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out

@@ -34,6 +34,8 @@
 //   * host 16-bit float types __half and __nv_bfloat16: 16-bit storage, round-to-nearest-even
 //     conversion from float and exact conversion to float, both implicit (like c10::Half), and
 //     __float2half/__half2float/__float2bfloat16/__bfloat162float. Arithmetic goes through float;
+//   * the WMMA fragment API (nvcuda::wmma) for the tensor-core shapes the kernels use, as whole-warp
+//     collectives (details and limits below);
 //   * emu::launch(mode, grid, block, shared_bytes, kernel, args...): every GPU thread of a block
 //     runs on its own OS thread (a pool of threads, reused between launches), so ThreadSanitizer
 //     sees races between the threads of a block.
@@ -47,7 +49,17 @@
 // Limits (what it does NOT emulate)
 //   * no inline PTX (asm), no cp.async / TMA / mbarrier, no cooperative groups, no clusters,
 //     no texture or surface objects, no __activemask(), no __nanosleep, no clock();
-//   * no WMMA / mma.sync fragment API: the kernels do not use tensor cores yet;
+//   * WMMA (nvcuda::wmma) models only what the kernels use: fragments of shape 16x16x16 for __half
+//     and __nv_bfloat16 and 16x16x8 for precision::tf32, float accumulators, row/col-major
+//     load_matrix_sync, store_matrix_sync, fill_fragment, mma_sync and __float_to_tf32. Every lane
+//     holds the WHOLE tile (num_elements = rows x cols, x[] row-major), so code that relies on the
+//     GPU's unspecified lane-to-element mapping is not supported (element-wise loops over x[] are).
+//     The *_sync calls are whole-warp collectives (a lane missing is a divergence error) and check
+//     what the GPU requires: 256-bit aligned pointers, ldm a multiple of 16 bytes, and the same
+//     pointer and ldm on every lane. A store writes each element from one lane only (element i from
+//     lane i % 32): reading what other lanes stored needs __syncwarp, as on the GPU. mma_sync
+//     multiplies exactly (products of 16-bit or tf32 values are exact in float) and accumulates in
+//     float in k order; tf32 operands lose their low 13 mantissa bits, as the hardware ignores them;
 //   * no lockstep execution: lanes of a warp run as independent threads and only synchronise inside
 //     the warp collectives above (as with independent thread scheduling, sm_70+). Code that relies
 //     on implicit warp-synchronous execution (reading another lane's shared-memory write without
@@ -126,7 +138,7 @@
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))  // unlike alignas, allowed after `static`
 #define __constant__
 
 #define RCM_EMU_CAT_(a, b) a##b
@@ -294,7 +306,7 @@ inline std::string lanes_of(std::uint32_t mask) {
   return s + "}";
 }
 
-enum class WarpOp { Syncwarp, Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All };
+enum class WarpOp { Syncwarp, Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All, WmmaLoad, WmmaStore, WmmaMma };
 
 inline const char* op_name(WarpOp op) {
   switch (op) {
@@ -306,6 +318,9 @@ inline const char* op_name(WarpOp op) {
     case WarpOp::Ballot: return "__ballot_sync";
     case WarpOp::Any: return "__any_sync";
     case WarpOp::All: return "__all_sync";
+    case WarpOp::WmmaLoad: return "wmma::load_matrix_sync";
+    case WarpOp::WmmaStore: return "wmma::store_matrix_sync";
+    case WarpOp::WmmaMma: return "wmma::mma_sync";
   }
   return "?";
 }
@@ -635,7 +650,7 @@ inline void thread_exit() {
     w.exited.fetch_or(1u << t.lane, std::memory_order_seq_cst);
     if (const std::uint32_t waiting = w.full_arrived.load(std::memory_order_seq_cst)) {
       fatal(format("divergent warp collective: lane %u of warp %u of %s exited while %u lane(s) wait for it in "
-                   "a whole-warp collective (shuffle, vote or __syncwarp)", t.lane, w.index, t.block->name().c_str(),
+                   "a whole-warp collective (shuffle, vote, __syncwarp or a wmma *_sync)", t.lane, w.index, t.block->name().c_str(),
                    waiting));
     }
     std::lock_guard<std::mutex> lock(w.m);
@@ -1058,5 +1073,166 @@ template <typename T>
 T atomicMin(T* a, T v) {
   return ::emu::detail::atomic_update(a, [v](T old) { return v < old ? v : old; });
 }
+
+// ---------------------------------------------------------------------------------------------
+// WMMA: the fragment API of <mma.h>, for the shapes the kernels use (see the limits above).
+namespace nvcuda {
+namespace wmma {
+
+struct row_major;
+struct col_major;
+struct matrix_a;
+struct matrix_b;
+struct accumulator;
+namespace precision {
+struct tf32;
+}
+enum layout_t { mem_row_major, mem_col_major };
+
+// Round to nearest, ties away from zero, to 10 mantissa bits (cvt.rna.tf32.f32).
+inline float __float_to_tf32(float in) {
+  std::uint32_t bits = std::bit_cast<std::uint32_t>(in);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  return std::bit_cast<float>(bits);
+}
+
+namespace emu_detail {
+template <typename T>
+struct storage {
+  using type = T;
+};
+template <>
+struct storage<precision::tf32> {
+  using type = float;
+};
+template <typename Use, int M, int N, int K>
+struct extent;
+template <int M, int N, int K>
+struct extent<matrix_a, M, N, K> {
+  static constexpr int rows = M, cols = K;
+};
+template <int M, int N, int K>
+struct extent<matrix_b, M, N, K> {
+  static constexpr int rows = K, cols = N;
+};
+template <int M, int N, int K>
+struct extent<accumulator, M, N, K> {
+  static constexpr int rows = M, cols = N;
+};
+
+template <typename T>
+float operand(T v) {
+  return static_cast<float>(v);
+}
+// The tensor cores read the 19 high bits of a tf32 operand.
+inline float tf32_operand(float v) { return std::bit_cast<float>(std::bit_cast<std::uint32_t>(v) & 0xffffe000u); }
+
+// The whole-warp rendezvous of a *_sync call; every lane deposits (pointer, ldm), which must agree.
+inline void rendezvous(::emu::detail::WarpOp op, const void* p, unsigned ldm, std::size_t element_size,
+                       const std::source_location& loc) {
+  using namespace ::emu::detail;
+  const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(p);
+  if (p != nullptr && (address % 32 != 0 || (ldm * element_size) % 16 != 0)) {
+    fatal(format("%s at %s:%u: the pointer must be 256-bit aligned and ldm a multiple of 16 bytes (pointer %% 32 = "
+                 "%zu, ldm = %u elements of %zu bytes)", op_name(op), loc.file_name(), static_cast<unsigned>(loc.line()),
+                 static_cast<std::size_t>(address % 32), ldm, element_size));
+  }
+  ThreadContext& t = current(op_name(op));
+  if (t.warp->lanes != 32) {
+    fatal(format("%s at %s:%u: warp %u of %s has %u lanes; WMMA needs whole warps", op_name(op), loc.file_name(),
+                 static_cast<unsigned>(loc.line()), t.warp->index, t.block->name().c_str(), t.warp->lanes));
+  }
+  const std::uint64_t key = static_cast<std::uint64_t>(address) ^ (static_cast<std::uint64_t>(ldm) << 48);
+  warp_collective(op, 0xffffffffu, &key, sizeof key, loc, [&](std::uint32_t, auto&& value_of) {
+    for (unsigned lane = 0; lane < 32; ++lane) {
+      std::uint64_t other;
+      std::memcpy(&other, value_of(lane), sizeof other);
+      if (other != key) {
+        fatal(format("%s at %s:%u: lanes %u and %u of warp %u of %s pass different pointers or ldm", op_name(op),
+                     loc.file_name(), static_cast<unsigned>(loc.line()), t.lane, lane, t.warp->index,
+                     t.block->name().c_str()));
+      }
+    }
+  });
+}
+}  // namespace emu_detail
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+class fragment {
+ public:
+  using element_type = T;
+  using storage_element_type = typename emu_detail::storage<T>::type;
+  static constexpr int rows = emu_detail::extent<Use, M, N, K>::rows;
+  static constexpr int cols = emu_detail::extent<Use, M, N, K>::cols;
+  static constexpr int num_elements = rows * cols;
+  storage_element_type x[num_elements];  // row-major: x[r * cols + c]
+};
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, typename fragment<Use, M, N, K, T, Layout>::storage_element_type v) {
+  for (auto& e : f.x) e = v;
+}
+
+// Operand fragments: the layout is the fragment's.
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+  requires(!std::is_same_v<Use, accumulator>)
+void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f,
+                      const typename fragment<Use, M, N, K, T, Layout>::storage_element_type* p, unsigned ldm,
+                      std::source_location loc = std::source_location::current()) {
+  using F = fragment<Use, M, N, K, T, Layout>;
+  emu_detail::rendezvous(::emu::detail::WarpOp::WmmaLoad, p, ldm, sizeof(*p), loc);
+  constexpr bool row = std::is_same_v<Layout, row_major>;
+  for (int r = 0; r < F::rows; ++r) {
+    for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = row ? p[r * ldm + c] : p[c * ldm + r];
+  }
+}
+
+template <int M, int N, int K>
+void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ldm, layout_t layout,
+                      std::source_location loc = std::source_location::current()) {
+  emu_detail::rendezvous(::emu::detail::WarpOp::WmmaLoad, p, ldm, sizeof(float), loc);
+  for (int r = 0; r < M; ++r) {
+    for (int c = 0; c < N; ++c) f.x[r * N + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  }
+}
+
+template <int M, int N, int K>
+void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout,
+                       std::source_location loc = std::source_location::current()) {
+  emu_detail::rendezvous(::emu::detail::WarpOp::WmmaStore, p, ldm, sizeof(float), loc);
+  for (int e = static_cast<int>(::emu::detail::tls.lane); e < M * N; e += 32) {
+    const int r = e / N, c = e % N;
+    p[layout == mem_row_major ? r * ldm + c : c * ldm + r] = f.x[e];
+  }
+}
+
+template <int M, int N, int K, typename T, typename LayoutA, typename LayoutB>
+void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LayoutA>& a,
+              const fragment<matrix_b, M, N, K, T, LayoutB>& b, const fragment<accumulator, M, N, K, float>& c,
+              std::source_location loc = std::source_location::current()) {
+  emu_detail::rendezvous(::emu::detail::WarpOp::WmmaMma, nullptr, 0, 1, loc);
+  auto value = [](auto v) {
+    if constexpr (std::is_same_v<T, precision::tf32>) {
+      return emu_detail::tf32_operand(v);
+    } else {
+      return emu_detail::operand(v);
+    }
+  };
+  float fa[M * K], fb[K * N];  // converted once: 16-bit conversions are the slow part here
+  for (int e = 0; e < M * K; ++e) fa[e] = value(a.x[e]);
+  for (int e = 0; e < K * N; ++e) fb[e] = value(b.x[e]);
+  fragment<accumulator, M, N, K, float> result;
+  for (int i = 0; i < M; ++i) {
+    for (int j = 0; j < N; ++j) {
+      float sum = c.x[i * N + j];
+      for (int k = 0; k < K; ++k) sum += fa[i * K + k] * fb[k * N + j];
+      result.x[i * N + j] = sum;
+    }
+  }
+  d = result;
+}
+
+}  // namespace wmma
+}  // namespace nvcuda
 
 #endif  // host emulation

@@ -3,6 +3,8 @@
 //
 //   test_deform_kernels <kernel>/<dtype>/<index>   im2col or col2im, e.g. col2im/half/int64
 //   test_deform_kernels igemm/<dtype>              the implicit-GEMM forward, e.g. igemm/bfloat16
+//   test_deform_kernels wmma/<half|bfloat16|tf32>  the tensor-core implicit-GEMM forward (float
+//                                                  tensors for tf32)
 //   test_deform_kernels reference                  checks the reference's gradients by finite differences
 //   test_deform_kernels --list
 //
@@ -16,6 +18,7 @@
 #include "cuda_emulation.h"
 // The kernel headers come after the harness.
 #include "kernels/deform_conv2d_implicit_gemm.cuh"
+#include "kernels/deform_conv2d_implicit_gemm_wmma.cuh"
 #include "kernels/deform_conv2d_kernels.cuh"
 
 #include <algorithm>
@@ -85,6 +88,22 @@ const std::vector<Problem>& igemm_problems() {
     l.push_back({"tiles_98rows_70cout_og2", {2, 6, 8, 8, 2, 2, 1, 1, 0, 0, 1, 1, 1, 2, true}, Layout::ChannelsLast, 0,
                  7, 70});
     l.push_back({"deep_c40_one_group", {1, 40, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, true}, Layout::Contiguous, 0, 8, 5});
+    return l;
+  }();
+  return list;
+}
+
+// For the tensor-core implicit GEMM (tiles of 128 rows x 64 output channels, reduction steps of 32
+// channels): the problems above take its element-load paths (channel counts not a multiple of 8);
+// these take the 16-byte-load paths, with two row tiles (243 rows) and two column tiles (70
+// output channels), offset-group runs of 24 channels (a partial vector of zeros), and conv groups
+// of 40 channels (reduction steps of 32 and 8).
+const std::vector<Problem>& wmma_problems() {
+  static const std::vector<Problem> list = [] {
+    std::vector<Problem> l = igemm_problems();
+    l.push_back({"wmma_tiles_243rows_70cout_og2", {3, 48, 9, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 2, true}, Layout::ChannelsLast, 0,
+                 9, 70});
+    l.push_back({"wmma_groups2_c80", {1, 80, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1, true}, Layout::Padded, 0, 10, 34});
     return l;
   }();
   return list;
@@ -468,56 +487,144 @@ int check_col2im(const Problem& p, const Config& cfg) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Implicit-GEMM forward.
+// Implicit-GEMM forward kernels.
+
+// A forward problem's operands as the launcher passes them, and the float64 reference output.
+template <typename scalar_t>
+struct ForwardOperands {
+  reference::Inputs in;
+  std::vector<double> weight;  // (C_out, C_g, kh, kw)
+  std::vector<double> bias;    // (C_out) or empty
+  std::vector<scalar_t> input, offset, mask, bias_device;
+  std::vector<scalar_t> wmat;  // the GEMM operand of weight_matrix(): (C_out, kh, kw, C_g)
+  FieldStrides os, ms;
+  std::vector<double> want;    // (rows, C_out)
+
+  ForwardOperands(const Problem& p) : in(make_inputs<scalar_t>(p)) {
+    const Shape& s = p.shape;
+    const int64_t cout = p.out_channels, cg = s.C / s.groups, K = s.points();
+    Rng rng{p.seed * 31u + 5u};
+    weight.resize(cout * cg * K);
+    bias.resize(p.seed % 2 == 1 ? cout : 0);
+    for (double& w : weight) w = through<scalar_t>(rng.uniform(-0.5, 0.5));
+    for (double& b : bias) b = through<scalar_t>(rng.uniform(-1.0, 1.0));
+    want = reference::forward(in, reference::compute(in), cout, weight, bias);
+    input = to_device<scalar_t>(in.image);
+    offset = to_device<scalar_t>(in.offset.data);
+    mask = to_device<scalar_t>(in.mask.data);
+    bias_device = to_device<scalar_t>(bias);
+    os = {in.offset.sn, in.offset.sc, in.offset.sh, in.offset.sw};
+    ms = s.has_mask ? FieldStrides{in.mask.sn, in.mask.sc, in.mask.sh, in.mask.sw} : FieldStrides{0, 0, 0, 0};
+    wmat.resize(cout * K * cg);
+    for (int64_t co = 0; co < cout; ++co) {
+      for (int64_t cl = 0; cl < cg; ++cl) {
+        for (int64_t k = 0; k < K; ++k) {
+          wmat[(co * K + k) * cg + cl] = static_cast<scalar_t>(weight[((co * cg + cl) * s.kh + k / s.kw) * s.kw + k % s.kw]);
+        }
+      }
+    }
+  }
+
+  const scalar_t* mask_ptr() const { return in.s.has_mask ? mask.data() : nullptr; }
+  const scalar_t* bias_ptr() const { return bias.empty() ? nullptr : bias_device.data(); }
+};
+
+// Launches a forward kernel over `grid` (block `threads`, one block at a time) into a NaN-filled
+// output; returns the output as doubles.
+template <typename scalar_t, typename Kernel>
+std::vector<double> run_forward(const Problem& p, const ForwardOperands<scalar_t>& op, dim3 grid, int threads,
+                                Kernel kernel) {
+  std::vector<scalar_t> out(p.shape.rows() * p.out_channels,
+                            static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+  emu::launch(emu::Mode::BlockByBlock, grid, dim3(threads), 0, kernel, geometry(p), op.input.data(), op.offset.data(),
+              op.os, op.mask_ptr(), op.ms, op.wmat.data(), op.bias_ptr(), out.data());
+  std::vector<double> got(out.size());
+  for (size_t i = 0; i < out.size(); ++i) got[i] = to_double(out[i]);
+  return got;
+}
+
+template <typename Tiles>
+dim3 forward_grid(const Problem& p) {
+  const int64_t rows = p.shape.rows(), cog = p.out_channels / p.shape.groups;
+  return dim3(static_cast<unsigned>((rows + Tiles::kRows - 1) / Tiles::kRows),
+              static_cast<unsigned>((cog + Tiles::kCols - 1) / Tiles::kCols), static_cast<unsigned>(p.shape.groups));
+}
+
+auto out_element(const Problem& p) {
+  return [cout = p.out_channels](size_t i) {
+    return emu::detail::format("row %" PRId64 " out channel %" PRId64, static_cast<int64_t>(i) / cout,
+                               static_cast<int64_t>(i) % cout);
+  };
+}
+
+void report_forward(int bad, const Problem& p, dim3 grid, int threads, const char* extra,
+                    std::chrono::steady_clock::time_point start) {
+  std::printf("  %s %-32s [BlockByBlock grid (%u,%u,%u) block %d, C_out %" PRId64 ", %s%s] %.2fs\n", bad ? "FAIL" : "ok  ",
+              p.name, grid.x, grid.y, grid.z, threads, p.out_channels, p.seed % 2 == 1 ? "bias" : "no bias", extra,
+              seconds_since(start));
+}
 
 template <typename scalar_t>
 int check_igemm(const Problem& p) {
   const auto start = std::chrono::steady_clock::now();
-  using acc_t = typename Traits<scalar_t>::acc_t;
   using Tiles = rcm_fsad::kernels::ImplicitGemmTiles;
-  const Shape& s = p.shape;
-  const reference::Inputs in = make_inputs<scalar_t>(p);
-  const int64_t cout = p.out_channels, cg = s.C / s.groups, cog = cout / s.groups, K = s.points();
-  const bool with_bias = p.seed % 2 == 1;
-  Rng rng{p.seed * 31u + 5u};
-  std::vector<double> weight(cout * cg * K), bias(with_bias ? cout : 0);  // weight: (C_out, C_g, kh, kw)
-  for (double& w : weight) w = through<scalar_t>(rng.uniform(-0.5, 0.5));
-  for (double& b : bias) b = through<scalar_t>(rng.uniform(-1.0, 1.0));
-  const std::vector<double> want = reference::forward(in, reference::compute(in), cout, weight, bias);
+  const ForwardOperands<scalar_t> op(p);
+  const dim3 grid = forward_grid<Tiles>(p);
+  const std::vector<double> got =
+      run_forward(p, op, grid, Tiles::kThreads,
+                  rcm_fsad::kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, typename Traits<scalar_t>::acc_t>);
+  const int bad = compare("out", got, op.want, Traits<scalar_t>::tol, out_element(p));
+  report_forward(bad, p, grid, Tiles::kThreads, "", start);
+  return bad;
+}
 
-  const DeformConvGeometry g = geometry(p);
-  const std::vector<scalar_t> input = to_device<scalar_t>(in.image);
-  const std::vector<scalar_t> offset = to_device<scalar_t>(in.offset.data);
-  const std::vector<scalar_t> mask = to_device<scalar_t>(in.mask.data);
-  const std::vector<scalar_t> bias_device = to_device<scalar_t>(bias);
-  const FieldStrides os{in.offset.sn, in.offset.sc, in.offset.sh, in.offset.sw};
-  const FieldStrides ms = s.has_mask ? FieldStrides{in.mask.sn, in.mask.sc, in.mask.sh, in.mask.sw} : FieldStrides{0, 0, 0, 0};
-  // The GEMM operand of weight_matrix(): (C_out, kh, kw, C_g).
-  std::vector<scalar_t> wmat(cout * K * cg);
-  for (int64_t co = 0; co < cout; ++co) {
-    for (int64_t cl = 0; cl < cg; ++cl) {
-      for (int64_t k = 0; k < K; ++k) {
-        wmat[(co * K + k) * cg + cl] = static_cast<scalar_t>(weight[((co * cg + cl) * s.kh + k / s.kw) * s.kw + k % s.kw]);
-      }
-    }
+// The value the MMA reads for x in the tensor-core input type mma_t.
+template <typename mma_t>
+double mma_rounded(double x) {
+  if constexpr (std::is_same_v<mma_t, rcm_fsad::kernels::Tf32>) {
+    return nvcuda::wmma::__float_to_tf32(static_cast<float>(x));
+  } else {
+    return static_cast<float>(static_cast<mma_t>(static_cast<float>(x)));
   }
-  const int64_t rows = s.rows();
-  std::vector<scalar_t> out(rows * cout, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
-  const dim3 grid(static_cast<unsigned>((rows + Tiles::kRows - 1) / Tiles::kRows),
-                  static_cast<unsigned>((cog + Tiles::kCols - 1) / Tiles::kCols), static_cast<unsigned>(s.groups));
-  emu::launch(emu::Mode::BlockByBlock, grid, dim3(Tiles::kThreads), 0,
-              rcm_fsad::kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t>, g, input.data(), offset.data(),
-              os, s.has_mask ? mask.data() : nullptr, ms, wmat.data(), with_bias ? bias_device.data() : nullptr,
-              out.data());
-  std::vector<double> got(out.size());
-  for (size_t i = 0; i < out.size(); ++i) got[i] = to_double(out[i]);
-  const int bad = compare("out", got, want, Traits<scalar_t>::tol, [&](size_t i) {
-    return emu::detail::format("row %" PRId64 " out channel %" PRId64, static_cast<int64_t>(i) / cout,
-                               static_cast<int64_t>(i) % cout);
-  });
-  std::printf("  %s %-32s [BlockByBlock grid (%u,%u,%u) block %d, C_out %" PRId64 ", %s] %.2fs\n", bad ? "FAIL" : "ok  ",
-              p.name, grid.x, grid.y, grid.z, Tiles::kThreads, cout, with_bias ? "bias" : "no bias",
-              seconds_since(start));
+}
+
+// The tensor-core forward, judged like a low-precision kernel should be: against the float64
+// reference with the dtype's tolerance, and its error against the error of a reference that rounds
+// what the kernel rounds (the sampled columns and the weights to mma_t, the output to scalar_t) and
+// computes the rest in float64.
+// The kernel may only add float accumulation error to the operand rounding: at most twice the
+// latter plus 1e-5 of the output's scale.
+template <typename scalar_t, typename mma_t>
+int check_igemm_wmma(const Problem& p) {
+  const auto start = std::chrono::steady_clock::now();
+  using Tiles = rcm_fsad::kernels::WmmaTiles;
+  const ForwardOperands<scalar_t> op(p);
+  const dim3 grid = forward_grid<Tiles>(p);
+  const std::vector<double> got = run_forward(
+      p, op, grid, Tiles::kThreads, rcm_fsad::kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t>);
+  const double tol = std::is_same_v<mma_t, rcm_fsad::kernels::Tf32> ? 2e-3 : Traits<scalar_t>::tol;
+  int bad = compare("out", got, op.want, tol, out_element(p));
+
+  reference::Outputs rounded = reference::compute(op.in);
+  for (double& c : rounded.columns) c = mma_rounded<mma_t>(c);
+  std::vector<double> weight = op.weight;
+  for (double& w : weight) w = mma_rounded<mma_t>(w);
+  std::vector<double> same_precision = reference::forward(op.in, rounded, p.out_channels, weight, op.bias);
+  for (double& v : same_precision) v = through<scalar_t>(v);
+  double scale = 1.0, kernel_error = 0.0, rounding_error = 0.0;
+  for (size_t i = 0; i < op.want.size(); ++i) {
+    scale = std::max(scale, std::abs(op.want[i]));
+    kernel_error = std::max(kernel_error, std::abs(got[i] - op.want[i]));
+    rounding_error = std::max(rounding_error, std::abs(same_precision[i] - op.want[i]));
+  }
+  const bool within = kernel_error <= 2.0 * rounding_error + 1e-5 * scale;
+  if (!within) {
+    std::printf("    kernel error %.3g exceeds 2 x the operand-rounding error %.3g + 1e-5 x %.3g\n", kernel_error,
+                rounding_error, scale);
+    ++bad;
+  }
+  const std::string errors = emu::detail::format(", error %.2g vs rounding %.2g", kernel_error, rounding_error);
+  report_forward(bad, p, grid, Tiles::kThreads, errors.c_str(), start);
   return bad;
 }
 
@@ -632,9 +739,25 @@ int run_igemm_case() {
   return bad;
 }
 
+// The ThreadSanitizer build runs the first problem (element loads) and the two of the 16-byte-load
+// paths: the barriers are the same on every problem, and a block of 256 emulated threads is slow
+// under TSan.
+template <typename scalar_t, typename mma_t>
+int run_wmma_case() {
+  int bad = 0;
+  const std::vector<Problem>& all = wmma_problems();
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
+    bad += check_igemm_wmma<scalar_t, mma_t>(all[i]);
+  }
+  if (kThreadSanitizer) std::printf("  (ThreadSanitizer build: 3 of the %zu problems)\n", all.size());
+  return bad;
+}
+
 std::vector<std::string> case_names() {
   std::vector<std::string> names = {"reference"};
   for (const char* dtype : {"float", "double", "half", "bfloat16"}) names.push_back(std::string("igemm/") + dtype);
+  for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
   for (const char* kernel : {"im2col", "col2im"}) {
     for (const char* dtype : {"float", "double", "half", "bfloat16"}) {
       for (const char* index : {"int32", "int64"}) names.push_back(std::string(kernel) + "/" + dtype + "/" + index);
@@ -671,6 +794,11 @@ int main(int argc, char** argv) {
     if (dtype == "double") bad = run_igemm_case<double>();
     if (dtype == "half") bad = run_igemm_case<__half>();
     if (dtype == "bfloat16") bad = run_igemm_case<__nv_bfloat16>();
+  } else if (name.rfind("wmma/", 0) == 0) {
+    const std::string dtype = name.substr(5);
+    if (dtype == "half") bad = run_wmma_case<__half, __half>();
+    if (dtype == "bfloat16") bad = run_wmma_case<__nv_bfloat16, __nv_bfloat16>();
+    if (dtype == "tf32") bad = run_wmma_case<float, rcm_fsad::kernels::Tf32>();
   } else {
     const std::string kernel = name.substr(0, name.find('/'));
     const std::string rest = name.substr(name.find('/') + 1);

@@ -17,6 +17,10 @@
 //       divergent_shuffle      a shuffle half the warp does not reach   -> the harness
 //       static_shared_all_blocks  static __shared__ in an AllBlocks launch -> the harness
 //       hang                   a barrier and a shuffle waiting for each other -> the watchdog
+//       wmma_store_race        reading another lane's store_matrix_sync output without __syncwarp
+//                                                                  -> ThreadSanitizer
+//       wmma_misaligned        load_matrix_sync from a pointer that is not 256-bit aligned -> the harness
+//       wmma_divergent         mma_sync called by half a warp      -> the harness
 #include "cuda_emulation.h"
 
 #include <cmath>
@@ -25,6 +29,7 @@
 #include <map>
 #include <numeric>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -462,6 +467,134 @@ void case_static_shared_all_blocks() {
   emu::launch(emu::Mode::AllBlocks, 2, 64, 0, block_sum_kernel, in.data(), out.data(), count.data());
 }
 
+// ---------------------------------------------------------------------------------------------
+// WMMA.
+
+namespace wmma = nvcuda::wmma;
+
+// One warp: c (32 x 32, row-major) = a (32 x kDepth, row-major) * b (kDepth x 32, col-major, i.e.
+// stored [n][k]) + 1, through 16 x 16 fragments, the accumulators loaded from / stored to c.
+template <typename T, typename Elem, int kFragK>
+__global__ void wmma_gemm_kernel(const Elem* a, const Elem* b, float* c, int depth) {
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, kFragK, T, wmma::row_major>;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, kFragK, T, wmma::col_major>;
+  using FragC = wmma::fragment<wmma::accumulator, 16, 16, kFragK, float>;
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      FragC acc;
+      wmma::load_matrix_sync(acc, c + i * 16 * 32 + j * 16, 32, wmma::mem_row_major);
+      FragC one;
+      wmma::fill_fragment(one, 1.0f);
+      for (int e = 0; e < acc.num_elements; ++e) acc.x[e] += one.x[e];
+      for (int k = 0; k < depth; k += kFragK) {
+        FragA fa;
+        FragB fb;
+        wmma::load_matrix_sync(fa, a + i * 16 * depth + k, depth);
+        wmma::load_matrix_sync(fb, b + j * 16 * depth + k, depth);
+        wmma::mma_sync(acc, fa, fb, acc);
+      }
+      wmma::store_matrix_sync(c + i * 16 * 32 + j * 16, acc, 32, wmma::mem_row_major);
+    }
+  }
+}
+
+template <typename T, typename Elem, int kFragK>
+void check_wmma_gemm(const char* what) {
+  constexpr int kDepth = 32;
+  alignas(32) static Elem a[32 * kDepth], b[32 * kDepth];
+  alignas(32) static float c[32 * 32];
+  std::uint32_t state = 7;
+  auto next = [&state] {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<float>(static_cast<int>(state >> 9) % 2001 - 1000) / 1000.0f;
+  };
+  for (auto& v : a) v = static_cast<Elem>(next());
+  for (auto& v : b) v = static_cast<Elem>(next());
+  for (auto& v : c) v = next();
+  if constexpr (std::is_same_v<T, wmma::precision::tf32>) {
+    for (auto& v : a) v = wmma::__float_to_tf32(v);
+    for (auto& v : b) v = wmma::__float_to_tf32(v);
+  }
+  std::vector<double> want(32 * 32);
+  for (int r = 0; r < 32; ++r) {
+    for (int n = 0; n < 32; ++n) {
+      double sum = static_cast<double>(c[r * 32 + n]) + 1.0;
+      for (int k = 0; k < kDepth; ++k) {
+        sum += static_cast<double>(static_cast<float>(a[r * kDepth + k])) * static_cast<float>(b[n * kDepth + k]);
+      }
+      want[r * 32 + n] = sum;
+    }
+  }
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, wmma_gemm_kernel<T, Elem, kFragK>, a, b, c, kDepth);
+  for (int i = 0; i < 32 * 32; ++i) {
+    if (!(std::abs(c[i] - want[i]) <= 1e-5 * (1 + std::abs(want[i])))) {
+      std::fprintf(stderr, "%s: c[%d] = %.9g, want %.9g\n", what, i, static_cast<double>(c[i]), want[i]);
+      ++g_failures;
+      return;
+    }
+  }
+}
+
+void case_wmma() {
+  check_wmma_gemm<__half, __half, 16>("half");
+  check_wmma_gemm<__nv_bfloat16, __nv_bfloat16, 16>("bfloat16");
+  check_wmma_gemm<wmma::precision::tf32, float, 8>("tf32");
+  // cvt.rna: to nearest with 10 mantissa bits, ties away from zero; tensor cores drop the rest.
+  EXPECT(wmma::__float_to_tf32(1.0f + 0x1p-11f) == 1.0f + 0x1p-10f);
+  EXPECT(wmma::__float_to_tf32(-(1.0f + 0x1p-11f)) == -(1.0f + 0x1p-10f));
+  EXPECT(wmma::__float_to_tf32(1.0f + 0x1.fp-12f) == 1.0f);
+  EXPECT(std::isinf(wmma::__float_to_tf32(INFINITY)) && std::isnan(wmma::__float_to_tf32(NAN)));
+}
+
+// After store_matrix_sync each lane reads an element another lane stored: without __syncwarp that
+// is a race (the store rendezvous comes before the writes, as on the GPU).
+template <bool kSync>
+__global__ void wmma_store_then_read_kernel(float* out) {
+  __shared__ __align__(32) float tile[16 * 16];
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, static_cast<float>(blockIdx.x + 1));
+  wmma::store_matrix_sync(tile, acc, 16, wmma::mem_row_major);
+  if (kSync) __syncwarp();
+  out[threadIdx.x] = tile[(threadIdx.x + 1) % 32];
+}
+
+template <bool kSync>
+void case_wmma_store_read() {
+  std::vector<float> out(32);
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, wmma_store_then_read_kernel<kSync>, out.data());
+  for (float v : out) EXPECT(v == 1.0f);
+}
+
+// load_matrix_sync needs a 256-bit aligned pointer: one element off is an error.
+__global__ void wmma_misaligned_kernel(const __half* a, float* out) {
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+  wmma::load_matrix_sync(fa, a + 1, 16);
+  out[threadIdx.x] = static_cast<float>(fa.x[0]);
+}
+
+void case_wmma_misaligned() {
+  alignas(32) static __half a[17 * 16];
+  std::vector<float> out(32);
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, wmma_misaligned_kernel, a, out.data());
+}
+
+// mma_sync from half of the warp only.
+__global__ void wmma_divergent_kernel(float* out) {
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(fa, __half(1.0f));
+  wmma::fill_fragment(fb, __half(1.0f));
+  wmma::fill_fragment(acc, 0.0f);
+  if (threadIdx.x < 16) wmma::mma_sync(acc, fa, fb, acc);
+  out[threadIdx.x] = acc.x[0];
+}
+
+void case_wmma_divergent() {
+  std::vector<float> out(32);
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, wmma_divergent_kernel, out.data());
+}
+
 const std::map<std::string, void (*)()>& cases() {
   static const std::map<std::string, void (*)()> table = {
       {"builtins", case_builtins},
@@ -486,6 +619,11 @@ const std::map<std::string, void (*)()>& cases() {
       {"uniform_shuffle", case_lane_sum<true>},
       {"static_shared_all_blocks", case_static_shared_all_blocks},
       {"hang", case_hang},
+      {"wmma", case_wmma},
+      {"wmma_store_race", case_wmma_store_read<false>},
+      {"wmma_store_synced", case_wmma_store_read<true>},
+      {"wmma_misaligned", case_wmma_misaligned},
+      {"wmma_divergent", case_wmma_divergent},
   };
   return table;
 }

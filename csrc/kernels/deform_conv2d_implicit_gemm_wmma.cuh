@@ -1,0 +1,276 @@
+// Implicit-GEMM forward of DCNv2 on tensor cores (WMMA): the CUDA fast path for float16 and
+// bfloat16, and for float32 when TF32 is allowed. Same scheme as deform_conv2d_implicit_gemm.cuh
+// (no columns buffer; the corners of each (row, kernel point, offset group) computed once and
+// shared by its channels), with bigger tiles: the A tile is sampled in float, rounded once to the
+// MMA input type and stored in shared memory; the weight tile is copied as is; each warp multiplies
+// 32x32 of the block tile with 16x16 fragments and float accumulators. 16-byte loads of the NHWC
+// input and the weight when channels and pointers allow (channels a multiple of 8 for 16-bit types,
+// of 4 for float), element loads otherwise.
+// Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness, which
+// models the WMMA API (tests/kernels/cuda_emulation.h).
+#pragma once
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#else
+#include <cstring>
+#endif
+
+#include "deform_conv2d_tile_corners.cuh"
+
+namespace rcm_fsad {
+namespace kernels {
+
+// Selects TF32 tensor cores for float tensors (nvcuda::wmma::precision::tf32 is only declared
+// for sm_80 and up, and the launcher names the kernel in every compilation pass).
+struct Tf32 {};
+
+// bf16 and tf32 tensor cores need sm_80; the kernel body is empty below that, and the launcher
+// never launches it there.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define RCM_WMMA_AVAILABLE 1
+
+// The MMA input type: the fragments' element type, what the shared-memory tiles hold, the
+// fragment depth, and the rounding from float. Conversions go through the intrinsics: torch
+// compiles device code without the implicit __half / __nv_bfloat16 conversions.
+template <typename mma_t>
+struct MmaInput;
+
+template <>
+struct MmaInput<__half> {
+  using frag_t = __half;
+  using smem_t = __half;
+  static constexpr int kFragDepth = 16;
+  __device__ __forceinline__ static smem_t from_float(float v) { return __float2half(v); }
+};
+
+template <>
+struct MmaInput<__nv_bfloat16> {
+  using frag_t = __nv_bfloat16;
+  using smem_t = __nv_bfloat16;
+  static constexpr int kFragDepth = 16;
+  __device__ __forceinline__ static smem_t from_float(float v) { return __float2bfloat16(v); }
+};
+
+template <>
+struct MmaInput<Tf32> {
+  using frag_t = nvcuda::wmma::precision::tf32;
+  using smem_t = float;
+  static constexpr int kFragDepth = 8;
+  __device__ __forceinline__ static smem_t from_float(float v) { return nvcuda::wmma::__float_to_tf32(v); }
+};
+#endif  // sm_80+
+
+struct WmmaTiles {
+  static constexpr int kRows = 128;  // BM: output pixels per block
+  static constexpr int kCols = 64;   // BN: output channels per block
+  static constexpr int kDepth = 32;  // BK: channels per reduction step
+  static constexpr int kFrag = 16;   // fragment rows and columns
+  static constexpr int kWarpsAlongRows = 4;
+  static constexpr int kWarpsAlongCols = 2;
+  static constexpr int kWarpRows = kRows / kWarpsAlongRows;  // 32: a warp's share of the tile
+  static constexpr int kWarpCols = kCols / kWarpsAlongCols;  // 32
+  static constexpr int kFragsAlongRows = kWarpRows / kFrag;
+  static constexpr int kFragsAlongCols = kWarpCols / kFrag;
+  static constexpr int kWarps = kWarpsAlongRows * kWarpsAlongCols;
+  static constexpr int kThreads = 32 * kWarps;
+  // Row pitch of the shared tiles, in elements: WMMA wants a multiple of 16 bytes, and the extra 8
+  // elements shift consecutive rows across the shared-memory banks.
+  static constexpr int kPitch = kDepth + 8;
+};
+
+// 16 bytes of consecutive elements, for vectorised global loads and shared stores.
+template <typename T>
+struct alignas(16) Vector16 {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+// 16 bytes at p, read as elements of type T (p: 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ Vector16<T> load16(const void* p) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const Vector16<T>*>(p);
+#else
+  Vector16<T> r;
+  std::memcpy(r.v, p, sizeof r.v);
+  return r;
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<Vector16<T>*>(p) = x;
+#else
+  std::memcpy(p, x.v, sizeof x.v);
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ bool aligned16(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// Grid: (ceil(rows / BM), ceil(C_out/groups / BN), groups); block: WmmaTiles::kThreads.
+// scalar_t: the tensors' element type (c10::Half, c10::BFloat16 or float from the launcher; any
+// 16-bit or 32-bit type with a conversion to float); mma_t: __half, __nv_bfloat16 or
+// Tf32, of the same size as scalar_t (the weight tile is a bit copy).
+// input: NHWC (N, H, W, C); wmat: (C_out, kh*kw*C/groups) as made by weight_matrix();
+// bias: (C_out) or null; out: (rows, C_out), rows = N*H_out*W_out in NHWC order.
+template <typename scalar_t, typename mma_t>
+__global__ void __launch_bounds__(WmmaTiles::kThreads)
+    deform_conv2d_implicit_gemm_wmma_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
+                                            const scalar_t* __restrict__ offset, FieldStrides offset_strides,
+                                            const scalar_t* __restrict__ mask, FieldStrides mask_strides,
+                                            const scalar_t* __restrict__ wmat, const scalar_t* __restrict__ bias,
+                                            scalar_t* __restrict__ out) {
+#if defined(RCM_WMMA_AVAILABLE)
+  namespace wmma = nvcuda::wmma;
+  using T = WmmaTiles;
+  using In = MmaInput<mma_t>;
+  using smem_t = typename In::smem_t;
+  static_assert(sizeof(smem_t) == sizeof(scalar_t), "the weight tile is copied bit for bit");
+  constexpr int kFragDepth = In::kFragDepth;
+  constexpr int kVector = Vector16<scalar_t>::kSize;
+  using FragA = wmma::fragment<wmma::matrix_a, T::kFrag, T::kFrag, kFragDepth, typename In::frag_t, wmma::row_major>;
+  // The weight tile is stored [output channel][reduction], i.e. B column-major.
+  using FragB = wmma::fragment<wmma::matrix_b, T::kFrag, T::kFrag, kFragDepth, typename In::frag_t, wmma::col_major>;
+  using FragC = wmma::fragment<wmma::accumulator, T::kFrag, T::kFrag, kFragDepth, float>;
+
+  __shared__ __align__(32) smem_t a_tile[T::kRows * T::kPitch];  // [row][channel]
+  __shared__ __align__(32) smem_t b_tile[T::kCols * T::kPitch];  // [output channel][channel]
+  __shared__ __align__(32) float staging[T::kWarps][T::kFrag * T::kFrag];  // one fragment per warp
+  __shared__ TileCorners<float, T::kRows> corners;  // of the current (k, offset group)
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int warp_row0 = (warp / T::kWarpsAlongCols) * T::kWarpRows;
+  const int warp_col0 = (warp % T::kWarpsAlongCols) * T::kWarpCols;
+  const int64_t rows = g.batch * g.out_pixels();
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * T::kRows;
+  const int64_t co0 = static_cast<int64_t>(blockIdx.y) * T::kCols;
+  const int64_t group = blockIdx.z;
+  const int64_t cg = g.channels_per_group();
+  const int64_t cog = g.out_channels / g.groups;
+  const int64_t reduction = g.kernel_points() * cg;
+  // Vector loads need every run of channels to start on a 16-byte boundary.
+  const bool input_vectors = aligned16(input) && g.channels % kVector == 0 &&
+                             g.channels_per_offset_group() % kVector == 0 && cg % kVector == 0;
+  const bool weight_vectors = aligned16(wmat) && cg % kVector == 0;
+
+  FragC acc[T::kFragsAlongRows][T::kFragsAlongCols];
+  RCM_UNROLL
+  for (int i = 0; i < T::kFragsAlongRows; ++i) {
+    RCM_UNROLL
+    for (int j = 0; j < T::kFragsAlongCols; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  }
+
+  for (ReductionSteps<T::kDepth> step(g, group); !step.done(); step.next()) {
+    const int64_t k = step.k, c0 = step.c0;
+    const int depth = step.depth;
+    // Safe without a barrier: corners were last read before the previous step's second barrier.
+    if (step.first_of_run && tid < T::kRows) {
+      set_tile_corners(corners, tid, g, row0, k, step.og, offset, offset_strides, mask, mask_strides);
+    }
+    __syncthreads();  // corners written; the previous step's fragments loaded
+    // A: kVector consecutive channels of one row per item; consecutive threads take
+    // consecutive channel runs of a row, so the corner reads coalesce.
+    constexpr int kVectorsPerRow = T::kDepth / kVector;
+    for (int e = tid; e < T::kRows * kVectorsPerRow; e += T::kThreads) {
+      const int r = e / kVectorsPerRow;
+      const int ch0 = (e % kVectorsPerRow) * kVector;
+      float v[kVector];
+      RCM_UNROLL
+      for (int j = 0; j < kVector; ++j) v[j] = 0.0f;
+      if (input_vectors && ch0 + kVector <= depth) {
+        RCM_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          const int64_t pixel = corners.pixel[i][r];
+          if (pixel < 0) continue;
+          const Vector16<scalar_t> x = load16<scalar_t>(input + pixel * g.channels + c0 + ch0);
+          const float w = corners.weight[i][r];
+          RCM_UNROLL
+          for (int j = 0; j < kVector; ++j) v[j] += w * static_cast<float>(x.v[j]);
+        }
+      } else {
+        RCM_UNROLL
+        for (int j = 0; j < kVector; ++j) {
+          if (ch0 + j < depth) v[j] = sample_tile_row(corners, r, input, g.channels, c0 + ch0 + j);
+        }
+      }
+      Vector16<smem_t> rounded;
+      RCM_UNROLL
+      for (int j = 0; j < kVector; ++j) rounded.v[j] = In::from_float(v[j]);
+      store16(a_tile + r * T::kPitch + ch0, rounded);
+    }
+    // B: the weight rows of this block's output channels, kVector reduction entries per item.
+    const int64_t w_col0 = k * cg + (c0 - group * cg);
+    for (int e = tid; e < T::kCols * kVectorsPerRow; e += T::kThreads) {
+      const int n = e / kVectorsPerRow;
+      const int ch0 = (e % kVectorsPerRow) * kVector;
+      const int64_t co = co0 + n;
+      const scalar_t* w = wmat + (group * cog + co) * reduction + w_col0 + ch0;
+      Vector16<smem_t> x;
+      if (co < cog && weight_vectors && ch0 + kVector <= depth) {
+        x = load16<smem_t>(w);
+        // TF32 operands must be rounded; 16-bit weights already are what the MMA reads.
+        if constexpr (sizeof(smem_t) == sizeof(float)) {
+          RCM_UNROLL
+          for (int j = 0; j < kVector; ++j) x.v[j] = In::from_float(x.v[j]);
+        }
+      } else {
+        RCM_UNROLL
+        for (int j = 0; j < kVector; ++j) {
+          x.v[j] = In::from_float(co < cog && ch0 + j < depth ? static_cast<float>(w[j]) : 0.0f);
+        }
+      }
+      store16(b_tile + n * T::kPitch + ch0, x);
+    }
+    __syncthreads();  // tiles complete
+    for (int kk = 0; kk < depth; kk += kFragDepth) {
+      FragA a[T::kFragsAlongRows];
+      FragB b[T::kFragsAlongCols];
+      RCM_UNROLL
+      for (int i = 0; i < T::kFragsAlongRows; ++i) {
+        wmma::load_matrix_sync(a[i], a_tile + (warp_row0 + i * T::kFrag) * T::kPitch + kk, T::kPitch);
+      }
+      RCM_UNROLL
+      for (int j = 0; j < T::kFragsAlongCols; ++j) {
+        wmma::load_matrix_sync(b[j], b_tile + (warp_col0 + j * T::kFrag) * T::kPitch + kk, T::kPitch);
+      }
+      RCM_UNROLL
+      for (int i = 0; i < T::kFragsAlongRows; ++i) {
+        RCM_UNROLL
+        for (int j = 0; j < T::kFragsAlongCols; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+      }
+    }
+  }
+
+  // Each warp writes its fragments out through its staging tile: bias, rounding, bounds.
+  float* stage = staging[warp];
+  RCM_UNROLL
+  for (int i = 0; i < T::kFragsAlongRows; ++i) {
+    RCM_UNROLL
+    for (int j = 0; j < T::kFragsAlongCols; ++j) {
+      wmma::store_matrix_sync(stage, acc[i][j], T::kFrag, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < T::kFrag * T::kFrag; e += 32) {
+        const int64_t row = row0 + warp_row0 + i * T::kFrag + e / T::kFrag;
+        const int64_t co = co0 + warp_col0 + j * T::kFrag + e % T::kFrag;
+        if (row < rows && co < cog) {
+          const float b = bias != nullptr ? static_cast<float>(bias[group * cog + co]) : 0.0f;
+          out[row * g.out_channels + group * cog + co] = static_cast<scalar_t>(stage[e] + b);
+        }
+      }
+      __syncwarp();  // the staging tile is read before the next fragment overwrites it
+    }
+  }
+#endif  // RCM_WMMA_AVAILABLE
+}
+
+}  // namespace kernels
+}  // namespace rcm_fsad

@@ -1,0 +1,98 @@
+// What the implicit-GEMM forward kernels share: the steps of the reduction dimension, and the
+// sampling step, where for one (kernel point, offset group) the bilinear corners of every row of a
+// tile of output pixels are computed once per row and then used for all the channels of the offset
+// group. Torch-free (see common.cuh).
+#pragma once
+
+#include "deform_conv2d_math.cuh"
+
+namespace rcm_fsad {
+namespace kernels {
+
+// Lives in shared memory; kRows = the tile's output pixels.
+template <typename acc_t, int kRows>
+struct TileCorners {
+  int64_t pixel[4][kRows];  // corner's pixel index in the whole NHWC batch; -1 outside the image
+  acc_t weight[4][kRows];   // bilinear weight times the mask
+};
+
+// Fills row r of `corners` for the output pixel row0 + r (zeros past the last row).
+template <typename acc_t, int kRows, typename scalar_t>
+__device__ __forceinline__ void set_tile_corners(TileCorners<acc_t, kRows>& corners, int r,
+                                                 const DeformConvGeometry& g, int64_t row0, int64_t k,
+                                                 int64_t og, const scalar_t* offset, FieldStrides offset_strides,
+                                                 const scalar_t* mask, FieldStrides mask_strides) {
+  const int64_t row = row0 + r;
+  if (row >= g.batch * g.out_pixels()) {
+    for (int i = 0; i < 4; ++i) {
+      corners.pixel[i][r] = -1;
+      corners.weight[i][r] = acc_t(0);
+    }
+    return;
+  }
+  const OutputPixel px = output_pixel(g, row);
+  const SamplePoint<acc_t> p = deform_sample_point<acc_t>(g, offset, offset_strides, px.n, og, k, px.oy, px.ox);
+  const acc_t m = modulation<acc_t>(g, mask, mask_strides, px.n, og, k, px.oy, px.ox);
+  const int64_t image_pixel0 = px.n * g.height * g.width;
+  for (int i = 0; i < 4; ++i) {
+    corners.pixel[i][r] = p.valid[i] ? image_pixel0 + p.pixel[i] : -1;
+    corners.weight[i][r] = p.weight[i] * m;
+  }
+}
+
+// The modulated sample of row r at `channel` (an absolute NHWC channel index).
+template <typename acc_t, int kRows, typename scalar_t>
+__device__ __forceinline__ acc_t sample_tile_row(const TileCorners<acc_t, kRows>& corners, int r,
+                                                 const scalar_t* input, int64_t channels, int64_t channel) {
+  acc_t v = acc_t(0);
+  for (int i = 0; i < 4; ++i) {
+    const int64_t pixel = corners.pixel[i][r];
+    if (pixel >= 0) v += corners.weight[i][r] * static_cast<acc_t>(input[pixel * channels + channel]);
+  }
+  return v;
+}
+
+// The steps of the reduction of an implicit-GEMM block over conv group `group`: for each kernel
+// point k, the group's channels in runs that stay in one offset group og (one sample point per row),
+// each run cut into steps of at most kDepth channels: [c0, c0 + depth), c0 an absolute channel.
+//   for (ReductionSteps<kDepth> s(g, group); !s.done(); s.next()) { if (s.first_of_run) ... }
+template <int kDepth>
+struct ReductionSteps {
+  int64_t group_begin, group_end, channels_per_offset_group, points;
+  int64_t k = 0, og = 0, run_end = 0, c0 = 0;
+  int depth = 0;
+  bool first_of_run = true;
+
+  __device__ __forceinline__ ReductionSteps(const DeformConvGeometry& g, int64_t group)
+      : group_begin(group * g.channels_per_group()),
+        group_end((group + 1) * g.channels_per_group()),
+        channels_per_offset_group(g.channels_per_offset_group()),
+        points(g.kernel_points()) {
+    start_run(group_begin);
+  }
+  __device__ __forceinline__ bool done() const { return k == points; }
+  __device__ __forceinline__ void next() {
+    c0 += kDepth;
+    first_of_run = false;
+    if (c0 < run_end) {
+      depth = static_cast<int>(min_of<int64_t>(kDepth, run_end - c0));
+    } else if (run_end < group_end) {
+      start_run(run_end);
+    } else {
+      ++k;
+      start_run(group_begin);
+    }
+  }
+
+ private:
+  __device__ __forceinline__ void start_run(int64_t begin) {
+    og = begin / channels_per_offset_group;
+    run_end = min_of((og + 1) * channels_per_offset_group, group_end);
+    c0 = begin;
+    depth = static_cast<int>(min_of<int64_t>(kDepth, run_end - c0));
+    first_of_run = true;
+  }
+};
+
+}  // namespace kernels
+}  // namespace rcm_fsad
