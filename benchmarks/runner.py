@@ -16,6 +16,9 @@ implementation.
 The TF32 switches (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``) are
 set once per run, so they are the same for every implementation; default off, so fp32 means IEEE fp32.
 
+On CUDA, ``ours`` is the default forward path, and ``ours[implicit_gemm_simt]`` and ``ours[columns]``
+(forward only) are the other two, so the tensor-core, CUDA-core and columns paths sit side by side.
+
 torchvision's deform_conv2d may lack a kernel for a dtype (bf16, say). Then it runs the way a user
 would get it: under ``torch.autocast`` in that dtype, where torchvision upcasts to fp32 and casts the
 result back; the row's note says "autocast->fp32".
@@ -51,10 +54,16 @@ from benchmarks.shapes import (
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 
 OURS = "ours"
+OURS_SIMT = "ours[implicit_gemm_simt]"
+OURS_COLUMNS = "ours[columns]"
 TORCHVISION = "torchvision"
 REFERENCE = "reference"
 COMPILED = "reference+compile"
-IMPL_ORDER = (OURS, TORCHVISION, REFERENCE, COMPILED)
+IMPL_ORDER = (OURS, OURS_SIMT, OURS_COLUMNS, TORCHVISION, REFERENCE, COMPILED)
+# On CUDA our other forward paths run beside the default one (forward only: the backward is the same
+# for all), selected through the variable the CUDA forward reads at each call.
+ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
+CUDA_FORWARD_VARIANTS = {OURS_SIMT: "implicit_gemm_simt", OURS_COLUMNS: "columns"}
 
 # The eager reference materialises several N * C_in * kh*kw * H_out*W_out intermediates (and keeps
 # them for backward); above this many elements per intermediate it is skipped.
@@ -234,6 +243,14 @@ def _torchvision(mode: str) -> Callable:
                           dilation=dilation, mask=mask)
 
     return via_autocast
+
+
+def _select_forward_algorithm(name: Optional[str]) -> None:
+    """Our CUDA forward path for the calls that follow (None: the default)."""
+    if name is None:
+        os.environ.pop(ALGORITHM_ENV, None)
+    else:
+        os.environ[ALGORITHM_ENV] = name
 
 
 def _error_text(exc: BaseException) -> str:
@@ -654,7 +671,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
             skipped.append({"case": case.name, "dtype": dtype_name, "impl": impl, "reason": reason})
             continue
         try:
-            if impl == OURS:
+            if impl == OURS or impl in CUDA_FORWARD_VARIANTS:
                 functions[impl] = (_ours(), "")
             elif impl == REFERENCE:
                 functions[impl] = (_reference(), "")
@@ -663,9 +680,11 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
         except Exception as exc:  # noqa: BLE001
             add_error_rows(impl, exc)
 
+    default_algorithm = os.environ.get(ALGORITHM_ENV)
     for impl in IMPL_ORDER:
         if impl not in functions:
             continue
+        _select_forward_algorithm(CUDA_FORWARD_VARIANTS.get(impl, default_algorithm))
         fn, note = functions[impl]
         diffs: Dict[str, dict] = {}
         parity_error = None
@@ -687,7 +706,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                     del output
                 except Exception:  # noqa: BLE001
                     pass
-        for pass_name in PASSES:
+        for pass_name in (FWD,) if impl in CUDA_FORWARD_VARIANTS else PASSES:
             row = base_row(impl, pass_name, note)
             max_abs, max_rel = _summarise_diff(diffs, pass_name)
             row["max_abs_diff_vs_torchvision"] = max_abs
@@ -721,6 +740,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                      f"{row['median_ms']:10.3f} ms ({row['repeats']} reps{extra}{diff})")
             else:
                 _log(f"  {case.name:<16} {dtype_name:<5} {pass_name:<8} {impl:<18} ERROR {row['error']}")
+    _select_forward_algorithm(default_algorithm)
     del tensors, expected
     if is_cuda:
         torch.cuda.empty_cache()
@@ -742,8 +762,11 @@ def run_device(device_name: str, quick: bool = False, out_dir: Optional[Path] = 
     ceilings = gpu_ceilings(machine.get("gpu_name")) if device.type == "cuda" else None
     selected = cases_for(device.type, cases)
 
-    impls = [OURS, TORCHVISION]
+    impls = [OURS] + (list(CUDA_FORWARD_VARIANTS) if device.type == "cuda" else []) + [TORCHVISION]
     notes = []
+    if device.type == "cuda":
+        notes.append(f"{', '.join(CUDA_FORWARD_VARIANTS)}: our other CUDA forward paths ({ALGORITHM_ENV}), "
+                     "forward only; ours = the default path (tensor cores for fp16/bf16, and for fp32 under TF32)")
     try:
         import torchvision.ops  # noqa: F401
     except Exception as exc:  # noqa: BLE001
