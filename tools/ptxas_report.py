@@ -44,12 +44,9 @@ DTYPES = (
     ("BFloat16", "float"),
 )
 INDEX_TYPES = ("int32_t", "int64_t")
-# (scalar_t, mma_t) of the tensor-core kernel, as the backend launches it.
-TENSOR_CORE_TYPES = (
-    ("Half", "__half"),
-    ("BFloat16", "__nv_bfloat16"),
-    ("float", "Tf32"),
-)
+# (scalar_t, mma_t, block width) of the tensor-core kernel, as the backend launches it.
+TENSOR_CORE_TYPES = tuple(types + (cols,) for types in (("Half", "__half"), ("BFloat16", "__nv_bfloat16"),
+                                                           ("float", "Tf32")) for cols in ("64", "128"))
 
 # Every __global__ kernel of csrc/kernels/: name -> (header, the template arguments of each
 # instantiation the backend launches). --check fails when the headers declare a kernel that is not
@@ -245,7 +242,7 @@ def markdown(results: list[KernelResources], version: str) -> str:
         "`python tools/ptxas_report.py --check` (run by `make test-kernels`) fails otherwise.",
         "`Half` / `BFloat16` arguments are stand-ins for the backend's `c10::Half` / `c10::BFloat16` "
         "(16-bit storage, conversions through the CUDA intrinsics). Template arguments: (scalar_t, acc_t"
-        "[, index_t]), or (scalar_t, mma_t) for the tensor-core kernel.",
+        "[, index_t]), or (scalar_t, mma_t, block width) for the tensor-core kernel.",
         "",
         "| kernel | template arguments | registers | spill stores (B) | spill loads (B) "
         "| stack frame (B) | local (B) | shared (B) | barriers | hot |",

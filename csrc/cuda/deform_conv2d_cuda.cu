@@ -130,8 +130,13 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
   if constexpr (!std::is_void_v<typename TensorCoreInput<scalar_t>::type>) {
     if (algo == ForwardAlgorithm::ImplicitGemm && use_tensor_cores<scalar_t>(input)) {
       using mma_t = typename TensorCoreInput<scalar_t>::type;
-      launch_implicit_gemm<kernels::WmmaTiles>(kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t>,
-                                               g, a, wmat, bias_c, out_rows);
+      if (kernels::wmma_tile_cols(g.out_channels / g.groups) == 128) {
+        launch_implicit_gemm<kernels::WmmaTiles<128>>(
+            kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, 128>, g, a, wmat, bias_c, out_rows);
+      } else {
+        launch_implicit_gemm<kernels::WmmaTiles<64>>(
+            kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, 64>, g, a, wmat, bias_c, out_rows);
+      }
       return;
     }
   }

@@ -63,22 +63,39 @@ struct MmaInput<Tf32> {
 };
 #endif  // sm_80+
 
+// kCols_ (BN, output channels per block) is 64 or 128: every block samples its rows' A tile for
+// itself, so a block as wide as the conv group's output channels samples each element once.
+template <int kCols_>
 struct WmmaTiles {
-  static constexpr int kRows = 128;  // BM: output pixels per block
-  static constexpr int kCols = 64;   // BN: output channels per block
-  static constexpr int kDepth = 32;  // BK: channels per reduction step
-  static constexpr int kFrag = 16;   // fragment rows and columns
-  static constexpr int kWarpsAlongRows = 4;
-  static constexpr int kWarpsAlongCols = 2;
-  static constexpr int kWarpRows = kRows / kWarpsAlongRows;  // 32: a warp's share of the tile
-  static constexpr int kWarpCols = kCols / kWarpsAlongCols;  // 32
+  static constexpr int kRows = 128;     // BM: output pixels per block
+  static constexpr int kCols = kCols_;  // BN
+  static constexpr int kDepth = 32;     // BK: channels per reduction step
+  static constexpr int kFrag = 16;      // fragment rows and columns
+  static constexpr int kWarpRows = 32;  // a warp's share of the block tile: 32 x 32
+  static constexpr int kWarpCols = 32;
+  static constexpr int kWarpsAlongRows = kRows / kWarpRows;
+  static constexpr int kWarpsAlongCols = kCols / kWarpCols;
   static constexpr int kFragsAlongRows = kWarpRows / kFrag;
   static constexpr int kFragsAlongCols = kWarpCols / kFrag;
   static constexpr int kWarps = kWarpsAlongRows * kWarpsAlongCols;
-  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kThreads = 32 * kWarps;  // 256 or 512
   // Row pitch of the shared tiles, in elements: WMMA wants a multiple of 16 bytes, and the extra 8
   // elements shift consecutive rows across the shared-memory banks.
   static constexpr int kPitch = kDepth + 8;
+};
+
+// The block width the launcher uses for a conv group of `cog` output channels.
+RCM_HD int wmma_tile_cols(int64_t cog) { return cog > 64 ? 128 : 64; }
+
+// Shared memory of the kernel: the operand tiles of a reduction step, which the epilogue reuses to
+// stage one accumulator fragment per warp.
+template <typename smem_t, typename Tiles>
+union WmmaShared {
+  struct {
+    smem_t a[Tiles::kRows * Tiles::kPitch];  // [row][channel]
+    smem_t b[Tiles::kCols * Tiles::kPitch];  // [output channel][channel]
+  } tiles;
+  float staging[Tiles::kWarps][Tiles::kFrag * Tiles::kFrag];
 };
 
 // 16 bytes of consecutive elements, for vectorised global loads and shared stores.
@@ -114,14 +131,14 @@ __device__ __forceinline__ bool aligned16(const T* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
-// Grid: (ceil(rows / BM), ceil(C_out/groups / BN), groups); block: WmmaTiles::kThreads.
+// Grid: (ceil(rows / BM), ceil(C_out/groups / BN), groups); block: WmmaTiles<kCols>::kThreads.
 // scalar_t: the tensors' element type (c10::Half, c10::BFloat16 or float from the launcher; any
 // 16-bit or 32-bit type with a conversion to float); mma_t: __half, __nv_bfloat16 or
 // Tf32, of the same size as scalar_t (the weight tile is a bit copy).
 // input: NHWC (N, H, W, C); wmat: (C_out, kh*kw*C/groups) as made by weight_matrix();
 // bias: (C_out) or null; out: (rows, C_out), rows = N*H_out*W_out in NHWC order.
-template <typename scalar_t, typename mma_t>
-__global__ void __launch_bounds__(WmmaTiles::kThreads)
+template <typename scalar_t, typename mma_t, int kCols>
+__global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads)
     deform_conv2d_implicit_gemm_wmma_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                                             const scalar_t* __restrict__ offset, FieldStrides offset_strides,
                                             const scalar_t* __restrict__ mask, FieldStrides mask_strides,
@@ -129,7 +146,7 @@ __global__ void __launch_bounds__(WmmaTiles::kThreads)
                                             scalar_t* __restrict__ out) {
 #if defined(RCM_WMMA_AVAILABLE)
   namespace wmma = nvcuda::wmma;
-  using T = WmmaTiles;
+  using T = WmmaTiles<kCols>;
   using In = MmaInput<mma_t>;
   using smem_t = typename In::smem_t;
   static_assert(sizeof(smem_t) == sizeof(scalar_t), "the weight tile is copied bit for bit");
@@ -140,10 +157,10 @@ __global__ void __launch_bounds__(WmmaTiles::kThreads)
   using FragB = wmma::fragment<wmma::matrix_b, T::kFrag, T::kFrag, kFragDepth, typename In::frag_t, wmma::col_major>;
   using FragC = wmma::fragment<wmma::accumulator, T::kFrag, T::kFrag, kFragDepth, float>;
 
-  __shared__ __align__(32) smem_t a_tile[T::kRows * T::kPitch];  // [row][channel]
-  __shared__ __align__(32) smem_t b_tile[T::kCols * T::kPitch];  // [output channel][channel]
-  __shared__ __align__(32) float staging[T::kWarps][T::kFrag * T::kFrag];  // one fragment per warp
+  __shared__ __align__(32) WmmaShared<smem_t, T> shared;
   __shared__ TileCorners<float, T::kRows> corners;  // of the current (k, offset group)
+  smem_t* const a_tile = shared.tiles.a;
+  smem_t* const b_tile = shared.tiles.b;
 
   const int tid = threadIdx.x;
   const int warp = tid / 32;
@@ -251,7 +268,8 @@ __global__ void __launch_bounds__(WmmaTiles::kThreads)
   }
 
   // Each warp writes its fragments out through its staging tile: bias, rounding, bounds.
-  float* stage = staging[warp];
+  __syncthreads();  // the staging tiles overlay the operand tiles, which other warps may still read
+  float* const stage = shared.staging[warp];
   RCM_UNROLL
   for (int i = 0; i < T::kFragsAlongRows; ++i) {
     RCM_UNROLL

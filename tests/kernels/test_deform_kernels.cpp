@@ -93,17 +93,19 @@ const std::vector<Problem>& igemm_problems() {
   return list;
 }
 
-// For the tensor-core implicit GEMM (tiles of 128 rows x 64 output channels, reduction steps of 32
-// channels): the problems above take its element-load paths (channel counts not a multiple of 8);
-// these take the 16-byte-load paths, with two row tiles (243 rows) and two column tiles (70
-// output channels), offset-group runs of 24 channels (a partial vector of zeros), and conv groups
-// of 40 channels (reduction steps of 32 and 8).
+// For the tensor-core implicit GEMM (tiles of 128 rows x 64 or 128 output channels, reduction
+// steps of 32 channels): the problems above take its element-load paths (channel counts not a
+// multiple of 8); these take the 16-byte-load paths, with two row tiles (243 rows) and 70 output
+// channels (one partial 128-wide tile), offset-group runs of 24 channels (a partial vector of
+// zeros), conv groups of 40 channels (reduction steps of 32 and 8), and 140 output channels (two
+// 128-wide tiles, the second partial).
 const std::vector<Problem>& wmma_problems() {
   static const std::vector<Problem> list = [] {
     std::vector<Problem> l = igemm_problems();
     l.push_back({"wmma_tiles_243rows_70cout_og2", {3, 48, 9, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 2, true}, Layout::ChannelsLast, 0,
                  9, 70});
     l.push_back({"wmma_groups2_c80", {1, 80, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1, true}, Layout::Padded, 0, 10, 34});
+    l.push_back({"wmma_wide_140cout", {1, 16, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, true}, Layout::Contiguous, 0, 11, 140});
     return l;
   }();
   return list;
@@ -594,14 +596,14 @@ double mma_rounded(double x) {
 // computes the rest in float64.
 // The kernel may only add float accumulation error to the operand rounding: at most twice the
 // latter plus 1e-5 of the output's scale.
-template <typename scalar_t, typename mma_t>
+template <typename scalar_t, typename mma_t, int kCols>
 int check_igemm_wmma(const Problem& p) {
   const auto start = std::chrono::steady_clock::now();
-  using Tiles = rcm_fsad::kernels::WmmaTiles;
+  using Tiles = rcm_fsad::kernels::WmmaTiles<kCols>;
   const ForwardOperands<scalar_t> op(p);
   const dim3 grid = forward_grid<Tiles>(p);
   const std::vector<double> got = run_forward(
-      p, op, grid, Tiles::kThreads, rcm_fsad::kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t>);
+      p, op, grid, Tiles::kThreads, rcm_fsad::kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>);
   const double tol = std::is_same_v<mma_t, rcm_fsad::kernels::Tf32> ? 2e-3 : Traits<scalar_t>::tol;
   int bad = compare("out", got, op.want, tol, out_element(p));
 
@@ -739,16 +741,20 @@ int run_igemm_case() {
   return bad;
 }
 
-// The ThreadSanitizer build runs the first problem (element loads) and the two of the 16-byte-load
-// paths: the barriers are the same on every problem, and a block of 256 emulated threads is slow
-// under TSan.
+// The ThreadSanitizer build runs the first problem (element loads) and the last two (16-byte loads,
+// blocks of 256 and 512 threads): the barriers are the same on every problem, and a block of
+// hundreds of emulated threads is slow under TSan.
 template <typename scalar_t, typename mma_t>
 int run_wmma_case() {
   int bad = 0;
   const std::vector<Problem>& all = wmma_problems();
   for (size_t i = 0; i < all.size(); ++i) {
     if (kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
-    bad += check_igemm_wmma<scalar_t, mma_t>(all[i]);
+    // The block width the launcher picks for the problem.
+    const Problem& p = all[i];
+    bad += rcm_fsad::kernels::wmma_tile_cols(p.out_channels / p.shape.groups) == 128
+               ? check_igemm_wmma<scalar_t, mma_t, 128>(p)
+               : check_igemm_wmma<scalar_t, mma_t, 64>(p);
   }
   if (kThreadSanitizer) std::printf("  (ThreadSanitizer build: 3 of the %zu problems)\n", all.size());
   return bad;
