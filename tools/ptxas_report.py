@@ -29,6 +29,7 @@ from pathlib import Path
 HOT_KERNELS = (
     "deform_im2col_kernel",
     "deform_col2im_kernel",
+    "deform_col2im_input_deterministic_kernel",
     "deform_conv2d_implicit_gemm_kernel",
 )
 
@@ -37,6 +38,7 @@ HOT_KERNELS = (
 KERNELS = {
     "deform_im2col_kernel": ("deform_conv2d_kernels.cuh", True),
     "deform_col2im_kernel": ("deform_conv2d_kernels.cuh", True),
+    "deform_col2im_input_deterministic_kernel": ("deform_conv2d_kernels.cuh", True),
     "deform_conv2d_implicit_gemm_kernel": ("deform_conv2d_implicit_gemm.cuh", False),
 }
 

@@ -51,8 +51,15 @@ def deform_conv2d(
     weight, mask and bias, with torchvision's convention at the -1 border (the offset gradient of a
     sample exactly on y = -1 or x = -1 is not zeroed, unlike mmcv). Double backward is not supported.
     Float32/float64 on CPU; float32/float64/float16/bfloat16 on CUDA (float32 accumulation); under
-    CUDA autocast the op runs in the autocast dtype. The CUDA backward scatters the input gradient
-    with atomics, so it raises under ``torch.use_deterministic_algorithms(True)``.
+    CUDA autocast the op runs in the autocast dtype.
+
+    Determinism: the CPU backward is always deterministic. The CUDA backward scatters the input
+    gradient with float atomics by default (run-to-run differences in the last bits); under
+    ``torch.use_deterministic_algorithms(True)`` it does not raise but switches to a deterministic
+    backward instead: the input gradient is accumulated without atomics, one thread per (image,
+    channel), bitwise reproducible and slower. The weight gradient comes from cuBLAS GEMMs on one
+    stream, deterministic under PyTorch's own rules: versions of PyTorch that check
+    ``CUBLAS_WORKSPACE_CONFIG`` raise their own error until it is set (e.g. to ``:4096:8``).
     """
     return torch.ops.rcm_fsad.deform_conv2d.default(
         input, offset, weight, mask, bias,
