@@ -262,6 +262,35 @@ def test_cpu_backward_is_deterministic():
     assert_matches(first, second, rtol=0, atol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_backward_is_deterministic_under_deterministic_algorithms(dtype, monkeypatch):
+    """Under torch.use_deterministic_algorithms the CUDA backward takes its atomics-free path: the
+    same bits twice, and the right values. A 5x5 kernel on a 6x6 image with offsets of a few pixels
+    piles about a hundred samples onto every input pixel and channel, which the atomic scatter would
+    sum in a different order from run to run."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what some PyTorch versions ask for cuBLAS
+    case = DeformCase(batch=3, in_channels=32, out_channels=8, height=6, width=6, kernel=(5, 5),
+                      padding=(2, 2), offset_scale=2.0)
+    tensors = case.tensors(dtype, "cuda")
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+        second = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    assert_matches(first, second, rtol=0, atol=0)
+
+    tol = 1e-10 if dtype == torch.float64 else 1e-3
+    assert_matches(first, run_with_grads(torchvision.ops.deform_conv2d, case, tensors), rtol=tol, atol=tol)
+    exact = run_with_grads(reference.deform_conv2d, case,
+                           {k: None if v is None else v.double() for k, v in tensors.items()})
+    as_float64 = (first[0].double(), {k: v.double() for k, v in first[1].items()})
+    assert_matches(as_float64, exact, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("name", ["groups2_offset_groups3", "wide_channels", "no_mask"])
 def test_cpu_baseline_build_of_the_hot_loops(name, monkeypatch):
     """The CPU loops are compiled twice (baseline ISA and AVX2+FMA, picked at run time): the build

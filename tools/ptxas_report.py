@@ -29,6 +29,7 @@ from pathlib import Path
 HOT_KERNELS = (
     "deform_im2col_kernel",
     "deform_col2im_kernel",
+    "deform_col2im_input_deterministic_kernel",
     "deform_conv2d_implicit_gemm_kernel",
     "deform_conv2d_implicit_gemm_wmma_kernel",
 )
@@ -48,12 +49,16 @@ INDEX_TYPES = ("int32_t", "int64_t")
 TENSOR_CORE_TYPES = tuple(types + (cols,) for types in (("Half", "__half"), ("BFloat16", "__nv_bfloat16"),
                                                            ("float", "Tf32")) for cols in ("64", "128"))
 
+# (scalar_t, acc_t, index_t) of the grid-stride kernels.
+WITH_INDEX_TYPES = tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)
+
 # Every __global__ kernel of csrc/kernels/: name -> (header, the template arguments of each
 # instantiation the backend launches). --check fails when the headers declare a kernel that is not
 # listed here.
 KERNELS = {
-    "deform_im2col_kernel": ("deform_conv2d_kernels.cuh", tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)),
-    "deform_col2im_kernel": ("deform_conv2d_kernels.cuh", tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)),
+    "deform_im2col_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
+    "deform_col2im_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
+    "deform_col2im_input_deterministic_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
     "deform_conv2d_implicit_gemm_kernel": ("deform_conv2d_implicit_gemm.cuh", DTYPES),
     "deform_conv2d_implicit_gemm_wmma_kernel": ("deform_conv2d_implicit_gemm_wmma.cuh", TENSOR_CORE_TYPES),
 }

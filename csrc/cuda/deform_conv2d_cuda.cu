@@ -7,7 +7,12 @@
 //   implicit_gemm_simt       the CUDA-core implicit GEMM for every dtype;
 //   columns                  the direct path: chunks of output pixels are sampled into a columns
 //                            buffer by deform_im2col_kernel and multiplied by the weight with cuBLAS.
-// The backward takes the columns path: recompute the columns, both GEMMs, deform_col2im_kernel.
+// The backward takes the columns path: recompute the columns, both GEMMs, deform_col2im_kernel,
+// which scatters the input gradient with float atomics. Under torch.use_deterministic_algorithms
+// that scatter is off and deform_col2im_input_deterministic_kernel computes the input gradient
+// instead, without atomics: every kernel of the backward is then deterministic, and the GEMMs are
+// cuBLAS's on one stream, deterministic under PyTorch's own rules (some versions of PyTorch raise
+// until CUBLAS_WORKSPACE_CONFIG is set).
 // Kernel bodies live in ../kernels/.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -32,6 +37,9 @@ using kernels::DeformConvGeometry;
 using kernels::FieldStrides;
 
 constexpr int kThreads = 256;
+// deform_col2im_input_deterministic_kernel has only images x channels threads of work: small
+// blocks spread them over more SMs.
+constexpr int kDeterministicThreads = 64;
 // Columns elements per chunk: 64M elements keeps the buffer at 256 MB in float32.
 constexpr int64_t kChunkElements = int64_t(1) << 26;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
@@ -186,6 +194,29 @@ void launch_col2im(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename scalar_t>
+void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
+                                       int64_t first_row, int64_t rows, const scalar_t* grad_columns,
+                                       at::opmath_type<scalar_t>* grad_input) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t images = (first_row + rows - 1) / g.out_pixels() - first_row / g.out_pixels() + 1;
+  const int64_t total = images * g.channels;
+  const int blocks = blocks_for(total, kDeterministicThreads);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (fits_int32(total)) {
+    kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, int32_t>
+        <<<blocks, kDeterministicThreads, 0, stream>>>(
+            g, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row,
+            static_cast<int32_t>(rows), grad_columns, grad_input);
+  } else {
+    kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, int64_t>
+        <<<blocks, kDeterministicThreads, 0, stream>>>(
+            g, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows, grad_columns,
+            grad_input);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                               const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -224,8 +255,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     at::IntArrayRef padding, at::IntArrayRef dilation) {
   const DeformConvGeometry g = check_deform_conv2d_backward_args(grad_output, input, offset, weight,
                                                                  mask, stride, padding, dilation);
-  // The input gradient is scattered with floating-point atomics.
-  at::globalContext().alertNotDeterministic("rcm_fsad::deform_conv2d_backward (CUDA)");
+  // Under torch.use_deterministic_algorithms, no atomic scatter (its sums depend on the order the
+  // atomics land in): so nothing here calls alertNotDeterministic.
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
   const c10::cuda::CUDAGuard guard(input.device());
   const at::ScalarType acc_type = at::toOpMathType(input.scalar_type());
   at::Tensor grad_input =
@@ -255,9 +287,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         at::Tensor grad_cols_chunk = grad_cols.narrow(0, 0, len);
         backward_gemms(grad_rows.narrow(0, r0, len), cols.narrow(0, 0, len), wmat, grad_cols_chunk,
                        grad_wmat, g);
-        launch_col2im<scalar_t>(g, a, r0, len, grad_cols.const_data_ptr<scalar_t>(),
-                                grad_input.mutable_data_ptr<acc_t>(),
+        const scalar_t* gc_ptr = grad_cols.const_data_ptr<scalar_t>();
+        acc_t* gi_ptr = grad_input.mutable_data_ptr<acc_t>();
+        launch_col2im<scalar_t>(g, a, r0, len, gc_ptr, deterministic ? nullptr : gi_ptr,
                                 grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
+        if (deterministic) launch_col2im_input_deterministic<scalar_t>(g, a, r0, len, gc_ptr, gi_ptr);
       }
     });
   }

@@ -56,7 +56,8 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
 // columns. One warp per (row, kernel point, offset group): the lanes walk the group's channels,
 // scatter into grad_input (atomics: samples of different rows share pixels) and sum the offset and
 // mask gradients, which the warp then reduces and writes without atomics (each warp owns them).
-// grad_input: NHWC, accumulated in acc_t. grad_mask may be null (DCNv1).
+// grad_input: NHWC, accumulated in acc_t; null skips the scatter (the deterministic backward
+// computes it with deform_col2im_input_deterministic_kernel instead). grad_mask may be null (DCNv1).
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                                      const scalar_t* __restrict__ offset, FieldStrides offset_strides,
@@ -86,7 +87,10 @@ __global__ void deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __res
     const acc_t m = modulation<acc_t>(g, mask, mask_strides, n, og, k, oy, ox);
     const int64_t image_base = n * g.height * g.width * g.channels;
     const scalar_t* image = input + image_base;
-    acc_t* grad_image = grad_input + image_base;
+    // Tested per corner, not around the corner loop: that form took registers enough to cost
+    // occupancy in ptxas, this one none.
+    const bool scatter = grad_input != nullptr;
+    acc_t* grad_image = scatter ? grad_input + image_base : nullptr;
     const scalar_t* grad_row = grad_columns + static_cast<int64_t>(r) * g.column_width();
     acc_t sum_dy = 0, sum_dx = 0, sum_value = 0;
     for (int64_t c = og * cpog + lane; c < (og + 1) * cpog; c += kWarpSize) {
@@ -101,7 +105,7 @@ __global__ void deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __res
       sum_value += gcol * interpolate(p, v00, v01, v10, v11);
       const acc_t gm = gcol * m;
       for (int i = 0; i < 4; ++i) {
-        if (p.valid[i]) atomicAdd(grad_image + p.pixel[i] * g.channels + c, p.weight[i] * gm);
+        if (scatter && p.valid[i]) atomicAdd(grad_image + p.pixel[i] * g.channels + c, p.weight[i] * gm);
       }
     }
     sum_dy = warp_sum(sum_dy);
@@ -114,6 +118,52 @@ __global__ void deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __res
       if (grad_mask != nullptr) {
         grad_mask[grad_mask_strides.at(n, og * points + k, oy, ox)] =
             static_cast<scalar_t>(sum_value);
+      }
+    }
+  }
+}
+
+// The input gradient of deform_col2im_kernel without atomics, bitwise reproducible: for rows
+// first_row .. first_row+rows-1, adds into grad_input what their samples scatter. Channel c of
+// image n only receives contributions from channel c of that image's rows, so one thread owns one
+// (image, channel) plane and adds into it with plain read-modify-writes, walking the rows and then
+// the kernel points in a fixed order: no races, and the same additions in the same order whatever
+// the launch configuration (and whatever the chunking, chunks being launched in row order).
+// Consecutive threads take consecutive channels, so the NHWC grad_input updates and the
+// grad_columns reads coalesce. Only images x channels threads: slower than the atomic scatter.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void deform_col2im_input_deterministic_kernel(
+    DeformConvGeometry g, const scalar_t* __restrict__ offset, FieldStrides offset_strides,
+    const scalar_t* __restrict__ mask, FieldStrides mask_strides, int64_t first_row, index_t rows,
+    const scalar_t* __restrict__ grad_columns, acc_t* __restrict__ grad_input) {
+  const index_t channels = static_cast<index_t>(g.channels);
+  const index_t points = static_cast<index_t>(g.kernel_points());
+  const int64_t pixels = g.out_pixels();
+  const int64_t first_image = first_row / pixels;
+  const index_t images = static_cast<index_t>((first_row + rows - 1) / pixels - first_image + 1);
+  const index_t total = images * channels;
+  const index_t step = static_cast<index_t>(blockDim.x) * gridDim.x;
+  const int64_t cpog = g.channels_per_offset_group();
+  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += step) {
+    const index_t c = idx % channels;
+    const int64_t n = first_image + idx / channels;
+    const int64_t og = c / cpog;
+    acc_t* grad_plane = grad_input + n * g.height * g.width * g.channels + c;
+    // The rows of image n within this launch, relative to first_row.
+    const index_t r_begin = static_cast<index_t>(max_of(int64_t(0), n * pixels - first_row));
+    const index_t r_end = static_cast<index_t>(min_of(rows + first_row, (n + 1) * pixels) - first_row);
+    for (index_t r = r_begin; r < r_end; ++r) {
+      const OutputPixel px = output_pixel(g, first_row + r);
+      const scalar_t* grad_row = grad_columns + static_cast<int64_t>(r) * g.column_width();
+      for (index_t k = 0; k < points; ++k) {
+        const SamplePoint<acc_t> p =
+            deform_sample_point<acc_t>(g, offset, offset_strides, n, og, k, px.oy, px.ox);
+        const acc_t gm = static_cast<acc_t>(grad_row[g.column_index(c, k)]) *
+                         modulation<acc_t>(g, mask, mask_strides, n, og, k, px.oy, px.ox);
+        for (int i = 0; i < 4; ++i) {
+          if (p.valid[i]) grad_plane[p.pixel[i] * g.channels] += p.weight[i] * gm;
+        }
       }
     }
   }

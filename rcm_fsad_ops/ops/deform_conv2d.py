@@ -52,8 +52,15 @@ def deform_conv2d(
     sample exactly on y = -1 or x = -1 is not zeroed, unlike mmcv). Double backward is not supported.
     Float32/float64 on CPU; float32/float64/float16/bfloat16 on CUDA (float32 accumulation); under
     CUDA autocast the op runs in the autocast dtype. On sm_80+ the CUDA forward uses tensor cores for
-    float16/bfloat16, and for float32 only when ``torch.backends.cuda.matmul.allow_tf32`` is set. The CUDA backward scatters the input gradient
-    with atomics, so it raises under ``torch.use_deterministic_algorithms(True)``.
+    float16/bfloat16, and for float32 only when ``torch.backends.cuda.matmul.allow_tf32`` is set.
+
+    Determinism: the CPU backward is always deterministic. The CUDA backward scatters the input
+    gradient with float atomics by default (run-to-run differences in the last bits); under
+    ``torch.use_deterministic_algorithms(True)`` it does not raise but switches to a deterministic
+    backward instead: the input gradient is accumulated without atomics, one thread per (image,
+    channel), bitwise reproducible and slower. The weight gradient comes from cuBLAS GEMMs on one
+    stream, deterministic under PyTorch's own rules: versions of PyTorch that check
+    ``CUBLAS_WORKSPACE_CONFIG`` raise their own error until it is set (e.g. to ``:4096:8``).
     """
     return torch.ops.rcm_fsad.deform_conv2d.default(
         input, offset, weight, mask, bias,

@@ -1,7 +1,8 @@
 // Runs every __global__ kernel of csrc/kernels/ on the CPU through the emulation harness and
 // compares it with the float64 reference of deform_reference.h.
 //
-//   test_deform_kernels <kernel>/<dtype>/<index>   im2col or col2im, e.g. col2im/half/int64
+//   test_deform_kernels <kernel>/<dtype>/<index>   im2col, col2im or col2im_deterministic,
+//                                                  e.g. col2im/half/int64
 //   test_deform_kernels igemm/<dtype>              the implicit-GEMM forward, e.g. igemm/bfloat16
 //   test_deform_kernels wmma/<half|bfloat16|tf32>  the tensor-core implicit-GEMM forward (float
 //                                                  tensors for tf32)
@@ -12,9 +13,13 @@
 // does for c10::Half/BFloat16); index: int32 | int64.
 // im2col and col2im run each problem below with several launch configurations: the production one
 // (256 threads, grid from the work size, capped), all blocks at once (AllBlocks: races between
-// blocks), and a small odd grid (grid-stride loops). The implicit GEMM has one launch shape (its
-// grid is its tiling, and its static shared memory rules out AllBlocks); it runs on every problem
-// plus two that span several row and column tiles and several reduction steps.
+// blocks), and a small odd grid (grid-stride loops). col2im_deterministic is the deterministic
+// backward (deform_col2im_kernel with the grad_input scatter off, then
+// deform_col2im_input_deterministic_kernel) under the same configurations plus one warp in launches
+// of 5 rows; its grad_input must also be the same bit for bit under all of them. The implicit GEMM
+// has one launch shape (its grid is its tiling, and its static shared memory rules out AllBlocks);
+// it runs on every problem plus two that span several row and column tiles and several reduction
+// steps.
 #include "cuda_emulation.h"
 // The kernel headers come after the harness.
 #include "kernels/deform_conv2d_implicit_gemm.cuh"
@@ -335,10 +340,15 @@ struct Config {
   unsigned block;
   int64_t max_grid;  // cap on the production grid (0: no cap)
   int64_t fixed_grid;  // a fixed grid instead (0: production)
+  int64_t chunk;  // rows per launch instead of the problem's (0: the problem's)
 };
 
 std::string config_name(const Config& c, int64_t grid) {
   return emu::detail::format("%s grid %" PRId64 " block %u", emu::mode_name(c.mode), grid, c.block);
+}
+
+int64_t rows_per_launch(const Problem& p, const Config& c) {
+  return c.chunk != 0 ? c.chunk : p.chunk != 0 ? p.chunk : p.shape.rows();
 }
 
 int64_t grid_for(const Config& c, int64_t work_items, int64_t items_per_block) {
@@ -368,7 +378,7 @@ int check_im2col(const Problem& p, const Config& cfg) {
   const FieldStrides os{in.offset.sn, in.offset.sc, in.offset.sh, in.offset.sw};
   const FieldStrides ms = s.has_mask ? FieldStrides{in.mask.sn, in.mask.sc, in.mask.sh, in.mask.sw} : FieldStrides{0, 0, 0, 0};
   const int64_t rows = s.rows(), width = s.row_width();
-  const int64_t chunk = p.chunk != 0 ? p.chunk : rows;
+  const int64_t chunk = rows_per_launch(p, cfg);
   int bad = 0;
   std::string launched;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
@@ -397,8 +407,19 @@ int check_im2col(const Problem& p, const Config& cfg) {
 // ---------------------------------------------------------------------------------------------
 // col2im.
 
+// One backward run: its mismatches against the reference, and its grad_input.
+template <typename acc_t>
+struct Col2imRun {
+  int bad;
+  std::vector<acc_t> grad_input;
+};
+
+// deterministic: deform_col2im_kernel with the grad_input scatter off (null), then
+// deform_col2im_input_deterministic_kernel for grad_input, as the CUDA backend does under
+// torch.use_deterministic_algorithms.
 template <typename scalar_t, typename index_t>
-int check_col2im(const Problem& p, const Config& cfg) {
+Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const Config& cfg,
+                                                         bool deterministic) {
   const auto start = std::chrono::steady_clock::now();
   using acc_t = typename Traits<scalar_t>::acc_t;
   const Shape& s = p.shape;
@@ -419,7 +440,7 @@ int check_col2im(const Problem& p, const Config& cfg) {
   std::vector<scalar_t> grad_mask(s.has_mask ? gml.size : 0, nan);
   std::vector<acc_t> grad_input(s.N * s.H * s.W * s.C, acc_t(0));
   const int64_t rows = s.rows(), width = s.row_width();
-  const int64_t chunk = p.chunk != 0 ? p.chunk : rows;
+  const int64_t chunk = rows_per_launch(p, cfg);
   const int64_t warps_per_block = cfg.block / 32;
   std::string launched;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
@@ -427,12 +448,24 @@ int check_col2im(const Problem& p, const Config& cfg) {
     std::vector<scalar_t> grad_columns(len * width);
     for (int64_t i = 0; i < len * width; ++i) grad_columns[i] = static_cast<scalar_t>(in.grad_columns[r0 * width + i]);
     const int64_t grid = grid_for(cfg, len * K * G, warps_per_block);
-    if (launched.empty()) launched = config_name(cfg, grid);
+    // (image, channel) planes the rows of this launch touch.
+    const int64_t planes = ((r0 + len - 1) / (oh * ow) - r0 / (oh * ow) + 1) * s.C;
+    const int64_t planes_grid = grid_for(cfg, planes, cfg.block);
+    if (launched.empty()) {
+      launched = config_name(cfg, grid);
+      if (deterministic) launched += emu::detail::format(", grad_input grid %" PRId64, planes_grid);
+    }
     emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
                 rcm_fsad::kernels::deform_col2im_kernel<scalar_t, acc_t, index_t>, g, input.data(), offset.data(), os,
                 s.has_mask ? mask.data() : nullptr, ms, r0, static_cast<index_t>(len), grad_columns.data(),
-                grad_input.data(), grad_offset.data(), gol.strides, s.has_mask ? grad_mask.data() : nullptr,
-                s.has_mask ? gml.strides : FieldStrides{0, 0, 0, 0});
+                deterministic ? nullptr : grad_input.data(), grad_offset.data(), gol.strides,
+                s.has_mask ? grad_mask.data() : nullptr, s.has_mask ? gml.strides : FieldStrides{0, 0, 0, 0});
+    if (deterministic) {
+      emu::launch(cfg.mode, dim3(static_cast<unsigned>(planes_grid)), dim3(cfg.block), 0,
+                  rcm_fsad::kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, index_t>, g,
+                  offset.data(), os, s.has_mask ? mask.data() : nullptr, ms, r0, static_cast<index_t>(len),
+                  grad_columns.data(), grad_input.data());
+    }
   }
   int bad = 0;
   {
@@ -485,6 +518,32 @@ int check_col2im(const Problem& p, const Config& cfg) {
   }
   std::printf("  %s %-32s [%s, chunk %" PRId64 ", %s fields] %.2fs\n", bad ? "FAIL" : "ok  ", p.name,
               launched.c_str(), chunk, layout_name(p.layout), seconds_since(start));
+  return {bad, std::move(grad_input)};
+}
+
+// The deterministic backward under each configuration against the reference, and its grad_input
+// the same bit for bit under all of them (which the atomic scatter cannot promise).
+template <typename scalar_t, typename index_t>
+int check_col2im_deterministic(const Problem& p, const std::vector<Config>& configs) {
+  using acc_t = typename Traits<scalar_t>::acc_t;
+  std::vector<Col2imRun<acc_t>> runs;
+  int bad = 0;
+  for (const Config& c : configs) {
+    runs.push_back(check_col2im<scalar_t, index_t>(p, c, /*deterministic=*/true));
+    bad += runs.back().bad;
+  }
+  for (size_t i = 1; i < runs.size(); ++i) {
+    const std::vector<acc_t>& first = runs[0].grad_input;
+    const std::vector<acc_t>& other = runs[i].grad_input;
+    for (size_t e = 0; e < first.size(); ++e) {
+      if (std::memcmp(&first[e], &other[e], sizeof(acc_t)) != 0) {
+        std::printf("    MISMATCH %s: grad_input element %zu differs bitwise between launch configurations 1 "
+                    "and %zu: %.17g vs %.17g\n", p.name, e, i + 1, to_double(first[e]), to_double(other[e]));
+        ++bad;
+        break;
+      }
+    }
+  }
   return bad;
 }
 
@@ -636,10 +695,13 @@ int check_igemm_wmma(const Problem& p) {
 // Launch configurations. Production: 256 threads, the launcher's grid (capped: a grid-stride loop
 // covers the rest). AllBlocks: every thread of 3 blocks at once (races between blocks, and between
 // the 2 warps of a block). Small: an odd block size or a tiny grid (several grid-stride rounds).
-const Config kProduction{emu::Mode::BlockByBlock, 256, 8, 0};
-const Config kAllBlocks{emu::Mode::AllBlocks, 64, 0, 3};
-const Config kSmallIm2col{emu::Mode::BlockByBlock, 96, 0, 2};
-const Config kSmallCol2im{emu::Mode::BlockByBlock, 64, 0, 3};
+const Config kProduction{emu::Mode::BlockByBlock, 256, 8, 0, 0};
+const Config kAllBlocks{emu::Mode::AllBlocks, 64, 0, 3, 0};
+const Config kSmallIm2col{emu::Mode::BlockByBlock, 96, 0, 2, 0};
+const Config kSmallCol2im{emu::Mode::BlockByBlock, 64, 0, 3, 0};
+// For the deterministic backward: one warp does all the work, in launches of 5 rows (a launch
+// straddles two images in the 2-image problems).
+const Config kOneWarpChunked{emu::Mode::BlockByBlock, 32, 0, 1, 5};
 
 // Under ThreadSanitizer every synchronisation costs in proportion to the number of threads the
 // process has had, and the emulated warp collectives are nothing but synchronisation: the TSan build
@@ -654,11 +716,21 @@ constexpr bool kThreadSanitizer = false;
 
 template <typename scalar_t, typename index_t>
 int run_kernel_case(const std::string& kernel) {
+  int bad = 0;
+  if (kernel == "col2im_deterministic") {
+    // Under TSan, AllBlocks and the one-warp launch (32 threads: cheap), so that the bitwise
+    // comparison runs there too.
+    const std::vector<Config> configs =
+        kThreadSanitizer ? std::vector<Config>{kAllBlocks, kOneWarpChunked}
+                         : std::vector<Config>{kProduction, kAllBlocks, kSmallCol2im, kOneWarpChunked};
+    for (const Problem& p : problems()) bad += check_col2im_deterministic<scalar_t, index_t>(p, configs);
+    return bad;
+  }
   const bool im2col = kernel == "im2col";
   auto check = [&](const Problem& p, const Config& c) {
-    return im2col ? check_im2col<scalar_t, index_t>(p, c) : check_col2im<scalar_t, index_t>(p, c);
+    return im2col ? check_im2col<scalar_t, index_t>(p, c)
+                  : check_col2im<scalar_t, index_t>(p, c, /*deterministic=*/false).bad;
   };
-  int bad = 0;
   if (kThreadSanitizer) {
     constexpr bool primary = (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>) ||
                              (std::is_same_v<scalar_t, double> && std::is_same_v<index_t, int64_t>);
@@ -764,7 +836,7 @@ std::vector<std::string> case_names() {
   std::vector<std::string> names = {"reference"};
   for (const char* dtype : {"float", "double", "half", "bfloat16"}) names.push_back(std::string("igemm/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
-  for (const char* kernel : {"im2col", "col2im"}) {
+  for (const char* kernel : {"im2col", "col2im", "col2im_deterministic"}) {
     for (const char* dtype : {"float", "double", "half", "bfloat16"}) {
       for (const char* index : {"int32", "int64"}) names.push_back(std::string(kernel) + "/" + dtype + "/" + index);
     }
