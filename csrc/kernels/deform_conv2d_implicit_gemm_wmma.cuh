@@ -79,9 +79,11 @@ struct WmmaTiles {
   static constexpr int kFragsAlongCols = kWarpCols / kFrag;
   static constexpr int kWarps = kWarpsAlongRows * kWarpsAlongCols;
   static constexpr int kThreads = 32 * kWarps;  // 256 or 512
-  // Row pitch of the shared tiles, in elements: WMMA wants a multiple of 16 bytes, and the extra 8
-  // elements shift consecutive rows across the shared-memory banks.
-  static constexpr int kPitch = kDepth + 8;
+  // Row pitch of the shared tiles of smem_t elements: kDepth plus 16 bytes. WMMA wants a multiple
+  // of 16 bytes, and the extra 16 bytes put the 8 rows that a fragment load reads at once on
+  // disjoint shared-memory banks (80-byte rows for 16-bit types, 144-byte rows for float).
+  template <typename smem_t>
+  static constexpr int kPitch = kDepth + 16 / static_cast<int>(sizeof(smem_t));
 };
 
 // The block width the launcher uses for a conv group of `cog` output channels.
@@ -92,8 +94,8 @@ RCM_HD int wmma_tile_cols(int64_t cog) { return cog > 64 ? 128 : 64; }
 template <typename smem_t, typename Tiles>
 union WmmaShared {
   struct {
-    smem_t a[Tiles::kRows * Tiles::kPitch];  // [row][channel]
-    smem_t b[Tiles::kCols * Tiles::kPitch];  // [output channel][channel]
+    smem_t a[Tiles::kRows * Tiles::template kPitch<smem_t>];  // [row][channel]
+    smem_t b[Tiles::kCols * Tiles::template kPitch<smem_t>];  // [output channel][channel]
   } tiles;
   float staging[Tiles::kWarps][Tiles::kFrag * Tiles::kFrag];
 };
@@ -152,6 +154,7 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads)
   static_assert(sizeof(smem_t) == sizeof(scalar_t), "the weight tile is copied bit for bit");
   constexpr int kFragDepth = In::kFragDepth;
   constexpr int kVector = Vector16<scalar_t>::kSize;
+  constexpr int kPitch = T::template kPitch<smem_t>;
   using FragA = wmma::fragment<wmma::matrix_a, T::kFrag, T::kFrag, kFragDepth, typename In::frag_t, wmma::row_major>;
   // The weight tile is stored [output channel][reduction], i.e. B column-major.
   using FragB = wmma::fragment<wmma::matrix_b, T::kFrag, T::kFrag, kFragDepth, typename In::frag_t, wmma::col_major>;
@@ -222,7 +225,7 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads)
       Vector16<smem_t> rounded;
       RCM_UNROLL
       for (int j = 0; j < kVector; ++j) rounded.v[j] = In::from_float(v[j]);
-      store16(a_tile + r * T::kPitch + ch0, rounded);
+      store16(a_tile + r * kPitch + ch0, rounded);
     }
     // B: the weight rows of this block's output channels, kVector reduction entries per item.
     const int64_t w_col0 = k * cg + (c0 - group * cg);
@@ -245,7 +248,7 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads)
           x.v[j] = In::from_float(co < cog && ch0 + j < depth ? static_cast<float>(w[j]) : 0.0f);
         }
       }
-      store16(b_tile + n * T::kPitch + ch0, x);
+      store16(b_tile + n * kPitch + ch0, x);
     }
     __syncthreads();  // tiles complete
     for (int kk = 0; kk < depth; kk += kFragDepth) {
@@ -253,11 +256,11 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads)
       FragB b[T::kFragsAlongCols];
       RCM_UNROLL
       for (int i = 0; i < T::kFragsAlongRows; ++i) {
-        wmma::load_matrix_sync(a[i], a_tile + (warp_row0 + i * T::kFrag) * T::kPitch + kk, T::kPitch);
+        wmma::load_matrix_sync(a[i], a_tile + (warp_row0 + i * T::kFrag) * kPitch + kk, kPitch);
       }
       RCM_UNROLL
       for (int j = 0; j < T::kFragsAlongCols; ++j) {
-        wmma::load_matrix_sync(b[j], b_tile + (warp_col0 + j * T::kFrag) * T::kPitch + kk, T::kPitch);
+        wmma::load_matrix_sync(b[j], b_tile + (warp_col0 + j * T::kFrag) * kPitch + kk, kPitch);
       }
       RCM_UNROLL
       for (int i = 0; i < T::kFragsAlongRows; ++i) {
