@@ -1,6 +1,8 @@
 """deform_conv2d against torchvision and the float64 reference: values and all five gradients."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torchvision
@@ -111,7 +113,10 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device, mo
     ours_err = (ours[0].double() - exact[0]).abs().max().item()
     same_err = (same - exact[0]).abs().max().item()
     scale = exact[0].abs().max().item()
-    assert ours_err <= 2 * same_err + 1e-5 * scale, (ours_err, same_err, scale)
+    # The columns path hands TF32 to cuBLAS, which may truncate rather than round: up to twice the
+    # rounding error.
+    factor = 4 if precision == "tf32" and os.environ.get("RCM_FSAD_DEFORM_CONV_ALGO") == "columns" else 2
+    assert ours_err <= factor * same_err + 1e-5 * scale, (ours_err, same_err, scale)
     for key, grad in ours[1].items():
         err = (grad.double() - exact[1][key]).abs().max().item()
         assert err <= grad_tol * exact[1][key].abs().max().item(), (key, err)
