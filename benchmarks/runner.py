@@ -17,7 +17,8 @@ The TF32 switches (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.c
 set once per run, so they are the same for every implementation; default off, so fp32 means IEEE fp32.
 
 On CUDA, ``ours`` is the default forward path, and ``ours[implicit_gemm_simt]`` and ``ours[columns]``
-(forward only) are the other two, so the tensor-core, CUDA-core and columns paths sit side by side.
+(forward only) are the other two, so the tensor-core, CUDA-core and columns paths sit side by side;
+``ours[deterministic]`` times forward+backward under ``torch.use_deterministic_algorithms(True)``.
 
 torchvision's deform_conv2d may lack a kernel for a dtype (bf16, say). Then it runs the way a user
 would get it: under ``torch.autocast`` in that dtype, where torchvision upcasts to fp32 and casts the
@@ -37,7 +38,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -56,14 +57,29 @@ DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 OURS = "ours"
 OURS_SIMT = "ours[implicit_gemm_simt]"
 OURS_COLUMNS = "ours[columns]"
+OURS_DETERMINISTIC = "ours[deterministic]"
 TORCHVISION = "torchvision"
 REFERENCE = "reference"
 COMPILED = "reference+compile"
-IMPL_ORDER = (OURS, OURS_SIMT, OURS_COLUMNS, TORCHVISION, REFERENCE, COMPILED)
-# On CUDA our other forward paths run beside the default one (forward only: the backward is the same
-# for all), selected through the variable the CUDA forward reads at each call.
+IMPL_ORDER = (OURS, OURS_SIMT, OURS_COLUMNS, OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED)
 ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
-CUDA_FORWARD_VARIANTS = {OURS_SIMT: "implicit_gemm_simt", OURS_COLUMNS: "columns"}
+
+
+class Variant(NamedTuple):
+    """Another path of ours: the forward algorithm (ALGORITHM_ENV, read by the CUDA forward at each
+    call; None: the default), torch.use_deterministic_algorithms, and the passes it changes."""
+    algorithm: Optional[str]
+    deterministic: bool
+    passes: Tuple[str, ...]
+
+
+# On CUDA these run beside the default path: the other forward algorithms (forward only: the
+# backward is the same for all) and the deterministic backward (forward+backward).
+CUDA_VARIANTS = {
+    OURS_SIMT: Variant("implicit_gemm_simt", False, (FWD,)),
+    OURS_COLUMNS: Variant("columns", False, (FWD,)),
+    OURS_DETERMINISTIC: Variant(None, True, (FWD_BWD,)),
+}
 
 # The eager reference materialises several N * C_in * kh*kw * H_out*W_out intermediates (and keeps
 # them for backward); above this many elements per intermediate it is skipped.
@@ -245,12 +261,15 @@ def _torchvision(mode: str) -> Callable:
     return via_autocast
 
 
-def _select_forward_algorithm(name: Optional[str]) -> None:
-    """Our CUDA forward path for the calls that follow (None: the default)."""
-    if name is None:
+def _select(algorithm: Optional[str], deterministic: bool) -> None:
+    """Our CUDA forward algorithm (None: the default) and torch's determinism for the calls that follow."""
+    if algorithm is None:
         os.environ.pop(ALGORITHM_ENV, None)
     else:
-        os.environ[ALGORITHM_ENV] = name
+        os.environ[ALGORITHM_ENV] = algorithm
+    if deterministic:  # what PyTorch versions that check cuBLAS's determinism ask for
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -671,7 +690,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
             skipped.append({"case": case.name, "dtype": dtype_name, "impl": impl, "reason": reason})
             continue
         try:
-            if impl == OURS or impl in CUDA_FORWARD_VARIANTS:
+            if impl == OURS or impl in CUDA_VARIANTS:
                 functions[impl] = (_ours(), "")
             elif impl == REFERENCE:
                 functions[impl] = (_reference(), "")
@@ -680,11 +699,12 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
         except Exception as exc:  # noqa: BLE001
             add_error_rows(impl, exc)
 
-    default_algorithm = os.environ.get(ALGORITHM_ENV)
+    default = Variant(os.environ.get(ALGORITHM_ENV), torch.are_deterministic_algorithms_enabled(), PASSES)
     for impl in IMPL_ORDER:
         if impl not in functions:
             continue
-        _select_forward_algorithm(CUDA_FORWARD_VARIANTS.get(impl, default_algorithm))
+        variant = CUDA_VARIANTS.get(impl, default)
+        _select(variant.algorithm, variant.deterministic)
         fn, note = functions[impl]
         diffs: Dict[str, dict] = {}
         parity_error = None
@@ -706,7 +726,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                     del output
                 except Exception:  # noqa: BLE001
                     pass
-        for pass_name in (FWD,) if impl in CUDA_FORWARD_VARIANTS else PASSES:
+        for pass_name in variant.passes:
             row = base_row(impl, pass_name, note)
             max_abs, max_rel = _summarise_diff(diffs, pass_name)
             row["max_abs_diff_vs_torchvision"] = max_abs
@@ -740,7 +760,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                      f"{row['median_ms']:10.3f} ms ({row['repeats']} reps{extra}{diff})")
             else:
                 _log(f"  {case.name:<16} {dtype_name:<5} {pass_name:<8} {impl:<18} ERROR {row['error']}")
-    _select_forward_algorithm(default_algorithm)
+    _select(default.algorithm, default.deterministic)
     del tensors, expected
     if is_cuda:
         torch.cuda.empty_cache()
@@ -762,11 +782,12 @@ def run_device(device_name: str, quick: bool = False, out_dir: Optional[Path] = 
     ceilings = gpu_ceilings(machine.get("gpu_name")) if device.type == "cuda" else None
     selected = cases_for(device.type, cases)
 
-    impls = [OURS] + (list(CUDA_FORWARD_VARIANTS) if device.type == "cuda" else []) + [TORCHVISION]
+    impls = [OURS] + (list(CUDA_VARIANTS) if device.type == "cuda" else []) + [TORCHVISION]
     notes = []
     if device.type == "cuda":
-        notes.append(f"{', '.join(CUDA_FORWARD_VARIANTS)}: our other CUDA forward paths ({ALGORITHM_ENV}), "
-                     "forward only; ours = the default path (tensor cores for fp16/bf16, and for fp32 under TF32)")
+        notes.append(f"ours = the default path (tensor cores for fp16/bf16, and for fp32 under TF32); "
+                     f"{OURS_SIMT}, {OURS_COLUMNS}: our other CUDA forward paths ({ALGORITHM_ENV}), forward "
+                     f"only; {OURS_DETERMINISTIC}: forward+backward under torch.use_deterministic_algorithms(True)")
     try:
         import torchvision.ops  # noqa: F401
     except Exception as exc:  # noqa: BLE001
