@@ -11,6 +11,7 @@ from benchmarks.shapes import FWD, FWD_BWD, Case
 
 def test_variants_get_their_rows_and_the_settings_are_restored(monkeypatch):
     monkeypatch.setenv(runner.ALGORITHM_ENV, "implicit_gemm")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # so that the runner's default does not outlive the test
     case = Case("tiny", n=1, c_in=4, h=5, w=5, dtypes={"cpu": ("fp32",)})
     settings = runner.TimingSettings(warmup=1, warmup_s=0.0, min_repeats=2, max_repeats=2, target_s=0.0)
     impls = [runner.OURS, runner.OURS_COLUMNS, runner.OURS_DETERMINISTIC, runner.TORCHVISION]
