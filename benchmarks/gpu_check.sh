@@ -11,7 +11,8 @@
 #   3 info       python -m rcm_fsad_ops info                                        -> build.log
 #   4 tests      python -m pytest tests -x -q -k cuda (CUDA parity tests)           -> checks.log
 #   5 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, the three CUDA
-#                forward algorithms, four dtypes (every CUDA kernel)                -> checks.log
+#                forward algorithms and the deterministic backward, four dtypes (every CUDA kernel)
+#                                                                                   -> checks.log
 #   6 racecheck  the same cases in float32/float16                                  -> checks.log
 #   7 synccheck  the same cases in float32/float16                                  -> checks.log
 #   8 bench      python -m benchmarks --device cuda --out $OUT                      -> bench.log, cuda-*.json/.md
@@ -154,9 +155,9 @@ fi
 SMALL_PY=/tmp/rcm_fsad_sanitizer_small.py
 cat > "$SMALL_PY" <<'PYEOF'
 """Small deform_conv2d forward+backward cases on CUDA, for compute-sanitizer: every CUDA kernel
-(tensor-core and CUDA-core implicit-GEMM forward, columns forward, im2col, col2im). The implicit_gemm
-runs allow TF32, so that float32 takes the tensor-core kernel too. RCM_SANITIZER_QUICK=1: float32 and
-float16 only."""
+(tensor-core and CUDA-core implicit-GEMM forward, columns forward, im2col, col2im, and the
+deterministic backward's input-gradient kernel). The implicit_gemm runs allow TF32, so that float32
+takes the tensor-core kernel too. RCM_SANITIZER_QUICK=1: float32 and float16 only."""
 import os
 
 import torch
@@ -175,10 +176,14 @@ CASES = [
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 if os.environ.get("RCM_SANITIZER_QUICK") == "1":
     DTYPES = DTYPES[:2]
-RUNS = [(case, algo) for case in CASES for algo in ("implicit_gemm", "implicit_gemm_simt", "columns")]
-for (n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels_last), algo in RUNS:
+# (forward algorithm, deterministic backward)
+MODES = [("implicit_gemm", False), ("implicit_gemm_simt", False), ("columns", False), ("implicit_gemm", True)]
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # for PyTorch versions that ask for it
+RUNS = [(case, mode) for case in CASES for mode in MODES]
+for (n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels_last), (algo, det) in RUNS:
     os.environ["RCM_FSAD_DEFORM_CONV_ALGO"] = algo  # read by the CUDA forward at each call
     torch.backends.cuda.matmul.allow_tf32 = algo == "implicit_gemm"
+    torch.use_deterministic_algorithms(det)
     h_out = (h + 2 * p - d * (k - 1) - 1) // s + 1
     w_out = (w + 2 * p - d * (k - 1) - 1) // s + 1
     base = {
@@ -198,7 +203,8 @@ for (n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels
                                          dilation=d, mask=t["mask"] if use_mask else None)
         out.backward(torch.randn_like(out))
         torch.cuda.synchronize()
-        print("ok", algo, (n, c_in, c_out, h, w, s, p, d, groups, offset_groups, use_mask, channels_last), dtype,
+        print("ok", algo, "deterministic" if det else "", (n, c_in, c_out, h, w, s, p, d, groups, offset_groups,
+              use_mask, channels_last), dtype,
               tuple(out.shape), flush=True)
 print("sanitizer small cases: done")
 PYEOF
