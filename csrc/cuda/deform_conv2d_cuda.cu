@@ -20,6 +20,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -37,9 +38,12 @@ using kernels::DeformConvGeometry;
 using kernels::FieldStrides;
 
 constexpr int kThreads = 256;
-// deform_col2im_input_deterministic_kernel has only images x channels threads of work: small
-// blocks spread them over more SMs.
+// deform_col2im_input_deterministic_kernel: small blocks spread its (image, band, channel) threads
+// over more SMs; bands are added until there are kDeterministicThreadsPerSM threads per SM, or until
+// their partial input gradients would take more than kDeterministicBytes.
 constexpr int kDeterministicThreads = 64;
+constexpr int64_t kDeterministicThreadsPerSM = 1024;
+constexpr int64_t kDeterministicBytes = int64_t(256) << 20;
 // Columns elements per chunk: 64M elements keeps the buffer at 256 MB in float32.
 constexpr int64_t kChunkElements = int64_t(1) << 26;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
@@ -194,25 +198,39 @@ void launch_col2im(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Output pixels per band of the deterministic input gradient: enough (image, band, channel)
+// threads to fill the GPU, with the partial gradients (one per band) within kDeterministicBytes.
+int64_t deterministic_band_rows(const DeformConvGeometry& g, int64_t acc_size) {
+  const int64_t planes = std::max<int64_t>(1, g.batch * g.channels);
+  const int64_t wanted_threads =
+      int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * kDeterministicThreadsPerSM;
+  const int64_t gradient_bytes = std::max<int64_t>(1, g.batch * g.height * g.width * g.channels * acc_size);
+  const int64_t bands = std::clamp<int64_t>((wanted_threads + planes - 1) / planes, 1,
+                                            std::min(std::max<int64_t>(1, kDeterministicBytes / gradient_bytes),
+                                                     g.out_pixels()));
+  return (g.out_pixels() + bands - 1) / bands;
+}
+
 template <typename scalar_t>
 void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
-                                       int64_t first_row, int64_t rows, const scalar_t* grad_columns,
-                                       at::opmath_type<scalar_t>* grad_input) {
+                                       int64_t first_row, int64_t rows, int64_t band_rows,
+                                       const scalar_t* grad_columns, at::opmath_type<scalar_t>* grad_bands) {
   using acc_t = at::opmath_type<scalar_t>;
+  const int64_t bands = (g.out_pixels() + band_rows - 1) / band_rows;
   const int64_t images = (first_row + rows - 1) / g.out_pixels() - first_row / g.out_pixels() + 1;
-  const int64_t total = images * g.channels;
+  const int64_t total = images * bands * g.channels;
   const int blocks = blocks_for(total, kDeterministicThreads);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (fits_int32(total)) {
     kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, int32_t>
         <<<blocks, kDeterministicThreads, 0, stream>>>(
             g, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row,
-            static_cast<int32_t>(rows), grad_columns, grad_input);
+            static_cast<int32_t>(rows), band_rows, grad_columns, grad_bands);
   } else {
     kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, int64_t>
         <<<blocks, kDeterministicThreads, 0, stream>>>(
-            g, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows, grad_columns,
-            grad_input);
+            g, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows, band_rows, grad_columns,
+            grad_bands);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -260,8 +278,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const c10::cuda::CUDAGuard guard(input.device());
   const at::ScalarType acc_type = at::toOpMathType(input.scalar_type());
+  // Deterministic: one partial input gradient per band of output pixels, summed at the end.
+  const int64_t band_rows =
+      deterministic && g.batch * g.out_pixels() > 0 ? deterministic_band_rows(g, c10::elementSize(acc_type)) : 0;
+  const int64_t bands = band_rows > 0 ? (g.out_pixels() + band_rows - 1) / band_rows : 1;
   at::Tensor grad_input =
-      at::zeros({g.batch, g.height, g.width, g.channels}, input.options().dtype(acc_type));
+      at::zeros({bands, g.batch, g.height, g.width, g.channels}, input.options().dtype(acc_type));
   at::Tensor grad_offset = at::empty_like(offset);
   at::Tensor grad_mask = mask.has_value() ? at::empty_like(*mask) : at::empty({0}, input.options());
   const at::Tensor wmat = weight_matrix(weight);
@@ -291,10 +313,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         acc_t* gi_ptr = grad_input.mutable_data_ptr<acc_t>();
         launch_col2im<scalar_t>(g, a, r0, len, gc_ptr, deterministic ? nullptr : gi_ptr,
                                 grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
-        if (deterministic) launch_col2im_input_deterministic<scalar_t>(g, a, r0, len, gc_ptr, gi_ptr);
+        if (deterministic) launch_col2im_input_deterministic<scalar_t>(g, a, r0, len, band_rows, gc_ptr, gi_ptr);
       }
     });
   }
+  // Bands are summed by a reduction of fixed order (one thread per element over the band axis).
+  grad_input = bands > 1 ? grad_input.sum(0) : grad_input.squeeze(0);
   return {from_nhwc(grad_input.to(input.scalar_type()), output_memory_format(input)), grad_offset,
           weight_from_matrix(grad_wmat, g), grad_mask};
 }

@@ -124,35 +124,44 @@ __global__ void deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __res
 }
 
 // The input gradient of deform_col2im_kernel without atomics, bitwise reproducible: for rows
-// first_row .. first_row+rows-1, adds into grad_input what their samples scatter. Channel c of
-// image n only receives contributions from channel c of that image's rows, so one thread owns one
-// (image, channel) plane and adds into it with plain read-modify-writes, walking the rows and then
-// the kernel points in a fixed order: no races, and the same additions in the same order whatever
-// the launch configuration (and whatever the chunking, chunks being launched in row order).
-// Consecutive threads take consecutive channels, so the NHWC grad_input updates and the
-// grad_columns reads coalesce. Only images x channels threads: slower than the atomic scatter.
+// first_row .. first_row+rows-1, adds what their samples scatter into grad_bands, one partial
+// NHWC input gradient per band of band_rows output pixels of every image (band b of image n: its
+// output pixels [b*band_rows, (b+1)*band_rows)); the caller sums the bands in a fixed order.
+// Channel c of image n only receives contributions from channel c of that image's rows, so one
+// thread owns one (image, band, channel) plane and adds into it with plain read-modify-writes,
+// walking its rows and then the kernel points in a fixed order: no races, and the same additions
+// in the same order whatever the launch configuration (and whatever the chunking, chunks being
+// launched in row order). Bands multiply the threads (images x channels alone rarely fill a GPU) at
+// the cost of one partial gradient each. Consecutive threads take consecutive channels, so the NHWC
+// updates and the grad_columns reads coalesce.
+// grad_bands: (bands, N, H, W, C), bands = ceil(H_out*W_out / band_rows).
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void deform_col2im_input_deterministic_kernel(
     DeformConvGeometry g, const scalar_t* __restrict__ offset, FieldStrides offset_strides,
     const scalar_t* __restrict__ mask, FieldStrides mask_strides, int64_t first_row, index_t rows,
-    const scalar_t* __restrict__ grad_columns, acc_t* __restrict__ grad_input) {
+    int64_t band_rows, const scalar_t* __restrict__ grad_columns, acc_t* __restrict__ grad_bands) {
   const index_t channels = static_cast<index_t>(g.channels);
   const index_t points = static_cast<index_t>(g.kernel_points());
   const int64_t pixels = g.out_pixels();
+  const int64_t bands = (pixels + band_rows - 1) / band_rows;
   const int64_t first_image = first_row / pixels;
   const index_t images = static_cast<index_t>((first_row + rows - 1) / pixels - first_image + 1);
-  const index_t total = images * channels;
+  const index_t total = images * static_cast<index_t>(bands) * channels;
   const index_t step = static_cast<index_t>(blockDim.x) * gridDim.x;
   const int64_t cpog = g.channels_per_offset_group();
+  const int64_t image_size = g.height * g.width * g.channels;
   for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += step) {
     const index_t c = idx % channels;
-    const int64_t n = first_image + idx / channels;
+    const int64_t band = (idx / channels) % bands;
+    const int64_t n = first_image + idx / channels / bands;
     const int64_t og = c / cpog;
-    acc_t* grad_plane = grad_input + n * g.height * g.width * g.channels + c;
-    // The rows of image n within this launch, relative to first_row.
-    const index_t r_begin = static_cast<index_t>(max_of(int64_t(0), n * pixels - first_row));
-    const index_t r_end = static_cast<index_t>(min_of(rows + first_row, (n + 1) * pixels) - first_row);
+    acc_t* grad_plane = grad_bands + (band * g.batch + n) * image_size + c;
+    // The rows of this band of image n within this launch, relative to first_row.
+    const int64_t band_begin = n * pixels + band * band_rows;
+    const int64_t band_end = min_of(band_begin + band_rows, (n + 1) * pixels);
+    const index_t r_begin = static_cast<index_t>(max_of(int64_t(0), band_begin - first_row));
+    const index_t r_end = static_cast<index_t>(max_of(int64_t(0), min_of(rows + first_row, band_end) - first_row));
     for (index_t r = r_begin; r < r_end; ++r) {
       const OutputPixel px = output_pixel(g, first_row + r);
       const scalar_t* grad_row = grad_columns + static_cast<int64_t>(r) * g.column_width();
