@@ -16,10 +16,11 @@
 // blocks), and a small odd grid (grid-stride loops). col2im_deterministic is the deterministic
 // backward (deform_col2im_kernel with the grad_input scatter off, then
 // deform_col2im_input_deterministic_kernel) under the same configurations plus one warp in launches
-// of 5 rows; its grad_input must also be the same bit for bit under all of them. The implicit GEMM
-// has one launch shape (its grid is its tiling, and its static shared memory rules out AllBlocks);
-// it runs on every problem plus two that span several row and column tiles and several reduction
-// steps.
+// of 5 rows, in two bands of output pixels; its per-band partial input gradients must also be the
+// same bit for bit under all of them. The implicit GEMMs have one launch shape each (the grid is
+// the tiling, and static shared memory rules out AllBlocks): the CUDA-core one runs on every
+// problem plus two that span several row and column tiles and several reduction steps, the
+// tensor-core one (wmma/...) on those plus three for its 16-byte-load paths and block widths.
 #include "cuda_emulation.h"
 // The kernel headers come after the harness.
 #include "kernels/deform_conv2d_implicit_gemm.cuh"
