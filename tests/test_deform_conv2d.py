@@ -89,20 +89,25 @@ LOW_PRECISIONS = {
 
 @pytest.mark.parametrize("precision", sorted(LOW_PRECISIONS))
 @pytest.mark.parametrize("name", ["basic", "groups2_offset_groups3", "far_offsets", "wide_channels"])
-def test_low_precision_error_is_that_of_its_rounding(name, precision, device, monkeypatch):
-    """float16, bfloat16, and float32 with TF32 allowed, on CUDA. Both ours and a reference that
+def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
+    """float16, bfloat16, and float32 with TF32 allowed (CUDA only). Both ours and a reference that
     rounds what a tensor-core kernel must round (the sampled columns and the weight to the MMA input
     type, the output to the tensor dtype) and computes the rest in float64 are measured against the
-    float64 result on the same (rounded) inputs: ours may add float32 accumulation error only."""
-    if device == "cpu":
-        pytest.skip("float16, bfloat16 and TF32 are CUDA-only")
+    float64 result on the same (rounded) inputs: ours may add float32 accumulation error only. (The
+    CPU computes float16/bfloat16 in float32, rounding only the output.)"""
+    if device == "cpu" and precision == "tf32":
+        pytest.skip("TF32 is a CUDA setting")
     dtype, mma_input, grad_tol = LOW_PRECISIONS[precision]
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", precision == "tf32")
     case = CASES[name]
     low = {k: None if v is None else v.to(dtype) for k, v in case.tensors(torch.float64, device).items()}
     exact_inputs = {k: None if v is None else v.double() for k, v in low.items()}
     exact = run_with_grads(reference.deform_conv2d, case, exact_inputs)
-    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, low)
+    tf32 = torch.backends.cuda.matmul.allow_tf32  # a property: monkeypatch cannot restore it
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, low)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
     groups = case.in_channels // exact_inputs["weight"].shape[1]
     columns = reference.sampled_columns(exact_inputs["input"], exact_inputs["offset"], case.kernel, groups,

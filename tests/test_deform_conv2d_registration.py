@@ -101,9 +101,9 @@ def test_bad_input_errors_name_the_argument(name):
         rcm_fsad_ops.deform_conv2d(**args)
 
 
-def test_cpu_rejects_half_with_a_clear_error():
-    args = {k: v.half() if isinstance(v, torch.Tensor) else v for k, v in good_args().items()}
-    with pytest.raises(RuntimeError, match="CPU kernel supports float32 and float64"):
+def test_cpu_rejects_other_float_types_with_a_clear_error():
+    args = {k: v.to(torch.float8_e4m3fn) if isinstance(v, torch.Tensor) else v for k, v in good_args().items()}
+    with pytest.raises(RuntimeError, match="CPU kernel supports float32, float64, float16 and bfloat16"):
         rcm_fsad_ops.deform_conv2d(**args)
 
 

@@ -235,9 +235,18 @@ Sampling<scalar_t> make_sampling(const DeformConvGeometry& g, const at::Tensor& 
           zeros.const_data_ptr<scalar_t>()};
 }
 
-void check_cpu(const at::Tensor& input) {
+// float16 and bfloat16 run on the CPU in float32: converted on the way in, results rounded back.
+bool computed_in_float(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
+std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
+}
+
+void check_cpu_dtype(const at::Tensor& input) {
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-              "deform_conv2d: the CPU kernel supports float32 and float64 inputs, got ",
+              "deform_conv2d: the CPU kernel supports float32, float64, float16 and bfloat16 inputs, got ",
               input.scalar_type());
 }
 
@@ -246,7 +255,12 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const DeformConvGeometry g =
       check_deform_conv2d_args(input, offset, weight, mask, bias, stride, padding, dilation);
-  check_cpu(input);
+  if (computed_in_float(input)) {
+    return deform_conv2d_cpu(input.to(at::kFloat), offset.to(at::kFloat), weight.to(at::kFloat), to_float(mask),
+                             to_float(bias), stride, padding, dilation)
+        .to(input.scalar_type());
+  }
+  check_cpu_dtype(input);
   const int64_t rows = g.batch * g.out_pixels();
   at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
   if (rows > 0) {
@@ -278,7 +292,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     at::IntArrayRef padding, at::IntArrayRef dilation) {
   const DeformConvGeometry g = check_deform_conv2d_backward_args(grad_output, input, offset, weight,
                                                                  mask, stride, padding, dilation);
-  check_cpu(input);
+  if (computed_in_float(input)) {
+    const auto [gi, go, gw, gm] =
+        deform_conv2d_backward_cpu(grad_output.to(at::kFloat), input.to(at::kFloat), offset.to(at::kFloat),
+                                   weight.to(at::kFloat), to_float(mask), stride, padding, dilation);
+    const at::ScalarType t = input.scalar_type();
+    return {gi.to(t), go.to(t), gw.to(t), gm.to(t)};
+  }
+  check_cpu_dtype(input);
   at::Tensor grad_input = at::zeros({g.batch, g.height, g.width, g.channels}, input.options());
   at::Tensor grad_offset = at::empty_like(offset);
   at::Tensor grad_mask = mask.has_value() ? at::empty_like(*mask) : at::empty({0}, input.options());

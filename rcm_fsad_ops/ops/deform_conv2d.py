@@ -50,7 +50,8 @@ def deform_conv2d(
     Samples are bilinear, corners outside the image read zero. Gradients flow to input, offset,
     weight, mask and bias, with torchvision's convention at the -1 border (the offset gradient of a
     sample exactly on y = -1 or x = -1 is not zeroed, unlike mmcv). Double backward is not supported.
-    Float32/float64 on CPU; float32/float64/float16/bfloat16 on CUDA (float32 accumulation); under
+    Float32/float64 on CPU, and float16/bfloat16 computed there in float32 (converted on entry, the
+    results rounded back); float32/float64/float16/bfloat16 on CUDA (float32 accumulation); under
     CUDA autocast the op runs in the autocast dtype. On sm_80+ the CUDA forward uses tensor cores for
     float16/bfloat16, and for float32 only when ``torch.backends.cuda.matmul.allow_tf32`` is set.
 
