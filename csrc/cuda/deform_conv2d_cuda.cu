@@ -118,15 +118,11 @@ bool use_tensor_cores(const at::Tensor& input) {
 template <typename Tiles, typename scalar_t, typename Kernel>
 void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                           const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
-  const int64_t rows = g.batch * g.out_pixels();
-  const int64_t out_per_group = g.out_channels / g.groups;
-  TORCH_CHECK((rows + Tiles::kRows - 1) / Tiles::kRows <= std::numeric_limits<int32_t>::max() &&
-                  g.groups <= 65535,
+  const int64_t blocks = kernels::gemm_grid_x<Tiles::kRows, Tiles::kCols>(g);
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max() && g.groups <= 65535,
               "deform_conv2d: problem too large for the implicit-GEMM grid; set "
               "RCM_FSAD_DEFORM_CONV_ALGO=columns");
-  const dim3 grid(static_cast<unsigned>((rows + Tiles::kRows - 1) / Tiles::kRows),
-                  static_cast<unsigned>((out_per_group + Tiles::kCols - 1) / Tiles::kCols),
-                  static_cast<unsigned>(g.groups));
+  const dim3 grid(static_cast<unsigned>(blocks), 1, static_cast<unsigned>(g.groups));
   kernel<<<grid, Tiles::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, wmat.const_data_ptr<scalar_t>(),
       bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, out_rows.mutable_data_ptr<scalar_t>());

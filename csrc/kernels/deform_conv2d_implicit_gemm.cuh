@@ -20,7 +20,7 @@ struct ImplicitGemmTiles {
   static constexpr int kThreads = (kRows / kThreadRows) * (kCols / kThreadCols);
 };
 
-// Grid: (ceil(rows / BM), ceil(C_out/groups / BN), groups); block: ImplicitGemmTiles::kThreads.
+// Grid: (gemm_grid_x<BM, BN>(g), 1, groups); block: ImplicitGemmTiles::kThreads.
 // input: NHWC (N, H, W, C); wmat: (C_out, kh*kw*C/groups) as made by weight_matrix();
 // bias: (C_out) or null; out: (rows, C_out), rows = N*H_out*W_out in NHWC order.
 template <typename scalar_t, typename acc_t>
@@ -42,8 +42,9 @@ __global__ void __launch_bounds__(ImplicitGemmTiles::kThreads)
   const int tx = tid % (T::kCols / T::kThreadCols);
   const int ty = tid / (T::kCols / T::kThreadCols);
   const int64_t rows = g.batch * g.out_pixels();
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * T::kRows;
-  const int64_t co0 = static_cast<int64_t>(blockIdx.y) * T::kCols;
+  const GemmTile tile = gemm_tile<T::kRows, T::kCols>(g, blockIdx.x);
+  const int64_t row0 = tile.row0;
+  const int64_t co0 = tile.co0;
   const int64_t group = blockIdx.z;
   const int64_t cg = g.channels_per_group();
   const int64_t cog = g.out_channels / g.groups;

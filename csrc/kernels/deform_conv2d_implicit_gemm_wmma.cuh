@@ -133,7 +133,7 @@ __device__ __forceinline__ bool aligned16(const T* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
-// Grid: (ceil(rows / BM), ceil(C_out/groups / BN), groups); block: WmmaTiles<kCols>::kThreads.
+// Grid: (gemm_grid_x<BM, BN>(g), 1, groups); block: WmmaTiles<kCols>::kThreads.
 // scalar_t: the tensors' element type (c10::Half, c10::BFloat16 or float from the launcher; any
 // 16-bit or 32-bit type with a conversion to float); mma_t: __half, __nv_bfloat16 or
 // Tf32, of the same size as scalar_t (the weight tile is a bit copy).
@@ -171,8 +171,9 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads)
   const int warp_row0 = (warp / T::kWarpsAlongCols) * T::kWarpRows;
   const int warp_col0 = (warp % T::kWarpsAlongCols) * T::kWarpCols;
   const int64_t rows = g.batch * g.out_pixels();
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * T::kRows;
-  const int64_t co0 = static_cast<int64_t>(blockIdx.y) * T::kCols;
+  const GemmTile tile = gemm_tile<T::kRows, T::kCols>(g, blockIdx.x);
+  const int64_t row0 = tile.row0;
+  const int64_t co0 = tile.co0;
   const int64_t group = blockIdx.z;
   const int64_t cg = g.channels_per_group();
   const int64_t cog = g.out_channels / g.groups;

@@ -1,5 +1,5 @@
-// What the implicit-GEMM forward kernels share: the steps of the reduction dimension, and the
-// sampling step, where for one (kernel point, offset group) the bilinear corners of every row of a
+// What the implicit-GEMM forward kernels share: the grid, the steps of the reduction dimension, and
+// the sampling step, where for one (kernel point, offset group) the bilinear corners of every row of a
 // tile of output pixels are computed once per row and then used for all the channels of the offset
 // group. Torch-free (see common.cuh).
 #pragma once
@@ -8,6 +8,28 @@
 
 namespace rcm_fsad {
 namespace kernels {
+
+// The grid of an implicit-GEMM forward: (row tiles x column tiles, 1, conv groups), the column
+// tiles of a row tile in consecutive blocks, so that the input rows they all sample (each block
+// samples its A tile for itself) are still in L2 for the second and later ones.
+template <int kRows, int kCols>
+RCM_HD int64_t gemm_grid_x(const DeformConvGeometry& g) {
+  const int64_t cog = g.out_channels / g.groups;
+  return (g.batch * g.out_pixels() + kRows - 1) / kRows * ((cog + kCols - 1) / kCols);
+}
+
+// The first output pixel (row) and output channel within the conv group of block x of that grid.
+struct GemmTile {
+  int64_t row0;
+  int64_t co0;
+};
+
+// 32-bit division: the launcher keeps the grid below 2^31 blocks (64-bit division costs registers).
+template <int kRows, int kCols>
+RCM_HD GemmTile gemm_tile(const DeformConvGeometry& g, uint32_t block_x) {
+  const uint32_t column_tiles = static_cast<uint32_t>((g.out_channels / g.groups + kCols - 1) / kCols);
+  return {static_cast<int64_t>(block_x / column_tiles) * kRows, static_cast<int64_t>(block_x % column_tiles) * kCols};
+}
 
 // Lives in shared memory; kRows = the tile's output pixels.
 template <typename acc_t, int kRows>

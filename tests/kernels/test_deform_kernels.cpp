@@ -614,9 +614,8 @@ std::vector<double> run_forward(const Problem& p, const ForwardOperands<scalar_t
 
 template <typename Tiles>
 dim3 forward_grid(const Problem& p) {
-  const int64_t rows = p.shape.rows(), cog = p.out_channels / p.shape.groups;
-  return dim3(static_cast<unsigned>((rows + Tiles::kRows - 1) / Tiles::kRows),
-              static_cast<unsigned>((cog + Tiles::kCols - 1) / Tiles::kCols), static_cast<unsigned>(p.shape.groups));
+  const int64_t blocks = rcm_fsad::kernels::gemm_grid_x<Tiles::kRows, Tiles::kCols>(geometry(p));
+  return dim3(static_cast<unsigned>(blocks), 1, static_cast<unsigned>(p.shape.groups));
 }
 
 auto out_element(const Problem& p) {
