@@ -124,6 +124,15 @@ def test_cuda_kernels_compiled_and_registered():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_rejects_an_unknown_forward_algorithm(monkeypatch):
+    monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", "fastest")
+    t = CASES["basic"].tensors(torch.float32, "cuda")
+    with pytest.raises(RuntimeError, match="RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', "
+                                           "'implicit_gemm_simt' or 'columns', got 'fastest'"):
+        rcm_fsad_ops.deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], padding=1, mask=t["mask"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_autocast_stays_in_low_precision(dtype):
     t = CASES["basic"].tensors(torch.float32, "cuda")
