@@ -251,7 +251,10 @@ def test_gradcheck(device):
     def fn(x, off, w, b, m):
         return rcm_fsad_ops.deform_conv2d(x, off, w, b, mask=m, **case.kwargs())
 
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+    # The CUDA backward scatters the input gradient with atomics, whose float64 sums may differ in
+    # the last bits from one run to the next: gradcheck's reentrancy check needs that much slack.
+    nondet_tol = 1e-12 if device == "cuda" else 0.0
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, nondet_tol=nondet_tol)
 
 
 def test_double_backward_raises(device):
