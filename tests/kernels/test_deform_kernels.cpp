@@ -271,6 +271,23 @@ std::vector<scalar_t> to_device(const std::vector<double>& v) {
   return out;
 }
 
+// The sampling inputs as every launcher passes them: the NHWC input, offset and mask in their
+// layouts (mask empty and null without modulation).
+template <typename scalar_t>
+struct SamplingOperands {
+  std::vector<scalar_t> input, offset, mask;
+  FieldStrides os, ms;
+
+  explicit SamplingOperands(const reference::Inputs& in)
+      : input(to_device<scalar_t>(in.image)),
+        offset(to_device<scalar_t>(in.offset.data)),
+        mask(to_device<scalar_t>(in.mask.data)),
+        os{in.offset.sn, in.offset.sc, in.offset.sh, in.offset.sw},
+        ms(in.s.has_mask ? FieldStrides{in.mask.sn, in.mask.sc, in.mask.sh, in.mask.sw} : FieldStrides{0, 0, 0, 0}) {}
+
+  const scalar_t* mask_ptr() const { return mask.empty() ? nullptr : mask.data(); }
+};
+
 template <typename T>
 double to_double(T v) {
   return static_cast<double>(static_cast<float>(v));
@@ -373,11 +390,7 @@ int check_im2col(const Problem& p, const Config& cfg) {
   const reference::Inputs in = make_inputs<scalar_t>(p);
   const reference::Outputs ref = reference::compute(in);
   const DeformConvGeometry g = geometry(p);
-  const std::vector<scalar_t> input = to_device<scalar_t>(in.image);
-  const std::vector<scalar_t> offset = to_device<scalar_t>(in.offset.data);
-  const std::vector<scalar_t> mask = to_device<scalar_t>(in.mask.data);
-  const FieldStrides os{in.offset.sn, in.offset.sc, in.offset.sh, in.offset.sw};
-  const FieldStrides ms = s.has_mask ? FieldStrides{in.mask.sn, in.mask.sc, in.mask.sh, in.mask.sw} : FieldStrides{0, 0, 0, 0};
+  const SamplingOperands<scalar_t> op(in);
   const int64_t rows = s.rows(), width = s.row_width();
   const int64_t chunk = rows_per_launch(p, cfg);
   int bad = 0;
@@ -388,8 +401,8 @@ int check_im2col(const Problem& p, const Config& cfg) {
     const int64_t grid = grid_for(cfg, len * width, cfg.block);
     if (launched.empty()) launched = config_name(cfg, grid);
     emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
-                rcm_fsad::kernels::deform_im2col_kernel<scalar_t, acc_t, index_t>, g, input.data(), offset.data(), os,
-                s.has_mask ? mask.data() : nullptr, ms, r0, static_cast<index_t>(len), columns.data());
+                rcm_fsad::kernels::deform_im2col_kernel<scalar_t, acc_t, index_t>, g, op.input.data(), op.offset.data(),
+                op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), columns.data());
     std::vector<double> got(len * width), want(len * width);
     for (int64_t i = 0; i < len * width; ++i) {
       got[i] = to_double(columns[i]);
@@ -429,11 +442,7 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
   const reference::Outputs ref = reference::compute(in);
   const DeformConvGeometry g = geometry(p);
   const int64_t K = s.points(), G = s.offset_groups, oh = s.out_h(), ow = s.out_w();
-  const std::vector<scalar_t> input = to_device<scalar_t>(in.image);
-  const std::vector<scalar_t> offset = to_device<scalar_t>(in.offset.data);
-  const std::vector<scalar_t> mask = to_device<scalar_t>(in.mask.data);
-  const FieldStrides os{in.offset.sn, in.offset.sc, in.offset.sh, in.offset.sw};
-  const FieldStrides ms = s.has_mask ? FieldStrides{in.mask.sn, in.mask.sc, in.mask.sh, in.mask.sw} : FieldStrides{0, 0, 0, 0};
+  const SamplingOperands<scalar_t> op(in);
   // Gradient outputs in the same layout as their inputs, NaN everywhere (gaps included) first.
   const FieldLayout gol = field_layout(p.layout, s.N, 2 * G * K, oh, ow);
   const FieldLayout gml = field_layout(p.layout, s.N, G * K, oh, ow);
@@ -460,15 +469,15 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
       if (deterministic) launched += emu::detail::format(", grad_input grid %" PRId64, planes_grid);
     }
     emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
-                rcm_fsad::kernels::deform_col2im_kernel<scalar_t, acc_t, index_t>, g, input.data(), offset.data(), os,
-                s.has_mask ? mask.data() : nullptr, ms, r0, static_cast<index_t>(len), grad_columns.data(),
+                rcm_fsad::kernels::deform_col2im_kernel<scalar_t, acc_t, index_t>, g, op.input.data(), op.offset.data(),
+                op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), grad_columns.data(),
                 deterministic ? nullptr : grad_input.data(), grad_offset.data(), gol.strides,
                 s.has_mask ? grad_mask.data() : nullptr, s.has_mask ? gml.strides : FieldStrides{0, 0, 0, 0});
     if (deterministic) {
       emu::launch(cfg.mode, dim3(static_cast<unsigned>(planes_grid)), dim3(cfg.block), 0,
                   rcm_fsad::kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, index_t>, g,
-                  offset.data(), os, s.has_mask ? mask.data() : nullptr, ms, r0, static_cast<index_t>(len),
-                  band_rows, grad_columns.data(), grad_input.data());
+                  op.offset.data(), op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), band_rows,
+                  grad_columns.data(), grad_input.data());
     }
   }
   int bad = 0;
@@ -562,14 +571,14 @@ int check_col2im_deterministic(const Problem& p, const std::vector<Config>& conf
 template <typename scalar_t>
 struct ForwardOperands {
   reference::Inputs in;
+  SamplingOperands<scalar_t> sampling;
   std::vector<double> weight;  // (C_out, C_g, kh, kw)
   std::vector<double> bias;    // (C_out) or empty
-  std::vector<scalar_t> input, offset, mask, bias_device;
+  std::vector<scalar_t> bias_device;
   std::vector<scalar_t> wmat;  // the GEMM operand of weight_matrix(): (C_out, kh, kw, C_g)
-  FieldStrides os, ms;
   std::vector<double> want;    // (rows, C_out)
 
-  ForwardOperands(const Problem& p) : in(make_inputs<scalar_t>(p)) {
+  explicit ForwardOperands(const Problem& p) : in(make_inputs<scalar_t>(p)), sampling(in) {
     const Shape& s = p.shape;
     const int64_t cout = p.out_channels, cg = s.C / s.groups, K = s.points();
     Rng rng{p.seed * 31u + 5u};
@@ -578,12 +587,7 @@ struct ForwardOperands {
     for (double& w : weight) w = through<scalar_t>(rng.uniform(-0.5, 0.5));
     for (double& b : bias) b = through<scalar_t>(rng.uniform(-1.0, 1.0));
     want = reference::forward(in, reference::compute(in), cout, weight, bias);
-    input = to_device<scalar_t>(in.image);
-    offset = to_device<scalar_t>(in.offset.data);
-    mask = to_device<scalar_t>(in.mask.data);
     bias_device = to_device<scalar_t>(bias);
-    os = {in.offset.sn, in.offset.sc, in.offset.sh, in.offset.sw};
-    ms = s.has_mask ? FieldStrides{in.mask.sn, in.mask.sc, in.mask.sh, in.mask.sw} : FieldStrides{0, 0, 0, 0};
     wmat.resize(cout * K * cg);
     for (int64_t co = 0; co < cout; ++co) {
       for (int64_t cl = 0; cl < cg; ++cl) {
@@ -594,7 +598,6 @@ struct ForwardOperands {
     }
   }
 
-  const scalar_t* mask_ptr() const { return in.s.has_mask ? mask.data() : nullptr; }
   const scalar_t* bias_ptr() const { return bias.empty() ? nullptr : bias_device.data(); }
 };
 
@@ -605,8 +608,9 @@ std::vector<double> run_forward(const Problem& p, const ForwardOperands<scalar_t
                                 Kernel kernel) {
   std::vector<scalar_t> out(p.shape.rows() * p.out_channels,
                             static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
-  emu::launch(emu::Mode::BlockByBlock, grid, dim3(threads), 0, kernel, geometry(p), op.input.data(), op.offset.data(),
-              op.os, op.mask_ptr(), op.ms, op.wmat.data(), op.bias_ptr(), out.data());
+  emu::launch(emu::Mode::BlockByBlock, grid, dim3(threads), 0, kernel, geometry(p), op.sampling.input.data(),
+              op.sampling.offset.data(), op.sampling.os, op.sampling.mask_ptr(), op.sampling.ms, op.wmat.data(),
+              op.bias_ptr(), out.data());
   std::vector<double> got(out.size());
   for (size_t i = 0; i < out.size(); ++i) got[i] = to_double(out[i]);
   return got;
