@@ -17,8 +17,10 @@
 #   7 synccheck  the same cases in float32/float16                                  -> checks.log
 #   8 bench      python -m benchmarks --device cuda --out $OUT                      -> bench.log, cuda-*.json/.md
 #   extra, only while the time budget lasts:
-#   9 bench-tf32 the fp32 benchmark with TF32 allowed on both sides (table only)    -> bench.log
-#  10 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
+#   9 profile    per-kernel device time of each implementation (python -m benchmarks.profile_kernels
+#                --device cuda --repeats 5; tables only)                            -> bench.log
+#  10 bench-tf32 the fp32 benchmark with TF32 allowed on both sides (table only)    -> bench.log
+#  11 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
 #
 # $OUT/summary.txt lists every step (OK / FAIL / SKIP, exit code, seconds) and a final STATUS line;
 # the script exits 0 when all ran and passed, 1 when any step failed, 2 when a required step was skipped.
@@ -229,6 +231,13 @@ done
 step bench "$BENCH_LOG" 270 1 "$PY -m benchmarks --device cuda --out '$OUT'"
 
 # ---- 7 extra while time is left -------------------------------------------------------------------
+# Which kernels the benchmark's time goes to. Its tables go to bench.log only, no file of its own: with
+# the compile step's JSON, $OUT already holds 7 files.
+if (( $(remaining) >= 90 )); then
+    step profile "$BENCH_LOG" 60 0 "$PY -m benchmarks.profile_kernels --device cuda --repeats 5"
+else
+    skip_step profile "$BENCH_LOG" 0 "not enough time left for the kernel profile"
+fi
 # fp32 with TF32 allowed on both sides (our tensor-core kernel against torchvision's TF32 GEMM).
 if (( $(remaining) >= 150 )); then
     step bench-tf32 "$BENCH_LOG" 90 0 "$PY -m benchmarks --device cuda --tf32 --dtypes fp32 --no-write"

@@ -261,6 +261,18 @@ def _torchvision(mode: str) -> Callable:
     return via_autocast
 
 
+def compared_impls(device_type: str) -> List[str]:
+    """The implementations every run compares: ours, on CUDA also its other paths (CUDA_VARIANTS), and
+    torchvision. Returns their names in table order."""
+    return [OURS] + (list(CUDA_VARIANTS) if device_type == "cuda" else []) + [TORCHVISION]
+
+
+def current_variant() -> Variant:
+    """The forward algorithm and determinism in force now, with every pass: what ``ours`` (and every
+    implementation that is not a CUDA variant) runs under, and what is restored after the variants."""
+    return Variant(os.environ.get(ALGORITHM_ENV), torch.are_deterministic_algorithms_enabled(), PASSES)
+
+
 def _select(algorithm: Optional[str], deterministic: bool) -> None:
     """Our CUDA forward algorithm (None: the default) and torch's determinism for the calls that follow."""
     if algorithm is None:
@@ -699,7 +711,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
         except Exception as exc:  # noqa: BLE001
             add_error_rows(impl, exc)
 
-    default = Variant(os.environ.get(ALGORITHM_ENV), torch.are_deterministic_algorithms_enabled(), PASSES)
+    default = current_variant()
     for impl in IMPL_ORDER:
         if impl not in functions:
             continue
@@ -782,7 +794,7 @@ def run_device(device_name: str, quick: bool = False, out_dir: Optional[Path] = 
     ceilings = gpu_ceilings(machine.get("gpu_name")) if device.type == "cuda" else None
     selected = cases_for(device.type, cases)
 
-    impls = [OURS] + (list(CUDA_VARIANTS) if device.type == "cuda" else []) + [TORCHVISION]
+    impls = compared_impls(device.type)
     notes = []
     if device.type == "cuda":
         notes.append(f"ours = the default path (tensor cores for fp16/bf16, and for fp32 under TF32); "

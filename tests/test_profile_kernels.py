@@ -1,0 +1,64 @@
+"""benchmarks/profile_kernels.py on the CPU, on a tiny case (what the profile says, not how fast it is)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import profile_kernels, runner, shapes
+from benchmarks.shapes import FWD, FWD_BWD, Case
+
+TINY = Case("tiny", n=1, c_in=4, h=5, w=5, dtypes={"cpu": ("fp32",)})
+
+
+@pytest.fixture
+def tiny_case(monkeypatch) -> Case:
+    """TINY as the only benchmark case, so that the command line can name it."""
+    monkeypatch.setattr(shapes, "CASES", [TINY])
+    monkeypatch.setattr(shapes, "CASES_BY_NAME", {TINY.name: TINY})
+    return TINY
+
+
+def test_cpu_profile_of_a_tiny_case(tiny_case, tmp_path, capsys):
+    # default --dtypes (fp32 bf16): bf16 is no CPU dtype of the case, so only fp32 runs
+    assert profile_kernels.main(["--device", "cpu", "--cases", "tiny", "--repeats", "2", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+
+    (json_path,) = tmp_path.glob("profile-cpu-*.json")
+    (md_path,) = tmp_path.glob("profile-cpu-*.md")
+    result = json.loads(json_path.read_text())
+    assert list(result["meta"]["cases"]) == ["tiny"]
+    profiles = result["profiles"]
+    assert {(p["impl"], p["pass"]) for p in profiles} == {
+        (impl, pass_name) for impl in (runner.OURS, runner.TORCHVISION) for pass_name in (FWD, FWD_BWD)}
+    for p in profiles:
+        assert (p["case"], p["dtype"], p["status"]) == ("tiny", "fp32", "ok"), p
+        assert p["wall_ms"] > 0 and p["device_ms"] > 0
+        assert all(k["ms_per_call"] > 0 and k["launches_per_call"] > 0 for k in p["kernels"])
+        assert p["device_ms"] == pytest.approx(sum(k["ms_per_call"] for k in p["kernels"]))
+        table = profile_kernels.top_rows(p["kernels"])
+        assert len(table) <= profile_kernels.TOP_K + 1
+        assert sum(row["share"] for row in table) == pytest.approx(1.0)
+        assert f"| `{table[0]['short_name']}` |" in md_path.read_text()
+        if p["impl"] == runner.OURS:
+            assert "rcm_fsad::deform_conv2d" in {k["name"] for k in p["kernels"]}
+    assert "#### tiny · fp32 · fwd+bwd · ours" in printed
+
+
+def test_unknown_case_is_a_clear_error(capsys):
+    assert profile_kernels.main(["--device", "cpu", "--cases", "no_such_case"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown benchmark case" in err and "no_such_case" in err
+
+
+def test_short_name_keeps_the_readable_part():
+    ours = ("void rcm_fsad::kernels::deform_conv2d_implicit_gemm_wmma_kernel<c10::BFloat16, __nv_bfloat16, 64>"
+            "(rcm_fsad::DeformConvGeometry, c10::BFloat16 const*, c10::BFloat16 const*, rcm_fsad::FieldStrides)")
+    assert profile_kernels.short_name(ours) == \
+        "rcm_fsad::kernels::deform_conv2d_implicit_gemm_wmma_kernel<c10::BFloat16, __nv_bfloat16, 64>"
+    nested = ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, "
+              "std::array<char*, 1ul> >(int, at::native::FillFunctor<float>, std::array<char*, 1ul>)")
+    assert profile_kernels.short_name(nested) == \
+        "at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<…>, std::array<…> >"
+    assert profile_kernels.short_name(nested, width=40) == "at::native::vectorized_elementwise_kern…"
+    assert profile_kernels.short_name("aten::addmm") == "aten::addmm"
