@@ -45,9 +45,10 @@ DTYPES = (
     ("BFloat16", "float"),
 )
 INDEX_TYPES = ("int32_t", "int64_t")
-# (scalar_t, mma_t, block width) of the tensor-core kernel, as the backend launches it.
-TENSOR_CORE_TYPES = tuple(types + (cols,) for types in (("Half", "__half"), ("BFloat16", "__nv_bfloat16"),
-                                                           ("float", "Tf32")) for cols in ("64", "128"))
+# (scalar_t, mma_t, block width) of the tensor-core kernel, as the backend launches it
+# (kernels::wmma_tile_cols: TF32 only 64 wide).
+TENSOR_CORE_TYPES = (("Half", "__half", "64"), ("Half", "__half", "128"), ("BFloat16", "__nv_bfloat16", "64"),
+                     ("BFloat16", "__nv_bfloat16", "128"), ("float", "Tf32", "64"))
 
 # (scalar_t, acc_t, index_t) of the grid-stride kernels.
 WITH_INDEX_TYPES = tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)
@@ -58,6 +59,7 @@ WITH_INDEX_TYPES = tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)
 KERNELS = {
     "deform_im2col_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
     "deform_col2im_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
+    "deform_sample_table_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
     "deform_col2im_input_deterministic_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
     "deform_conv2d_implicit_gemm_kernel": ("deform_conv2d_implicit_gemm.cuh", DTYPES),
     "deform_conv2d_implicit_gemm_wmma_kernel": ("deform_conv2d_implicit_gemm_wmma.cuh", TENSOR_CORE_TYPES),

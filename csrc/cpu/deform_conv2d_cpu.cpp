@@ -54,13 +54,6 @@ struct Sampling {
     }
     return t;
   }
-
-  // End of the run of channels starting at c that stays in offset group og and in one conv group,
-  // i.e. that is contiguous in a columns row.
-  int64_t run_end(int64_t og, int64_t c) const {
-    const int64_t cg = g.channels_per_group();
-    return std::min((og + 1) * g.channels_per_offset_group(), (c / cg + 1) * cg);
-  }
 };
 
 // cols[r - row_begin, :] for rows [row_begin, row_end).
@@ -78,7 +71,7 @@ template <typename scalar_t>
         const auto& w = t.weight;
         for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
              c0 = c1) {
-          c1 = s.run_end(og, c0);
+          c1 = g.column_run_end(og, c0);
           scalar_t* __restrict__ dst = col_row + g.column_index(c0, k) - c0;
           const scalar_t* __restrict__ a = corner[0];
           const scalar_t* __restrict__ b = corner[1];
@@ -119,7 +112,7 @@ template <typename scalar_t>
         scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
         for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
              c0 = c1) {
-          c1 = s.run_end(og, c0);
+          c1 = g.column_run_end(og, c0);
           const scalar_t* __restrict__ gcol = grad_row + g.column_index(c0, k) - c0;
           const scalar_t* __restrict__ v00 = corner[0];
           const scalar_t* __restrict__ v01 = corner[1];

@@ -10,7 +10,7 @@
 // The backward takes the columns path: recompute the columns, both GEMMs, deform_col2im_kernel,
 // which scatters the input gradient with float atomics. Under torch.use_deterministic_algorithms
 // that scatter is off and deform_col2im_input_deterministic_kernel computes the input gradient
-// instead, without atomics: every kernel of the backward is then deterministic, and the GEMMs are
+// instead, without atomics, from a table of the samples (deform_sample_table_kernel): every kernel of the backward is then deterministic, and the GEMMs are
 // cuBLAS's on one stream, deterministic under PyTorch's own rules (some versions of PyTorch raise
 // until CUBLAS_WORKSPACE_CONFIG is set).
 // Kernel bodies live in ../kernels/.
@@ -44,6 +44,8 @@ constexpr int kThreads = 256;
 constexpr int kDeterministicThreads = 64;
 constexpr int64_t kDeterministicThreadsPerSM = 1024;
 constexpr int64_t kDeterministicBytes = int64_t(256) << 20;
+// Its sample table (deform_sample_table_kernel) covers at most this many bytes of rows at a time.
+constexpr int64_t kDeterministicTableBytes = int64_t(64) << 20;
 // Columns elements per chunk: 64M elements keeps the buffer at 256 MB in float32.
 constexpr int64_t kChunkElements = int64_t(1) << 26;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
@@ -138,7 +140,7 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
   if constexpr (!std::is_void_v<typename TensorCoreInput<scalar_t>::type>) {
     if (algo == ForwardAlgorithm::ImplicitGemm && use_tensor_cores<scalar_t>(input)) {
       using mma_t = typename TensorCoreInput<scalar_t>::type;
-      if (kernels::wmma_tile_cols(g.out_channels / g.groups) == 128) {
+      if (kernels::wmma_tile_cols<mma_t>(g.out_channels / g.groups) == 128) {
         launch_implicit_gemm<kernels::WmmaTiles<128>>(
             kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, 128>, g, a, wmat, bias_c, out_rows);
       } else {
@@ -153,21 +155,25 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
       out_rows);
 }
 
+// deform_im2col_kernel and deform_col2im_kernel: a warp per (row, kernel point, offset group).
+int64_t sample_warps(const DeformConvGeometry& g, int64_t rows) {
+  return rows * g.kernel_points() * g.offset_groups;
+}
+
 template <typename scalar_t>
 void launch_im2col(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, int64_t first_row,
                    int64_t rows, scalar_t* columns) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t total = rows * g.column_width();
+  const int64_t warps = sample_warps(g, rows);
+  const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  if (fits_int32(total)) {
-    kernels::deform_im2col_kernel<scalar_t, acc_t, int32_t>
-        <<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
-            g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row,
-            static_cast<int32_t>(rows), columns);
+  if (fits_int32(warps * kernels::kWarpSize)) {
+    kernels::deform_im2col_kernel<scalar_t, acc_t, int32_t><<<blocks, kThreads, 0, stream>>>(
+        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, static_cast<int32_t>(rows),
+        columns);
   } else {
-    kernels::deform_im2col_kernel<scalar_t, acc_t, int64_t>
-        <<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
-            g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows, columns);
+    kernels::deform_im2col_kernel<scalar_t, acc_t, int64_t><<<blocks, kThreads, 0, stream>>>(
+        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows, columns);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -177,19 +183,17 @@ void launch_col2im(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
                    int64_t rows, const scalar_t* grad_columns, at::opmath_type<scalar_t>* grad_input,
                    scalar_t* grad_offset, FieldStrides gos, scalar_t* grad_mask, FieldStrides gms) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t warps = rows * g.kernel_points() * g.offset_groups;
-  const int64_t warps_per_block = kThreads / kernels::kWarpSize;
+  const int64_t warps = sample_warps(g, rows);
+  const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (fits_int32(warps * kernels::kWarpSize)) {
-    kernels::deform_col2im_kernel<scalar_t, acc_t, int32_t>
-        <<<blocks_for(warps, warps_per_block), kThreads, 0, stream>>>(
-            g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row,
-            static_cast<int32_t>(rows), grad_columns, grad_input, grad_offset, gos, grad_mask, gms);
+    kernels::deform_col2im_kernel<scalar_t, acc_t, int32_t><<<blocks, kThreads, 0, stream>>>(
+        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, static_cast<int32_t>(rows),
+        grad_columns, grad_input, grad_offset, gos, grad_mask, gms);
   } else {
-    kernels::deform_col2im_kernel<scalar_t, acc_t, int64_t>
-        <<<blocks_for(warps, warps_per_block), kThreads, 0, stream>>>(
-            g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows,
-            grad_columns, grad_input, grad_offset, gos, grad_mask, gms);
+    kernels::deform_col2im_kernel<scalar_t, acc_t, int64_t><<<blocks, kThreads, 0, stream>>>(
+        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows, grad_columns,
+        grad_input, grad_offset, gos, grad_mask, gms);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -207,28 +211,48 @@ int64_t deterministic_band_rows(const DeformConvGeometry& g, int64_t acc_size) {
   return (g.out_pixels() + bands - 1) / bands;
 }
 
+// Rows per piece of the deterministic input gradient: its sample table (one MaskedCorners per
+// (row, kernel point, offset group)) stays within kDeterministicTableBytes.
+int64_t deterministic_table_rows(const DeformConvGeometry& g, int64_t chunk, int64_t entry_bytes) {
+  const int64_t row_bytes = g.kernel_points() * g.offset_groups * entry_bytes;
+  return std::clamp<int64_t>(kDeterministicTableBytes / row_bytes, 1, chunk);
+}
+
+// The deterministic input gradient of rows [first_row, first_row + rows), whose columns gradient
+// starts at grad_columns: in pieces of at most table_rows rows, in row order, the piece's sample
+// table (deform_sample_table_kernel into `table`), then its per-band sums.
 template <typename scalar_t>
 void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
-                                       int64_t first_row, int64_t rows, int64_t band_rows,
-                                       const scalar_t* grad_columns, at::opmath_type<scalar_t>* grad_bands) {
+                                       int64_t first_row, int64_t rows, int64_t band_rows, int64_t table_rows,
+                                       const scalar_t* grad_columns, at::Tensor& table,
+                                       at::opmath_type<scalar_t>* grad_bands) {
   using acc_t = at::opmath_type<scalar_t>;
+  using Corners = kernels::MaskedCorners<acc_t>;
+  Corners* entries = reinterpret_cast<Corners*>(table.mutable_data_ptr<uint8_t>());
   const int64_t bands = (g.out_pixels() + band_rows - 1) / band_rows;
-  const int64_t images = (first_row + rows - 1) / g.out_pixels() - first_row / g.out_pixels() + 1;
-  const int64_t total = images * bands * g.channels;
-  const int blocks = blocks_for(total, kDeterministicThreads);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  if (fits_int32(total)) {
-    kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, int32_t>
-        <<<blocks, kDeterministicThreads, 0, stream>>>(
-            g, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row,
-            static_cast<int32_t>(rows), band_rows, grad_columns, grad_bands);
-  } else {
-    kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, int64_t>
-        <<<blocks, kDeterministicThreads, 0, stream>>>(
-            g, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows, band_rows, grad_columns,
-            grad_bands);
+  for (int64_t p0 = first_row; p0 < first_row + rows; p0 += table_rows) {
+    const int64_t len = std::min(table_rows, first_row + rows - p0);
+    const scalar_t* gc = grad_columns + (p0 - first_row) * g.column_width();
+    const int64_t entries_total = sample_warps(g, len);
+    const int64_t images = (p0 + len - 1) / g.out_pixels() - p0 / g.out_pixels() + 1;
+    const int64_t planes = images * bands * g.channels;
+    const int table_blocks = blocks_for(entries_total, kThreads);
+    const int blocks = blocks_for(planes, kDeterministicThreads);
+    if (fits_int32(std::max(entries_total, planes))) {
+      kernels::deform_sample_table_kernel<scalar_t, acc_t, int32_t><<<table_blocks, kThreads, 0, stream>>>(
+          g, a.offset, a.offset_strides, a.mask, a.mask_strides, p0, static_cast<int32_t>(len), entries);
+      kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, int32_t>
+          <<<blocks, kDeterministicThreads, 0, stream>>>(g, entries, p0, static_cast<int32_t>(len), band_rows, gc,
+                                                         grad_bands);
+    } else {
+      kernels::deform_sample_table_kernel<scalar_t, acc_t, int64_t><<<table_blocks, kThreads, 0, stream>>>(
+          g, a.offset, a.offset_strides, a.mask, a.mask_strides, p0, len, entries);
+      kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, int64_t>
+          <<<blocks, kDeterministicThreads, 0, stream>>>(g, entries, p0, len, band_rows, gc, grad_bands);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
@@ -292,6 +316,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     const int64_t chunk = chunk_rows(g);
     at::Tensor cols = at::empty({chunk, g.column_width()}, input.options());
     at::Tensor grad_cols = at::empty({chunk, g.column_width()}, input.options());
+    const int64_t entry_bytes = acc_type == at::kDouble ? sizeof(kernels::MaskedCorners<double>)
+                                                        : sizeof(kernels::MaskedCorners<float>);
+    const int64_t table_rows = deterministic ? deterministic_table_rows(g, chunk, entry_bytes) : 0;
+    at::Tensor table = at::empty({table_rows * g.kernel_points() * g.offset_groups * entry_bytes},
+                                 input.options().dtype(at::kByte));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                     "deform_conv2d_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -309,7 +338,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         acc_t* gi_ptr = grad_input.mutable_data_ptr<acc_t>();
         launch_col2im<scalar_t>(g, a, r0, len, gc_ptr, deterministic ? nullptr : gi_ptr,
                                 grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
-        if (deterministic) launch_col2im_input_deterministic<scalar_t>(g, a, r0, len, band_rows, gc_ptr, gi_ptr);
+        if (deterministic) {
+          launch_col2im_input_deterministic<scalar_t>(g, a, r0, len, band_rows, table_rows, gc_ptr, table, gi_ptr);
+        }
       }
     });
   }

@@ -3,7 +3,7 @@
 // (no columns buffer; the corners of each (row, kernel point, offset group) computed once and
 // shared by its channels), with bigger tiles: the A tile is sampled in float, rounded once to the
 // MMA input type and stored in shared memory; the weight tile is copied as is; each warp multiplies
-// 32x32 of the block tile with 16x16 fragments and float accumulators. 16-byte loads of the NHWC
+// 32 rows x BN/2 columns of the block tile with 16x16 fragments and float accumulators. 16-byte loads of the NHWC
 // input and the weight when channels and pointers allow (channels a multiple of 8 for 16-bit types,
 // of 4 for float), element loads otherwise.
 // Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness, which
@@ -17,6 +17,8 @@
 #else
 #include <cstring>
 #endif
+
+#include <type_traits>
 
 #include "deform_conv2d_tile_corners.cuh"
 
@@ -65,20 +67,24 @@ struct MmaInput<Tf32> {
 
 // kCols_ (BN, output channels per block) is 64 or 128: every block samples its rows' A tile for
 // itself, so a block as wide as the conv group's output channels samples each element once.
+// Either way 8 warps (4 x 2), each 32 rows x BN/2 columns of the tile, and two blocks per SM
+// (kBlocksPerSM, a register budget of 128): while one block samples its next A tile, the other's
+// warps keep the tensor cores busy, which one block of 16 warps, stalled at its barriers, did not.
 template <int kCols_>
 struct WmmaTiles {
   static constexpr int kRows = 128;     // BM: output pixels per block
   static constexpr int kCols = kCols_;  // BN
   static constexpr int kDepth = 32;     // BK: channels per reduction step
   static constexpr int kFrag = 16;      // fragment rows and columns
-  static constexpr int kWarpRows = 32;  // a warp's share of the block tile: 32 x 32
-  static constexpr int kWarpCols = 32;
-  static constexpr int kWarpsAlongRows = kRows / kWarpRows;
-  static constexpr int kWarpsAlongCols = kCols / kWarpCols;
+  static constexpr int kWarpsAlongRows = 4;
+  static constexpr int kWarpsAlongCols = 2;
+  static constexpr int kWarpRows = kRows / kWarpsAlongRows;  // a warp's share of the block tile
+  static constexpr int kWarpCols = kCols / kWarpsAlongCols;
   static constexpr int kFragsAlongRows = kWarpRows / kFrag;
   static constexpr int kFragsAlongCols = kWarpCols / kFrag;
   static constexpr int kWarps = kWarpsAlongRows * kWarpsAlongCols;
-  static constexpr int kThreads = 32 * kWarps;  // 256 or 512
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kBlocksPerSM = 2;
   // Row pitch of the shared tiles of smem_t elements: kDepth plus 16 bytes. WMMA wants a multiple
   // of 16 bytes, and the extra 16 bytes put the 8 rows that a fragment load reads at once on
   // disjoint shared-memory banks (80-byte rows for 16-bit types, 144-byte rows for float).
@@ -86,8 +92,13 @@ struct WmmaTiles {
   static constexpr int kPitch = kDepth + 16 / static_cast<int>(sizeof(smem_t));
 };
 
-// The block width the launcher uses for a conv group of `cog` output channels.
-RCM_HD int wmma_tile_cols(int64_t cog) { return cog > 64 ? 128 : 64; }
+// The block width the launcher uses for a conv group of `cog` output channels. TF32 stays at 64:
+// at 128 its fragments (twice the registers of 16-bit ones per element of depth) need more than
+// the 128 registers of two blocks per SM, and ptxas spills.
+template <typename mma_t>
+RCM_HD int wmma_tile_cols(int64_t cog) {
+  return cog > 64 && !std::is_same_v<mma_t, Tf32> ? 128 : 64;
+}
 
 // Shared memory of the kernel: the operand tiles of a reduction step, which the epilogue reuses to
 // stage one accumulator fragment per warp.
@@ -140,7 +151,7 @@ __device__ __forceinline__ bool aligned16(const T* p) {
 // input: NHWC (N, H, W, C); wmat: (C_out, kh*kw*C/groups) as made by weight_matrix();
 // bias: (C_out) or null; out: (rows, C_out), rows = N*H_out*W_out in NHWC order.
 template <typename scalar_t, typename mma_t, int kCols>
-__global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads)
+__global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::kBlocksPerSM)
     deform_conv2d_implicit_gemm_wmma_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                                             const scalar_t* __restrict__ offset, FieldStrides offset_strides,
                                             const scalar_t* __restrict__ mask, FieldStrides mask_strides,
@@ -254,19 +265,18 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads)
     __syncthreads();  // tiles complete
     for (int kk = 0; kk < depth; kk += kFragDepth) {
       FragA a[T::kFragsAlongRows];
-      FragB b[T::kFragsAlongCols];
       RCM_UNROLL
       for (int i = 0; i < T::kFragsAlongRows; ++i) {
         wmma::load_matrix_sync(a[i], a_tile + (warp_row0 + i * T::kFrag) * kPitch + kk, kPitch);
       }
+      // One B fragment live at a time: with BN/2 = 64 columns per warp, holding all four took the
+      // TF32 instantiation past its 128 registers.
       RCM_UNROLL
       for (int j = 0; j < T::kFragsAlongCols; ++j) {
-        wmma::load_matrix_sync(b[j], b_tile + (warp_col0 + j * T::kFrag) * kPitch + kk, kPitch);
-      }
-      RCM_UNROLL
-      for (int i = 0; i < T::kFragsAlongRows; ++i) {
+        FragB b;
+        wmma::load_matrix_sync(b, b_tile + (warp_col0 + j * T::kFrag) * kPitch + kk, kPitch);
         RCM_UNROLL
-        for (int j = 0; j < T::kFragsAlongCols; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        for (int i = 0; i < T::kFragsAlongRows; ++i) wmma::mma_sync(acc[i][j], a[i], b, acc[i][j]);
       }
     }
   }

@@ -9,41 +9,6 @@ namespace kernels {
 
 constexpr int kWarpSize = 32;
 
-// columns[r, column_index(c, k)] = mask * bilinear sample, for rows first_row .. first_row+rows-1.
-// One thread per (row, kernel point, channel): consecutive threads walk channels, so both the NHWC
-// corner reads and the column writes are coalesced.
-// input: NHWC (N, H, W, C); columns: (rows, C*K).
-template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void deform_im2col_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
-                                     const scalar_t* __restrict__ offset, FieldStrides offset_strides,
-                                     const scalar_t* __restrict__ mask, FieldStrides mask_strides,
-                                     int64_t first_row, index_t rows, scalar_t* __restrict__ columns) {
-  const index_t channels = static_cast<index_t>(g.channels);
-  const index_t points = static_cast<index_t>(g.kernel_points());
-  const index_t total = rows * points * channels;
-  const index_t step = static_cast<index_t>(blockDim.x) * gridDim.x;
-  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += step) {
-    const index_t c = idx % channels;
-    const index_t t = idx / channels;
-    const index_t k = t % points;
-    const index_t r = t / points;
-    const OutputPixel px = output_pixel(g, first_row + r);
-    const int64_t n = px.n, oy = px.oy, ox = px.ox;
-    const int64_t og = c / g.channels_per_offset_group();
-    const SamplePoint<acc_t> p =
-        deform_sample_point<acc_t>(g, offset, offset_strides, n, og, k, oy, ox);
-    const acc_t m = modulation<acc_t>(g, mask, mask_strides, n, og, k, oy, ox);
-    const scalar_t* image = input + n * g.height * g.width * g.channels;
-    const acc_t v = interpolate(p, corner_value(p, 0, image, g.channels, c),
-                                corner_value(p, 1, image, g.channels, c),
-                                corner_value(p, 2, image, g.channels, c),
-                                corner_value(p, 3, image, g.channels, c));
-    columns[static_cast<int64_t>(r) * g.column_width() + g.column_index(c, k)] =
-        static_cast<scalar_t>(m * v);
-  }
-}
-
 template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t v) {
   for (int delta = kWarpSize / 2; delta > 0; delta /= 2) {
@@ -52,74 +17,148 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
   return v;
 }
 
+// Work item w of the sampling kernels, which give a warp (or, for the sample table, a thread) to
+// each (row, kernel point, offset group), offset group fastest: the sample point, with its 64-bit
+// divisions, is computed once per item and serves every channel of the offset group.
+template <typename index_t>
+struct SampleIndex {
+  index_t r;  // row, relative to first_row
+  index_t k;
+  index_t og;
+};
+
+template <typename index_t>
+RCM_HD SampleIndex<index_t> sample_index(const DeformConvGeometry& g, index_t w) {
+  const index_t groups = static_cast<index_t>(g.offset_groups);
+  const index_t points = static_cast<index_t>(g.kernel_points());
+  const index_t t = w / groups;
+  return {t / points, t % points, w % groups};
+}
+
+// columns[r, column_index(c, k)] = mask * bilinear sample, for rows first_row .. first_row+rows-1.
+// One warp per (row, kernel point, offset group) (sample_index): its lanes walk the group's
+// channels, so the NHWC corner reads and the column writes are coalesced.
+// Grid: enough warps for rows * kh*kw * offset_groups (a grid-stride loop covers the rest).
+// input: NHWC (N, H, W, C); columns: (rows, C*K).
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void deform_im2col_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
+                                     const scalar_t* __restrict__ offset, FieldStrides offset_strides,
+                                     const scalar_t* __restrict__ mask, FieldStrides mask_strides,
+                                     int64_t first_row, index_t rows, scalar_t* __restrict__ columns) {
+  const int lane = threadIdx.x % kWarpSize;
+  const index_t warps_per_block = blockDim.x / kWarpSize;
+  const index_t total = rows * static_cast<index_t>(g.kernel_points()) * static_cast<index_t>(g.offset_groups);
+  const index_t step = warps_per_block * gridDim.x;
+  const int64_t cpog = g.channels_per_offset_group();
+  for (index_t w = static_cast<index_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; w < total;
+       w += step) {
+    const SampleIndex<index_t> item = sample_index(g, w);
+    const MaskedCorners<acc_t> s = masked_corners<acc_t>(g, first_row + item.r, item.k, item.og, offset,
+                                                         offset_strides, mask, mask_strides);
+    const scalar_t* corner[4];
+    for (int i = 0; i < 4; ++i) corner[i] = s.pixel[i] >= 0 ? input + s.pixel[i] * g.channels : nullptr;
+    scalar_t* col_row = columns + static_cast<int64_t>(item.r) * g.column_width();
+    for (int64_t c0 = item.og * cpog, c1; c0 < (item.og + 1) * cpog; c0 = c1) {
+      c1 = g.column_run_end(item.og, c0);
+      scalar_t* dst = col_row + g.column_index(c0, item.k) - c0;
+      for (int64_t c = c0 + lane; c < c1; c += kWarpSize) {
+        acc_t v = acc_t(0);
+        for (int i = 0; i < 4; ++i) {
+          if (corner[i] != nullptr) v += s.weight[i] * static_cast<acc_t>(corner[i][c]);
+        }
+        dst[c] = static_cast<scalar_t>(v);
+      }
+    }
+  }
+}
+
+// deform_col2im_kernel's blocks of (at most) 256 threads per SM: for float accumulation 3, where
+// ptxas would otherwise take 96 registers, which leaves room for 2.
+template <typename acc_t>
+constexpr int kCol2imBlocksPerSM = sizeof(acc_t) == 4 ? 3 : 2;
+
 // Backward of the sampling step for rows first_row .. first_row+rows-1, given the gradient of the
-// columns. One warp per (row, kernel point, offset group): the lanes walk the group's channels,
-// scatter into grad_input (atomics: samples of different rows share pixels) and sum the offset and
-// mask gradients, which the warp then reduces and writes without atomics (each warp owns them).
+// columns. One warp per (row, kernel point, offset group) (sample_index): the lanes walk the group's
+// channels, scatter into grad_input (atomics: samples of different rows share pixels) and sum the
+// offset and mask gradients, which the warp then reduces and writes without atomics (each warp
+// owns them).
 // grad_input: NHWC, accumulated in acc_t; null skips the scatter (the deterministic backward
 // computes it with deform_col2im_input_deterministic_kernel instead). grad_mask may be null (DCNv1).
 template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
-                                     const scalar_t* __restrict__ offset, FieldStrides offset_strides,
-                                     const scalar_t* __restrict__ mask, FieldStrides mask_strides,
-                                     int64_t first_row, index_t rows,
-                                     const scalar_t* __restrict__ grad_columns,
-                                     acc_t* __restrict__ grad_input,
-                                     scalar_t* __restrict__ grad_offset, FieldStrides grad_offset_strides,
-                                     scalar_t* __restrict__ grad_mask, FieldStrides grad_mask_strides) {
+__global__ void __launch_bounds__(256, kCol2imBlocksPerSM<acc_t>)
+    deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
+                         const scalar_t* __restrict__ offset, FieldStrides offset_strides,
+                         const scalar_t* __restrict__ mask, FieldStrides mask_strides, int64_t first_row,
+                         index_t rows, const scalar_t* __restrict__ grad_columns, acc_t* __restrict__ grad_input,
+                         scalar_t* __restrict__ grad_offset, FieldStrides grad_offset_strides,
+                         scalar_t* __restrict__ grad_mask, FieldStrides grad_mask_strides) {
   const int lane = threadIdx.x % kWarpSize;
   const index_t warps_per_block = blockDim.x / kWarpSize;
   const index_t points = static_cast<index_t>(g.kernel_points());
-  const index_t groups = static_cast<index_t>(g.offset_groups);
-  const index_t total = rows * points * groups;
+  const index_t total = rows * points * static_cast<index_t>(g.offset_groups);
   const index_t step = warps_per_block * gridDim.x;
   const int64_t cpog = g.channels_per_offset_group();
-  for (index_t w = static_cast<index_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize;
-       w < total; w += step) {
-    const index_t og = w % groups;
-    const index_t t = w / groups;
-    const index_t k = t % points;
-    const index_t r = t / points;
-    const OutputPixel px = output_pixel(g, first_row + r);
-    const int64_t n = px.n, oy = px.oy, ox = px.ox;
-    const SamplePoint<acc_t> p =
-        deform_sample_point<acc_t>(g, offset, offset_strides, n, og, k, oy, ox);
-    const acc_t m = modulation<acc_t>(g, mask, mask_strides, n, og, k, oy, ox);
-    const int64_t image_base = n * g.height * g.width * g.channels;
+  for (index_t w = static_cast<index_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; w < total;
+       w += step) {
+    const SampleIndex<index_t> s = sample_index(g, w);
+    const OutputPixel px = output_pixel(g, first_row + s.r);
+    const SamplePoint<acc_t> p = deform_sample_point<acc_t>(g, offset, offset_strides, px.n, s.og, s.k, px.oy, px.ox);
+    const acc_t m = modulation<acc_t>(g, mask, mask_strides, px.n, s.og, s.k, px.oy, px.ox);
+    const int64_t image_base = px.n * g.height * g.width * g.channels;
     const scalar_t* image = input + image_base;
     // Tested per corner, not around the corner loop: that form took registers enough to cost
     // occupancy in ptxas, this one none.
     const bool scatter = grad_input != nullptr;
     acc_t* grad_image = scatter ? grad_input + image_base : nullptr;
-    const scalar_t* grad_row = grad_columns + static_cast<int64_t>(r) * g.column_width();
+    const scalar_t* grad_row = grad_columns + static_cast<int64_t>(s.r) * g.column_width();
     acc_t sum_dy = 0, sum_dx = 0, sum_value = 0;
-    for (int64_t c = og * cpog + lane; c < (og + 1) * cpog; c += kWarpSize) {
-      const acc_t gcol = static_cast<acc_t>(grad_row[g.column_index(c, k)]);
-      const acc_t v00 = corner_value(p, 0, image, g.channels, c);
-      const acc_t v01 = corner_value(p, 1, image, g.channels, c);
-      const acc_t v10 = corner_value(p, 2, image, g.channels, c);
-      const acc_t v11 = corner_value(p, 3, image, g.channels, c);
-      const CoordinateGradient<acc_t> d = coordinate_gradient(p, v00, v01, v10, v11);
-      sum_dy += gcol * d.dy;
-      sum_dx += gcol * d.dx;
-      sum_value += gcol * interpolate(p, v00, v01, v10, v11);
-      const acc_t gm = gcol * m;
-      for (int i = 0; i < 4; ++i) {
-        if (scatter && p.valid[i]) atomicAdd(grad_image + p.pixel[i] * g.channels + c, p.weight[i] * gm);
+    for (int64_t c0 = s.og * cpog, c1; c0 < (s.og + 1) * cpog; c0 = c1) {
+      c1 = g.column_run_end(s.og, c0);
+      const scalar_t* gcol_run = grad_row + g.column_index(c0, s.k) - c0;
+      for (int64_t c = c0 + lane; c < c1; c += kWarpSize) {
+        const acc_t gcol = static_cast<acc_t>(gcol_run[c]);
+        const acc_t v00 = corner_value(p, 0, image, g.channels, c);
+        const acc_t v01 = corner_value(p, 1, image, g.channels, c);
+        const acc_t v10 = corner_value(p, 2, image, g.channels, c);
+        const acc_t v11 = corner_value(p, 3, image, g.channels, c);
+        const CoordinateGradient<acc_t> d = coordinate_gradient(p, v00, v01, v10, v11);
+        sum_dy += gcol * d.dy;
+        sum_dx += gcol * d.dx;
+        sum_value += gcol * interpolate(p, v00, v01, v10, v11);
+        const acc_t gm = gcol * m;
+        for (int i = 0; i < 4; ++i) {
+          if (scatter && p.valid[i]) atomicAdd(grad_image + p.pixel[i] * g.channels + c, p.weight[i] * gm);
+        }
       }
     }
     sum_dy = warp_sum(sum_dy);
     sum_dx = warp_sum(sum_dx);
     sum_value = warp_sum(sum_value);
     if (lane == 0) {
-      const int64_t ch = 2 * (og * points + k);
-      grad_offset[grad_offset_strides.at(n, ch, oy, ox)] = static_cast<scalar_t>(m * sum_dy);
-      grad_offset[grad_offset_strides.at(n, ch + 1, oy, ox)] = static_cast<scalar_t>(m * sum_dx);
+      const int64_t ch = 2 * (s.og * points + s.k);
+      grad_offset[grad_offset_strides.at(px.n, ch, px.oy, px.ox)] = static_cast<scalar_t>(m * sum_dy);
+      grad_offset[grad_offset_strides.at(px.n, ch + 1, px.oy, px.ox)] = static_cast<scalar_t>(m * sum_dx);
       if (grad_mask != nullptr) {
-        grad_mask[grad_mask_strides.at(n, og * points + k, oy, ox)] =
-            static_cast<scalar_t>(sum_value);
+        grad_mask[grad_mask_strides.at(px.n, s.og * points + s.k, px.oy, px.ox)] = static_cast<scalar_t>(sum_value);
       }
     }
+  }
+}
+
+// table[(r * K + k) * G + og] = masked_corners of that sample, for rows first_row ..
+// first_row+rows-1 (r relative to first_row): computed once here, then read by every channel's
+// thread of deform_col2im_input_deterministic_kernel. One thread per entry.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void deform_sample_table_kernel(DeformConvGeometry g, const scalar_t* __restrict__ offset,
+                                           FieldStrides offset_strides, const scalar_t* __restrict__ mask,
+                                           FieldStrides mask_strides, int64_t first_row, index_t rows,
+                                           MaskedCorners<acc_t>* __restrict__ table) {
+  const index_t total = rows * static_cast<index_t>(g.kernel_points()) * static_cast<index_t>(g.offset_groups);
+  const index_t step = static_cast<index_t>(blockDim.x) * gridDim.x;
+  for (index_t e = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
+    const SampleIndex<index_t> item = sample_index(g, e);
+    table[e] = masked_corners<acc_t>(g, first_row + item.r, item.k, item.og, offset, offset_strides, mask,
+                                     mask_strides);
   }
 }
 
@@ -133,13 +172,15 @@ __global__ void deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __res
 // in the same order whatever the launch configuration (and whatever the chunking, chunks being
 // launched in row order). Bands multiply the threads (images x channels alone rarely fill a GPU) at
 // the cost of one partial gradient each. Consecutive threads take consecutive channels, so the NHWC
-// updates and the grad_columns reads coalesce.
+// updates and the grad_columns reads coalesce, and read the same sample from `table`
+// (deform_sample_table_kernel over the same rows) when they share an offset group.
 // grad_bands: (bands, N, H, W, C), bands = ceil(H_out*W_out / band_rows).
 template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void deform_col2im_input_deterministic_kernel(
-    DeformConvGeometry g, const scalar_t* __restrict__ offset, FieldStrides offset_strides,
-    const scalar_t* __restrict__ mask, FieldStrides mask_strides, int64_t first_row, index_t rows,
-    int64_t band_rows, const scalar_t* __restrict__ grad_columns, acc_t* __restrict__ grad_bands) {
+__global__ void deform_col2im_input_deterministic_kernel(DeformConvGeometry g,
+                                                         const MaskedCorners<acc_t>* __restrict__ table,
+                                                         int64_t first_row, index_t rows, int64_t band_rows,
+                                                         const scalar_t* __restrict__ grad_columns,
+                                                         acc_t* __restrict__ grad_bands) {
   const index_t channels = static_cast<index_t>(g.channels);
   const index_t points = static_cast<index_t>(g.kernel_points());
   const int64_t pixels = g.out_pixels();
@@ -148,30 +189,29 @@ __global__ void deform_col2im_input_deterministic_kernel(
   const index_t images = static_cast<index_t>((first_row + rows - 1) / pixels - first_image + 1);
   const index_t total = images * static_cast<index_t>(bands) * channels;
   const index_t step = static_cast<index_t>(blockDim.x) * gridDim.x;
-  const int64_t cpog = g.channels_per_offset_group();
-  const int64_t image_size = g.height * g.width * g.channels;
+  const int64_t cg = g.channels_per_group();
   for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += step) {
     const index_t c = idx % channels;
     const int64_t band = (idx / channels) % bands;
     const int64_t n = first_image + idx / channels / bands;
-    const int64_t og = c / cpog;
-    acc_t* grad_plane = grad_bands + (band * g.batch + n) * image_size + c;
+    const int64_t og = c / g.channels_per_offset_group();
+    // Band b's partial gradient of the whole batch, at channel c.
+    acc_t* grad_band = grad_bands + band * g.batch * g.height * g.width * g.channels + c;
+    const int64_t column0 = g.column_index(c, 0);  // kernel point k: column0 + k * cg
     // The rows of this band of image n within this launch, relative to first_row.
     const int64_t band_begin = n * pixels + band * band_rows;
     const int64_t band_end = min_of(band_begin + band_rows, (n + 1) * pixels);
     const index_t r_begin = static_cast<index_t>(max_of(int64_t(0), band_begin - first_row));
     const index_t r_end = static_cast<index_t>(max_of(int64_t(0), min_of(rows + first_row, band_end) - first_row));
     for (index_t r = r_begin; r < r_end; ++r) {
-      const OutputPixel px = output_pixel(g, first_row + r);
-      const scalar_t* grad_row = grad_columns + static_cast<int64_t>(r) * g.column_width();
+      const scalar_t* grad_row = grad_columns + static_cast<int64_t>(r) * g.column_width() + column0;
+      const MaskedCorners<acc_t>* samples = table + (static_cast<int64_t>(r) * points) * g.offset_groups + og;
       for (index_t k = 0; k < points; ++k) {
-        const SamplePoint<acc_t> p =
-            deform_sample_point<acc_t>(g, offset, offset_strides, n, og, k, px.oy, px.ox);
-        const acc_t gm = static_cast<acc_t>(grad_row[g.column_index(c, k)]) *
-                         modulation<acc_t>(g, mask, mask_strides, n, og, k, px.oy, px.ox);
+        const MaskedCorners<acc_t>& s = samples[k * g.offset_groups];
+        const acc_t gcol = static_cast<acc_t>(grad_row[k * cg]);
         for (int i = 0; i < 4; ++i) {
-          if (p.valid[i]) grad_plane[p.pixel[i] * g.channels] += p.weight[i] * gm;
+          if (s.pixel[i] >= 0) grad_band[s.pixel[i] * g.channels] += s.weight[i] * gcol;
         }
       }
     }

@@ -54,6 +54,14 @@ struct DeformConvGeometry {
     const int64_t group = c / cg;
     return group * kernel_points() * cg + k * cg + (c - group * cg);
   }
+
+  // End of the run of channels from c that stays in offset group og and in the conv group of c:
+  // the channels of [c, end) have consecutive columns, column_index(c, k) - c + channel, so a
+  // kernel walks a run without a division per channel.
+  RCM_HD int64_t column_run_end(int64_t og, int64_t c) const {
+    const int64_t cg = channels_per_group();
+    return min_of((og + 1) * channels_per_offset_group(), (c / cg + 1) * cg);
+  }
 };
 
 // Element strides of a 4-D (N, C, H, W) tensor, whatever its memory format.
@@ -176,6 +184,40 @@ RCM_HD acc_t modulation(const DeformConvGeometry& g, const scalar_t* mask,
                         int64_t oy, int64_t ox) {
   if (mask == nullptr) return acc_t(1);
   return static_cast<acc_t>(mask[mask_strides.at(n, og * g.kernel_points() + k, oy, ox)]);
+}
+
+// A sample reduced to what a kernel that scatters or gathers channels needs: its four corners as
+// NHWC pixel indices in the whole batch (-1 outside the image) and their bilinear weights times
+// the mask.
+template <typename acc_t>
+struct MaskedCorners {
+  int64_t pixel[4];
+  acc_t weight[4];
+};
+
+// The masked corners of kernel point k, offset group og of row `row` (an output pixel of the whole
+// batch); a row past the last one has no corners.
+template <typename acc_t, typename scalar_t>
+RCM_HD MaskedCorners<acc_t> masked_corners(const DeformConvGeometry& g, int64_t row, int64_t k, int64_t og,
+                                           const scalar_t* offset, const FieldStrides& offset_strides,
+                                           const scalar_t* mask, const FieldStrides& mask_strides) {
+  MaskedCorners<acc_t> corners;
+  if (row >= g.batch * g.out_pixels()) {
+    for (int i = 0; i < 4; ++i) {
+      corners.pixel[i] = -1;
+      corners.weight[i] = acc_t(0);
+    }
+    return corners;
+  }
+  const OutputPixel px = output_pixel(g, row);
+  const SamplePoint<acc_t> p = deform_sample_point<acc_t>(g, offset, offset_strides, px.n, og, k, px.oy, px.ox);
+  const acc_t m = modulation<acc_t>(g, mask, mask_strides, px.n, og, k, px.oy, px.ox);
+  const int64_t image_pixel0 = px.n * g.height * g.width;
+  for (int i = 0; i < 4; ++i) {
+    corners.pixel[i] = p.valid[i] ? image_pixel0 + p.pixel[i] : -1;
+    corners.weight[i] = p.weight[i] * m;
+  }
+  return corners;
 }
 
 template <typename acc_t>

@@ -31,7 +31,8 @@ RCM_HD GemmTile gemm_tile(const DeformConvGeometry& g, uint32_t block_x) {
   return {static_cast<int64_t>(block_x / column_tiles) * kRows, static_cast<int64_t>(block_x % column_tiles) * kCols};
 }
 
-// Lives in shared memory; kRows = the tile's output pixels.
+// Lives in shared memory; kRows = the tile's output pixels. Structure of arrays (masked_corners
+// per row), so that the threads of a warp, which read different rows, read consecutive words.
 template <typename acc_t, int kRows>
 struct TileCorners {
   int64_t pixel[4][kRows];  // corner's pixel index in the whole NHWC batch; -1 outside the image
@@ -44,21 +45,11 @@ __device__ __forceinline__ void set_tile_corners(TileCorners<acc_t, kRows>& corn
                                                  const DeformConvGeometry& g, int64_t row0, int64_t k,
                                                  int64_t og, const scalar_t* offset, FieldStrides offset_strides,
                                                  const scalar_t* mask, FieldStrides mask_strides) {
-  const int64_t row = row0 + r;
-  if (row >= g.batch * g.out_pixels()) {
-    for (int i = 0; i < 4; ++i) {
-      corners.pixel[i][r] = -1;
-      corners.weight[i][r] = acc_t(0);
-    }
-    return;
-  }
-  const OutputPixel px = output_pixel(g, row);
-  const SamplePoint<acc_t> p = deform_sample_point<acc_t>(g, offset, offset_strides, px.n, og, k, px.oy, px.ox);
-  const acc_t m = modulation<acc_t>(g, mask, mask_strides, px.n, og, k, px.oy, px.ox);
-  const int64_t image_pixel0 = px.n * g.height * g.width;
+  const MaskedCorners<acc_t> c =
+      masked_corners<acc_t>(g, row0 + r, k, og, offset, offset_strides, mask, mask_strides);
   for (int i = 0; i < 4; ++i) {
-    corners.pixel[i][r] = p.valid[i] ? image_pixel0 + p.pixel[i] : -1;
-    corners.weight[i][r] = p.weight[i] * m;
+    corners.pixel[i][r] = c.pixel[i];
+    corners.weight[i][r] = c.weight[i];
   }
 }
 

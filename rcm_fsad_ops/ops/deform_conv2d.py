@@ -59,8 +59,8 @@ def deform_conv2d(
     gradient with float atomics by default (run-to-run differences in the last bits); under
     ``torch.use_deterministic_algorithms(True)`` it does not raise but switches to a deterministic
     backward instead: the input gradient is accumulated without atomics, one thread per (image,
-    band of output pixels, channel), into per-band partial gradients (at most 256 MB in all) summed
-    in a fixed order; bitwise reproducible and slower. The weight gradient comes from cuBLAS GEMMs on one
+    band of output pixels, channel) reading each sample from a table computed once, into per-band
+    partial gradients (at most 256 MB in all) summed in a fixed order; bitwise reproducible and slower. The weight gradient comes from cuBLAS GEMMs on one
     stream, deterministic under PyTorch's own rules: versions of PyTorch that check
     ``CUBLAS_WORKSPACE_CONFIG`` raise their own error until it is set (e.g. to ``:4096:8``).
     """

@@ -14,8 +14,8 @@
 // im2col and col2im run each problem below with several launch configurations: the production one
 // (256 threads, grid from the work size, capped), all blocks at once (AllBlocks: races between
 // blocks), and a small odd grid (grid-stride loops). col2im_deterministic is the deterministic
-// backward (deform_col2im_kernel with the grad_input scatter off, then
-// deform_col2im_input_deterministic_kernel) under the same configurations plus one warp in launches
+// backward (deform_col2im_kernel with the grad_input scatter off, then deform_sample_table_kernel
+// and deform_col2im_input_deterministic_kernel) under the same configurations plus one warp in launches
 // of 5 rows, in two bands of output pixels; its per-band partial input gradients must also be the
 // same bit for bit under all of them. The implicit GEMMs have one launch shape each (the grid is
 // the tiling, and static shared memory rules out AllBlocks): the CUDA-core one runs on every
@@ -398,7 +398,7 @@ int check_im2col(const Problem& p, const Config& cfg) {
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t len = std::min(chunk, rows - r0);
     std::vector<scalar_t> columns(len * width, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
-    const int64_t grid = grid_for(cfg, len * width, cfg.block);
+    const int64_t grid = grid_for(cfg, len * s.points() * s.offset_groups, cfg.block / 32);
     if (launched.empty()) launched = config_name(cfg, grid);
     emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
                 rcm_fsad::kernels::deform_im2col_kernel<scalar_t, acc_t, index_t>, g, op.input.data(), op.offset.data(),
@@ -429,9 +429,10 @@ struct Col2imRun {
 };
 
 // deterministic: deform_col2im_kernel with the grad_input scatter off (null), then
-// deform_col2im_input_deterministic_kernel for grad_input, as the CUDA backend does under
-// torch.use_deterministic_algorithms, in two bands of output pixels (their partial gradients are
-// the run's grad_input, summed in band order for the comparison with the reference).
+// deform_sample_table_kernel and deform_col2im_input_deterministic_kernel for grad_input, as the
+// CUDA backend does under torch.use_deterministic_algorithms, in two bands of output pixels (their
+// partial gradients are the run's grad_input, summed in band order for the comparison with the
+// reference).
 template <typename scalar_t, typename index_t>
 Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const Config& cfg,
                                                          bool deterministic) {
@@ -474,10 +475,13 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
                 deterministic ? nullptr : grad_input.data(), grad_offset.data(), gol.strides,
                 s.has_mask ? grad_mask.data() : nullptr, s.has_mask ? gml.strides : FieldStrides{0, 0, 0, 0});
     if (deterministic) {
+      std::vector<rcm_fsad::kernels::MaskedCorners<acc_t>> table(len * K * G);
+      emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid_for(cfg, len * K * G, cfg.block))), dim3(cfg.block), 0,
+                  rcm_fsad::kernels::deform_sample_table_kernel<scalar_t, acc_t, index_t>, g, op.offset.data(),
+                  op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), table.data());
       emu::launch(cfg.mode, dim3(static_cast<unsigned>(planes_grid)), dim3(cfg.block), 0,
                   rcm_fsad::kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, index_t>, g,
-                  op.offset.data(), op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), band_rows,
-                  grad_columns.data(), grad_input.data());
+                  table.data(), r0, static_cast<index_t>(len), band_rows, grad_columns.data(), grad_input.data());
     }
   }
   int bad = 0;
@@ -825,8 +829,8 @@ int run_igemm_case() {
 }
 
 // The ThreadSanitizer build runs the first problem (element loads) and the last two (16-byte loads,
-// blocks of 256 and 512 threads): the barriers are the same on every problem, and a block of
-// hundreds of emulated threads is slow under TSan.
+// blocks 64 and, but for TF32, 128 columns wide): the barriers are the same on every problem, and a
+// block of hundreds of emulated threads is slow under TSan.
 template <typename scalar_t, typename mma_t>
 int run_wmma_case() {
   int bad = 0;
@@ -835,7 +839,7 @@ int run_wmma_case() {
     if (kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
     // The block width the launcher picks for the problem.
     const Problem& p = all[i];
-    bad += rcm_fsad::kernels::wmma_tile_cols(p.out_channels / p.shape.groups) == 128
+    bad += rcm_fsad::kernels::wmma_tile_cols<mma_t>(p.out_channels / p.shape.groups) == 128
                ? check_igemm_wmma<scalar_t, mma_t, 128>(p)
                : check_igemm_wmma<scalar_t, mma_t, 64>(p);
   }
