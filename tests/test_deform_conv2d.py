@@ -304,6 +304,32 @@ def test_cuda_backward_is_deterministic_under_deterministic_algorithms(dtype, mo
     assert_matches(as_float64, exact, rtol=tol, atol=tol)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("algorithm", ["implicit_gemm", "implicit_gemm_simt"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm, monkeypatch):
+    """An implicit-GEMM forward whose tiles would not fill the GPU for one wave is split over kernel
+    points, its partial sums added by deform_conv2d_split_sum_kernel; one with more than a wave of
+    tiles (65536 output pixels: 512 tiles of 128 rows, 1024 of 64) is not. Both against the float64
+    reference."""
+    monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", algorithm)
+    small = DeformCase(batch=2, in_channels=16, out_channels=16, height=8, width=8)
+    large = small.with_(batch=16, height=64, width=64)
+    for case, splits in ((small, True), (large, False)):
+        tensors = {k: None if v is None else v.to(dtype) for k, v in case.tensors(torch.float32, "cuda").items()}
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            out = rcm_fsad_ops.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
+                                             mask=tensors["mask"], **case.kwargs())
+            torch.cuda.synchronize()
+        kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        assert any("deform_conv2d_split_sum_kernel" in k for k in kernels) == splits, (case, kernels)
+        exact = reference.deform_conv2d(*(None if tensors[k] is None else tensors[k].double()
+                                          for k in ("input", "offset", "weight", "bias")),
+                                        mask=tensors["mask"].double(), **case.kwargs())
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(out.double(), exact, rtol=0, atol=tol * exact.abs().max().item())
+
+
 @pytest.mark.parametrize("name", ["groups2_offset_groups3", "wide_channels", "no_mask"])
 def test_cpu_baseline_build_of_the_hot_loops(name, monkeypatch):
     """The CPU loops are compiled twice (baseline ISA and AVX2+FMA, picked at run time): the build

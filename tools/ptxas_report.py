@@ -63,6 +63,7 @@ KERNELS = {
     "deform_col2im_input_deterministic_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
     "deform_conv2d_implicit_gemm_kernel": ("deform_conv2d_implicit_gemm.cuh", DTYPES),
     "deform_conv2d_implicit_gemm_wmma_kernel": ("deform_conv2d_implicit_gemm_wmma.cuh", TENSOR_CORE_TYPES),
+    "deform_conv2d_split_sum_kernel": ("deform_conv2d_tile_corners.cuh", DTYPES),
 }
 # Template arguments: this tool's spelling -> the C++ spelling in the generated source.
 _SOURCE_SPELLING = {"Tf32": "rcm_fsad::kernels::Tf32"}

@@ -4,6 +4,8 @@
 //                            for float32 when TF32 matmuls are allowed
 //                            (torch.backends.cuda.matmul.allow_tf32, as for torchvision's GEMM);
 //                            otherwise the CUDA-core kernel (deform_conv2d_implicit_gemm_kernel);
+//                            either one split over kernel points when its tiles would not fill
+//                            one wave (launch_implicit_gemm);
 //   implicit_gemm_simt       the CUDA-core implicit GEMM for every dtype;
 //   columns                  the direct path: chunks of output pixels are sampled into a columns
 //                            buffer by deform_im2col_kernel and multiplied by the weight with cuBLAS.
@@ -117,18 +119,41 @@ bool use_tensor_cores(const at::Tensor& input) {
   return at::cuda::getDeviceProperties(input.get_device())->major >= 8;
 }
 
-template <typename Tiles, typename scalar_t, typename Kernel>
+// An implicit-GEMM forward kernel over its tile grid; when the tiles would not fill the GPU for one
+// wave, also split over kernel points (kernels::forward_splits), into acc_t partial sums that
+// deform_conv2d_split_sum_kernel adds up in a fixed order (the forward stays deterministic).
+template <typename Tiles, typename acc_t, typename scalar_t, typename Kernel>
 void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                           const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
   const int64_t blocks = kernels::gemm_grid_x<Tiles::kRows, Tiles::kCols>(g);
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max() && g.groups <= 65535,
               "deform_conv2d: problem too large for the implicit-GEMM grid; set "
               "RCM_FSAD_DEFORM_CONV_ALGO=columns");
-  const dim3 grid(static_cast<unsigned>(blocks), 1, static_cast<unsigned>(g.groups));
-  kernel<<<grid, Tiles::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, wmat.const_data_ptr<scalar_t>(),
-      bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, out_rows.mutable_data_ptr<scalar_t>());
+  int blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, Tiles::kThreads, 0));
+  const int64_t splits = std::min<int64_t>(
+      65535, kernels::forward_splits(blocks * g.groups, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                                     blocks_per_sm, g.kernel_points()));
+  at::Tensor partials;
+  if (splits > 1) {
+    partials = at::empty({splits, out_rows.size(0), g.out_channels},
+                         out_rows.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  }
+  const scalar_t* bias_ptr = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(splits), static_cast<unsigned>(g.groups));
+  kernel<<<grid, Tiles::kThreads, 0, stream>>>(g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides,
+                                               wmat.const_data_ptr<scalar_t>(), bias_ptr,
+                                               out_rows.mutable_data_ptr<scalar_t>(),
+                                               splits > 1 ? partials.mutable_data_ptr<acc_t>() : nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (splits > 1) {
+    const int64_t elements = out_rows.numel();
+    kernels::deform_conv2d_split_sum_kernel<scalar_t, acc_t><<<blocks_for(elements, kThreads), kThreads, 0, stream>>>(
+        elements, g.out_channels, static_cast<int>(splits), partials.const_data_ptr<acc_t>(), bias_ptr,
+        out_rows.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 template <typename scalar_t>
@@ -141,16 +166,16 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
     if (algo == ForwardAlgorithm::ImplicitGemm && use_tensor_cores<scalar_t>(input)) {
       using mma_t = typename TensorCoreInput<scalar_t>::type;
       if (kernels::wmma_tile_cols<mma_t>(g.out_channels / g.groups) == 128) {
-        launch_implicit_gemm<kernels::WmmaTiles<128>>(
+        launch_implicit_gemm<kernels::WmmaTiles<128>, float>(
             kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, 128>, g, a, wmat, bias_c, out_rows);
       } else {
-        launch_implicit_gemm<kernels::WmmaTiles<64>>(
+        launch_implicit_gemm<kernels::WmmaTiles<64>, float>(
             kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, 64>, g, a, wmat, bias_c, out_rows);
       }
       return;
     }
   }
-  launch_implicit_gemm<kernels::ImplicitGemmTiles>(
+  launch_implicit_gemm<kernels::ImplicitGemmTiles, at::opmath_type<scalar_t>>(
       kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, at::opmath_type<scalar_t>>, g, a, wmat, bias_c,
       out_rows);
 }

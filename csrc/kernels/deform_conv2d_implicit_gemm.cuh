@@ -20,16 +20,18 @@ struct ImplicitGemmTiles {
   static constexpr int kThreads = (kRows / kThreadRows) * (kCols / kThreadCols);
 };
 
-// Grid: (gemm_grid_x<BM, BN>(g), 1, groups); block: ImplicitGemmTiles::kThreads.
+// Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: ImplicitGemmTiles::kThreads.
 // input: NHWC (N, H, W, C); wmat: (C_out, kh*kw*C/groups) as made by weight_matrix();
 // bias: (C_out) or null; out: (rows, C_out), rows = N*H_out*W_out in NHWC order.
+// Split (splits > 1): partials (splits, rows, C_out) receive the sums without bias, out is not
+// written (deform_conv2d_split_sum_kernel finishes); partials is null otherwise.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(ImplicitGemmTiles::kThreads)
     deform_conv2d_implicit_gemm_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                                        const scalar_t* __restrict__ offset, FieldStrides offset_strides,
                                        const scalar_t* __restrict__ mask, FieldStrides mask_strides,
                                        const scalar_t* __restrict__ wmat, const scalar_t* __restrict__ bias,
-                                       scalar_t* __restrict__ out) {
+                                       scalar_t* __restrict__ out, acc_t* __restrict__ partials) {
   using T = ImplicitGemmTiles;
   // The fills below have 16 consecutive threads write one row's 16 channels, i.e. 16 different
   // rows of these tiles: 4 elements of padding spread them over 8 banks instead of one (2-way
@@ -54,7 +56,8 @@ __global__ void __launch_bounds__(ImplicitGemmTiles::kThreads)
   for (int i = 0; i < T::kThreadRows; ++i)
     for (int j = 0; j < T::kThreadCols; ++j) acc[i][j] = acc_t(0);
 
-  for (ReductionSteps<T::kDepth> step(g, group); !step.done(); step.next()) {
+  for (ReductionSteps<T::kDepth> step(g, group, kernel_point_range(g, blockIdx.y, gridDim.y)); !step.done();
+       step.next()) {
     const int64_t k = step.k, c0 = step.c0;
     const int depth = step.depth;
     // Safe without a barrier: corners were last read before the previous step's second barrier.
@@ -87,14 +90,20 @@ __global__ void __launch_bounds__(ImplicitGemmTiles::kThreads)
     }
   }
 
+  acc_t* const split_partials = partials != nullptr ? partials + blockIdx.y * rows * g.out_channels : nullptr;
   for (int i = 0; i < T::kThreadRows; ++i) {
     const int64_t row = row0 + ty * T::kThreadRows + i;
     if (row >= rows) continue;
     for (int j = 0; j < T::kThreadCols; ++j) {
       const int64_t co = co0 + tx * T::kThreadCols + j;
       if (co >= cog) continue;
-      const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[group * cog + co]) : acc_t(0);
-      out[row * g.out_channels + group * cog + co] = static_cast<scalar_t>(acc[i][j] + b);
+      const int64_t at = row * g.out_channels + group * cog + co;
+      if (split_partials != nullptr) {
+        split_partials[at] = acc[i][j];
+      } else {
+        const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[group * cog + co]) : acc_t(0);
+        out[at] = static_cast<scalar_t>(acc[i][j] + b);
+      }
     }
   }
 }

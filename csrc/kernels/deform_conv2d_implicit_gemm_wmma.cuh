@@ -144,19 +144,21 @@ __device__ __forceinline__ bool aligned16(const T* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
-// Grid: (gemm_grid_x<BM, BN>(g), 1, groups); block: WmmaTiles<kCols>::kThreads.
+// Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: WmmaTiles<kCols>::kThreads.
 // scalar_t: the tensors' element type (c10::Half, c10::BFloat16 or float from the launcher; any
 // 16-bit or 32-bit type with a conversion to float); mma_t: __half, __nv_bfloat16 or
 // Tf32, of the same size as scalar_t (the weight tile is a bit copy).
 // input: NHWC (N, H, W, C); wmat: (C_out, kh*kw*C/groups) as made by weight_matrix();
 // bias: (C_out) or null; out: (rows, C_out), rows = N*H_out*W_out in NHWC order.
+// Split (splits > 1): partials (splits, rows, C_out) receive the float sums without bias, out is
+// not written (deform_conv2d_split_sum_kernel finishes); partials is null otherwise.
 template <typename scalar_t, typename mma_t, int kCols>
 __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::kBlocksPerSM)
     deform_conv2d_implicit_gemm_wmma_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                                             const scalar_t* __restrict__ offset, FieldStrides offset_strides,
                                             const scalar_t* __restrict__ mask, FieldStrides mask_strides,
                                             const scalar_t* __restrict__ wmat, const scalar_t* __restrict__ bias,
-                                            scalar_t* __restrict__ out) {
+                                            scalar_t* __restrict__ out, float* __restrict__ partials) {
 #if defined(RCM_WMMA_AVAILABLE)
   namespace wmma = nvcuda::wmma;
   using T = WmmaTiles<kCols>;
@@ -201,7 +203,8 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
     for (int j = 0; j < T::kFragsAlongCols; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   }
 
-  for (ReductionSteps<T::kDepth> step(g, group); !step.done(); step.next()) {
+  for (ReductionSteps<T::kDepth> step(g, group, kernel_point_range(g, blockIdx.y, gridDim.y)); !step.done();
+       step.next()) {
     const int64_t k = step.k, c0 = step.c0;
     const int depth = step.depth;
     // Safe without a barrier: corners were last read before the previous step's second barrier.
@@ -294,8 +297,13 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
         const int64_t row = row0 + warp_row0 + i * T::kFrag + e / T::kFrag;
         const int64_t co = co0 + warp_col0 + j * T::kFrag + e % T::kFrag;
         if (row < rows && co < cog) {
-          const float b = bias != nullptr ? static_cast<float>(bias[group * cog + co]) : 0.0f;
-          out[row * g.out_channels + group * cog + co] = static_cast<scalar_t>(stage[e] + b);
+          const int64_t at = row * g.out_channels + group * cog + co;
+          if (partials != nullptr) {
+            partials[blockIdx.y * rows * g.out_channels + at] = stage[e];
+          } else {
+            const float b = bias != nullptr ? static_cast<float>(bias[group * cog + co]) : 0.0f;
+            out[at] = static_cast<scalar_t>(stage[e] + b);
+          }
         }
       }
       __syncwarp();  // the staging tile is read before the next fragment overwrites it

@@ -1,7 +1,8 @@
-// What the implicit-GEMM forward kernels share: the grid, the steps of the reduction dimension, and
-// the sampling step, where for one (kernel point, offset group) the bilinear corners of every row of a
-// tile of output pixels are computed once per row and then used for all the channels of the offset
-// group. Torch-free (see common.cuh).
+// What the implicit-GEMM forward kernels share: the grid and its split over kernel points, the
+// steps of the reduction dimension, the sampling step, where for one (kernel point, offset group)
+// the bilinear corners of every row of a tile of output pixels are computed once per row and then
+// used for all the channels of the offset group, and the sum of a split forward's partials.
+// Torch-free (see common.cuh).
 #pragma once
 
 #include "deform_conv2d_math.cuh"
@@ -16,6 +17,35 @@ template <int kRows, int kCols>
 RCM_HD int64_t gemm_grid_x(const DeformConvGeometry& g) {
   const int64_t cog = g.out_channels / g.groups;
   return (g.batch * g.out_pixels() + kRows - 1) / kRows * ((cog + kCols - 1) / kCols);
+}
+
+// Split-K over kernel points: when the tiles alone would leave SMs idle, the grid gets a y extent
+// of `splits` and block y computes the kernel points kernel_point_range(g, y, splits), writing a
+// partial sum that deform_conv2d_split_sum_kernel adds up.
+struct KernelPointRange {
+  int begin;
+  int end;
+};
+
+// Split `split` of `splits` covers kernel points [split * per, min((split + 1) * per, K)),
+// per = ceil(K / splits); forward_splits never makes a split empty.
+RCM_HD KernelPointRange kernel_point_range(const DeformConvGeometry& g, uint32_t split, uint32_t splits) {
+  // 32-bit: kernel points and splits are far below 2^31 (a kh x kw kernel), and 64-bit values
+  // here cost the kernels registers for the whole reduction.
+  const int points = static_cast<int>(g.kernel_points());
+  const int per = (points + static_cast<int>(splits) - 1) / static_cast<int>(splits);
+  return {static_cast<int>(split) * per, min_of(static_cast<int>(split + 1) * per, points)};
+}
+
+// How many kernel-point splits a forward grid of `blocks` blocks (every conv group's) gets on `sms`
+// SMs that each hold `blocks_per_sm` of them: as many as fit in one wave with the unsplit grid's
+// blocks (no split when those already fill it), at most one per kernel point, and then the
+// fewest that give every split the same number of kernel points as the most loaded one.
+RCM_HD int64_t forward_splits(int64_t blocks, int64_t sms, int64_t blocks_per_sm, int64_t kernel_points) {
+  const int64_t wanted = min_of(kernel_points, (sms * blocks_per_sm) / max_of<int64_t>(blocks, 1));
+  if (wanted <= 1) return 1;
+  const int64_t per = (kernel_points + wanted - 1) / wanted;
+  return (kernel_points + per - 1) / per;
 }
 
 // The first output pixel (row) and output channel within the conv group of block x of that grid.
@@ -65,22 +95,27 @@ __device__ __forceinline__ acc_t sample_tile_row(const TileCorners<acc_t, kRows>
   return v;
 }
 
-// The steps of the reduction of an implicit-GEMM block over conv group `group`: for each kernel
-// point k, the group's channels in runs that stay in one offset group og (one sample point per row),
-// each run cut into steps of at most kDepth channels: [c0, c0 + depth), c0 an absolute channel.
-//   for (ReductionSteps<kDepth> s(g, group); !s.done(); s.next()) { if (s.first_of_run) ... }
+// The steps of the reduction of an implicit-GEMM block over conv group `group` and the kernel
+// points of its split: for each kernel point k, the group's channels in runs that stay in one
+// offset group og (one sample point per row), each run cut into steps of at most kDepth channels:
+// [c0, c0 + depth), c0 an absolute channel.
+//   for (ReductionSteps<kDepth> s(g, group, kernel_point_range(g, blockIdx.y, gridDim.y)); !s.done();
+//        s.next()) { if (s.first_of_run) ... }
 template <int kDepth>
 struct ReductionSteps {
-  int64_t group_begin, group_end, channels_per_offset_group, points;
-  int64_t k = 0, og = 0, run_end = 0, c0 = 0;
+  int64_t group_begin, group_end, channels_per_offset_group;
+  int points;
+  int k = 0;
+  int64_t og = 0, run_end = 0, c0 = 0;
   int depth = 0;
   bool first_of_run = true;
 
-  __device__ __forceinline__ ReductionSteps(const DeformConvGeometry& g, int64_t group)
+  __device__ __forceinline__ ReductionSteps(const DeformConvGeometry& g, int64_t group, KernelPointRange range)
       : group_begin(group * g.channels_per_group()),
         group_end((group + 1) * g.channels_per_group()),
         channels_per_offset_group(g.channels_per_offset_group()),
-        points(g.kernel_points()) {
+        points(range.end),
+        k(range.begin) {
     start_run(group_begin);
   }
   __device__ __forceinline__ bool done() const { return k == points; }
@@ -106,6 +141,22 @@ struct ReductionSteps {
     first_of_run = true;
   }
 };
+
+// The output of a split forward: out[row, co] = sum over splits of partials[split, row, co] (in
+// split order), plus bias[co]. One thread per output element.
+// partials: (splits, rows, C_out) in acc_t; bias: (C_out) or null; out: (rows, C_out).
+template <typename scalar_t, typename acc_t>
+__global__ void deform_conv2d_split_sum_kernel(int64_t elements, int64_t out_channels, int splits,
+                                               const acc_t* __restrict__ partials,
+                                               const scalar_t* __restrict__ bias, scalar_t* __restrict__ out) {
+  const int64_t step = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < elements; e += step) {
+    acc_t sum = partials[e];
+    for (int s = 1; s < splits; ++s) sum += partials[s * elements + e];
+    if (bias != nullptr) sum += static_cast<acc_t>(bias[e % out_channels]);
+    out[e] = static_cast<scalar_t>(sum);
+  }
+}
 
 }  // namespace kernels
 }  // namespace rcm_fsad

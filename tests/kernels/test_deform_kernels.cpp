@@ -7,6 +7,7 @@
 //   test_deform_kernels wmma/<half|bfloat16|tf32>  the tensor-core implicit-GEMM forward (float
 //                                                  tensors for tf32)
 //   test_deform_kernels reference                  checks the reference's gradients by finite differences
+//   test_deform_kernels splits                     the launcher's kernel-point split count (forward_splits)
 //   test_deform_kernels --list
 //
 // dtype: float | double | half | bfloat16 (16-bit types accumulate in float, as the CUDA backend
@@ -606,24 +607,39 @@ struct ForwardOperands {
 };
 
 // Launches a forward kernel over `grid` (block `threads`, one block at a time) into a NaN-filled
-// output; returns the output as doubles.
-template <typename scalar_t, typename Kernel>
+// output, as the launcher does: split over kernel points when grid.y > 1, into NaN-filled partial
+// sums of partial_t, then deform_conv2d_split_sum_kernel. Returns the output as doubles.
+template <typename scalar_t, typename partial_t, typename Kernel>
 std::vector<double> run_forward(const Problem& p, const ForwardOperands<scalar_t>& op, dim3 grid, int threads,
                                 Kernel kernel) {
-  std::vector<scalar_t> out(p.shape.rows() * p.out_channels,
-                            static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+  const int64_t elements = p.shape.rows() * p.out_channels;
+  const int splits = static_cast<int>(grid.y);
+  std::vector<scalar_t> out(elements, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+  std::vector<partial_t> partials(splits > 1 ? splits * elements : 0, std::numeric_limits<partial_t>::quiet_NaN());
   emu::launch(emu::Mode::BlockByBlock, grid, dim3(threads), 0, kernel, geometry(p), op.sampling.input.data(),
               op.sampling.offset.data(), op.sampling.os, op.sampling.mask_ptr(), op.sampling.ms, op.wmat.data(),
-              op.bias_ptr(), out.data());
+              op.bias_ptr(), out.data(), splits > 1 ? partials.data() : nullptr);
+  if (splits > 1) {
+    emu::launch(emu::Mode::BlockByBlock, dim3(3), dim3(64), 0,
+                rcm_fsad::kernels::deform_conv2d_split_sum_kernel<scalar_t, partial_t>, elements, p.out_channels,
+                splits, partials.data(), op.bias_ptr(), out.data());
+  }
   std::vector<double> got(out.size());
   for (size_t i = 0; i < out.size(); ++i) got[i] = to_double(out[i]);
   return got;
 }
 
 template <typename Tiles>
-dim3 forward_grid(const Problem& p) {
+dim3 forward_grid(const Problem& p, int splits = 1) {
   const int64_t blocks = rcm_fsad::kernels::gemm_grid_x<Tiles::kRows, Tiles::kCols>(geometry(p));
-  return dim3(static_cast<unsigned>(blocks), 1, static_cast<unsigned>(p.shape.groups));
+  return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(splits), static_cast<unsigned>(p.shape.groups));
+}
+
+// The kernel-point splits each forward kernel is also run with: 2 (uneven halves for an odd
+// kernel size) and one kernel point per split.
+std::vector<int> split_counts(const Problem& p) {
+  const int points = static_cast<int>(p.shape.points());
+  return points >= 3 ? std::vector<int>{2, points} : std::vector<int>{points};
 }
 
 auto out_element(const Problem& p) {
@@ -640,17 +656,24 @@ void report_forward(int bad, const Problem& p, dim3 grid, int threads, const cha
               seconds_since(start));
 }
 
+// Unsplit and with each of split_counts().
 template <typename scalar_t>
 int check_igemm(const Problem& p) {
-  const auto start = std::chrono::steady_clock::now();
   using Tiles = rcm_fsad::kernels::ImplicitGemmTiles;
+  using acc_t = typename Traits<scalar_t>::acc_t;
   const ForwardOperands<scalar_t> op(p);
-  const dim3 grid = forward_grid<Tiles>(p);
-  const std::vector<double> got =
-      run_forward(p, op, grid, Tiles::kThreads,
-                  rcm_fsad::kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, typename Traits<scalar_t>::acc_t>);
-  const int bad = compare("out", got, op.want, Traits<scalar_t>::tol, out_element(p));
-  report_forward(bad, p, grid, Tiles::kThreads, "", start);
+  std::vector<int> splits = split_counts(p);
+  splits.insert(splits.begin(), 1);
+  int bad = 0;
+  for (int split : splits) {
+    const auto start = std::chrono::steady_clock::now();
+    const dim3 grid = forward_grid<Tiles>(p, split);
+    const std::vector<double> got = run_forward<scalar_t, acc_t>(
+        p, op, grid, Tiles::kThreads, rcm_fsad::kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t>);
+    const int b = compare("out", got, op.want, Traits<scalar_t>::tol, out_element(p));
+    report_forward(b, p, grid, Tiles::kThreads, "", start);
+    bad += b;
+  }
   return bad;
 }
 
@@ -671,12 +694,12 @@ double mma_rounded(double x) {
 // The kernel may only add float accumulation error to the operand rounding: at most twice the
 // latter plus 1e-5 of the output's scale.
 template <typename scalar_t, typename mma_t, int kCols>
-int check_igemm_wmma(const Problem& p) {
+int check_igemm_wmma(const Problem& p, int splits) {
   const auto start = std::chrono::steady_clock::now();
   using Tiles = rcm_fsad::kernels::WmmaTiles<kCols>;
   const ForwardOperands<scalar_t> op(p);
-  const dim3 grid = forward_grid<Tiles>(p);
-  const std::vector<double> got = run_forward(
+  const dim3 grid = forward_grid<Tiles>(p, splits);
+  const std::vector<double> got = run_forward<scalar_t, float>(
       p, op, grid, Tiles::kThreads, rcm_fsad::kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>);
   const double tol = std::is_same_v<mma_t, rcm_fsad::kernels::Tf32> ? 2e-3 : Traits<scalar_t>::tol;
   int bad = compare("out", got, op.want, tol, out_element(p));
@@ -830,7 +853,8 @@ int run_igemm_case() {
 
 // The ThreadSanitizer build runs the first problem (element loads) and the last two (16-byte loads,
 // blocks 64 and, but for TF32, 128 columns wide): the barriers are the same on every problem, and a
-// block of hundreds of emulated threads is slow under TSan.
+// block of hundreds of emulated threads is slow under TSan. Split over kernel points
+// (split_counts()): the first problem and the last, in every build.
 template <typename scalar_t, typename mma_t>
 int run_wmma_case() {
   int bad = 0;
@@ -839,16 +863,49 @@ int run_wmma_case() {
     if (kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
     // The block width the launcher picks for the problem.
     const Problem& p = all[i];
-    bad += rcm_fsad::kernels::wmma_tile_cols<mma_t>(p.out_channels / p.shape.groups) == 128
-               ? check_igemm_wmma<scalar_t, mma_t, 128>(p)
-               : check_igemm_wmma<scalar_t, mma_t, 64>(p);
+    std::vector<int> splits = {1};
+    if (i == 0 || i + 1 == all.size()) {
+      for (int split : split_counts(p)) splits.push_back(split);
+    }
+    for (int split : splits) {
+      bad += rcm_fsad::kernels::wmma_tile_cols<mma_t>(p.out_channels / p.shape.groups) == 128
+                 ? check_igemm_wmma<scalar_t, mma_t, 128>(p, split)
+                 : check_igemm_wmma<scalar_t, mma_t, 64>(p, split);
+    }
   }
   if (kThreadSanitizer) std::printf("  (ThreadSanitizer build: 3 of the %zu problems)\n", all.size());
   return bad;
 }
 
+// kernels::forward_splits against hand-derived cases (132 SMs, 2 blocks each: 264 slots).
+int splits_case() {
+  struct Case {
+    int64_t blocks, sms, per_sm, points, want;
+  };
+  const Case cases[] = {
+      {26, 132, 2, 9, 9},     // 264 / 26 = 10 splits wanted, at most one per kernel point
+      {49, 132, 2, 9, 5},     // 5 wanted: 2 kernel points per split, so 5 splits (2,2,2,2,1)
+      {66, 132, 2, 9, 3},     // 4 wanted: ceil(9/4) = 3 points per split, so 3 splits
+      {196, 132, 2, 9, 1},    // more than half a wave: not split
+      {264, 132, 2, 9, 1},    // a full wave
+      {5000, 132, 2, 9, 1},   // many waves
+      {10, 132, 2, 1, 1},     // one kernel point
+      {100, 132, 3, 4, 2},    // 3 wanted of 4 points: 2 points per split, so 2 splits
+  };
+  int bad = 0;
+  for (const Case& c : cases) {
+    const int64_t got = rcm_fsad::kernels::forward_splits(c.blocks, c.sms, c.per_sm, c.points);
+    const bool ok = got == c.want;
+    std::printf("  %s forward_splits(blocks %" PRId64 ", sms %" PRId64 ", per SM %" PRId64 ", points %" PRId64
+                ") = %" PRId64 " (want %" PRId64 ")\n", ok ? "ok  " : "FAIL", c.blocks, c.sms, c.per_sm, c.points,
+                got, c.want);
+    bad += !ok;
+  }
+  return bad;
+}
+
 std::vector<std::string> case_names() {
-  std::vector<std::string> names = {"reference"};
+  std::vector<std::string> names = {"reference", "splits"};
   for (const char* dtype : {"float", "double", "half", "bfloat16"}) names.push_back(std::string("igemm/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
   for (const char* kernel : {"im2col", "col2im", "col2im_deterministic"}) {
@@ -881,6 +938,8 @@ int main(int argc, char** argv) {
   int bad = 0;
   if (name == "reference") {
     bad = reference_case();
+  } else if (name == "splits") {
+    bad = splits_case();
   } else if (name.rfind("igemm/", 0) == 0) {
     const std::string dtype = name.substr(6);
     if (dtype == "float") bad = run_igemm_case<float>();
