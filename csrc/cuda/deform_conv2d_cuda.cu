@@ -126,7 +126,9 @@ template <typename Tiles, typename acc_t, typename scalar_t, typename Kernel>
 void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                           const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
   const int64_t blocks = kernels::gemm_grid_x<Tiles::kRows, Tiles::kCols>(g);
-  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max() && g.groups <= 65535,
+  // The kernels count channels in 32 bits (kernels::ReductionSteps).
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max() && g.groups <= 65535 &&
+                  g.channels <= std::numeric_limits<int32_t>::max(),
               "deform_conv2d: problem too large for the implicit-GEMM grid; set "
               "RCM_FSAD_DEFORM_CONV_ALGO=columns");
   int blocks_per_sm = 0;

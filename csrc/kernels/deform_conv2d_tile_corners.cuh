@@ -103,17 +103,19 @@ __device__ __forceinline__ acc_t sample_tile_row(const TileCorners<acc_t, kRows>
 //        s.next()) { if (s.first_of_run) ... }
 template <int kDepth>
 struct ReductionSteps {
-  int64_t group_begin, group_end, channels_per_offset_group;
+  // 32-bit (the launcher checks C < 2^31): these live through the whole reduction, and 64-bit
+  // ones took the tensor-core kernel 10 registers more.
+  int group_begin, group_end, channels_per_offset_group;
   int points;
   int k = 0;
-  int64_t og = 0, run_end = 0, c0 = 0;
+  int og = 0, run_end = 0, c0 = 0;
   int depth = 0;
   bool first_of_run = true;
 
   __device__ __forceinline__ ReductionSteps(const DeformConvGeometry& g, int64_t group, KernelPointRange range)
-      : group_begin(group * g.channels_per_group()),
-        group_end((group + 1) * g.channels_per_group()),
-        channels_per_offset_group(g.channels_per_offset_group()),
+      : group_begin(static_cast<int>(group * g.channels_per_group())),
+        group_end(static_cast<int>((group + 1) * g.channels_per_group())),
+        channels_per_offset_group(static_cast<int>(g.channels_per_offset_group())),
         points(range.end),
         k(range.begin) {
     start_run(group_begin);
@@ -123,7 +125,7 @@ struct ReductionSteps {
     c0 += kDepth;
     first_of_run = false;
     if (c0 < run_end) {
-      depth = static_cast<int>(min_of<int64_t>(kDepth, run_end - c0));
+      depth = min_of(kDepth, run_end - c0);
     } else if (run_end < group_end) {
       start_run(run_end);
     } else {
@@ -133,11 +135,11 @@ struct ReductionSteps {
   }
 
  private:
-  __device__ __forceinline__ void start_run(int64_t begin) {
+  __device__ __forceinline__ void start_run(int begin) {
     og = begin / channels_per_offset_group;
     run_end = min_of((og + 1) * channels_per_offset_group, group_end);
     c0 = begin;
-    depth = static_cast<int>(min_of<int64_t>(kDepth, run_end - c0));
+    depth = min_of(kDepth, run_end - c0);
     first_of_run = true;
   }
 };
