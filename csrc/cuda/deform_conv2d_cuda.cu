@@ -177,7 +177,7 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
       return;
     }
   }
-  launch_implicit_gemm<kernels::ImplicitGemmTiles, at::opmath_type<scalar_t>>(
+  launch_implicit_gemm<kernels::ImplicitGemmTiles<at::opmath_type<scalar_t>>, at::opmath_type<scalar_t>>(
       kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, at::opmath_type<scalar_t>>, g, a, wmat, bias_c,
       out_rows);
 }

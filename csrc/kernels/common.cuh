@@ -15,10 +15,13 @@
 
 // `#pragma unroll` for nvcc (loops over register arrays must unroll, or the arrays go to local
 // memory); nothing for host compilers, which would warn about an unknown pragma.
+// RCM_NO_UNROLL: `#pragma unroll 1`, for loops whose unrolled iterations would cost registers.
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define RCM_UNROLL _Pragma("unroll")
+#define RCM_NO_UNROLL _Pragma("unroll 1")
 #else
 #define RCM_UNROLL
+#define RCM_NO_UNROLL
 #endif
 
 // Dynamic shared memory: kernel headers declare it with RCM_DYNAMIC_SHARED(type, name) rather than

@@ -11,33 +11,41 @@
 namespace rcm_fsad {
 namespace kernels {
 
+// Tiles for float accumulation: 128 x 128 blocks, each thread 8 x 8 of the tile, so that a
+// reduction step's 64 multiply-adds per operand pair read from shared memory take 4 16-byte loads
+// (1024 FMAs for 32 loads a step) and the fill is an eighth of the work; 256 threads, two blocks per
+// SM. For double accumulation 64 x 64 blocks of 4 x 4 per thread, which fit the registers.
+template <typename acc_t>
 struct ImplicitGemmTiles {
-  static constexpr int kRows = 64;      // BM: output pixels per block
-  static constexpr int kCols = 64;      // BN: output channels per block
-  static constexpr int kDepth = 16;     // BK: channels per reduction step
-  static constexpr int kThreadRows = 4;  // TM
-  static constexpr int kThreadCols = 4;  // TN
+  static constexpr bool kWide = sizeof(acc_t) <= 4;
+  static constexpr int kRows = kWide ? 128 : 64;  // BM: output pixels per block
+  static constexpr int kCols = kWide ? 128 : 64;  // BN: output channels per block
+  static constexpr int kDepth = 16;               // BK: channels per reduction step
+  static constexpr int kThreadRows = kWide ? 8 : 4;  // TM
+  static constexpr int kThreadCols = kWide ? 8 : 4;  // TN
   static constexpr int kThreads = (kRows / kThreadRows) * (kCols / kThreadCols);
+  static constexpr int kBlocksPerSM = 2;
 };
 
-// Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: ImplicitGemmTiles::kThreads.
+// Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: ImplicitGemmTiles<acc_t>::kThreads.
 // input: NHWC (N, H, W, C); wmat: (C_out, kh*kw*C/groups) as made by weight_matrix();
 // bias: (C_out) or null; out: (rows, C_out), rows = N*H_out*W_out in NHWC order.
 // Split (splits > 1): partials (splits, rows, C_out) receive the sums without bias, out is not
 // written (deform_conv2d_split_sum_kernel finishes); partials is null otherwise.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(ImplicitGemmTiles::kThreads)
+__global__ void __launch_bounds__(ImplicitGemmTiles<acc_t>::kThreads, ImplicitGemmTiles<acc_t>::kBlocksPerSM)
     deform_conv2d_implicit_gemm_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                                        const scalar_t* __restrict__ offset, FieldStrides offset_strides,
                                        const scalar_t* __restrict__ mask, FieldStrides mask_strides,
                                        const scalar_t* __restrict__ wmat, const scalar_t* __restrict__ bias,
                                        scalar_t* __restrict__ out, acc_t* __restrict__ partials) {
-  using T = ImplicitGemmTiles;
+  using T = ImplicitGemmTiles<acc_t>;
   // The fills below have 16 consecutive threads write one row's 16 channels, i.e. 16 different
   // rows of these tiles: 4 elements of padding spread them over 8 banks instead of one (2-way
-  // instead of 16-way conflicts) and keep the rows 16-byte aligned for vector reads.
-  __shared__ acc_t a_tile[T::kDepth][T::kRows + 4];
-  __shared__ acc_t b_tile[T::kDepth][T::kCols + 4];
+  // instead of 16-way conflicts) and keep the rows 16-byte aligned for the vector reads of a
+  // thread's TM (TN) consecutive elements.
+  __shared__ __align__(16) acc_t a_tile[T::kDepth][T::kRows + 4];
+  __shared__ __align__(16) acc_t b_tile[T::kDepth][T::kCols + 4];
   __shared__ TileCorners<acc_t, T::kRows> corners;  // of the current (k, offset group)
 
   const int tid = threadIdx.x;
@@ -53,8 +61,11 @@ __global__ void __launch_bounds__(ImplicitGemmTiles::kThreads)
   const int64_t reduction = g.kernel_points() * cg;
 
   acc_t acc[T::kThreadRows][T::kThreadCols];
-  for (int i = 0; i < T::kThreadRows; ++i)
+  RCM_UNROLL
+  for (int i = 0; i < T::kThreadRows; ++i) {
+    RCM_UNROLL
     for (int j = 0; j < T::kThreadCols; ++j) acc[i][j] = acc_t(0);
+  }
 
   for (ReductionSteps<T::kDepth> step(g, group, kernel_point_range(g, blockIdx.y, gridDim.y)); !step.done();
        step.next()) {
@@ -65,12 +76,15 @@ __global__ void __launch_bounds__(ImplicitGemmTiles::kThreads)
       set_tile_corners(corners, tid, g, row0, k, step.og, offset, offset_strides, mask, mask_strides);
     }
     __syncthreads();  // corners written; the previous step's tiles consumed
+    // Not unrolled: each iteration's loads would take registers the 8 x 8 accumulators need.
+    RCM_NO_UNROLL
     for (int e = tid; e < T::kRows * T::kDepth; e += T::kThreads) {
       const int r = e / T::kDepth;
       const int ch = e % T::kDepth;
       a_tile[ch][r] = ch < depth ? sample_tile_row(corners, r, input, g.channels, c0 + ch) : acc_t(0);
     }
     const int64_t w_col0 = k * cg + (c0 - group * cg);
+    RCM_NO_UNROLL
     for (int e = tid; e < T::kCols * T::kDepth; e += T::kThreads) {
       const int n = e / T::kDepth;
       const int ch = e % T::kDepth;
@@ -80,20 +94,28 @@ __global__ void __launch_bounds__(ImplicitGemmTiles::kThreads)
                           : acc_t(0);
     }
     __syncthreads();  // tiles complete
+    RCM_UNROLL
     for (int kk = 0; kk < T::kDepth; ++kk) {
       acc_t a[T::kThreadRows];
       acc_t b[T::kThreadCols];
+      RCM_UNROLL
       for (int i = 0; i < T::kThreadRows; ++i) a[i] = a_tile[kk][ty * T::kThreadRows + i];
+      RCM_UNROLL
       for (int j = 0; j < T::kThreadCols; ++j) b[j] = b_tile[kk][tx * T::kThreadCols + j];
-      for (int i = 0; i < T::kThreadRows; ++i)
+      RCM_UNROLL
+      for (int i = 0; i < T::kThreadRows; ++i) {
+        RCM_UNROLL
         for (int j = 0; j < T::kThreadCols; ++j) acc[i][j] += a[i] * b[j];
+      }
     }
   }
 
   acc_t* const split_partials = partials != nullptr ? partials + blockIdx.y * rows * g.out_channels : nullptr;
+  RCM_UNROLL
   for (int i = 0; i < T::kThreadRows; ++i) {
     const int64_t row = row0 + ty * T::kThreadRows + i;
     if (row >= rows) continue;
+    RCM_UNROLL
     for (int j = 0; j < T::kThreadCols; ++j) {
       const int64_t co = co0 + tx * T::kThreadCols + j;
       if (co >= cog) continue;

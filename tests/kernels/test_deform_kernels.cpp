@@ -19,9 +19,9 @@
 // and deform_col2im_input_deterministic_kernel) under the same configurations plus one warp in launches
 // of 5 rows, in two bands of output pixels; its per-band partial input gradients must also be the
 // same bit for bit under all of them. The implicit GEMMs have one launch shape each (the grid is
-// the tiling, and static shared memory rules out AllBlocks): the CUDA-core one runs on every
-// problem plus two that span several row and column tiles and several reduction steps, the
-// tensor-core one (wmma/...) on those plus three for its 16-byte-load paths and block widths.
+// the tiling, and static shared memory rules out AllBlocks): both run on every problem plus five
+// that span several row and column tiles of either tile size, several reduction steps, and the
+// tensor-core kernel's 16-byte-load paths and block widths; unsplit and split over kernel points.
 #include "cuda_emulation.h"
 // The kernel headers come after the harness.
 #include "kernels/deform_conv2d_implicit_gemm.cuh"
@@ -86,29 +86,22 @@ const std::vector<Problem>& problems() {
   return list;
 }
 
-// For the implicit GEMM only (too many warps for col2im's budget): 98 rows = two row tiles (the
-// second partial), 70 output channels = two column tiles, one conv group over two offset groups
-// (two channel runs per kernel point); and 40 channels in one group = reduction steps of 16, 16, 8.
+// For the implicit GEMMs only (too many warps for col2im's budget). With the double tiles of the
+// CUDA-core kernel (64 x 64, steps of 16 channels): 98 rows = two row tiles (the second partial), 70
+// output channels = two column tiles, one conv group over two offset groups (two channel runs per
+// kernel point); and 40 channels in one group = reduction steps of 16, 16, 8. With 128-row tiles
+// (the float CUDA-core kernel, the tensor-core one: 64 or 128 output channels wide, steps of 32
+// channels): the problems above take the tensor-core kernel's element-load paths (channel counts
+// not a multiple of 8); the last three its 16-byte-load paths, with two row tiles (243 rows) and 70
+// output channels (one partial 128-wide tile), offset-group runs of 24 channels (a partial vector
+// of zeros), conv groups of 40 channels (reduction steps of 32 and 8), and 140 output channels (two
+// 128-wide tiles, the second partial).
 const std::vector<Problem>& igemm_problems() {
   static const std::vector<Problem> list = [] {
     std::vector<Problem> l = problems();
     l.push_back({"tiles_98rows_70cout_og2", {2, 6, 8, 8, 2, 2, 1, 1, 0, 0, 1, 1, 1, 2, true}, Layout::ChannelsLast, 0,
                  7, 70});
     l.push_back({"deep_c40_one_group", {1, 40, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, true}, Layout::Contiguous, 0, 8, 5});
-    return l;
-  }();
-  return list;
-}
-
-// For the tensor-core implicit GEMM (tiles of 128 rows x 64 or 128 output channels, reduction
-// steps of 32 channels): the problems above take its element-load paths (channel counts not a
-// multiple of 8); these take the 16-byte-load paths, with two row tiles (243 rows) and 70 output
-// channels (one partial 128-wide tile), offset-group runs of 24 channels (a partial vector of
-// zeros), conv groups of 40 channels (reduction steps of 32 and 8), and 140 output channels (two
-// 128-wide tiles, the second partial).
-const std::vector<Problem>& wmma_problems() {
-  static const std::vector<Problem> list = [] {
-    std::vector<Problem> l = igemm_problems();
     l.push_back({"wmma_tiles_243rows_70cout_og2", {3, 48, 9, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 2, true}, Layout::ChannelsLast, 0,
                  9, 70});
     l.push_back({"wmma_groups2_c80", {1, 80, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1, true}, Layout::Padded, 0, 10, 34});
@@ -659,8 +652,8 @@ void report_forward(int bad, const Problem& p, dim3 grid, int threads, const cha
 // Unsplit and with each of split_counts().
 template <typename scalar_t>
 int check_igemm(const Problem& p) {
-  using Tiles = rcm_fsad::kernels::ImplicitGemmTiles;
   using acc_t = typename Traits<scalar_t>::acc_t;
+  using Tiles = rcm_fsad::kernels::ImplicitGemmTiles<acc_t>;
   const ForwardOperands<scalar_t> op(p);
   std::vector<int> splits = split_counts(p);
   splits.insert(splits.begin(), 1);
@@ -858,7 +851,7 @@ int run_igemm_case() {
 template <typename scalar_t, typename mma_t>
 int run_wmma_case() {
   int bad = 0;
-  const std::vector<Problem>& all = wmma_problems();
+  const std::vector<Problem>& all = igemm_problems();
   for (size_t i = 0; i < all.size(); ++i) {
     if (kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
     // The block width the launcher picks for the problem.
