@@ -11,10 +11,10 @@
 namespace rcm_fsad {
 namespace kernels {
 
-// Tiles for float accumulation: 128 x 128 blocks, each thread 8 x 8 of the tile, so that a
-// reduction step's 64 multiply-adds per operand pair read from shared memory take 4 16-byte loads
-// (1024 FMAs for 32 loads a step) and the fill is an eighth of the work; 256 threads, two blocks per
-// SM. For double accumulation 64 x 64 blocks of 4 x 4 per thread, which fit the registers.
+// Tiles for float accumulation: 128 x 128 blocks, each thread 8 x 8 of the tile, so that every 64
+// multiply-adds take 4 16-byte shared-memory loads (1024 FMAs for 64 loads a step) and the fill
+// (8 sampled and 8 weight elements per thread a step) is small next to them; 256 threads, two
+// blocks per SM. For double accumulation 64 x 64 blocks of 4 x 4 per thread, which fit the registers.
 template <typename acc_t>
 struct ImplicitGemmTiles {
   static constexpr bool kWide = sizeof(acc_t) <= 4;
