@@ -12,9 +12,9 @@
 // The backward takes the columns path: recompute the columns, both GEMMs, deform_col2im_kernel,
 // which scatters the input gradient with float atomics. Under torch.use_deterministic_algorithms
 // that scatter is off and deform_col2im_input_deterministic_kernel computes the input gradient
-// instead, without atomics, from a table of the samples (deform_sample_table_kernel): every kernel of the backward is then deterministic, and the GEMMs are
-// cuBLAS's on one stream, deterministic under PyTorch's own rules (some versions of PyTorch raise
-// until CUBLAS_WORKSPACE_CONFIG is set).
+// instead, without atomics, from a table of the samples (deform_sample_table_kernel): every kernel
+// of the backward is then deterministic, and the GEMMs are cuBLAS's on one stream, deterministic
+// under PyTorch's own rules (some versions of PyTorch raise until CUBLAS_WORKSPACE_CONFIG is set).
 // Kernel bodies live in ../kernels/.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -182,8 +182,9 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
       out_rows);
 }
 
-// deform_im2col_kernel and deform_col2im_kernel: a warp per (row, kernel point, offset group).
-int64_t sample_warps(const DeformConvGeometry& g, int64_t rows) {
+// Samples of `rows` rows, one per (row, kernel point, offset group): the warps of
+// deform_im2col_kernel and deform_col2im_kernel, the entries of deform_sample_table_kernel.
+int64_t sample_count(const DeformConvGeometry& g, int64_t rows) {
   return rows * g.kernel_points() * g.offset_groups;
 }
 
@@ -191,7 +192,7 @@ template <typename scalar_t>
 void launch_im2col(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, int64_t first_row,
                    int64_t rows, scalar_t* columns) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t warps = sample_warps(g, rows);
+  const int64_t warps = sample_count(g, rows);
   const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (fits_int32(warps * kernels::kWarpSize)) {
@@ -210,7 +211,7 @@ void launch_col2im(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
                    int64_t rows, const scalar_t* grad_columns, at::opmath_type<scalar_t>* grad_input,
                    scalar_t* grad_offset, FieldStrides gos, scalar_t* grad_mask, FieldStrides gms) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t warps = sample_warps(g, rows);
+  const int64_t warps = sample_count(g, rows);
   const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (fits_int32(warps * kernels::kWarpSize)) {
@@ -261,7 +262,7 @@ void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkA
   for (int64_t p0 = first_row; p0 < first_row + rows; p0 += table_rows) {
     const int64_t len = std::min(table_rows, first_row + rows - p0);
     const scalar_t* gc = grad_columns + (p0 - first_row) * g.column_width();
-    const int64_t entries_total = sample_warps(g, len);
+    const int64_t entries_total = sample_count(g, len);
     const int64_t images = (p0 + len - 1) / g.out_pixels() - p0 / g.out_pixels() + 1;
     const int64_t planes = images * bands * g.channels;
     const int table_blocks = blocks_for(entries_total, kThreads);

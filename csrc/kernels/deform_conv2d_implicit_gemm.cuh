@@ -110,7 +110,6 @@ __global__ void __launch_bounds__(ImplicitGemmTiles<acc_t>::kThreads, ImplicitGe
     }
   }
 
-  acc_t* const split_partials = partials != nullptr ? partials + blockIdx.y * rows * g.out_channels : nullptr;
   RCM_UNROLL
   for (int i = 0; i < T::kThreadRows; ++i) {
     const int64_t row = row0 + ty * T::kThreadRows + i;
@@ -118,14 +117,7 @@ __global__ void __launch_bounds__(ImplicitGemmTiles<acc_t>::kThreads, ImplicitGe
     RCM_UNROLL
     for (int j = 0; j < T::kThreadCols; ++j) {
       const int64_t co = co0 + tx * T::kThreadCols + j;
-      if (co >= cog) continue;
-      const int64_t at = row * g.out_channels + group * cog + co;
-      if (split_partials != nullptr) {
-        split_partials[at] = acc[i][j];
-      } else {
-        const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[group * cog + co]) : acc_t(0);
-        out[at] = static_cast<scalar_t>(acc[i][j] + b);
-      }
+      if (co < cog) store_gemm_output(g, rows, row, group * cog + co, acc[i][j], bias, out, partials);
     }
   }
 }

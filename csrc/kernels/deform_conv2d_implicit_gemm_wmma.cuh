@@ -296,15 +296,7 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
       for (int e = lane; e < T::kFrag * T::kFrag; e += 32) {
         const int64_t row = row0 + warp_row0 + i * T::kFrag + e / T::kFrag;
         const int64_t co = co0 + warp_col0 + j * T::kFrag + e % T::kFrag;
-        if (row < rows && co < cog) {
-          const int64_t at = row * g.out_channels + group * cog + co;
-          if (partials != nullptr) {
-            partials[blockIdx.y * rows * g.out_channels + at] = stage[e];
-          } else {
-            const float b = bias != nullptr ? static_cast<float>(bias[group * cog + co]) : 0.0f;
-            out[at] = static_cast<scalar_t>(stage[e] + b);
-          }
-        }
+        if (row < rows && co < cog) store_gemm_output(g, rows, row, group * cog + co, stage[e], bias, out, partials);
       }
       __syncwarp();  // the staging tile is read before the next fragment overwrites it
     }

@@ -144,6 +144,21 @@ struct ReductionSteps {
   }
 };
 
+// Where an implicit-GEMM block puts its sum for output pixel `row` and output channel `channel`
+// (absolute): with partials (a split forward), into its split's partial sums, without the bias
+// (deform_conv2d_split_sum_kernel finishes); otherwise into out, with the bias.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_gemm_output(const DeformConvGeometry& g, int64_t rows, int64_t row,
+                                                  int64_t channel, acc_t sum, const scalar_t* bias, scalar_t* out,
+                                                  acc_t* partials) {
+  const int64_t at = row * g.out_channels + channel;
+  if (partials != nullptr) {
+    partials[blockIdx.y * rows * g.out_channels + at] = sum;
+  } else {
+    out[at] = static_cast<scalar_t>(sum + (bias != nullptr ? static_cast<acc_t>(bias[channel]) : acc_t(0)));
+  }
+}
+
 // The output of a split forward: out[row, co] = sum over splits of partials[split, row, co] (in
 // split order), plus bias[co]. One thread per output element.
 // partials: (splits, rows, C_out) in acc_t; bias: (C_out) or null; out: (rows, C_out).
