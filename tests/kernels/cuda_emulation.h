@@ -36,6 +36,22 @@
 //     __float2half/__half2float/__float2bfloat16/__bfloat162float. Arithmetic goes through float;
 //   * the WMMA fragment API (nvcuda::wmma) for the tensor-core shapes the kernels use, as whole-warp
 //     collectives (details and limits below);
+//   * asynchronous global -> shared copies (cp.async) through the pipeline primitives of
+//     <cuda_pipeline_primitives.h>, per thread as on the GPU: __pipeline_memcpy_async(dst_shared,
+//     src_global, size_and_align, zfill = 0) queues a copy in the thread's open batch,
+//     __pipeline_commit() closes the batch as a group (possibly empty), __pipeline_wait_prior(N)
+//     completes every committed group but the N most recent (copies not yet committed are not waited
+//     for). The copy is deferred: at the call the source is read (the first size_and_align - zfill
+//     bytes; sources are global memory, which a kernel does not write while copying from it) and the
+//     destination is filled with 0xFF bytes (NaN, like never-written shared memory), so a read before
+//     the wait shows; the data, then zfill zero bytes, land at the wait that covers the copy, written
+//     by the issuing thread, so that for ThreadSanitizer the write happens at the wait: a thread of the
+//     block may read it after a __syncthreads that the issuer reaches after its wait, not before.
+//     Errors: size_and_align other than 4, 8 or 16, dst or src not aligned to it, zfill greater than
+//     it, a destination not inside the block's dynamic shared memory (RCM_DYNAMIC_SHARED; static
+//     __shared__ is not accepted), a source read inside it, and a thread exiting with copies that no
+//     wait completed (empty groups left at exit are fine). Kernel headers include
+//     <cuda_pipeline_primitives.h> only under __CUDACC__, as they do <mma.h>;
 //   * emu::launch(mode, grid, block, shared_bytes, kernel, args...): every GPU thread of a block
 //     runs on its own OS thread (a pool of threads, reused between launches), so ThreadSanitizer
 //     sees races between the threads of a block.
@@ -47,8 +63,10 @@
 //     synchronise): everything the kernel wrote happens-before the code after emu::launch.
 //
 // Limits (what it does NOT emulate)
-//   * no inline PTX (asm), no cp.async / TMA / mbarrier, no cooperative groups, no clusters,
-//     no texture or surface objects, no __activemask(), no __nanosleep, no clock();
+//   * no inline PTX (asm), no TMA / mbarrier (so no __pipeline_arrive_on, cuda::memcpy_async or
+//     cuda::pipeline), no cooperative groups, no clusters, no texture or surface objects, no
+//     __activemask(), no __nanosleep, no clock(); of cp.async only the pipeline primitives above:
+//     its cache hints (cp.async.ca / .cg) and its timing are not modelled;
 //   * WMMA (nvcuda::wmma) models only what the kernels use: fragments of shape 16x16x16 for __half
 //     and __nv_bfloat16 and 16x16x8 for precision::tf32, float accumulators, row/col-major
 //     load_matrix_sync, store_matrix_sync, fill_fragment, mma_sync and __float_to_tf32. Every lane
@@ -66,7 +84,8 @@
 //     __syncwarp) is a data race here, which ThreadSanitizer reports: a feature;
 //   * memory is the host's: no distinction between global, shared, constant and local memory beyond
 //     the lifetime rules above, no memory-model effects beyond the C++ ones (a plain store is seen by
-//     other threads only through the synchronisation above), no alignment faults;
+//     other threads only through the synchronisation above), no alignment faults (WMMA and cp.async
+//     check the alignment they require, see above);
 //   * static __shared__ works only in function (block) scope and does not start uninitialised:
 //     it keeps what the previous block left (its first use in a process reads zeros);
 //     `extern __shared__` is not supported (use RCM_DYNAMIC_SHARED);
@@ -117,6 +136,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <list>
 #include <memory>
@@ -445,6 +465,31 @@ struct ThreadContext {
 
 inline thread_local ThreadContext tls;
 
+// One __pipeline_memcpy_async, waiting for the __pipeline_wait_prior that completes its group.
+struct AsyncCopy {
+  unsigned char* dst = nullptr;
+  std::size_t size = 0;
+  std::array<unsigned char, 16> bytes{};  // what lands at dst: the source as read at the call, then zeros
+  Site site;
+};
+
+// A thread's copies not yet completed, oldest first. The first `committed` of them form the
+// committed groups, whose sizes (in copies, possibly 0) are in `groups`, oldest first; the rest are
+// the open batch. Kept apart from ThreadContext, whose members are trivial to construct and read.
+struct AsyncCopies {
+  std::deque<AsyncCopy> copies;
+  std::deque<std::size_t> groups;
+  std::size_t committed = 0;
+
+  void reset() {
+    copies.clear();
+    groups.clear();
+    committed = 0;
+  }
+};
+
+inline thread_local AsyncCopies async_copies;
+
 inline ThreadContext& current(const char* what) {
   if (tls.block == nullptr) fatal(format("%s called outside a kernel launched with emu::launch", what));
   return tls;
@@ -645,6 +690,11 @@ void warp_collective(WarpOp op, std::uint32_t mask, const void* value, std::size
 // Called when the kernel function of a thread returns.
 inline void thread_exit() {
   ThreadContext& t = tls;
+  if (const AsyncCopies& q = async_copies; !q.copies.empty()) {
+    fatal(format("%s exited with %zu asynchronous copies pending (%zu of them never committed), the oldest "
+                 "issued at %s: no __pipeline_wait_prior completed them", thread_name(t).c_str(),
+                 q.copies.size(), q.copies.size() - q.committed, q.copies.front().site.str().c_str()));
+  }
   {
     WarpState& w = *t.warp;
     w.exited.fetch_or(1u << t.lane, std::memory_order_seq_cst);
@@ -858,6 +908,7 @@ inline void add_block_jobs(std::vector<std::function<void()>>& jobs, BlockState*
           t.block_idx = b->index;
           t.block_dim = block;
           t.grid_dim = grid;
+          async_copies.reset();  // an empty group may be left from this pool thread's previous job
           body();
           thread_exit();
           t = ThreadContext{};
@@ -994,6 +1045,85 @@ inline int __any_sync(unsigned mask, int predicate, std::source_location loc = s
 inline int __all_sync(unsigned mask, int predicate, std::source_location loc = std::source_location::current()) {
   return ::emu::detail::vote(::emu::detail::WarpOp::All, mask, predicate != 0, loc) == mask;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Asynchronous copies (cp.async) through the pipeline primitives; the model is in the header comment.
+namespace emu {
+namespace detail {
+
+inline void async_copy(void* dst, const void* src, std::size_t size, std::size_t zfill,
+                       const std::source_location& loc) {
+  const char* what = "__pipeline_memcpy_async";
+  const ThreadContext& t = current(what);
+  const Site site = Site::of(loc);
+  if (size != 4 && size != 8 && size != 16) {
+    fatal(format("%s at %s: size_and_align is %zu; it must be 4, 8 or 16", what, site.str().c_str(), size));
+  }
+  if (zfill > size) {
+    fatal(format("%s at %s: zfill %zu exceeds size_and_align %zu", what, site.str().c_str(), zfill, size));
+  }
+  const std::uintptr_t to = reinterpret_cast<std::uintptr_t>(dst);
+  const std::uintptr_t from = reinterpret_cast<std::uintptr_t>(src);
+  for (const auto& [name, address] : {std::pair{"dst_shared", to}, std::pair{"src_global", from}}) {
+    if (address % size != 0) {
+      fatal(format("%s at %s: %s %p is not aligned to size_and_align (%zu bytes)", what, site.str().c_str(), name,
+                   reinterpret_cast<const void*>(address), size));
+    }
+  }
+  const BlockState& b = *t.block;
+  const std::uintptr_t shared = reinterpret_cast<std::uintptr_t>(b.shared);
+  if (to < shared || to + size > shared + b.shared_bytes) {
+    fatal(format("%s at %s: dst_shared [%p, +%zu bytes) is not inside the dynamic shared memory of %s ([%p, +%zu "
+                 "bytes)); the emulator takes only RCM_DYNAMIC_SHARED memory as a destination, not static "
+                 "__shared__", what, site.str().c_str(), dst, size, b.name().c_str(), static_cast<void*>(b.shared),
+                 b.shared_bytes));
+  }
+  const std::size_t read = size - zfill;
+  if (read != 0 && from < shared + b.shared_bytes && from + read > shared) {
+    fatal(format("%s at %s: src_global %p points into the shared memory of %s; cp.async copies from global "
+                 "memory", what, site.str().c_str(), src, b.name().c_str()));
+  }
+  AsyncCopy c;
+  c.dst = static_cast<unsigned char*>(dst);
+  c.size = size;
+  c.site = site;
+  if (read != 0) std::memcpy(c.bytes.data(), src, read);
+  std::memset(dst, 0xff, size);
+  async_copies.copies.push_back(c);
+}
+
+inline void async_commit() {
+  current("__pipeline_commit");
+  AsyncCopies& q = async_copies;
+  q.groups.push_back(q.copies.size() - q.committed);
+  q.committed = q.copies.size();
+}
+
+inline void async_wait(std::size_t prior) {
+  current("__pipeline_wait_prior");
+  AsyncCopies& q = async_copies;
+  while (q.groups.size() > prior) {
+    const std::size_t group = q.groups.front();
+    for (std::size_t i = 0; i < group; ++i) {
+      const AsyncCopy& c = q.copies.front();
+      std::memcpy(c.dst, c.bytes.data(), c.size);
+      q.copies.pop_front();
+    }
+    q.committed -= group;
+    q.groups.pop_front();
+  }
+}
+
+}  // namespace detail
+}  // namespace emu
+
+inline void __pipeline_memcpy_async(void* dst_shared, const void* src_global, std::size_t size_and_align,
+                                    std::size_t zfill = 0,
+                                    std::source_location loc = std::source_location::current()) {
+  ::emu::detail::async_copy(dst_shared, src_global, size_and_align, zfill, loc);
+}
+inline void __pipeline_commit() { ::emu::detail::async_commit(); }
+inline void __pipeline_wait_prior(std::size_t prior) { ::emu::detail::async_wait(prior); }
 
 // ---------------------------------------------------------------------------------------------
 // Atomics: relaxed, like the GPU's (no ordering, so they create no happens-before edges).

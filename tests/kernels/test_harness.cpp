@@ -4,8 +4,8 @@
 //   test_harness --list     prints the case names
 //
 // Two kinds of cases:
-//   * features: the emulated built-ins, collectives, shared memory and atomics give the results a
-//     GPU gives (exit 0 expected);
+//   * features: the emulated built-ins, collectives, shared memory, atomics, WMMA and asynchronous
+//     copies give the results a GPU gives (exit 0 expected);
 //   * planted bugs and their correct twins: each planted kernel must make the run FAIL with the
 //     expected report (checked by expect_failure.cmake), its twin must pass:
 //       shared_race            a shared-memory race inside a block      -> ThreadSanitizer
@@ -21,6 +21,13 @@
 //                                                                  -> ThreadSanitizer
 //       wmma_misaligned        load_matrix_sync from a pointer that is not 256-bit aligned -> the harness
 //       wmma_divergent         mma_sync called by half a warp      -> the harness
+//       async_copy_unwaited_race  cp.async data read by another thread after a __syncthreads that
+//                              the issuer reached before its __pipeline_wait_prior
+//                                                                  -> ThreadSanitizer; elsewhere the
+//                                                                     read of the poison (a check)
+//       async_copy_pending_at_exit  a committed cp.async never waited for -> the harness
+//       async_copy_to_global   cp.async into global memory          -> the harness
+//       async_copy_misaligned  a 16-byte cp.async to a 4-byte aligned address -> the harness
 #include "cuda_emulation.h"
 
 #include <cmath>
@@ -29,6 +36,7 @@
 #include <map>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -595,6 +603,175 @@ void case_wmma_divergent() {
   emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, wmma_divergent_kernel, out.data());
 }
 
+// ---------------------------------------------------------------------------------------------
+// Asynchronous copies (cp.async through the pipeline primitives).
+
+// The 128 bytes of shared memory each thread of async_copy_kernel fills from 128 bytes of source.
+struct alignas(16) AsyncSlot {
+  unsigned char bytes[128];
+};
+
+// The kernel fills its slot with this first, so that the poison it sees later is the copies' own.
+constexpr unsigned char kAsyncBefore = 0x5a;
+
+// Byte i of a filled slot: the copies of async_copy_kernel, zero fills included, and kAsyncBefore in
+// the gaps between them.
+__host__ __device__ unsigned char async_slot_byte(const AsyncSlot& src, int i) {
+  if (i < 44 || (i >= 64 && i < 76) || (i >= 80 && i < 84) || (i >= 96 && i < 116)) return src.bytes[i];
+  if ((i >= 48 && i < 64) || (i >= 76 && i < 80) || (i >= 84 && i < 88)) return 0;
+  return kAsyncBefore;
+}
+
+// Copies of every size into the thread's slot in four groups, the fourth committed late, and one
+// empty group. Checks what the emulator promises in between: a completed group holds its data, a
+// group not yet waited for reads as the 0xFF poison. Then each thread hands on its neighbour's slot.
+__global__ void async_copy_kernel(const AsyncSlot* in, const void* in_end, AsyncSlot* out, int* flags) {
+  RCM_DYNAMIC_SHARED(AsyncSlot, slots);
+  const unsigned t = threadIdx.x;
+  const unsigned g = blockIdx.x * blockDim.x + t;
+  unsigned char* dst = slots[t].bytes;
+  const unsigned char* src = in[g].bytes;
+  for (unsigned char& b : slots[t].bytes) b = kAsyncBefore;
+  __pipeline_memcpy_async(dst, src, 16);
+  __pipeline_memcpy_async(dst + 16, src + 16, 16);
+  __pipeline_memcpy_async(dst + 32, src + 32, 8);
+  __pipeline_memcpy_async(dst + 40, src + 40, 4);
+  __pipeline_commit();
+  // A whole zero fill reads nothing: its source, one past the end of `in`, would be an ASan report.
+  __pipeline_memcpy_async(dst + 48, in_end, 16, 16);
+  __pipeline_memcpy_async(dst + 64, src + 64, 16, 4);
+  __pipeline_memcpy_async(dst + 80, src + 80, 8, 4);
+  __pipeline_commit();
+  __pipeline_memcpy_async(dst + 96, src + 96, 16);
+  __pipeline_commit();
+  __pipeline_memcpy_async(dst + 112, src + 112, 4);
+  const auto holds = [&](int begin, int end) {
+    for (int i = begin; i < end; ++i) {
+      if (dst[i] != async_slot_byte(in[g], i)) return false;
+    }
+    return true;
+  };
+  const auto poisoned = [&](int begin, int end) {
+    for (int i = begin; i < end; ++i) {
+      if (dst[i] != 0xff) return false;
+    }
+    return true;
+  };
+  int f = 0;
+  __pipeline_wait_prior(1);  // the first two groups; neither the third nor the open batch
+  if (holds(0, 96) && poisoned(96, 116)) f |= 1;
+  __pipeline_commit();
+  __pipeline_commit();       // an empty group counts as one, and may be left pending at exit
+  __pipeline_wait_prior(2);  // the third group only
+  if (holds(0, 112) && poisoned(112, 116)) f |= 2;
+  __pipeline_wait_prior(1);
+  if (holds(0, 128)) f |= 4;
+  flags[g] = f;
+  __syncthreads();
+  out[g] = slots[(t + 1) % blockDim.x];
+}
+
+void case_async_copy() {
+  for (const emu::Mode mode : {emu::Mode::BlockByBlock, emu::Mode::AllBlocks}) {
+    constexpr unsigned blocks = 2, threads = 64, n = blocks * threads;
+    static AsyncSlot in[n], out[n];
+    static int flags[n];
+    for (unsigned g = 0; g < n; ++g) {
+      for (unsigned i = 0; i < 128; ++i) in[g].bytes[i] = static_cast<unsigned char>((g * 7 + i) % 251);
+      std::memset(out[g].bytes, 0, 128);
+      flags[g] = 0;
+    }
+    emu::launch(mode, blocks, threads, threads * sizeof(AsyncSlot), async_copy_kernel, in,
+                static_cast<const void*>(in + n), out, flags);
+    for (unsigned g = 0; g < n; ++g) {
+      EXPECT_EQ(flags[g], 7);
+      const unsigned neighbour = g - g % threads + (g + 1) % threads;
+      for (int i = 0; i < 128; ++i) {
+        if (out[g].bytes[i] != async_slot_byte(in[neighbour], i)) {
+          std::fprintf(stderr, "%s: thread %u, byte %d of its neighbour's slot: %u, want %u\n", emu::mode_name(mode),
+                       g, i, out[g].bytes[i], async_slot_byte(in[neighbour], i));
+          ++g_failures;
+          break;
+        }
+      }
+    }
+  }
+}
+
+// Thread t copies 16 bytes into its slot; thread t + 1 reads them after a __syncthreads. The data
+// lands at the issuer's __pipeline_wait_prior, which the planted bug calls after the barrier.
+template <bool kWaitBeforeBarrier>
+__global__ void async_neighbour_kernel(const float* in, float* out, int* poisoned_reads, int* read_done) {
+  RCM_DYNAMIC_SHARED(float, tile);
+  const unsigned t = threadIdx.x, n = blockDim.x;
+  const unsigned from = (t + n - 1) % n;
+  __pipeline_memcpy_async(tile + 4 * t, in + 4 * t, 16);
+  __pipeline_commit();
+  if constexpr (kWaitBeforeBarrier) __pipeline_wait_prior(0);
+  __syncthreads();
+  bool poison = false;
+  for (unsigned i = 0; i < 4; ++i) {
+    out[4 * t + i] = tile[4 * from + i];
+    poison = poison || std::isnan(out[4 * t + i]);
+  }
+  if (poison) atomicAdd(poisoned_reads, 1);
+  if constexpr (!kWaitBeforeBarrier) {
+    // Hold the wait until the reader has read, so that it reads the poison on every run, not only
+    // when it wins the race; the flags are relaxed atomics, no happens-before edge to hide the race.
+    atomicExch(read_done + from, 1);
+    while (atomicAdd(read_done + t, 0) == 0) std::this_thread::yield();
+    __pipeline_wait_prior(0);
+  }
+}
+
+template <bool kWaitBeforeBarrier>
+void case_async_neighbour() {
+  constexpr unsigned threads = 64;
+  alignas(16) static float in[4 * threads];
+  std::iota(in, in + 4 * threads, 1.0f);
+  std::vector<float> out(4 * threads);
+  std::vector<int> read_done(threads, 0);
+  int poisoned_reads = 0;
+  emu::launch(emu::Mode::BlockByBlock, 1, threads, sizeof in, async_neighbour_kernel<kWaitBeforeBarrier>, in,
+              out.data(), &poisoned_reads, read_done.data());
+  EXPECT_EQ(poisoned_reads, 0);
+  if (kWaitBeforeBarrier) {
+    for (unsigned t = 0; t < threads; ++t) {
+      for (unsigned i = 0; i < 4; ++i) EXPECT(out[4 * t + i] == in[4 * ((t + threads - 1) % threads) + i]);
+    }
+  }
+}
+
+// Issues and commits, but never waits: the copy would never reach shared memory.
+__global__ void async_copy_unwaited_kernel(const float* in) {
+  RCM_DYNAMIC_SHARED(float, tile);
+  __pipeline_memcpy_async(tile + 4 * threadIdx.x, in + 4 * threadIdx.x, 16);
+  __pipeline_commit();
+}
+
+void case_async_copy_pending_at_exit() {
+  alignas(16) static float in[4 * 32];
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, sizeof in, async_copy_unwaited_kernel, in);
+}
+
+// Destinations cp.async cannot take: global memory, and shared memory one float off the 16-byte
+// alignment of the copy (inside the buffer, which has a float to spare, so only the alignment is wrong).
+template <bool kGlobal>
+__global__ void async_copy_bad_destination_kernel(const float* in, float* out) {
+  RCM_DYNAMIC_SHARED(float, tile);
+  float* dst = kGlobal ? out + 4 * threadIdx.x : tile + 4 * threadIdx.x + 1;
+  __pipeline_memcpy_async(dst, in + 4 * threadIdx.x, 16);
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+}
+
+template <bool kGlobal>
+void case_async_copy_bad_destination() {
+  alignas(16) static float in[4 * 32], out[4 * 32];
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, sizeof in + sizeof(float), async_copy_bad_destination_kernel<kGlobal>, in,
+              out);
+}
+
 const std::map<std::string, void (*)()>& cases() {
   static const std::map<std::string, void (*)()> table = {
       {"builtins", case_builtins},
@@ -624,6 +801,12 @@ const std::map<std::string, void (*)()>& cases() {
       {"wmma_store_synced", case_wmma_store_read<true>},
       {"wmma_misaligned", case_wmma_misaligned},
       {"wmma_divergent", case_wmma_divergent},
+      {"async_copy", case_async_copy},
+      {"async_copy_unwaited_race", case_async_neighbour<false>},
+      {"async_copy_waited", case_async_neighbour<true>},
+      {"async_copy_pending_at_exit", case_async_copy_pending_at_exit},
+      {"async_copy_to_global", case_async_copy_bad_destination<true>},
+      {"async_copy_misaligned", case_async_copy_bad_destination<false>},
   };
   return table;
 }
