@@ -330,6 +330,68 @@ def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm,
         torch.testing.assert_close(out.double(), exact, rtol=0, atol=tol * exact.abs().max().item())
 
 
+# Problems for the cp.async tensor-core kernel: every run of channels whole 16-byte vectors (C, C/groups
+# and C/offset_groups multiples of 8), blocks 64 and 128 wide (a partial one), offset groups of 24
+# channels (a partial reduction step), conv groups, strides, offsets far outside, no mask, no bias.
+ASYNC_CASES = {
+    "c16_cout24": DeformCase(in_channels=16, out_channels=24, height=9, width=11),
+    "c48_og2_cout70": DeformCase(in_channels=48, out_channels=70, offset_groups=2, height=12, width=12, seed=1),
+    "c80_groups2_stride2": DeformCase(in_channels=80, out_channels=34, groups=2, stride=(2, 2), height=11,
+                                      width=9, seed=2),
+    "c32_far_no_mask_no_bias": DeformCase(in_channels=32, out_channels=130, offset_scale=6.0, use_mask=False,
+                                          use_bias=False, seed=3),
+}
+
+
+def cuda_kernel_names(fn) -> list:
+    """The CUDA kernels that fn() launches."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("misaligned", [False, True])
+@pytest.mark.parametrize("name", sorted(ASYNC_CASES))
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_cuda_async_copy_forward(precision, name, misaligned, monkeypatch):
+    """The default forward of 16-bit tensors whose channel runs are whole vectors is the cp.async
+    tensor-core kernel; RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_sync, or an input whose data does
+    not start on a 16-byte boundary, takes the kernel with synchronous loads. Each is judged like
+    test_low_precision_error_is_that_of_its_rounding: its error against the float64 result at most
+    twice that of a reference rounding the same operands."""
+    dtype, mma_input, _ = LOW_PRECISIONS[precision]
+    case = ASYNC_CASES[name]
+    low = {k: None if v is None else v.to(dtype) for k, v in case.tensors(torch.float64, "cuda").items()}
+    if misaligned:  # the same values, channels_last, one element into their storage
+        x = low["input"].permute(0, 2, 3, 1)
+        storage = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")
+        storage[1:].copy_(x.reshape(-1))
+        low["input"] = storage[1:].view(x.shape).permute(0, 3, 1, 2)
+        assert low["input"].is_contiguous(memory_format=torch.channels_last)
+    exact_inputs = {k: None if v is None else v.double() for k, v in low.items()}
+    exact = reference.deform_conv2d(*(exact_inputs[k] for k in ("input", "offset", "weight", "bias")),
+                                    mask=exact_inputs["mask"], **case.kwargs())
+    groups = case.in_channels // case.tensors()["weight"].shape[1]
+    columns = reference.sampled_columns(exact_inputs["input"], exact_inputs["offset"], case.kernel, groups,
+                                        mask=exact_inputs["mask"], **case.kwargs())
+    same = reference.columns_times_weight(mma_input(columns), mma_input(exact_inputs["weight"]),
+                                          exact_inputs["bias"], exact.shape[-2:]).to(dtype).double()
+    same_err = (same - exact).abs().max().item()
+    scale = exact.abs().max().item()
+    for algorithm, want_async in (("implicit_gemm", not misaligned), ("implicit_gemm_sync", False)):
+        monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", algorithm)
+        outs = []
+        with torch.no_grad():
+            names = cuda_kernel_names(lambda: outs.append(rcm_fsad_ops.deform_conv2d(
+                low["input"], low["offset"], low["weight"], low["bias"], mask=low["mask"], **case.kwargs())))
+        assert any("implicit_gemm_wmma_async_kernel" in n for n in names) == want_async, (algorithm, names)
+        assert any("implicit_gemm_wmma_kernel" in n for n in names) != want_async, (algorithm, names)
+        ours_err = (outs[0].double() - exact).abs().max().item()
+        assert ours_err <= 2 * same_err + 1e-5 * scale, (algorithm, ours_err, same_err, scale)
+
+
 @pytest.mark.parametrize("name", ["groups2_offset_groups3", "wide_channels", "no_mask"])
 def test_cpu_baseline_build_of_the_hot_loops(name, monkeypatch):
     """The CPU loops are compiled twice (baseline ISA and AVX2+FMA, picked at run time): the build

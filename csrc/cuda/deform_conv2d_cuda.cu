@@ -1,11 +1,14 @@
 // CUDA launchers of deform_conv2d. Forward, by RCM_FSAD_DEFORM_CONV_ALGO:
-//   implicit_gemm (default)  no columns buffer: on sm_80+ the tensor-core kernel
-//                            (deform_conv2d_implicit_gemm_wmma_kernel) for float16 and bfloat16, and
-//                            for float32 when TF32 matmuls are allowed
-//                            (torch.backends.cuda.matmul.allow_tf32, as for torchvision's GEMM);
-//                            otherwise the CUDA-core kernel (deform_conv2d_implicit_gemm_kernel);
-//                            either one split over kernel points when its tiles would not fill
+//   implicit_gemm (default)  no columns buffer: on sm_80+ a tensor-core kernel for float16 and
+//                            bfloat16, and for float32 when TF32 matmuls are allowed
+//                            (torch.backends.cuda.matmul.allow_tf32, as for torchvision's GEMM):
+//                            deform_conv2d_implicit_gemm_wmma_async_kernel (loads in flight with
+//                            cp.async) for 16-bit tensors whose channel runs are whole 16-byte
+//                            vectors, deform_conv2d_implicit_gemm_wmma_kernel otherwise; without
+//                            tensor cores the CUDA-core kernel (deform_conv2d_implicit_gemm_kernel);
+//                            any of them split over kernel points when its tiles would not fill
 //                            one wave (launch_implicit_gemm);
+//   implicit_gemm_sync       the same, but never the cp.async kernel (to measure what it gains);
 //   implicit_gemm_simt       the CUDA-core implicit GEMM for every dtype;
 //   columns                  the direct path: chunks of output pixels are sampled into a columns
 //                            buffer by deform_im2col_kernel and multiplied by the weight with cuBLAS.
@@ -31,6 +34,7 @@
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_implicit_gemm.cuh"
 #include "../kernels/deform_conv2d_implicit_gemm_wmma.cuh"
+#include "../kernels/deform_conv2d_implicit_gemm_wmma_async.cuh"
 #include "../kernels/deform_conv2d_kernels.cuh"
 
 namespace rcm_fsad {
@@ -82,15 +86,16 @@ ChunkArgs<scalar_t> chunk_args(const at::Tensor& input_nhwc, const at::Tensor& o
           mask.has_value() ? field_strides(*mask) : FieldStrides{0, 0, 0, 0}};
 }
 
-enum class ForwardAlgorithm { ImplicitGemm, ImplicitGemmSimt, Columns };
+enum class ForwardAlgorithm { ImplicitGemm, ImplicitGemmSync, ImplicitGemmSimt, Columns };
 
 ForwardAlgorithm forward_algorithm() {
   const char* algo = std::getenv("RCM_FSAD_DEFORM_CONV_ALGO");
   if (algo == nullptr || std::strcmp(algo, "implicit_gemm") == 0) return ForwardAlgorithm::ImplicitGemm;
+  if (std::strcmp(algo, "implicit_gemm_sync") == 0) return ForwardAlgorithm::ImplicitGemmSync;
   if (std::strcmp(algo, "implicit_gemm_simt") == 0) return ForwardAlgorithm::ImplicitGemmSimt;
   TORCH_CHECK(std::strcmp(algo, "columns") == 0,
-              "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', 'implicit_gemm_simt' or 'columns', got '", algo,
-              "'");
+              "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', 'implicit_gemm_sync', 'implicit_gemm_simt' or "
+              "'columns', got '", algo, "'");
   return ForwardAlgorithm::Columns;
 }
 
@@ -122,9 +127,16 @@ bool use_tensor_cores(const at::Tensor& input) {
 // An implicit-GEMM forward kernel over its tile grid; when the tiles would not fill the GPU for one
 // wave, also split over kernel points (kernels::forward_splits), into acc_t partial sums that
 // deform_conv2d_split_sum_kernel adds up in a fixed order (the forward stays deterministic).
+// shared_bytes: the kernel's dynamic shared memory (above 48 KB the kernel must opt in, which is
+// per device and cheap, so it is done at every launch).
 template <typename Tiles, typename acc_t, typename scalar_t, typename Kernel>
 void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
-                          const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
+                          const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows,
+                          size_t shared_bytes = 0) {
+  if (shared_bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared_bytes)));
+  }
   const int64_t blocks = kernels::gemm_grid_x<Tiles::kRows, Tiles::kCols>(g);
   // The kernels count channels in 32 bits (kernels::ReductionSteps).
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max() && g.groups <= 65535 &&
@@ -132,7 +144,7 @@ void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const Chun
               "deform_conv2d: problem too large for the implicit-GEMM grid; set "
               "RCM_FSAD_DEFORM_CONV_ALGO=columns");
   int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, Tiles::kThreads, 0));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, Tiles::kThreads, shared_bytes));
   const int64_t splits = std::min<int64_t>(
       65535, kernels::forward_splits(blocks * g.groups, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
                                      blocks_per_sm, g.kernel_points()));
@@ -144,7 +156,7 @@ void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const Chun
   const scalar_t* bias_ptr = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(splits), static_cast<unsigned>(g.groups));
-  kernel<<<grid, Tiles::kThreads, 0, stream>>>(g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides,
+  kernel<<<grid, Tiles::kThreads, shared_bytes, stream>>>(g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides,
                                                wmat.const_data_ptr<scalar_t>(), bias_ptr,
                                                out_rows.mutable_data_ptr<scalar_t>(),
                                                splits > 1 ? partials.mutable_data_ptr<acc_t>() : nullptr);
@@ -158,6 +170,31 @@ void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const Chun
   }
 }
 
+// What deform_conv2d_implicit_gemm_wmma_async_kernel's 16-byte copies need: every run of channels
+// whole vectors, from 16-byte aligned bases.
+template <typename scalar_t>
+bool async_copies_apply(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return kernels::wmma_async_channels_apply(g) && aligned(a.input) && aligned(wmat.const_data_ptr());
+}
+
+// The tensor-core forward with blocks kCols wide: the cp.async kernel when `async` (16-bit types
+// only, where async_copies_apply), the one with synchronous loads otherwise.
+template <int kCols, typename mma_t, typename scalar_t>
+void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
+                                const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
+  using Tiles = kernels::WmmaTiles<kCols>;
+  if constexpr (sizeof(scalar_t) == 2) {
+    if (async) {
+      launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_wmma_async_kernel<scalar_t, mma_t, kCols>,
+                                         g, a, wmat, bias, out_rows, kernels::wmma_async_shared_bytes<scalar_t, kCols>());
+      return;
+    }
+  }
+  launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>, g, a,
+                                     wmat, bias, out_rows);
+}
+
 template <typename scalar_t>
 void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const DeformConvGeometry& g,
                            const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
@@ -165,14 +202,14 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
   const std::optional<at::Tensor> bias_c =
       bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
   if constexpr (!std::is_void_v<typename TensorCoreInput<scalar_t>::type>) {
-    if (algo == ForwardAlgorithm::ImplicitGemm && use_tensor_cores<scalar_t>(input)) {
+    if ((algo == ForwardAlgorithm::ImplicitGemm || algo == ForwardAlgorithm::ImplicitGemmSync) &&
+        use_tensor_cores<scalar_t>(input)) {
       using mma_t = typename TensorCoreInput<scalar_t>::type;
+      const bool async = algo == ForwardAlgorithm::ImplicitGemm && async_copies_apply(g, a, wmat);
       if (kernels::wmma_tile_cols<mma_t>(g.out_channels / g.groups) == 128) {
-        launch_implicit_gemm<kernels::WmmaTiles<128>, float>(
-            kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, 128>, g, a, wmat, bias_c, out_rows);
+        launch_tensor_core_forward<128, mma_t>(async, g, a, wmat, bias_c, out_rows);
       } else {
-        launch_implicit_gemm<kernels::WmmaTiles<64>, float>(
-            kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, 64>, g, a, wmat, bias_c, out_rows);
+        launch_tensor_core_forward<64, mma_t>(async, g, a, wmat, bias_c, out_rows);
       }
       return;
     }

@@ -29,7 +29,7 @@
 // the harness defines its own version of the macro.
 #if (defined(__CUDACC__) || defined(__HIPCC__)) && !defined(RCM_DYNAMIC_SHARED)
 #define RCM_DYNAMIC_SHARED(type, name)                                          \
-  extern __shared__ __align__(16) unsigned char rcm_dynamic_shared_storage_[]; \
+  extern __shared__ __align__(128) unsigned char rcm_dynamic_shared_storage_[]; \
   type* name = reinterpret_cast<type*>(rcm_dynamic_shared_storage_)
 #endif
 

@@ -111,6 +111,86 @@ union WmmaShared {
   float staging[Tiles::kWarps][Tiles::kFrag * Tiles::kFrag];
 };
 
+#if defined(RCM_WMMA_AVAILABLE)
+// A warp's share of a block tile (Tiles::kWarpRows x Tiles::kWarpCols of the output, in 16 x 16
+// fragments of float accumulators) and what the warp does with it: multiply the shared operand
+// tiles of each reduction step into it, then write it out.
+template <typename mma_t, typename Tiles>
+struct WarpTileMma {
+  using In = MmaInput<mma_t>;
+  using smem_t = typename In::smem_t;
+  static constexpr int kFragDepth = In::kFragDepth;
+  static constexpr int kPitch = Tiles::template kPitch<smem_t>;
+  using FragA = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, Tiles::kFrag, Tiles::kFrag, kFragDepth,
+                                       typename In::frag_t, nvcuda::wmma::row_major>;
+  // The weight tile is stored [output channel][reduction], i.e. B column-major.
+  using FragB = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, Tiles::kFrag, Tiles::kFrag, kFragDepth,
+                                       typename In::frag_t, nvcuda::wmma::col_major>;
+  using FragC = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, Tiles::kFrag, Tiles::kFrag, kFragDepth, float>;
+
+  int row0;  // the warp's first row and column within the block tile
+  int col0;
+  FragC acc[Tiles::kFragsAlongRows][Tiles::kFragsAlongCols];
+
+  __device__ __forceinline__ explicit WarpTileMma(int warp)
+      : row0((warp / Tiles::kWarpsAlongCols) * Tiles::kWarpRows),
+        col0((warp % Tiles::kWarpsAlongCols) * Tiles::kWarpCols) {
+    RCM_UNROLL
+    for (int i = 0; i < Tiles::kFragsAlongRows; ++i) {
+      RCM_UNROLL
+      for (int j = 0; j < Tiles::kFragsAlongCols; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
+    }
+  }
+
+  // acc += a_tile[the warp's rows][0, depth) x b_tile[the warp's columns][0, depth)^T. Both tiles
+  // are [row or output channel][channel] with row pitch kPitch and zeros from depth up to the
+  // next multiple of kFragDepth.
+  __device__ __forceinline__ void multiply(const smem_t* a_tile, const smem_t* b_tile, int depth) {
+    for (int kk = 0; kk < depth; kk += kFragDepth) {
+      FragA a[Tiles::kFragsAlongRows];
+      RCM_UNROLL
+      for (int i = 0; i < Tiles::kFragsAlongRows; ++i) {
+        nvcuda::wmma::load_matrix_sync(a[i], a_tile + (row0 + i * Tiles::kFrag) * kPitch + kk, kPitch);
+      }
+      // One B fragment live at a time: with 64 columns per warp, holding all four took the TF32
+      // instantiation past its 128 registers.
+      RCM_UNROLL
+      for (int j = 0; j < Tiles::kFragsAlongCols; ++j) {
+        FragB b;
+        nvcuda::wmma::load_matrix_sync(b, b_tile + (col0 + j * Tiles::kFrag) * kPitch + kk, kPitch);
+        RCM_UNROLL
+        for (int i = 0; i < Tiles::kFragsAlongRows; ++i) nvcuda::wmma::mma_sync(acc[i][j], a[i], b, acc[i][j]);
+      }
+    }
+  }
+
+  // Writes the warp's sums out with store_gemm_output (bias, rounding, bounds), through `stage`:
+  // 16 x 16 floats of shared memory that no other warp uses. The block tile starts at row
+  // block_row0 and output channel co0 of conv group `group`.
+  template <typename scalar_t>
+  __device__ __forceinline__ void store(float* stage, int lane, const DeformConvGeometry& g, int64_t block_row0,
+                                        int64_t co0, int64_t group, const scalar_t* bias, scalar_t* out,
+                                        float* partials) const {
+    const int64_t rows = g.batch * g.out_pixels();
+    const int64_t cog = g.out_channels / g.groups;
+    RCM_UNROLL
+    for (int i = 0; i < Tiles::kFragsAlongRows; ++i) {
+      RCM_UNROLL
+      for (int j = 0; j < Tiles::kFragsAlongCols; ++j) {
+        nvcuda::wmma::store_matrix_sync(stage, acc[i][j], Tiles::kFrag, nvcuda::wmma::mem_row_major);
+        __syncwarp();
+        for (int e = lane; e < Tiles::kFrag * Tiles::kFrag; e += 32) {
+          const int64_t row = block_row0 + row0 + i * Tiles::kFrag + e / Tiles::kFrag;
+          const int64_t co = co0 + col0 + j * Tiles::kFrag + e % Tiles::kFrag;
+          if (row < rows && co < cog) store_gemm_output(g, rows, row, group * cog + co, stage[e], bias, out, partials);
+        }
+        __syncwarp();  // the staging tile is read before the next fragment overwrites it
+      }
+    }
+  }
+};
+#endif  // RCM_WMMA_AVAILABLE
+
 // 16 bytes of consecutive elements, for vectorised global loads and shared stores.
 template <typename T>
 struct alignas(16) Vector16 {
@@ -160,18 +240,13 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
                                             const scalar_t* __restrict__ wmat, const scalar_t* __restrict__ bias,
                                             scalar_t* __restrict__ out, float* __restrict__ partials) {
 #if defined(RCM_WMMA_AVAILABLE)
-  namespace wmma = nvcuda::wmma;
   using T = WmmaTiles<kCols>;
-  using In = MmaInput<mma_t>;
+  using Mma = WarpTileMma<mma_t, T>;
+  using In = typename Mma::In;
   using smem_t = typename In::smem_t;
   static_assert(sizeof(smem_t) == sizeof(scalar_t), "the weight tile is copied bit for bit");
-  constexpr int kFragDepth = In::kFragDepth;
   constexpr int kVector = Vector16<scalar_t>::kSize;
-  constexpr int kPitch = T::template kPitch<smem_t>;
-  using FragA = wmma::fragment<wmma::matrix_a, T::kFrag, T::kFrag, kFragDepth, typename In::frag_t, wmma::row_major>;
-  // The weight tile is stored [output channel][reduction], i.e. B column-major.
-  using FragB = wmma::fragment<wmma::matrix_b, T::kFrag, T::kFrag, kFragDepth, typename In::frag_t, wmma::col_major>;
-  using FragC = wmma::fragment<wmma::accumulator, T::kFrag, T::kFrag, kFragDepth, float>;
+  constexpr int kPitch = Mma::kPitch;
 
   __shared__ __align__(32) WmmaShared<smem_t, T> shared;
   __shared__ TileCorners<float, T::kRows> corners;  // of the current (k, offset group)
@@ -179,11 +254,6 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
   smem_t* const b_tile = shared.tiles.b;
 
   const int tid = threadIdx.x;
-  const int warp = tid / 32;
-  const int lane = tid % 32;
-  const int warp_row0 = (warp / T::kWarpsAlongCols) * T::kWarpRows;
-  const int warp_col0 = (warp % T::kWarpsAlongCols) * T::kWarpCols;
-  const int64_t rows = g.batch * g.out_pixels();
   const GemmTile tile = gemm_tile<T::kRows, T::kCols>(g, blockIdx.x);
   const int64_t row0 = tile.row0;
   const int64_t co0 = tile.co0;
@@ -196,12 +266,7 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
                              g.channels_per_offset_group() % kVector == 0 && cg % kVector == 0;
   const bool weight_vectors = aligned16(wmat) && cg % kVector == 0;
 
-  FragC acc[T::kFragsAlongRows][T::kFragsAlongCols];
-  RCM_UNROLL
-  for (int i = 0; i < T::kFragsAlongRows; ++i) {
-    RCM_UNROLL
-    for (int j = 0; j < T::kFragsAlongCols; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
-  }
+  Mma mma(tid / 32);
 
   for (ReductionSteps<T::kDepth> step(g, group, kernel_point_range(g, blockIdx.y, gridDim.y)); !step.done();
        step.next()) {
@@ -266,41 +331,11 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
       store16(b_tile + n * kPitch + ch0, x);
     }
     __syncthreads();  // tiles complete
-    for (int kk = 0; kk < depth; kk += kFragDepth) {
-      FragA a[T::kFragsAlongRows];
-      RCM_UNROLL
-      for (int i = 0; i < T::kFragsAlongRows; ++i) {
-        wmma::load_matrix_sync(a[i], a_tile + (warp_row0 + i * T::kFrag) * kPitch + kk, kPitch);
-      }
-      // One B fragment live at a time: with BN/2 = 64 columns per warp, holding all four took the
-      // TF32 instantiation past its 128 registers.
-      RCM_UNROLL
-      for (int j = 0; j < T::kFragsAlongCols; ++j) {
-        FragB b;
-        wmma::load_matrix_sync(b, b_tile + (warp_col0 + j * T::kFrag) * kPitch + kk, kPitch);
-        RCM_UNROLL
-        for (int i = 0; i < T::kFragsAlongRows; ++i) wmma::mma_sync(acc[i][j], a[i], b, acc[i][j]);
-      }
-    }
+    mma.multiply(a_tile, b_tile, depth);
   }
 
-  // Each warp writes its fragments out through its staging tile: bias, rounding, bounds.
   __syncthreads();  // the staging tiles overlay the operand tiles, which other warps may still read
-  float* const stage = shared.staging[warp];
-  RCM_UNROLL
-  for (int i = 0; i < T::kFragsAlongRows; ++i) {
-    RCM_UNROLL
-    for (int j = 0; j < T::kFragsAlongCols; ++j) {
-      wmma::store_matrix_sync(stage, acc[i][j], T::kFrag, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < T::kFrag * T::kFrag; e += 32) {
-        const int64_t row = row0 + warp_row0 + i * T::kFrag + e / T::kFrag;
-        const int64_t co = co0 + warp_col0 + j * T::kFrag + e % T::kFrag;
-        if (row < rows && co < cog) store_gemm_output(g, rows, row, group * cog + co, stage[e], bias, out, partials);
-      }
-      __syncwarp();  // the staging tile is read before the next fragment overwrites it
-    }
-  }
+  mma.store(shared.staging[tid / 32], tid % 32, g, row0, co0, group, bias, out, partials);
 #endif  // RCM_WMMA_AVAILABLE
 }
 

@@ -188,7 +188,8 @@ RCM_HD acc_t modulation(const DeformConvGeometry& g, const scalar_t* mask,
 
 // A sample reduced to what a kernel that scatters or gathers channels needs: its four corners as
 // NHWC pixel indices in the whole batch (-1 outside the image) and their bilinear weights times
-// the mask.
+// the mask (0 outside the image, so that a kernel may blend zero-filled corners with them
+// unconditionally: a NaN or infinite offset gives non-finite weights).
 template <typename acc_t>
 struct MaskedCorners {
   int64_t pixel[4];
@@ -215,7 +216,7 @@ RCM_HD MaskedCorners<acc_t> masked_corners(const DeformConvGeometry& g, int64_t 
   const int64_t image_pixel0 = px.n * g.height * g.width;
   for (int i = 0; i < 4; ++i) {
     corners.pixel[i] = p.valid[i] ? image_pixel0 + p.pixel[i] : -1;
-    corners.weight[i] = p.weight[i] * m;
+    corners.weight[i] = p.valid[i] ? p.weight[i] * m : acc_t(0);
   }
   return corners;
 }

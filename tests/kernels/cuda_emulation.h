@@ -29,8 +29,9 @@
 //     pointing at the block's dynamic shared memory (the shared_bytes of the launch). The same
 //     macro works under nvcc (see the __CUDACC__ branch below): kernel headers should use it rather
 //     than `extern __shared__`, which this harness cannot emulate. Each block gets its own
-//     heap buffer of exactly shared_bytes, filled with 0xFF bytes (NaN for float/double) so reads
-//     of never-written shared memory show, and AddressSanitizer catches overruns;
+//     heap buffer of exactly shared_bytes, 128-byte aligned (as the macro declares it under nvcc),
+//     filled with 0xFF bytes (NaN for float/double) so reads of never-written shared memory show,
+//     and AddressSanitizer catches overruns;
 //   * host 16-bit float types __half and __nv_bfloat16: 16-bit storage, round-to-nearest-even
 //     conversion from float and exact conversion to float, both implicit (like c10::Half), and
 //     __float2half/__half2float/__float2bfloat16/__bfloat162float. Arithmetic goes through float;
@@ -111,7 +112,7 @@
 // csrc/kernels/common.cuh so that kernel headers can use it.
 #ifndef RCM_DYNAMIC_SHARED
 #define RCM_DYNAMIC_SHARED(type, name)                                          \
-  extern __shared__ __align__(16) unsigned char rcm_dynamic_shared_storage_[]; \
+  extern __shared__ __align__(128) unsigned char rcm_dynamic_shared_storage_[]; \
   type* name = reinterpret_cast<type*>(rcm_dynamic_shared_storage_)
 #endif
 
@@ -444,7 +445,7 @@ struct BlockState {
   BlockState(const BlockState&) = delete;
   BlockState& operator=(const BlockState&) = delete;
   ~BlockState() {
-    if (shared != nullptr) ::operator delete(shared, std::align_val_t{16});
+    if (shared != nullptr) ::operator delete(shared, std::align_val_t{128});
   }
   std::string name() const { return format("block (%u,%u,%u)", index.x, index.y, index.z); }
 };
@@ -879,7 +880,7 @@ inline std::unique_ptr<BlockState> make_block(uint3 index, dim3 block, std::size
   b->size = block.x * block.y * block.z;
   for (std::vector<Site>& sites : b->sites) sites.resize(b->size);
   b->shared_bytes = shared_bytes;
-  b->shared = static_cast<unsigned char*>(::operator new(shared_bytes, std::align_val_t{16}));
+  b->shared = static_cast<unsigned char*>(::operator new(shared_bytes, std::align_val_t{128}));
   std::memset(b->shared, 0xff, shared_bytes);
   const unsigned warps = (b->size + 31u) / 32u;
   for (unsigned i = 0; i < warps; ++i) {

@@ -6,6 +6,7 @@
 //   test_deform_kernels igemm/<dtype>              the implicit-GEMM forward, e.g. igemm/bfloat16
 //   test_deform_kernels wmma/<half|bfloat16|tf32>  the tensor-core implicit-GEMM forward (float
 //                                                  tensors for tf32)
+//   test_deform_kernels wmma_async/<half|bfloat16> the tensor-core forward with cp.async copies
 //   test_deform_kernels reference                  checks the reference's gradients by finite differences
 //   test_deform_kernels splits                     the launcher's kernel-point split count (forward_splits)
 //   test_deform_kernels --list
@@ -19,13 +20,16 @@
 // and deform_col2im_input_deterministic_kernel) under the same configurations plus one warp in launches
 // of 5 rows, in two bands of output pixels; its per-band partial input gradients must also be the
 // same bit for bit under all of them. The implicit GEMMs have one launch shape each (the grid is
-// the tiling, and static shared memory rules out AllBlocks): both run on every problem plus five
-// that span several row and column tiles of either tile size, several reduction steps, and the
-// tensor-core kernel's 16-byte-load paths and block widths; unsplit and split over kernel points.
+// the tiling; BlockByBlock, as static shared memory rules out AllBlocks for most, and their blocks
+// write disjoint outputs): they run on every problem plus five that span several row and column
+// tiles of either tile size, several reduction steps, and the tensor-core kernels' 16-byte-load
+// paths and block widths; unsplit and split over kernel points. The cp.async tensor-core kernel
+// runs on the problems whose channel runs are whole 16-byte vectors.
 #include "cuda_emulation.h"
 // The kernel headers come after the harness.
 #include "kernels/deform_conv2d_implicit_gemm.cuh"
 #include "kernels/deform_conv2d_implicit_gemm_wmma.cuh"
+#include "kernels/deform_conv2d_implicit_gemm_wmma_async.cuh"
 #include "kernels/deform_conv2d_kernels.cuh"
 
 #include <algorithm>
@@ -604,12 +608,12 @@ struct ForwardOperands {
 // sums of partial_t, then deform_conv2d_split_sum_kernel. Returns the output as doubles.
 template <typename scalar_t, typename partial_t, typename Kernel>
 std::vector<double> run_forward(const Problem& p, const ForwardOperands<scalar_t>& op, dim3 grid, int threads,
-                                Kernel kernel) {
+                                Kernel kernel, size_t shared_bytes = 0) {
   const int64_t elements = p.shape.rows() * p.out_channels;
   const int splits = static_cast<int>(grid.y);
   std::vector<scalar_t> out(elements, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
   std::vector<partial_t> partials(splits > 1 ? splits * elements : 0, std::numeric_limits<partial_t>::quiet_NaN());
-  emu::launch(emu::Mode::BlockByBlock, grid, dim3(threads), 0, kernel, geometry(p), op.sampling.input.data(),
+  emu::launch(emu::Mode::BlockByBlock, grid, dim3(threads), shared_bytes, kernel, geometry(p), op.sampling.input.data(),
               op.sampling.offset.data(), op.sampling.os, op.sampling.mask_ptr(), op.sampling.ms, op.wmat.data(),
               op.bias_ptr(), out.data(), splits > 1 ? partials.data() : nullptr);
   if (splits > 1) {
@@ -686,14 +690,23 @@ double mma_rounded(double x) {
 // computes the rest in float64.
 // The kernel may only add float accumulation error to the operand rounding: at most twice the
 // latter plus 1e-5 of the output's scale.
-template <typename scalar_t, typename mma_t, int kCols>
+// kAsync: deform_conv2d_implicit_gemm_wmma_async_kernel (16-bit types), launched as the launcher
+// does (dynamic shared memory); otherwise deform_conv2d_implicit_gemm_wmma_kernel.
+template <typename scalar_t, typename mma_t, int kCols, bool kAsync>
 int check_igemm_wmma(const Problem& p, int splits) {
   const auto start = std::chrono::steady_clock::now();
   using Tiles = rcm_fsad::kernels::WmmaTiles<kCols>;
   const ForwardOperands<scalar_t> op(p);
   const dim3 grid = forward_grid<Tiles>(p, splits);
-  const std::vector<double> got = run_forward<scalar_t, float>(
-      p, op, grid, Tiles::kThreads, rcm_fsad::kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>);
+  std::vector<double> got;
+  if constexpr (kAsync) {
+    got = run_forward<scalar_t, float>(p, op, grid, Tiles::kThreads,
+                                       rcm_fsad::kernels::deform_conv2d_implicit_gemm_wmma_async_kernel<scalar_t, mma_t, kCols>,
+                                       rcm_fsad::kernels::wmma_async_shared_bytes<scalar_t, kCols>());
+  } else {
+    got = run_forward<scalar_t, float>(p, op, grid, Tiles::kThreads,
+                                       rcm_fsad::kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>);
+  }
   const double tol = std::is_same_v<mma_t, rcm_fsad::kernels::Tf32> ? 2e-3 : Traits<scalar_t>::tol;
   int bad = compare("out", got, op.want, tol, out_element(p));
 
@@ -848,25 +861,35 @@ int run_igemm_case() {
 // blocks 64 and, but for TF32, 128 columns wide): the barriers are the same on every problem, and a
 // block of hundreds of emulated threads is slow under TSan. Split over kernel points
 // (split_counts()): the first problem and the last, in every build.
-template <typename scalar_t, typename mma_t>
+//
+// kAsync: the cp.async kernel, on the problems whose channel runs are whole vectors
+// (wmma_async_channels_apply, as the launcher checks): the last three, all of them under TSan.
+template <typename scalar_t, typename mma_t, bool kAsync = false>
 int run_wmma_case() {
   int bad = 0;
   const std::vector<Problem>& all = igemm_problems();
+  int checked = 0;
   for (size_t i = 0; i < all.size(); ++i) {
-    if (kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
-    // The block width the launcher picks for the problem.
     const Problem& p = all[i];
+    if (kAsync && !rcm_fsad::kernels::wmma_async_channels_apply(geometry(p))) continue;
+    if (!kAsync && kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
+    ++checked;
     std::vector<int> splits = {1};
     if (i == 0 || i + 1 == all.size()) {
       for (int split : split_counts(p)) splits.push_back(split);
     }
     for (int split : splits) {
+      // The block width the launcher picks for the problem.
       bad += rcm_fsad::kernels::wmma_tile_cols<mma_t>(p.out_channels / p.shape.groups) == 128
-                 ? check_igemm_wmma<scalar_t, mma_t, 128>(p, split)
-                 : check_igemm_wmma<scalar_t, mma_t, 64>(p, split);
+                 ? check_igemm_wmma<scalar_t, mma_t, 128, kAsync>(p, split)
+                 : check_igemm_wmma<scalar_t, mma_t, 64, kAsync>(p, split);
     }
   }
-  if (kThreadSanitizer) std::printf("  (ThreadSanitizer build: 3 of the %zu problems)\n", all.size());
+  if (checked < 3) {
+    std::printf("  FAIL only %d problems checked\n", checked);
+    ++bad;
+  }
+  if (!kAsync && kThreadSanitizer) std::printf("  (ThreadSanitizer build: 3 of the %zu problems)\n", all.size());
   return bad;
 }
 
@@ -901,6 +924,7 @@ std::vector<std::string> case_names() {
   std::vector<std::string> names = {"reference", "splits"};
   for (const char* dtype : {"float", "double", "half", "bfloat16"}) names.push_back(std::string("igemm/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
+  for (const char* dtype : {"half", "bfloat16"}) names.push_back(std::string("wmma_async/") + dtype);
   for (const char* kernel : {"im2col", "col2im", "col2im_deterministic"}) {
     for (const char* dtype : {"float", "double", "half", "bfloat16"}) {
       for (const char* index : {"int32", "int64"}) names.push_back(std::string(kernel) + "/" + dtype + "/" + index);
@@ -939,6 +963,10 @@ int main(int argc, char** argv) {
     if (dtype == "double") bad = run_igemm_case<double>();
     if (dtype == "half") bad = run_igemm_case<__half>();
     if (dtype == "bfloat16") bad = run_igemm_case<__nv_bfloat16>();
+  } else if (name.rfind("wmma_async/", 0) == 0) {
+    const std::string dtype = name.substr(11);
+    if (dtype == "half") bad = run_wmma_case<__half, __half, true>();
+    if (dtype == "bfloat16") bad = run_wmma_case<__nv_bfloat16, __nv_bfloat16, true>();
   } else if (name.rfind("wmma/", 0) == 0) {
     const std::string dtype = name.substr(5);
     if (dtype == "half") bad = run_wmma_case<__half, __half>();

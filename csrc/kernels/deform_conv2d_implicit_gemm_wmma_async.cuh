@@ -1,0 +1,190 @@
+// Tensor-core implicit-GEMM forward of DCNv2 with its loads in flight while it multiplies: the CUDA
+// fast path for float16 and bfloat16 when every run of channels is whole 16-byte vectors. Same
+// tiles, warps and MMAs as deform_conv2d_implicit_gemm_wmma_kernel, whose steps each waited for
+// their global loads (four corner vectors per sampled element, the weight tile) before the
+// tensor cores could start. Here a reduction step's loads are cp.async copies into shared memory,
+// issued one step ahead: the raw corner vectors of every (row, 8 channels) item, zero-filled for
+// corners outside the image, and the weight tile. While they land, the block blends the previous
+// step's corners (shared to shared, in float, rounded once into the A tile) and multiplies.
+// Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness.
+#pragma once
+
+#include "async_copy.cuh"
+#include "deform_conv2d_implicit_gemm_wmma.cuh"
+
+namespace rcm_fsad {
+namespace kernels {
+
+// The kernel's dynamic shared memory: two stages of copies (the step being blended and
+// multiplied, and the next one in flight), the A tile, and the corners of two runs (the run of
+// the step being blended, and the next run's, computed while it is still read).
+template <typename scalar_t, typename smem_t, typename Tiles>
+struct WmmaAsyncShared {
+  static constexpr int kStages = 2;
+  static constexpr int kPitch = Tiles::template kPitch<smem_t>;
+  union {
+    scalar_t raw[kStages][4][Tiles::kRows * Tiles::kDepth];  // [stage][corner][row][channel]
+    // The epilogue's per-warp staging tiles: after the last step's barrier no thread reads raw
+    // and no copy into it is in flight.
+    float staging[Tiles::kWarps][Tiles::kFrag * Tiles::kFrag];
+  } corner_vectors;
+  smem_t b[kStages][Tiles::kCols * kPitch];  // [stage][output channel][channel]
+  smem_t a[Tiles::kRows * kPitch];           // [row][channel]
+  TileCorners<float, Tiles::kRows> corners[2];
+};
+
+// Dynamic shared memory of the kernel below: 106 KB for 128-wide blocks (two blocks per SM on
+// sm_80 and up, whose SMs have 164 KB or more), 96 KB for 64-wide ones.
+template <typename scalar_t, int kCols>
+constexpr size_t wmma_async_shared_bytes() {
+  return sizeof(WmmaAsyncShared<scalar_t, scalar_t, WmmaTiles<kCols>>);
+}
+
+// Whether every run of channels (of a conv group, of an offset group) is whole vectors of 8
+// 16-bit elements, as the kernel below needs (its bases must also be 16-byte aligned).
+RCM_HD bool wmma_async_channels_apply(const DeformConvGeometry& g) {
+  return g.channels % 8 == 0 && g.channels_per_group() % 8 == 0 && g.channels_per_offset_group() % 8 == 0;
+}
+
+// Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: WmmaTiles<kCols>::kThreads; dynamic
+// shared memory: wmma_async_shared_bytes<scalar_t, kCols>().
+// scalar_t: a 16-bit float type (c10::Half, c10::BFloat16 from the launcher) and mma_t the
+// matching __half or __nv_bfloat16. Arguments as for deform_conv2d_implicit_gemm_wmma_kernel, and
+// the launcher guarantees what the copies need: input and wmat 16-byte aligned, and
+// wmma_async_channels_apply(g).
+template <typename scalar_t, typename mma_t, int kCols>
+__global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::kBlocksPerSM)
+    deform_conv2d_implicit_gemm_wmma_async_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
+                                                  const scalar_t* __restrict__ offset, FieldStrides offset_strides,
+                                                  const scalar_t* __restrict__ mask, FieldStrides mask_strides,
+                                                  const scalar_t* __restrict__ wmat,
+                                                  const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
+                                                  float* __restrict__ partials) {
+#if defined(RCM_WMMA_AVAILABLE)
+  using T = WmmaTiles<kCols>;
+  using Mma = WarpTileMma<mma_t, T>;
+  using In = typename Mma::In;
+  using smem_t = typename In::smem_t;
+  using Shared = WmmaAsyncShared<scalar_t, smem_t, T>;
+  using Corners = TileCorners<float, T::kRows>;
+  using Steps = ReductionSteps<T::kDepth>;
+  static_assert(sizeof(scalar_t) == 2 && sizeof(smem_t) == 2, "16-bit operands: the weight tile is copied as is");
+  constexpr int kVector = Vector16<scalar_t>::kSize;
+  constexpr int kPitch = Mma::kPitch;
+  constexpr int kVectorsPerRow = T::kDepth / kVector;
+  // Items per thread: (row, vector) items of the A tile, (output channel, vector) ones of B.
+  constexpr int kRowItems = T::kRows * kVectorsPerRow / T::kThreads;
+  constexpr int kColItems = T::kCols * kVectorsPerRow / T::kThreads;
+  static_assert(kRowItems * T::kThreads == T::kRows * kVectorsPerRow &&
+                    kColItems * T::kThreads == T::kCols * kVectorsPerRow,
+                "every thread takes the same number of items");
+
+  RCM_DYNAMIC_SHARED(Shared, shared);
+  const int tid = threadIdx.x;
+  const GemmTile tile = gemm_tile<T::kRows, T::kCols>(g, blockIdx.x);
+  const int64_t group = blockIdx.z;
+  const int64_t cg = g.channels_per_group();
+
+  // Issues step s's copies into `stage`, with the corners of its run. Item e of the A tile is the
+  // same thread's in blend() below, so its copies need no barrier before the blend, only the wait.
+  auto issue = [&](int stage, const Steps& s, const Corners& corners) {
+    RCM_NO_UNROLL
+    for (int item = 0; item < kRowItems; ++item) {
+      const int e = tid + item * T::kThreads;
+      const int r = e / kVectorsPerRow;
+      const int ch0 = (e % kVectorsPerRow) * kVector;
+      if (ch0 >= s.depth) continue;  // blend() writes zeros
+      RCM_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        const int64_t pixel = corners.pixel[i][r];
+        copy16_async(&shared->corner_vectors.raw[stage][i][r * T::kDepth + ch0],
+                     pixel >= 0 ? input + pixel * g.channels + s.c0 + ch0 : input, pixel >= 0);
+      }
+    }
+    // The sizes of the weight operand are recomputed at each step rather than kept through the
+    // reduction: the 128-wide kernel has no registers to spare.
+    const int64_t co0 = gemm_tile<T::kRows, T::kCols>(g, blockIdx.x).co0;
+    const int64_t cog = g.out_channels / g.groups;
+    const int64_t reduction = g.kernel_points() * cg;
+    const int64_t w_col0 = s.k * cg + (s.c0 - group * cg);
+    RCM_NO_UNROLL
+    for (int item = 0; item < kColItems; ++item) {
+      const int e = tid + item * T::kThreads;
+      const int n = e / kVectorsPerRow;
+      const int ch0 = (e % kVectorsPerRow) * kVector;
+      const int64_t co = co0 + n;
+      const bool fill = co < cog && ch0 < s.depth;
+      copy16_async(&shared->b[stage][n * kPitch + ch0],
+                   fill ? wmat + (group * cog + co) * reduction + w_col0 + ch0 : wmat, fill);
+    }
+  };
+  // The A tile of the step whose copies are in `stage`: depth channels blended from their corner
+  // vectors in float (zero-filled corners have weight 0), rounded once; zeros past depth, which
+  // the zeros of the B tile meet.
+  auto blend = [&](int stage, int depth, const Corners& corners) {
+    RCM_NO_UNROLL
+    for (int item = 0; item < kRowItems; ++item) {
+      const int e = tid + item * T::kThreads;
+      const int r = e / kVectorsPerRow;
+      const int ch0 = (e % kVectorsPerRow) * kVector;
+      float v[kVector];
+      RCM_UNROLL
+      for (int j = 0; j < kVector; ++j) v[j] = 0.0f;
+      if (ch0 < depth) {
+        RCM_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          const Vector16<scalar_t> x = load16<scalar_t>(&shared->corner_vectors.raw[stage][i][r * T::kDepth + ch0]);
+          const float w = corners.weight[i][r];
+          RCM_UNROLL
+          for (int j = 0; j < kVector; ++j) v[j] += w * static_cast<float>(x.v[j]);
+        }
+      }
+      Vector16<smem_t> rounded;
+      RCM_UNROLL
+      for (int j = 0; j < kVector; ++j) rounded.v[j] = In::from_float(v[j]);
+      store16(shared->a + r * kPitch + ch0, rounded);
+    }
+  };
+
+  Mma mma(tid / 32);
+  Steps next(g, group, kernel_point_range(g, blockIdx.y, gridDim.y));  // the next step to issue
+  if (!next.done()) {
+    int run = 0;  // corners buffer of next's run
+    if (tid < T::kRows) {
+      set_tile_corners(shared->corners[run], tid, g, tile.row0, next.k, next.og, offset, offset_strides, mask,
+                       mask_strides);
+    }
+    __syncthreads();  // corners written
+    issue(0, next, shared->corners[run]);
+    commit_async_copies();
+    for (int stage = 0;; stage ^= 1) {
+      // The step of `stage`, whose copies were issued last.
+      const int depth = next.depth;
+      const int step_run = run;
+      next.next();
+      const bool more = !next.done();
+      // The corners of a new run go to the other buffer: its last reader was the previous step's
+      // blend, which finished before the previous barrier.
+      if (more && next.first_of_run) {
+        run ^= 1;
+        if (tid < T::kRows) {
+          set_tile_corners(shared->corners[run], tid, g, tile.row0, next.k, next.og, offset, offset_strides, mask,
+                           mask_strides);
+        }
+      }
+      __syncthreads();  // new corners written; the previous step's MMAs done with a and with b[stage ^ 1]
+      if (more) issue(stage ^ 1, next, shared->corners[run]);
+      commit_async_copies();
+      wait_async_copies<1>();  // this thread's copies of `stage` have landed
+      blend(stage, depth, shared->corners[step_run]);
+      __syncthreads();  // the A tile, and every thread's copies of b[stage], complete
+      mma.multiply(shared->a, shared->b[stage], depth);
+      if (!more) break;
+    }
+  }
+  mma.store(shared->corner_vectors.staging[tid / 32], tid % 32, g, tile.row0, tile.co0, group, bias, out, partials);
+#endif  // RCM_WMMA_AVAILABLE
+}
+
+}  // namespace kernels
+}  // namespace rcm_fsad
