@@ -331,8 +331,9 @@ def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm,
 
 
 # Problems for the cp.async tensor-core kernel: every run of channels whole 16-byte vectors (C, C/groups
-# and C/offset_groups multiples of 8), blocks 64 and 128 wide (a partial one), offset groups of 24
-# channels (a partial reduction step), conv groups, strides, offsets far outside, no mask, no bias.
+# and C/offset_groups multiples of 8 16-bit or 4 float elements), blocks 64 and 128 wide (a partial
+# one), offset groups of 24 channels (a partial reduction step), conv groups, strides, offsets far
+# outside, no mask, no bias.
 ASYNC_CASES = {
     "c16_cout24": DeformCase(in_channels=16, out_channels=24, height=9, width=11),
     "c48_og2_cout70": DeformCase(in_channels=48, out_channels=70, offset_groups=2, height=12, width=12, seed=1),
@@ -354,11 +355,11 @@ def cuda_kernel_names(fn) -> list:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("misaligned", [False, True])
 @pytest.mark.parametrize("name", sorted(ASYNC_CASES))
-@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+@pytest.mark.parametrize("precision", sorted(LOW_PRECISIONS))
 def test_cuda_async_copy_forward(precision, name, misaligned, monkeypatch):
-    """The default forward of 16-bit tensors whose channel runs are whole vectors is the cp.async
-    tensor-core kernel; RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_sync, or an input whose data does
-    not start on a 16-byte boundary, takes the kernel with synchronous loads. Each is judged like
+    """The tensor-core forward of tensors whose channel runs are whole 16-byte vectors is the cp.async
+    kernel; RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_sync, or an input whose data does not start on a
+    16-byte boundary, takes the kernel with synchronous loads. Each is judged like
     test_low_precision_error_is_that_of_its_rounding: its error against the float64 result at most
     twice that of a reference rounding the same operands."""
     dtype, mma_input, _ = LOW_PRECISIONS[precision]
@@ -383,9 +384,14 @@ def test_cuda_async_copy_forward(precision, name, misaligned, monkeypatch):
     for algorithm, want_async in (("implicit_gemm", not misaligned), ("implicit_gemm_sync", False)):
         monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", algorithm)
         outs = []
-        with torch.no_grad():
-            names = cuda_kernel_names(lambda: outs.append(rcm_fsad_ops.deform_conv2d(
-                low["input"], low["offset"], low["weight"], low["bias"], mask=low["mask"], **case.kwargs())))
+        tf32 = torch.backends.cuda.matmul.allow_tf32  # a property: monkeypatch cannot restore it
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        try:
+            with torch.no_grad():
+                names = cuda_kernel_names(lambda: outs.append(rcm_fsad_ops.deform_conv2d(
+                    low["input"], low["offset"], low["weight"], low["bias"], mask=low["mask"], **case.kwargs())))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
         assert any("implicit_gemm_wmma_async_kernel" in n for n in names) == want_async, (algorithm, names)
         assert any("implicit_gemm_wmma_kernel" in n for n in names) != want_async, (algorithm, names)
         ours_err = (outs[0].double() - exact).abs().max().item()

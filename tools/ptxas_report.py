@@ -50,8 +50,6 @@ INDEX_TYPES = ("int32_t", "int64_t")
 # (kernels::wmma_tile_cols: TF32 only 64 wide).
 TENSOR_CORE_TYPES = (("Half", "__half", "64"), ("Half", "__half", "128"), ("BFloat16", "__nv_bfloat16", "64"),
                      ("BFloat16", "__nv_bfloat16", "128"), ("float", "Tf32", "64"))
-# The cp.async tensor-core kernel: 16-bit types only.
-ASYNC_TENSOR_CORE_TYPES = tuple(t for t in TENSOR_CORE_TYPES if t[1] != "Tf32")
 
 # (scalar_t, acc_t, index_t) of the grid-stride kernels.
 WITH_INDEX_TYPES = tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)
@@ -67,7 +65,7 @@ KERNELS = {
     "deform_conv2d_implicit_gemm_kernel": ("deform_conv2d_implicit_gemm.cuh", DTYPES),
     "deform_conv2d_implicit_gemm_wmma_kernel": ("deform_conv2d_implicit_gemm_wmma.cuh", TENSOR_CORE_TYPES),
     "deform_conv2d_implicit_gemm_wmma_async_kernel": ("deform_conv2d_implicit_gemm_wmma_async.cuh",
-                                                      ASYNC_TENSOR_CORE_TYPES),
+                                                      TENSOR_CORE_TYPES),
     "deform_conv2d_split_sum_kernel": ("deform_conv2d_tile_corners.cuh", DTYPES),
 }
 # Template arguments: this tool's spelling -> the C++ spelling in the generated source.

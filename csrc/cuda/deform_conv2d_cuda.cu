@@ -3,8 +3,8 @@
 //                            bfloat16, and for float32 when TF32 matmuls are allowed
 //                            (torch.backends.cuda.matmul.allow_tf32, as for torchvision's GEMM):
 //                            deform_conv2d_implicit_gemm_wmma_async_kernel (loads in flight with
-//                            cp.async) for 16-bit tensors whose channel runs are whole 16-byte
-//                            vectors, deform_conv2d_implicit_gemm_wmma_kernel otherwise; without
+//                            cp.async) where every run of channels is whole 16-byte vectors,
+//                            deform_conv2d_implicit_gemm_wmma_kernel otherwise; without
 //                            tensor cores the CUDA-core kernel (deform_conv2d_implicit_gemm_kernel);
 //                            any of them split over kernel points when its tiles would not fill
 //                            one wave (launch_implicit_gemm);
@@ -175,24 +175,24 @@ void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const Chun
 template <typename scalar_t>
 bool async_copies_apply(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return kernels::wmma_async_channels_apply(g) && aligned(a.input) && aligned(wmat.const_data_ptr());
+  return kernels::wmma_async_channels_apply<scalar_t>(g) && aligned(a.input) && aligned(wmat.const_data_ptr());
 }
 
-// The tensor-core forward with blocks kCols wide: the cp.async kernel when `async` (16-bit types
-// only, where async_copies_apply), the one with synchronous loads otherwise.
+// The tensor-core forward with blocks kCols wide: the cp.async kernel when `async` (where
+// async_copies_apply) and the device gives a block its shared memory (sm_86 and sm_89 give 99 KB,
+// less than the 128-wide kernel's 106 KB), the one with synchronous loads otherwise.
 template <int kCols, typename mma_t, typename scalar_t>
 void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                                 const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
-  using Tiles = kernels::WmmaTiles<kCols>;
-  if constexpr (sizeof(scalar_t) == 2) {
-    if (async) {
-      launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_wmma_async_kernel<scalar_t, mma_t, kCols>,
-                                         g, a, wmat, bias, out_rows, kernels::wmma_async_shared_bytes<scalar_t, kCols>());
-      return;
-    }
+  constexpr size_t async_bytes = kernels::wmma_async_shared_bytes<scalar_t, kCols>();
+  if (async && async_bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) {
+    launch_implicit_gemm<kernels::WmmaAsyncTiles<scalar_t, kCols>, float>(
+        kernels::deform_conv2d_implicit_gemm_wmma_async_kernel<scalar_t, mma_t, kCols>, g, a, wmat, bias, out_rows,
+        async_bytes);
+  } else {
+    launch_implicit_gemm<kernels::WmmaTiles<kCols>, float>(
+        kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>, g, a, wmat, bias, out_rows);
   }
-  launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>, g, a,
-                                     wmat, bias, out_rows);
 }
 
 template <typename scalar_t>

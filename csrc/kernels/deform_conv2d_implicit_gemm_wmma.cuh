@@ -70,11 +70,12 @@ struct MmaInput<Tf32> {
 // Either way 8 warps (4 x 2), each 32 rows x BN/2 columns of the tile, and two blocks per SM
 // (kBlocksPerSM, a register budget of 128): while one block samples its next A tile, the other's
 // warps keep the tensor cores busy, which one block of 16 warps, stalled at its barriers, did not.
-template <int kCols_>
+// kDepth_ (BK): 32 channels per reduction step, or 16 (float tiles of the cp.async kernel).
+template <int kCols_, int kDepth_ = 32>
 struct WmmaTiles {
-  static constexpr int kRows = 128;     // BM: output pixels per block
-  static constexpr int kCols = kCols_;  // BN
-  static constexpr int kDepth = 32;     // BK: channels per reduction step
+  static constexpr int kRows = 128;       // BM: output pixels per block
+  static constexpr int kCols = kCols_;    // BN
+  static constexpr int kDepth = kDepth_;  // BK: channels per reduction step
   static constexpr int kFrag = 16;      // fragment rows and columns
   static constexpr int kWarpsAlongRows = 4;
   static constexpr int kWarpsAlongCols = 2;

@@ -1,8 +1,8 @@
 // Tensor-core implicit-GEMM forward of DCNv2 with its loads in flight while it multiplies: the CUDA
-// fast path for float16 and bfloat16 when every run of channels is whole 16-byte vectors. Same
-// tiles, warps and MMAs as deform_conv2d_implicit_gemm_wmma_kernel, whose steps each waited for
-// their global loads (four corner vectors per sampled element, the weight tile) before the
-// tensor cores could start. Here a reduction step's loads are cp.async copies into shared memory,
+// fast path for float16, bfloat16 and TF32 when every run of channels is whole 16-byte vectors.
+// Same tiles, warps and MMAs as deform_conv2d_implicit_gemm_wmma_kernel (with 64 bytes of channels
+// per reduction step: 32 16-bit ones, 16 floats), whose steps each waited for their global loads
+// (four corner vectors per sampled element, the weight tile) before the tensor cores could start. Here a reduction step's loads are cp.async copies into shared memory,
 // issued one step ahead: the raw corner vectors of every (row, 8 channels) item, zero-filled for
 // corners outside the image, and the weight tile. While they land, the block blends the previous
 // step's corners (shared to shared, in float, rounded once into the A tile) and multiplies.
@@ -33,27 +33,36 @@ struct WmmaAsyncShared {
   TileCorners<float, Tiles::kRows> corners[2];
 };
 
+// The kernel's tiles for tensors of scalar_t: a reduction step of 64 bytes of channels, so that a
+// stage of corner vectors takes 32 KB for every type.
+template <typename scalar_t, int kCols>
+using WmmaAsyncTiles = WmmaTiles<kCols, 64 / static_cast<int>(sizeof(scalar_t))>;
+
 // Dynamic shared memory of the kernel below: 106 KB for 128-wide blocks (two blocks per SM on
 // sm_80 and up, whose SMs have 164 KB or more), 96 KB for 64-wide ones.
 template <typename scalar_t, int kCols>
 constexpr size_t wmma_async_shared_bytes() {
-  return sizeof(WmmaAsyncShared<scalar_t, scalar_t, WmmaTiles<kCols>>);
+  return sizeof(WmmaAsyncShared<scalar_t, scalar_t, WmmaAsyncTiles<scalar_t, kCols>>);
 }
 
-// Whether every run of channels (of a conv group, of an offset group) is whole vectors of 8
-// 16-bit elements, as the kernel below needs (its bases must also be 16-byte aligned).
+// Whether every run of channels (of a conv group, of an offset group) is whole 16-byte vectors of
+// scalar_t, as the kernel below needs (its bases must also be 16-byte aligned).
+template <typename scalar_t>
 RCM_HD bool wmma_async_channels_apply(const DeformConvGeometry& g) {
-  return g.channels % 8 == 0 && g.channels_per_group() % 8 == 0 && g.channels_per_offset_group() % 8 == 0;
+  constexpr int64_t kVector = 16 / sizeof(scalar_t);
+  return g.channels % kVector == 0 && g.channels_per_group() % kVector == 0 &&
+         g.channels_per_offset_group() % kVector == 0;
 }
 
 // Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: WmmaTiles<kCols>::kThreads; dynamic
 // shared memory: wmma_async_shared_bytes<scalar_t, kCols>().
-// scalar_t: a 16-bit float type (c10::Half, c10::BFloat16 from the launcher) and mma_t the
-// matching __half or __nv_bfloat16. Arguments as for deform_conv2d_implicit_gemm_wmma_kernel, and
-// the launcher guarantees what the copies need: input and wmat 16-byte aligned, and
-// wmma_async_channels_apply(g).
+// scalar_t and mma_t as for deform_conv2d_implicit_gemm_wmma_kernel (c10::Half with __half,
+// c10::BFloat16 with __nv_bfloat16, float with Tf32), and so are the arguments; the launcher
+// guarantees what the copies need: input and wmat 16-byte aligned, and
+// wmma_async_channels_apply<scalar_t>(g).
 template <typename scalar_t, typename mma_t, int kCols>
-__global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::kBlocksPerSM)
+__global__ void __launch_bounds__(WmmaAsyncTiles<scalar_t, kCols>::kThreads,
+                                  WmmaAsyncTiles<scalar_t, kCols>::kBlocksPerSM)
     deform_conv2d_implicit_gemm_wmma_async_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                                                   const scalar_t* __restrict__ offset, FieldStrides offset_strides,
                                                   const scalar_t* __restrict__ mask, FieldStrides mask_strides,
@@ -61,14 +70,14 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
                                                   const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
                                                   float* __restrict__ partials) {
 #if defined(RCM_WMMA_AVAILABLE)
-  using T = WmmaTiles<kCols>;
+  using T = WmmaAsyncTiles<scalar_t, kCols>;
   using Mma = WarpTileMma<mma_t, T>;
   using In = typename Mma::In;
   using smem_t = typename In::smem_t;
   using Shared = WmmaAsyncShared<scalar_t, smem_t, T>;
   using Corners = TileCorners<float, T::kRows>;
   using Steps = ReductionSteps<T::kDepth>;
-  static_assert(sizeof(scalar_t) == 2 && sizeof(smem_t) == 2, "16-bit operands: the weight tile is copied as is");
+  static_assert(sizeof(scalar_t) == sizeof(smem_t), "the weight tile is copied bit for bit");
   constexpr int kVector = Vector16<scalar_t>::kSize;
   constexpr int kPitch = Mma::kPitch;
   constexpr int kVectorsPerRow = T::kDepth / kVector;
@@ -145,6 +154,21 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
       store16(shared->a + r * kPitch + ch0, rounded);
     }
   };
+  // TF32 operands must be rounded, and the weight tile arrives as raw floats: each thread rounds
+  // the vectors it copied, after its wait. (16-bit weights already are what the MMA reads.)
+  auto round_weights = [&](int stage) {
+    if constexpr (sizeof(smem_t) == sizeof(float)) {
+      RCM_UNROLL
+      for (int item = 0; item < kColItems; ++item) {
+        const int e = tid + item * T::kThreads;
+        smem_t* const b = &shared->b[stage][(e / kVectorsPerRow) * kPitch + (e % kVectorsPerRow) * kVector];
+        Vector16<smem_t> x = load16<smem_t>(b);
+        RCM_UNROLL
+        for (int j = 0; j < kVector; ++j) x.v[j] = In::from_float(x.v[j]);
+        store16(b, x);
+      }
+    }
+  };
 
   Mma mma(tid / 32);
   Steps next(g, group, kernel_point_range(g, blockIdx.y, gridDim.y));  // the next step to issue
@@ -177,6 +201,7 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
       commit_async_copies();
       wait_async_copies<1>();  // this thread's copies of `stage` have landed
       blend(stage, depth, shared->corners[step_run]);
+      round_weights(stage);
       __syncthreads();  // the A tile, and every thread's copies of b[stage], complete
       mma.multiply(shared->a, shared->b[stage], depth);
       if (!more) break;

@@ -6,7 +6,7 @@
 //   test_deform_kernels igemm/<dtype>              the implicit-GEMM forward, e.g. igemm/bfloat16
 //   test_deform_kernels wmma/<half|bfloat16|tf32>  the tensor-core implicit-GEMM forward (float
 //                                                  tensors for tf32)
-//   test_deform_kernels wmma_async/<half|bfloat16> the tensor-core forward with cp.async copies
+//   test_deform_kernels wmma_async/<half|bfloat16|tf32>  the tensor-core forward with cp.async copies
 //   test_deform_kernels reference                  checks the reference's gradients by finite differences
 //   test_deform_kernels splits                     the launcher's kernel-point split count (forward_splits)
 //   test_deform_kernels --list
@@ -688,9 +688,10 @@ double mma_rounded(double x) {
 // reference with the dtype's tolerance, and its error against the error of a reference that rounds
 // what the kernel rounds (the sampled columns and the weights to mma_t, the output to scalar_t) and
 // computes the rest in float64.
-// The kernel may only add float accumulation error to the operand rounding: at most twice the
-// latter plus 1e-5 of the output's scale.
-// kAsync: deform_conv2d_implicit_gemm_wmma_async_kernel (16-bit types), launched as the launcher
+// The kernel may only add float accumulation error to the operand rounding: at most 1.25 times the
+// latter plus 1e-5 of the output's scale. (The GPU tests allow twice; here the MMA's products are
+// exact and its sums in float, and 1.25 still catches operands truncated instead of rounded.)
+// kAsync: deform_conv2d_implicit_gemm_wmma_async_kernel, launched as the launcher
 // does (dynamic shared memory); otherwise deform_conv2d_implicit_gemm_wmma_kernel.
 template <typename scalar_t, typename mma_t, int kCols, bool kAsync>
 int check_igemm_wmma(const Problem& p, int splits) {
@@ -722,9 +723,9 @@ int check_igemm_wmma(const Problem& p, int splits) {
     kernel_error = std::max(kernel_error, std::abs(got[i] - op.want[i]));
     rounding_error = std::max(rounding_error, std::abs(same_precision[i] - op.want[i]));
   }
-  const bool within = kernel_error <= 2.0 * rounding_error + 1e-5 * scale;
+  const bool within = kernel_error <= 1.25 * rounding_error + 1e-5 * scale;
   if (!within) {
-    std::printf("    kernel error %.3g exceeds 2 x the operand-rounding error %.3g + 1e-5 x %.3g\n", kernel_error,
+    std::printf("    kernel error %.3g exceeds 1.25 x the operand-rounding error %.3g + 1e-5 x %.3g\n", kernel_error,
                 rounding_error, scale);
     ++bad;
   }
@@ -863,7 +864,8 @@ int run_igemm_case() {
 // (split_counts()): the first problem and the last, in every build.
 //
 // kAsync: the cp.async kernel, on the problems whose channel runs are whole vectors
-// (wmma_async_channels_apply, as the launcher checks): the last three, all of them under TSan.
+// (wmma_async_channels_apply, as the launcher checks): for 16-bit types the last three, for float
+// also the 40-channel ones; all of them under TSan.
 template <typename scalar_t, typename mma_t, bool kAsync = false>
 int run_wmma_case() {
   int bad = 0;
@@ -871,7 +873,7 @@ int run_wmma_case() {
   int checked = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     const Problem& p = all[i];
-    if (kAsync && !rcm_fsad::kernels::wmma_async_channels_apply(geometry(p))) continue;
+    if (kAsync && !rcm_fsad::kernels::wmma_async_channels_apply<scalar_t>(geometry(p))) continue;
     if (!kAsync && kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
     ++checked;
     std::vector<int> splits = {1};
@@ -924,7 +926,7 @@ std::vector<std::string> case_names() {
   std::vector<std::string> names = {"reference", "splits"};
   for (const char* dtype : {"float", "double", "half", "bfloat16"}) names.push_back(std::string("igemm/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
-  for (const char* dtype : {"half", "bfloat16"}) names.push_back(std::string("wmma_async/") + dtype);
+  for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma_async/") + dtype);
   for (const char* kernel : {"im2col", "col2im", "col2im_deterministic"}) {
     for (const char* dtype : {"float", "double", "half", "bfloat16"}) {
       for (const char* index : {"int32", "int64"}) names.push_back(std::string(kernel) + "/" + dtype + "/" + index);
@@ -967,6 +969,7 @@ int main(int argc, char** argv) {
     const std::string dtype = name.substr(11);
     if (dtype == "half") bad = run_wmma_case<__half, __half, true>();
     if (dtype == "bfloat16") bad = run_wmma_case<__nv_bfloat16, __nv_bfloat16, true>();
+    if (dtype == "tf32") bad = run_wmma_case<float, rcm_fsad::kernels::Tf32, true>();
   } else if (name.rfind("wmma/", 0) == 0) {
     const std::string dtype = name.substr(5);
     if (dtype == "half") bad = run_wmma_case<__half, __half>();
