@@ -180,7 +180,7 @@ bool async_copies_apply(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& 
 
 // The tensor-core forward with blocks kCols wide: the cp.async kernel when `async` (where
 // async_copies_apply) and the device gives a block its shared memory (sm_86 and sm_89 give 99 KB,
-// less than the 128-wide kernel's 106 KB), the one with synchronous loads otherwise.
+// less than the 128-wide kernel's 112 KB), the one with synchronous loads otherwise.
 template <int kCols, typename mma_t, typename scalar_t>
 void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                                 const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {

@@ -16,8 +16,8 @@ namespace rcm_fsad {
 namespace kernels {
 
 // The kernel's dynamic shared memory: two stages of copies (the step being blended and
-// multiplied, and the next one in flight), the A tile, and the corners of two runs (the run of
-// the step being blended, and the next run's, computed while it is still read).
+// multiplied, and the next one in flight), the A tile, and the corners of three runs (see the
+// kernel's loop).
 template <typename scalar_t, typename smem_t, typename Tiles>
 struct WmmaAsyncShared {
   static constexpr int kStages = 2;
@@ -30,7 +30,7 @@ struct WmmaAsyncShared {
   } corner_vectors;
   smem_t b[kStages][Tiles::kCols * kPitch];  // [stage][output channel][channel]
   smem_t a[Tiles::kRows * kPitch];           // [row][channel]
-  TileCorners<float, Tiles::kRows> corners[2];
+  TileCorners<float, Tiles::kRows> corners[3];
 };
 
 // The kernel's tiles for tensors of scalar_t: a reduction step of 64 bytes of channels, so that a
@@ -38,8 +38,8 @@ struct WmmaAsyncShared {
 template <typename scalar_t, int kCols>
 using WmmaAsyncTiles = WmmaTiles<kCols, 64 / static_cast<int>(sizeof(scalar_t))>;
 
-// Dynamic shared memory of the kernel below: 106 KB for 128-wide blocks (two blocks per SM on
-// sm_80 and up, whose SMs have 164 KB or more), 96 KB for 64-wide ones.
+// Dynamic shared memory of the kernel below: 112 KB for 128-wide blocks (two blocks per SM on
+// sm_90, whose SMs have 228 KB; one on sm_80), 102 KB for 64-wide ones.
 template <typename scalar_t, int kCols>
 constexpr size_t wmma_async_shared_bytes() {
   return sizeof(WmmaAsyncShared<scalar_t, scalar_t, WmmaAsyncTiles<scalar_t, kCols>>);
@@ -170,14 +170,32 @@ __global__ void __launch_bounds__(WmmaAsyncTiles<scalar_t, kCols>::kThreads,
     }
   };
 
+  // Fills corners[buffer] for the run after `s`, if s ends its run and one follows (threads of the
+  // first kRows only): a run's corners are prepared while the block works on the step before it,
+  // so that the offset and mask loads are in flight with the copies instead of stalling a barrier.
+  auto prepare_following_run = [&](const Steps& s, int buffer) {
+    if (!s.ends_run()) return;
+    const typename Steps::Run r = s.following_run();
+    if (r.k < s.points && tid < T::kRows) {
+      set_tile_corners(shared->corners[buffer], tid, g, tile.row0, r.k, r.og, offset, offset_strides, mask,
+                       mask_strides);
+    }
+  };
+
   Mma mma(tid / 32);
   Steps next(g, group, kernel_point_range(g, blockIdx.y, gridDim.y));  // the next step to issue
   if (!next.done()) {
-    int run = 0;  // corners buffer of next's run
+    // Three corner buffers, taken in turn by consecutive runs: while a step is blended with its
+    // run's corners, the next step is issued with its run's, and the run after that is prepared.
+    // The buffer prepared at a step last served a run before that step's, whose readers (issue
+    // and blend) finished before the previous barrier.
+    const auto after = [](int buffer) { return buffer == 2 ? 0 : buffer + 1; };
+    int run = 0;  // buffer of next's run
     if (tid < T::kRows) {
       set_tile_corners(shared->corners[run], tid, g, tile.row0, next.k, next.og, offset, offset_strides, mask,
                        mask_strides);
     }
+    prepare_following_run(next, after(run));
     __syncthreads();  // corners written
     issue(0, next, shared->corners[run]);
     commit_async_copies();
@@ -187,17 +205,12 @@ __global__ void __launch_bounds__(WmmaAsyncTiles<scalar_t, kCols>::kThreads,
       const int step_run = run;
       next.next();
       const bool more = !next.done();
-      // The corners of a new run go to the other buffer: its last reader was the previous step's
-      // blend, which finished before the previous barrier.
-      if (more && next.first_of_run) {
-        run ^= 1;
-        if (tid < T::kRows) {
-          set_tile_corners(shared->corners[run], tid, g, tile.row0, next.k, next.og, offset, offset_strides, mask,
-                           mask_strides);
-        }
+      if (more && next.first_of_run) run = after(run);
+      __syncthreads();  // next's corners written; the previous step's MMAs done with a and b[stage ^ 1]
+      if (more) {
+        issue(stage ^ 1, next, shared->corners[run]);
+        prepare_following_run(next, after(run));
       }
-      __syncthreads();  // new corners written; the previous step's MMAs done with a and with b[stage ^ 1]
-      if (more) issue(stage ^ 1, next, shared->corners[run]);
       commit_async_copies();
       wait_async_copies<1>();  // this thread's copies of `stage` have landed
       blend(stage, depth, shared->corners[step_run]);

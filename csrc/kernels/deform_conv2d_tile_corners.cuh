@@ -121,6 +121,16 @@ struct ReductionSteps {
     start_run(group_begin);
   }
   __device__ __forceinline__ bool done() const { return k == points; }
+  // Whether this step is the last of its run, and the kernel point and offset group of the run
+  // after it (k == points: none), for a block that prepares a run's corners ahead of its steps.
+  __device__ __forceinline__ bool ends_run() const { return c0 + kDepth >= run_end; }
+  struct Run {
+    int k;
+    int og;
+  };
+  __device__ __forceinline__ Run following_run() const {
+    return run_end < group_end ? Run{k, og + 1} : Run{k + 1, group_begin / channels_per_offset_group};
+  }
   __device__ __forceinline__ void next() {
     c0 += kDepth;
     first_of_run = false;
