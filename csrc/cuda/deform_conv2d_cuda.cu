@@ -175,7 +175,8 @@ void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const Chun
 template <typename scalar_t>
 bool async_copies_apply(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return kernels::wmma_async_channels_apply<scalar_t>(g) && aligned(a.input) && aligned(wmat.const_data_ptr());
+  return g.channel_runs_are_multiples_of(kernels::Vector16<scalar_t>::kSize) && aligned(a.input) &&
+         aligned(wmat.const_data_ptr());
 }
 
 // The tensor-core forward with blocks kCols wide: the cp.async kernel when `async` (where

@@ -14,13 +14,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
-#else
-#include <cstring>
 #endif
 
 #include <type_traits>
 
 #include "deform_conv2d_tile_corners.cuh"
+#include "vector16.cuh"
 
 namespace rcm_fsad {
 namespace kernels {
@@ -191,39 +190,6 @@ struct WarpTileMma {
   }
 };
 #endif  // RCM_WMMA_AVAILABLE
-
-// 16 bytes of consecutive elements, for vectorised global loads and shared stores.
-template <typename T>
-struct alignas(16) Vector16 {
-  static constexpr int kSize = 16 / sizeof(T);
-  T v[kSize];
-};
-
-// 16 bytes at p, read as elements of type T (p: 16-byte aligned).
-template <typename T>
-__device__ __forceinline__ Vector16<T> load16(const void* p) {
-#if defined(__CUDA_ARCH__)
-  return *reinterpret_cast<const Vector16<T>*>(p);
-#else
-  Vector16<T> r;
-  std::memcpy(r.v, p, sizeof r.v);
-  return r;
-#endif
-}
-
-template <typename T>
-__device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
-#if defined(__CUDA_ARCH__)
-  *reinterpret_cast<Vector16<T>*>(p) = x;
-#else
-  std::memcpy(p, x.v, sizeof x.v);
-#endif
-}
-
-template <typename T>
-__device__ __forceinline__ bool aligned16(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
 
 // Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: WmmaTiles<kCols>::kThreads.
 // scalar_t: the tensors' element type (c10::Half, c10::BFloat16 or float from the launcher; any

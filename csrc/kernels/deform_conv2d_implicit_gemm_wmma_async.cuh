@@ -45,21 +45,12 @@ constexpr size_t wmma_async_shared_bytes() {
   return sizeof(WmmaAsyncShared<scalar_t, scalar_t, WmmaAsyncTiles<scalar_t, kCols>>);
 }
 
-// Whether every run of channels (of a conv group, of an offset group) is whole 16-byte vectors of
-// scalar_t, as the kernel below needs (its bases must also be 16-byte aligned).
-template <typename scalar_t>
-RCM_HD bool wmma_async_channels_apply(const DeformConvGeometry& g) {
-  constexpr int64_t kVector = 16 / sizeof(scalar_t);
-  return g.channels % kVector == 0 && g.channels_per_group() % kVector == 0 &&
-         g.channels_per_offset_group() % kVector == 0;
-}
-
 // Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: WmmaTiles<kCols>::kThreads; dynamic
 // shared memory: wmma_async_shared_bytes<scalar_t, kCols>().
 // scalar_t and mma_t as for deform_conv2d_implicit_gemm_wmma_kernel (c10::Half with __half,
 // c10::BFloat16 with __nv_bfloat16, float with Tf32), and so are the arguments; the launcher
 // guarantees what the copies need: input and wmat 16-byte aligned, and
-// wmma_async_channels_apply<scalar_t>(g).
+// g.channel_runs_are_multiples_of(Vector16<scalar_t>::kSize).
 template <typename scalar_t, typename mma_t, int kCols>
 __global__ void __launch_bounds__(WmmaAsyncTiles<scalar_t, kCols>::kThreads,
                                   WmmaAsyncTiles<scalar_t, kCols>::kBlocksPerSM)

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "deform_conv2d_math.cuh"
+#include "vector16.cuh"
 
 namespace rcm_fsad {
 namespace kernels {
@@ -37,19 +38,30 @@ RCM_HD SampleIndex<index_t> sample_index(const DeformConvGeometry& g, index_t w)
 
 // columns[r, column_index(c, k)] = mask * bilinear sample, for rows first_row .. first_row+rows-1.
 // One warp per (row, kernel point, offset group) (sample_index): its lanes walk the group's
-// channels, so the NHWC corner reads and the column writes are coalesced.
+// channels, so the NHWC corner reads and the column writes are coalesced; 16 bytes of channels per
+// lane and access when every run of channels is whole vectors and the bases are aligned (a
+// columns row, C*K wide, then starts on a vector too), one channel otherwise.
 // Grid: enough warps for rows * kh*kw * offset_groups (a grid-stride loop covers the rest).
 // input: NHWC (N, H, W, C); columns: (rows, C*K).
+// deform_im2col_kernel's blocks of (at most) 256 threads per SM: for float accumulation 4 (a
+// register budget of 64; its vector path would take 72 to 82 and cost a quarter of the occupancy
+// of a latency-bound gather), for double 2 (64 spills).
+template <typename acc_t>
+constexpr int kIm2colBlocksPerSM = sizeof(acc_t) == 4 ? 4 : 2;
+
 template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void deform_im2col_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
-                                     const scalar_t* __restrict__ offset, FieldStrides offset_strides,
-                                     const scalar_t* __restrict__ mask, FieldStrides mask_strides,
-                                     int64_t first_row, index_t rows, scalar_t* __restrict__ columns) {
+__global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
+    deform_im2col_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
+                         const scalar_t* __restrict__ offset, FieldStrides offset_strides,
+                         const scalar_t* __restrict__ mask, FieldStrides mask_strides, int64_t first_row,
+                         index_t rows, scalar_t* __restrict__ columns) {
   const int lane = threadIdx.x % kWarpSize;
   const index_t warps_per_block = blockDim.x / kWarpSize;
   const index_t total = rows * static_cast<index_t>(g.kernel_points()) * static_cast<index_t>(g.offset_groups);
   const index_t step = warps_per_block * gridDim.x;
   const int64_t cpog = g.channels_per_offset_group();
+  constexpr int kVector = Vector16<scalar_t>::kSize;
+  const bool vectors = g.channel_runs_are_multiples_of(kVector) && aligned16(input) && aligned16(columns);
   for (index_t w = static_cast<index_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; w < total;
        w += step) {
     const SampleIndex<index_t> item = sample_index(g, w);
@@ -61,12 +73,31 @@ __global__ void deform_im2col_kernel(DeformConvGeometry g, const scalar_t* __res
     for (int64_t c0 = item.og * cpog, c1; c0 < (item.og + 1) * cpog; c0 = c1) {
       c1 = g.column_run_end(item.og, c0);
       scalar_t* dst = col_row + g.column_index(c0, item.k) - c0;
-      for (int64_t c = c0 + lane; c < c1; c += kWarpSize) {
-        acc_t v = acc_t(0);
-        for (int i = 0; i < 4; ++i) {
-          if (corner[i] != nullptr) v += s.weight[i] * static_cast<acc_t>(corner[i][c]);
+      if (vectors) {
+        for (int64_t c = c0 + lane * kVector; c < c1; c += kWarpSize * kVector) {
+          acc_t v[kVector];
+          RCM_UNROLL
+          for (int j = 0; j < kVector; ++j) v[j] = acc_t(0);
+          RCM_UNROLL
+          for (int i = 0; i < 4; ++i) {
+            if (corner[i] == nullptr) continue;
+            const Vector16<scalar_t> x = load16<scalar_t>(corner[i] + c);
+            RCM_UNROLL
+            for (int j = 0; j < kVector; ++j) v[j] += s.weight[i] * static_cast<acc_t>(x.v[j]);
+          }
+          Vector16<scalar_t> sample;
+          RCM_UNROLL
+          for (int j = 0; j < kVector; ++j) sample.v[j] = static_cast<scalar_t>(v[j]);
+          store16(dst + c, sample);
         }
-        dst[c] = static_cast<scalar_t>(v);
+      } else {
+        for (int64_t c = c0 + lane; c < c1; c += kWarpSize) {
+          acc_t v = acc_t(0);
+          for (int i = 0; i < 4; ++i) {
+            if (corner[i] != nullptr) v += s.weight[i] * static_cast<acc_t>(corner[i][c]);
+          }
+          dst[c] = static_cast<scalar_t>(v);
+        }
       }
     }
   }

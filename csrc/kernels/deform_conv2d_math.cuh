@@ -62,6 +62,12 @@ struct DeformConvGeometry {
     const int64_t cg = channels_per_group();
     return min_of((og + 1) * channels_per_offset_group(), (c / cg + 1) * cg);
   }
+
+  // Whether every run of channels (an NHWC pixel's, a conv group's, an offset group's) is whole
+  // vectors of n channels, so that kernels may move them n at a time.
+  RCM_HD bool channel_runs_are_multiples_of(int64_t n) const {
+    return channels % n == 0 && channels_per_group() % n == 0 && channels_per_offset_group() % n == 0;
+  }
 };
 
 // Element strides of a 4-D (N, C, H, W) tensor, whatever its memory format.

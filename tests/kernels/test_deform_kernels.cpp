@@ -86,6 +86,9 @@ const std::vector<Problem>& problems() {
       {"wide_lane_tail_c40", {1, 40, 4, 5, 3, 3, 2, 2, 1, 1, 1, 1, 4, 1, true}, Layout::ChannelsLast, 0, 5, 8},
       // out 4x3, rows 24 in launches of 7 rows (first_row > 0, a short last chunk)
       {"chunked_2x3_c7", {2, 7, 6, 6, 2, 3, 2, 2, 1, 1, 1, 1, 7, 1, true}, Layout::Padded, 7, 6, 7},
+      // 16-byte vectors of channels (im2col): two conv groups of 80 channels, 10 vectors of 16-bit
+      // types, 20 of float, 40 of double (a lane tail); out 2x2, rows 4
+      {"vector_runs_c160_groups2", {1, 160, 4, 4, 3, 3, 1, 1, 0, 0, 1, 1, 2, 1, true}, Layout::ChannelsLast, 0, 12, 10},
   };
   return list;
 }
@@ -864,7 +867,7 @@ int run_igemm_case() {
 // (split_counts()): the first problem and the last, in every build.
 //
 // kAsync: the cp.async kernel, on the problems whose channel runs are whole vectors
-// (wmma_async_channels_apply, as the launcher checks): for 16-bit types the last three, for float
+// (channel_runs_are_multiples_of, as the launcher checks): for 16-bit types the last three, for float
 // also the 40-channel ones; all of them under TSan.
 template <typename scalar_t, typename mma_t, bool kAsync = false>
 int run_wmma_case() {
@@ -873,7 +876,7 @@ int run_wmma_case() {
   int checked = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     const Problem& p = all[i];
-    if (kAsync && !rcm_fsad::kernels::wmma_async_channels_apply<scalar_t>(geometry(p))) continue;
+    if (kAsync && !geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize)) continue;
     if (!kAsync && kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
     ++checked;
     std::vector<int> splits = {1};

@@ -1,0 +1,49 @@
+// 16-byte vectors of elements, for vectorised global loads and stores (one instruction for 8
+// 16-bit or 4 32-bit elements) where channel runs and base pointers allow them.
+// Torch-free (see common.cuh).
+#pragma once
+
+#include "common.cuh"
+
+#if !defined(__CUDA_ARCH__)
+#include <cstring>
+#endif
+
+namespace rcm_fsad {
+namespace kernels {
+
+// 16 bytes of consecutive elements.
+template <typename T>
+struct alignas(16) Vector16 {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+// 16 bytes at p, read as elements of type T (p: 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ Vector16<T> load16(const void* p) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const Vector16<T>*>(p);
+#else
+  Vector16<T> r;
+  std::memcpy(r.v, p, sizeof r.v);
+  return r;
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<Vector16<T>*>(p) = x;
+#else
+  std::memcpy(p, x.v, sizeof x.v);
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ bool aligned16(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+}  // namespace kernels
+}  // namespace rcm_fsad
