@@ -2,10 +2,11 @@
 // fast path for float16, bfloat16 and TF32 when every run of channels is whole 16-byte vectors.
 // Same tiles, warps and MMAs as deform_conv2d_implicit_gemm_wmma_kernel (with 64 bytes of channels
 // per reduction step: 32 16-bit ones, 16 floats), whose steps each waited for their global loads
-// (four corner vectors per sampled element, the weight tile) before the tensor cores could start. Here a reduction step's loads are cp.async copies into shared memory,
-// issued one step ahead: the raw corner vectors of every (row, 8 channels) item, zero-filled for
-// corners outside the image, and the weight tile. While they land, the block blends the previous
-// step's corners (shared to shared, in float, rounded once into the A tile) and multiplies.
+// (four corner vectors per sampled element, the weight tile) before the tensor cores could start.
+// Here a reduction step's loads are cp.async copies into shared memory, issued one step ahead:
+// the raw corner vectors of every (row, 16-byte vector) item, zero-filled for corners outside the
+// image, and the weight tile. While they land, the block blends the previous step's corners
+// (shared to shared, in float, rounded once into the A tile) and multiplies.
 // Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness.
 #pragma once
 
