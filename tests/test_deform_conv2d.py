@@ -304,6 +304,14 @@ def test_cuda_backward_is_deterministic_under_deterministic_algorithms(dtype, mo
     assert_matches(as_float64, exact, rtol=tol, atol=tol)
 
 
+def cuda_kernel_names(fn) -> list:
+    """The CUDA kernels that fn() launches."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("algorithm", ["implicit_gemm", "implicit_gemm_simt"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -317,11 +325,12 @@ def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm,
     large = small.with_(batch=16, height=64, width=64)
     for case, splits in ((small, True), (large, False)):
         tensors = {k: None if v is None else v.to(dtype) for k, v in case.tensors(torch.float32, "cuda").items()}
-        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            out = rcm_fsad_ops.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
-                                             mask=tensors["mask"], **case.kwargs())
-            torch.cuda.synchronize()
-        kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        outs = []
+        with torch.no_grad():
+            kernels = cuda_kernel_names(lambda: outs.append(rcm_fsad_ops.deform_conv2d(
+                tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"], mask=tensors["mask"],
+                **case.kwargs())))
+        out = outs[0]
         assert any("deform_conv2d_split_sum_kernel" in k for k in kernels) == splits, (case, kernels)
         exact = reference.deform_conv2d(*(None if tensors[k] is None else tensors[k].double()
                                           for k in ("input", "offset", "weight", "bias")),
@@ -342,14 +351,6 @@ ASYNC_CASES = {
     "c32_far_no_mask_no_bias": DeformCase(in_channels=32, out_channels=130, offset_scale=6.0, use_mask=False,
                                           use_bias=False, seed=3),
 }
-
-
-def cuda_kernel_names(fn) -> list:
-    """The CUDA kernels that fn() launches."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -174,9 +174,8 @@ void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const Chun
 // whole vectors, from 16-byte aligned bases.
 template <typename scalar_t>
 bool async_copies_apply(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat) {
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return g.channel_runs_are_multiples_of(kernels::Vector16<scalar_t>::kSize) && aligned(a.input) &&
-         aligned(wmat.const_data_ptr());
+  return g.channel_runs_are_multiples_of(kernels::Vector16<scalar_t>::kSize) && kernels::aligned16(a.input) &&
+         kernels::aligned16(wmat.const_data_ptr());
 }
 
 // The tensor-core forward with blocks kCols wide: the cp.async kernel when `async` (where

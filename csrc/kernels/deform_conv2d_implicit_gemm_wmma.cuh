@@ -229,8 +229,7 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
   const int64_t cog = g.out_channels / g.groups;
   const int64_t reduction = g.kernel_points() * cg;
   // Vector loads need every run of channels to start on a 16-byte boundary.
-  const bool input_vectors = aligned16(input) && g.channels % kVector == 0 &&
-                             g.channels_per_offset_group() % kVector == 0 && cg % kVector == 0;
+  const bool input_vectors = aligned16(input) && g.channel_runs_are_multiples_of(kVector);
   const bool weight_vectors = aligned16(wmat) && cg % kVector == 0;
 
   Mma mma(tid / 32);

@@ -36,6 +36,12 @@ RCM_HD SampleIndex<index_t> sample_index(const DeformConvGeometry& g, index_t w)
   return {t / points, t % points, w % groups};
 }
 
+// deform_im2col_kernel's blocks of (at most) 256 threads per SM: for float accumulation 4 (a
+// register budget of 64; its vector path would take 72 to 82 and cost a quarter of the occupancy
+// of a latency-bound gather), for double 2 (64 spills).
+template <typename acc_t>
+constexpr int kIm2colBlocksPerSM = sizeof(acc_t) == 4 ? 4 : 2;
+
 // columns[r, column_index(c, k)] = mask * bilinear sample, for rows first_row .. first_row+rows-1.
 // One warp per (row, kernel point, offset group) (sample_index): its lanes walk the group's
 // channels, so the NHWC corner reads and the column writes are coalesced; 16 bytes of channels per
@@ -43,12 +49,6 @@ RCM_HD SampleIndex<index_t> sample_index(const DeformConvGeometry& g, index_t w)
 // columns row, C*K wide, then starts on a vector too), one channel otherwise.
 // Grid: enough warps for rows * kh*kw * offset_groups (a grid-stride loop covers the rest).
 // input: NHWC (N, H, W, C); columns: (rows, C*K).
-// deform_im2col_kernel's blocks of (at most) 256 threads per SM: for float accumulation 4 (a
-// register budget of 64; its vector path would take 72 to 82 and cost a quarter of the occupancy
-// of a latency-bound gather), for double 2 (64 spills).
-template <typename acc_t>
-constexpr int kIm2colBlocksPerSM = sizeof(acc_t) == 4 ? 4 : 2;
-
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
     deform_im2col_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,

@@ -41,7 +41,7 @@ __device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
 }
 
 template <typename T>
-__device__ __forceinline__ bool aligned16(const T* p) {
+RCM_HD bool aligned16(const T* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
