@@ -10,7 +10,7 @@
 #   2 build      MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace -> build.log
 #   3 info       python -m rcm_fsad_ops info                                        -> build.log
 #   4 tests      python -m pytest tests -x -q -k cuda (CUDA parity tests)           -> checks.log
-#   5 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, the three CUDA
+#   5 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, four CUDA
 #                forward algorithms and the deterministic backward, four dtypes (every CUDA kernel)
 #                                                                                   -> checks.log
 #   6 racecheck  the same cases in float32/float16                                  -> checks.log
@@ -157,7 +157,7 @@ fi
 SMALL_PY=/tmp/rcm_fsad_sanitizer_small.py
 cat > "$SMALL_PY" <<'PYEOF'
 """Small deform_conv2d forward+backward cases on CUDA, for compute-sanitizer: every CUDA kernel
-(tensor-core and CUDA-core implicit-GEMM forward, columns forward, im2col, col2im, and the
+(tensor-core (WMMA and mma.sync) and CUDA-core implicit-GEMM forward, columns forward, im2col, col2im, and the
 deterministic backward's input-gradient kernel). The implicit_gemm runs allow TF32, so that float32
 takes the tensor-core kernel too. The small cases split the implicit-GEMM forward over kernel points
 (its tiles do not fill the GPU), the last case (36864 output pixels) does not. RCM_SANITIZER_QUICK=1:
@@ -184,12 +184,13 @@ if os.environ.get("RCM_SANITIZER_QUICK") == "1":
     DTYPES = DTYPES[:2]
     CASES = CASES[:-1]
 # (forward algorithm, deterministic backward)
-MODES = [("implicit_gemm", False), ("implicit_gemm_simt", False), ("columns", False), ("implicit_gemm", True)]
+MODES = [("implicit_gemm", False), ("implicit_gemm_mma", False), ("implicit_gemm_simt", False), ("columns", False),
+         ("implicit_gemm", True)]
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # for PyTorch versions that ask for it
 RUNS = [(case, mode) for case in CASES for mode in MODES]
 for (n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels_last), (algo, det) in RUNS:
     os.environ["RCM_FSAD_DEFORM_CONV_ALGO"] = algo  # read by the CUDA forward at each call
-    torch.backends.cuda.matmul.allow_tf32 = algo == "implicit_gemm"
+    torch.backends.cuda.matmul.allow_tf32 = algo in ("implicit_gemm", "implicit_gemm_mma")
     torch.use_deterministic_algorithms(det)
     h_out = (h + 2 * p - d * (k - 1) - 1) // s + 1
     w_out = (w + 2 * p - d * (k - 1) - 1) // s + 1

@@ -17,8 +17,9 @@ The TF32 switches (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.c
 set once per run, so they are the same for every implementation; default off, so fp32 means IEEE fp32.
 
 On CUDA, ``ours`` is the default forward path, and ``ours[implicit_gemm_sync]`` (the tensor-core kernel
-without cp.async copies), ``ours[implicit_gemm_simt]`` and ``ours[columns]`` (forward only) are the
-other three, so the tensor-core, CUDA-core and columns paths sit side by side;
+without cp.async copies), ``ours[implicit_gemm_mma]`` (the mma.sync kernel, its sampled operand in
+registers), ``ours[implicit_gemm_simt]`` and ``ours[columns]`` (forward only) are the other four, so
+the tensor-core, CUDA-core and columns paths sit side by side;
 ``ours[deterministic]`` times forward+backward under ``torch.use_deterministic_algorithms(True)``.
 
 torchvision's deform_conv2d may lack a kernel for a dtype (bf16, say). Then it runs the way a user
@@ -57,13 +58,14 @@ DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 
 OURS = "ours"
 OURS_SYNC = "ours[implicit_gemm_sync]"
+OURS_MMA = "ours[implicit_gemm_mma]"
 OURS_SIMT = "ours[implicit_gemm_simt]"
 OURS_COLUMNS = "ours[columns]"
 OURS_DETERMINISTIC = "ours[deterministic]"
 TORCHVISION = "torchvision"
 REFERENCE = "reference"
 COMPILED = "reference+compile"
-IMPL_ORDER = (OURS, OURS_SYNC, OURS_SIMT, OURS_COLUMNS, OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED)
+IMPL_ORDER = (OURS, OURS_SYNC, OURS_MMA, OURS_SIMT, OURS_COLUMNS, OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED)
 ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
 
 
@@ -79,6 +81,7 @@ class Variant(NamedTuple):
 # backward is the same for all) and the deterministic backward (forward+backward).
 CUDA_VARIANTS = {
     OURS_SYNC: Variant("implicit_gemm_sync", False, (FWD,)),
+    OURS_MMA: Variant("implicit_gemm_mma", False, (FWD,)),
     OURS_SIMT: Variant("implicit_gemm_simt", False, (FWD,)),
     OURS_COLUMNS: Variant("columns", False, (FWD,)),
     OURS_DETERMINISTIC: Variant(None, True, (FWD_BWD,)),
@@ -801,8 +804,9 @@ def run_device(device_name: str, quick: bool = False, out_dir: Optional[Path] = 
     notes = []
     if device.type == "cuda":
         notes.append(f"ours = the default path (tensor cores for fp16/bf16, and for fp32 under TF32); "
-                     f"{OURS_SYNC}, {OURS_SIMT}, {OURS_COLUMNS}: our other CUDA forward paths ({ALGORITHM_ENV}), forward "
-                     f"only; {OURS_DETERMINISTIC}: forward+backward under torch.use_deterministic_algorithms(True)")
+                     f"{OURS_SYNC}, {OURS_MMA}, {OURS_SIMT}, {OURS_COLUMNS}: our other CUDA forward paths "
+                     f"({ALGORITHM_ENV}), forward only; {OURS_DETERMINISTIC}: forward+backward under "
+                     f"torch.use_deterministic_algorithms(True)")
     try:
         import torchvision.ops  # noqa: F401
     except Exception as exc:  # noqa: BLE001

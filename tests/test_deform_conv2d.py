@@ -313,7 +313,7 @@ def cuda_kernel_names(fn) -> list:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("algorithm", ["implicit_gemm", "implicit_gemm_simt"])
+@pytest.mark.parametrize("algorithm", ["implicit_gemm", "implicit_gemm_mma", "implicit_gemm_simt"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm, monkeypatch):
     """An implicit-GEMM forward whose tiles would not fill the GPU for one wave is split over kernel
@@ -339,10 +339,10 @@ def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm,
         torch.testing.assert_close(out.double(), exact, rtol=0, atol=tol * exact.abs().max().item())
 
 
-# Problems for the cp.async tensor-core kernel: every run of channels whole 16-byte vectors (C, C/groups
-# and C/offset_groups multiples of 8 16-bit or 4 float elements), blocks 64 and 128 wide (a partial
-# one), offset groups of 24 channels (a partial reduction step), conv groups, strides, offsets far
-# outside, no mask, no bias.
+# Problems for the cp.async and mma.sync tensor-core kernels: every run of channels whole 16-byte
+# vectors (C, C/groups and C/offset_groups multiples of 8 16-bit or 4 float elements), blocks 64 and
+# 128 wide (a partial one; mma.sync warps 64 and 128 wide), offset groups of 24 channels (a partial
+# reduction step), conv groups, strides, offsets far outside, no mask, no bias.
 ASYNC_CASES = {
     "c16_cout24": DeformCase(in_channels=16, out_channels=24, height=9, width=11),
     "c48_og2_cout70": DeformCase(in_channels=48, out_channels=70, offset_groups=2, height=12, width=12, seed=1),
@@ -357,10 +357,11 @@ ASYNC_CASES = {
 @pytest.mark.parametrize("misaligned", [False, True])
 @pytest.mark.parametrize("name", sorted(ASYNC_CASES))
 @pytest.mark.parametrize("precision", sorted(LOW_PRECISIONS))
-def test_cuda_async_copy_forward(precision, name, misaligned, monkeypatch):
+def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
     """The tensor-core forward of tensors whose channel runs are whole 16-byte vectors is the cp.async
-    kernel; RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_sync, or an input whose data does not start on a
-    16-byte boundary, takes the kernel with synchronous loads. Each is judged like
+    kernel, or with RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_mma the mma.sync one;
+    RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_sync, or an input whose data does not start on a
+    16-byte boundary, takes the WMMA kernel with synchronous loads. Each is judged like
     test_low_precision_error_is_that_of_its_rounding: its error against the float64 result at most
     twice that of a reference rounding the same operands."""
     dtype, mma_input, _ = LOW_PRECISIONS[precision]
@@ -382,7 +383,11 @@ def test_cuda_async_copy_forward(precision, name, misaligned, monkeypatch):
                                           exact_inputs["bias"], exact.shape[-2:]).to(dtype).double()
     same_err = (same - exact).abs().max().item()
     scale = exact.abs().max().item()
-    for algorithm, want_async in (("implicit_gemm", not misaligned), ("implicit_gemm_sync", False)):
+    kernels = ("implicit_gemm_wmma_async_kernel", "implicit_gemm_mma_kernel", "implicit_gemm_wmma_kernel")
+    sync = "implicit_gemm_wmma_kernel"
+    for algorithm, want in (("implicit_gemm", sync if misaligned else "implicit_gemm_wmma_async_kernel"),
+                            ("implicit_gemm_mma", sync if misaligned else "implicit_gemm_mma_kernel"),
+                            ("implicit_gemm_sync", sync)):
         monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", algorithm)
         outs = []
         tf32 = torch.backends.cuda.matmul.allow_tf32  # a property: monkeypatch cannot restore it
@@ -393,8 +398,8 @@ def test_cuda_async_copy_forward(precision, name, misaligned, monkeypatch):
                     low["input"], low["offset"], low["weight"], low["bias"], mask=low["mask"], **case.kwargs())))
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
-        assert any("implicit_gemm_wmma_async_kernel" in n for n in names) == want_async, (algorithm, names)
-        assert any("implicit_gemm_wmma_kernel" in n for n in names) != want_async, (algorithm, names)
+        for kernel in kernels:
+            assert any(kernel in n for n in names) == (kernel == want), (algorithm, names)
         ours_err = (outs[0].double() - exact).abs().max().item()
         assert ours_err <= 2 * same_err + 1e-5 * scale, (algorithm, ours_err, same_err, scale)
 

@@ -33,6 +33,7 @@ HOT_KERNELS = (
     "deform_conv2d_implicit_gemm_kernel",
     "deform_conv2d_implicit_gemm_wmma_kernel",
     "deform_conv2d_implicit_gemm_wmma_async_kernel",
+    "deform_conv2d_implicit_gemm_mma_kernel",
 )
 
 # (scalar_t, acc_t) as the CUDA backend dispatches them (AT_DISPATCH_FLOATING_TYPES_AND2(Half,
@@ -51,6 +52,10 @@ INDEX_TYPES = ("int32_t", "int64_t")
 TENSOR_CORE_TYPES = (("Half", "__half", "64"), ("Half", "__half", "128"), ("BFloat16", "__nv_bfloat16", "64"),
                      ("BFloat16", "__nv_bfloat16", "128"), ("float", "Tf32", "64"))
 
+# (scalar_t, mma_t, warp width) of the mma.sync kernel (kernels::mma_warp_cols), TF32 included.
+MMA_TYPES = tuple((scalar, mma, cols) for scalar, mma in (("Half", "__half"), ("BFloat16", "__nv_bfloat16"),
+                                                           ("float", "Tf32")) for cols in ("64", "128"))
+
 # (scalar_t, acc_t, index_t) of the grid-stride kernels.
 WITH_INDEX_TYPES = tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)
 
@@ -66,6 +71,7 @@ KERNELS = {
     "deform_conv2d_implicit_gemm_wmma_kernel": ("deform_conv2d_implicit_gemm_wmma.cuh", TENSOR_CORE_TYPES),
     "deform_conv2d_implicit_gemm_wmma_async_kernel": ("deform_conv2d_implicit_gemm_wmma_async.cuh",
                                                       TENSOR_CORE_TYPES),
+    "deform_conv2d_implicit_gemm_mma_kernel": ("deform_conv2d_implicit_gemm_mma.cuh", MMA_TYPES),
     "deform_conv2d_split_sum_kernel": ("deform_conv2d_tile_corners.cuh", DTYPES),
 }
 # Template arguments: this tool's spelling -> the C++ spelling in the generated source.

@@ -9,6 +9,9 @@
 //                            any of them split over kernel points when its tiles would not fill
 //                            one wave (launch_implicit_gemm);
 //   implicit_gemm_sync       the same, but never the cp.async kernel (to measure what it gains);
+//   implicit_gemm_mma        the same, but deform_conv2d_implicit_gemm_mma_kernel (mma.sync, the
+//                            sampled operand in registers, no barriers) in place of the cp.async
+//                            kernel;
 //   implicit_gemm_simt       the CUDA-core implicit GEMM for every dtype;
 //   columns                  the direct path: chunks of output pixels are sampled into a columns
 //                            buffer by deform_im2col_kernel and multiplied by the weight with cuBLAS.
@@ -33,6 +36,7 @@
 
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_implicit_gemm.cuh"
+#include "../kernels/deform_conv2d_implicit_gemm_mma.cuh"
 #include "../kernels/deform_conv2d_implicit_gemm_wmma.cuh"
 #include "../kernels/deform_conv2d_implicit_gemm_wmma_async.cuh"
 #include "../kernels/deform_conv2d_kernels.cuh"
@@ -86,16 +90,17 @@ ChunkArgs<scalar_t> chunk_args(const at::Tensor& input_nhwc, const at::Tensor& o
           mask.has_value() ? field_strides(*mask) : FieldStrides{0, 0, 0, 0}};
 }
 
-enum class ForwardAlgorithm { ImplicitGemm, ImplicitGemmSync, ImplicitGemmSimt, Columns };
+enum class ForwardAlgorithm { ImplicitGemm, ImplicitGemmSync, ImplicitGemmMma, ImplicitGemmSimt, Columns };
 
 ForwardAlgorithm forward_algorithm() {
   const char* algo = std::getenv("RCM_FSAD_DEFORM_CONV_ALGO");
   if (algo == nullptr || std::strcmp(algo, "implicit_gemm") == 0) return ForwardAlgorithm::ImplicitGemm;
   if (std::strcmp(algo, "implicit_gemm_sync") == 0) return ForwardAlgorithm::ImplicitGemmSync;
+  if (std::strcmp(algo, "implicit_gemm_mma") == 0) return ForwardAlgorithm::ImplicitGemmMma;
   if (std::strcmp(algo, "implicit_gemm_simt") == 0) return ForwardAlgorithm::ImplicitGemmSimt;
   TORCH_CHECK(std::strcmp(algo, "columns") == 0,
-              "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', 'implicit_gemm_sync', 'implicit_gemm_simt' or "
-              "'columns', got '", algo, "'");
+              "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', 'implicit_gemm_sync', 'implicit_gemm_mma', "
+              "'implicit_gemm_simt' or 'columns', got '", algo, "'");
   return ForwardAlgorithm::Columns;
 }
 
@@ -170,16 +175,17 @@ void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const Chun
   }
 }
 
-// What deform_conv2d_implicit_gemm_wmma_async_kernel's 16-byte copies need: every run of channels
-// whole vectors, from 16-byte aligned bases.
+// What the 16-byte copies and loads of deform_conv2d_implicit_gemm_wmma_async_kernel and
+// deform_conv2d_implicit_gemm_mma_kernel need: every run of channels whole vectors, from 16-byte
+// aligned bases.
 template <typename scalar_t>
-bool async_copies_apply(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat) {
+bool vector_loads_apply(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat) {
   return g.channel_runs_are_multiples_of(kernels::Vector16<scalar_t>::kSize) && kernels::aligned16(a.input) &&
          kernels::aligned16(wmat.const_data_ptr());
 }
 
 // The tensor-core forward with blocks kCols wide: the cp.async kernel when `async` (where
-// async_copies_apply) and the device gives a block its shared memory (sm_86 and sm_89 give 99 KB,
+// vector_loads_apply) and the device gives a block its shared memory (sm_86 and sm_89 give 99 KB,
 // less than the 128-wide kernel's 112 KB), the one with synchronous loads otherwise.
 template <int kCols, typename mma_t, typename scalar_t>
 void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
@@ -195,6 +201,21 @@ void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const C
   }
 }
 
+// The mma.sync forward, with warps as wide as kernels::mma_warp_cols picks.
+template <typename mma_t, typename scalar_t>
+void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
+                        const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
+  if (kernels::mma_warp_cols(g.out_channels / g.groups) == 128) {
+    using Tiles = kernels::MmaTiles<128>;
+    launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, 128>, g, a,
+                                       wmat, bias, out_rows, kernels::mma_shared_bytes<Tiles>());
+  } else {
+    using Tiles = kernels::MmaTiles<64>;
+    launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, 64>, g, a,
+                                       wmat, bias, out_rows, kernels::mma_shared_bytes<Tiles>());
+  }
+}
+
 template <typename scalar_t>
 void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const DeformConvGeometry& g,
                            const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
@@ -202,10 +223,14 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
   const std::optional<at::Tensor> bias_c =
       bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
   if constexpr (!std::is_void_v<typename TensorCoreInput<scalar_t>::type>) {
-    if ((algo == ForwardAlgorithm::ImplicitGemm || algo == ForwardAlgorithm::ImplicitGemmSync) &&
-        use_tensor_cores<scalar_t>(input)) {
+    if (algo != ForwardAlgorithm::ImplicitGemmSimt && use_tensor_cores<scalar_t>(input)) {
       using mma_t = typename TensorCoreInput<scalar_t>::type;
-      const bool async = algo == ForwardAlgorithm::ImplicitGemm && async_copies_apply(g, a, wmat);
+      const bool vectors = vector_loads_apply(g, a, wmat);
+      if (algo == ForwardAlgorithm::ImplicitGemmMma && vectors) {
+        launch_mma_forward<mma_t>(g, a, wmat, bias_c, out_rows);
+        return;
+      }
+      const bool async = algo == ForwardAlgorithm::ImplicitGemm && vectors;
       if (kernels::wmma_tile_cols<mma_t>(g.out_channels / g.groups) == 128) {
         launch_tensor_core_forward<128, mma_t>(async, g, a, wmat, bias_c, out_rows);
       } else {

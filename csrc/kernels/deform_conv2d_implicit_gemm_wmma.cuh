@@ -257,10 +257,7 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
         for (int i = 0; i < 4; ++i) {
           const int64_t pixel = corners.pixel[i][r];
           if (pixel < 0) continue;
-          const Vector16<scalar_t> x = load16<scalar_t>(input + pixel * g.channels + c0 + ch0);
-          const float w = corners.weight[i][r];
-          RCM_UNROLL
-          for (int j = 0; j < kVector; ++j) v[j] += w * static_cast<float>(x.v[j]);
+          add_weighted(v, corners.weight[i][r], load16<scalar_t>(input + pixel * g.channels + c0 + ch0));
         }
       } else {
         RCM_UNROLL

@@ -134,10 +134,8 @@ __global__ void __launch_bounds__(WmmaAsyncTiles<scalar_t, kCols>::kThreads,
       if (ch0 < depth) {
         RCM_UNROLL
         for (int i = 0; i < 4; ++i) {
-          const Vector16<scalar_t> x = load16<scalar_t>(&shared->corner_vectors.raw[stage][i][r * T::kDepth + ch0]);
-          const float w = corners.weight[i][r];
-          RCM_UNROLL
-          for (int j = 0; j < kVector; ++j) v[j] += w * static_cast<float>(x.v[j]);
+          add_weighted(v, corners.weight[i][r],
+                       load16<scalar_t>(&shared->corner_vectors.raw[stage][i][r * T::kDepth + ch0]));
         }
       }
       Vector16<smem_t> rounded;

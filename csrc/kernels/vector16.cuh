@@ -40,6 +40,13 @@ __device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
 #endif
 }
 
+// v += weight * x, in float: one corner's share of a sample of 16 bytes of channels.
+template <typename T>
+__device__ __forceinline__ void add_weighted(float (&v)[Vector16<T>::kSize], float weight, const Vector16<T>& x) {
+  RCM_UNROLL
+  for (int j = 0; j < Vector16<T>::kSize; ++j) v[j] += weight * static_cast<float>(x.v[j]);
+}
+
 template <typename T>
 RCM_HD bool aligned16(const T* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;

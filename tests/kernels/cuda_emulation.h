@@ -53,6 +53,9 @@
 //     __shared__ is not accepted), a source read inside it, and a thread exiting with copies that no
 //     wait completed (empty groups left at exit are fine). Kernel headers include
 //     <cuda_pipeline_primitives.h> only under __CUDACC__, as they do <mma.h>;
+//   * mma.sync through emu::mma_m16n8_sync (the m16n8k16 and TF32 m16n8k8 shapes with float
+//     accumulators), which csrc/kernels/mma_sync.cuh calls in place of the PTX instruction: a
+//     whole-warp collective that multiplies the fragments of every lane as the PTX ISA lays them out;
 //   * emu::launch(mode, grid, block, shared_bytes, kernel, args...): every GPU thread of a block
 //     runs on its own OS thread (a pool of threads, reused between launches), so ThreadSanitizer
 //     sees races between the threads of a block.
@@ -64,7 +67,7 @@
 //     synchronise): everything the kernel wrote happens-before the code after emu::launch.
 //
 // Limits (what it does NOT emulate)
-//   * no inline PTX (asm), no TMA / mbarrier (so no __pipeline_arrive_on, cuda::memcpy_async or
+//   * no inline PTX (asm) beyond the models above, no TMA / mbarrier (so no __pipeline_arrive_on, cuda::memcpy_async or
 //     cuda::pipeline), no cooperative groups, no clusters, no texture or surface objects, no
 //     __activemask(), no __nanosleep, no clock(); of cp.async only the pipeline primitives above:
 //     its cache hints (cp.async.ca / .cg) and its timing are not modelled;
@@ -327,7 +330,7 @@ inline std::string lanes_of(std::uint32_t mask) {
   return s + "}";
 }
 
-enum class WarpOp { Syncwarp, Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All, WmmaLoad, WmmaStore, WmmaMma };
+enum class WarpOp { Syncwarp, Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All, WmmaLoad, WmmaStore, WmmaMma, MmaSync };
 
 inline const char* op_name(WarpOp op) {
   switch (op) {
@@ -342,6 +345,7 @@ inline const char* op_name(WarpOp op) {
     case WarpOp::WmmaLoad: return "wmma::load_matrix_sync";
     case WarpOp::WmmaStore: return "wmma::store_matrix_sync";
     case WarpOp::WmmaMma: return "wmma::mma_sync";
+    case WarpOp::MmaSync: return "mma.sync";
   }
   return "?";
 }
@@ -390,12 +394,12 @@ struct WarpCollective {
   std::uint32_t arrived = 0;  // guarded by the warp's mutex
   std::atomic<bool> complete{false};
   std::atomic<int> readers{0};
-  std::array<std::array<unsigned char, 8>, 32> values{};
+  std::array<std::array<unsigned char, 24>, 32> values{};  // as WarpSlot::value
 };
 
 // A lane's deposit in a whole-warp collective (the fast path).
 struct WarpSlot {
-  std::array<unsigned char, 8> value{};
+  std::array<unsigned char, 24> value{};  // what a lane passes: up to one mma.sync's operand registers
   WarpOp op = WarpOp::Syncwarp;
   std::size_t size = 0;
   Site site;
@@ -1365,5 +1369,66 @@ void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a,
 
 }  // namespace wmma
 }  // namespace nvcuda
+
+// ---------------------------------------------------------------------------------------------
+// mma.sync (PTX), which kernels reach through csrc/kernels/mma_sync.cuh: the m16n8k16 shape for
+// 16-bit operands and m16n8k8 for TF32, row-major A, column-major B, float accumulators.
+namespace emu {
+
+enum class MmaOperand { F16, BF16, TF32 };
+
+// d += a x b for the whole warp: every lane passes its fragment registers, laid out as the PTX ISA
+// gives them (summarised in mma_sync.cuh), and gets its own four sums. A whole-warp collective
+// (a lane missing is a divergence error). Products are exact in float (16-bit and TF32 operands
+// alike) and are added in k order; TF32 operands lose their low 13 mantissa bits, as the hardware
+// ignores them.
+inline void mma_m16n8_sync(MmaOperand kind, float (&d)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2],
+                           std::source_location loc = std::source_location::current()) {
+  using namespace ::emu::detail;
+  ThreadContext& t = current("mma.sync");
+  if (t.warp->lanes != 32) {
+    fatal(format("mma.sync at %s:%u: warp %u of %s has %u lanes; mma.sync needs whole warps", loc.file_name(),
+                 static_cast<unsigned>(loc.line()), t.warp->index, t.block->name().c_str(), t.warp->lanes));
+  }
+  std::uint32_t regs[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+  const unsigned q = t.lane / 4, lane_t = t.lane % 4;
+  warp_collective(WarpOp::MmaSync, 0xffffffffu, regs, sizeof regs, loc, [&](std::uint32_t, auto&& value_of) {
+    auto word = [&](unsigned lane, int reg) {
+      std::uint32_t w;
+      std::memcpy(&w, value_of(lane) + reg * sizeof(std::uint32_t), sizeof w);
+      return w;
+    };
+    // Element k of a row of A or a column of B, whose word w (of 8) lane 4 * lane_q + w % 4 holds
+    // in register reg_low (w < 4) or reg_low + reg_high_step (w >= 4).
+    const int depth = kind == MmaOperand::TF32 ? 8 : 16;
+    auto element = [&](unsigned lane_q, int reg_low, int reg_high_step, int k) {
+      const int per_word = kind == MmaOperand::TF32 ? 1 : 2;
+      const int w = k / per_word;  // 0..7
+      const std::uint32_t bits = word(lane_q * 4 + w % 4, reg_low + reg_high_step * (w / 4));
+      if (kind == MmaOperand::TF32) return std::bit_cast<float>(bits & 0xffffe000u);
+      const std::uint16_t half_bits = static_cast<std::uint16_t>(bits >> (16 * (k % 2)));
+      if (kind == MmaOperand::F16) {
+        __half h;
+        h.__x = half_bits;
+        return static_cast<float>(h);
+      }
+      __nv_bfloat16 h;
+      h.__x = half_bits;
+      return static_cast<float>(h);
+    };
+    for (int r = 0; r < 4; ++r) {
+      const int row_half = r / 2;             // rows q (0) and q + 8 (1)
+      const unsigned column = 2 * lane_t + r % 2;
+      float sum = d[r];
+      for (int k = 0; k < depth; ++k) {
+        // A's row q + 8 * row_half: registers row_half and row_half + 2; B's column: 4 and 5.
+        sum += element(q, row_half, 2, k) * element(column, 4, 1, k);
+      }
+      d[r] = sum;
+    }
+  });
+}
+
+}  // namespace emu
 
 #endif  // host emulation

@@ -7,6 +7,7 @@
 //   test_deform_kernels wmma/<half|bfloat16|tf32>  the tensor-core implicit-GEMM forward (float
 //                                                  tensors for tf32)
 //   test_deform_kernels wmma_async/<half|bfloat16|tf32>  the tensor-core forward with cp.async copies
+//   test_deform_kernels mma/<half|bfloat16|tf32>   the mma.sync forward (operands in registers)
 //   test_deform_kernels reference                  checks the reference's gradients by finite differences
 //   test_deform_kernels splits                     the launcher's kernel-point split count (forward_splits)
 //   test_deform_kernels --list
@@ -24,10 +25,11 @@
 // write disjoint outputs): they run on every problem plus five that span several row and column
 // tiles of either tile size, several reduction steps, and the tensor-core kernels' 16-byte-load
 // paths and block widths; unsplit and split over kernel points. The cp.async tensor-core kernel
-// runs on the problems whose channel runs are whole 16-byte vectors.
+// and the mma.sync one run on the problems whose channel runs are whole 16-byte vectors.
 #include "cuda_emulation.h"
 // The kernel headers come after the harness.
 #include "kernels/deform_conv2d_implicit_gemm.cuh"
+#include "kernels/deform_conv2d_implicit_gemm_mma.cuh"
 #include "kernels/deform_conv2d_implicit_gemm_wmma.cuh"
 #include "kernels/deform_conv2d_implicit_gemm_wmma_async.cuh"
 #include "kernels/deform_conv2d_kernels.cuh"
@@ -694,22 +696,30 @@ double mma_rounded(double x) {
 // The kernel may only add float accumulation error to the operand rounding: at most 1.25 times the
 // latter plus 1e-5 of the output's scale. (The GPU tests allow twice; here the MMA's products are
 // exact and its sums in float, and 1.25 still catches operands truncated instead of rounded.)
-// kAsync: deform_conv2d_implicit_gemm_wmma_async_kernel, launched as the launcher
-// does (dynamic shared memory); otherwise deform_conv2d_implicit_gemm_wmma_kernel.
-template <typename scalar_t, typename mma_t, int kCols, bool kAsync>
-int check_igemm_wmma(const Problem& p, int splits) {
+// The tensor-core kernels, each launched as the launcher does (the cp.async and mma.sync ones
+// with dynamic shared memory).
+enum class TensorCoreKernel { Wmma, WmmaAsync, Mma };
+
+// kCols: the block width (WMMA kernels) or the warp width (the mma.sync kernel).
+template <typename scalar_t, typename mma_t, int kCols, TensorCoreKernel kKernel>
+int check_igemm_tensor_cores(const Problem& p, int splits) {
+  namespace k = rcm_fsad::kernels;
   const auto start = std::chrono::steady_clock::now();
-  using Tiles = rcm_fsad::kernels::WmmaTiles<kCols>;
+  using Tiles = std::conditional_t<kKernel == TensorCoreKernel::Mma, k::MmaTiles<kCols>, k::WmmaTiles<kCols>>;
   const ForwardOperands<scalar_t> op(p);
   const dim3 grid = forward_grid<Tiles>(p, splits);
   std::vector<double> got;
-  if constexpr (kAsync) {
+  if constexpr (kKernel == TensorCoreKernel::WmmaAsync) {
     got = run_forward<scalar_t, float>(p, op, grid, Tiles::kThreads,
-                                       rcm_fsad::kernels::deform_conv2d_implicit_gemm_wmma_async_kernel<scalar_t, mma_t, kCols>,
-                                       rcm_fsad::kernels::wmma_async_shared_bytes<scalar_t, kCols>());
+                                       k::deform_conv2d_implicit_gemm_wmma_async_kernel<scalar_t, mma_t, kCols>,
+                                       k::wmma_async_shared_bytes<scalar_t, kCols>());
+  } else if constexpr (kKernel == TensorCoreKernel::Mma) {
+    got = run_forward<scalar_t, float>(p, op, grid, Tiles::kThreads,
+                                       k::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kCols>,
+                                       k::mma_shared_bytes<Tiles>());
   } else {
     got = run_forward<scalar_t, float>(p, op, grid, Tiles::kThreads,
-                                       rcm_fsad::kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>);
+                                       k::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>);
   }
   const double tol = std::is_same_v<mma_t, rcm_fsad::kernels::Tf32> ? 2e-3 : Traits<scalar_t>::tol;
   int bad = compare("out", got, op.want, tol, out_element(p));
@@ -866,36 +876,48 @@ int run_igemm_case() {
 // block of hundreds of emulated threads is slow under TSan. Split over kernel points
 // (split_counts()): the first problem and the last, in every build.
 //
-// kAsync: the cp.async kernel, on the problems whose channel runs are whole vectors
+// The cp.async and mma.sync kernels run on the problems whose channel runs are whole vectors
 // (channel_runs_are_multiples_of, as the launcher checks): for 16-bit types the last three, for float
 // also the 40-channel ones; all of them under TSan.
-template <typename scalar_t, typename mma_t, bool kAsync = false>
-int run_wmma_case() {
+template <typename scalar_t, typename mma_t, TensorCoreKernel kKernel = TensorCoreKernel::Wmma>
+int run_tensor_core_case() {
+  constexpr bool kVectorsOnly = kKernel != TensorCoreKernel::Wmma;
   int bad = 0;
   const std::vector<Problem>& all = igemm_problems();
   int checked = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     const Problem& p = all[i];
-    if (kAsync && !geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize)) continue;
-    if (!kAsync && kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
+    if (kVectorsOnly && !geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize)) {
+      continue;
+    }
+    if (!kVectorsOnly && kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
     ++checked;
     std::vector<int> splits = {1};
     if (i == 0 || i + 1 == all.size()) {
       for (int split : split_counts(p)) splits.push_back(split);
     }
     for (int split : splits) {
-      // The block width the launcher picks for the problem.
-      bad += rcm_fsad::kernels::wmma_tile_cols<mma_t>(p.out_channels / p.shape.groups) == 128
-                 ? check_igemm_wmma<scalar_t, mma_t, 128, kAsync>(p, split)
-                 : check_igemm_wmma<scalar_t, mma_t, 64, kAsync>(p, split);
+      // The width the launcher picks for the problem.
+      const int64_t cog = p.out_channels / p.shape.groups;
+      const bool wide = kKernel == TensorCoreKernel::Mma ? rcm_fsad::kernels::mma_warp_cols(cog) == 128
+                                                         : rcm_fsad::kernels::wmma_tile_cols<mma_t>(cog) == 128;
+      bad += wide ? check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split)
+                  : check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split);
     }
   }
   if (checked < 3) {
     std::printf("  FAIL only %d problems checked\n", checked);
     ++bad;
   }
-  if (!kAsync && kThreadSanitizer) std::printf("  (ThreadSanitizer build: 3 of the %zu problems)\n", all.size());
+  if (!kVectorsOnly && kThreadSanitizer) std::printf("  (ThreadSanitizer build: 3 of the %zu problems)\n", all.size());
   return bad;
+}
+
+template <TensorCoreKernel kKernel>
+int run_tensor_core_dtype(const std::string& dtype) {
+  if (dtype == "half") return run_tensor_core_case<__half, __half, kKernel>();
+  if (dtype == "bfloat16") return run_tensor_core_case<__nv_bfloat16, __nv_bfloat16, kKernel>();
+  return run_tensor_core_case<float, rcm_fsad::kernels::Tf32, kKernel>();
 }
 
 // kernels::forward_splits against hand-derived cases (132 SMs, 2 blocks each: 264 slots).
@@ -930,6 +952,7 @@ std::vector<std::string> case_names() {
   for (const char* dtype : {"float", "double", "half", "bfloat16"}) names.push_back(std::string("igemm/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma_async/") + dtype);
+  for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("mma/") + dtype);
   for (const char* kernel : {"im2col", "col2im", "col2im_deterministic"}) {
     for (const char* dtype : {"float", "double", "half", "bfloat16"}) {
       for (const char* index : {"int32", "int64"}) names.push_back(std::string(kernel) + "/" + dtype + "/" + index);
@@ -968,16 +991,12 @@ int main(int argc, char** argv) {
     if (dtype == "double") bad = run_igemm_case<double>();
     if (dtype == "half") bad = run_igemm_case<__half>();
     if (dtype == "bfloat16") bad = run_igemm_case<__nv_bfloat16>();
-  } else if (name.rfind("wmma_async/", 0) == 0) {
-    const std::string dtype = name.substr(11);
-    if (dtype == "half") bad = run_wmma_case<__half, __half, true>();
-    if (dtype == "bfloat16") bad = run_wmma_case<__nv_bfloat16, __nv_bfloat16, true>();
-    if (dtype == "tf32") bad = run_wmma_case<float, rcm_fsad::kernels::Tf32, true>();
-  } else if (name.rfind("wmma/", 0) == 0) {
-    const std::string dtype = name.substr(5);
-    if (dtype == "half") bad = run_wmma_case<__half, __half>();
-    if (dtype == "bfloat16") bad = run_wmma_case<__nv_bfloat16, __nv_bfloat16>();
-    if (dtype == "tf32") bad = run_wmma_case<float, rcm_fsad::kernels::Tf32>();
+  } else if (name.rfind("wmma_async/", 0) == 0 || name.rfind("wmma/", 0) == 0 || name.rfind("mma/", 0) == 0) {
+    const std::string family = name.substr(0, name.find('/'));
+    const std::string dtype = name.substr(name.find('/') + 1);
+    bad = family == "wmma_async" ? run_tensor_core_dtype<TensorCoreKernel::WmmaAsync>(dtype)
+          : family == "mma"      ? run_tensor_core_dtype<TensorCoreKernel::Mma>(dtype)
+                                 : run_tensor_core_dtype<TensorCoreKernel::Wmma>(dtype);
   } else {
     const std::string kernel = name.substr(0, name.find('/'));
     const std::string rest = name.substr(name.find('/') + 1);

@@ -4,8 +4,8 @@
 //   test_harness --list     prints the case names
 //
 // Two kinds of cases:
-//   * features: the emulated built-ins, collectives, shared memory, atomics, WMMA and asynchronous
-//     copies give the results a GPU gives (exit 0 expected);
+//   * features: the emulated built-ins, collectives, shared memory, atomics, WMMA, mma.sync and
+//     asynchronous copies give the results a GPU gives (exit 0 expected);
 //   * planted bugs and their correct twins: each planted kernel must make the run FAIL with the
 //     expected report (checked by expect_failure.cmake), its twin must pass:
 //       shared_race            a shared-memory race inside a block      -> ThreadSanitizer
@@ -21,6 +21,7 @@
 //                                                                  -> ThreadSanitizer
 //       wmma_misaligned        load_matrix_sync from a pointer that is not 256-bit aligned -> the harness
 //       wmma_divergent         mma_sync called by half a warp      -> the harness
+//       mma_sync_divergent     emu::mma_m16n8_sync called by half a warp -> the harness
 //       async_copy_unwaited_race  cp.async data read by another thread after a __syncthreads that
 //                              the issuer reached before its __pipeline_wait_prior
 //                                                                  -> ThreadSanitizer; elsewhere the
@@ -506,16 +507,25 @@ __global__ void wmma_gemm_kernel(const Elem* a, const Elem* b, float* c, int dep
   }
 }
 
+// Pseudo-random matrix entries in [-1, 1], multiples of 1/1000, from a seed.
+class MatrixValues {
+ public:
+  explicit MatrixValues(std::uint32_t seed) : state_(seed) {}
+  float operator()() {
+    state_ = state_ * 1664525u + 1013904223u;
+    return static_cast<float>(static_cast<int>(state_ >> 9) % 2001 - 1000) / 1000.0f;
+  }
+
+ private:
+  std::uint32_t state_;
+};
+
 template <typename T, typename Elem, int kFragK>
 void check_wmma_gemm(const char* what) {
   constexpr int kDepth = 32;
   alignas(32) static Elem a[32 * kDepth], b[32 * kDepth];
   alignas(32) static float c[32 * 32];
-  std::uint32_t state = 7;
-  auto next = [&state] {
-    state = state * 1664525u + 1013904223u;
-    return static_cast<float>(static_cast<int>(state >> 9) % 2001 - 1000) / 1000.0f;
-  };
+  MatrixValues next(7);
   for (auto& v : a) v = static_cast<Elem>(next());
   for (auto& v : b) v = static_cast<Elem>(next());
   for (auto& v : c) v = next();
@@ -601,6 +611,101 @@ __global__ void wmma_divergent_kernel(float* out) {
 void case_wmma_divergent() {
   std::vector<float> out(32);
   emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, wmma_divergent_kernel, out.data());
+}
+
+// ---------------------------------------------------------------------------------------------
+// mma.sync (emu::mma_m16n8_sync).
+
+// One warp: d (16 x 8, row-major) = c + a (16 x 2 kDepth, row-major) x b (2 kDepth x 8, stored
+// [n][k]) in two MMAs of depth kDepth, each lane's fragments gathered element by element with the
+// PTX ISA's formulas for element i of a fragment (not the word view of the harness's model).
+template <typename Elem, int kDepth>
+__global__ void mma_sync_kernel(const Elem* a, const Elem* b, const float* c, float* d) {
+  const unsigned q = threadIdx.x / 4, t = threadIdx.x % 4;  // groupID, threadID_in_group
+  constexpr emu::MmaOperand kind = std::is_same_v<Elem, __half>          ? emu::MmaOperand::F16
+                                   : std::is_same_v<Elem, __nv_bfloat16> ? emu::MmaOperand::BF16
+                                                                         : emu::MmaOperand::TF32;
+  float acc[4];
+  for (int i = 0; i < 4; ++i) acc[i] = c[(q + 8 * (i / 2)) * 8 + 2 * t + i % 2];
+  for (int k0 = 0; k0 < 2 * kDepth; k0 += kDepth) {
+    std::uint32_t fa[4] = {}, fb[2] = {};
+    auto put = [](std::uint32_t* regs, int i, Elem v, int per_reg) {
+      std::uint32_t bits;
+      if constexpr (std::is_same_v<Elem, float>) {
+        bits = std::bit_cast<std::uint32_t>(v);
+      } else {
+        bits = v.__x;
+      }
+      regs[i / per_reg] |= bits << (32 / per_reg * (i % per_reg));
+    };
+    if constexpr (kDepth == 16) {  // m16n8k16: a0..a7, b0..b3, two per register
+      for (int i = 0; i < 8; ++i) {
+        const unsigned row = (i < 2 || (i >= 4 && i < 6)) ? q : q + 8;
+        const unsigned col = t * 2 + (i & 1) + (i >= 4 ? 8 : 0);
+        put(fa, i, a[row * 2 * kDepth + k0 + col], 2);
+      }
+      for (int i = 0; i < 4; ++i) put(fb, i, b[q * 2 * kDepth + k0 + t * 2 + (i & 1) + (i >= 2 ? 8 : 0)], 2);
+    } else {  // m16n8k8 (tf32): a0..a3, b0, b1, one per register
+      for (int i = 0; i < 4; ++i) {
+        const unsigned row = (i == 0 || i == 2) ? q : q + 8;
+        const unsigned col = i < 2 ? t : t + 4;
+        put(fa, i, a[row * 2 * kDepth + k0 + col], 1);
+      }
+      for (int i = 0; i < 2; ++i) put(fb, i, b[q * 2 * kDepth + k0 + (i == 0 ? t : t + 4)], 1);
+    }
+    emu::mma_m16n8_sync(kind, acc, fa, fb);
+  }
+  for (int i = 0; i < 4; ++i) d[(q + 8 * (i / 2)) * 8 + 2 * t + i % 2] = acc[i];
+}
+
+template <typename Elem, int kDepth>
+void check_mma_sync(const char* what) {
+  std::vector<Elem> a(16 * 2 * kDepth), b(8 * 2 * kDepth);
+  std::vector<float> c(16 * 8), d(16 * 8);
+  MatrixValues next(11);
+  for (auto& v : a) v = static_cast<Elem>(next());
+  for (auto& v : b) v = static_cast<Elem>(next());
+  for (auto& v : c) v = next();
+  // TF32: operands with bits below the 10-bit mantissa, which the tensor cores ignore.
+  auto value = [](Elem v) {
+    const float f = static_cast<float>(v);
+    return std::is_same_v<Elem, float> ? std::bit_cast<float>(std::bit_cast<std::uint32_t>(f) & 0xffffe000u) : f;
+  };
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, mma_sync_kernel<Elem, kDepth>, a.data(), b.data(), c.data(),
+              d.data());
+  for (int r = 0; r < 16; ++r) {
+    for (int n = 0; n < 8; ++n) {
+      double want = c[r * 8 + n];
+      for (int k = 0; k < 2 * kDepth; ++k) {
+        want += static_cast<double>(value(a[r * 2 * kDepth + k])) * value(b[n * 2 * kDepth + k]);
+      }
+      if (!(std::abs(d[r * 8 + n] - want) <= 1e-5 * (1 + std::abs(want)))) {
+        std::fprintf(stderr, "%s: d[%d][%d] = %.9g, want %.9g\n", what, r, n, static_cast<double>(d[r * 8 + n]),
+                     want);
+        ++g_failures;
+        return;
+      }
+    }
+  }
+}
+
+void case_mma_sync() {
+  check_mma_sync<__half, 16>("half");
+  check_mma_sync<__nv_bfloat16, 16>("bfloat16");
+  check_mma_sync<float, 8>("tf32");
+}
+
+// mma.sync from half of the warp only.
+__global__ void mma_sync_divergent_kernel(float* out) {
+  float acc[4] = {};
+  const std::uint32_t fa[4] = {}, fb[2] = {};
+  if (threadIdx.x < 16) emu::mma_m16n8_sync(emu::MmaOperand::BF16, acc, fa, fb);
+  out[threadIdx.x] = acc[0];
+}
+
+void case_mma_sync_divergent() {
+  std::vector<float> out(32);
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, mma_sync_divergent_kernel, out.data());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -801,6 +906,8 @@ const std::map<std::string, void (*)()>& cases() {
       {"wmma_store_synced", case_wmma_store_read<true>},
       {"wmma_misaligned", case_wmma_misaligned},
       {"wmma_divergent", case_wmma_divergent},
+      {"mma_sync", case_mma_sync},
+      {"mma_sync_divergent", case_mma_sync_divergent},
       {"async_copy", case_async_copy},
       {"async_copy_unwaited_race", case_async_neighbour<false>},
       {"async_copy_waited", case_async_neighbour<true>},
