@@ -52,9 +52,11 @@ INDEX_TYPES = ("int32_t", "int64_t")
 TENSOR_CORE_TYPES = (("Half", "__half", "64"), ("Half", "__half", "128"), ("BFloat16", "__nv_bfloat16", "64"),
                      ("BFloat16", "__nv_bfloat16", "128"), ("float", "Tf32", "64"))
 
-# (scalar_t, mma_t, warp width) of the mma.sync kernel (kernels::mma_warp_cols), TF32 included.
-MMA_TYPES = tuple((scalar, mma, cols) for scalar, mma in (("Half", "__half"), ("BFloat16", "__nv_bfloat16"),
-                                                           ("float", "Tf32")) for cols in ("64", "128"))
+# (scalar_t, mma_t, warp width, warps along the columns) of the mma.sync kernel
+# (kernels::mma_warp_cols, kernels::mma_warps_along_cols), TF32 included.
+MMA_TYPES = tuple((scalar, mma, *layout) for scalar, mma in (("Half", "__half"), ("BFloat16", "__nv_bfloat16"),
+                                                              ("float", "Tf32"))
+                  for layout in (("64", "1"), ("128", "1"), ("128", "2")))
 
 # (scalar_t, acc_t, index_t) of the grid-stride kernels.
 WITH_INDEX_TYPES = tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)

@@ -201,18 +201,26 @@ void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const C
   }
 }
 
-// The mma.sync forward, with warps as wide as kernels::mma_warp_cols picks.
+// The mma.sync forward, its warps laid out as kernels::mma_warp_cols and mma_warps_along_cols pick.
+template <int kWarpCols, int kWarpsAlongCols, typename mma_t, typename scalar_t>
+void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
+                        const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
+  using Tiles = kernels::MmaTiles<kWarpCols, kWarpsAlongCols>;
+  launch_implicit_gemm<Tiles, float>(
+      kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kWarpCols, kWarpsAlongCols>, g, a, wmat,
+      bias, out_rows, kernels::mma_shared_bytes<Tiles>());
+}
+
 template <typename mma_t, typename scalar_t>
 void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
                         const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
-  if (kernels::mma_warp_cols(g.out_channels / g.groups) == 128) {
-    using Tiles = kernels::MmaTiles<128>;
-    launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, 128>, g, a,
-                                       wmat, bias, out_rows, kernels::mma_shared_bytes<Tiles>());
+  const int64_t cog = g.out_channels / g.groups;
+  if (kernels::mma_warps_along_cols(cog) == 2) {
+    launch_mma_forward<128, 2, mma_t>(g, a, wmat, bias, out_rows);
+  } else if (kernels::mma_warp_cols(cog) == 128) {
+    launch_mma_forward<128, 1, mma_t>(g, a, wmat, bias, out_rows);
   } else {
-    using Tiles = kernels::MmaTiles<64>;
-    launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, 64>, g, a,
-                                       wmat, bias, out_rows, kernels::mma_shared_bytes<Tiles>());
+    launch_mma_forward<64, 1, mma_t>(g, a, wmat, bias, out_rows);
   }
 }
 

@@ -170,18 +170,39 @@ RCM_HD SamplePoint<acc_t> make_sample_point(acc_t y, acc_t x, int64_t height, in
   return p;
 }
 
+// The offset (dy, dx) of kernel point k of offset group og at output pixel (oy, ox) of image n.
+template <typename acc_t>
+struct SampleOffset {
+  acc_t dy;
+  acc_t dx;
+};
+
+template <typename acc_t, typename scalar_t>
+RCM_HD SampleOffset<acc_t> sample_offset(const DeformConvGeometry& g, const scalar_t* offset,
+                                         const FieldStrides& offset_strides, int64_t n, int64_t og, int64_t k,
+                                         int64_t oy, int64_t ox) {
+  const int64_t ch = 2 * (og * g.kernel_points() + k);
+  return {static_cast<acc_t>(offset[offset_strides.at(n, ch, oy, ox)]),
+          static_cast<acc_t>(offset[offset_strides.at(n, ch + 1, oy, ox)])};
+}
+
+// Sample point of kernel point k at output pixel (oy, ox) displaced by d.
+template <typename acc_t>
+RCM_HD SamplePoint<acc_t> displaced_sample_point(const DeformConvGeometry& g, int64_t k, int64_t oy, int64_t ox,
+                                                 const SampleOffset<acc_t>& d) {
+  const TapOrigin o = tap_origin(g, oy, ox, k);
+  return make_sample_point<acc_t>(static_cast<acc_t>(o.y) + d.dy, static_cast<acc_t>(o.x) + d.dx, g.height,
+                                  g.width);
+}
+
 // Sample point of kernel point k of offset group og at output pixel (oy, ox) of image n, with
 // the modulation m (1 when there is no mask).
 template <typename acc_t, typename scalar_t>
 RCM_HD SamplePoint<acc_t> deform_sample_point(const DeformConvGeometry& g, const scalar_t* offset,
                                               const FieldStrides& offset_strides, int64_t n,
                                               int64_t og, int64_t k, int64_t oy, int64_t ox) {
-  const TapOrigin o = tap_origin(g, oy, ox, k);
-  const int64_t ch = 2 * (og * g.kernel_points() + k);
-  const acc_t dy = static_cast<acc_t>(offset[offset_strides.at(n, ch, oy, ox)]);
-  const acc_t dx = static_cast<acc_t>(offset[offset_strides.at(n, ch + 1, oy, ox)]);
-  return make_sample_point<acc_t>(static_cast<acc_t>(o.y) + dy, static_cast<acc_t>(o.x) + dx,
-                                  g.height, g.width);
+  return displaced_sample_point<acc_t>(g, k, oy, ox,
+                                       sample_offset<acc_t>(g, offset, offset_strides, n, og, k, oy, ox));
 }
 
 template <typename acc_t, typename scalar_t>
@@ -202,29 +223,57 @@ struct MaskedCorners {
   acc_t weight[4];
 };
 
+// What the masked corners of a sample are computed from, as loaded: its offset and its modulation
+// (1 without a mask). A kernel may load a sample's field well before it needs the corners.
+template <typename acc_t>
+struct SampleField {
+  SampleOffset<acc_t> offset;
+  acc_t m;
+};
+
+template <typename acc_t, typename scalar_t>
+RCM_HD SampleField<acc_t> sample_field(const DeformConvGeometry& g, const OutputPixel& px, int64_t k, int64_t og,
+                                       const scalar_t* offset, const FieldStrides& offset_strides,
+                                       const scalar_t* mask, const FieldStrides& mask_strides) {
+  return {sample_offset<acc_t>(g, offset, offset_strides, px.n, og, k, px.oy, px.ox),
+          modulation<acc_t>(g, mask, mask_strides, px.n, og, k, px.oy, px.ox)};
+}
+
+// The masked corners of kernel point k of output pixel px, whose field is f.
+template <typename acc_t>
+RCM_HD MaskedCorners<acc_t> masked_corners_of(const DeformConvGeometry& g, const OutputPixel& px, int64_t k,
+                                              const SampleField<acc_t>& f) {
+  const SamplePoint<acc_t> p = displaced_sample_point<acc_t>(g, k, px.oy, px.ox, f.offset);
+  const int64_t image_pixel0 = px.n * g.height * g.width;
+  MaskedCorners<acc_t> corners;
+  for (int i = 0; i < 4; ++i) {
+    corners.pixel[i] = p.valid[i] ? image_pixel0 + p.pixel[i] : -1;
+    corners.weight[i] = p.valid[i] ? p.weight[i] * f.m : acc_t(0);
+  }
+  return corners;
+}
+
+// The corners of a row past the last one: none.
+template <typename acc_t>
+RCM_HD MaskedCorners<acc_t> no_corners() {
+  MaskedCorners<acc_t> corners;
+  for (int i = 0; i < 4; ++i) {
+    corners.pixel[i] = -1;
+    corners.weight[i] = acc_t(0);
+  }
+  return corners;
+}
+
 // The masked corners of kernel point k, offset group og of row `row` (an output pixel of the whole
 // batch); a row past the last one has no corners.
 template <typename acc_t, typename scalar_t>
 RCM_HD MaskedCorners<acc_t> masked_corners(const DeformConvGeometry& g, int64_t row, int64_t k, int64_t og,
                                            const scalar_t* offset, const FieldStrides& offset_strides,
                                            const scalar_t* mask, const FieldStrides& mask_strides) {
-  MaskedCorners<acc_t> corners;
-  if (row >= g.batch * g.out_pixels()) {
-    for (int i = 0; i < 4; ++i) {
-      corners.pixel[i] = -1;
-      corners.weight[i] = acc_t(0);
-    }
-    return corners;
-  }
+  if (row >= g.batch * g.out_pixels()) return no_corners<acc_t>();
   const OutputPixel px = output_pixel(g, row);
-  const SamplePoint<acc_t> p = deform_sample_point<acc_t>(g, offset, offset_strides, px.n, og, k, px.oy, px.ox);
-  const acc_t m = modulation<acc_t>(g, mask, mask_strides, px.n, og, k, px.oy, px.ox);
-  const int64_t image_pixel0 = px.n * g.height * g.width;
-  for (int i = 0; i < 4; ++i) {
-    corners.pixel[i] = p.valid[i] ? image_pixel0 + p.pixel[i] : -1;
-    corners.weight[i] = p.valid[i] ? p.weight[i] * m : acc_t(0);
-  }
-  return corners;
+  return masked_corners_of<acc_t>(
+      g, px, k, sample_field<acc_t>(g, px, k, og, offset, offset_strides, mask, mask_strides));
 }
 
 template <typename acc_t>

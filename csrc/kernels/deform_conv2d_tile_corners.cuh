@@ -67,6 +67,13 @@ template <typename acc_t, int kRows>
 struct TileCorners {
   int64_t pixel[4][kRows];  // corner's pixel index in the whole NHWC batch; -1 outside the image
   acc_t weight[4][kRows];   // bilinear weight times the mask
+
+  __device__ __forceinline__ void set(int r, const MaskedCorners<acc_t>& c) {
+    for (int i = 0; i < 4; ++i) {
+      pixel[i][r] = c.pixel[i];
+      weight[i][r] = c.weight[i];
+    }
+  }
 };
 
 // Fills row r of `corners` for the output pixel row0 + r (zeros past the last row).
@@ -75,12 +82,7 @@ __device__ __forceinline__ void set_tile_corners(TileCorners<acc_t, kRows>& corn
                                                  const DeformConvGeometry& g, int64_t row0, int64_t k,
                                                  int64_t og, const scalar_t* offset, FieldStrides offset_strides,
                                                  const scalar_t* mask, FieldStrides mask_strides) {
-  const MaskedCorners<acc_t> c =
-      masked_corners<acc_t>(g, row0 + r, k, og, offset, offset_strides, mask, mask_strides);
-  for (int i = 0; i < 4; ++i) {
-    corners.pixel[i][r] = c.pixel[i];
-    corners.weight[i][r] = c.weight[i];
-  }
+  corners.set(r, masked_corners<acc_t>(g, row0 + r, k, og, offset, offset_strides, mask, mask_strides));
 }
 
 // The modulated sample of row r at `channel` (an absolute NHWC channel index).

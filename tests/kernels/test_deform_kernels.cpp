@@ -120,6 +120,22 @@ const std::vector<Problem>& igemm_problems() {
   return list;
 }
 
+// For the mma.sync kernel, whose blocks are 256 rows tall when a warp takes all its group's output
+// channels (up to 128) and 128 rows by 256 columns when two warps do: the problems above, plus two
+// of 300 rows: with 100 output channels (two row tiles of 256), and with 260 (three row tiles of
+// 128, two column tiles, the second partial and its second warp of columns idle).
+const std::vector<Problem>& mma_problems() {
+  static const std::vector<Problem> list = [] {
+    std::vector<Problem> l = igemm_problems();
+    l.push_back({"mma_tiles_300rows_100cout", {3, 8, 10, 10, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, true}, Layout::Contiguous,
+                 0, 14, 100});
+    l.push_back({"mma_tiles_300rows_260cout", {3, 16, 10, 10, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, true}, Layout::ChannelsLast,
+                 0, 13, 260});
+    return l;
+  }();
+  return list;
+}
+
 // Strides and allocation size of a (n, c, h, w) field in a layout.
 struct FieldLayout {
   FieldStrides strides;
@@ -700,12 +716,14 @@ double mma_rounded(double x) {
 // with dynamic shared memory).
 enum class TensorCoreKernel { Wmma, WmmaAsync, Mma };
 
-// kCols: the block width (WMMA kernels) or the warp width (the mma.sync kernel).
-template <typename scalar_t, typename mma_t, int kCols, TensorCoreKernel kKernel>
+// kCols: the block width (WMMA kernels) or the warp width (the mma.sync kernel, with
+// kWarpsAlongCols warps along the columns).
+template <typename scalar_t, typename mma_t, int kCols, TensorCoreKernel kKernel, int kWarpsAlongCols = 1>
 int check_igemm_tensor_cores(const Problem& p, int splits) {
   namespace k = rcm_fsad::kernels;
   const auto start = std::chrono::steady_clock::now();
-  using Tiles = std::conditional_t<kKernel == TensorCoreKernel::Mma, k::MmaTiles<kCols>, k::WmmaTiles<kCols>>;
+  using Tiles = std::conditional_t<kKernel == TensorCoreKernel::Mma, k::MmaTiles<kCols, kWarpsAlongCols>,
+                                   k::WmmaTiles<kCols>>;
   const ForwardOperands<scalar_t> op(p);
   const dim3 grid = forward_grid<Tiles>(p, splits);
   std::vector<double> got;
@@ -715,7 +733,7 @@ int check_igemm_tensor_cores(const Problem& p, int splits) {
                                        k::wmma_async_shared_bytes<scalar_t, kCols>());
   } else if constexpr (kKernel == TensorCoreKernel::Mma) {
     got = run_forward<scalar_t, float>(p, op, grid, Tiles::kThreads,
-                                       k::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kCols>,
+                                       k::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kCols, kWarpsAlongCols>,
                                        k::mma_shared_bytes<Tiles>());
   } else {
     got = run_forward<scalar_t, float>(p, op, grid, Tiles::kThreads,
@@ -877,13 +895,15 @@ int run_igemm_case() {
 // (split_counts()): the first problem and the last, in every build.
 //
 // The cp.async and mma.sync kernels run on the problems whose channel runs are whole vectors
-// (channel_runs_are_multiples_of, as the launcher checks): for 16-bit types the last three, for float
-// also the 40-channel ones; all of them under TSan.
+// (channel_runs_are_multiples_of, as the launcher checks): for 16-bit types the last three (the
+// mma.sync kernel: five), for float also the 40-channel ones. Under TSan the cp.async kernel runs
+// all of them; the mma.sync one, whose warps share nothing but synchronise with __syncwarp around
+// their corners, its last three problems, unsplit (one of each warp layout, several row tiles).
 template <typename scalar_t, typename mma_t, TensorCoreKernel kKernel = TensorCoreKernel::Wmma>
 int run_tensor_core_case() {
   constexpr bool kVectorsOnly = kKernel != TensorCoreKernel::Wmma;
   int bad = 0;
-  const std::vector<Problem>& all = igemm_problems();
+  const std::vector<Problem>& all = kKernel == TensorCoreKernel::Mma ? mma_problems() : igemm_problems();
   int checked = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     const Problem& p = all[i];
@@ -891,18 +911,25 @@ int run_tensor_core_case() {
       continue;
     }
     if (!kVectorsOnly && kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
+    const bool light = kKernel == TensorCoreKernel::Mma && kThreadSanitizer;
+    if (light && i + 3 < all.size()) continue;
     ++checked;
     std::vector<int> splits = {1};
-    if (i == 0 || i + 1 == all.size()) {
+    if (!light && (i == 0 || i + 1 == all.size())) {
       for (int split : split_counts(p)) splits.push_back(split);
     }
     for (int split : splits) {
-      // The width the launcher picks for the problem.
+      // The widths the launcher picks for the problem.
+      namespace k = rcm_fsad::kernels;
       const int64_t cog = p.out_channels / p.shape.groups;
-      const bool wide = kKernel == TensorCoreKernel::Mma ? rcm_fsad::kernels::mma_warp_cols(cog) == 128
-                                                         : rcm_fsad::kernels::wmma_tile_cols<mma_t>(cog) == 128;
-      bad += wide ? check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split)
-                  : check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split);
+      if constexpr (kKernel == TensorCoreKernel::Mma) {
+        bad += k::mma_warps_along_cols(cog) == 2 ? check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel, 2>(p, split)
+               : k::mma_warp_cols(cog) == 128    ? check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split)
+                                                 : check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split);
+      } else {
+        bad += k::wmma_tile_cols<mma_t>(cog) == 128 ? check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split)
+                                                    : check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split);
+      }
     }
   }
   if (checked < 3) {
