@@ -234,7 +234,7 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
     if (algo != ForwardAlgorithm::ImplicitGemmSimt && use_tensor_cores<scalar_t>(input)) {
       using mma_t = typename TensorCoreInput<scalar_t>::type;
       const bool vectors = vector_loads_apply(g, a, wmat);
-      if (algo == ForwardAlgorithm::ImplicitGemmMma && vectors) {
+      if (algo == ForwardAlgorithm::ImplicitGemmMma && vectors && kernels::mma_pixels_fit(g)) {
         launch_mma_forward<mma_t>(g, a, wmat, bias_c, out_rows);
         return;
       }

@@ -56,15 +56,21 @@ struct MmaTiles {
 RCM_HD int mma_warp_cols(int64_t cog) { return cog > 64 ? 128 : 64; }
 RCM_HD int mma_warps_along_cols(int64_t cog) { return cog > 128 ? 2 : 1; }
 
-// Dynamic shared memory of the kernel below: the corners of each warp's rows.
+// Dynamic shared memory of the kernel below: the corners of each warp's rows, with 32-bit pixel
+// indices (one wide multiply per corner load instead of a 64-bit one).
 template <typename Tiles>
 struct MmaShared {
-  TileCorners<float, 32> corners[Tiles::kWarps];
+  TileCorners<float, 32, int32_t> corners[Tiles::kWarps];
 };
 
 template <typename Tiles>
 constexpr size_t mma_shared_bytes() {
   return sizeof(MmaShared<Tiles>);
+}
+
+// Whether the kernel's 32-bit pixel indices reach every pixel of the batch.
+RCM_HD bool mma_pixels_fit(const DeformConvGeometry& g) {
+  return g.batch * g.height * g.width <= int64_t{0x7fffffff};
 }
 
 #if defined(RCM_WMMA_AVAILABLE)
@@ -88,7 +94,7 @@ __device__ __forceinline__ void to_words(const Vector16<T>& x, uint32_t (&w)[4])
 // scalar_t and mma_t as for deform_conv2d_implicit_gemm_wmma_kernel (c10::Half with __half,
 // c10::BFloat16 with __nv_bfloat16, float with Tf32), and so are the arguments; the launcher
 // guarantees what the 16-byte loads need: input and wmat 16-byte aligned, and
-// g.channel_runs_are_multiples_of(Vector16<scalar_t>::kSize).
+// g.channel_runs_are_multiples_of(Vector16<scalar_t>::kSize); and mma_pixels_fit(g).
 template <typename scalar_t, typename mma_t, int kWarpCols, int kWarpsAlongCols>
 __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads,
                                   MmaTiles<kWarpCols, kWarpsAlongCols>::kBlocksPerSM)
@@ -101,7 +107,7 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   using T = MmaTiles<kWarpCols, kWarpsAlongCols>;
   using In = MmaInput<mma_t>;
   using smem_t = typename In::smem_t;
-  using Corners = TileCorners<float, 32>;
+  using Corners = TileCorners<float, 32, int32_t>;
   using Steps = ReductionSteps<4 * Vector16<scalar_t>::kSize>;
   static_assert(sizeof(smem_t) == sizeof(scalar_t), "weights are read as the MMA's words");
   // A reduction step (Steps): 64 bytes of channels, 16 per thread of a quad, two MMAs deep.
@@ -122,6 +128,7 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   const int64_t group = blockIdx.z;
   const int64_t cg = g.channels_per_group();
   const int64_t reduction = g.kernel_points() * cg;
+  const int32_t channels = static_cast<int32_t>(g.channels);  // the launcher checks C < 2^31
   Corners& corners = shared->corners[warp];
 
   float acc[T::kRowTiles][T::kColTiles][4];
@@ -143,13 +150,9 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
     const int64_t c0 = s.c0 + t * kVector;
     RCM_UNROLL
     for (int c = 0; c < 4; ++c) {
-      const int64_t pixel = corners.pixel[c][r];
-      if (live && pixel >= 0) {
-        raw[c] = load16<scalar_t>(input + pixel * g.channels + c0);
-      } else {
-        RCM_UNROLL
-        for (int j = 0; j < kVector; ++j) raw[c].v[j] = static_cast<scalar_t>(0.0f);
-      }
+      const int32_t pixel = corners.pixel[c][r];
+      raw[c] = load16_or_zeros<scalar_t>(input + static_cast<int64_t>(pixel) * channels + c0, input,
+                                         live && pixel >= 0);
     }
   };
   // Row r's sample from its corner vectors, in float, rounded to the MMA's input: thread t's words
@@ -187,17 +190,12 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
     RCM_UNROLL
     for (int j = j0; j < j1; ++j) {
       const int64_t co = co0 + 8 * j + quad;
-      Vector16<smem_t> x;
-      if (live && co < cog) {
-        x = load16<smem_t>(wmat + (group * cog + co) * reduction + w_col);
-        // TF32 operands must be rounded (16-bit weights already are what the MMA reads).
-        if constexpr (sizeof(smem_t) == sizeof(float)) {
-          RCM_UNROLL
-          for (int e = 0; e < kVector; ++e) x.v[e] = In::from_float(x.v[e]);
-        }
-      } else {
+      Vector16<smem_t> x = load16_or_zeros<smem_t>(wmat + (group * cog + co) * reduction + w_col, wmat,
+                                                   live && co < cog);
+      // TF32 operands must be rounded (16-bit weights already are what the MMA reads).
+      if constexpr (sizeof(smem_t) == sizeof(float)) {
         RCM_UNROLL
-        for (int e = 0; e < kVector; ++e) x.v[e] = In::from_float(0.0f);
+        for (int e = 0; e < kVector; ++e) x.v[e] = In::from_float(x.v[e]);
       }
       uint32_t words[4];
       to_words(x, words);

@@ -31,6 +31,24 @@ __device__ __forceinline__ Vector16<T> load16(const void* p) {
 #endif
 }
 
+// The 16 bytes at p where `use`, zeros otherwise. The load always happens, from `fallback` (any
+// 16-byte aligned address that may be read) when !use: a load and a select, not a branch, so that
+// the compiler may issue several such loads back to back.
+template <typename T>
+__device__ __forceinline__ Vector16<T> load16_or_zeros(const void* p, const void* fallback, bool use) {
+  const Vector16<uint32_t> bits = load16<uint32_t>(use ? p : fallback);
+  Vector16<uint32_t> kept;
+  RCM_UNROLL
+  for (int j = 0; j < 4; ++j) kept.v[j] = use ? bits.v[j] : 0u;
+  Vector16<T> x;
+#if defined(__CUDA_ARCH__)
+  x = *reinterpret_cast<const Vector16<T>*>(&kept);
+#else
+  std::memcpy(x.v, kept.v, sizeof x.v);
+#endif
+  return x;
+}
+
 template <typename T>
 __device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
 #if defined(__CUDA_ARCH__)
