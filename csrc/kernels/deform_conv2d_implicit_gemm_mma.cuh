@@ -24,10 +24,6 @@
 #include "mma_sync.cuh"
 #include "vector16.cuh"
 
-#if !defined(__CUDA_ARCH__)
-#include <cstring>
-#endif
-
 namespace rcm_fsad {
 namespace kernels {
 
@@ -77,15 +73,9 @@ RCM_HD bool mma_pixels_fit(const DeformConvGeometry& g) {
 // 16 bytes as the four 32-bit words that MMA fragments are made of.
 template <typename T>
 __device__ __forceinline__ void to_words(const Vector16<T>& x, uint32_t (&w)[4]) {
-#if defined(__CUDA_ARCH__)
-  const uint4 u = *reinterpret_cast<const uint4*>(&x);
-  w[0] = u.x;
-  w[1] = u.y;
-  w[2] = u.z;
-  w[3] = u.w;
-#else
-  std::memcpy(w, x.v, sizeof w);
-#endif
+  const Vector16<uint32_t> u = load16<uint32_t>(&x);
+  RCM_UNROLL
+  for (int j = 0; j < 4; ++j) w[j] = u.v[j];
 }
 #endif  // RCM_WMMA_AVAILABLE
 

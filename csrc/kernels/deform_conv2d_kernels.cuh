@@ -80,10 +80,7 @@ __global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
           for (int j = 0; j < kVector; ++j) v[j] = acc_t(0);
           RCM_UNROLL
           for (int i = 0; i < 4; ++i) {
-            if (corner[i] == nullptr) continue;
-            const Vector16<scalar_t> x = load16<scalar_t>(corner[i] + c);
-            RCM_UNROLL
-            for (int j = 0; j < kVector; ++j) v[j] += s.weight[i] * static_cast<acc_t>(x.v[j]);
+            if (corner[i] != nullptr) add_weighted(v, s.weight[i], load16<scalar_t>(corner[i] + c));
           }
           Vector16<scalar_t> sample;
           RCM_UNROLL

@@ -40,13 +40,7 @@ __device__ __forceinline__ Vector16<T> load16_or_zeros(const void* p, const void
   Vector16<uint32_t> kept;
   RCM_UNROLL
   for (int j = 0; j < 4; ++j) kept.v[j] = use ? bits.v[j] : 0u;
-  Vector16<T> x;
-#if defined(__CUDA_ARCH__)
-  x = *reinterpret_cast<const Vector16<T>*>(&kept);
-#else
-  std::memcpy(x.v, kept.v, sizeof x.v);
-#endif
-  return x;
+  return load16<T>(&kept);
 }
 
 template <typename T>
@@ -58,11 +52,11 @@ __device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
 #endif
 }
 
-// v += weight * x, in float: one corner's share of a sample of 16 bytes of channels.
-template <typename T>
-__device__ __forceinline__ void add_weighted(float (&v)[Vector16<T>::kSize], float weight, const Vector16<T>& x) {
+// v += weight * x, in acc_t: one corner's share of a sample of 16 bytes of channels.
+template <typename acc_t, typename T>
+__device__ __forceinline__ void add_weighted(acc_t (&v)[Vector16<T>::kSize], acc_t weight, const Vector16<T>& x) {
   RCM_UNROLL
-  for (int j = 0; j < Vector16<T>::kSize; ++j) v[j] += weight * static_cast<float>(x.v[j]);
+  for (int j = 0; j < Vector16<T>::kSize; ++j) v[j] += weight * static_cast<acc_t>(x.v[j]);
 }
 
 template <typename T>
