@@ -342,7 +342,10 @@ def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm,
 # Problems for the cp.async and mma.sync tensor-core kernels: every run of channels whole 16-byte
 # vectors (C, C/groups and C/offset_groups multiples of 8 16-bit or 4 float elements), blocks 64 and
 # 128 wide (a partial one; mma.sync warps 64 and 128 wide), offset groups of 24 channels (a partial
-# reduction step), conv groups, strides, offsets far outside, no mask, no bias.
+# reduction step), conv groups, strides, offsets far outside, no mask, no bias; and conv groups of 24
+# channels over offset groups of 16, whose runs of channels differ from group to group (16 + 8, then
+# 8 + 16), which the mma.sync kernel leaves to the WMMA kernel with synchronous loads.
+MIXED_RUNS = "c48_groups2_og3"
 ASYNC_CASES = {
     "c16_cout24": DeformCase(in_channels=16, out_channels=24, height=9, width=11),
     "c48_og2_cout70": DeformCase(in_channels=48, out_channels=70, offset_groups=2, height=12, width=12, seed=1),
@@ -350,6 +353,7 @@ ASYNC_CASES = {
                                       width=9, seed=2),
     "c32_far_no_mask_no_bias": DeformCase(in_channels=32, out_channels=130, offset_scale=6.0, use_mask=False,
                                           use_bias=False, seed=3),
+    MIXED_RUNS: DeformCase(in_channels=48, out_channels=20, groups=2, offset_groups=3, seed=4),
 }
 
 
@@ -359,7 +363,8 @@ ASYNC_CASES = {
 @pytest.mark.parametrize("precision", sorted(LOW_PRECISIONS))
 def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
     """The tensor-core forward of tensors whose channel runs are whole 16-byte vectors is the cp.async
-    kernel, or with RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_mma the mma.sync one;
+    kernel, or with RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_mma the mma.sync one (where the reduction
+    steps are the same in every conv group);
     RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_sync, or an input whose data does not start on a
     16-byte boundary, takes the WMMA kernel with synchronous loads. Each is judged like
     test_low_precision_error_is_that_of_its_rounding: its error against the float64 result at most
@@ -386,7 +391,8 @@ def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
     kernels = ("implicit_gemm_wmma_async_kernel", "implicit_gemm_mma_kernel", "implicit_gemm_wmma_kernel")
     sync = "implicit_gemm_wmma_kernel"
     for algorithm, want in (("implicit_gemm", sync if misaligned else "implicit_gemm_wmma_async_kernel"),
-                            ("implicit_gemm_mma", sync if misaligned else "implicit_gemm_mma_kernel"),
+                            ("implicit_gemm_mma", sync if misaligned or name == MIXED_RUNS
+                             else "implicit_gemm_mma_kernel"),
                             ("implicit_gemm_sync", sync)):
         monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", algorithm)
         outs = []

@@ -54,8 +54,8 @@ TENSOR_CORE_TYPES = (("Half", "__half", "64"), ("Half", "__half", "128"), ("BFlo
 
 # (scalar_t, mma_t, warp width, warps along the columns) of the mma.sync kernel
 # (kernels::mma_warp_cols, kernels::mma_warps_along_cols), TF32 included.
-MMA_TYPES = tuple((scalar, mma, *layout) for scalar, mma in (("Half", "__half"), ("BFloat16", "__nv_bfloat16"),
-                                                              ("float", "Tf32"))
+MMA_INPUT_TYPES = (("Half", "__half"), ("BFloat16", "__nv_bfloat16"), ("float", "Tf32"))
+MMA_TYPES = tuple((scalar, mma, *layout) for scalar, mma in MMA_INPUT_TYPES
                   for layout in (("64", "1"), ("128", "1"), ("128", "2")))
 
 # (scalar_t, acc_t, index_t) of the grid-stride kernels.
@@ -74,6 +74,7 @@ KERNELS = {
     "deform_conv2d_implicit_gemm_wmma_async_kernel": ("deform_conv2d_implicit_gemm_wmma_async.cuh",
                                                       TENSOR_CORE_TYPES),
     "deform_conv2d_implicit_gemm_mma_kernel": ("deform_conv2d_implicit_gemm_mma.cuh", MMA_TYPES),
+    "deform_conv2d_mma_weight_fragments_kernel": ("deform_conv2d_implicit_gemm_mma.cuh", MMA_INPUT_TYPES),
     "deform_conv2d_split_sum_kernel": ("deform_conv2d_tile_corners.cuh", DTYPES),
 }
 # Template arguments: this tool's spelling -> the C++ spelling in the generated source.

@@ -10,8 +10,10 @@
 //                            one wave (launch_implicit_gemm);
 //   implicit_gemm_sync       the same, but never the cp.async kernel (to measure what it gains);
 //   implicit_gemm_mma        the same, but deform_conv2d_implicit_gemm_mma_kernel (mma.sync, the
-//                            sampled operand in registers, no barriers) in place of the cp.async
-//                            kernel;
+//                            sampled operand in registers, no block barriers, on weights repacked
+//                            by deform_conv2d_mma_weight_fragments_kernel) in place of the cp.async
+//                            kernel where it applies (kernels::mma_kernel_applies, and the device's
+//                            shared memory);
 //   implicit_gemm_simt       the CUDA-core implicit GEMM for every dtype;
 //   columns                  the direct path: chunks of output pixels are sampled into a columns
 //                            buffer by deform_im2col_kernel and multiplied by the weight with cuBLAS.
@@ -201,26 +203,43 @@ void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const C
   }
 }
 
-// The mma.sync forward, its warps laid out as kernels::mma_warp_cols and mma_warps_along_cols pick.
+// The mma.sync forward, its warps laid out as kernels::mma_warp_cols and mma_warps_along_cols pick,
+// on the weights repacked as its lanes read them (kernels::mma_weight_fragment_elements).
 template <int kWarpCols, int kWarpsAlongCols, typename mma_t, typename scalar_t>
-void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
+void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& fragments,
                         const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
   using Tiles = kernels::MmaTiles<kWarpCols, kWarpsAlongCols>;
   launch_implicit_gemm<Tiles, float>(
-      kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kWarpCols, kWarpsAlongCols>, g, a, wmat,
-      bias, out_rows, kernels::mma_shared_bytes<Tiles>());
+      kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kWarpCols, kWarpsAlongCols>, g, a,
+      fragments, bias, out_rows, kernels::mma_shared_bytes<Tiles>());
+}
+
+// Whether the device gives a block of the mma.sync kernel its shared memory (sm_86 and sm_89 give
+// 99 KB, less than the 136 KB of 128-wide warps).
+bool mma_shared_memory_fits(const DeformConvGeometry& g) {
+  const size_t bytes = kernels::mma_warp_cols(g.out_channels / g.groups) == 128
+                           ? kernels::mma_shared_bytes<kernels::MmaTiles<128, 1>>()
+                           : kernels::mma_shared_bytes<kernels::MmaTiles<64, 1>>();
+  return bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
 template <typename mma_t, typename scalar_t>
 void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
                         const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
+  const int64_t elements = kernels::mma_weight_fragment_elements<scalar_t>(g);
+  at::Tensor fragments = at::empty({elements}, wmat.options());
+  const int64_t vectors = elements / kernels::Vector16<scalar_t>::kSize;
+  kernels::deform_conv2d_mma_weight_fragments_kernel<scalar_t, mma_t>
+      <<<blocks_for(vectors, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          g, wmat.const_data_ptr<scalar_t>(), fragments.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t cog = g.out_channels / g.groups;
   if (kernels::mma_warps_along_cols(cog) == 2) {
-    launch_mma_forward<128, 2, mma_t>(g, a, wmat, bias, out_rows);
+    launch_mma_forward<128, 2, mma_t>(g, a, fragments, bias, out_rows);
   } else if (kernels::mma_warp_cols(cog) == 128) {
-    launch_mma_forward<128, 1, mma_t>(g, a, wmat, bias, out_rows);
+    launch_mma_forward<128, 1, mma_t>(g, a, fragments, bias, out_rows);
   } else {
-    launch_mma_forward<64, 1, mma_t>(g, a, wmat, bias, out_rows);
+    launch_mma_forward<64, 1, mma_t>(g, a, fragments, bias, out_rows);
   }
 }
 
@@ -234,7 +253,8 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
     if (algo != ForwardAlgorithm::ImplicitGemmSimt && use_tensor_cores<scalar_t>(input)) {
       using mma_t = typename TensorCoreInput<scalar_t>::type;
       const bool vectors = vector_loads_apply(g, a, wmat);
-      if (algo == ForwardAlgorithm::ImplicitGemmMma && vectors && kernels::mma_pixels_fit(g)) {
+      if (algo == ForwardAlgorithm::ImplicitGemmMma && vectors && kernels::mma_kernel_applies<scalar_t>(g) &&
+          mma_shared_memory_fits(g)) {
         launch_mma_forward<mma_t>(g, a, wmat, bias_c, out_rows);
         return;
       }

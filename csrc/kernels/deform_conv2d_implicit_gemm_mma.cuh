@@ -9,10 +9,15 @@
 //     from the four corner vectors, in float, and its words are, unchanged, the A fragment words
 //     of the step's two MMAs: the reduction is ordered so that thread t's channels are the words
 //     t and t + 4 of both (see blend_row), and the weights are read in the same order;
-//   * the weight fragments are 16-byte loads straight from the weight matrix (L1 and L2 hold it;
-//     the warps of a block read the same tile);
-//   * the corners of the warp's rows, computed once per (kernel point, offset group) run, are the
-//     only thing in shared memory, the warp's own, so the only synchronisation is __syncwarp;
+//   * the weights are repacked beforehand in the order the lanes read them
+//     (deform_conv2d_mma_weight_fragments_kernel): a warp's column tile of a step is 512
+//     contiguous bytes, with nothing to check. Every lane copies its own 16 bytes of every column
+//     tile of the next step into the warp's shared memory with cp.async while the warp multiplies,
+//     and reads back only what it copied itself, so a wait for its own copies is all it needs (the
+//     warps of a block read the same weights, mostly from L1);
+//   * a corner vector is one predicated load (load16_if), which skips corners outside the image;
+//   * the corners of the warp's rows, computed once per (kernel point, offset group) run, are in
+//     the warp's own shared memory too, so the only synchronisation is __syncwarp;
 //   * a warp loads the next step's corner vectors of a row before multiplying a quarter of the
 //     columns and blends them after, so that the loads are in flight while the tensor cores work
 //     (one block per SM: the accumulators and all this take up to the whole register file).
@@ -20,6 +25,9 @@
 // Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness.
 #pragma once
 
+#include <type_traits>
+
+#include "async_copy.cuh"
 #include "deform_conv2d_tile_corners.cuh"
 #include "mma_sync.cuh"
 #include "vector16.cuh"
@@ -52,11 +60,68 @@ struct MmaTiles {
 RCM_HD int mma_warp_cols(int64_t cog) { return cog > 64 ? 128 : 64; }
 RCM_HD int mma_warps_along_cols(int64_t cog) { return cog > 128 ? 2 : 1; }
 
-// Dynamic shared memory of the kernel below: the corners of each warp's rows, with 32-bit pixel
-// indices (one wide multiply per corner load instead of a 64-bit one).
+// A reduction step: 64 bytes of channels, 16 per thread of a quad, two MMAs deep.
+template <typename scalar_t>
+constexpr int mma_step_depth() {
+  return 4 * Vector16<scalar_t>::kSize;
+}
+
+// The steps of one kernel point (ReductionSteps<mma_step_depth>), when they are the same for every
+// conv group: each group's channels lie in one offset group or are whole offset groups, as in
+// every common layout. 0 otherwise (mixed layouts take the WMMA kernels).
+template <typename scalar_t>
+RCM_HD int64_t mma_steps_per_point(const DeformConvGeometry& g) {
+  constexpr int64_t depth = mma_step_depth<scalar_t>();
+  const int64_t cg = g.channels_per_group();
+  const int64_t run = g.channels_per_offset_group();
+  if (run % cg == 0) return (cg + depth - 1) / depth;
+  if (cg % run == 0) return cg / run * ((run + depth - 1) / depth);
+  return 0;
+}
+
+// Column tiles of 8 output channels of a conv group in the weight fragments: the group's output
+// channels padded to whole warps, so that no warp checks which of its columns exist.
+RCM_HD int64_t mma_column_tiles(int64_t cog) {
+  const int64_t warp = mma_warp_cols(cog);
+  return (cog + warp - 1) / warp * warp / 8;
+}
+
+// The weights in the order the kernel's lanes read them, so that a warp reads one column tile of a
+// step as 512 contiguous bytes, with no bounds to check: for conv group G, kernel point k, step s
+// of the point, column tile j and lane 4 q + t, the 16 bytes of output channel 8 j + q at the
+// step's channels [c0 + t V, c0 + (t + 1) V) (V = Vector16<scalar_t>::kSize), zeros past the
+// step's depth and the group's output channels; TF32 weights already rounded.
+// Shape (G, K, mma_steps_per_point, mma_column_tiles(C_out / G), 32, V).
+template <typename scalar_t>
+RCM_HD int64_t mma_weight_fragment_elements(const DeformConvGeometry& g) {
+  return g.groups * g.kernel_points() * mma_steps_per_point<scalar_t>(g) *
+         mma_column_tiles(g.out_channels / g.groups) * 32 * Vector16<scalar_t>::kSize;
+}
+
+// The corners of one of a warp's rows, for the run being multiplied: its four pixel indices (-1
+// outside the image) and weights, read as two 16-byte words.
+struct alignas(16) RowCorners {
+  int32_t pixel[4];
+  float weight[4];
+
+  __device__ __forceinline__ void set(const MaskedCorners<float>& c) {
+    RCM_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      pixel[i] = static_cast<int32_t>(c.pixel[i]);
+      weight[i] = c.weight[i];
+    }
+  }
+};
+
+// Dynamic shared memory of the kernel below, each warp's own: the corners of its rows, with 32-bit
+// pixel indices (one wide multiply-add per corner load instead of 64-bit arithmetic), and two
+// stages of its weight fragments (the step being multiplied, and the next one in flight), each
+// lane's 16 bytes of column tile j at [j][lane]: 136 KB for 128-wide warps, 72 KB for 64-wide.
 template <typename Tiles>
 struct MmaShared {
-  TileCorners<float, 32, int32_t> corners[Tiles::kWarps];
+  static constexpr int kStages = 2;
+  RowCorners corners[Tiles::kWarps][32];
+  Vector16<uint32_t> weights[Tiles::kWarps][kStages][Tiles::kColTiles][32];
 };
 
 template <typename Tiles>
@@ -64,9 +129,14 @@ constexpr size_t mma_shared_bytes() {
   return sizeof(MmaShared<Tiles>);
 }
 
-// Whether the kernel's 32-bit pixel indices reach every pixel of the batch.
-RCM_HD bool mma_pixels_fit(const DeformConvGeometry& g) {
-  return g.batch * g.height * g.width <= int64_t{0x7fffffff};
+// Whether the kernel below takes a forward of tensors of scalar_t (with 16-byte aligned input and
+// weights): every run of channels whole 16-byte vectors, its steps alike in every conv group, and
+// pixel indices and a pixel's bytes within 32 bits (its unsigned wide multiply-adds).
+template <typename scalar_t>
+RCM_HD bool mma_kernel_applies(const DeformConvGeometry& g) {
+  return g.channel_runs_are_multiples_of(Vector16<scalar_t>::kSize) && mma_steps_per_point<scalar_t>(g) > 0 &&
+         g.batch * g.height * g.width <= int64_t{0x7fffffff} &&
+         g.channels * static_cast<int64_t>(sizeof(scalar_t)) <= int64_t{0xffffffff};
 }
 
 #if defined(RCM_WMMA_AVAILABLE)
@@ -79,28 +149,69 @@ __device__ __forceinline__ void to_words(const Vector16<T>& x, uint32_t (&w)[4])
 }
 #endif  // RCM_WMMA_AVAILABLE
 
+// The weight fragments above from wmat: (C_out, K, C_g), weight_matrix()'s layout, into
+// `fragments` (mma_weight_fragment_elements<scalar_t>(g) elements), one 16-byte vector per thread
+// of a grid-stride loop. For geometries with mma_steps_per_point<scalar_t>(g) > 0.
+template <typename scalar_t, typename mma_t>
+__global__ void deform_conv2d_mma_weight_fragments_kernel(DeformConvGeometry g, const scalar_t* __restrict__ wmat,
+                                                          scalar_t* __restrict__ fragments) {
+#if defined(RCM_WMMA_AVAILABLE)
+  constexpr int kVector = Vector16<scalar_t>::kSize;
+  const int64_t steps = mma_steps_per_point<scalar_t>(g);
+  const int64_t cog = g.out_channels / g.groups;
+  const int64_t cg = g.channels_per_group();
+  const int64_t points = g.kernel_points();
+  const int64_t column_tiles = mma_column_tiles(cog);
+  const int64_t vectors = mma_weight_fragment_elements<scalar_t>(g) / kVector;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < vectors; v += stride) {
+    const int lane = static_cast<int>(v % 32);
+    const int64_t tile = v / 32 % column_tiles;
+    const int64_t step = v / (32 * column_tiles) % steps;
+    const int64_t k = v / (32 * column_tiles * steps) % points;
+    const int64_t group = v / (32 * column_tiles * steps * points);
+    ReductionSteps<mma_step_depth<scalar_t>()> s(g, group, {static_cast<int>(k), static_cast<int>(k) + 1});
+    for (int64_t i = 0; i < step; ++i) s.next();
+    const int64_t co = 8 * tile + lane / 4;
+    const int64_t c = s.c0 + lane % 4 * kVector;  // absolute channel
+    const Vector16<uint32_t> zeros{};
+    Vector16<scalar_t> x = load16<scalar_t>(&zeros);
+    if (co < cog && c < s.c0 + s.depth) {
+      const scalar_t* w = wmat + ((group * cog + co) * points + k) * cg + (c - group * cg);
+      RCM_UNROLL
+      for (int e = 0; e < kVector; ++e) {
+        if constexpr (std::is_same_v<mma_t, Tf32>) {
+          x.v[e] = MmaInput<Tf32>::from_float(w[e]);
+        } else {
+          x.v[e] = w[e];
+        }
+      }
+    }
+    store16(fragments + v * kVector, x);
+  }
+#endif  // RCM_WMMA_AVAILABLE
+}
+
 // Grid: (gemm_grid_x<BM, BN>(g), splits, groups) with T = MmaTiles<kWarpCols, kWarpsAlongCols>;
 // block: T::kThreads; dynamic shared memory: mma_shared_bytes<T>().
 // scalar_t and mma_t as for deform_conv2d_implicit_gemm_wmma_kernel (c10::Half with __half,
-// c10::BFloat16 with __nv_bfloat16, float with Tf32), and so are the arguments; the launcher
-// guarantees what the 16-byte loads need: input and wmat 16-byte aligned, and
-// g.channel_runs_are_multiples_of(Vector16<scalar_t>::kSize); and mma_pixels_fit(g).
+// c10::BFloat16 with __nv_bfloat16, float with Tf32), and so are the arguments, except that the
+// weights come as fragments (deform_conv2d_mma_weight_fragments_kernel). The launcher guarantees
+// input and fragments 16-byte aligned and mma_kernel_applies<scalar_t>(g).
 template <typename scalar_t, typename mma_t, int kWarpCols, int kWarpsAlongCols>
 __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads,
                                   MmaTiles<kWarpCols, kWarpsAlongCols>::kBlocksPerSM)
     deform_conv2d_implicit_gemm_mma_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                                            const scalar_t* __restrict__ offset, FieldStrides offset_strides,
                                            const scalar_t* __restrict__ mask, FieldStrides mask_strides,
-                                           const scalar_t* __restrict__ wmat, const scalar_t* __restrict__ bias,
+                                           const scalar_t* __restrict__ fragments, const scalar_t* __restrict__ bias,
                                            scalar_t* __restrict__ out, float* __restrict__ partials) {
 #if defined(RCM_WMMA_AVAILABLE)
   using T = MmaTiles<kWarpCols, kWarpsAlongCols>;
   using In = MmaInput<mma_t>;
   using smem_t = typename In::smem_t;
-  using Corners = TileCorners<float, 32, int32_t>;
-  using Steps = ReductionSteps<4 * Vector16<scalar_t>::kSize>;
+  using Steps = ReductionSteps<mma_step_depth<scalar_t>()>;
   static_assert(sizeof(smem_t) == sizeof(scalar_t), "weights are read as the MMA's words");
-  // A reduction step (Steps): 64 bytes of channels, 16 per thread of a quad, two MMAs deep.
   constexpr int kVector = Vector16<scalar_t>::kSize;
 
   RCM_DYNAMIC_SHARED(MmaShared<T>, shared);
@@ -116,10 +227,9 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   // No barrier below: a warp past the last row or output channel just leaves.
   if (row0 >= rows || co0 >= cog) return;
   const int64_t group = blockIdx.z;
-  const int64_t cg = g.channels_per_group();
-  const int64_t reduction = g.kernel_points() * cg;
-  const int32_t channels = static_cast<int32_t>(g.channels);  // the launcher checks C < 2^31
-  Corners& corners = shared->corners[warp];
+  const uint32_t pixel_bytes = static_cast<uint32_t>(g.channels * sizeof(scalar_t));  // < 2^32: mma_kernel_applies
+  RowCorners* corners = shared->corners[warp];
+  auto& weights = shared->weights[warp];
 
   float acc[T::kRowTiles][T::kColTiles][4];
   RCM_UNROLL
@@ -133,27 +243,29 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
 
   // The corner vectors of row r (of the warp's 32) for a step, to be blended into its A fragments:
   // raw[c] is corner c at thread t's 16 bytes of the step's channels, [c0 + t kVector, ...); zeros
-  // for a corner outside the image and past the step's depth.
+  // for a corner outside the image and past the step's depth, whose loads do not happen (so the
+  // address may be formed from the pixel index as unsigned, one wide multiply-add, even for -1).
   using CornerVectors = Vector16<scalar_t>[4];
   auto fetch_row = [&](const Steps& s, int r, CornerVectors& raw) {
     const bool live = t * kVector < s.depth;
-    const int64_t c0 = s.c0 + t * kVector;
+    const char* at = reinterpret_cast<const char*>(input + (s.c0 + t * kVector));
+    const Vector16<int32_t> pixel = load16<int32_t>(corners[r].pixel);
     RCM_UNROLL
     for (int c = 0; c < 4; ++c) {
-      const int32_t pixel = corners.pixel[c][r];
-      raw[c] = load16_or_zeros<scalar_t>(input + static_cast<int64_t>(pixel) * channels + c0, input,
-                                         live && pixel >= 0);
+      raw[c] = load16_if<scalar_t>(at + static_cast<uint64_t>(static_cast<uint32_t>(pixel.v[c])) * pixel_bytes,
+                                   live && pixel.v[c] >= 0);
     }
   };
   // Row r's sample from its corner vectors, in float, rounded to the MMA's input: thread t's words
   // 0 and 1 of the row are its words t and t + 4 of the step's first MMA, words 2 and 3 those of
   // the second.
   auto blend_row = [&](const CornerVectors& raw, int r, uint32_t (&w)[4]) {
+    const Vector16<float> weight = load16<float>(corners[r].weight);
     float v[kVector];
     RCM_UNROLL
     for (int j = 0; j < kVector; ++j) v[j] = 0.0f;
     RCM_UNROLL
-    for (int c = 0; c < 4; ++c) add_weighted(v, corners.weight[c][r], raw[c]);
+    for (int c = 0; c < 4; ++c) add_weighted<std::is_same_v<mma_t, __nv_bfloat16>>(v, weight.v[c], raw[c]);
     Vector16<smem_t> rounded;
     RCM_UNROLL
     for (int j = 0; j < kVector; ++j) rounded.v[j] = In::from_float(v[j]);
@@ -172,28 +284,27 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   };
   // Row h of row tile i: quad + 8 h of the tile.
   auto tile_row = [quad](int i, int h) { return 16 * i + quad + 8 * h; };
-  // acc[.][j] += the step's A fragments x its weights, for column tiles [j0, j1): output channels
-  // co0 + 8 j + quad, thread t's 16 bytes of the step's channels, in the A fragments' order.
-  auto multiply = [&](const Steps& s, const uint32_t (&a)[T::kRowTiles][2][4], int j0, int j1) {
-    const bool live = t * kVector < s.depth;
-    const int64_t w_col = s.k * cg + (s.c0 + t * kVector - group * cg);
+  // This lane's weights of a step: column tile j at b + j * kTileStride (the warp's 512 bytes),
+  // copied into stage `stage` of the warp's weights.
+  constexpr int kTileStride = 32 * kVector;
+  const int64_t column_tiles = mma_column_tiles(cog);
+  const int64_t step_stride = column_tiles * kTileStride;
+  auto copy_weights = [&](const scalar_t* b, int stage) {
+    RCM_UNROLL
+    for (int j = 0; j < T::kColTiles; ++j) copy16_async(&weights[stage][j][lane], b + j * kTileStride, true);
+    commit_async_copies();
+  };
+  // acc[.][j] += the step's A fragments x its weights (in stage `stage`), for column tiles [j0, j1).
+  auto multiply = [&](int stage, const uint32_t (&a)[T::kRowTiles][2][4], int j0, int j1) {
     RCM_UNROLL
     for (int j = j0; j < j1; ++j) {
-      const int64_t co = co0 + 8 * j + quad;
-      Vector16<smem_t> x = load16_or_zeros<smem_t>(wmat + (group * cog + co) * reduction + w_col, wmat,
-                                                   live && co < cog);
-      // TF32 operands must be rounded (16-bit weights already are what the MMA reads).
-      if constexpr (sizeof(smem_t) == sizeof(float)) {
-        RCM_UNROLL
-        for (int e = 0; e < kVector; ++e) x.v[e] = In::from_float(x.v[e]);
-      }
       uint32_t words[4];
-      to_words(x, words);
+      to_words(load16<smem_t>(&weights[stage][j][lane]), words);
       RCM_UNROLL
       for (int m = 0; m < 2; ++m) {
-        const uint32_t b[2] = {words[2 * m], words[2 * m + 1]};
+        const uint32_t bm[2] = {words[2 * m], words[2 * m + 1]};
         RCM_UNROLL
-        for (int i = 0; i < T::kRowTiles; ++i) mma_m16n8<mma_t>(acc[i][j], a[i][m], b);
+        for (int i = 0; i < T::kRowTiles; ++i) mma_m16n8<mma_t>(acc[i][j], a[i][m], bm);
       }
     }
   };
@@ -210,7 +321,7 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   // becomes the field of the run after it.
   auto start_run = [&](const Steps& s) {
     __syncwarp();  // every lane is done with the previous run's corners
-    corners.set(lane, row_live ? masked_corners_of<float>(g, px, s.k, field) : no_corners<float>());
+    corners[lane].set(row_live ? masked_corners_of<float>(g, px, s.k, field) : no_corners<float>());
     __syncwarp();
     const typename Steps::Run after = s.following_run();
     if (row_live && after.k < s.points) field = load_field(after.k, after.og);
@@ -238,6 +349,12 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   constexpr int kColsPerPhase = T::kColTiles / kPhases;
   Steps s(g, group, kernel_point_range(g, blockIdx.y, gridDim.y));
   if (!s.done()) {
+    // The fragments walk the steps in the order the kernel takes them, one step_stride apart.
+    const scalar_t* b = fragments +
+                        ((group * g.kernel_points() + s.k) * mma_steps_per_point<scalar_t>(g) * column_tiles +
+                         co0 / 8) * kTileStride + lane * kVector;
+    int stage = 0;
+    copy_weights(b, stage);
     uint32_t a[T::kRowTiles][2][4];
     if (row_live) field = load_field(s.k, s.og);
     start_run(s);
@@ -246,21 +363,29 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
       Steps next = s;
       next.next();
       const bool more = !next.done();
+      if (more) {
+        b += step_stride;
+        copy_weights(b, stage ^ 1);
+      } else {
+        commit_async_copies();  // an empty group, so that the wait below means this step's
+      }
       // The corners of the step that comes next are not read by this one's MMAs.
       if (more && next.first_of_run) start_run(next);
+      wait_async_copies<1>();
       uint32_t w[T::kRowTiles][2][4];  // the next step's words
       RCM_UNROLL
       for (int p = 0; p < kPhases; ++p) {
         const int i = p / 2, h = p % 2;
         CornerVectors raw;
         if (more) fetch_row(next, tile_row(i, h), raw);
-        multiply(s, a, p * kColsPerPhase, (p + 1) * kColsPerPhase);
+        multiply(stage, a, p * kColsPerPhase, (p + 1) * kColsPerPhase);
         if (more) blend_row(raw, tile_row(i, h), w[i][h]);
       }
       if (!more) break;
       RCM_UNROLL
       for (int i = 0; i < T::kRowTiles; ++i) to_fragments(w[i], a[i]);
       s = next;
+      stage ^= 1;
     }
   }
 

@@ -257,7 +257,7 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
         for (int i = 0; i < 4; ++i) {
           const int64_t pixel = corners.pixel[i][r];
           if (pixel < 0) continue;
-          add_weighted(v, corners.weight[i][r], load16<scalar_t>(input + pixel * g.channels + c0 + ch0));
+          add_weighted<std::is_same_v<mma_t, __nv_bfloat16>>(v, corners.weight[i][r], load16<scalar_t>(input + pixel * g.channels + c0 + ch0));
         }
       } else {
         RCM_UNROLL

@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(WmmaAsyncTiles<scalar_t, kCols>::kThreads,
       if (ch0 < depth) {
         RCM_UNROLL
         for (int i = 0; i < 4; ++i) {
-          add_weighted(v, corners.weight[i][r],
+          add_weighted<std::is_same_v<mma_t, __nv_bfloat16>>(v, corners.weight[i][r],
                        load16<scalar_t>(&shared->corner_vectors.raw[stage][i][r * T::kDepth + ch0]));
         }
       }

@@ -63,15 +63,14 @@ RCM_HD GemmTile gemm_tile(const DeformConvGeometry& g, uint32_t block_x) {
 
 // Lives in shared memory; kRows = the tile's output pixels. Structure of arrays (masked_corners
 // per row), so that the threads of a warp, which read different rows, read consecutive words.
-// pixel_t: int32_t where the launcher guarantees fewer than 2^31 pixels in the batch.
-template <typename acc_t, int kRows, typename pixel_t = int64_t>
+template <typename acc_t, int kRows>
 struct TileCorners {
-  pixel_t pixel[4][kRows];  // corner's pixel index in the whole NHWC batch; -1 outside the image
+  int64_t pixel[4][kRows];  // corner's pixel index in the whole NHWC batch; -1 outside the image
   acc_t weight[4][kRows];   // bilinear weight times the mask
 
   __device__ __forceinline__ void set(int r, const MaskedCorners<acc_t>& c) {
     for (int i = 0; i < 4; ++i) {
-      pixel[i][r] = static_cast<pixel_t>(c.pixel[i]);
+      pixel[i][r] = c.pixel[i];
       weight[i][r] = c.weight[i];
     }
   }

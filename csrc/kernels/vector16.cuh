@@ -5,6 +5,8 @@
 
 #include "common.cuh"
 
+#include <type_traits>
+
 #if !defined(__CUDA_ARCH__)
 #include <cstring>
 #endif
@@ -31,16 +33,29 @@ __device__ __forceinline__ Vector16<T> load16(const void* p) {
 #endif
 }
 
-// The 16 bytes at p where `use`, zeros otherwise. The load always happens, from `fallback` (any
-// 16-byte aligned address that may be read) when !use: a load and a select, not a branch, so that
-// the compiler may issue several such loads back to back.
+// The 16 bytes at p where `use`, zeros otherwise, without reading p then (it may be any address).
+// Under nvcc one predicated load after zeroing its registers (ld.global.nc: the caller's data is
+// read-only while the kernel runs), not a branch: the compiler may issue many such loads back to
+// back, ahead of the instructions that wait for them.
 template <typename T>
-__device__ __forceinline__ Vector16<T> load16_or_zeros(const void* p, const void* fallback, bool use) {
-  const Vector16<uint32_t> bits = load16<uint32_t>(use ? p : fallback);
-  Vector16<uint32_t> kept;
-  RCM_UNROLL
-  for (int j = 0; j < 4; ++j) kept.v[j] = use ? bits.v[j] : 0u;
-  return load16<T>(&kept);
+__device__ __forceinline__ Vector16<T> load16_if(const void* p, bool use) {
+  Vector16<uint32_t> bits;
+#if defined(__CUDA_ARCH__)
+  asm("{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %5, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  mov.b32 %2, 0;\n"
+      "  mov.b32 %3, 0;\n"
+      "  @p ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "}\n"
+      : "=r"(bits.v[0]), "=r"(bits.v[1]), "=r"(bits.v[2]), "=r"(bits.v[3])
+      : "l"(p), "r"(static_cast<int>(use)));
+#else
+  bits = use ? load16<uint32_t>(p) : Vector16<uint32_t>{};
+#endif
+  return load16<T>(&bits);
 }
 
 template <typename T>
@@ -52,11 +67,35 @@ __device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
 #endif
 }
 
+// The float whose bits are b.
+__device__ __forceinline__ float float_from_bits(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+#endif
+}
+
 // v += weight * x, in acc_t: one corner's share of a sample of 16 bytes of channels.
-template <typename acc_t, typename T>
+// kBFloat16: T is bfloat16 (the caller knows; the types differ between torch, the harness and
+// ptxas_report), the upper half of a float, so each element is widened by one bit operation on the
+// loaded words; converting elements one by one first moves each into a register of its own.
+template <bool kBFloat16 = false, typename acc_t, typename T>
 __device__ __forceinline__ void add_weighted(acc_t (&v)[Vector16<T>::kSize], acc_t weight, const Vector16<T>& x) {
-  RCM_UNROLL
-  for (int j = 0; j < Vector16<T>::kSize; ++j) v[j] += weight * static_cast<acc_t>(x.v[j]);
+  if constexpr (kBFloat16) {
+    static_assert(sizeof(T) == 2 && std::is_same_v<acc_t, float>, "bfloat16 blends in float");
+    const Vector16<uint32_t> words = load16<uint32_t>(&x);
+    RCM_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      v[2 * j] += weight * float_from_bits(words.v[j] << 16);
+      v[2 * j + 1] += weight * float_from_bits(words.v[j] & 0xffff0000u);
+    }
+  } else {
+    RCM_UNROLL
+    for (int j = 0; j < Vector16<T>::kSize; ++j) v[j] += weight * static_cast<acc_t>(x.v[j]);
+  }
 }
 
 template <typename T>

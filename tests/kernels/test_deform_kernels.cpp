@@ -7,9 +7,11 @@
 //   test_deform_kernels wmma/<half|bfloat16|tf32>  the tensor-core implicit-GEMM forward (float
 //                                                  tensors for tf32)
 //   test_deform_kernels wmma_async/<half|bfloat16|tf32>  the tensor-core forward with cp.async copies
-//   test_deform_kernels mma/<half|bfloat16|tf32>   the mma.sync forward (operands in registers)
+//   test_deform_kernels mma/<half|bfloat16|tf32>   the mma.sync forward (operands in registers), on
+//                                                  weights repacked by its fragments kernel
 //   test_deform_kernels reference                  checks the reference's gradients by finite differences
 //   test_deform_kernels splits                     the launcher's kernel-point split count (forward_splits)
+//   test_deform_kernels mma_steps                  the mma.sync kernel's steps per kernel point
 //   test_deform_kernels --list
 //
 // dtype: float | double | half | bfloat16 (16-bit types accumulate in float, as the CUDA backend
@@ -25,7 +27,8 @@
 // write disjoint outputs): they run on every problem plus five that span several row and column
 // tiles of either tile size, several reduction steps, and the tensor-core kernels' 16-byte-load
 // paths and block widths; unsplit and split over kernel points. The cp.async tensor-core kernel
-// and the mma.sync one run on the problems whose channel runs are whole 16-byte vectors.
+// and the mma.sync one run on the problems whose channel runs are whole 16-byte vectors (the
+// mma.sync one where its steps are alike in every conv group: mma_kernel_applies).
 #include "cuda_emulation.h"
 // The kernel headers come after the harness.
 #include "kernels/deform_conv2d_implicit_gemm.cuh"
@@ -626,16 +629,17 @@ struct ForwardOperands {
 
 // Launches a forward kernel over `grid` (block `threads`, one block at a time) into a NaN-filled
 // output, as the launcher does: split over kernel points when grid.y > 1, into NaN-filled partial
-// sums of partial_t, then deform_conv2d_split_sum_kernel. Returns the output as doubles.
+// sums of partial_t, then deform_conv2d_split_sum_kernel. `weights`: op.wmat, or what the kernel
+// takes in its place. Returns the output as doubles.
 template <typename scalar_t, typename partial_t, typename Kernel>
-std::vector<double> run_forward(const Problem& p, const ForwardOperands<scalar_t>& op, dim3 grid, int threads,
-                                Kernel kernel, size_t shared_bytes = 0) {
+std::vector<double> run_forward(const Problem& p, const ForwardOperands<scalar_t>& op, const scalar_t* weights,
+                                dim3 grid, int threads, Kernel kernel, size_t shared_bytes = 0) {
   const int64_t elements = p.shape.rows() * p.out_channels;
   const int splits = static_cast<int>(grid.y);
   std::vector<scalar_t> out(elements, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
   std::vector<partial_t> partials(splits > 1 ? splits * elements : 0, std::numeric_limits<partial_t>::quiet_NaN());
   emu::launch(emu::Mode::BlockByBlock, grid, dim3(threads), shared_bytes, kernel, geometry(p), op.sampling.input.data(),
-              op.sampling.offset.data(), op.sampling.os, op.sampling.mask_ptr(), op.sampling.ms, op.wmat.data(),
+              op.sampling.offset.data(), op.sampling.os, op.sampling.mask_ptr(), op.sampling.ms, weights,
               op.bias_ptr(), out.data(), splits > 1 ? partials.data() : nullptr);
   if (splits > 1) {
     emu::launch(emu::Mode::BlockByBlock, dim3(3), dim3(64), 0,
@@ -687,7 +691,7 @@ int check_igemm(const Problem& p) {
     const auto start = std::chrono::steady_clock::now();
     const dim3 grid = forward_grid<Tiles>(p, split);
     const std::vector<double> got = run_forward<scalar_t, acc_t>(
-        p, op, grid, Tiles::kThreads, rcm_fsad::kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t>);
+        p, op, op.wmat.data(), grid, Tiles::kThreads, rcm_fsad::kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t>);
     const int b = compare("out", got, op.want, Traits<scalar_t>::tol, out_element(p));
     report_forward(b, p, grid, Tiles::kThreads, "", start);
     bad += b;
@@ -703,6 +707,19 @@ double mma_rounded(double x) {
   } else {
     return static_cast<float>(static_cast<mma_t>(static_cast<float>(x)));
   }
+}
+
+// The mma.sync kernel's weights as the launcher repacks them (a small grid: several grid-stride
+// rounds), into a NaN-filled buffer, so that an element the repacking misses poisons the output.
+template <typename scalar_t, typename mma_t>
+std::vector<scalar_t> mma_weight_fragments(const Problem& p, const ForwardOperands<scalar_t>& op) {
+  namespace kernels = rcm_fsad::kernels;  // spelled kernels:: for check_coverage.cmake
+  const DeformConvGeometry g = geometry(p);
+  std::vector<scalar_t> fragments(kernels::mma_weight_fragment_elements<scalar_t>(g),
+                                  static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+  emu::launch(emu::Mode::BlockByBlock, dim3(3), dim3(64), 0,
+              kernels::deform_conv2d_mma_weight_fragments_kernel<scalar_t, mma_t>, g, op.wmat.data(), fragments.data());
+  return fragments;
 }
 
 // The tensor-core forward, judged like a low-precision kernel should be: against the float64
@@ -728,15 +745,16 @@ int check_igemm_tensor_cores(const Problem& p, int splits) {
   const dim3 grid = forward_grid<Tiles>(p, splits);
   std::vector<double> got;
   if constexpr (kKernel == TensorCoreKernel::WmmaAsync) {
-    got = run_forward<scalar_t, float>(p, op, grid, Tiles::kThreads,
+    got = run_forward<scalar_t, float>(p, op, op.wmat.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_wmma_async_kernel<scalar_t, mma_t, kCols>,
                                        kernels::wmma_async_shared_bytes<scalar_t, kCols>());
   } else if constexpr (kKernel == TensorCoreKernel::Mma) {
-    got = run_forward<scalar_t, float>(p, op, grid, Tiles::kThreads,
+    const std::vector<scalar_t> fragments = mma_weight_fragments<scalar_t, mma_t>(p, op);
+    got = run_forward<scalar_t, float>(p, op, fragments.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kCols, kWarpsAlongCols>,
                                        kernels::mma_shared_bytes<Tiles>());
   } else {
-    got = run_forward<scalar_t, float>(p, op, grid, Tiles::kThreads,
+    got = run_forward<scalar_t, float>(p, op, op.wmat.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>);
   }
   const double tol = std::is_same_v<mma_t, rcm_fsad::kernels::Tf32> ? 2e-3 : Traits<scalar_t>::tol;
@@ -907,9 +925,10 @@ int run_tensor_core_case() {
   int checked = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     const Problem& p = all[i];
-    if (kVectorsOnly && !geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize)) {
-      continue;
-    }
+    const bool applies = kKernel == TensorCoreKernel::Mma
+                             ? rcm_fsad::kernels::mma_kernel_applies<scalar_t>(geometry(p))
+                             : geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize);
+    if (kVectorsOnly && !applies) continue;
     if (!kVectorsOnly && kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
     const bool light = kKernel == TensorCoreKernel::Mma && kThreadSanitizer;
     if (light && i + 3 < all.size()) continue;
@@ -979,8 +998,53 @@ int splits_case() {
   return bad;
 }
 
+// kernels::mma_steps_per_point against hand-derived cases, and against the steps ReductionSteps
+// takes through one kernel point of every conv group (the order the weight fragments follow).
+int mma_steps_case() {
+  struct Case {
+    bool float32;  // else bfloat16: steps of 32 channels (16 for float)
+    int64_t channels, groups, offset_groups, want;
+  };
+  const Case cases[] = {
+      {false, 256, 1, 1, 8},  // one run of 256 channels
+      {false, 48, 1, 2, 2},   // two runs of 24 (one partial step each)
+      {false, 96, 1, 4, 4},   // four runs of 24
+      {false, 80, 2, 1, 2},   // groups of 40 in one offset group: 32 + 8
+      {false, 48, 2, 3, 0},   // groups of 24 over offset groups of 16 (runs 16 + 8, then 8 + 16): not taken
+      {true, 40, 1, 1, 3},    // 16 + 16 + 8
+      {true, 64, 4, 2, 1},    // groups of 16 inside offset groups of 32
+  };
+  int bad = 0;
+  for (const Case& c : cases) {
+    DeformConvGeometry g{};
+    g.batch = 1;
+    g.channels = c.channels;
+    g.kernel_h = g.kernel_w = 1;
+    g.groups = c.groups;
+    g.offset_groups = c.offset_groups;
+    const int64_t got = c.float32 ? rcm_fsad::kernels::mma_steps_per_point<float>(g)
+                                  : rcm_fsad::kernels::mma_steps_per_point<__nv_bfloat16>(g);
+    bool ok = got == c.want;
+    for (int64_t group = 0; ok && got > 0 && group < g.groups; ++group) {
+      int64_t taken = 0;
+      if (c.float32) {
+        for (rcm_fsad::kernels::ReductionSteps<16> s(g, group, {0, 1}); !s.done(); s.next()) ++taken;
+      } else {
+        for (rcm_fsad::kernels::ReductionSteps<32> s(g, group, {0, 1}); !s.done(); s.next()) ++taken;
+      }
+      ok = taken == got;
+    }
+    std::printf("  %s mma_steps_per_point<%s>(C %" PRId64 ", groups %" PRId64 ", offset groups %" PRId64
+                ") = %" PRId64 " (want %" PRId64 ", and what ReductionSteps takes in every group)\n",
+                ok ? "ok  " : "FAIL", c.float32 ? "float" : "bfloat16", c.channels, c.groups, c.offset_groups, got,
+                c.want);
+    bad += !ok;
+  }
+  return bad;
+}
+
 std::vector<std::string> case_names() {
-  std::vector<std::string> names = {"reference", "splits"};
+  std::vector<std::string> names = {"reference", "splits", "mma_steps"};
   for (const char* dtype : {"float", "double", "half", "bfloat16"}) names.push_back(std::string("igemm/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma_async/") + dtype);
@@ -1017,6 +1081,8 @@ int main(int argc, char** argv) {
     bad = reference_case();
   } else if (name == "splits") {
     bad = splits_case();
+  } else if (name == "mma_steps") {
+    bad = mma_steps_case();
   } else if (name.rfind("igemm/", 0) == 0) {
     const std::string dtype = name.substr(6);
     if (dtype == "float") bad = run_igemm_case<float>();
