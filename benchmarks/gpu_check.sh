@@ -20,7 +20,9 @@
 #   9 profile    per-kernel device time of each implementation (python -m benchmarks.profile_kernels
 #                --device cuda --repeats 5; tables only)                            -> bench.log
 #  10 bench-tf32 the fp32 benchmark with TF32 allowed on both sides (table only)    -> bench.log
-#  11 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
+#  11 ncu        Nsight Compute on one launch of each tensor-core forward kernel (cp.async WMMA and
+#                mma.sync) at N32 C256 56x56 bf16: throughput, issue slots, warp stalls -> bench.log
+#  12 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
 #
 # $OUT/summary.txt lists every step (OK / FAIL / SKIP, exit code, seconds) and a final STATUS line;
 # the script exits 0 when all ran and passed, 1 when any step failed, 2 when a required step was skipped.
@@ -54,6 +56,15 @@ else
     PY=python3
 fi
 
+NCU=""
+for candidate in "$(command -v ncu 2>/dev/null)" /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu \
+                 /opt/nvidia/nsight-compute/*/ncu; do
+    if [[ -n "$candidate" && -x "$candidate" ]]; then
+        NCU="$candidate"
+        break
+    fi
+done
+
 SANITIZER=""
 for candidate in "$(command -v compute-sanitizer 2>/dev/null)" /usr/local/cuda/bin/compute-sanitizer \
                  /usr/local/cuda-*/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
@@ -68,7 +79,7 @@ FAILED=()
 SKIPPED_REQUIRED=()
 {
     echo "gpu_check.sh  $(date -Is)"
-    echo "repo $REPO  python $PY  budget ${BUDGET_S}s  sanitizer ${SANITIZER:-not found}"
+    echo "repo $REPO  python $PY  budget ${BUDGET_S}s  sanitizer ${SANITIZER:-not found}  ncu ${NCU:-not found}"
     printf '%-10s %-6s %5s %7s  %s\n' step status rc seconds log
 } > "$SUMMARY"
 
@@ -249,6 +260,35 @@ if (( $(remaining) >= 150 )); then
     step bench-tf32 "$BENCH_LOG" 90 0 "$PY -m benchmarks --device cuda --tf32 --dtypes fp32 --no-write"
 else
     skip_step bench-tf32 "$BENCH_LOG" 0 "not enough time left for the TF32 benchmark"
+fi
+# Where the tensor-core forward kernels lose time, from the hardware counters: one launch of each at the
+# bf16 goal's shape, the clocks left as they are (--clock-control none).
+NCU_PY=/tmp/rcm_fsad_ncu_forward.py
+cat > "$NCU_PY" <<'PYEOF'
+"""One bf16 forward of N32 C256 56x56 through each tensor-core forward kernel, for Nsight Compute."""
+import os
+
+import torch
+
+import rcm_fsad_ops
+from benchmarks.shapes import CASES_BY_NAME
+
+case = CASES_BY_NAME["n32_c256_56x56"]
+t = case.make_inputs("cuda", torch.bfloat16)
+with torch.no_grad():
+    for algo in ("implicit_gemm", "implicit_gemm_mma"):
+        os.environ["RCM_FSAD_DEFORM_CONV_ALGO"] = algo
+        rcm_fsad_ops.deform_conv2d(t["input"], t["offset"], t["weight"], t.get("bias"), mask=t.get("mask"),
+                                   **case.kwargs())
+        torch.cuda.synchronize()
+        print("ncu forward:", algo, flush=True)
+PYEOF
+if [[ -z "$NCU" ]]; then
+    skip_step ncu "$BENCH_LOG" 0 "ncu not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
+elif (( $(remaining) >= 100 )); then
+    step ncu "$BENCH_LOG" 90 0 "'$NCU' --clock-control none --kernel-name regex:'implicit_gemm_(wmma_async|mma)_kernel' --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats --section Occupancy --section LaunchStats $PY $NCU_PY"
+else
+    skip_step ncu "$BENCH_LOG" 0 "not enough time left for Nsight Compute"
 fi
 if (( $(remaining) >= 90 )); then
     step compile "$BENCH_LOG" 200 0 "rm -rf /tmp/gpu_check_compile && $PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --out /tmp/gpu_check_compile; rc=\$?; for f in /tmp/gpu_check_compile/cuda-*.json; do [[ -e \$f ]] && cp \"\$f\" '$OUT/'\"\$(basename \"\$f\" | sed 's/^cuda-/cuda-compile-/')\"; done; exit \$rc"
