@@ -34,6 +34,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 #include "../deform_conv2d_args.h"
@@ -131,30 +134,46 @@ bool use_tensor_cores(const at::Tensor& input) {
   return at::cuda::getDeviceProperties(input.get_device())->major >= 8;
 }
 
-// An implicit-GEMM forward kernel over its tile grid; when the tiles would not fill the GPU for one
-// wave, also split over kernel points (kernels::forward_splits), into acc_t partial sums that
-// deform_conv2d_split_sum_kernel adds up in a fixed order (the forward stays deterministic).
-// shared_bytes: the kernel's dynamic shared memory (above 48 KB the kernel must opt in, which is
-// per device and cheap, so it is done at every launch).
-template <typename Tiles, typename acc_t, typename scalar_t, typename Kernel>
-void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
-                          const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows,
-                          size_t shared_bytes = 0) {
+// How many blocks of `threads` threads and `shared_bytes` of dynamic shared memory of `kernel` one
+// SM of the current device holds, after the kernel's opt-in to more than 48 KB of shared memory
+// where it needs it. Both are driver calls of microseconds, a share of a small forward's time, so
+// each (kernel, device, size) asks once per process.
+template <typename Kernel>
+int resident_blocks_per_sm(Kernel kernel, int threads, size_t shared_bytes) {
+  using Key = std::tuple<const void*, c10::DeviceIndex, int, size_t>;
+  static std::mutex mutex;
+  static std::map<Key, int> known;
+  const Key key{reinterpret_cast<const void*>(kernel), c10::cuda::current_device(), threads, shared_bytes};
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = known.find(key); it != known.end()) return it->second;
   if (shared_bytes > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(shared_bytes)));
   }
+  int blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, shared_bytes));
+  known.emplace(key, blocks_per_sm);
+  return blocks_per_sm;
+}
+
+// An implicit-GEMM forward kernel over its tile grid; when the tiles would not fill the GPU for one
+// wave, also split over kernel points (kernels::forward_splits), into acc_t partial sums that
+// deform_conv2d_split_sum_kernel adds up in a fixed order (the forward stays deterministic).
+// shared_bytes: the kernel's dynamic shared memory.
+template <typename Tiles, typename acc_t, typename scalar_t, typename Kernel>
+void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
+                          const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows,
+                          size_t shared_bytes = 0) {
   const int64_t blocks = kernels::gemm_grid_x<Tiles::kRows, Tiles::kCols>(g);
   // The kernels count channels in 32 bits (kernels::ReductionSteps).
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max() && g.groups <= 65535 &&
                   g.channels <= std::numeric_limits<int32_t>::max(),
               "deform_conv2d: problem too large for the implicit-GEMM grid; set "
               "RCM_FSAD_DEFORM_CONV_ALGO=columns");
-  int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, Tiles::kThreads, shared_bytes));
   const int64_t splits = std::min<int64_t>(
       65535, kernels::forward_splits(blocks * g.groups, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
-                                     blocks_per_sm, g.kernel_points()));
+                                     resident_blocks_per_sm(kernel, Tiles::kThreads, shared_bytes),
+                                     g.kernel_points()));
   at::Tensor partials;
   if (splits > 1) {
     partials = at::empty({splits, out_rows.size(0), g.out_channels},
