@@ -389,16 +389,27 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
     }
   }
 
-  // D: rows quad and quad + 8 of each row tile, output channels 2t and 2t + 1 of each column tile.
+  // D: rows quad and quad + 8 (h) of each row tile, output channels 2t and 2t + 1 of each column
+  // tile: both in one store where every conv group's output channels are even in number (then so
+  // is row * C_out + group * cog + 2t), one by one otherwise.
+  const bool pairs = cog % 2 == 0;
   RCM_UNROLL
   for (int i = 0; i < T::kRowTiles; ++i) {
     RCM_UNROLL
     for (int j = 0; j < T::kColTiles; ++j) {
+      const int64_t co = co0 + 8 * j + 2 * t;
+      if (co >= cog) continue;
       RCM_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        const int64_t row = row0 + 16 * i + quad + 8 * (e / 2);
-        const int64_t co = co0 + 8 * j + 2 * t + e % 2;
-        if (row < rows && co < cog) store_gemm_output(g, rows, row, group * cog + co, acc[i][j][e], bias, out, partials);
+      for (int h = 0; h < 2; ++h) {
+        const int64_t row = row0 + 16 * i + quad + 8 * h;
+        if (row >= rows) continue;
+        const float* d = &acc[i][j][2 * h];
+        if (pairs) {
+          store_gemm_output_pair(g, rows, row, group * cog + co, d[0], d[1], bias, out, partials);
+        } else {
+          store_gemm_output(g, rows, row, group * cog + co, d[0], bias, out, partials);
+          if (co + 1 < cog) store_gemm_output(g, rows, row, group * cog + co + 1, d[1], bias, out, partials);
+        }
       }
     }
   }

@@ -5,6 +5,10 @@
 // Torch-free (see common.cuh).
 #pragma once
 
+#if !defined(__CUDA_ARCH__)
+#include <cstring>
+#endif
+
 #include "deform_conv2d_math.cuh"
 
 namespace rcm_fsad {
@@ -168,6 +172,40 @@ __device__ __forceinline__ void store_gemm_output(const DeformConvGeometry& g, i
     partials[blockIdx.y * rows * g.out_channels + at] = sum;
   } else {
     out[at] = static_cast<scalar_t>(sum + (bias != nullptr ? static_cast<acc_t>(bias[channel]) : acc_t(0)));
+  }
+}
+
+// Two consecutive elements, written with one store at p (aligned to two elements).
+template <typename T>
+struct alignas(2 * sizeof(T)) Pair {
+  T v[2];
+};
+
+template <typename T>
+__device__ __forceinline__ void store_pair(T* p, T first, T second) {
+  const Pair<T> pair{{first, second}};
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<Pair<T>*>(p) = pair;
+#else
+  std::memcpy(p, pair.v, sizeof pair.v);
+#endif
+}
+
+// store_gemm_output for the two channels `channel` and channel + 1 of a row, with one store: row *
+// C_out + channel must be even (out and partials are then aligned to two elements there).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_gemm_output_pair(const DeformConvGeometry& g, int64_t rows, int64_t row,
+                                                       int64_t channel, acc_t sum0, acc_t sum1,
+                                                       const scalar_t* bias, scalar_t* out, acc_t* partials) {
+  const int64_t at = row * g.out_channels + channel;
+  if (partials != nullptr) {
+    store_pair(partials + blockIdx.y * rows * g.out_channels + at, sum0, sum1);
+  } else {
+    if (bias != nullptr) {
+      sum0 += static_cast<acc_t>(bias[channel]);
+      sum1 += static_cast<acc_t>(bias[channel + 1]);
+    }
+    store_pair(out + at, static_cast<scalar_t>(sum0), static_cast<scalar_t>(sum1));
   }
 }
 
