@@ -5,7 +5,8 @@
 //                            deform_conv2d_implicit_gemm_wmma_async_kernel (loads in flight with
 //                            cp.async) where every run of channels is whole 16-byte vectors,
 //                            deform_conv2d_implicit_gemm_wmma_kernel otherwise; without
-//                            tensor cores the CUDA-core kernel (deform_conv2d_implicit_gemm_kernel);
+//                            tensor cores the CUDA-core kernel (deform_conv2d_implicit_gemm_kernel,
+//                            filling its tiles 16 bytes at a time where vector_loads_apply);
 //                            any of them split over kernel points when its tiles would not fill
 //                            one wave (launch_implicit_gemm);
 //   implicit_gemm_sync       the same, but never the cp.async kernel (to measure what it gains);
@@ -196,9 +197,9 @@ void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const Chun
   }
 }
 
-// What the 16-byte copies and loads of deform_conv2d_implicit_gemm_wmma_async_kernel and
-// deform_conv2d_implicit_gemm_mma_kernel need: every run of channels whole vectors, from 16-byte
-// aligned bases.
+// What the 16-byte copies and loads of deform_conv2d_implicit_gemm_wmma_async_kernel,
+// deform_conv2d_implicit_gemm_mma_kernel and the vector fills of deform_conv2d_implicit_gemm_kernel
+// need: every run of channels whole vectors, from 16-byte aligned bases.
 template <typename scalar_t>
 bool vector_loads_apply(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat) {
   return g.channel_runs_are_multiples_of(kernels::Vector16<scalar_t>::kSize) && kernels::aligned16(a.input) &&
@@ -286,9 +287,15 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
       return;
     }
   }
-  launch_implicit_gemm<kernels::ImplicitGemmTiles<at::opmath_type<scalar_t>>, at::opmath_type<scalar_t>>(
-      kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, at::opmath_type<scalar_t>>, g, a, wmat, bias_c,
-      out_rows);
+  using acc_t = at::opmath_type<scalar_t>;
+  using Tiles = kernels::ImplicitGemmTiles<acc_t>;
+  if (vector_loads_apply(g, a, wmat)) {
+    launch_implicit_gemm<Tiles, acc_t>(kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, true>, g, a,
+                                       wmat, bias_c, out_rows);
+  } else {
+    launch_implicit_gemm<Tiles, acc_t>(kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, false>, g, a,
+                                       wmat, bias_c, out_rows);
+  }
 }
 
 // Samples of `rows` rows, one per (row, kernel point, offset group): the warps of

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "deform_conv2d_tile_corners.cuh"
+#include "vector16.cuh"
 
 namespace rcm_fsad {
 namespace kernels {
@@ -32,7 +33,11 @@ struct ImplicitGemmTiles {
 // bias: (C_out) or null; out: (rows, C_out), rows = N*H_out*W_out in NHWC order.
 // Split (splits > 1): partials (splits, rows, C_out) receive the sums without bias, out is not
 // written (deform_conv2d_split_sum_kernel finishes); partials is null otherwise.
-template <typename scalar_t, typename acc_t>
+// kVectors: the tiles are filled 16 bytes at a time (four corner loads and one blend per vector of
+// channels, one weight load per vector), for which the launcher guarantees input and wmat 16-byte
+// aligned and g.channel_runs_are_multiples_of(Vector16<scalar_t>::kSize); element by element
+// otherwise.
+template <typename scalar_t, typename acc_t, bool kVectors>
 __global__ void __launch_bounds__(ImplicitGemmTiles<acc_t>::kThreads, ImplicitGemmTiles<acc_t>::kBlocksPerSM)
     deform_conv2d_implicit_gemm_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                                        const scalar_t* __restrict__ offset, FieldStrides offset_strides,
@@ -76,22 +81,57 @@ __global__ void __launch_bounds__(ImplicitGemmTiles<acc_t>::kThreads, ImplicitGe
       set_tile_corners(corners, tid, g, row0, k, step.og, offset, offset_strides, mask, mask_strides);
     }
     __syncthreads();  // corners written; the previous step's tiles consumed
-    // Not unrolled: each iteration's loads would take registers the 8 x 8 accumulators need.
-    RCM_NO_UNROLL
-    for (int e = tid; e < T::kRows * T::kDepth; e += T::kThreads) {
-      const int r = e / T::kDepth;
-      const int ch = e % T::kDepth;
-      a_tile[ch][r] = ch < depth ? sample_tile_row(corners, r, input, g.channels, c0 + ch) : acc_t(0);
-    }
     const int64_t w_col0 = k * cg + (c0 - group * cg);
-    RCM_NO_UNROLL
-    for (int e = tid; e < T::kCols * T::kDepth; e += T::kThreads) {
-      const int n = e / T::kDepth;
-      const int ch = e % T::kDepth;
-      const int64_t co = co0 + n;
-      b_tile[ch][n] = (ch < depth && co < cog)
-                          ? static_cast<acc_t>(wmat[(group * cog + co) * reduction + w_col0 + ch])
-                          : acc_t(0);
+    if constexpr (kVectors) {
+      // Runs of channels are whole vectors, so a vector is either within depth or past it (zeros).
+      constexpr int kVector = Vector16<scalar_t>::kSize;
+      constexpr int kStepVectors = T::kDepth / kVector;
+      RCM_NO_UNROLL
+      for (int e = tid; e < T::kRows * kStepVectors; e += T::kThreads) {
+        const int r = e / kStepVectors;
+        const int ch0 = (e % kStepVectors) * kVector;
+        acc_t v[kVector];
+        RCM_UNROLL
+        for (int j = 0; j < kVector; ++j) v[j] = acc_t(0);
+        if (ch0 < depth) {
+          RCM_UNROLL
+          for (int i = 0; i < 4; ++i) {
+            const int64_t pixel = corners.pixel[i][r];
+            add_weighted(v, corners.weight[i][r],
+                         load16_if<scalar_t>(pixel >= 0 ? input + pixel * g.channels + c0 + ch0 : input, pixel >= 0));
+          }
+        }
+        RCM_UNROLL
+        for (int j = 0; j < kVector; ++j) a_tile[ch0 + j][r] = v[j];
+      }
+      RCM_NO_UNROLL
+      for (int e = tid; e < T::kCols * kStepVectors; e += T::kThreads) {
+        const int n = e / kStepVectors;
+        const int ch0 = (e % kStepVectors) * kVector;
+        const int64_t co = co0 + n;
+        const bool use = ch0 < depth && co < cog;
+        const Vector16<scalar_t> w =
+            load16_if<scalar_t>(use ? wmat + (group * cog + co) * reduction + w_col0 + ch0 : wmat, use);
+        RCM_UNROLL
+        for (int j = 0; j < kVector; ++j) b_tile[ch0 + j][n] = static_cast<acc_t>(w.v[j]);
+      }
+    } else {
+      // Not unrolled: each iteration's loads would take registers the 8 x 8 accumulators need.
+      RCM_NO_UNROLL
+      for (int e = tid; e < T::kRows * T::kDepth; e += T::kThreads) {
+        const int r = e / T::kDepth;
+        const int ch = e % T::kDepth;
+        a_tile[ch][r] = ch < depth ? sample_tile_row(corners, r, input, g.channels, c0 + ch) : acc_t(0);
+      }
+      RCM_NO_UNROLL
+      for (int e = tid; e < T::kCols * T::kDepth; e += T::kThreads) {
+        const int n = e / T::kDepth;
+        const int ch = e % T::kDepth;
+        const int64_t co = co0 + n;
+        b_tile[ch][n] = (ch < depth && co < cog)
+                            ? static_cast<acc_t>(wmat[(group * cog + co) * reduction + w_col0 + ch])
+                            : acc_t(0);
+      }
     }
     __syncthreads();  // tiles complete
     RCM_UNROLL

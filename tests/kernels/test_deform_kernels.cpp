@@ -678,23 +678,32 @@ void report_forward(int bad, const Problem& p, dim3 grid, int threads, const cha
               seconds_since(start));
 }
 
-// Unsplit and with each of split_counts().
+// Unsplit and with each of split_counts(), with element fills, and with 16-byte ones where the
+// launcher takes them (every run of channels whole vectors).
 template <typename scalar_t>
 int check_igemm(const Problem& p) {
+  namespace kernels = rcm_fsad::kernels;  // spelled kernels:: for check_coverage.cmake
   using acc_t = typename Traits<scalar_t>::acc_t;
-  using Tiles = rcm_fsad::kernels::ImplicitGemmTiles<acc_t>;
+  using Tiles = kernels::ImplicitGemmTiles<acc_t>;
   const ForwardOperands<scalar_t> op(p);
   std::vector<int> splits = split_counts(p);
   splits.insert(splits.begin(), 1);
+  const bool vectors = geometry(p).channel_runs_are_multiples_of(kernels::Vector16<scalar_t>::kSize);
   int bad = 0;
   for (int split : splits) {
-    const auto start = std::chrono::steady_clock::now();
-    const dim3 grid = forward_grid<Tiles>(p, split);
-    const std::vector<double> got = run_forward<scalar_t, acc_t>(
-        p, op, op.wmat.data(), grid, Tiles::kThreads, rcm_fsad::kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t>);
-    const int b = compare("out", got, op.want, Traits<scalar_t>::tol, out_element(p));
-    report_forward(b, p, grid, Tiles::kThreads, "", start);
-    bad += b;
+    for (const bool vector_fills : {false, true}) {
+      if (vector_fills && !vectors) continue;
+      const auto start = std::chrono::steady_clock::now();
+      const dim3 grid = forward_grid<Tiles>(p, split);
+      const std::vector<double> got =
+          vector_fills ? run_forward<scalar_t, acc_t>(p, op, op.wmat.data(), grid, Tiles::kThreads,
+                                                      kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, true>)
+                       : run_forward<scalar_t, acc_t>(p, op, op.wmat.data(), grid, Tiles::kThreads,
+                                                      kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, false>);
+      const int b = compare("out", got, op.want, Traits<scalar_t>::tol, out_element(p));
+      report_forward(b, p, grid, Tiles::kThreads, vector_fills ? ", 16-byte fills" : "", start);
+      bad += b;
+    }
   }
   return bad;
 }
