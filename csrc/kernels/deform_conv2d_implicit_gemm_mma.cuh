@@ -298,11 +298,10 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   auto multiply = [&](int stage, const uint32_t (&a)[T::kRowTiles][2][4], int j0, int j1) {
     RCM_UNROLL
     for (int j = j0; j < j1; ++j) {
-      uint32_t words[4];
-      to_words(load16<smem_t>(&weights[stage][j][lane]), words);
+      const Vector16<uint32_t> words = weights[stage][j][lane];
       RCM_UNROLL
       for (int m = 0; m < 2; ++m) {
-        const uint32_t bm[2] = {words[2 * m], words[2 * m + 1]};
+        const uint32_t bm[2] = {words.v[2 * m], words.v[2 * m + 1]};
         RCM_UNROLL
         for (int i = 0; i < T::kRowTiles; ++i) mma_m16n8<mma_t>(acc[i][j], a[i][m], bm);
       }
@@ -403,9 +402,9 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
       for (int h = 0; h < 2; ++h) {
         const int64_t row = row0 + 16 * i + quad + 8 * h;
         if (row >= rows) continue;
-        const float* d = &acc[i][j][2 * h];
+        const float d[2] = {acc[i][j][2 * h], acc[i][j][2 * h + 1]};
         if (pairs) {
-          store_gemm_output_pair(g, rows, row, group * cog + co, d[0], d[1], bias, out, partials);
+          store_gemm_outputs<2>(g, rows, row, group * cog + co, d, bias, out, partials);
         } else {
           store_gemm_output(g, rows, row, group * cog + co, d[0], bias, out, partials);
           if (co + 1 < cog) store_gemm_output(g, rows, row, group * cog + co + 1, d[1], bias, out, partials);

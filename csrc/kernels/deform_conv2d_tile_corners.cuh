@@ -5,11 +5,8 @@
 // Torch-free (see common.cuh).
 #pragma once
 
-#if !defined(__CUDA_ARCH__)
-#include <cstring>
-#endif
-
 #include "deform_conv2d_math.cuh"
+#include "vector16.cuh"
 
 namespace rcm_fsad {
 namespace kernels {
@@ -160,53 +157,37 @@ struct ReductionSteps {
   }
 };
 
-// Where an implicit-GEMM block puts its sum for output pixel `row` and output channel `channel`
-// (absolute): with partials (a split forward), into its split's partial sums, without the bias
-// (deform_conv2d_split_sum_kernel finishes); otherwise into out, with the bias.
+// Where an implicit-GEMM block puts its sums for output pixel `row` and the kCount output channels
+// from `channel` (absolute), with one store: with partials (a split forward), into its split's
+// partial sums, without the bias (deform_conv2d_split_sum_kernel finishes); otherwise into out,
+// with the bias. row * C_out + channel must be a multiple of kCount (out and partials are then
+// aligned to kCount elements there).
+template <int kCount, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_gemm_outputs(const DeformConvGeometry& g, int64_t rows, int64_t row,
+                                                   int64_t channel, const acc_t (&sums)[kCount],
+                                                   const scalar_t* bias, scalar_t* out, acc_t* partials) {
+  const int64_t at = row * g.out_channels + channel;
+  if (partials != nullptr) {
+    Elements<acc_t, kCount> x;
+    RCM_UNROLL
+    for (int e = 0; e < kCount; ++e) x.v[e] = sums[e];
+    store_elements(partials + blockIdx.y * rows * g.out_channels + at, x);
+  } else {
+    Elements<scalar_t, kCount> x;
+    RCM_UNROLL
+    for (int e = 0; e < kCount; ++e) {
+      x.v[e] = static_cast<scalar_t>(sums[e] + (bias != nullptr ? static_cast<acc_t>(bias[channel + e]) : acc_t(0)));
+    }
+    store_elements(out + at, x);
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void store_gemm_output(const DeformConvGeometry& g, int64_t rows, int64_t row,
                                                   int64_t channel, acc_t sum, const scalar_t* bias, scalar_t* out,
                                                   acc_t* partials) {
-  const int64_t at = row * g.out_channels + channel;
-  if (partials != nullptr) {
-    partials[blockIdx.y * rows * g.out_channels + at] = sum;
-  } else {
-    out[at] = static_cast<scalar_t>(sum + (bias != nullptr ? static_cast<acc_t>(bias[channel]) : acc_t(0)));
-  }
-}
-
-// Two consecutive elements, written with one store at p (aligned to two elements).
-template <typename T>
-struct alignas(2 * sizeof(T)) Pair {
-  T v[2];
-};
-
-template <typename T>
-__device__ __forceinline__ void store_pair(T* p, T first, T second) {
-  const Pair<T> pair{{first, second}};
-#if defined(__CUDA_ARCH__)
-  *reinterpret_cast<Pair<T>*>(p) = pair;
-#else
-  std::memcpy(p, pair.v, sizeof pair.v);
-#endif
-}
-
-// store_gemm_output for the two channels `channel` and channel + 1 of a row, with one store: row *
-// C_out + channel must be even (out and partials are then aligned to two elements there).
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void store_gemm_output_pair(const DeformConvGeometry& g, int64_t rows, int64_t row,
-                                                       int64_t channel, acc_t sum0, acc_t sum1,
-                                                       const scalar_t* bias, scalar_t* out, acc_t* partials) {
-  const int64_t at = row * g.out_channels + channel;
-  if (partials != nullptr) {
-    store_pair(partials + blockIdx.y * rows * g.out_channels + at, sum0, sum1);
-  } else {
-    if (bias != nullptr) {
-      sum0 += static_cast<acc_t>(bias[channel]);
-      sum1 += static_cast<acc_t>(bias[channel + 1]);
-    }
-    store_pair(out + at, static_cast<scalar_t>(sum0), static_cast<scalar_t>(sum1));
-  }
+  const acc_t sums[1] = {sum};
+  store_gemm_outputs<1>(g, rows, row, channel, sums, bias, out, partials);
 }
 
 // The output of a split forward: out[row, co] = sum over splits of partials[split, row, co] (in

@@ -78,6 +78,22 @@ __device__ __forceinline__ float float_from_bits(uint32_t b) {
 #endif
 }
 
+// kCount consecutive elements, written with one store (store_elements) at an address aligned to
+// kCount elements.
+template <typename T, int kCount>
+struct alignas(kCount * sizeof(T)) Elements {
+  T v[kCount];
+};
+
+template <typename T, int kCount>
+__device__ __forceinline__ void store_elements(T* p, const Elements<T, kCount>& x) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<Elements<T, kCount>*>(p) = x;
+#else
+  std::memcpy(p, x.v, sizeof x.v);
+#endif
+}
+
 // v += weight * x, in acc_t: one corner's share of a sample of 16 bytes of channels.
 // kBFloat16: T is bfloat16 (the caller knows; the types differ between torch, the harness and
 // ptxas_report), the upper half of a float, so each element is widened by one bit operation on the
