@@ -11,10 +11,10 @@
 //                            one wave (launch_implicit_gemm);
 //   implicit_gemm_sync       the same, but never the cp.async kernel (to measure what it gains);
 //   implicit_gemm_mma        the same, but deform_conv2d_implicit_gemm_mma_kernel (mma.sync, the
-//                            sampled operand in registers, no block barriers, on weights repacked
-//                            by deform_conv2d_mma_weight_fragments_kernel) in place of the cp.async
-//                            kernel where it applies (kernels::mma_kernel_applies, and the device's
-//                            shared memory);
+//                            sampled operand in registers, each element sampled once, on weights
+//                            repacked by deform_conv2d_mma_weight_fragments_kernel) in place of the
+//                            cp.async kernel where it applies (kernels::mma_kernel_applies; its
+//                            56 KB of shared memory fit every sm_80+ device);
 //   implicit_gemm_simt       the CUDA-core implicit GEMM for every dtype;
 //   columns                  the direct path: chunks of output pixels are sampled into a columns
 //                            buffer by deform_im2col_kernel and multiplied by the weight with cuBLAS.
@@ -234,15 +234,6 @@ void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& 
       fragments, bias, out_rows, kernels::mma_shared_bytes<Tiles>());
 }
 
-// Whether the device gives a block of the mma.sync kernel its shared memory (sm_86 and sm_89 give
-// 99 KB, less than the 136 KB of 128-wide warps).
-bool mma_shared_memory_fits(const DeformConvGeometry& g) {
-  const size_t bytes = kernels::mma_warp_cols(g.out_channels / g.groups) == 128
-                           ? kernels::mma_shared_bytes<kernels::MmaTiles<128, 1>>()
-                           : kernels::mma_shared_bytes<kernels::MmaTiles<64, 1>>();
-  return bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-}
-
 template <typename mma_t, typename scalar_t>
 void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
                         const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
@@ -273,8 +264,7 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
     if (algo != ForwardAlgorithm::ImplicitGemmSimt && use_tensor_cores<scalar_t>(input)) {
       using mma_t = typename TensorCoreInput<scalar_t>::type;
       const bool vectors = vector_loads_apply(g, a, wmat);
-      if (algo == ForwardAlgorithm::ImplicitGemmMma && vectors && kernels::mma_kernel_applies<scalar_t>(g) &&
-          mma_shared_memory_fits(g)) {
+      if (algo == ForwardAlgorithm::ImplicitGemmMma && vectors && kernels::mma_kernel_applies<scalar_t>(g)) {
         launch_mma_forward<mma_t>(g, a, wmat, bias_c, out_rows);
         return;
       }

@@ -1,24 +1,27 @@
-// Tensor-core implicit-GEMM forward of DCNv2 whose sampled operand never leaves registers, for
+// Tensor-core implicit-GEMM forward of DCNv2 whose sampled operand is built in registers, for
 // float16, bfloat16 and TF32 when every run of channels is whole 16-byte vectors.
-// The WMMA kernels sample the A tile into shared memory and load it back as fragments, copy the
-// weight tile there too, and hold all their warps at a barrier or two per reduction step: per
-// step, a 128 x 128 block moves about 128 KB through shared memory (corner vectors, A and B tiles
-// and their fragment loads), which bounds it near a third of the tensor cores' rate. Here every
-// warp works alone on 32 rows x kWarpCols output channels, with mma.sync (mma_sync.cuh):
+// The WMMA kernels sample the A tile into shared memory and load it back as fragments: per step, a
+// 128 x 128 block moves about 128 KB through shared memory (corner vectors, A and B tiles and
+// their fragment loads), which bounds it near a third of the tensor cores' rate. Here each warp
+// multiplies 32 rows x kWarpCols output channels with mma.sync (mma_sync.cuh), and builds its A
+// fragments in registers:
 //   * each thread of a quad (lane % 4) samples its own 16 bytes of channels of the quad's rows
 //     from the four corner vectors, in float, and its words are, unchanged, the A fragment words
 //     of the step's two MMAs: the reduction is ordered so that thread t's channels are the words
 //     t and t + 4 of both (see blend_row), and the weights are read in the same order;
+//   * where two warps multiply the same rows (a 256-channel layer: 128 rows x 256 columns per
+//     block), each samples one of the two row tiles and they trade their words through shared
+//     memory, so that every element is sampled once: half the loads and the blending per MMA of
+//     a warp that samples all its rows, and twice the MMAs between a row's loads and its blend;
 //   * the weights are repacked beforehand in the order the lanes read them
-//     (deform_conv2d_mma_weight_fragments_kernel): a warp's column tile of a step is 512
-//     contiguous bytes, with nothing to check. Every lane copies its own 16 bytes of every column
-//     tile of the next step into the warp's shared memory with cp.async while the warp multiplies,
-//     and reads back only what it copied itself, so a wait for its own copies is all it needs (the
-//     warps of a block read the same weights, mostly from L1);
+//     (deform_conv2d_mma_weight_fragments_kernel): the block's column tiles of a step are
+//     contiguous, 512 bytes each, with nothing to check. The block copies the next step's into
+//     shared memory with cp.async while it multiplies, once for all its warps;
+//   * one barrier per step: the next step's weights have landed, and the traded words are there;
 //   * a corner vector is one predicated load (load16_if), which skips corners outside the image;
 //   * the corners of the warp's rows, computed once per (kernel point, offset group) run, are in
-//     the warp's own shared memory too, so the only synchronisation is __syncwarp;
-//   * a warp loads the next step's corner vectors of a row before multiplying a quarter of the
+//     the warp's own shared memory (__syncwarp around them);
+//   * a warp loads the next step's corner vectors of a row before multiplying a share of the
 //     columns and blends them after, so that the loads are in flight while the tensor cores work
 //     (one block per SM: the accumulators and all this take up to the whole register file).
 // Same reduction steps (64 bytes of channels) and grid as the cp.async WMMA kernel.
@@ -49,14 +52,16 @@ struct MmaTiles {
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kRowTiles = kWarpRows / 16;
   static constexpr int kColTiles = kWarpCols / 8;
+  // The row tiles a warp samples itself: all of them, or with two warps along the columns (the
+  // same rows) one each, the other coming from its partner.
+  static constexpr int kSampledRowTiles = kRowTiles / kWarpsAlongCols;
   // One block per SM, with the whole register file: up to 128 accumulators per thread, beside the
   // fragments of two steps and the corner vectors in flight.
   static constexpr int kBlocksPerSM = 1;
 };
 
 // The warps for a conv group of `cog` output channels: as wide as the group up to 128 columns, so
-// that no warp multiplies only zeros; two along the columns above that (a block of a 256-channel
-// layer samples each element once: the second warp of a row reads it from L1).
+// that no warp multiplies only zeros; two along the columns above that.
 RCM_HD int mma_warp_cols(int64_t cog) { return cog > 64 ? 128 : 64; }
 RCM_HD int mma_warps_along_cols(int64_t cog) { return cog > 128 ? 2 : 1; }
 
@@ -80,10 +85,11 @@ RCM_HD int64_t mma_steps_per_point(const DeformConvGeometry& g) {
 }
 
 // Column tiles of 8 output channels of a conv group in the weight fragments: the group's output
-// channels padded to whole warps, so that no warp checks which of its columns exist.
+// channels padded to whole blocks, so that a block copies and multiplies without checking which of
+// its columns exist.
 RCM_HD int64_t mma_column_tiles(int64_t cog) {
-  const int64_t warp = mma_warp_cols(cog);
-  return (cog + warp - 1) / warp * warp / 8;
+  const int64_t block = mma_warp_cols(cog) * mma_warps_along_cols(cog);
+  return (cog + block - 1) / block * block / 8;
 }
 
 // The weights in the order the kernel's lanes read them, so that a warp reads one column tile of a
@@ -113,15 +119,19 @@ struct alignas(16) RowCorners {
   }
 };
 
-// Dynamic shared memory of the kernel below, each warp's own: the corners of its rows, with 32-bit
-// pixel indices (one wide multiply-add per corner load instead of 64-bit arithmetic), and two
-// stages of its weight fragments (the step being multiplied, and the next one in flight), each
-// lane's 16 bytes of column tile j at [j][lane]: 136 KB for 128-wide warps, 72 KB for 64-wide.
+// Dynamic shared memory of the kernel below: each warp's corners of its rows, with 32-bit pixel
+// indices (one wide multiply-add per corner load instead of 64-bit arithmetic); two stages of the
+// block's weight fragments (the step being multiplied, and the next one in flight), lane l's 16
+// bytes of the block's column tile j at [j][l]; and, with two warps along the columns, two
+// buffers of each warp's words of the rows it sampled, [row tile][row h][lane] (a warp writes one
+// while its partner may still read the other). 56 KB for 128 x 256 blocks, 28 KB for 256 x 128.
 template <typename Tiles>
 struct MmaShared {
   static constexpr int kStages = 2;
+  static constexpr int kTradingWarps = Tiles::kWarpsAlongCols > 1 ? Tiles::kWarps : 1;  // 1: unused
   RowCorners corners[Tiles::kWarps][32];
-  Vector16<uint32_t> weights[Tiles::kWarps][kStages][Tiles::kColTiles][32];
+  Vector16<uint32_t> weights[kStages][Tiles::kCols / 8][32];
+  Vector16<uint32_t> sampled[2][kTradingWarps][Tiles::kSampledRowTiles][2][32];
 };
 
 template <typename Tiles>
@@ -219,17 +229,21 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   const int lane = threadIdx.x % 32;
   const int quad = lane / 4;  // q of mma_sync.cuh: the fragment row (of A and D) or column (of B)
   const int t = lane % 4;     // the thread's 16 bytes of a step's channels
+  const int column_warp = warp % T::kWarpsAlongCols;  // which of its rows' warps along the columns
+  // The warp's first row and output channel in the group, in the block's tile.
+  auto warp_origin = [&](const GemmTile& tile) {
+    return GemmTile{tile.row0 + (warp / T::kWarpsAlongCols) * T::kWarpRows, tile.co0 + column_warp * T::kWarpCols};
+  };
   const GemmTile tile = gemm_tile<T::kRows, T::kCols>(g, blockIdx.x);
-  const int64_t row0 = tile.row0 + (warp / T::kWarpsAlongCols) * T::kWarpRows;  // the warp's first row
-  const int64_t co0 = tile.co0 + (warp % T::kWarpsAlongCols) * T::kWarpCols;  // and output channel in the group
+  const int64_t row0 = warp_origin(tile).row0;
   const int64_t rows = g.batch * g.out_pixels();
   const int64_t cog = g.out_channels / g.groups;
-  // No barrier below: a warp past the last row or output channel just leaves.
-  if (row0 >= rows || co0 >= cog) return;
+  // Every warp takes every step, even past the last row or output channel, where it samples and
+  // multiplies zeros and stores nothing: the block copies its weights together and meets at a
+  // barrier every step.
   const int64_t group = blockIdx.z;
   const uint32_t pixel_bytes = static_cast<uint32_t>(g.channels * sizeof(scalar_t));  // < 2^32: mma_kernel_applies
   RowCorners* corners = shared->corners[warp];
-  auto& weights = shared->weights[warp];
 
   float acc[T::kRowTiles][T::kColTiles][4];
   RCM_UNROLL
@@ -240,6 +254,12 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
     }
   }
+
+  // Register row tile i (of fragments and accumulators) is the warp's row tile row_tile(i): the
+  // ones it samples come first, so that indices into registers stay compile-time constants.
+  auto row_tile = [column_warp](int i) { return (i + column_warp * T::kSampledRowTiles) % T::kRowTiles; };
+  // Row h of register row tile i: row quad + 8 h of that tile, of the warp's 32.
+  auto tile_row = [&](int i, int h) { return 16 * row_tile(i) + quad + 8 * h; };
 
   // The corner vectors of row r (of the warp's 32) for a step, to be blended into its A fragments:
   // raw[c] is corner c at thread t's 16 bytes of the step's channels, [c0 + t kVector, ...); zeros
@@ -282,23 +302,27 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
       a[m][3] = w[1][2 * m + 1];
     }
   };
-  // Row h of row tile i: quad + 8 h of the tile.
-  auto tile_row = [quad](int i, int h) { return 16 * i + quad + 8 * h; };
-  // This lane's weights of a step: column tile j at b + j * kTileStride (the warp's 512 bytes),
-  // copied into stage `stage` of the warp's weights.
+  // The block's weights of a step: its column tiles at b, 512 contiguous bytes each (lane l's 16
+  // at l), copied flat into stage `stage` by all its threads, 16 bytes at a time.
   constexpr int kTileStride = 32 * kVector;
+  constexpr int kCopies = T::kCols / 8 * 32 / T::kThreads;  // per thread and step
+  static_assert(kCopies * T::kThreads == T::kCols / 8 * 32, "the block's threads share its weight copies evenly");
   const int64_t column_tiles = mma_column_tiles(cog);
   const int64_t step_stride = column_tiles * kTileStride;
   auto copy_weights = [&](const scalar_t* b, int stage) {
     RCM_UNROLL
-    for (int j = 0; j < T::kColTiles; ++j) copy16_async(&weights[stage][j][lane], b + j * kTileStride, true);
+    for (int n = 0; n < kCopies; ++n) {
+      const int chunk = threadIdx.x + n * T::kThreads;
+      copy16_async(&shared->weights[stage][chunk / 32][chunk % 32], b + chunk * kVector, true);
+    }
     commit_async_copies();
   };
-  // acc[.][j] += the step's A fragments x its weights (in stage `stage`), for column tiles [j0, j1).
+  // acc[.][j] += the step's A fragments x its weights (in stage `stage`), for the warp's column
+  // tiles [j0, j1).
   auto multiply = [&](int stage, const uint32_t (&a)[T::kRowTiles][2][4], int j0, int j1) {
     RCM_UNROLL
     for (int j = j0; j < j1; ++j) {
-      const Vector16<uint32_t> words = weights[stage][j][lane];
+      const Vector16<uint32_t> words = shared->weights[stage][column_warp * T::kColTiles + j][lane];
       RCM_UNROLL
       for (int m = 0; m < 2; ++m) {
         const uint32_t bm[2] = {words.v[2 * m], words.v[2 * m + 1]};
@@ -325,53 +349,82 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
     const typename Steps::Run after = s.following_run();
     if (row_live && after.k < s.points) field = load_field(after.k, after.og);
   };
-  // The A fragments of step s, whose run's corners are in place.
-  auto sample = [&](const Steps& s, uint32_t (&a)[T::kRowTiles][2][4]) {
-    RCM_UNROLL
-    for (int i = 0; i < T::kRowTiles; ++i) {
-      uint32_t w[2][4];
+  // The words of a step's rows that this warp samples (w[i][h]: row h of register row tile i).
+  using SampledWords = uint32_t[T::kSampledRowTiles][2][4];
+  // A step's A fragments of all the warp's row tiles from the words it sampled: with a partner,
+  // its own words are published first and the partner's read after the step's barrier, which also
+  // makes the block's copies of the step's weights visible (every thread waits for its own first).
+  // The words trade through the buffer numbered as the step's weight stage: consecutive steps
+  // alternate, so a warp never overwrites words its partner may still be reading.
+  auto gather = [&](const SampledWords& w, int stage, uint32_t (&a)[T::kRowTiles][2][4]) {
+    if constexpr (T::kWarpsAlongCols > 1) {
       RCM_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        CornerVectors raw;
-        fetch_row(s, tile_row(i, h), raw);
-        blend_row(raw, tile_row(i, h), w[h]);
+      for (int i = 0; i < T::kSampledRowTiles; ++i) {
+        RCM_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          shared->sampled[stage][warp][i][h][lane] = Vector16<uint32_t>{{w[i][h][0], w[i][h][1], w[i][h][2], w[i][h][3]}};
+        }
       }
-      to_fragments(w, a[i]);
+    }
+    wait_async_copies<0>();
+    __syncthreads();
+    RCM_UNROLL
+    for (int i = 0; i < T::kSampledRowTiles; ++i) to_fragments(w[i], a[i]);
+    if constexpr (T::kWarpsAlongCols > 1) {
+      RCM_UNROLL
+      for (int i = 0; i < T::kSampledRowTiles; ++i) {
+        uint32_t theirs[2][4];
+        RCM_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          const Vector16<uint32_t> x = shared->sampled[stage][warp ^ 1][i][h][lane];
+          RCM_UNROLL
+          for (int e = 0; e < 4; ++e) theirs[h][e] = x.v[e];
+        }
+        to_fragments(theirs, a[T::kSampledRowTiles + i]);
+      }
     }
   };
 
-  // A step's MMAs in one phase per row of the next step's fragments (row tile i, row h): the
+  // A step's MMAs in one phase per sampled row of the next step (register row tile i, row h): the
   // phase's corner vectors are loaded before its share of the columns is multiplied and blended
   // after, one row at a time so that the registers hold them beside the accumulators.
-  constexpr int kPhases = 2 * T::kRowTiles;
+  constexpr int kPhases = 2 * T::kSampledRowTiles;
   static_assert(T::kColTiles % kPhases == 0, "every phase multiplies the same number of column tiles");
   constexpr int kColsPerPhase = T::kColTiles / kPhases;
   Steps s(g, group, kernel_point_range(g, blockIdx.y, gridDim.y));
-  if (!s.done()) {
+  if (!s.done()) {  // the same for the whole block, as every barrier below
     // The fragments walk the steps in the order the kernel takes them, one step_stride apart.
     const scalar_t* b = fragments +
                         ((group * g.kernel_points() + s.k) * mma_steps_per_point<scalar_t>(g) * column_tiles +
-                         co0 / 8) * kTileStride + lane * kVector;
+                         tile.co0 / 8) * kTileStride;
     int stage = 0;
     copy_weights(b, stage);
     uint32_t a[T::kRowTiles][2][4];
     if (row_live) field = load_field(s.k, s.og);
     start_run(s);
-    sample(s, a);
+    {
+      SampledWords w;
+      RCM_UNROLL
+      for (int p = 0; p < kPhases; ++p) {
+        const int i = p / 2, h = p % 2;
+        CornerVectors raw;
+        fetch_row(s, tile_row(i, h), raw);
+        blend_row(raw, tile_row(i, h), w[i][h]);
+      }
+      gather(w, stage, a);
+    }
     for (;;) {
       Steps next = s;
       next.next();
       const bool more = !next.done();
+      // Every warp is past the previous step's barrier, so done reading the stage these overwrite.
       if (more) {
         b += step_stride;
         copy_weights(b, stage ^ 1);
-      } else {
-        commit_async_copies();  // an empty group, so that the wait below means this step's
       }
       // The corners of the step that comes next are not read by this one's MMAs.
       if (more && next.first_of_run) start_run(next);
-      wait_async_copies<1>();
-      uint32_t w[T::kRowTiles][2][4];  // the next step's words
+      SampledWords w;  // the next step's
       RCM_UNROLL
       for (int p = 0; p < kPhases; ++p) {
         const int i = p / 2, h = p % 2;
@@ -381,26 +434,26 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
         if (more) blend_row(raw, tile_row(i, h), w[i][h]);
       }
       if (!more) break;
-      RCM_UNROLL
-      for (int i = 0; i < T::kRowTiles; ++i) to_fragments(w[i], a[i]);
-      s = next;
       stage ^= 1;
+      gather(w, stage, a);
+      s = next;
     }
   }
 
   // D: rows quad and quad + 8 (h) of each row tile, output channels 2t and 2t + 1 of each column
   // tile: both in one store where every conv group's output channels are even in number (then so
   // is row * C_out + group * cog + 2t), one by one otherwise.
+  const GemmTile origin = warp_origin(gemm_tile_recomputed<T::kRows, T::kCols>(g));
   const bool pairs = cog % 2 == 0;
   RCM_UNROLL
   for (int i = 0; i < T::kRowTiles; ++i) {
     RCM_UNROLL
     for (int j = 0; j < T::kColTiles; ++j) {
-      const int64_t co = co0 + 8 * j + 2 * t;
+      const int64_t co = origin.co0 + 8 * j + 2 * t;
       if (co >= cog) continue;
       RCM_UNROLL
       for (int h = 0; h < 2; ++h) {
-        const int64_t row = row0 + 16 * i + quad + 8 * h;
+        const int64_t row = origin.row0 + tile_row(i, h);
         if (row >= rows) continue;
         const float d[2] = {acc[i][j][2 * h], acc[i][j][2 * h + 1]};
         if (pairs) {

@@ -62,6 +62,20 @@ RCM_HD GemmTile gemm_tile(const DeformConvGeometry& g, uint32_t block_x) {
   return {static_cast<int64_t>(block_x / column_tiles) * kRows, static_cast<int64_t>(block_x % column_tiles) * kCols};
 }
 
+// gemm_tile of the block, from blockIdx.x read anew (under nvcc a volatile read of %ctaid.x, which
+// the compiler cannot merge with an earlier read): an epilogue after a long reduction recomputes
+// its tile instead of holding it in registers through the reduction, which ptxas would rather spill.
+template <int kRows, int kCols>
+__device__ __forceinline__ GemmTile gemm_tile_recomputed(const DeformConvGeometry& g) {
+#if defined(__CUDA_ARCH__)
+  uint32_t block_x;
+  asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(block_x));
+#else
+  const uint32_t block_x = blockIdx.x;
+#endif
+  return gemm_tile<kRows, kCols>(g, block_x);
+}
+
 // Lives in shared memory; kRows = the tile's output pixels. Structure of arrays (masked_corners
 // per row), so that the threads of a warp, which read different rows, read consecutive words.
 template <typename acc_t, int kRows>

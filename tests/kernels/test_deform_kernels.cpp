@@ -924,8 +924,8 @@ int run_igemm_case() {
 // The cp.async and mma.sync kernels run on the problems whose channel runs are whole vectors
 // (channel_runs_are_multiples_of, as the launcher checks): for 16-bit types the last three (the
 // mma.sync kernel: five), for float also the 40-channel ones. Under TSan the cp.async kernel runs
-// all of them; the mma.sync one, whose warps share nothing but synchronise with __syncwarp around
-// their corners, its last three problems, unsplit (one of each warp layout, several row tiles).
+// all of them; the mma.sync one its last three problems, unsplit: one of each warp layout, several
+// row tiles, and in the 128 x 256 one, the warps that trade sampled rows, an idle one among them.
 template <typename scalar_t, typename mma_t, TensorCoreKernel kKernel = TensorCoreKernel::Wmma>
 int run_tensor_core_case() {
   constexpr bool kVectorsOnly = kKernel != TensorCoreKernel::Wmma;
