@@ -170,7 +170,8 @@ cat > "$SMALL_PY" <<'PYEOF'
 """Small deform_conv2d forward+backward cases on CUDA, for compute-sanitizer: every CUDA kernel
 (tensor-core (WMMA and mma.sync) and CUDA-core implicit-GEMM forward, columns forward, im2col, col2im, and the
 deterministic backward's input-gradient kernel). The implicit_gemm runs allow TF32, so that float32
-takes the tensor-core kernel too. The small cases split the implicit-GEMM forward over kernel points
+takes the tensor-core kernel too. 160 output channels: the mma.sync kernel's 128 x 256 blocks, whose
+warps trade sampled rows through shared memory. The small cases split the implicit-GEMM forward over kernel points
 (its tiles do not fill the GPU), the last case (36864 output pixels) does not. RCM_SANITIZER_QUICK=1:
 float32 and float16 only, and not the last case (racecheck and synccheck look at shared memory and
 barriers, which are the same either way)."""
@@ -188,6 +189,7 @@ CASES = [
     (2, 16, 8, 11, 13, 3, 2, 2, 2, 2, 2, True, False),
     (1, 12, 6, 8, 8, 3, 1, 1, 1, 1, 1, False, False),
     (2, 32, 32, 7, 9, 3, 1, 1, 1, 1, 1, True, True),
+    (1, 32, 160, 12, 12, 3, 1, 1, 1, 1, 1, True, True),
     (4, 8, 8, 96, 96, 3, 1, 1, 1, 1, 1, True, False),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

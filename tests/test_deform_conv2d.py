@@ -341,10 +341,12 @@ def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm,
 
 # Problems for the cp.async and mma.sync tensor-core kernels: every run of channels whole 16-byte
 # vectors (C, C/groups and C/offset_groups multiples of 8 16-bit or 4 float elements), blocks 64 and
-# 128 wide (a partial one; mma.sync warps 64 and 128 wide), offset groups of 24 channels (a partial
-# reduction step), conv groups, strides, offsets far outside, no mask, no bias; and conv groups of 24
-# channels over offset groups of 16, whose runs of channels differ from group to group (16 + 8, then
-# 8 + 16), which the mma.sync kernel leaves to the WMMA kernel with synchronous loads.
+# 128 wide (a partial one; mma.sync warps 64 and 128 wide, and two along 256 columns, which trade
+# sampled rows: 130 output channels leave the second warp all but idle, 256 fill several row tiles),
+# offset groups of 24 channels (a partial reduction step), conv groups, strides, offsets far outside,
+# no mask, no bias; and conv groups of 24 channels over offset groups of 16, whose runs of channels
+# differ from group to group (16 + 8, then 8 + 16), which the mma.sync kernel leaves to the WMMA
+# kernel with synchronous loads.
 MIXED_RUNS = "c48_groups2_og3"
 ASYNC_CASES = {
     "c16_cout24": DeformCase(in_channels=16, out_channels=24, height=9, width=11),
@@ -353,6 +355,7 @@ ASYNC_CASES = {
                                       width=9, seed=2),
     "c32_far_no_mask_no_bias": DeformCase(in_channels=32, out_channels=130, offset_scale=6.0, use_mask=False,
                                           use_bias=False, seed=3),
+    "c32_cout256_rows800": DeformCase(in_channels=32, out_channels=256, height=20, width=20, seed=5),
     MIXED_RUNS: DeformCase(in_channels=48, out_channels=20, groups=2, offset_groups=3, seed=4),
 }
 
