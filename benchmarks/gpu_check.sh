@@ -21,7 +21,7 @@
 #                --device cuda --repeats 5; tables only)                            -> bench.log
 #  10 bench-tf32 the fp32 benchmark with TF32 allowed on both sides (table only)    -> bench.log
 #  11 ncu        Nsight Compute on one launch of each tensor-core forward kernel (cp.async WMMA and
-#                mma.sync) at N32 C256 56x56 bf16: throughput, issue slots, warp stalls -> bench.log
+#                mma.sync) at N32 C256 56x56 bf16: throughput, issue slots, warp stalls and where -> bench.log
 #  12 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
 #
 # $OUT/summary.txt lists every step (OK / FAIL / SKIP, exit code, seconds) and a final STATUS line;
@@ -264,7 +264,8 @@ else
     skip_step bench-tf32 "$BENCH_LOG" 0 "not enough time left for the TF32 benchmark"
 fi
 # Where the tensor-core forward kernels lose time, from the hardware counters: one launch of each at the
-# bf16 goal's shape, the clocks left as they are (--clock-control none).
+# bf16 goal's shape, the clocks left as they are (--clock-control none). SourceCounters names the
+# instructions where warps stall most (the build has -lineinfo).
 NCU_PY=/tmp/rcm_fsad_ncu_forward.py
 cat > "$NCU_PY" <<'PYEOF'
 """One bf16 forward of N32 C256 56x56 through each tensor-core forward kernel, for Nsight Compute."""
@@ -288,7 +289,7 @@ PYEOF
 if [[ -z "$NCU" ]]; then
     skip_step ncu "$BENCH_LOG" 0 "ncu not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
 elif (( $(remaining) >= 100 )); then
-    step ncu "$BENCH_LOG" 90 0 "'$NCU' --clock-control none --kernel-name regex:'implicit_gemm_(wmma_async|mma)_kernel' --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats --section Occupancy --section LaunchStats $PY $NCU_PY"
+    step ncu "$BENCH_LOG" 90 0 "'$NCU' --clock-control none --kernel-name regex:'implicit_gemm_(wmma_async|mma)_kernel' --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats --section InstructionStats --section SourceCounters --section Occupancy --section LaunchStats $PY $NCU_PY"
 else
     skip_step ncu "$BENCH_LOG" 0 "not enough time left for Nsight Compute"
 fi
