@@ -29,7 +29,9 @@
 # Files in $OUT are kept to at most 7 (the device tool brings back 8 at most).
 #
 # Environment: OUT (default /tmp/gpu_check_out), PYTHON (default: python, else python3),
-# BUDGET_S (total time budget in seconds, default 480; each step's timeout is capped by what is left).
+# BUDGET_S (total time budget in seconds, default 480; each step's timeout is capped by what is left),
+# RCM_FSAD_GIT_REVISION (the commit the tree was copied from, for the reports: a device copy's .git can be
+# stale; e.g. RCM_FSAD_GIT_REVISION=$(git rev-parse --short HEAD), filled in where the copy is made).
 
 set -uo pipefail
 

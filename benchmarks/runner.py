@@ -179,7 +179,14 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The commit the tree was taken from, when the caller knows better than the tree's own .git: a GPU
+# machine gets a copy of the working tree whose git metadata may be stale (gpu_check.sh).
+GIT_REVISION_ENV = "RCM_FSAD_GIT_REVISION"
+
+
 def _git_revision() -> Optional[str]:
+    if os.environ.get(GIT_REVISION_ENV):
+        return os.environ[GIT_REVISION_ENV]
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,

@@ -25,3 +25,11 @@ def test_variants_get_their_rows_and_the_settings_are_restored(monkeypatch):
             assert row["max_abs_diff_vs_torchvision"] < 1e-4, row
     assert os.environ[runner.ALGORITHM_ENV] == "implicit_gemm"
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_reports_name_the_commit_the_caller_gives(monkeypatch):
+    """A GPU machine's copy of the tree may carry stale git metadata: the caller's revision wins."""
+    monkeypatch.setenv(runner.GIT_REVISION_ENV, "abc1234")
+    assert runner.machine_info("cpu")["git"] == "abc1234"
+    monkeypatch.delenv(runner.GIT_REVISION_ENV)
+    assert runner.machine_info("cpu")["git"] != "abc1234"
