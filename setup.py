@@ -56,7 +56,11 @@ def write_build_config(with_cuda: bool, archs: str) -> str:
 
 def extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3"]
+    # -fopenmp: at::parallel_for is a header template that runs its loop serially unless the
+    # including file is compiled with OpenMP (ATen's INTRA_OP_PARALLEL). The library links torch's
+    # own libgomp (same soname, already loaded by torch).
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     with_cuda = CUDA_HOME is not None
     archs = ""
     if with_cuda:
@@ -66,12 +70,13 @@ def extension():
     include_dirs = [str(ROOT / "csrc"), write_build_config(with_cuda, archs)]
     if not with_cuda:
         return CppExtension("rcm_fsad_ops._C", sources, include_dirs=include_dirs,
-                            extra_compile_args={"cxx": cxx_flags})
+                            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
     return CUDAExtension(
         "rcm_fsad_ops._C",
         sources,
         include_dirs=include_dirs + wheel_cuda_include_dirs(),
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        extra_link_args=link_flags,
     )
 
 

@@ -2,6 +2,8 @@
 // registrations, and its constants tell rcm_fsad_ops.info() how it was built.
 #include <Python.h>
 
+#include <ATen/Parallel.h>
+
 #include "rcm_fsad_build_config.h"
 
 extern "C" PyObject* PyInit__C(void) {
@@ -14,7 +16,15 @@ extern "C" PyObject* PyInit__C(void) {
 #else
   const int with_cuda = 0;
 #endif
+  // Whether at::parallel_for runs on torch's intra-op threads in this library's files (built with
+  // OpenMP), or serially.
+#ifdef INTRA_OP_PARALLEL
+  const int intra_op_parallel = 1;
+#else
+  const int intra_op_parallel = 0;
+#endif
   if (PyModule_AddIntConstant(module, "built_with_cuda", with_cuda) < 0 ||
+      PyModule_AddIntConstant(module, "intra_op_parallel", intra_op_parallel) < 0 ||
       PyModule_AddStringConstant(module, "cuda_arch_list", RCM_FSAD_CUDA_ARCHS) < 0) {
     Py_DECREF(module);
     return nullptr;

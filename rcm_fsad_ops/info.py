@@ -13,7 +13,8 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 def info() -> dict:
-    """Package and torch versions, compiled backends and CUDA arch list, registered kernels, threads."""
+    """Package and torch versions, compiled backends and CUDA arch list, registered kernels, threads and
+    whether the CPU kernels use them."""
     from rcm_fsad_ops import __version__
 
     built_with_cuda = bool(_C.built_with_cuda)
@@ -26,6 +27,8 @@ def info() -> dict:
         "cuda_available": torch.cuda.is_available(),
         "kernels": {op: [key for key in ("CPU", "CUDA", "AutocastCUDA") if _has_kernel(op, key)] for op in OPS},
         "threads": torch.get_num_threads(),
+        # the CPU kernels' at::parallel_for runs on those threads (built with OpenMP), or serially
+        "cpu_parallel": bool(_C.intra_op_parallel),
     }
 
 

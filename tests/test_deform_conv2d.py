@@ -275,6 +275,24 @@ def test_cpu_backward_is_deterministic():
     assert_matches(first, second, rtol=0, atol=0)
 
 
+def test_cpu_threads_split_the_work_without_changing_it():
+    """The CPU kernels' parallel loops (forward: tiles of 256 output pixels; backward: whole images,
+    each thread with its own weight-gradient sum) give what one thread gives: the output bitwise, the
+    gradients to rounding (the threads' weight-gradient sums are added in thread order)."""
+    case = DeformCase(batch=3, in_channels=8, out_channels=6, height=20, width=20, offset_scale=3.0)  # 5 tiles
+    tensors = case.tensors(torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+        torch.set_num_threads(3)
+        several = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(several[0], single[0], rtol=0, atol=0)
+    assert_matches(several, single, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_backward_is_deterministic_under_deterministic_algorithms(dtype, monkeypatch):

@@ -146,4 +146,5 @@ def test_info_reports_build():
     values = rcm_fsad_ops.info()
     assert values["torch"] == torch.__version__
     assert "CPU" in values["backends"] and values["threads"] == torch.get_num_threads()
+    assert values["cpu_parallel"], "built without OpenMP: the CPU kernels' at::parallel_for runs serially"
     assert values["kernels"]["deform_conv2d"][0] == "CPU"

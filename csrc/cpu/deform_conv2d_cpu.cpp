@@ -3,6 +3,7 @@
 // right away, so no full columns buffer is ever materialised.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -228,6 +229,18 @@ Sampling<scalar_t> make_sampling(const DeformConvGeometry& g, const at::Tensor& 
           zeros.const_data_ptr<scalar_t>()};
 }
 
+// at::parallel_for over [begin, end) whose body calls ATen operators (the tiles' GEMMs): the worker
+// threads take the caller's thread-local state, which OpenMP threads do not inherit. Without it a
+// worker would dispatch as if above autograd, and reject out= GEMMs on tensors that require grad.
+template <typename F>
+void parallel_for_calling_ops(int64_t begin, int64_t end, const F& body) {
+  const at::ThreadLocalState state;
+  at::parallel_for(begin, end, 1, [&](int64_t b, int64_t e) {
+    const at::ThreadLocalStateGuard guard(state);
+    body(b, e);
+  });
+}
+
 // float16 and bfloat16 run on the CPU in float32: converted on the way in, results rounded back.
 bool computed_in_float(const at::Tensor& t) {
   return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
@@ -264,7 +277,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
       const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset, mask, zeros);
       const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
-      at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+      parallel_for_calling_ops(0, tiles, [&](int64_t t0, int64_t t1) {
         at::Tensor cols = at::empty({kRowTile, g.column_width()}, input.options());
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t r0 = t * kRowTile;
@@ -311,7 +324,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       const FieldStrides gms = mask.has_value() ? field_strides(grad_mask) : FieldStrides{0, 0, 0, 0};
       scalar_t* gm_ptr = mask.has_value() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr;
       // One image per task: its grad_input is written by that task alone.
-      at::parallel_for(0, g.batch, 1, [&](int64_t n0, int64_t n1) {
+      parallel_for_calling_ops(0, g.batch, [&](int64_t n0, int64_t n1) {
         at::Tensor cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor grad_wmat = grad_wmat_parts[at::get_thread_num()];
