@@ -276,10 +276,10 @@ def test_cpu_backward_is_deterministic():
 
 
 def test_cpu_threads_split_the_work_without_changing_it():
-    """The CPU kernels' parallel loops (forward: tiles of 256 output pixels; backward: whole images,
-    each thread with its own weight-gradient sum) give what one thread gives: the output bitwise, the
-    gradients to rounding (the threads' weight-gradient sums are added in thread order)."""
-    case = DeformCase(batch=3, in_channels=8, out_channels=6, height=20, width=20, offset_scale=3.0)  # 5 tiles
+    """The CPU kernels' parallel loops (forward: tiles of output pixels, sized for the thread count;
+    backward: whole images, each thread with its own weight-gradient sum) give what one thread gives,
+    to rounding: the tiles' GEMMs and the sum of the threads' weight gradients change with the count."""
+    case = DeformCase(batch=3, in_channels=8, out_channels=6, height=20, width=20, offset_scale=3.0)  # 1200 rows
     tensors = case.tensors(torch.float64)
     threads = torch.get_num_threads()
     try:
@@ -289,7 +289,6 @@ def test_cpu_threads_split_the_work_without_changing_it():
         several = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
     finally:
         torch.set_num_threads(threads)
-    torch.testing.assert_close(several[0], single[0], rtol=0, atol=0)
     assert_matches(several, single, rtol=1e-12, atol=1e-12)
 
 

@@ -21,6 +21,15 @@ using kernels::SamplePoint;
 
 // Output pixels per tile: a 256 x (C*K) columns tile of a 3x3, 256-channel layer is 2.4 MB in fp32.
 constexpr int64_t kRowTile = 256;
+
+// Output pixels per forward tile for `rows` rows on `threads` threads: at most kRowTile, and as many
+// tiles as the fewest rounds of kRowTile tiles on every thread (7 tiles of 256 on 2 threads become 8
+// of 196, so that no thread waits a whole tile for the other).
+int64_t forward_tile_rows(int64_t rows, int64_t threads) {
+  const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
+  const int64_t rounds = (tiles + threads - 1) / threads;
+  return std::max<int64_t>(1, (rows + rounds * threads - 1) / (rounds * threads));
+}
 // Channels per inner step of the backward sums; fixed so that the lane loop vectorises.
 constexpr int64_t kLanes = 8;
 
@@ -276,12 +285,13 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     const at::Tensor out_rows = out.view({rows, g.out_channels});
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
       const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset, mask, zeros);
-      const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
+      const int64_t tile_rows = forward_tile_rows(rows, at::get_num_threads());
+      const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
       parallel_for_calling_ops(0, tiles, [&](int64_t t0, int64_t t1) {
-        at::Tensor cols = at::empty({kRowTile, g.column_width()}, input.options());
+        at::Tensor cols = at::empty({tile_rows, g.column_width()}, input.options());
         for (int64_t t = t0; t < t1; ++t) {
-          const int64_t r0 = t * kRowTile;
-          const int64_t len = std::min(kRowTile, rows - r0);
+          const int64_t r0 = t * tile_rows;
+          const int64_t len = std::min(tile_rows, rows - r0);
           sample_columns(s, r0, r0 + len, cols.mutable_data_ptr<scalar_t>());
           at::Tensor out_tile = out_rows.narrow(0, r0, len);
           columns_times_weight(cols.narrow(0, 0, len), wmat, bias, out_tile, g);
