@@ -19,7 +19,7 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tools"))
-from build_env import DEFAULT_ARCH_LIST, find_cuda_home, wheel_cuda_include_dirs  # noqa: E402
+from build_env import DEFAULT_ARCH_LIST, compiler_does_openmp, find_cuda_home, wheel_cuda_include_dirs  # noqa: E402
 
 CUDA_HOME = find_cuda_home()
 if CUDA_HOME:
@@ -58,9 +58,14 @@ def extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # -fopenmp: at::parallel_for is a header template that runs its loop serially unless the
     # including file is compiled with OpenMP (ATen's INTRA_OP_PARALLEL). The library links torch's
-    # own libgomp (same soname, already loaded by torch).
-    cxx_flags = ["-O3", "-fopenmp"]
-    link_flags = ["-fopenmp"]
+    # own libgomp (same soname, already loaded by torch). A compiler without OpenMP still builds
+    # it, with serial CPU kernels (info() says cpu_parallel: False, and a test fails).
+    openmp = ["-fopenmp"] if compiler_does_openmp() else []
+    if not openmp:
+        print("warning: the C++ compiler does not build OpenMP programs; the CPU kernels will run on one thread",
+              file=sys.stderr)
+    cxx_flags = ["-O3"] + openmp
+    link_flags = openmp
     with_cuda = CUDA_HOME is not None
     archs = ""
     if with_cuda:

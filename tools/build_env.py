@@ -1,4 +1,5 @@
-"""Where the build finds CUDA: shared by setup.py and tools/cmake_configure.py (torch-free)."""
+"""Where the build finds CUDA, and whether its C++ compiler does OpenMP: shared by setup.py and
+tools/cmake_configure.py (torch-free)."""
 from __future__ import annotations
 
 import glob
@@ -6,7 +7,9 @@ import os
 import re
 import shutil
 import site
+import subprocess
 import sysconfig
+import tempfile
 from pathlib import Path
 
 # Hopper (H100/H200): the target when no GPU is visible to pick an arch from.
@@ -25,6 +28,20 @@ def _toolkit_root_of(nvcc: str) -> str | None:
         match = re.search(rb"(/\S+)/bin/nvcc\b", head)
         return os.fsdecode(match.group(1)) if match else None
     return str(Path(real).parent.parent)
+
+
+def compiler_does_openmp(compiler: str | None = None) -> bool:
+    """Whether the C++ compiler (CXX, else c++) builds and links a program with -fopenmp."""
+    cxx = compiler or os.environ.get("CXX") or "c++"
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "openmp.cpp"
+        source.write_text("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            result = subprocess.run([cxx, "-fopenmp", str(source), "-o", str(Path(folder) / "openmp")],
+                                    capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return result.returncode == 0
 
 
 def find_cuda_home() -> str | None:
