@@ -275,11 +275,14 @@ def test_cpu_backward_is_deterministic():
     assert_matches(first, second, rtol=0, atol=0)
 
 
-def test_cpu_threads_split_the_work_without_changing_it():
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_cpu_threads_split_the_work_without_changing_it(batch):
     """The CPU kernels' parallel loops (forward: tiles of output pixels, sized for the thread count;
-    backward: whole images, each thread with its own weight-gradient sum) give what one thread gives,
-    to rounding: the tiles' GEMMs and the sum of the threads' weight gradients change with the count."""
-    case = DeformCase(batch=3, in_channels=8, out_channels=6, height=20, width=20, offset_scale=3.0)  # 1200 rows
+    backward: images, or bands of an image's rows with a copy of the input gradient each when there
+    are fewer images than threads: 3 bands at batch 1 and 2, 1 at batch 3; each thread with its own
+    weight-gradient sum) give what one thread gives, to rounding: the tiles' GEMMs and the sums of the
+    threads' weight gradients and of the bands' input gradients change with the count."""
+    case = DeformCase(batch=batch, in_channels=8, out_channels=6, height=20, width=20, offset_scale=3.0)
     tensors = case.tensors(torch.float64)
     threads = torch.get_num_threads()
     try:

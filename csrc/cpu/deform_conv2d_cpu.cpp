@@ -6,6 +6,7 @@
 #include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -30,6 +31,29 @@ int64_t forward_tile_rows(int64_t rows, int64_t threads) {
   const int64_t rounds = (tiles + threads - 1) / threads;
   return std::max<int64_t>(1, (rows + rounds * threads - 1) / (rounds * threads));
 }
+
+// The backward's tasks are (image, band of its output rows); each band scatters into a private copy
+// of the input gradient, and the copies are summed at the end. Bands per image: the fewest that give
+// every thread at least 7/8 of an even share of the tasks (batch 1 on 2 threads: 2 bands; batch 8:
+// 1, so no copy), with the copies beyond the first within kBandCopyBytes.
+constexpr int64_t kBandCopyBytes = int64_t(256) << 20;
+
+int64_t backward_bands(int64_t batch, int64_t out_pixels, int64_t threads, int64_t grad_input_bytes) {
+  if (batch <= 0) return 1;
+  const int64_t affordable = kBandCopyBytes / std::max<int64_t>(1, grad_input_bytes) + 1;
+  const int64_t most = std::max<int64_t>(1, std::min({threads, affordable, out_pixels}));
+  int64_t best = 1;
+  double best_share = 0;
+  for (int64_t bands = 1; bands <= most; ++bands) {
+    const int64_t tasks = batch * bands;
+    const int64_t rounds = (tasks + threads - 1) / threads;
+    const double share = double(tasks) / double(rounds * threads);  // of the threads' time, busy
+    if (share >= 0.875) return bands;
+    if (share > best_share) best = bands, best_share = share;
+  }
+  return best;
+}
+
 // Channels per inner step of the backward sums; fixed so that the lane loop vectorises.
 constexpr int64_t kLanes = 8;
 
@@ -316,13 +340,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     return {gi.to(t), go.to(t), gw.to(t), gm.to(t)};
   }
   check_cpu_dtype(input);
-  at::Tensor grad_input = at::zeros({g.batch, g.height, g.width, g.channels}, input.options());
+  const int64_t threads = at::get_num_threads();
+  const int64_t image_size = g.height * g.width * g.channels;
+  const int64_t bands =
+      backward_bands(g.batch, g.out_pixels(), threads, g.batch * image_size * input.element_size());
+  const int64_t band_rows = (g.out_pixels() + bands - 1) / bands;
+  at::Tensor grad_input_bands = at::zeros({bands, g.batch, g.height, g.width, g.channels}, input.options());
   at::Tensor grad_offset = at::empty_like(offset);
   at::Tensor grad_mask = mask.has_value() ? at::empty_like(*mask) : at::empty({0}, input.options());
   const at::Tensor wmat = weight_matrix(weight);
   // One weight-gradient accumulator per thread; summed once at the end, in thread order.
-  at::Tensor grad_wmat_parts = at::zeros({at::get_num_threads(), wmat.size(0), wmat.size(1)},
-                                         weight.options());
+  at::Tensor grad_wmat_parts = at::zeros({threads, wmat.size(0), wmat.size(1)}, weight.options());
   if (g.batch > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor grad_rows =
@@ -333,25 +361,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       const FieldStrides gos = field_strides(grad_offset);
       const FieldStrides gms = mask.has_value() ? field_strides(grad_mask) : FieldStrides{0, 0, 0, 0};
       scalar_t* gm_ptr = mask.has_value() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr;
-      // One image per task: its grad_input is written by that task alone.
-      parallel_for_calling_ops(0, g.batch, [&](int64_t n0, int64_t n1) {
+      // Task t is band t % bands of image t / bands: the only writer of its copy of that image's
+      // input gradient.
+      parallel_for_calling_ops(0, g.batch * bands, [&](int64_t t0, int64_t t1) {
         at::Tensor cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor grad_wmat = grad_wmat_parts[at::get_thread_num()];
         at::Tensor sink = at::empty({g.channels}, input.options());
-        for (int64_t r0 = n0 * g.out_pixels(); r0 < n1 * g.out_pixels(); r0 += kRowTile) {
-          const int64_t len = std::min(kRowTile, n1 * g.out_pixels() - r0);
-          sample_columns(s, r0, r0 + len, cols.mutable_data_ptr<scalar_t>());
-          at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
-          backward_gemms(grad_rows.narrow(0, r0, len), cols.narrow(0, 0, len), wmat, grad_cols_tile,
-                         grad_wmat, g);
-          sample_columns_backward(s, r0, r0 + len, grad_cols.const_data_ptr<scalar_t>(),
-                                  grad_input.mutable_data_ptr<scalar_t>(), sink.mutable_data_ptr<scalar_t>(),
-                                  grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t image_row = (t / bands) * g.out_pixels();
+          const int64_t begin = image_row + std::min(g.out_pixels(), (t % bands) * band_rows);
+          const int64_t end = image_row + std::min(g.out_pixels(), (t % bands + 1) * band_rows);
+          scalar_t* grad_input = grad_input_bands.mutable_data_ptr<scalar_t>() + (t % bands) * g.batch * image_size;
+          for (int64_t r0 = begin; r0 < end; r0 += kRowTile) {
+            const int64_t len = std::min(kRowTile, end - r0);
+            sample_columns(s, r0, r0 + len, cols.mutable_data_ptr<scalar_t>());
+            at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
+            backward_gemms(grad_rows.narrow(0, r0, len), cols.narrow(0, 0, len), wmat, grad_cols_tile,
+                           grad_wmat, g);
+            sample_columns_backward(s, r0, r0 + len, grad_cols.const_data_ptr<scalar_t>(), grad_input,
+                                    sink.mutable_data_ptr<scalar_t>(), grad_offset.mutable_data_ptr<scalar_t>(),
+                                    gos, gm_ptr, gms);
+          }
         }
       });
     });
   }
+  const at::Tensor grad_input = bands > 1 ? grad_input_bands.sum(0) : grad_input_bands.squeeze(0);
   return {from_nhwc(grad_input, output_memory_format(input)), grad_offset,
           weight_from_matrix(grad_wmat_parts.sum(0), g), grad_mask};
 }
