@@ -63,6 +63,8 @@ kernels::DeformConvGeometry check_deform_conv2d_args(const at::Tensor& input, co
 
   TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, "deform_conv2d: expected weight to have a non-empty "
               "kernel, got weight of shape ", weight.sizes());
+  TORCH_CHECK(g.channels > 0, "deform_conv2d: expected input to have at least one channel, got input of shape ",
+              input.sizes());
   TORCH_CHECK(weight.size(1) > 0 && g.channels % weight.size(1) == 0,
               "deform_conv2d: weight.shape[1] (C_in/groups = ", weight.size(1),
               ") must divide the input channels (", g.channels, ")");
@@ -135,7 +137,7 @@ at::Tensor from_nhwc(const at::Tensor& nhwc, at::MemoryFormat format) {
 }
 
 at::Tensor weight_matrix(const at::Tensor& weight) {
-  return weight.permute({0, 2, 3, 1}).contiguous().view({weight.size(0), -1});
+  return weight.permute({0, 2, 3, 1}).contiguous().view({weight.size(0), weight.size(1) * weight.size(2) * weight.size(3)});
 }
 
 at::Tensor weight_from_matrix(const at::Tensor& matrix, const kernels::DeformConvGeometry& g) {

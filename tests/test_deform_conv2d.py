@@ -200,6 +200,23 @@ def test_batch_zero_backward(device):
     assert torch.equal(tensors["weight"].grad, torch.zeros_like(tensors["weight"]))
 
 
+def test_no_output_channels_give_an_empty_output_and_zero_gradients(device):
+    """Like torchvision: a weight of 0 output channels gives an empty output, and every gradient is zero."""
+    case = DeformCase(batch=2, in_channels=4, out_channels=0)
+    tensors = case.tensors(torch.float64, device)
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    assert ours[0].shape == (2, 0) + case.out_size
+    assert_matches(ours, run_with_grads(torchvision.ops.deform_conv2d, case, tensors), rtol=0, atol=0)
+
+
+def test_no_input_channels_is_an_error(device):
+    """An input of 0 channels is rejected by name (torchvision divides by zero there and kills the process)."""
+    case = DeformCase(batch=1)
+    t = case.tensors(torch.float64, device)
+    with pytest.raises(RuntimeError, match=r"expected input to have at least one channel"):
+        rcm_fsad_ops.deform_conv2d(t["input"][:, :0], t["offset"], t["weight"], mask=t["mask"], **case.kwargs())
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_offset"])
 def test_memory_layouts(layout, device):
     case = CASES["groups2_offset_groups3"]
@@ -226,19 +243,21 @@ def test_memory_layouts(layout, device):
 
 
 def test_non_finite_offsets_sample_zero(device):
-    """A NaN or infinite offset samples zero (as an offset far outside the image), never garbage."""
+    """A NaN or infinite offset samples zero, as an offset far outside the image does, and passes no
+    gradient to that offset; never garbage. (torchvision returns NaN there.) The oracles: the same
+    case with those offsets far outside, and the float64 reference."""
     case = DeformCase(batch=1)
     tensors = case.tensors(torch.float64, device)
-    far = tensors["offset"].clone()
-    far[0, 0, 1, 2] = 1e6
-    far[0, 3, 2, 3] = -1e6
-    bad = tensors["offset"].clone()
-    bad[0, 0, 1, 2] = float("nan")
-    bad[0, 3, 2, 3] = float("-inf")
-    args = (tensors["input"],)
-    rest = dict(weight=tensors["weight"], bias=tensors["bias"], mask=tensors["mask"], **case.kwargs())
-    torch.testing.assert_close(rcm_fsad_ops.deform_conv2d(*args, offset=bad, **rest),
-                               rcm_fsad_ops.deform_conv2d(*args, offset=far, **rest), rtol=0, atol=0)
+    far = dict(tensors, offset=tensors["offset"].clone())
+    far["offset"][0, 0, 1, 2] = 1e6
+    far["offset"][0, 3, 2, 3] = -1e6
+    bad = dict(tensors, offset=tensors["offset"].clone())
+    bad["offset"][0, 0, 1, 2] = float("nan")
+    bad["offset"][0, 3, 2, 3] = float("-inf")
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, bad)
+    assert_matches(ours, run_with_grads(rcm_fsad_ops.deform_conv2d, case, far), rtol=0, atol=0)
+    assert_matches(ours, run_with_grads(reference.deform_conv2d, case, bad), rtol=1e-10, atol=1e-10)
+    assert ours[1]["offset"][0, 0, 1, 2] == 0 and ours[1]["offset"][0, 3, 2, 3] == 0
 
 
 def test_gradcheck(device):

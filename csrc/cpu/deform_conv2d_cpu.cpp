@@ -122,8 +122,9 @@ template <typename scalar_t>
 
 // Backward of sample_columns for rows [row_begin, row_end) of one image: scatters into that
 // image's NHWC grad_input (the caller owns it, so no atomics) and writes the offset and mask
-// gradients of every (row, offset group, kernel point). sink: C scratch values that absorb the
-// (zero-weighted) scatter of corners outside the image, so one branch-free loop does everything.
+// gradients of every (row, offset group, kernel point). sink: 4 x C zeros, a row per corner, that
+// absorb the (zero-weighted) scatter of corners outside the image, so one branch-free loop does
+// everything; a row each keeps the four targets distinct, as their __restrict__ promises.
 template <typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_backward_body(
     const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const scalar_t* grad_cols,
@@ -142,7 +143,7 @@ template <typename scalar_t>
         const auto& corner = t.corner;
         const auto& w = t.weight;
         scalar_t* target[4];
-        for (int i = 0; i < 4; ++i) target[i] = p.valid[i] ? grad_image + p.pixel[i] * g.channels : sink;
+        for (int i = 0; i < 4; ++i) target[i] = p.valid[i] ? grad_image + p.pixel[i] * g.channels : sink + i * g.channels;
         scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
         for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
              c0 = c1) {
@@ -302,7 +303,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
   check_cpu_dtype(input);
   const int64_t rows = g.batch * g.out_pixels();
   at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
-  if (rows > 0) {
+  if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor wmat = weight_matrix(weight);
     const at::Tensor zeros = at::zeros({g.channels}, input.options());
@@ -346,12 +347,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       backward_bands(g.batch, g.out_pixels(), threads, g.batch * image_size * input.element_size());
   const int64_t band_rows = (g.out_pixels() + bands - 1) / bands;
   at::Tensor grad_input_bands = at::zeros({bands, g.batch, g.height, g.width, g.channels}, input.options());
-  at::Tensor grad_offset = at::empty_like(offset);
-  at::Tensor grad_mask = mask.has_value() ? at::empty_like(*mask) : at::empty({0}, input.options());
+  // Without output channels nothing depends on the offset or the mask: their gradients are zero.
+  const bool any_output = g.out_channels > 0;
+  at::Tensor grad_offset = any_output ? at::empty_like(offset) : at::zeros_like(offset);
+  at::Tensor grad_mask = !mask.has_value() ? at::empty({0}, input.options())
+                         : any_output      ? at::empty_like(*mask)
+                                           : at::zeros_like(*mask);
   const at::Tensor wmat = weight_matrix(weight);
   // One weight-gradient accumulator per thread; summed once at the end, in thread order.
   at::Tensor grad_wmat_parts = at::zeros({threads, wmat.size(0), wmat.size(1)}, weight.options());
-  if (g.batch > 0) {
+  if (g.batch > 0 && any_output) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor grad_rows =
         grad_output.permute({0, 2, 3, 1}).contiguous().view({-1, g.out_channels});
@@ -367,7 +372,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         at::Tensor cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor grad_wmat = grad_wmat_parts[at::get_thread_num()];
-        at::Tensor sink = at::empty({g.channels}, input.options());
+        at::Tensor sink = at::zeros({4, g.channels}, input.options());
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t image_row = (t / bands) * g.out_pixels();
           const int64_t begin = image_row + std::min(g.out_pixels(), (t % bands) * band_rows);

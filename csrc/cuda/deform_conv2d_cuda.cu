@@ -397,7 +397,7 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset,
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t rows = g.batch * g.out_pixels();
   at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
-  if (rows > 0) {
+  if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor wmat = weight_matrix(weight);
     at::Tensor out_rows = out.view({rows, g.out_channels});
@@ -438,12 +438,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const int64_t bands = band_rows > 0 ? (g.out_pixels() + band_rows - 1) / band_rows : 1;
   at::Tensor grad_input =
       at::zeros({bands, g.batch, g.height, g.width, g.channels}, input.options().dtype(acc_type));
-  at::Tensor grad_offset = at::empty_like(offset);
-  at::Tensor grad_mask = mask.has_value() ? at::empty_like(*mask) : at::empty({0}, input.options());
+  // Without output channels nothing depends on the offset or the mask: their gradients are zero.
+  const bool any_output = g.out_channels > 0;
+  at::Tensor grad_offset = any_output ? at::empty_like(offset) : at::zeros_like(offset);
+  at::Tensor grad_mask = !mask.has_value() ? at::empty({0}, input.options())
+                         : any_output      ? at::empty_like(*mask)
+                                           : at::zeros_like(*mask);
   const at::Tensor wmat = weight_matrix(weight);
   at::Tensor grad_wmat = at::zeros_like(wmat);
   const int64_t rows = g.batch * g.out_pixels();
-  if (rows > 0) {
+  if (rows > 0 && any_output) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor grad_rows =
         grad_output.permute({0, 2, 3, 1}).contiguous().view({rows, g.out_channels});

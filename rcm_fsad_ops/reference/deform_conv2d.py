@@ -16,9 +16,14 @@ from torch.nn.modules.utils import _pair
 
 
 def _bilinear_gather(image: Tensor, y: Tensor, x: Tensor) -> Tensor:
-    """Bilinear samples of image (N, G, Cg, H, W) at y, x (N, G, P); zero outside. -> (N, G, Cg, P)."""
+    """Bilinear samples of image (N, G, Cg, H, W) at y, x (N, G, P); zero outside, and zero at a NaN or
+    infinite position, which samples as if far outside. -> (N, G, Cg, P)."""
     n, groups, cg, height, width = image.shape
     flat = image.reshape(n, groups, cg, height * width)
+    # (-2, -2) has all four corners outside; where() passes no gradient to the position it replaces.
+    finite = torch.isfinite(y) & torch.isfinite(x)
+    y = torch.where(finite, y, torch.full_like(y, -2))
+    x = torch.where(finite, x, torch.full_like(x, -2))
     y0 = torch.floor(y)
     x0 = torch.floor(x)
     ly, lx = y - y0, x - x0
