@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from rcm_fsad_ops.reference import output_size
+
 FWD = "fwd"
 FWD_BWD = "fwd+bwd"
 PASSES = (FWD, FWD_BWD)
@@ -65,10 +67,7 @@ class Case:
 
     @property
     def out_hw(self) -> Tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
-        out_h = (self.h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-        out_w = (self.w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-        return out_h, out_w
+        return output_size((self.h, self.w), self.kernel, self.stride, self.padding, self.dilation)
 
     @property
     def points(self) -> int:

@@ -5,6 +5,7 @@ import torch
 import torchvision
 
 from rcm_fsad_ops.ops.deform_conv2d import deform_conv2d
+from rcm_fsad_ops.reference import output_size
 
 
 def parity_report(trials: int = 20, seed: int = 0) -> bool:
@@ -24,8 +25,7 @@ def parity_report(trials: int = 20, seed: int = 0) -> bool:
         kh, kw = pick(1, 3, 5), pick(1, 3)
         stride, padding, dilation = pick(1, 2), pick(0, 1, 2), pick(1, 2)
         n, h, w = pick(1, 2, 4), pick(5, 9, 12), pick(5, 8, 11)
-        out_h = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
-        out_w = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+        out_h, out_w = output_size((h, w), (kh, kw), stride, padding, dilation)
         if out_h <= 0 or out_w <= 0:
             continue
         leaves = [

@@ -5,6 +5,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rcm_fsad_ops.reference import output_size
+
 
 @dataclass(frozen=True)
 class DeformCase:
@@ -30,10 +32,7 @@ class DeformCase:
 
     @property
     def out_size(self) -> tuple:
-        kh, kw = self.kernel
-        out_h = (self.height + 2 * self.padding[0] - (self.dilation[0] * (kh - 1) + 1)) // self.stride[0] + 1
-        out_w = (self.width + 2 * self.padding[1] - (self.dilation[1] * (kw - 1) + 1)) // self.stride[1] + 1
-        return out_h, out_w
+        return output_size((self.height, self.width), self.kernel, self.stride, self.padding, self.dilation)
 
     def tensors(self, dtype=torch.float64, device="cpu") -> dict:
         """input, offset, weight, bias, mask (None where unused), generated from the seed on the CPU."""

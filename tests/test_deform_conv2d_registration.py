@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 import torch
+import torchvision
+from torch._dynamo.testing import CompileCounterWithBackend
 
 import rcm_fsad_ops
 from rcm_fsad_ops import _C
@@ -84,7 +86,15 @@ BAD_INPUTS = {
     "offset batch": (lambda a: a.update(offset=a["offset"][:1]), r"expected offset of shape"),
     "mask shape": (lambda a: a.update(mask=a["mask"][:, :8]), r"expected mask of shape \(2, 9, 7, 8\)"),
     "bias shape": (lambda a: a.update(bias=a["bias"][:2]), r"expected bias of shape \(6\)"),
+    "mask size": (lambda a: a.update(mask=a["mask"][..., :-1]), r"expected mask of shape \(2, 9, 7, 8\)"),
+    "mask batch": (lambda a: a.update(mask=a["mask"][:1]), r"expected mask of shape \(2, 9, 7, 8\)"),
+    "mask dtype": (lambda a: a.update(mask=a["mask"].double()), r"mask to have the same dtype"),
+    "integer weight": (lambda a: a.update(weight=a["weight"].int()), r"weight to be a floating-point"),
+    "empty kernel": (lambda a: a.update(weight=a["weight"][..., :0]), r"weight to have a non-empty kernel"),
+    "bias rank": (lambda a: a.update(bias=a["bias"].view(2, 3)), r"expected bias of shape \(6\)"),
+    "bias dtype": (lambda a: a.update(bias=a["bias"].double()), r"bias to have the same dtype"),
     "stride zero": (lambda a: a.update(stride=0), r"stride values to be at least 1"),
+    "dilation zero": (lambda a: a.update(dilation=(1, 0)), r"dilation values to be at least 1"),
     "negative padding": (lambda a: a.update(padding=-1), r"padding values to be at least 0"),
     "empty output": (lambda a: a.update(padding=0, input=a["input"][:, :, :2, :2]), r"the output would be empty"),
     "bad stride type": (lambda a: a.update(stride=(1, 2, 3)), r"expected stride to be an int or a pair"),
@@ -99,6 +109,73 @@ def test_bad_input_errors_name_the_argument(name):
     change(args)
     with pytest.raises((RuntimeError, ValueError), match=message):
         rcm_fsad_ops.deform_conv2d(**args)
+
+
+def on_meta(args: dict) -> dict:
+    return {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+@pytest.mark.parametrize("name", sorted(set(BAD_INPUTS) - {"meta offset"}))
+def test_fake_kernel_rejects_what_the_cpu_kernel_rejects(name):
+    """The fake kernel (meta tensors, torch.compile, export) must not return a shape for arguments the
+    real kernels reject; the expected messages are the C++ ones, checked on the CPU above."""
+    args = good_args()
+    change, message = BAD_INPUTS[name]
+    change(args)
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=message):
+        rcm_fsad_ops.deform_conv2d(**on_meta(args))
+
+
+def test_fake_kernel_rejects_an_input_without_channels():
+    args = on_meta(good_args())
+    args.update(input=args["input"][:, :0], weight=args["weight"][:, :1])
+    with pytest.raises(RuntimeError, match=r"expected input to have at least one channel"):
+        rcm_fsad_ops.deform_conv2d(**args)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fake_kernel_output_matches_torchvision(name):
+    case = CASES[name]
+    t = case.tensors(torch.float32, "cpu")
+    args = dict(input=t["input"], offset=t["offset"], weight=t["weight"], bias=t["bias"], mask=t["mask"],
+                **case.kwargs())
+    expected = torchvision.ops.deform_conv2d(**args)
+    got = rcm_fsad_ops.deform_conv2d(**on_meta(args))
+    assert got.device.type == "meta"
+    assert (got.shape, got.dtype) == (expected.shape, expected.dtype)
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "meta"])
+@pytest.mark.parametrize("bad", ["grad_output shape", "mask shape"])
+def test_backward_rejects_bad_shapes(bad, device_type):
+    case = CASES["basic"]
+    inp, off, w, m, _, *geometry = op_args(case, device_type, requires_grad=False)
+    grad = torch.randn(case.batch, case.out_channels, *case.out_size, dtype=torch.float64, device=device_type)
+    if bad == "grad_output shape":
+        grad, message = grad[..., :-1], r"expected grad_output of shape \(2, 6, 7, 8\)"
+    else:
+        m, message = m[:, :8], r"expected mask of shape \(2, 9, 7, 8\)"
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.rcm_fsad.deform_conv2d_backward.default(grad, inp, off, w, m, *geometry)
+
+
+def test_torch_compile_dynamic_shapes():
+    """With dynamic shapes the fake kernel's checks see symbolic sizes; one graph must serve several
+    sizes, and a wrong offset size must still be rejected while tracing."""
+    def layer(x, offset, weight, mask):
+        return rcm_fsad_ops.deform_conv2d(x, offset, weight, stride=(1, 2), padding=1, mask=mask)
+
+    backend = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend=backend)
+    # sizes unlike the batch, channel and kernel sizes, which duck sizing would tie them to
+    for height, width in [(10, 13), (12, 15), (13, 21)]:
+        t = CASES["basic"].with_(height=height, width=width, stride=(1, 2)).tensors(torch.float32)
+        args = (t["input"], t["offset"], t["weight"], t["mask"])
+        torch.testing.assert_close(compiled(*args), torchvision.ops.deform_conv2d(
+            t["input"], t["offset"], t["weight"], stride=(1, 2), padding=1, mask=t["mask"]))
+    assert backend.frame_count == 1
+    with pytest.raises(RuntimeError, match=r"expected offset of shape"):
+        compiled(t["input"], t["offset"][..., :-1], t["weight"], t["mask"][..., :-1])
 
 
 def test_cpu_rejects_other_float_types_with_a_clear_error():
@@ -136,15 +213,34 @@ def test_cuda_rejects_an_unknown_forward_algorithm(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_autocast_stays_in_low_precision(dtype):
+    """Under autocast the op runs its low-precision kernel on every tensor cast to that dtype (the same
+    bits as casting by hand), and the result is that precision's approximation of the float64 one."""
     t = CASES["basic"].tensors(torch.float32, "cuda")
+    names = ("input", "offset", "weight", "bias", "mask")
     with torch.autocast("cuda", dtype=dtype):
-        out = rcm_fsad_ops.deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], padding=1, mask=t["mask"])
+        out = rcm_fsad_ops.deform_conv2d(*(t[k] for k in names[:4]), padding=1, mask=t["mask"])
     assert out.dtype == dtype
+    low = {k: t[k].to(dtype) for k in names}
+    by_hand = rcm_fsad_ops.deform_conv2d(*(low[k] for k in names[:4]), padding=1, mask=low["mask"])
+    torch.testing.assert_close(out, by_hand, rtol=0, atol=0)
+    exact = torchvision.ops.deform_conv2d(*(t[k].double() for k in names[:4]), padding=1, mask=t["mask"].double())
+    # inputs rounded to 8 (bf16) or 11 (fp16) bits, sums of 36 products: a few roundings of the largest value
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=16 * torch.finfo(dtype).eps * exact.abs().max().item())
 
 
 def test_info_reports_build():
     values = rcm_fsad_ops.info()
-    assert values["torch"] == torch.__version__
-    assert "CPU" in values["backends"] and values["threads"] == torch.get_num_threads()
     assert values["cpu_parallel"], "built without OpenMP: the CPU kernels' at::parallel_for runs serially"
     assert values["kernels"]["deform_conv2d"][0] == "CPU"
+    # the backends come from the build flag, the kernels from the dispatcher: they must agree
+    assert values["backends"] == [k for k in values["kernels"]["deform_conv2d"] if k in ("CPU", "CUDA")]
+
+
+def test_info_reports_the_current_thread_count():
+    before = torch.get_num_threads()
+    changed = 1 if before != 1 else 2
+    torch.set_num_threads(changed)
+    try:
+        assert rcm_fsad_ops.info()["threads"] == changed
+    finally:
+        torch.set_num_threads(before)

@@ -44,3 +44,36 @@ def test_module_rejects_groups_that_do_not_divide():
         ModulatedDeformConv2d(6, 4, 3, groups=4)
     with pytest.raises(ValueError, match="offset_groups"):
         ModulatedDeformConv2dWithOffsetPredictor(6, 6, 3, offset_groups=4)
+
+
+def test_layers_reject_an_input_with_other_than_in_channels():
+    """9 channels would otherwise run as 3 groups of 3 with a weight made for 2 groups of 3."""
+    layer = ModulatedDeformConv2d(6, 6, 3, groups=2)
+    x = torch.randn(1, 9, 5, 5)
+    with pytest.raises(ValueError, match=r"expected input to have in_channels = 6 channels, got 9"):
+        layer(x, torch.zeros(1, 18, 3, 3))
+    predicting = ModulatedDeformConv2dWithOffsetPredictor(6, 6, 3, groups=2)
+    with pytest.raises(ValueError, match=r"expected input to have in_channels = 6 channels, got 9"):
+        predicting(x)
+
+
+def test_reset_parameters_zeroes_a_trained_offset_predictor(device):
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2dWithOffsetPredictor(4, 5, 3, padding=1, offset_groups=2).double().to(device)
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, device=device)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        layer(x).square().sum().backward()
+        optimizer.step()
+    assert layer.offset_predictor.weight.abs().sum() > 0 and layer.offset_predictor.bias.abs().sum() > 0
+    trained_weight = layer.weight.detach().clone()
+
+    layer.reset_parameters()
+    assert not torch.equal(layer.weight, trained_weight)
+    assert torch.count_nonzero(layer.offset_predictor.weight) == 0
+    assert torch.count_nonzero(layer.offset_predictor.bias) == 0
+    zero_offset = torch.zeros(2, 2 * 2 * 9, 6, 7, dtype=torch.float64, device=device)
+    half_mask = torch.full((2, 2 * 9, 6, 7), 0.5, dtype=torch.float64, device=device)
+    expected = torchvision.ops.deform_conv2d(x, zero_offset, layer.weight, layer.bias, padding=1, mask=half_mask)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)

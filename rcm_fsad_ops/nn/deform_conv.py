@@ -55,7 +55,17 @@ class ModulatedDeformConv2d(nn.Module):
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _check_input_channels(self, input: Tensor) -> None:
+        # The op infers groups from the input's channels, so a wrong channel count would silently
+        # regroup the weight instead of failing. Other ranks are left to the op's own check.
+        if input.dim() == 4 and input.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__}: expected input to have in_channels = {self.in_channels} channels, "
+                f"got {input.shape[1]} (input of shape {tuple(input.shape)})"
+            )
+
     def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        self._check_input_channels(input)
         return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
                              self.dilation, mask)
 
@@ -97,10 +107,21 @@ class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
             in_channels, 3 * offset_groups * points, self.kernel_size, self.stride, self.padding,
             self.dilation, bias=True,
         )
+        self._reset_offset_predictor()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        # The parent's __init__ calls this before the predictor exists; __init__ then zeroes it.
+        if hasattr(self, "offset_predictor"):
+            self._reset_offset_predictor()
+
+    def _reset_offset_predictor(self) -> None:
         nn.init.zeros_(self.offset_predictor.weight)
         nn.init.zeros_(self.offset_predictor.bias)
 
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
+        # Checked before the predictor runs, so that both layers report a wrong input the same way.
+        self._check_input_channels(input)
         predicted = self.offset_predictor(input)
         offset = predicted[:, : self.offset_channels]
         mask = torch.sigmoid(predicted[:, self.offset_channels :])

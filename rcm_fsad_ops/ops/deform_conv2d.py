@@ -4,22 +4,32 @@ The public function has the signature and semantics of ``torchvision.ops.deform_
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+import operator
+from collections.abc import Iterable
+from typing import Optional, Sequence, SupportsIndex, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from rcm_fsad_ops import _C  # noqa: F401  (registers the schemas and kernels)
+from rcm_fsad_ops.reference import output_size
 
-IntPair = Union[int, Tuple[int, int], Sequence[int]]
+IntPair = Union[SupportsIndex, Tuple[SupportsIndex, SupportsIndex], Sequence[SupportsIndex]]
 
 
 def _pair(value: IntPair, name: str) -> list[int]:
-    if isinstance(value, int):
-        return [value, value]
-    values = list(value)
-    if len(values) != 2 or not all(isinstance(v, int) for v in values):
-        raise ValueError(f"deform_conv2d: expected {name} to be an int or a pair of ints, got {value!r}")
+    """What torchvision takes: an integral scalar (int, bool, NumPy integer, anything with __index__)
+    or an iterable of two; a 0-d integer tensor, which torchvision rejects, counts as its value."""
+    # A 0-d tensor or array is iterable by type but not in fact, so it is taken as a scalar.
+    scalar = not isinstance(value, Iterable) or getattr(value, "ndim", None) == 0
+    items = [value, value] if scalar else list(value)
+    try:
+        values = [operator.index(v) for v in items]
+    except TypeError:
+        raise TypeError(f"deform_conv2d: expected {name} to be an int or a pair of ints, got {value!r}") from None
+    if len(values) != 2:
+        raise ValueError(f"deform_conv2d: expected {name} to be an int or a pair of ints, got {len(values)} "
+                         f"values: {value!r}")
     return values
 
 
@@ -76,23 +86,91 @@ def _output_memory_format(input: Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def _output_size(input: Tensor, weight: Tensor, stride, padding, dilation) -> Tuple[int, int]:
-    kh, kw = weight.shape[-2:]
-    out_h = (input.shape[2] + 2 * padding[0] - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
-    out_w = (input.shape[3] + 2 * padding[1] - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
+def _check_rank4(t: Tensor, name: str, layout: str) -> None:
+    torch._check(t.dim() == 4, lambda: f"deform_conv2d: expected {name} to be a 4-D tensor {layout}, "
+                                        f"got a {t.dim()}-D tensor of shape {list(t.shape)}")
+
+
+def _check_float(t: Tensor, name: str, input: Tensor) -> None:
+    torch._check(t.dtype.is_floating_point,
+                 lambda: f"deform_conv2d: expected {name} to be a floating-point tensor, got dtype {t.dtype}")
+    torch._check(t.dtype == input.dtype,
+                 lambda: f"deform_conv2d: expected {name} to have the same dtype as input ({input.dtype}), "
+                         f"got {t.dtype}")
+    torch._check(t.device == input.device,
+                 lambda: f"deform_conv2d: expected {name} to be on the same device as input ({input.device}), "
+                         f"got {t.device}")
+
+
+def _check_pair(values: Sequence[int], name: str, minimum: int) -> None:
+    torch._check(len(values) == 2, lambda: f"deform_conv2d: expected {name} to have 2 values, got {list(values)}")
+    torch._check(values[0] >= minimum and values[1] >= minimum,
+                 lambda: f"deform_conv2d: expected {name} values to be at least {minimum}, got {list(values)}")
+
+
+def _check_args(input: Tensor, offset: Tensor, weight: Tensor, mask: Optional[Tensor], bias: Optional[Tensor],
+                stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> Tuple[int, int]:
+    """The checks of check_deform_conv2d_args in csrc/deform_conv2d_args.cpp, in the same order and with
+    the same messages, for the fake kernels (meta tensors, torch.compile and export); returns the output
+    size. torch._check, since under dynamic shapes the sizes are symbolic."""
+    _check_rank4(input, "input", "(N, C_in, H, W)")
+    _check_rank4(weight, "weight", "(C_out, C_in/groups, kh, kw)")
+    _check_rank4(offset, "offset", "(N, 2*offset_groups*kh*kw, H_out, W_out)")
+    torch._check(input.dtype.is_floating_point,
+                 lambda: f"deform_conv2d: expected input to be a floating-point tensor, got dtype {input.dtype}")
+    _check_float(weight, "weight", input)
+    _check_float(offset, "offset", input)
+    _check_pair(stride, "stride", 1)
+    _check_pair(padding, "padding", 0)
+    _check_pair(dilation, "dilation", 1)
+
+    batch, channels, height, width = input.shape
+    out_channels, channels_per_group, kh, kw = weight.shape
+    torch._check(kh > 0 and kw > 0, lambda: f"deform_conv2d: expected weight to have a non-empty kernel, "
+                                            f"got weight of shape {list(weight.shape)}")
+    torch._check(channels > 0, lambda: f"deform_conv2d: expected input to have at least one channel, "
+                                       f"got input of shape {list(input.shape)}")
+    torch._check(channels_per_group > 0 and channels % channels_per_group == 0,
+                 lambda: f"deform_conv2d: weight.shape[1] (C_in/groups = {channels_per_group}) must divide the "
+                         f"input channels ({channels})")
+    groups = channels // channels_per_group
+    torch._check(out_channels % groups == 0,
+                 lambda: f"deform_conv2d: groups ({groups}, from input channels / weight.shape[1]) must divide "
+                         f"the output channels (weight.shape[0] = {out_channels})")
+
+    points = kh * kw
+    torch._check(offset.shape[1] > 0 and offset.shape[1] % (2 * points) == 0,
+                 lambda: f"deform_conv2d: offset.shape[1] must be a positive multiple of 2*kh*kw = {2 * points} "
+                         f"(2*offset_groups*kh*kw), got {offset.shape[1]}")
+    offset_groups = offset.shape[1] // (2 * points)
+    torch._check(channels % offset_groups == 0,
+                 lambda: f"deform_conv2d: offset groups ({offset_groups}, from offset.shape[1] / (2*kh*kw)) must "
+                         f"divide the input channels ({channels})")
+
+    out_h, out_w = output_size((height, width), (kh, kw), stride, padding, dilation)
+    torch._check(out_h > 0 and out_w > 0,
+                 lambda: f"deform_conv2d: the output would be empty: input of size {height}x{width} with kernel "
+                         f"{kh}x{kw}, padding {list(padding)}, dilation {list(dilation)}, stride {list(stride)}")
+
+    torch._check(offset.shape[0] == batch and offset.shape[2] == out_h and offset.shape[3] == out_w,
+                 lambda: f"deform_conv2d: expected offset of shape ({batch}, {offset.shape[1]}, {out_h}, {out_w}) "
+                         f"to match the batch and output size, got {list(offset.shape)}")
+    if mask is not None:
+        _check_rank4(mask, "mask", "(N, offset_groups*kh*kw, H_out, W_out)")
+        _check_float(mask, "mask", input)
+        torch._check(list(mask.shape) == [batch, offset_groups * points, out_h, out_w],
+                     lambda: f"deform_conv2d: expected mask of shape ({batch}, {offset_groups * points}, {out_h}, "
+                             f"{out_w}), got {list(mask.shape)}")
+    if bias is not None:
+        _check_float(bias, "bias", input)
+        torch._check(bias.dim() == 1 and bias.shape[0] == out_channels,
+                     lambda: f"deform_conv2d: expected bias of shape ({out_channels}), got {list(bias.shape)}")
     return out_h, out_w
 
 
 @torch.library.register_fake("rcm_fsad::deform_conv2d")
 def _deform_conv2d_fake(input, offset, weight, mask, bias, stride, padding, dilation):
-    torch._check(input.dim() == 4, lambda: f"deform_conv2d: expected a 4-D input, got {input.dim()}-D")
-    torch._check(weight.dim() == 4, lambda: f"deform_conv2d: expected a 4-D weight, got {weight.dim()}-D")
-    for name, t in (("offset", offset), ("weight", weight), ("mask", mask), ("bias", bias)):
-        torch._check(
-            t is None or t.device == input.device,
-            lambda: f"deform_conv2d: expected {name} to be on the same device as input ({input.device})",
-        )
-    out_h, out_w = _output_size(input, weight, stride, padding, dilation)
+    out_h, out_w = _check_args(input, offset, weight, mask, bias, stride, padding, dilation)
     return torch.empty(
         (input.shape[0], weight.shape[0], out_h, out_w), dtype=input.dtype, device=input.device,
         memory_format=_output_memory_format(input),
@@ -101,6 +179,12 @@ def _deform_conv2d_fake(input, offset, weight, mask, bias, stride, padding, dila
 
 @torch.library.register_fake("rcm_fsad::deform_conv2d_backward")
 def _deform_conv2d_backward_fake(grad_output, input, offset, weight, mask, stride, padding, dilation):
+    out_h, out_w = _check_args(input, offset, weight, mask, None, stride, padding, dilation)
+    _check_float(grad_output, "grad_output", input)
+    expected = [input.shape[0], weight.shape[0], out_h, out_w]
+    torch._check(grad_output.dim() == 4 and list(grad_output.shape) == expected,
+                 lambda: f"deform_conv2d_backward: expected grad_output of shape "
+                         f"({', '.join(map(str, expected))}), got {list(grad_output.shape)}")
     grad_input = torch.empty(input.shape, dtype=input.dtype, device=input.device,
                              memory_format=_output_memory_format(input))
     grad_mask = torch.empty_like(mask) if mask is not None else input.new_empty((0,))
