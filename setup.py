@@ -88,11 +88,13 @@ def extension():
 setup(
     name="rcm_fsad_ops",
     version="0.1.0",
-    description="Fast deformable convolution, multidimensional attention and Mahalanobis ops "
+    description="Modulated deformable convolution (DCNv2) as a PyTorch C++/CUDA extension, "
     "for few-shot anomaly detection (RCM-FSAD)",
-    packages=find_packages(include=["rcm_fsad_ops", "rcm_fsad_ops.*", "benchmarks"]),
+    # benchmarks/ stays in the checkout: a top-level package of that name would clash in
+    # site-packages, and its runner writes its results next to itself.
+    packages=find_packages(include=["rcm_fsad_ops", "rcm_fsad_ops.*"]),
     python_requires=">=3.9",
-    install_requires=["torch>=2.4", "torchvision", "numpy"],
+    install_requires=["torch>=2.4", "torchvision"],
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["rcm-fsad=rcm_fsad_ops.cli:main"]},

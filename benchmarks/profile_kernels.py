@@ -154,7 +154,7 @@ def profile_case_dtype(device: torch.device, case: Case, dtype_name: str, repeat
     try:
         for impl in compared_impls(device.type):
             variant = CUDA_VARIANTS.get(impl, default)
-            _select(variant.algorithm, variant.deterministic)
+            _select(variant)
             for pass_name in variant.passes:
                 record = {"case": case.name, "dtype": dtype_name, "impl": impl, "impl_note": "", "pass": pass_name,
                           "repeats": repeats, "status": "ok"}
@@ -169,7 +169,7 @@ def profile_case_dtype(device: torch.device, case: Case, dtype_name: str, repeat
                 print(markdown_record(record, device.type), flush=True)
                 records.append(record)
     finally:
-        _select(default.algorithm, default.deterministic)
+        _select(default)
         del tensors
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -71,10 +71,12 @@ ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
 
 class Variant(NamedTuple):
     """Another path of ours: the forward algorithm (ALGORITHM_ENV, read by the CUDA forward at each
-    call; None: the default), torch.use_deterministic_algorithms, and the passes it changes."""
+    call; None: the default), torch.use_deterministic_algorithms (and its warn_only), and the passes it
+    changes."""
     algorithm: Optional[str]
     deterministic: bool
     passes: Tuple[str, ...]
+    warn_only: bool = False
 
 
 # On CUDA these run beside the default path: the other forward algorithms (forward only: the
@@ -283,18 +285,20 @@ def compared_impls(device_type: str) -> List[str]:
 def current_variant() -> Variant:
     """The forward algorithm and determinism in force now, with every pass: what ``ours`` (and every
     implementation that is not a CUDA variant) runs under, and what is restored after the variants."""
-    return Variant(os.environ.get(ALGORITHM_ENV), torch.are_deterministic_algorithms_enabled(), PASSES)
+    return Variant(os.environ.get(ALGORITHM_ENV), torch.are_deterministic_algorithms_enabled(), PASSES,
+                   torch.is_deterministic_algorithms_warn_only_enabled())
 
 
-def _select(algorithm: Optional[str], deterministic: bool) -> None:
-    """Our CUDA forward algorithm (None: the default) and torch's determinism for the calls that follow."""
-    if algorithm is None:
+def _select(variant: Variant) -> None:
+    """The variant's CUDA forward algorithm (None: the default) and torch's determinism for the calls
+    that follow."""
+    if variant.algorithm is None:
         os.environ.pop(ALGORITHM_ENV, None)
     else:
-        os.environ[ALGORITHM_ENV] = algorithm
-    if deterministic:  # what PyTorch versions that check cuBLAS's determinism ask for
+        os.environ[ALGORITHM_ENV] = variant.algorithm
+    if variant.deterministic:  # what PyTorch versions that check cuBLAS's determinism ask for
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    torch.use_deterministic_algorithms(variant.deterministic, warn_only=variant.warn_only)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -663,8 +667,8 @@ def _write(result: dict, out_dir: Path, stem: str) -> Tuple[Path, Path]:
 
 def _command_line() -> str:
     argv = list(sys.argv)
-    if argv and argv[0].endswith(os.path.join("benchmarks", "__main__.py")):
-        argv[0:1] = ["python", "-m", "benchmarks"]
+    if argv and os.path.basename(argv[0]) == "__main__.py":  # python -m benchmarks, or python -m rcm_fsad_ops bench
+        argv[0:1] = ["python", "-m", os.path.basename(os.path.dirname(argv[0]))]
     return " ".join(argv)
 
 
@@ -729,7 +733,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
         if impl not in functions:
             continue
         variant = CUDA_VARIANTS.get(impl, default)
-        _select(variant.algorithm, variant.deterministic)
+        _select(variant)
         fn, note = functions[impl]
         diffs: Dict[str, dict] = {}
         parity_error = None
@@ -785,7 +789,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                      f"{row['median_ms']:10.3f} ms ({row['repeats']} reps{extra}{diff})")
             else:
                 _log(f"  {case.name:<16} {dtype_name:<5} {pass_name:<8} {impl:<18} ERROR {row['error']}")
-    _select(default.algorithm, default.deterministic)
+    _select(default)
     del tensors, expected
     if is_cuda:
         torch.cuda.empty_cache()
@@ -908,9 +912,11 @@ def run(devices=None, quick: bool = False, out_dir=None, reference: bool = True,
 # command line
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
+    """The runner's command line, also the one of ``python -m rcm_fsad_ops bench`` (under that ``prog``).
+    Returns the parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks",
+        prog=prog,
         description="Benchmark rcm_fsad_ops.deform_conv2d against torchvision.ops.deform_conv2d and the eager "
                     "reference, side by side on the same inputs.")
     parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"],
@@ -931,7 +937,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    return run_command(build_parser().parse_args(list(argv) if argv is not None else None))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run what the parsed command line (``build_parser``) asks for. Returns 0 when every measurement
+    ran, 1 when some failed, 2 when nothing could run (no such device, unknown case, import error)."""
     try:
         rows = run(args.device, quick=args.quick, out_dir=Path(args.out), reference=not args.no_reference,
                    compile_reference=args.compile, cases=args.cases, dtypes=args.dtypes, tf32=args.tf32,

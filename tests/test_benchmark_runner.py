@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
-from benchmarks import runner
+from benchmarks import profile_kernels, runner
 from benchmarks.shapes import FWD, FWD_BWD, Case
+
+TINY = Case("tiny", n=1, c_in=4, h=5, w=5, dtypes={"cpu": ("fp32",)})
+SETTINGS = runner.TimingSettings(warmup=1, warmup_s=0.0, min_repeats=2, max_repeats=2, target_s=0.0)
 
 
 def test_variants_get_their_rows_and_the_settings_are_restored(monkeypatch):
     monkeypatch.setenv(runner.ALGORITHM_ENV, "implicit_gemm")
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # so that the runner's default does not outlive the test
-    case = Case("tiny", n=1, c_in=4, h=5, w=5, dtypes={"cpu": ("fp32",)})
-    settings = runner.TimingSettings(warmup=1, warmup_s=0.0, min_repeats=2, max_repeats=2, target_s=0.0)
     impls = [runner.OURS, runner.OURS_COLUMNS, runner.OURS_DETERMINISTIC, runner.TORCHVISION]
-    rows = runner._measure_case_dtype(torch.device("cpu"), case, "fp32", impls, settings,
+    rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", impls, SETTINGS,
                                       runner.tf32_state(), skipped=[])
     passes = {(r["impl"], r["pass"]) for r in rows if r["status"] == "ok"}
     assert passes == {(runner.OURS, FWD), (runner.OURS, FWD_BWD), (runner.OURS_COLUMNS, FWD),
@@ -27,9 +29,45 @@ def test_variants_get_their_rows_and_the_settings_are_restored(monkeypatch):
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+@pytest.fixture
+def deterministic_warn_only():
+    """torch.use_deterministic_algorithms(True, warn_only=True) for the test, the previous setting after it."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_the_callers_warn_only_survives_the_deterministic_variant(deterministic_warn_only, monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # so that the runner's default does not outlive the test
+    # ours under the caller's setting, then ours[deterministic] under strict determinism (warn_only off)
+    rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", [runner.OURS, runner.OURS_DETERMINISTIC],
+                                      SETTINGS, runner.tf32_state(), skipped=[])
+    assert {(r["impl"], r["status"]) for r in rows} == {(runner.OURS, "ok"), (runner.OURS_DETERMINISTIC, "ok")}
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+
+
+def test_profiling_keeps_the_callers_warn_only(deterministic_warn_only, monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # on the CPU the profile compares no variant of ours: ask for the deterministic one
+    monkeypatch.setattr(profile_kernels, "compared_impls", lambda device_type: [runner.OURS_DETERMINISTIC])
+    records = profile_kernels.profile_case_dtype(torch.device("cpu"), TINY, "fp32", repeats=1)
+    assert [(r["impl"], r["status"]) for r in records] == [(runner.OURS_DETERMINISTIC, "ok")]
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+
+
 def test_reports_name_the_commit_the_caller_gives(monkeypatch):
     """A GPU machine's copy of the tree may carry stale git metadata: the caller's revision wins."""
     monkeypatch.setenv(runner.GIT_REVISION_ENV, "abc1234")
     assert runner.machine_info("cpu")["git"] == "abc1234"
     monkeypatch.delenv(runner.GIT_REVISION_ENV)
     assert runner.machine_info("cpu")["git"] != "abc1234"
+
+
+def test_reports_give_the_command_as_typed(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/repo/benchmarks/__main__.py", "--quick"])
+    assert runner._command_line() == "python -m benchmarks --quick"
+    monkeypatch.setattr("sys.argv", ["/repo/rcm_fsad_ops/__main__.py", "bench", "--quick"])
+    assert runner._command_line() == "python -m rcm_fsad_ops bench --quick"
