@@ -61,7 +61,7 @@ class DeformCase:
 
 
 # Kernel sizes (square and not), stride, padding, dilation, groups, offset groups, offsets far out of
-# the image, no mask, no bias, batch 1.
+# the image, no mask, no bias, batch 1, channel runs off 16-byte boundaries.
 CASES = {
     "basic": DeformCase(),
     "k1x1": DeformCase(kernel=(1, 1), padding=(0, 0)),
@@ -84,4 +84,7 @@ CASES = {
     "integer_offsets": DeformCase(integer_offsets=True),
     "integer_offsets_no_pad": DeformCase(integer_offsets=True, padding=(0, 0), height=6, width=6),
     "wide_channels": DeformCase(in_channels=19, out_channels=3, height=5, width=5, seed=3),
+    # offset groups of 10 channels: whole 16-byte vectors per conv group but not per offset group, so
+    # runs longer than a vector start off a 16-byte boundary (the CUDA kernels must not load them as vectors)
+    "runs_off_vectors": DeformCase(in_channels=40, out_channels=6, offset_groups=4, height=5, width=5, seed=4),
 }

@@ -228,9 +228,11 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
   const int64_t cg = g.channels_per_group();
   const int64_t cog = g.out_channels / g.groups;
   const int64_t reduction = g.kernel_points() * cg;
-  // Vector loads need every run of channels to start on a 16-byte boundary.
+  // Vector loads need every run of channels to start on a 16-byte boundary: a step starts at the
+  // start of a run, and a weight row's runs start where its offset groups do, so whole vectors per
+  // conv group are not enough for the weights either.
   const bool input_vectors = aligned16(input) && g.channel_runs_are_multiples_of(kVector);
-  const bool weight_vectors = aligned16(wmat) && cg % kVector == 0;
+  const bool weight_vectors = aligned16(wmat) && g.channel_runs_are_multiples_of(kVector);
 
   Mma mma(tid / 32);
 

@@ -11,6 +11,13 @@
 #include <cstring>
 #endif
 
+// A vector access must be aligned to its size: the GPU faults at any other address. The host branches
+// below copy with memcpy, which never would, so the CPU emulator (tests/kernels/cuda_emulation.h)
+// defines this check to fail there as the GPU would; elsewhere it checks nothing.
+#ifndef RCM_CHECK_VECTOR_ALIGNMENT
+#define RCM_CHECK_VECTOR_ALIGNMENT(p, bytes, what)
+#endif
+
 namespace rcm_fsad {
 namespace kernels {
 
@@ -27,6 +34,7 @@ __device__ __forceinline__ Vector16<T> load16(const void* p) {
 #if defined(__CUDA_ARCH__)
   return *reinterpret_cast<const Vector16<T>*>(p);
 #else
+  RCM_CHECK_VECTOR_ALIGNMENT(p, sizeof(Vector16<T>), "load16");
   Vector16<T> r;
   std::memcpy(r.v, p, sizeof r.v);
   return r;
@@ -63,6 +71,7 @@ __device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
 #if defined(__CUDA_ARCH__)
   *reinterpret_cast<Vector16<T>*>(p) = x;
 #else
+  RCM_CHECK_VECTOR_ALIGNMENT(p, sizeof x, "store16");
   std::memcpy(p, x.v, sizeof x.v);
 #endif
 }
@@ -90,6 +99,7 @@ __device__ __forceinline__ void store_elements(T* p, const Elements<T, kCount>& 
 #if defined(__CUDA_ARCH__)
   *reinterpret_cast<Elements<T, kCount>*>(p) = x;
 #else
+  RCM_CHECK_VECTOR_ALIGNMENT(p, sizeof x, "store_elements");
   std::memcpy(p, x.v, sizeof x.v);
 #endif
 }

@@ -89,7 +89,8 @@
 //   * memory is the host's: no distinction between global, shared, constant and local memory beyond
 //     the lifetime rules above, no memory-model effects beyond the C++ ones (a plain store is seen by
 //     other threads only through the synchronisation above), no alignment faults (WMMA and cp.async
-//     check the alignment they require, see above);
+//     check the alignment they require, see above, and so do the vector loads and stores of
+//     csrc/kernels/vector16.cuh, through its RCM_CHECK_VECTOR_ALIGNMENT);
 //   * static __shared__ works only in function (block) scope and does not start uninitialised:
 //     it keeps what the previous block left (its first use in a process reads zeros);
 //     `extern __shared__` is not supported (use RCM_DYNAMIC_SHARED);
@@ -503,6 +504,14 @@ inline ThreadContext& current(const char* what) {
 inline std::string thread_name(const ThreadContext& t) {
   return format("thread (%u,%u,%u) of %s", t.thread_idx.x, t.thread_idx.y, t.thread_idx.z,
                 t.block->name().c_str());
+}
+
+// RCM_CHECK_VECTOR_ALIGNMENT of csrc/kernels/vector16.cuh: a vector load or store of `bytes` bytes at
+// an address that is not a multiple of them, where the GPU faults (misaligned address).
+inline void check_vector_alignment(const void* p, std::size_t bytes, const char* what) {
+  if (reinterpret_cast<std::uintptr_t>(p) % bytes == 0) return;
+  fatal(format("%s of %zu bytes by %s: address %p is not aligned to them (the GPU faults: misaligned address)",
+               what, bytes, tls.block != nullptr ? thread_name(tls).c_str() : "host code", p));
 }
 
 inline bool note_static_shared() {
@@ -1052,6 +1061,8 @@ inline int __all_sync(unsigned mask, int predicate, std::source_location loc = s
 }
 
 // ---------------------------------------------------------------------------------------------
+#define RCM_CHECK_VECTOR_ALIGNMENT(p, bytes, what) ::emu::detail::check_vector_alignment(p, bytes, what)
+
 // Asynchronous copies (cp.async) through the pipeline primitives; the model is in the header comment.
 namespace emu {
 namespace detail {

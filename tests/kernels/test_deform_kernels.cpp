@@ -107,7 +107,9 @@ const std::vector<Problem>& problems() {
 // not a multiple of 8); the last three its 16-byte-load paths, with two row tiles (243 rows) and 70
 // output channels (one partial 128-wide tile), offset-group runs of 24 channels (a partial vector
 // of zeros), conv groups of 40 channels (reduction steps of 32 and 8), and 140 output channels (two
-// 128-wide tiles, the second partial).
+// 128-wide tiles, the second partial). And 40 channels in offset groups of 10: whole vectors per
+// conv group but not per offset group (for 16-bit types and float alike), so runs of a kernel point
+// longer than a vector start off a 16-byte boundary and must not be read 16 bytes at a time.
 const std::vector<Problem>& igemm_problems() {
   static const std::vector<Problem> list = [] {
     std::vector<Problem> l = problems();
@@ -118,6 +120,8 @@ const std::vector<Problem>& igemm_problems() {
                  9, 70});
     l.push_back({"wmma_groups2_c80", {1, 80, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1, true}, Layout::Padded, 0, 10, 34});
     l.push_back({"wmma_wide_140cout", {1, 16, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, true}, Layout::Contiguous, 0, 11, 140});
+    l.push_back({"runs_off_vectors_c40_og4", {1, 40, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 4, true}, Layout::Contiguous, 0, 15,
+                 20});
     return l;
   }();
   return list;

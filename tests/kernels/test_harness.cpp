@@ -29,7 +29,10 @@
 //       async_copy_pending_at_exit  a committed cp.async never waited for -> the harness
 //       async_copy_to_global   cp.async into global memory          -> the harness
 //       async_copy_misaligned  a 16-byte cp.async to a 4-byte aligned address -> the harness
+//       vector_misaligned      load16 (csrc/kernels/vector16.cuh) from a 4-byte aligned address
+//                                                                  -> the harness
 #include "cuda_emulation.h"
+#include "kernels/vector16.cuh"
 
 #include <cmath>
 #include <cstdio>
@@ -877,6 +880,22 @@ void case_async_copy_bad_destination() {
               out);
 }
 
+// 16-byte vector loads and stores of the kernels' vector16.cuh, from a base one float off 16 bytes or
+// not: memcpy, their host branch, would move the bytes either way; the GPU faults on the first.
+template <bool kAligned>
+__global__ void vector_copy_kernel(const float* in, float* out) {
+  const int first = kAligned ? 0 : 1;
+  rcm_fsad::kernels::store16(out + 4 * threadIdx.x, rcm_fsad::kernels::load16<float>(in + first + 4 * threadIdx.x));
+}
+
+template <bool kAligned>
+void case_vector_copy() {
+  alignas(16) static float in[4 * 32 + 1], out[4 * 32];
+  std::iota(in, in + 4 * 32 + 1, 0.0f);
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, vector_copy_kernel<kAligned>, in, out);
+  for (int i = 0; i < 4 * 32; ++i) EXPECT_EQ(out[i], in[i]);
+}
+
 const std::map<std::string, void (*)()>& cases() {
   static const std::map<std::string, void (*)()> table = {
       {"builtins", case_builtins},
@@ -914,6 +933,8 @@ const std::map<std::string, void (*)()>& cases() {
       {"async_copy_pending_at_exit", case_async_copy_pending_at_exit},
       {"async_copy_to_global", case_async_copy_bad_destination<true>},
       {"async_copy_misaligned", case_async_copy_bad_destination<false>},
+      {"vector_aligned", case_vector_copy<true>},
+      {"vector_misaligned", case_vector_copy<false>},
   };
   return table;
 }
