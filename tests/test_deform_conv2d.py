@@ -384,8 +384,8 @@ def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm,
 # sampled rows: 130 output channels leave the second warp all but idle, 256 fill several row tiles),
 # offset groups of 24 channels (a partial reduction step), conv groups, strides, offsets far outside,
 # no mask, no bias; and conv groups of 24 channels over offset groups of 16, whose runs of channels
-# differ from group to group (16 + 8, then 8 + 16), which the mma.sync kernel leaves to the WMMA
-# kernel with synchronous loads.
+# differ from group to group (16 + 8, then 8 + 16), which the mma.sync kernel leaves to the default's
+# cp.async kernel.
 MIXED_RUNS = "c48_groups2_og3"
 ASYNC_CASES = {
     "c16_cout24": DeformCase(in_channels=16, out_channels=24, height=9, width=11),
@@ -433,7 +433,8 @@ def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
     kernels = ("implicit_gemm_wmma_async_kernel", "implicit_gemm_mma_kernel", "implicit_gemm_wmma_kernel")
     sync = "implicit_gemm_wmma_kernel"
     for algorithm, want in (("implicit_gemm", sync if misaligned else "implicit_gemm_wmma_async_kernel"),
-                            ("implicit_gemm_mma", sync if misaligned or name == MIXED_RUNS
+                            ("implicit_gemm_mma", sync if misaligned
+                             else "implicit_gemm_wmma_async_kernel" if name == MIXED_RUNS
                              else "implicit_gemm_mma_kernel"),
                             ("implicit_gemm_sync", sync)):
         monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", algorithm)

@@ -128,11 +128,38 @@ struct TensorCoreInput<float> {
   using type = kernels::Tf32;
 };
 
-// For a dtype with a tensor-core input type: sm_80+, and for float32 only where TF32 is allowed.
+// Whether float32 matmuls may use TF32, as torch's own cuBLAS calls decide (torchvision's GEMM among
+// them): the precision of CUDA matmuls, set by torch.backends.cuda.matmul.allow_tf32 or fp32_precision,
+// unless a NoTF32Guard is active. (Context::allowTF32CuBLAS would raise where both APIs were used.)
+bool tf32_matmuls_allowed() {
+  return !at::NoTF32Guard::should_disable_tf32() &&
+         at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
+             at::Float32Precision::TF32;
+}
+
+// Whether the code the current device runs for the tensor-core kernels was compiled for sm_80 or later.
+// Their bodies are empty for older targets (__CUDA_ARCH__ < 800), and a build whose newest code for
+// the device is older PTX (TORCH_CUDA_ARCH_LIST="7.5+PTX" on an sm_80+ GPU, which then compiles that
+// PTX) would launch them and return garbage. One kernel answers for all: the same architectures
+// build every kernel of this file. A driver call, so asked once per device.
+bool tensor_core_code_loaded() {
+  static std::mutex mutex;
+  static std::map<c10::DeviceIndex, bool> known;
+  const c10::DeviceIndex device = c10::cuda::current_device();
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = known.find(device); it != known.end()) return it->second;
+  cudaFuncAttributes attributes{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes,
+                                       kernels::deform_conv2d_implicit_gemm_wmma_kernel<at::Half, __half, 64>));
+  return known.emplace(device, attributes.ptxVersion >= 80).first->second;
+}
+
+// For a dtype with a tensor-core input type: sm_80+ with code built for it, and for float32 only
+// where TF32 is allowed.
 template <typename scalar_t>
 bool use_tensor_cores(const at::Tensor& input) {
-  if (std::is_same_v<scalar_t, float> && !at::globalContext().allowTF32CuBLAS()) return false;
-  return at::cuda::getDeviceProperties(input.get_device())->major >= 8;
+  if (std::is_same_v<scalar_t, float> && !tf32_matmuls_allowed()) return false;
+  return at::cuda::getDeviceProperties(input.get_device())->major >= 8 && tensor_core_code_loaded();
 }
 
 // How many blocks of `threads` threads and `shared_bytes` of dynamic shared memory of `kernel` one
@@ -207,8 +234,9 @@ bool vector_loads_apply(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& 
 }
 
 // The tensor-core forward with blocks kCols wide: the cp.async kernel when `async` (where
-// vector_loads_apply) and the device gives a block its shared memory (sm_86 and sm_89 give 99 KB,
-// less than the 128-wide kernel's 112 KB), the one with synchronous loads otherwise.
+// vector_loads_apply) and the device gives a block its shared memory (102 KB 64 wide, 112 KB 128
+// wide: sm_80 and sm_90 give 163 and 227 KB, while sm_86, sm_89 and sm_120 give 99 KB and so always
+// take the other), the one with synchronous loads otherwise.
 template <int kCols, typename mma_t, typename scalar_t>
 void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                                 const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
@@ -268,7 +296,9 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
         launch_mma_forward<mma_t>(g, a, wmat, bias_c, out_rows);
         return;
       }
-      const bool async = algo == ForwardAlgorithm::ImplicitGemm && vectors;
+      // implicit_gemm_mma, where the mma.sync kernel does not apply, is the default's choice.
+      const bool async = (algo == ForwardAlgorithm::ImplicitGemm || algo == ForwardAlgorithm::ImplicitGemmMma) &&
+                         vectors;
       if (kernels::wmma_tile_cols<mma_t>(g.out_channels / g.groups) == 128) {
         launch_tensor_core_forward<128, mma_t>(async, g, a, wmat, bias_c, out_rows);
       } else {

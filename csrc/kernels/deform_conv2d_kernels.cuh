@@ -230,7 +230,9 @@ __global__ void deform_col2im_input_deterministic_kernel(DeformConvGeometry g,
     // The rows of this band of image n within this launch, relative to first_row.
     const int64_t band_begin = n * pixels + band * band_rows;
     const int64_t band_end = min_of(band_begin + band_rows, (n + 1) * pixels);
-    const index_t r_begin = static_cast<index_t>(max_of(int64_t(0), band_begin - first_row));
+    // Both within [0, rows] before the cast: a band beyond this launch's rows may lie past 32 bits.
+    const index_t r_begin =
+        static_cast<index_t>(min_of(static_cast<int64_t>(rows), max_of(int64_t(0), band_begin - first_row)));
     const index_t r_end = static_cast<index_t>(max_of(int64_t(0), min_of(rows + first_row, band_end) - first_row));
     for (index_t r = r_begin; r < r_end; ++r) {
       const scalar_t* grad_row = grad_columns + static_cast<int64_t>(r) * g.column_width() + column0;
