@@ -9,27 +9,34 @@
 #   1 env        nvidia-smi, nvcc, python/torch/torchvision/pytest/ninja versions   -> build.log
 #   2 build      MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace -> build.log
 #   3 info       python -m rcm_fsad_ops info                                        -> build.log
-#   4 tests      python -m pytest tests -x -q -k cuda (CUDA parity tests)           -> checks.log
-#   5 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, four CUDA
+#   4 smoke      the sanitizer cases below in float32/float16, without a sanitizer: a kernel that hangs
+#                shows here within 60 s, and then every later GPU step is skipped (each would hang to
+#                its cap) so that the time is left for a fix and a rerun          -> checks.log
+#   5 tests      python -m pytest tests -k cuda --maxfail=15 (CUDA parity tests; a per-test timeout
+#                where pytest-timeout is installed; fails when no GPU is visible)  -> checks.log
+#   6 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, five CUDA
 #                forward algorithms and the deterministic backward, four dtypes (every CUDA kernel)
 #                                                                                   -> checks.log
-#   6 racecheck  the same cases in float32/float16                                  -> checks.log
-#   7 synccheck  the same cases in float32/float16                                  -> checks.log
-#   8 bench      python -m benchmarks --device cuda --out $OUT                      -> bench.log, cuda-*.json/.md
-#   extra, only while the time budget lasts:
-#   9 profile    per-kernel device time of each implementation (python -m benchmarks.profile_kernels
-#                --device cuda --repeats 5; tables only)                            -> bench.log
-#  10 bench-tf32 the fp32 benchmark with TF32 allowed on both sides (table only)    -> bench.log
-#  11 ncu        Nsight Compute on one launch of each tensor-core forward kernel (cp.async WMMA and
+#   7 bench      python -m benchmarks --device cuda --out $OUT                      -> bench.log, cuda-*.json/.md
+#   8 bench-tf32 the fp32 benchmark with TF32 allowed on both sides (table only)    -> bench.log
+#   extra, only while the time budget lasts (optional: their failure is reported, not a FAIL):
+#   9 ncu        Nsight Compute on one launch of each tensor-core forward kernel (cp.async WMMA and
 #                mma.sync) at N32 C256 56x56 bf16: throughput, issue slots, warp stalls and where -> bench.log
-#  12 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
+#  10 profile    per-kernel device time of each implementation (python -m benchmarks.profile_kernels
+#                --device cuda --repeats 5; tables only)                            -> bench.log
+#   then, required again:
+#  11 racecheck  the first five sanitizer cases in float32/float16                  -> checks.log
+#  12 synccheck  the same                                                           -> checks.log
+#  13 compile    (optional) benchmark incl. torch.compile(reference) on the smallest case
+#                                                                                   -> bench.log, cuda-compile-*.json
 #
 # $OUT/summary.txt lists every step (OK / FAIL / SKIP, exit code, seconds) and a final STATUS line;
-# the script exits 0 when all ran and passed, 1 when any step failed, 2 when a required step was skipped.
-# Files in $OUT are kept to at most 7 (the device tool brings back 8 at most).
+# the script exits 0 when all ran and passed, 1 when any required step failed, 2 when a required step
+# was skipped. Files in $OUT are kept to at most 7 (the device tool brings back 8 at most).
 #
 # Environment: OUT (default /tmp/gpu_check_out), PYTHON (default: python, else python3),
-# BUDGET_S (total time budget in seconds, default 480; each step's timeout is capped by what is left),
+# BUDGET_S (total time budget in seconds, default 480; each step's timeout is capped by what is left;
+# 540 fits one call of the device tool's 600 s),
 # RCM_FSAD_GIT_REVISION (the commit the tree was copied from, for the reports: a device copy's .git can be
 # stale; e.g. RCM_FSAD_GIT_REVISION=$(git rev-parse --short HEAD), filled in where the copy is made).
 
@@ -78,9 +85,12 @@ done
 
 START=$SECONDS
 FAILED=()
+OPTIONAL_FAILED=()
 SKIPPED_REQUIRED=()
+HUNG=""  # set when the smoke step times out: a kernel hangs
+LAST_RC=0  # of the last step run (0 for one skipped)
 {
-    echo "gpu_check.sh  $(date -Is)"
+    echo "gpu_check.sh  $(date -Is)  revision ${RCM_FSAD_GIT_REVISION:-not given}"
     echo "repo $REPO  python $PY  budget ${BUDGET_S}s  sanitizer ${SANITIZER:-not found}  ncu ${NCU:-not found}"
     printf '%-10s %-6s %5s %7s  %s\n' step status rc seconds log
 } > "$SUMMARY"
@@ -100,6 +110,7 @@ step() {
         echo "===== [$name] SKIPPED: only ${left}s of the ${BUDGET_S}s budget left" | tee -a "$log"
         printf '%-10s %-6s %5s %7s  %s\n' "$name" SKIP - 0 "$(basename "$log") (out of time)" >> "$SUMMARY"
         (( required )) && SKIPPED_REQUIRED+=("$name")
+        LAST_RC=0
         return 0
     fi
     local shown="${cmd#$'\n'}"
@@ -112,11 +123,21 @@ step() {
     local status=OK
     if (( rc != 0 )); then
         status=FAIL
-        FAILED+=("$name")
+        if (( required )); then FAILED+=("$name"); else OPTIONAL_FAILED+=("$name"); fi
         (( rc == 124 || rc == 137 )) && echo "===== [$name] TIMED OUT after ${limit}s" | tee -a "$log"
     fi
+    LAST_RC=$rc
     echo "===== [$name] $status (rc=$rc, ${dt}s)" | tee -a "$log"
     printf '%-10s %-6s %5s %7s  %s\n' "$name" "$status" "$rc" "$dt" "$(basename "$log")" >> "$SUMMARY"
+}
+
+# gpu_step NAME LOG CAP REQUIRED COMMAND...: step, unless a kernel hung in the smoke step.
+gpu_step() {
+    if [[ -n "$HUNG" ]]; then
+        skip_step "$1" "$2" "$4" "a kernel hung in the smoke step"
+    else
+        step "$@"
+    fi
 }
 
 skip_step() {  # skip_step NAME LOG REQUIRED REASON
@@ -159,24 +180,20 @@ $PY -m rcm_fsad_ops info || { echo '(python -m rcm_fsad_ops info failed; asking 
 $PY -c 'import json, rcm_fsad_ops; print(json.dumps(rcm_fsad_ops.info(), indent=2))'; }
 "
 
-# ---- 4 CUDA parity tests ----------------------------------------------------------------------------
-if $PY -c 'import pytest' >/dev/null 2>&1; then
-    step tests "$CHECKS_LOG" 180 1 "$PY -m pytest tests -x -q -rfEs -k cuda -p no:cacheprovider"
-else
-    skip_step tests "$CHECKS_LOG" 1 "pytest is not installed for $PY"
-fi
-
-# ---- 5 compute-sanitizer memcheck on a small case -----------------------------------------------------
+# ---- 4 smoke: the sanitizer's cases without it ---------------------------------------------------------
 SMALL_PY=/tmp/rcm_fsad_sanitizer_small.py
 cat > "$SMALL_PY" <<'PYEOF'
 """Small deform_conv2d forward+backward cases on CUDA, for compute-sanitizer: every CUDA kernel
-(tensor-core (WMMA and mma.sync) and CUDA-core implicit-GEMM forward, columns forward, im2col, col2im, and the
-deterministic backward's input-gradient kernel). The implicit_gemm runs allow TF32, so that float32
-takes the tensor-core kernel too. 160 output channels: the mma.sync kernel's 128 x 256 blocks, whose
-warps trade sampled rows through shared memory. The small cases split the implicit-GEMM forward over kernel points
-(its tiles do not fill the GPU), the last case (36864 output pixels) does not. RCM_SANITIZER_QUICK=1:
-float32 and float16 only, and not the last case (racecheck and synccheck look at shared memory and
-barriers, which are the same either way)."""
+(tensor-core (cp.async WMMA, WMMA with synchronous loads, mma.sync) and CUDA-core implicit-GEMM forward,
+columns forward, im2col, col2im, and the deterministic backward's input-gradient kernel). The
+tensor-core runs allow TF32, so that float32 takes those kernels too. 160 output channels: the mma.sync
+kernel's 128 x 256 blocks, whose warps trade sampled rows through shared memory. 6 channels (no whole
+16-byte vectors) with 70 output channels: the 128-wide WMMA kernel with synchronous loads, float32
+included; 40 channels in offset groups of 10: channel runs off 16-byte boundaries, which must not be
+loaded as vectors (a misaligned-address fault). The small cases split the implicit-GEMM forward over
+kernel points (its tiles do not fill the GPU), the last case (36864 output pixels) does not.
+RCM_SANITIZER_QUICK=1: float32 and float16 only, and the first five cases (racecheck and synccheck
+look at shared memory and barriers, which the others add nothing to)."""
 import os
 
 import torch
@@ -192,20 +209,22 @@ CASES = [
     (1, 12, 6, 8, 8, 3, 1, 1, 1, 1, 1, False, False),
     (2, 32, 32, 7, 9, 3, 1, 1, 1, 1, 1, True, True),
     (1, 32, 160, 12, 12, 3, 1, 1, 1, 1, 1, True, True),
+    (1, 6, 70, 6, 6, 3, 1, 1, 1, 1, 1, True, False),
+    (1, 40, 70, 5, 5, 3, 1, 1, 1, 1, 4, True, False),
     (4, 8, 8, 96, 96, 3, 1, 1, 1, 1, 1, True, False),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 if os.environ.get("RCM_SANITIZER_QUICK") == "1":
     DTYPES = DTYPES[:2]
-    CASES = CASES[:-1]
+    CASES = CASES[:5]
 # (forward algorithm, deterministic backward)
-MODES = [("implicit_gemm", False), ("implicit_gemm_mma", False), ("implicit_gemm_simt", False), ("columns", False),
-         ("implicit_gemm", True)]
+MODES = [("implicit_gemm", False), ("implicit_gemm_sync", False), ("implicit_gemm_mma", False),
+         ("implicit_gemm_simt", False), ("columns", False), ("implicit_gemm", True)]
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # for PyTorch versions that ask for it
 RUNS = [(case, mode) for case in CASES for mode in MODES]
 for (n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels_last), (algo, det) in RUNS:
     os.environ["RCM_FSAD_DEFORM_CONV_ALGO"] = algo  # read by the CUDA forward at each call
-    torch.backends.cuda.matmul.allow_tf32 = algo in ("implicit_gemm", "implicit_gemm_mma")
+    torch.backends.cuda.matmul.allow_tf32 = algo.startswith("implicit_gemm") and algo != "implicit_gemm_simt"
     torch.use_deterministic_algorithms(det)
     h_out = (h + 2 * p - d * (k - 1) - 1) // s + 1
     w_out = (w + 2 * p - d * (k - 1) - 1) // s + 1
@@ -232,42 +251,39 @@ for (n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels
 print("sanitizer small cases: done")
 PYEOF
 
+CUDA_VISIBLE='import sys, torch; sys.exit(0 if torch.cuda.is_available() else "torch sees no GPU")'
+step smoke "$CHECKS_LOG" 60 1 "$PY -c '$CUDA_VISIBLE' && RCM_SANITIZER_QUICK=1 $PY $SMALL_PY"
+(( LAST_RC == 124 || LAST_RC == 137 )) && HUNG=1
+
+# ---- 5 CUDA parity tests ----------------------------------------------------------------------------
+# Not -x: one failure would hide every CUDA test after it. A per-test timeout (thread method: a kernel
+# that never returns blocks signals) where pytest-timeout is installed.
+if $PY -c 'import pytest' >/dev/null 2>&1; then
+    TEST_TIMEOUT=""
+    $PY -c 'import pytest_timeout' >/dev/null 2>&1 && TEST_TIMEOUT="--timeout=60 --timeout_method=thread"
+    gpu_step tests "$CHECKS_LOG" 180 1 "$PY -c '$CUDA_VISIBLE' && $PY -m pytest tests -q -rfEs -k cuda --maxfail=15 --tb=short --durations=10 $TEST_TIMEOUT -p no:cacheprovider"
+else
+    skip_step tests "$CHECKS_LOG" 1 "pytest is not installed for $PY"
+fi
+
+# ---- 6 compute-sanitizer memcheck on the small cases ----------------------------------------------------
 if [[ -n "$SANITIZER" ]]; then
     # No caching allocator: out-of-bounds accesses inside a pooled block would go unseen otherwise.
-    step memcheck "$CHECKS_LOG" 180 1 "PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' --tool memcheck --leak-check no --error-exitcode 86 --print-limit 40 $PY $SMALL_PY"
+    gpu_step memcheck "$CHECKS_LOG" 180 1 "PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' --tool memcheck --leak-check no --error-exitcode 86 --print-limit 40 $PY $SMALL_PY"
 else
     skip_step memcheck "$CHECKS_LOG" 1 "compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"
 fi
 
-# Race and barrier checks on fewer dtypes, to leave time for the benchmarks.
-for tool in racecheck synccheck; do
-    if [[ -n "$SANITIZER" ]]; then
-        step "$tool" "$CHECKS_LOG" 100 1 "RCM_SANITIZER_QUICK=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' --tool $tool --error-exitcode 86 --print-limit 40 $PY $SMALL_PY"
-    else
-        skip_step "$tool" "$CHECKS_LOG" 1 "compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"
-    fi
-done
+# ---- 7, 8 benchmarks ------------------------------------------------------------------------------------
+gpu_step bench "$BENCH_LOG" 270 1 "$PY -m benchmarks --device cuda --out '$OUT'"
+# fp32 with TF32 allowed on both sides (our tensor-core kernels against torchvision's TF32 GEMM).
+gpu_step bench-tf32 "$BENCH_LOG" 90 1 "$PY -m benchmarks --device cuda --tf32 --dtypes fp32 --no-write"
 
-# ---- 6 benchmarks -------------------------------------------------------------------------------------
-step bench "$BENCH_LOG" 270 1 "$PY -m benchmarks --device cuda --out '$OUT'"
-
-# ---- 7 extra while time is left -------------------------------------------------------------------
-# Which kernels the benchmark's time goes to. Its tables go to bench.log only, no file of its own: with
-# the compile step's JSON, $OUT already holds 7 files.
-if (( $(remaining) >= 90 )); then
-    step profile "$BENCH_LOG" 60 0 "$PY -m benchmarks.profile_kernels --device cuda --repeats 5"
-else
-    skip_step profile "$BENCH_LOG" 0 "not enough time left for the kernel profile"
-fi
-# fp32 with TF32 allowed on both sides (our tensor-core kernel against torchvision's TF32 GEMM).
-if (( $(remaining) >= 150 )); then
-    step bench-tf32 "$BENCH_LOG" 90 0 "$PY -m benchmarks --device cuda --tf32 --dtypes fp32 --no-write"
-else
-    skip_step bench-tf32 "$BENCH_LOG" 0 "not enough time left for the TF32 benchmark"
-fi
+# ---- 9, 10 extra while time is left ---------------------------------------------------------------------
 # Where the tensor-core forward kernels lose time, from the hardware counters: one launch of each at the
 # bf16 goal's shape, the clocks left as they are (--clock-control none). SourceCounters names the
-# instructions where warps stall most (the build has -lineinfo).
+# instructions where warps stall most (the build has -lineinfo); its tables are in the sections' bodies,
+# hence --print-details all. ncu exits 0 when no kernel matched, so that counts as a failure here.
 NCU_PY=/tmp/rcm_fsad_ncu_forward.py
 cat > "$NCU_PY" <<'PYEOF'
 """One bf16 forward of N32 C256 56x56 through each tensor-core forward kernel, for Nsight Compute."""
@@ -290,13 +306,31 @@ with torch.no_grad():
 PYEOF
 if [[ -z "$NCU" ]]; then
     skip_step ncu "$BENCH_LOG" 0 "ncu not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
-elif (( $(remaining) >= 100 )); then
-    step ncu "$BENCH_LOG" 90 0 "'$NCU' --clock-control none --kernel-name regex:'implicit_gemm_(wmma_async|mma)_kernel' --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats --section InstructionStats --section SourceCounters --section Occupancy --section LaunchStats $PY $NCU_PY"
+elif (( $(remaining) >= 190 )); then  # its 90 s and 100 s for racecheck and synccheck
+    gpu_step ncu "$BENCH_LOG" 90 0 "'$NCU' --clock-control none --print-details all --kernel-name regex:'implicit_gemm_(wmma_async|mma)_kernel' --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats --section InstructionStats --section SourceCounters --section Occupancy --section LaunchStats $PY $NCU_PY 2>&1 | tee /tmp/rcm_fsad_ncu.txt; rc=\${PIPESTATUS[0]}; grep -q 'No kernels were profiled' /tmp/rcm_fsad_ncu.txt && exit 3; exit \$rc"
 else
     skip_step ncu "$BENCH_LOG" 0 "not enough time left for Nsight Compute"
 fi
+# Which kernels the benchmark's time goes to. Its tables go to bench.log only, no file of its own: with
+# the compile step's JSON, $OUT already holds 7 files.
+if (( $(remaining) >= 160 )); then
+    gpu_step profile "$BENCH_LOG" 60 0 "$PY -m benchmarks.profile_kernels --device cuda --repeats 5"
+else
+    skip_step profile "$BENCH_LOG" 0 "not enough time left for the kernel profile"
+fi
+
+# ---- 11, 12 race and barrier checks on fewer cases and dtypes --------------------------------------------
+for tool in racecheck synccheck; do
+    if [[ -n "$SANITIZER" ]]; then
+        gpu_step "$tool" "$CHECKS_LOG" 100 1 "RCM_SANITIZER_QUICK=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' --tool $tool --error-exitcode 86 --print-limit 40 $PY $SMALL_PY"
+    else
+        skip_step "$tool" "$CHECKS_LOG" 1 "compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"
+    fi
+done
+
+# ---- 13 torch.compile of the reference ------------------------------------------------------------------
 if (( $(remaining) >= 90 )); then
-    step compile "$BENCH_LOG" 200 0 "rm -rf /tmp/gpu_check_compile && $PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --out /tmp/gpu_check_compile; rc=\$?; for f in /tmp/gpu_check_compile/cuda-*.json; do [[ -e \$f ]] && cp \"\$f\" '$OUT/'\"\$(basename \"\$f\" | sed 's/^cuda-/cuda-compile-/')\"; done; exit \$rc"
+    gpu_step compile "$BENCH_LOG" 200 0 "rm -rf /tmp/gpu_check_compile && $PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --out /tmp/gpu_check_compile; rc=\$?; for f in /tmp/gpu_check_compile/cuda-*.json; do [[ -e \$f ]] && cp \"\$f\" '$OUT/'\"\$(basename \"\$f\" | sed 's/^cuda-/cuda-compile-/')\"; done; exit \$rc"
 else
     skip_step compile "$BENCH_LOG" 0 "not enough time left for torch.compile of the reference"
 fi
@@ -305,6 +339,7 @@ fi
 TOTAL=$(( SECONDS - START ))
 {
     echo "total ${TOTAL}s (budget ${BUDGET_S}s)"
+    (( ${#OPTIONAL_FAILED[@]} )) && echo "optional steps that failed: ${OPTIONAL_FAILED[*]}"
     if (( ${#FAILED[@]} )); then
         echo "STATUS: FAIL (${#FAILED[@]} failed: ${FAILED[*]}${SKIPPED_REQUIRED[*]:+; skipped: ${SKIPPED_REQUIRED[*]}})"
     elif (( ${#SKIPPED_REQUIRED[@]} )); then

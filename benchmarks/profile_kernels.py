@@ -44,6 +44,8 @@ from benchmarks.runner import (
     pick_torchvision,
     resolve_devices,
     set_tf32,
+    tf32_state,
+    variant_applies,
 )
 from benchmarks.shapes import DTYPE_NAMES, Case, cases_for, dtype_of
 
@@ -153,6 +155,8 @@ def profile_case_dtype(device: torch.device, case: Case, dtype_name: str, repeat
     records: List[dict] = []
     try:
         for impl in compared_impls(device.type):
+            if not variant_applies(impl, dtype_name, tf32_state()["torch.backends.cuda.matmul.allow_tf32"]):
+                continue
             variant = CUDA_VARIANTS.get(impl, default)
             _select(variant)
             for pass_name in variant.passes:

@@ -88,6 +88,14 @@ CUDA_VARIANTS = {
     OURS_COLUMNS: Variant("columns", False, (FWD,)),
     OURS_DETERMINISTIC: Variant(None, True, (FWD_BWD,)),
 }
+# The variants that choose among the tensor-core kernels: in fp64, and in fp32 with TF32 off, they run
+# the CUDA-core kernel that ``ours`` runs, and are not timed again.
+TENSOR_CORE_VARIANTS = (OURS_SYNC, OURS_MMA)
+
+
+def variant_applies(impl: str, dtype_name: str, tf32_matmul: bool) -> bool:
+    """Whether timing ``impl`` in this dtype measures a kernel of its own (see TENSOR_CORE_VARIANTS)."""
+    return impl not in TENSOR_CORE_VARIANTS or dtype_name in ("fp16", "bf16") or (dtype_name == "fp32" and tf32_matmul)
 
 # The eager reference materialises several N * C_in * kh*kw * H_out*W_out intermediates (and keeps
 # them for backward); above this many elements per intermediate it is skipped.
@@ -712,6 +720,10 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
             add_error_rows(TORCHVISION, exc)
     for impl in impls:
         if impl == TORCHVISION:
+            continue
+        if not variant_applies(impl, dtype_name, tf32["torch.backends.cuda.matmul.allow_tf32"]):
+            skipped.append({"case": case.name, "dtype": dtype_name, "impl": impl,
+                            "reason": "no tensor cores in this dtype and TF32 setting: the CUDA-core kernel of ours"})
             continue
         if impl in (REFERENCE, COMPILED) and case.reference_elements() > REFERENCE_MAX_ELEMENTS:
             reason = (f"eager reference needs N·C·kh·kw·H_out·W_out = {case.reference_elements() / 1e6:.0f}M "

@@ -29,6 +29,24 @@ def test_variants_get_their_rows_and_the_settings_are_restored(monkeypatch):
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def test_tensor_core_variants_are_timed_only_where_they_have_a_kernel_of_their_own():
+    """implicit_gemm_sync and implicit_gemm_mma choose among tensor-core kernels: in fp32 with TF32 off
+    they would time the CUDA-core kernel that ours runs, under another name, so they are skipped, with
+    the reason; with TF32 on, and in 16-bit types, they are timed."""
+    impls = [runner.OURS, runner.OURS_SYNC, runner.OURS_MMA, runner.OURS_SIMT]
+    skipped = []
+    tf32_off = dict(runner.tf32_state(), **{"torch.backends.cuda.matmul.allow_tf32": False})
+    rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", impls, SETTINGS, tf32_off, skipped)
+    assert {r["impl"] for r in rows} == {runner.OURS, runner.OURS_SIMT}
+    assert {s["impl"] for s in skipped} == {runner.OURS_SYNC, runner.OURS_MMA}
+    assert all("CUDA-core" in s["reason"] for s in skipped)
+    for impl in (runner.OURS_SYNC, runner.OURS_MMA):
+        assert runner.variant_applies(impl, "fp32", tf32_matmul=True)
+        assert runner.variant_applies(impl, "bf16", tf32_matmul=False)
+        assert not runner.variant_applies(impl, "fp64", tf32_matmul=True)
+    assert runner.variant_applies(runner.OURS_COLUMNS, "fp64", tf32_matmul=False)
+
+
 @pytest.fixture
 def deterministic_warn_only():
     """torch.use_deterministic_algorithms(True, warn_only=True) for the test, the previous setting after it."""

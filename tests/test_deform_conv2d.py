@@ -255,7 +255,9 @@ def test_non_finite_offsets_sample_zero(device):
     bad["offset"][0, 0, 1, 2] = float("nan")
     bad["offset"][0, 3, 2, 3] = float("-inf")
     ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, bad)
-    assert_matches(ours, run_with_grads(rcm_fsad_ops.deform_conv2d, case, far), rtol=0, atol=0)
+    # the CUDA backward scatters the input gradient with atomics, whose order moves its last bits
+    exact = 0 if device == "cpu" else 1e-12
+    assert_matches(ours, run_with_grads(rcm_fsad_ops.deform_conv2d, case, far), rtol=exact, atol=exact)
     assert_matches(ours, run_with_grads(reference.deform_conv2d, case, bad), rtol=1e-10, atol=1e-10)
     assert ours[1]["offset"][0, 0, 1, 2] == 0 and ours[1]["offset"][0, 3, 2, 3] == 0
 
@@ -345,7 +347,9 @@ def test_cuda_backward_is_deterministic_under_deterministic_algorithms(dtype, mo
 
 def cuda_kernel_names(fn) -> list:
     """The CUDA kernels that fn() launches."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    # CPU activity too: without it some versions of the profiler miss CUDA kernel events
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
         fn()
         torch.cuda.synchronize()
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]

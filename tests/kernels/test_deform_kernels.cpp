@@ -928,23 +928,28 @@ int run_igemm_case() {
 // The cp.async and mma.sync kernels run on the problems whose channel runs are whole vectors
 // (channel_runs_are_multiples_of, as the launcher checks): for 16-bit types the last three (the
 // mma.sync kernel: five), for float also the 40-channel ones. Under TSan the cp.async kernel runs
-// all of them; the mma.sync one its last three problems, unsplit: one of each warp layout, several
+// all of them; the mma.sync one the last three problems it applies to, unsplit: one of each warp layout, several
 // row tiles, and in the 128 x 256 one, the warps that trade sampled rows, an idle one among them.
 template <typename scalar_t, typename mma_t, TensorCoreKernel kKernel = TensorCoreKernel::Wmma>
 int run_tensor_core_case() {
   constexpr bool kVectorsOnly = kKernel != TensorCoreKernel::Wmma;
   int bad = 0;
   const std::vector<Problem>& all = kKernel == TensorCoreKernel::Mma ? mma_problems() : igemm_problems();
+  auto applies = [](const Problem& p) {
+    return kKernel == TensorCoreKernel::Mma
+               ? rcm_fsad::kernels::mma_kernel_applies<scalar_t>(geometry(p))
+               : geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize);
+  };
+  const bool light = kKernel == TensorCoreKernel::Mma && kThreadSanitizer;
+  // Under light checking, the last three problems the kernel applies to.
+  size_t light_from = all.size();
+  for (int found = 0; light && found < 3 && light_from > 0;) found += applies(all[--light_from]) ? 1 : 0;
   int checked = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     const Problem& p = all[i];
-    const bool applies = kKernel == TensorCoreKernel::Mma
-                             ? rcm_fsad::kernels::mma_kernel_applies<scalar_t>(geometry(p))
-                             : geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize);
-    if (kVectorsOnly && !applies) continue;
+    if (kVectorsOnly && !applies(p)) continue;
     if (!kVectorsOnly && kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
-    const bool light = kKernel == TensorCoreKernel::Mma && kThreadSanitizer;
-    if (light && i + 3 < all.size()) continue;
+    if (light && i < light_from) continue;
     ++checked;
     std::vector<int> splits = {1};
     if (!light && (i == 0 || i + 1 == all.size())) {
