@@ -2,7 +2,8 @@
 
 Everything runs in one process on the same inputs: for each device, case and dtype, each
 implementation is first checked against torchvision (max abs difference of the output, and for the
-forward+backward pass of the output and all gradients; reported, never fatal), then timed:
+forward+backward pass of the output and all gradients, and the largest difference relative to the
+largest value of its tensor; reported, never fatal), then timed:
 
   forward          ``fn(...)`` under ``torch.no_grad()``
   forward+backward ``fn(...).backward(grad_output)`` with input, offset, weight, mask and bias all
@@ -582,11 +583,19 @@ def geomean_speedups(rows: List[dict]) -> List[dict]:
     return out
 
 
+def _diff_text(row: dict) -> str:
+    """The row's largest difference from torchvision, absolute and relative: "4.0e+00 (3.1e-03)"."""
+    max_abs, max_rel = row.get("max_abs_diff_vs_torchvision"), row.get("max_rel_diff_vs_torchvision")
+    if max_abs is None:
+        return "–"
+    return f"{max_abs:.1e}" + ("" if max_rel is None else f" ({max_rel:.1e})")
+
+
 def markdown_table(rows: List[dict], gpu: bool) -> str:
     header = ["case", "dtype", "pass", "impl", "median ms", "vs torchvision", "GFLOP/s", "GB/s"]
     if gpu:
         header.append("% roofline")
-    header.append("max abs diff vs tv")
+    header.append("max abs (rel.) diff vs tv")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in rows:
         impl = row["impl"] + (f" ({row['impl_note']})" if row.get("impl_note") else "")
@@ -596,7 +605,7 @@ def markdown_table(rows: List[dict], gpu: bool) -> str:
                 cells.append("–")
             cells.append("–")
         else:
-            diff = "–" if row["impl"] == TORCHVISION else _fmt(row.get("max_abs_diff_vs_torchvision"), ".1e")
+            diff = "–" if row["impl"] == TORCHVISION else _diff_text(row)
             cells = [row["case"], row["dtype"], row["pass"], impl, _fmt(row["median_ms"], ".3f"),
                      _fmt(row.get("speedup_vs_torchvision"), ".2f", "×"), _fmt_rate(row.get("gflops")),
                      _fmt_rate(row.get("gbps"))]
@@ -796,7 +805,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                 if impl == COMPILED:  # first calls include compilation (fwd+bwd compiles in the parity call)
                     first = row["first_call_ms"] if pass_name == FWD else first_fwd_bwd_ms.get(impl, float("nan"))
                     extra = f", first call incl. compile {first / 1e3:.1f} s"
-                diff = "" if max_abs is None else f", max|Δ| vs tv {max_abs:.1e}"
+                diff = "" if row["max_abs_diff_vs_torchvision"] is None else f", max|Δ| vs tv {_diff_text(row)}"
                 _log(f"  {case.name:<16} {dtype_name:<5} {pass_name:<8} {impl:<18} "
                      f"{row['median_ms']:10.3f} ms ({row['repeats']} reps{extra}{diff})")
             else:

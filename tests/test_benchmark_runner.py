@@ -47,6 +47,17 @@ def test_tensor_core_variants_are_timed_only_where_they_have_a_kernel_of_their_o
     assert runner.variant_applies(runner.OURS_COLUMNS, "fp64", tf32_matmul=False)
 
 
+def test_differences_are_reported_absolute_and_relative():
+    """A bf16 gradient 4.0 off where its values reach 1290 reads as "4.0e+00 (3.1e-03)", not as 4.0 alone."""
+    row = {"max_abs_diff_vs_torchvision": 4.0, "max_rel_diff_vs_torchvision": 4.0 / 1290}
+    assert runner._diff_text(row) == "4.0e+00 (3.1e-03)"
+    assert runner._diff_text({"max_abs_diff_vs_torchvision": None, "max_rel_diff_vs_torchvision": None}) == "–"
+    table = runner.markdown_table([dict(row, case="c", dtype="bf16", status="ok", impl=runner.OURS, median_ms=1.0,
+                                        speedup_vs_torchvision=1.5, gflops=1.0, gbps=1.0, **{"pass": FWD_BWD})],
+                                  gpu=False)
+    assert "| 4.0e+00 (3.1e-03) |" in table and "max abs (rel.) diff vs tv" in table
+
+
 @pytest.fixture
 def deterministic_warn_only():
     """torch.use_deterministic_algorithms(True, warn_only=True) for the test, the previous setting after it."""
