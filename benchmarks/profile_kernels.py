@@ -154,8 +154,9 @@ def profile_case_dtype(device: torch.device, case: Case, dtype_name: str, repeat
     default = current_variant()
     records: List[dict] = []
     try:
+        tf32_matmul = tf32_state()["torch.backends.cuda.matmul.allow_tf32"]
         for impl in compared_impls(device.type):
-            if not variant_applies(impl, dtype_name, tf32_state()["torch.backends.cuda.matmul.allow_tf32"]):
+            if not variant_applies(impl, dtype_name, tf32_matmul):
                 continue
             variant = CUDA_VARIANTS.get(impl, default)
             _select(variant)

@@ -136,6 +136,13 @@ at::Tensor from_nhwc(const at::Tensor& nhwc, at::MemoryFormat format) {
   return format == at::MemoryFormat::ChannelsLast ? nchw : nchw.contiguous();
 }
 
+OffsetMaskGradients offset_mask_gradients(const at::Tensor& input, const at::Tensor& offset,
+                                          const std::optional<at::Tensor>& mask,
+                                          const kernels::DeformConvGeometry& g) {
+  const auto like = [&](const at::Tensor& t) { return g.out_channels > 0 ? at::empty_like(t) : at::zeros_like(t); };
+  return {like(offset), mask.has_value() ? like(*mask) : at::empty({0}, input.options())};
+}
+
 at::Tensor weight_matrix(const at::Tensor& weight) {
   return weight.permute({0, 2, 3, 1}).contiguous().view({weight.size(0), weight.size(1) * weight.size(2) * weight.size(3)});
 }

@@ -41,6 +41,17 @@ at::Tensor weight_matrix(const at::Tensor& weight);
 // Inverse of weight_matrix for the weight gradient.
 at::Tensor weight_from_matrix(const at::Tensor& matrix, const kernels::DeformConvGeometry& g);
 
+// The offset gradient, and the mask gradient (empty without a mask), for a backward to fill: left
+// uninitialised when its kernels write every element, zeros when they do not run because there are no
+// output channels (nothing then depends on the offset or the mask).
+struct OffsetMaskGradients {
+  at::Tensor offset;
+  at::Tensor mask;
+};
+OffsetMaskGradients offset_mask_gradients(const at::Tensor& input, const at::Tensor& offset,
+                                          const std::optional<at::Tensor>& mask,
+                                          const kernels::DeformConvGeometry& g);
+
 // out_rows (rows, C_out) = columns (rows, C_in*K) x wmat^T (+ bias), one GEMM per conv group.
 void columns_times_weight(const at::Tensor& columns, const at::Tensor& wmat,
                           const std::optional<at::Tensor>& bias, at::Tensor& out_rows,

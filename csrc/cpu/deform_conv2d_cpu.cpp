@@ -347,16 +347,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       backward_bands(g.batch, g.out_pixels(), threads, g.batch * image_size * input.element_size());
   const int64_t band_rows = (g.out_pixels() + bands - 1) / bands;
   at::Tensor grad_input_bands = at::zeros({bands, g.batch, g.height, g.width, g.channels}, input.options());
-  // Without output channels nothing depends on the offset or the mask: their gradients are zero.
-  const bool any_output = g.out_channels > 0;
-  at::Tensor grad_offset = any_output ? at::empty_like(offset) : at::zeros_like(offset);
-  at::Tensor grad_mask = !mask.has_value() ? at::empty({0}, input.options())
-                         : any_output      ? at::empty_like(*mask)
-                                           : at::zeros_like(*mask);
+  OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset, mask, g);
+  at::Tensor grad_offset = sample_gradients.offset;
+  at::Tensor grad_mask = sample_gradients.mask;
   const at::Tensor wmat = weight_matrix(weight);
   // One weight-gradient accumulator per thread; summed once at the end, in thread order.
   at::Tensor grad_wmat_parts = at::zeros({threads, wmat.size(0), wmat.size(1)}, weight.options());
-  if (g.batch > 0 && any_output) {
+  if (g.batch > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor grad_rows =
         grad_output.permute({0, 2, 3, 1}).contiguous().view({-1, g.out_channels});

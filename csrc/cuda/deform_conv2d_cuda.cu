@@ -128,6 +128,23 @@ struct TensorCoreInput<float> {
   using type = kernels::Tf32;
 };
 
+// Answers of driver queries, each asked once per process and key: the calls take microseconds, a share
+// of a small forward's time.
+template <typename Key, typename Value>
+class QueryCache {
+ public:
+  template <typename Query>
+  Value get(const Key& key, const Query& query) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (const auto it = known_.find(key); it != known_.end()) return it->second;
+    return known_.emplace(key, query()).first->second;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<Key, Value> known_;
+};
+
 // Whether float32 matmuls may use TF32, as torch's own cuBLAS calls decide (torchvision's GEMM among
 // them): the precision of CUDA matmuls, set by torch.backends.cuda.matmul.allow_tf32 or fp32_precision,
 // unless a NoTF32Guard is active. (Context::allowTF32CuBLAS would raise where both APIs were used.)
@@ -141,17 +158,15 @@ bool tf32_matmuls_allowed() {
 // Their bodies are empty for older targets (__CUDA_ARCH__ < 800), and a build whose newest code for
 // the device is older PTX (TORCH_CUDA_ARCH_LIST="7.5+PTX" on an sm_80+ GPU, which then compiles that
 // PTX) would launch them and return garbage. One kernel answers for all: the same architectures
-// build every kernel of this file. A driver call, so asked once per device.
+// build every kernel of this file.
 bool tensor_core_code_loaded() {
-  static std::mutex mutex;
-  static std::map<c10::DeviceIndex, bool> known;
-  const c10::DeviceIndex device = c10::cuda::current_device();
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = known.find(device); it != known.end()) return it->second;
-  cudaFuncAttributes attributes{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes,
-                                       kernels::deform_conv2d_implicit_gemm_wmma_kernel<at::Half, __half, 64>));
-  return known.emplace(device, attributes.ptxVersion >= 80).first->second;
+  static QueryCache<c10::DeviceIndex, bool> cache;
+  return cache.get(c10::cuda::current_device(), [] {
+    cudaFuncAttributes attributes{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes,
+                                         kernels::deform_conv2d_implicit_gemm_wmma_kernel<at::Half, __half, 64>));
+    return attributes.ptxVersion >= 80;
+  });
 }
 
 // For a dtype with a tensor-core input type: sm_80+ with code built for it, and for float32 only
@@ -164,24 +179,21 @@ bool use_tensor_cores(const at::Tensor& input) {
 
 // How many blocks of `threads` threads and `shared_bytes` of dynamic shared memory of `kernel` one
 // SM of the current device holds, after the kernel's opt-in to more than 48 KB of shared memory
-// where it needs it. Both are driver calls of microseconds, a share of a small forward's time, so
-// each (kernel, device, size) asks once per process.
+// where it needs it; asked once per (kernel, device, size).
 template <typename Kernel>
 int resident_blocks_per_sm(Kernel kernel, int threads, size_t shared_bytes) {
   using Key = std::tuple<const void*, c10::DeviceIndex, int, size_t>;
-  static std::mutex mutex;
-  static std::map<Key, int> known;
+  static QueryCache<Key, int> cache;
   const Key key{reinterpret_cast<const void*>(kernel), c10::cuda::current_device(), threads, shared_bytes};
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = known.find(key); it != known.end()) return it->second;
-  if (shared_bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(shared_bytes)));
-  }
-  int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, shared_bytes));
-  known.emplace(key, blocks_per_sm);
-  return blocks_per_sm;
+  return cache.get(key, [&] {
+    if (shared_bytes > 48 * 1024) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(shared_bytes)));
+    }
+    int blocks_per_sm = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, shared_bytes));
+    return blocks_per_sm;
+  });
 }
 
 // An implicit-GEMM forward kernel over its tile grid; when the tiles would not fill the GPU for one
@@ -468,16 +480,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const int64_t bands = band_rows > 0 ? (g.out_pixels() + band_rows - 1) / band_rows : 1;
   at::Tensor grad_input =
       at::zeros({bands, g.batch, g.height, g.width, g.channels}, input.options().dtype(acc_type));
-  // Without output channels nothing depends on the offset or the mask: their gradients are zero.
-  const bool any_output = g.out_channels > 0;
-  at::Tensor grad_offset = any_output ? at::empty_like(offset) : at::zeros_like(offset);
-  at::Tensor grad_mask = !mask.has_value() ? at::empty({0}, input.options())
-                         : any_output      ? at::empty_like(*mask)
-                                           : at::zeros_like(*mask);
+  OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset, mask, g);
+  at::Tensor grad_offset = sample_gradients.offset;
+  at::Tensor grad_mask = sample_gradients.mask;
   const at::Tensor wmat = weight_matrix(weight);
   at::Tensor grad_wmat = at::zeros_like(wmat);
   const int64_t rows = g.batch * g.out_pixels();
-  if (rows > 0 && any_output) {
+  if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor grad_rows =
         grad_output.permute({0, 2, 3, 1}).contiguous().view({rows, g.out_channels});
