@@ -262,6 +262,27 @@ def test_non_finite_offsets_sample_zero(device):
     assert ours[1]["offset"][0, 0, 1, 2] == 0 and ours[1]["offset"][0, 3, 2, 3] == 0
 
 
+def test_infinite_mask_gives_torchvision_infinities(device):
+    """An infinite mask at a sample with some corners in the image (positive inputs and weights): +inf
+    at that output pixel, as torchvision has it, not NaN from the infinity meeting a corner outside
+    the image; every other output unchanged. One sample on the padded border (three corners
+    outside), one inside."""
+    case = DeformCase(batch=1, in_channels=4, out_channels=3, height=5, width=6)
+    t = case.tensors(torch.float64, device)
+    t["input"] = t["input"].abs() + 0.1
+    t["weight"] = t["weight"].abs() + 0.01
+    t["offset"] = torch.full_like(t["offset"], 0.5)  # every sample half-way between pixels
+    t["mask"][0, 0, 0, 0] = float("inf")  # kernel point (0, 0) of output (0, 0): at (-0.5, -0.5)
+    t["mask"][0, 4, 2, 3] = float("inf")  # the centre point of output (2, 3): at (2.5, 3.5)
+    args = (t["input"], t["offset"], t["weight"], t["bias"])
+    want = torchvision.ops.deform_conv2d(*args, mask=t["mask"], **case.kwargs())
+    got = rcm_fsad_ops.deform_conv2d(*args, mask=t["mask"], **case.kwargs())
+    infinite = torch.zeros_like(want, dtype=torch.bool)
+    infinite[0, :, 0, 0] = infinite[0, :, 2, 3] = True
+    assert torch.equal(torch.isposinf(want), infinite)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_gradcheck(device):
     case = DeformCase(batch=2, in_channels=4, out_channels=2, height=4, width=5, groups=2, offset_groups=2,
                       offset_scale=0.7)

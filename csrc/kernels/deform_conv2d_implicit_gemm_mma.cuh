@@ -266,26 +266,31 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   // for a corner outside the image and past the step's depth, whose loads do not happen (so the
   // address may be formed from the pixel index as unsigned, one wide multiply-add, even for -1).
   using CornerVectors = Vector16<scalar_t>[4];
+  // Whether thread t's 16 bytes of a step's channels are within its depth (else it samples zeros).
+  auto live_in = [t](const Steps& s) { return t * kVector < s.depth; };
   auto fetch_row = [&](const Steps& s, int r, CornerVectors& raw) {
-    const bool live = t * kVector < s.depth;
     const char* at = reinterpret_cast<const char*>(input + (s.c0 + t * kVector));
     const Vector16<int32_t> pixel = load16<int32_t>(corners[r].pixel);
     RCM_UNROLL
     for (int c = 0; c < 4; ++c) {
       raw[c] = load16_if<scalar_t>(at + static_cast<uint64_t>(static_cast<uint32_t>(pixel.v[c])) * pixel_bytes,
-                                   live && pixel.v[c] >= 0);
+                                   live_in(s) && pixel.v[c] >= 0);
     }
   };
   // Row r's sample from its corner vectors, in float, rounded to the MMA's input: thread t's words
   // 0 and 1 of the row are its words t and t + 4 of the step's first MMA, words 2 and 3 those of
-  // the second.
-  auto blend_row = [&](const CornerVectors& raw, int r, uint32_t (&w)[4]) {
+  // the second. Past the step's depth the words are zeros without a blend: an infinite mask's
+  // weight times those zeros would be NaN, and its MMAs would spread it over the row (the other
+  // kernels blend only within the depth too).
+  auto blend_row = [&](const Steps& s, const CornerVectors& raw, int r, uint32_t (&w)[4]) {
     const Vector16<float> weight = load16<float>(corners[r].weight);
     float v[kVector];
     RCM_UNROLL
     for (int j = 0; j < kVector; ++j) v[j] = 0.0f;
-    RCM_UNROLL
-    for (int c = 0; c < 4; ++c) add_weighted<std::is_same_v<mma_t, __nv_bfloat16>>(v, weight.v[c], raw[c]);
+    if (live_in(s)) {
+      RCM_UNROLL
+      for (int c = 0; c < 4; ++c) add_weighted<std::is_same_v<mma_t, __nv_bfloat16>>(v, weight.v[c], raw[c]);
+    }
     Vector16<smem_t> rounded;
     RCM_UNROLL
     for (int j = 0; j < kVector; ++j) rounded.v[j] = In::from_float(v[j]);
@@ -409,7 +414,7 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
         const int i = p / 2, h = p % 2;
         CornerVectors raw;
         fetch_row(s, tile_row(i, h), raw);
-        blend_row(raw, tile_row(i, h), w[i][h]);
+        blend_row(s, raw, tile_row(i, h), w[i][h]);
       }
       gather(w, stage, a);
     }
@@ -431,7 +436,7 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
         CornerVectors raw;
         if (more) fetch_row(next, tile_row(i, h), raw);
         multiply(stage, a, p * kColsPerPhase, (p + 1) * kColsPerPhase);
-        if (more) blend_row(raw, tile_row(i, h), w[i][h]);
+        if (more) blend_row(next, raw, tile_row(i, h), w[i][h]);
       }
       if (!more) break;
       stage ^= 1;

@@ -353,16 +353,19 @@ struct Traits<__nv_bfloat16> {
   static constexpr double tol = 1e-2;
 };
 
-// Compares got[i] with want[i] for i in [0, count); `where(i)` names an element. NaN never matches.
+// Compares got[i] with want[i] for i in [0, count); `where(i)` names an element. NaN never matches,
+// an infinity only itself; the tolerance scales with the largest finite |want|.
 template <typename Where>
 int compare(const std::string& what, const std::vector<double>& got, const std::vector<double>& want, double tol,
             Where&& where) {
   double scale = 1.0;
-  for (double w : want) scale = std::max(scale, std::abs(w));
+  for (double w : want) {
+    if (std::isfinite(w)) scale = std::max(scale, std::abs(w));
+  }
   int bad = 0;
   double worst = 0;
   for (size_t i = 0; i < want.size(); ++i) {
-    const double err = std::abs(got[i] - want[i]);
+    const double err = got[i] == want[i] ? 0.0 : std::abs(got[i] - want[i]);
     if (!(err <= tol * scale)) {
       if (bad < 5) {
         std::printf("    MISMATCH %s at %s: got %.9g, want %.9g\n", what.c_str(), where(i).c_str(), got[i], want[i]);
@@ -597,7 +600,34 @@ int check_col2im_deterministic(const Problem& p, const std::vector<Config>& conf
 // ---------------------------------------------------------------------------------------------
 // Implicit-GEMM forward kernels.
 
-// A forward problem's operands as the launcher passes them, and the float64 reference output.
+// Inputs made positive and given an infinite mask at every third sample whose four corners lie in
+// the image, off integer coordinates (so that all four bilinear weights are positive). With positive
+// weights too, every output of those rows is +inf, whether the mask multiplies the sample (the
+// reference, torchvision) or each corner's weight (the kernels), and no other output changes: a
+// kernel that lets the infinity meet a zero (0 * inf = NaN) shows it there.
+reference::Inputs with_infinite_mask(reference::Inputs in) {
+  const Shape& s = in.s;
+  for (double& v : in.image) v = std::abs(v);
+  const int64_t K = s.points();
+  int64_t inner = 0;
+  for (int64_t row = 0; row < s.rows(); ++row) {
+    for (int64_t g = 0; g < s.offset_groups; ++g) {
+      for (int64_t k = 0; k < K; ++k) {
+        const reference::Tap t = reference::tap(in, row, k, g);
+        auto inside = [](double v, int64_t extent) {
+          return std::isfinite(v) && v > 0.0 && v < static_cast<double>(extent - 1) && v != std::floor(v);
+        };
+        if (inside(t.y, s.H) && inside(t.x, s.W) && inner++ % 3 == 0) {
+          in.mask.at(t.n, g * K + k, t.oy, t.ox) = std::numeric_limits<double>::infinity();
+        }
+      }
+    }
+  }
+  return in;
+}
+
+// A forward problem's operands as the launcher passes them, and the float64 reference output;
+// infinite_mask: with_infinite_mask's inputs and positive weights.
 template <typename scalar_t>
 struct ForwardOperands {
   reference::Inputs in;
@@ -608,13 +638,14 @@ struct ForwardOperands {
   std::vector<scalar_t> wmat;  // the GEMM operand of weight_matrix(): (C_out, kh, kw, C_g)
   std::vector<double> want;    // (rows, C_out)
 
-  explicit ForwardOperands(const Problem& p) : in(make_inputs<scalar_t>(p)), sampling(in) {
+  explicit ForwardOperands(const Problem& p, bool infinite_mask = false)
+      : in(infinite_mask ? with_infinite_mask(make_inputs<scalar_t>(p)) : make_inputs<scalar_t>(p)), sampling(in) {
     const Shape& s = p.shape;
     const int64_t cout = p.out_channels, cg = s.C / s.groups, K = s.points();
     Rng rng{p.seed * 31u + 5u};
     weight.resize(cout * cg * K);
     bias.resize(p.seed % 2 == 1 ? cout : 0);
-    for (double& w : weight) w = through<scalar_t>(rng.uniform(-0.5, 0.5));
+    for (double& w : weight) w = through<scalar_t>(infinite_mask ? rng.uniform(0.01, 0.5) : rng.uniform(-0.5, 0.5));
     for (double& b : bias) b = through<scalar_t>(rng.uniform(-1.0, 1.0));
     want = reference::forward(in, reference::compute(in), cout, weight, bias);
     bias_device = to_device<scalar_t>(bias);
@@ -682,15 +713,34 @@ void report_forward(int bad, const Problem& p, dim3 grid, int threads, const cha
               seconds_since(start));
 }
 
-// Unsplit and with each of split_counts(), with element fills, and with 16-byte ones where the
-// launcher takes them (every run of channels whole vectors).
+size_t infinities(const std::vector<double>& want) {
+  return static_cast<size_t>(std::count_if(want.begin(), want.end(), [](double w) { return std::isinf(w); }));
+}
+
+// An infinite-mask check proves something only if the reference has some infinite outputs and some
+// finite ones: 1 (a failure) otherwise.
+int check_infinities(const std::vector<double>& want) {
+  const size_t n = infinities(want);
+  if (n != 0 && n != want.size()) return 0;
+  std::printf("    the infinite mask reaches %zu of %zu outputs: the problem does not test it\n", n, want.size());
+  return 1;
+}
+
+std::string infinity_note(bool infinite_mask, const std::vector<double>& want) {
+  return infinite_mask ? emu::detail::format(", infinite mask: %zu of %zu outputs +inf", infinities(want), want.size())
+                       : std::string();
+}
+
+// Unsplit and with each of split_counts() (unsplit only with infinite_mask, ForwardOperands' inputs),
+// with element fills, and with 16-byte ones where the launcher takes them (every run of channels
+// whole vectors).
 template <typename scalar_t>
-int check_igemm(const Problem& p) {
+int check_igemm(const Problem& p, bool infinite_mask = false) {
   namespace kernels = rcm_fsad::kernels;  // spelled kernels:: for check_coverage.cmake
   using acc_t = typename Traits<scalar_t>::acc_t;
   using Tiles = kernels::ImplicitGemmTiles<acc_t>;
-  const ForwardOperands<scalar_t> op(p);
-  std::vector<int> splits = split_counts(p);
+  const ForwardOperands<scalar_t> op(p, infinite_mask);
+  std::vector<int> splits = infinite_mask ? std::vector<int>{} : split_counts(p);
   splits.insert(splits.begin(), 1);
   const bool vectors = geometry(p).channel_runs_are_multiples_of(kernels::Vector16<scalar_t>::kSize);
   int bad = 0;
@@ -704,8 +754,10 @@ int check_igemm(const Problem& p) {
                                                       kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, true>)
                        : run_forward<scalar_t, acc_t>(p, op, op.wmat.data(), grid, Tiles::kThreads,
                                                       kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, false>);
-      const int b = compare("out", got, op.want, Traits<scalar_t>::tol, out_element(p));
-      report_forward(b, p, grid, Tiles::kThreads, vector_fills ? ", 16-byte fills" : "", start);
+      const int b = compare("out", got, op.want, Traits<scalar_t>::tol, out_element(p)) +
+                    (infinite_mask ? check_infinities(op.want) : 0);
+      const std::string extra = std::string(vector_fills ? ", 16-byte fills" : "") + infinity_note(infinite_mask, op.want);
+      report_forward(b, p, grid, Tiles::kThreads, extra.c_str(), start);
       bad += b;
     }
   }
@@ -747,14 +799,15 @@ std::vector<scalar_t> mma_weight_fragments(const Problem& p, const ForwardOperan
 enum class TensorCoreKernel { Wmma, WmmaAsync, Mma };
 
 // kCols: the block width (WMMA kernels) or the warp width (the mma.sync kernel, with
-// kWarpsAlongCols warps along the columns).
+// kWarpsAlongCols warps along the columns). infinite_mask: on with_infinite_mask's inputs, whose
+// infinite outputs are left out of the error statistics.
 template <typename scalar_t, typename mma_t, int kCols, TensorCoreKernel kKernel, int kWarpsAlongCols = 1>
-int check_igemm_tensor_cores(const Problem& p, int splits) {
+int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = false) {
   namespace kernels = rcm_fsad::kernels;  // spelled kernels:: for check_coverage.cmake
   const auto start = std::chrono::steady_clock::now();
   using Tiles = std::conditional_t<kKernel == TensorCoreKernel::Mma, kernels::MmaTiles<kCols, kWarpsAlongCols>,
                                    kernels::WmmaTiles<kCols>>;
-  const ForwardOperands<scalar_t> op(p);
+  const ForwardOperands<scalar_t> op(p, infinite_mask);
   const dim3 grid = forward_grid<Tiles>(p, splits);
   std::vector<double> got;
   if constexpr (kKernel == TensorCoreKernel::WmmaAsync) {
@@ -771,7 +824,7 @@ int check_igemm_tensor_cores(const Problem& p, int splits) {
                                        kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>);
   }
   const double tol = std::is_same_v<mma_t, rcm_fsad::kernels::Tf32> ? 2e-3 : Traits<scalar_t>::tol;
-  int bad = compare("out", got, op.want, tol, out_element(p));
+  int bad = compare("out", got, op.want, tol, out_element(p)) + (infinite_mask ? check_infinities(op.want) : 0);
 
   reference::Outputs rounded = reference::compute(op.in);
   for (double& c : rounded.columns) c = mma_rounded<mma_t>(c);
@@ -781,6 +834,7 @@ int check_igemm_tensor_cores(const Problem& p, int splits) {
   for (double& v : same_precision) v = through<scalar_t>(v);
   double scale = 1.0, kernel_error = 0.0, rounding_error = 0.0;
   for (size_t i = 0; i < op.want.size(); ++i) {
+    if (!std::isfinite(op.want[i])) continue;
     scale = std::max(scale, std::abs(op.want[i]));
     kernel_error = std::max(kernel_error, std::abs(got[i] - op.want[i]));
     rounding_error = std::max(rounding_error, std::abs(same_precision[i] - op.want[i]));
@@ -791,7 +845,8 @@ int check_igemm_tensor_cores(const Problem& p, int splits) {
                 rounding_error, scale);
     ++bad;
   }
-  const std::string errors = emu::detail::format(", error %.2g vs rounding %.2g", kernel_error, rounding_error);
+  const std::string errors = emu::detail::format(", error %.2g vs rounding %.2g", kernel_error, rounding_error) +
+                             infinity_note(infinite_mask, op.want);
   report_forward(bad, p, grid, Tiles::kThreads, errors.c_str(), start);
   return bad;
 }
@@ -913,11 +968,27 @@ int reference_case() {
   return bad;
 }
 
+// The problem of igemm_problems() named `name`.
+const Problem& igemm_problem(const std::string& name) {
+  const std::vector<Problem>& all = igemm_problems();
+  const auto it = std::find_if(all.begin(), all.end(), [&](const Problem& p) { return name == p.name; });
+  if (it == all.end()) {
+    std::fprintf(stderr, "no problem named %s\n", name.c_str());
+    std::abort();
+  }
+  return *it;
+}
+
+// The problem the infinite-mask checks run: its last reduction step is shallower than a step, so
+// that the tensor-core kernels' threads past its depth sample zeros (for 16-bit types steps of 32
+// channels: 32 + 8; for TF32 16 + 16 + 8).
+const Problem& infinite_mask_problem() { return igemm_problem("deep_c40_one_group"); }
+
 template <typename scalar_t>
 int run_igemm_case() {
   int bad = 0;
   for (const Problem& p : igemm_problems()) bad += check_igemm<scalar_t>(p);
-  return bad;
+  return bad + check_igemm<scalar_t>(infinite_mask_problem(), /*infinite_mask=*/true);
 }
 
 // The ThreadSanitizer build runs the first problem (element loads) and the last two (16-byte loads,
@@ -944,6 +1015,25 @@ int run_tensor_core_case() {
   // Under light checking, the last three problems the kernel applies to.
   size_t light_from = all.size();
   for (int found = 0; light && found < 3 && light_from > 0;) found += applies(all[--light_from]) ? 1 : 0;
+  // With the widths the launcher picks for the problem.
+  auto check = [](const Problem& p, int split, bool infinite_mask) {
+    namespace kernels = rcm_fsad::kernels;
+    const int64_t cog = p.out_channels / p.shape.groups;
+    if constexpr (kKernel == TensorCoreKernel::Mma) {
+      if (kernels::mma_warps_along_cols(cog) == 2) {
+        return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel, 2>(p, split, infinite_mask);
+      }
+      if (kernels::mma_warp_cols(cog) == 128) {
+        return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split, infinite_mask);
+      }
+      return check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split, infinite_mask);
+    } else {
+      if (kernels::wmma_tile_cols<mma_t>(cog) == 128) {
+        return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split, infinite_mask);
+      }
+      return check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split, infinite_mask);
+    }
+  };
   int checked = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     const Problem& p = all[i];
@@ -955,29 +1045,14 @@ int run_tensor_core_case() {
     if (!light && (i == 0 || i + 1 == all.size())) {
       for (int split : split_counts(p)) splits.push_back(split);
     }
-    for (int split : splits) {
-      // The widths the launcher picks for the problem.
-      namespace kernels = rcm_fsad::kernels;
-      const int64_t cog = p.out_channels / p.shape.groups;
-      if constexpr (kKernel == TensorCoreKernel::Mma) {
-        if (kernels::mma_warps_along_cols(cog) == 2) {
-          bad += check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel, 2>(p, split);
-        } else if (kernels::mma_warp_cols(cog) == 128) {
-          bad += check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split);
-        } else {
-          bad += check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split);
-        }
-      } else if (kernels::wmma_tile_cols<mma_t>(cog) == 128) {
-        bad += check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split);
-      } else {
-        bad += check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split);
-      }
-    }
+    for (int split : splits) bad += check(p, split, false);
   }
   if (checked < 3) {
     std::printf("  FAIL only %d problems checked\n", checked);
     ++bad;
   }
+  // Not under TSan: no barrier differs from the problems above.
+  if (!kThreadSanitizer) bad += check(infinite_mask_problem(), 1, true);
   if (!kVectorsOnly && kThreadSanitizer) std::printf("  (ThreadSanitizer build: 3 of the %zu problems)\n", all.size());
   return bad;
 }
