@@ -81,6 +81,8 @@ kernels::DeformConvGeometry check_deform_conv2d_args(const at::Tensor& input, co
   TORCH_CHECK(g.channels % g.offset_groups == 0, "deform_conv2d: offset groups (", g.offset_groups,
               ", from offset.shape[1] / (2*kh*kw)) must divide the input channels (", g.channels, ")");
 
+  // Division toward zero, as torchvision's: a kernel overhanging the padded input by less than the
+  // stride still gives one output (reference.output_size, which the fake kernel uses, agrees).
   g.out_h = (g.height + 2 * g.pad_h - (g.dil_h * (g.kernel_h - 1) + 1)) / g.stride_h + 1;
   g.out_w = (g.width + 2 * g.pad_w - (g.dil_w * (g.kernel_w - 1) + 1)) / g.stride_w + 1;
   TORCH_CHECK(g.out_h > 0 && g.out_w > 0, "deform_conv2d: the output would be empty: input of size ",

@@ -76,6 +76,8 @@ CASES = {
     "groups2_offset_groups3": DeformCase(in_channels=6, out_channels=8, groups=2, offset_groups=3),
     "groups4_offset_groups2": DeformCase(in_channels=8, out_channels=4, groups=4, offset_groups=2),
     "far_offsets": DeformCase(offset_scale=6.0),
+    # 3 rows over 2 with stride 2: one output row whose kernel overhangs the input (torchvision's size)
+    "kernel_overhangs_by_less_than_stride": DeformCase(height=2, width=5, stride=(2, 2), padding=(0, 1)),
     "no_mask": DeformCase(use_mask=False),
     "no_bias": DeformCase(use_bias=False),
     "no_mask_no_bias_groups": DeformCase(use_mask=False, use_bias=False, in_channels=6, groups=3, offset_groups=2,

@@ -209,6 +209,19 @@ def test_no_output_channels_give_an_empty_output_and_zero_gradients(device):
     assert_matches(ours, run_with_grads(torchvision.ops.deform_conv2d, case, tensors), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("case", [DeformCase(batch=0), DeformCase(out_channels=0),
+                                  DeformCase(height=0, kernel=(1, 1), padding=(1, 1))],
+                         ids=["batch0", "no_output_channels", "empty_image_padded"])
+def test_reference_takes_empty_problems(case):
+    """The oracle itself: torchvision's output for problems with nothing in them (an image of height 0
+    padded to 2 rows samples only zeros)."""
+    tensors = case.tensors(torch.float64)
+    args = (tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"])
+    want = torchvision.ops.deform_conv2d(*args, mask=tensors["mask"], **case.kwargs())
+    got = reference.deform_conv2d(*args, mask=tensors["mask"], **case.kwargs())
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_no_input_channels_is_an_error(device):
     """An input of 0 channels is rejected by name (torchvision divides by zero there and kills the process)."""
     case = DeformCase(batch=1)

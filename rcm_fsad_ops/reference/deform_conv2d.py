@@ -19,6 +19,8 @@ def _bilinear_gather(image: Tensor, y: Tensor, x: Tensor) -> Tensor:
     """Bilinear samples of image (N, G, Cg, H, W) at y, x (N, G, P); zero outside, and zero at a NaN or
     infinite position, which samples as if far outside. -> (N, G, Cg, P)."""
     n, groups, cg, height, width = image.shape
+    if height * width == 0:  # nothing to gather from: every corner is outside
+        return image.new_zeros(n, groups, cg, y.shape[-1])
     flat = image.reshape(n, groups, cg, height * width)
     # (-2, -2) has all four corners outside; where() passes no gradient to the position it replaces.
     finite = torch.isfinite(y) & torch.isfinite(x)
@@ -70,10 +72,10 @@ def sampled_columns(
     base_x = (kx.view(1, kw, 1, 1) + ox.view(1, 1, 1, out_w)).expand(kh, kw, out_h, out_w).reshape(points, -1)
 
     off = offset.reshape(n, offset_groups, points, 2, out_h * out_w)
-    y = (base_y + off[:, :, :, 0]).reshape(n, offset_groups, -1)
-    x = (base_x + off[:, :, :, 1]).reshape(n, offset_groups, -1)
+    y = (base_y + off[:, :, :, 0]).reshape(n, offset_groups, points * out_h * out_w)
+    x = (base_x + off[:, :, :, 1]).reshape(n, offset_groups, points * out_h * out_w)
     image = input.reshape(n, offset_groups, c_in // offset_groups, height, width)
-    samples = _bilinear_gather(image, y, x).reshape(n, offset_groups, c_in // offset_groups, points, -1)
+    samples = _bilinear_gather(image, y, x).reshape(n, offset_groups, c_in // offset_groups, points, out_h * out_w)
     if mask is not None:
         samples = samples * mask.reshape(n, offset_groups, 1, points, out_h * out_w)
     return samples.reshape(n, groups, c_in // groups * points, out_h * out_w)
@@ -102,12 +104,20 @@ def deform_conv2d(
 
 
 def output_size(size, kernel_size, stride=1, padding=0, dilation=1) -> tuple:
-    """(H_out, W_out) of a convolution over an input of spatial size (H, W)."""
+    """(H_out, W_out) of a convolution over an input of spatial size (H, W).
+
+    As the C++ checks and torchvision compute it, dividing toward zero: a kernel that overhangs the
+    padded input by less than the stride still has one output row (its overhang samples zeros),
+    where conv2d would raise.
+    """
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
+
+    def outputs(extent: int, k: int, s: int, p: int, d: int) -> int:
+        room = extent + 2 * p - (d * (k - 1) + 1)
+        return (room // s if room >= 0 else -(-room // s)) + 1
+
     height, width = size
-    out_h = (height + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    out_w = (width + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-    return out_h, out_w
+    return outputs(height, kh, sh, ph, dh), outputs(width, kw, sw, pw, dw)
 
 
 def columns_times_weight(columns: Tensor, weight: Tensor, bias: Optional[Tensor], out_size) -> Tensor:
@@ -115,7 +125,7 @@ def columns_times_weight(columns: Tensor, weight: Tensor, bias: Optional[Tensor]
     -> (N, C_out, H_out, W_out)."""
     n, groups = columns.shape[:2]
     c_out = weight.shape[0]
-    w = weight.reshape(groups, c_out // groups, -1)
+    w = weight.reshape(groups, c_out // groups, weight.shape[1:].numel())
     out = torch.einsum("gok,ngkl->ngol", w, columns).reshape(n, c_out, *out_size)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
