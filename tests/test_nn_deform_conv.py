@@ -46,6 +46,25 @@ def test_module_rejects_groups_that_do_not_divide():
         ModulatedDeformConv2dWithOffsetPredictor(6, 6, 3, offset_groups=4)
 
 
+@pytest.mark.parametrize("groups", [0, -2])
+def test_modules_reject_group_counts_that_are_not_positive(groups):
+    with pytest.raises(ValueError, match=f"groups must be a positive integer, got {groups}"):
+        ModulatedDeformConv2d(6, 4, 3, groups=groups)
+    with pytest.raises(ValueError, match=f"offset_groups must be a positive integer, got {groups}"):
+        ModulatedDeformConv2dWithOffsetPredictor(6, 6, 3, offset_groups=groups)
+
+
+def test_modules_place_their_parameters_by_device_and_dtype():
+    """device= and dtype= as for nn.Conv2d, the offset predictor's parameters included; on the meta
+    device the forward runs the fake kernel."""
+    layer = ModulatedDeformConv2dWithOffsetPredictor(4, 6, 3, padding=1, offset_groups=2, device="meta",
+                                                     dtype=torch.float64)
+    assert {(p.device.type, p.dtype) for p in layer.parameters()} == {("meta", torch.float64)}
+    assert len(list(layer.parameters())) == 4
+    out = layer(torch.empty(2, 4, 5, 7, device="meta", dtype=torch.float64))
+    assert (out.shape, out.device.type, out.dtype) == ((2, 6, 5, 7), "meta", torch.float64)
+
+
 def test_layers_reject_an_input_with_other_than_in_channels():
     """9 channels would otherwise run as 3 groups of 3 with a weight made for 2 groups of 3."""
     layer = ModulatedDeformConv2d(6, 6, 3, groups=2)

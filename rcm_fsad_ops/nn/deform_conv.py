@@ -13,11 +13,19 @@ from rcm_fsad_ops.ops.deform_conv2d import deform_conv2d
 IntPair = Union[int, Tuple[int, int]]
 
 
+def _check_positive(value: int, name: str) -> None:
+    # As nn.Conv2d checks its groups: 0 would otherwise divide by zero, a negative count size a tensor.
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
 class ModulatedDeformConv2d(nn.Module):
     """DCNv2 layer whose offsets and mask are given by the caller.
 
     forward(input (N, C_in, H, W), offset (N, 2*G*kh*kw, H_out, W_out),
             mask (N, G*kh*kw, H_out, W_out) or None) -> (N, C_out, H_out, W_out)
+
+    device and dtype place the parameters, as for nn.Conv2d.
     """
 
     def __init__(
@@ -30,8 +38,12 @@ class ModulatedDeformConv2d(nn.Module):
         dilation: IntPair = 1,
         groups: int = 1,
         bias: bool = True,
+        *,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
+        _check_positive(groups, "groups")
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels ({out_channels})"
@@ -43,8 +55,9 @@ class ModulatedDeformConv2d(nn.Module):
         self.padding = _pair(padding)
         self.dilation = _pair(dilation)
         self.groups = groups
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        factory = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -81,6 +94,7 @@ class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
     A plain conv with the layer's kernel size, stride, padding and dilation predicts 3*G*kh*kw
     channels: the first 2*G*kh*kw are the offsets, the rest pass through a sigmoid to become the
     mask. It is zero-initialised, so a new layer samples the regular grid with a mask of 0.5.
+    device and dtype place the parameters of both, as for nn.Conv2d.
 
     forward(input (N, C_in, H, W)) -> (N, C_out, H_out, W_out)
     """
@@ -96,8 +110,13 @@ class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
         groups: int = 1,
         offset_groups: int = 1,
         bias: bool = True,
+        *,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         device=device, dtype=dtype)
+        _check_positive(offset_groups, "offset_groups")
         if in_channels % offset_groups:
             raise ValueError(f"offset_groups ({offset_groups}) must divide in_channels ({in_channels})")
         self.offset_groups = offset_groups
@@ -105,7 +124,7 @@ class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
         self.offset_channels = 2 * offset_groups * points
         self.offset_predictor = nn.Conv2d(
             in_channels, 3 * offset_groups * points, self.kernel_size, self.stride, self.padding,
-            self.dilation, bias=True,
+            self.dilation, bias=True, device=device, dtype=dtype,
         )
         self._reset_offset_predictor()
 
