@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 from torch._dynamo.testing import CompileCounterWithBackend
+from torch.nn.modules.utils import _pair
 
 import rcm_fsad_ops
 from rcm_fsad_ops import _C
@@ -61,6 +62,24 @@ def test_torch_compile_fullgraph(backend, device):
     got.sum().backward()
     for a, b in zip(compiled_args, eager_args):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("stride, padding", [(2, 1), ((2, 1), (1, 0)), ([1, 2], [0, 1])],
+                         ids=["ints", "tuples", "lists"])
+def test_torchscript_function_matches_eager(stride, padding, device):
+    """torch.jit.script takes the function as it takes torchvision's; values and gradients as in eager."""
+    case = CASES["groups2_offset_groups3"].with_(stride=_pair(stride), padding=_pair(padding))
+    t = case.tensors(torch.float64, device)
+    scripted = torch.jit.script(rcm_fsad_ops.deform_conv2d)
+    results = []
+    for fn in (rcm_fsad_ops.deform_conv2d, scripted):
+        leaves = [t[k].clone().requires_grad_(True) for k in ("input", "offset", "weight", "bias", "mask")]
+        out = fn(leaves[0], leaves[1], leaves[2], leaves[3], stride, padding, 1, leaves[4])
+        out.square().sum().backward()
+        results.append([out.detach()] + [leaf.grad for leaf in leaves])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def good_args(device="cpu"):

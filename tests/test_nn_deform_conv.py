@@ -1,3 +1,5 @@
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -63,6 +65,50 @@ def test_modules_place_their_parameters_by_device_and_dtype():
     assert len(list(layer.parameters())) == 4
     out = layer(torch.empty(2, 4, 5, 7, device="meta", dtype=torch.float64))
     assert (out.shape, out.device.type, out.dtype) == ((2, 6, 5, 7), "meta", torch.float64)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.[a-z]+` is deprecated:FutureWarning")
+def test_layers_script_save_and_load():
+    """torch.jit.script, save and load: the same outputs and gradients as the eager layers, and the
+    same error for a wrong channel count."""
+    torch.manual_seed(0)
+    given = ModulatedDeformConv2d(6, 4, 3, padding=1, groups=2).double()
+    predicting = ModulatedDeformConv2dWithOffsetPredictor(6, 4, 3, padding=1, offset_groups=3).double()
+    with torch.no_grad():
+        predicting.offset_predictor.weight.normal_(std=0.1)  # away from the zero initialisation
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    offset, mask = torch.randn(2, 18, 5, 7, dtype=torch.float64), torch.rand(2, 9, 5, 7, dtype=torch.float64)
+    for layer, args in ((given, (x, offset, mask)), (predicting, (x,))):
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.script(layer), buffer)
+        buffer.seek(0)
+        loaded = torch.jit.load(buffer)
+        outputs, grads = [], []
+        for module in (layer, loaded):
+            module.zero_grad()
+            out = module(*args)
+            out.square().sum().backward()
+            outputs.append(out.detach())
+            grads.append([p.grad for p in module.parameters()])
+        torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+        for got, want in zip(grads[1], grads[0]):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        with pytest.raises(Exception, match=r"expected input to have in_channels = 6 channels, got 9"):
+            loaded(torch.randn(2, 9, 5, 7, dtype=torch.float64), *args[1:])
+
+
+def test_layer_exports_with_a_dynamic_batch():
+    """torch.export (what PyTorch recommends over TorchScript) through the fake kernel: the exported
+    program computes what the eager layer does, at another batch size than it was traced with."""
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2dWithOffsetPredictor(4, 6, 3, padding=1, offset_groups=2).double()
+    with torch.no_grad():
+        layer.offset_predictor.weight.normal_(std=0.1)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(layer, (torch.randn(2, 4, 5, 7, dtype=torch.float64),),
+                                   dynamic_shapes={"input": {0: batch}})
+    x = torch.randn(3, 4, 5, 7, dtype=torch.float64)
+    torch.testing.assert_close(exported.module()(x), layer(x), rtol=0, atol=0)
 
 
 def test_layers_reject_an_input_with_other_than_in_channels():

@@ -25,7 +25,7 @@ class ModulatedDeformConv2d(nn.Module):
     forward(input (N, C_in, H, W), offset (N, 2*G*kh*kw, H_out, W_out),
             mask (N, G*kh*kw, H_out, W_out) or None) -> (N, C_out, H_out, W_out)
 
-    device and dtype place the parameters, as for nn.Conv2d.
+    device and dtype place the parameters, as for nn.Conv2d. Scriptable with torch.jit.script.
     """
 
     def __init__(
@@ -55,6 +55,7 @@ class ModulatedDeformConv2d(nn.Module):
         self.padding = _pair(padding)
         self.dilation = _pair(dilation)
         self.groups = groups
+        self._name = type(self).__name__  # for error messages, also under TorchScript
         factory = dict(device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
@@ -73,14 +74,17 @@ class ModulatedDeformConv2d(nn.Module):
         # regroup the weight instead of failing. Other ranks are left to the op's own check.
         if input.dim() == 4 and input.shape[1] != self.in_channels:
             raise ValueError(
-                f"{type(self).__name__}: expected input to have in_channels = {self.in_channels} channels, "
-                f"got {input.shape[1]} (input of shape {tuple(input.shape)})"
+                f"{self._name}: expected input to have in_channels = {self.in_channels} channels, "
+                f"got {input.shape[1]} (input of shape {list(input.shape)})"
             )
+
+    def _convolve(self, input: Tensor, offset: Tensor, mask: Optional[Tensor]) -> Tensor:
+        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
+                             self.dilation, mask)
 
     def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         self._check_input_channels(input)
-        return deform_conv2d(input, offset, self.weight, self.bias, self.stride, self.padding,
-                             self.dilation, mask)
+        return self._convolve(input, offset, mask)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -144,7 +148,7 @@ class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
         predicted = self.offset_predictor(input)
         offset = predicted[:, : self.offset_channels]
         mask = torch.sigmoid(predicted[:, self.offset_channels :])
-        return super().forward(input, offset, mask)
+        return self._convolve(input, offset, mask)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, offset_groups={self.offset_groups}"

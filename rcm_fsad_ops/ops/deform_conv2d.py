@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable
-from typing import Optional, Sequence, SupportsIndex, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -14,10 +14,11 @@ from torch import Tensor
 from rcm_fsad_ops import _C  # noqa: F401  (registers the schemas and kernels)
 from rcm_fsad_ops.reference import output_size
 
-IntPair = Union[SupportsIndex, Tuple[SupportsIndex, SupportsIndex], Sequence[SupportsIndex]]
+# In the types TorchScript knows; outside it _pair takes more (anything with __index__, iterables).
+IntPair = Union[int, Tuple[int, int], List[int]]
 
 
-def _pair(value: IntPair, name: str) -> list[int]:
+def _pair(value: IntPair, name: str) -> List[int]:
     """What torchvision takes: an integral scalar (int, bool, NumPy integer, anything with __index__)
     or an iterable of two; a 0-d integer tensor, which torchvision rejects, counts as its value."""
     # A 0-d tensor or array is iterable by type but not in fact, so it is taken as a scalar.
@@ -31,6 +32,15 @@ def _pair(value: IntPair, name: str) -> list[int]:
         raise ValueError(f"deform_conv2d: expected {name} to be an int or a pair of ints, got {len(values)} "
                          f"values: {value!r}")
     return values
+
+
+def _scripted_pair(value: IntPair) -> List[int]:
+    """_pair under TorchScript, which types the value: the op's schema checks a list's length."""
+    if isinstance(value, int):
+        return [value, value]
+    if isinstance(value, tuple):
+        return [value[0], value[1]]
+    return value
 
 
 def deform_conv2d(
@@ -51,7 +61,8 @@ def deform_conv2d(
             one dx of kernel point (i, j) of offset group g. G divides C_in.
         weight: (C_out, C_in/groups, kh, kw); groups = C_in / weight.shape[1].
         bias: (C_out,) or None.
-        stride, padding, dilation: int or (h, w).
+        stride, padding, dilation: int or (h, w) (any integral values, e.g. NumPy integers,
+            except under TorchScript, which scripts this function as torchvision's).
         mask: (N, G*kh*kw, H_out, W_out) modulation, or None for DCNv1.
 
     Returns:
@@ -74,6 +85,9 @@ def deform_conv2d(
     stream, deterministic under PyTorch's own rules: versions of PyTorch that check
     ``CUBLAS_WORKSPACE_CONFIG`` raise their own error until it is set (e.g. to ``:4096:8``).
     """
+    if torch.jit.is_scripting():
+        return torch.ops.rcm_fsad.deform_conv2d(input, offset, weight, mask, bias, _scripted_pair(stride),
+                                                _scripted_pair(padding), _scripted_pair(dilation))
     return torch.ops.rcm_fsad.deform_conv2d.default(
         input, offset, weight, mask, bias,
         _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"),
