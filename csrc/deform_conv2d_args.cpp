@@ -1,7 +1,11 @@
 #include "deform_conv2d_args.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/MemoryFormat.h>
 #include <c10/util/Exception.h>
+#include <c10/util/strides.h>
+
+#include <vector>
 
 namespace rcm_fsad {
 namespace {
@@ -24,6 +28,18 @@ void check_pair(at::IntArrayRef v, const char* name, int64_t minimum) {
   TORCH_CHECK(v.size() == 2, "deform_conv2d: expected ", name, " to have 2 values, got ", v);
   TORCH_CHECK(v[0] >= minimum && v[1] >= minimum, "deform_conv2d: expected ", name,
               " values to be at least ", minimum, ", got ", v);
+}
+
+// t, dense in `format`, with the strides torch.empty(t.shape, memory_format=format) gives it, which
+// the fake kernels report: .contiguous() and permuted buffers can keep others on dimensions of size
+// 1 and on empty tensors (the same layout, other strides).
+at::Tensor with_canonical_strides(const at::Tensor& t, at::MemoryFormat format) {
+  c10::DimVector strides = c10::contiguous_strides(t.sizes());  // what torch.empty computes for each format
+  if (format == at::MemoryFormat::ChannelsLast) {
+    const std::vector<int64_t> channels_last = c10::get_channels_last_strides_2d(t.sizes());
+    strides.assign(channels_last.begin(), channels_last.end());
+  }
+  return t.strides() == at::IntArrayRef(strides) ? t : t.as_strided(t.sizes(), strides);
 }
 
 }  // namespace
@@ -134,8 +150,7 @@ at::MemoryFormat output_memory_format(const at::Tensor& input) {
 }
 
 at::Tensor from_nhwc(const at::Tensor& nhwc, at::MemoryFormat format) {
-  at::Tensor nchw = nhwc.permute({0, 3, 1, 2});
-  return format == at::MemoryFormat::ChannelsLast ? nchw : nchw.contiguous();
+  return with_canonical_strides(nhwc.permute({0, 3, 1, 2}).contiguous(format), format);
 }
 
 OffsetMaskGradients offset_mask_gradients(const at::Tensor& input, const at::Tensor& offset,
@@ -150,9 +165,10 @@ at::Tensor weight_matrix(const at::Tensor& weight) {
 }
 
 at::Tensor weight_from_matrix(const at::Tensor& matrix, const kernels::DeformConvGeometry& g) {
-  return matrix.view({g.out_channels, g.kernel_h, g.kernel_w, g.channels_per_group()})
-      .permute({0, 3, 1, 2})
-      .contiguous();
+  return with_canonical_strides(matrix.view({g.out_channels, g.kernel_h, g.kernel_w, g.channels_per_group()})
+                                    .permute({0, 3, 1, 2})
+                                    .contiguous(),
+                                at::MemoryFormat::Contiguous);
 }
 
 void columns_times_weight(const at::Tensor& columns, const at::Tensor& wmat,

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 from torch._dynamo.testing import CompileCounterWithBackend
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.modules.utils import _pair
 
 import rcm_fsad_ops
@@ -162,6 +163,34 @@ def test_fake_kernel_output_matches_torchvision(name):
     got = rcm_fsad_ops.deform_conv2d(**on_meta(args))
     assert got.device.type == "meta"
     assert (got.shape, got.dtype) == (expected.shape, expected.dtype)
+
+
+# Shapes on which .contiguous() keeps strides other than torch.empty's: empty tensors, dimensions of size 1.
+DEGENERATE = {
+    "batch0": DeformCase(batch=0),
+    "output_1x1": DeformCase(height=3, width=3, padding=(0, 0)),
+    "no_output_channels": DeformCase(out_channels=0),
+    "one_channel": DeformCase(in_channels=1, out_channels=3),
+}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", sorted(DEGENERATE))
+def test_fake_kernels_report_the_real_strides(name, channels_last):
+    """Shapes, dtypes and strides of the forward's and the backward's outputs, real (CPU) and fake."""
+    case = DEGENERATE[name]
+    inp, off, w, m, b, *geometry = op_args(case, "cpu", requires_grad=False)
+    if channels_last:
+        inp = inp.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(case.batch, case.out_channels, *case.out_size, dtype=torch.float64)
+    calls = [(torch.ops.rcm_fsad.deform_conv2d.default, (inp, off, w, m, b, *geometry)),
+             (torch.ops.rcm_fsad.deform_conv2d_backward.default, (grad, inp, off, w, m, *geometry))]
+    for op, args in calls:
+        real = op(*args)
+        with FakeTensorMode() as mode:
+            fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+        real, fake = (list(r) if isinstance(r, tuple) else [r] for r in (real, fake))
+        assert [(t.shape, t.dtype, t.stride()) for t in fake] == [(t.shape, t.dtype, t.stride()) for t in real]
 
 
 @pytest.mark.parametrize("device_type", ["cpu", "meta"])
