@@ -9,9 +9,9 @@
 #   1 env        nvidia-smi, nvcc, python/torch/torchvision/pytest/ninja versions   -> build.log
 #   2 build      MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace -> build.log
 #   3 info       python -m rcm_fsad_ops info                                        -> build.log
-#   4 smoke      the sanitizer cases below in float32/float16, without a sanitizer: a kernel that hangs
-#                shows here within 60 s, and then every later GPU step is skipped (each would hang to
-#                its cap) so that the time is left for a fix and a rerun          -> checks.log
+#   4 smoke      every sanitizer case below, without a sanitizer: a kernel that hangs shows here
+#                within 60 s, and then every later GPU step is skipped (each would hang to its cap) so
+#                that the time is left for a fix and a rerun                      -> checks.log
 #   5 tests      python -m pytest tests -k cuda --maxfail=15 (CUDA parity tests; a per-test timeout
 #                where pytest-timeout is installed; fails when no GPU is visible)  -> checks.log
 #   6 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, five CUDA
@@ -30,9 +30,10 @@
 #  13 compile    (optional) benchmark incl. torch.compile(reference) on the smallest case
 #                                                                                   -> bench.log, cuda-compile-*.json
 #
-# $OUT/summary.txt lists every step (OK / FAIL / SKIP, exit code, seconds) and a final STATUS line;
-# the script exits 0 when all ran and passed, 1 when any required step failed, 2 when a required step
-# was skipped. Files in $OUT are kept to at most 7 (the device tool brings back 8 at most).
+# $OUT/summary.txt lists every step (OK / FAIL / SKIP / TIME, exit code, seconds) and a final STATUS
+# line; TIME: cut short by the budget before its own cap (unfinished, not failed). The script exits 0
+# when all ran and passed, 1 when any required step failed, 2 when a required step was skipped or cut
+# short. Files in $OUT are kept to at most 7 (the device tool brings back 8 at most).
 #
 # Environment: OUT (default /tmp/gpu_check_out), PYTHON (default: python, else python3),
 # BUDGET_S (total time budget in seconds, default 480; each step's timeout is capped by what is left;
@@ -89,6 +90,7 @@ OPTIONAL_FAILED=()
 SKIPPED_REQUIRED=()
 HUNG=""  # set when the smoke step times out: a kernel hangs
 LAST_RC=0  # of the last step run (0 for one skipped)
+LAST_STATUS=OK  # of the last step run: OK, FAIL or TIME (cut short by the budget)
 {
     echo "gpu_check.sh  $(date -Is)  revision ${RCM_FSAD_GIT_REVISION:-not given}"
     echo "repo $REPO  python $PY  budget ${BUDGET_S}s  sanitizer ${SANITIZER:-not found}  ncu ${NCU:-not found}"
@@ -111,6 +113,7 @@ step() {
         printf '%-10s %-6s %5s %7s  %s\n' "$name" SKIP - 0 "$(basename "$log") (out of time)" >> "$SUMMARY"
         (( required )) && SKIPPED_REQUIRED+=("$name")
         LAST_RC=0
+        LAST_STATUS=OK
         return 0
     fi
     local shown="${cmd#$'\n'}"
@@ -121,12 +124,18 @@ step() {
     local rc=${PIPESTATUS[0]}
     local dt=$(( SECONDS - t0 ))
     local status=OK
-    if (( rc != 0 )); then
+    if (( (rc == 124 || rc == 137) && limit < cap )); then
+        # Cut short by the budget, not by its own cap: unfinished, which says nothing of its result.
+        status=TIME
+        (( required )) && SKIPPED_REQUIRED+=("$name")
+        echo "===== [$name] OUT OF BUDGET after ${limit}s (its cap: ${cap}s)" | tee -a "$log"
+    elif (( rc != 0 )); then
         status=FAIL
         if (( required )); then FAILED+=("$name"); else OPTIONAL_FAILED+=("$name"); fi
         (( rc == 124 || rc == 137 )) && echo "===== [$name] TIMED OUT after ${limit}s" | tee -a "$log"
     fi
     LAST_RC=$rc
+    LAST_STATUS=$status
     echo "===== [$name] $status (rc=$rc, ${dt}s)" | tee -a "$log"
     printf '%-10s %-6s %5s %7s  %s\n' "$name" "$status" "$rc" "$dt" "$(basename "$log")" >> "$SUMMARY"
 }
@@ -252,8 +261,8 @@ print("sanitizer small cases: done")
 PYEOF
 
 CUDA_VISIBLE='import sys, torch; sys.exit(0 if torch.cuda.is_available() else "torch sees no GPU")'
-step smoke "$CHECKS_LOG" 60 1 "$PY -c '$CUDA_VISIBLE' && RCM_SANITIZER_QUICK=1 $PY $SMALL_PY"
-(( LAST_RC == 124 || LAST_RC == 137 )) && HUNG=1
+step smoke "$CHECKS_LOG" 60 1 "$PY -c '$CUDA_VISIBLE' && $PY $SMALL_PY"
+[[ $LAST_STATUS == FAIL ]] && (( LAST_RC == 124 || LAST_RC == 137 )) && HUNG=1
 
 # ---- 5 CUDA parity tests ----------------------------------------------------------------------------
 # Not -x: one failure would hide every CUDA test after it. A per-test timeout (thread method: a kernel
@@ -330,12 +339,19 @@ done
 
 # ---- 13 torch.compile of the reference ------------------------------------------------------------------
 if (( $(remaining) >= 90 )); then
-    gpu_step compile "$BENCH_LOG" 200 0 "rm -rf /tmp/gpu_check_compile && $PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --out /tmp/gpu_check_compile; rc=\$?; for f in /tmp/gpu_check_compile/cuda-*.json; do [[ -e \$f ]] && cp \"\$f\" '$OUT/'\"\$(basename \"\$f\" | sed 's/^cuda-/cuda-compile-/')\"; done; exit \$rc"
+    rm -rf /tmp/gpu_check_compile
+    gpu_step compile "$BENCH_LOG" 200 0 "$PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --out /tmp/gpu_check_compile"
+    # Copied out here, not in the step: a step cut short keeps the cases it finished (the runner
+    # rewrites its JSON after each).
+    for f in /tmp/gpu_check_compile/cuda-*.json; do
+        [[ -e $f ]] && cp "$f" "$OUT/$(basename "$f" | sed 's/^cuda-/cuda-compile-/')"
+    done
 else
     skip_step compile "$BENCH_LOG" 0 "not enough time left for torch.compile of the reference"
 fi
 
 # ---- summary ----------------------------------------------------------------------------------------
+rm -f "$OUT"/*.tmp  # half-written results of a step cut short: the device tool brings back 8 files at most
 TOTAL=$(( SECONDS - START ))
 {
     echo "total ${TOTAL}s (budget ${BUDGET_S}s)"

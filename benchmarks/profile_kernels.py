@@ -43,7 +43,7 @@ from benchmarks.runner import (
     machine_info,
     pick_torchvision,
     resolve_devices,
-    set_tf32,
+    tf32_set_to,
     tf32_state,
     variant_applies,
 )
@@ -221,7 +221,6 @@ def run(device_name: str, case_names: Iterable[str], dtype_names: Iterable[str],
     selected = cases_for(device.type, case_names)
     if not selected:
         raise ValueError(f"none of the cases {case_names} runs on {device.type} (see benchmarks/shapes.py)")
-    set_tf32(False)  # as in the benchmark: fp32 is IEEE fp32 on every side
     for name in case_names:
         if name not in {case.name for case in selected}:
             print(f"# skipping {name}: not a {device.type} case", flush=True)
@@ -243,9 +242,10 @@ def run(device_name: str, case_names: Iterable[str], dtype_names: Iterable[str],
     header = _header(meta)
     print(header, flush=True)
     profiles: List[dict] = []
-    for case in selected:
-        for dtype_name in (d for d in case.dtypes[device.type] if d in dtype_names):
-            profiles += profile_case_dtype(device, case, dtype_name, repeats)
+    with tf32_set_to(False):  # as in the benchmark: fp32 is IEEE fp32 on every side
+        for case in selected:
+            for dtype_name in (d for d in case.dtypes[device.type] if d in dtype_names):
+                profiles += profile_case_dtype(device, case, dtype_name, repeats)
     result = {"meta": meta, "profiles": profiles}
     if out_dir is not None:
         result["paths"] = _write(result, header, Path(out_dir), device.type)

@@ -30,6 +30,7 @@ result back; the row's note says "autocast->fp32".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -41,7 +42,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -157,13 +158,22 @@ def timing_settings(device_type: str, quick: bool) -> TimingSettings:
     return TimingSettings(warmup=2, warmup_s=0.2, min_repeats=5, max_repeats=30, target_s=2.0)
 
 
-def set_tf32(enabled: bool) -> Dict[str, bool]:
-    """Set both TF32 switches (legacy API, valid from torch 2.4 on) and return their values."""
-    with warnings.catch_warnings():
+def _set_tf32(matmul: bool, cudnn: bool) -> None:
+    with warnings.catch_warnings():  # the legacy API, valid from torch 2.4 on
         warnings.simplefilter("ignore")
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
-    return tf32_state()
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+@contextlib.contextmanager
+def tf32_set_to(enabled: bool) -> Iterator[Dict[str, bool]]:
+    """Both TF32 switches set to `enabled` within the block, as they were after it. Yields their values."""
+    before = tf32_state()
+    _set_tf32(enabled, enabled)
+    try:
+        yield tf32_state()
+    finally:
+        _set_tf32(before["torch.backends.cuda.matmul.allow_tf32"], before["torch.backends.cudnn.allow_tf32"])
 
 
 def tf32_state() -> Dict[str, bool]:
@@ -822,11 +832,19 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
 def run_device(device_name: str, quick: bool = False, out_dir: Optional[Path] = None, reference: bool = True,
                compile_reference: bool = False, cases: Optional[List[str]] = None,
                dtypes: Optional[List[str]] = None, tf32: bool = False, write: bool = True) -> dict:
-    """Benchmark every case of one device; returns {"meta", "rows", "geomean", "skipped"}."""
+    """Benchmark every case of one device, with TF32 allowed on every side or on none (restored after);
+    returns {"meta", "rows", "geomean", "skipped"}."""
+    with tf32_set_to(tf32) as tf32_values:
+        return _run_device(device_name, quick, out_dir, reference, compile_reference, cases, dtypes, write,
+                           tf32_values)
+
+
+def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], reference: bool, compile_reference: bool,
+                cases: Optional[List[str]], dtypes: Optional[List[str]], write: bool,
+                tf32_values: Dict[str, bool]) -> dict:
     device = torch.device(device_name)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
-    tf32_values = set_tf32(tf32)
     settings = timing_settings(device.type, quick)
     machine = machine_info(device_name)
     ceilings = gpu_ceilings(machine.get("gpu_name")) if device.type == "cuda" else None

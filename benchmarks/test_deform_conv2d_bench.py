@@ -15,7 +15,7 @@ pytest.importorskip("pytest_benchmark")
 
 import torch  # noqa: E402
 
-from benchmarks.runner import _make_step, _ours, pick_torchvision, set_tf32  # noqa: E402
+from benchmarks.runner import _make_step, _ours, pick_torchvision, tf32_set_to  # noqa: E402
 from benchmarks.shapes import CASES, FWD, FWD_BWD, dtype_of  # noqa: E402
 
 DEVICE_DTYPE_CASES = [
@@ -43,13 +43,19 @@ def _inputs(case, device: str, dtype_name: str):
     return _INPUTS[key]
 
 
+@pytest.fixture
+def tf32_off():
+    """fp32 is IEEE fp32 on every side, as in the runner; the switches' values, restored after."""
+    with tf32_set_to(False) as values:
+        yield values
+
+
 @pytest.mark.parametrize("impl", IMPL_PARAMS)
 @pytest.mark.parametrize("pass_name", PASS_PARAMS)
 @pytest.mark.parametrize("device, case, dtype_name", DEVICE_DTYPE_CASES)
-def test_deform_conv2d(benchmark, device, case, dtype_name, pass_name, impl):
+def test_deform_conv2d(benchmark, tf32_off, device, case, dtype_name, pass_name, impl):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    tf32 = set_tf32(False)
     tensors = _inputs(case, device, dtype_name)
     note = ""
     if impl == "ours":
@@ -73,7 +79,7 @@ def test_deform_conv2d(benchmark, device, case, dtype_name, pass_name, impl):
     benchmark.group = f"{device} {case.name} {dtype_name} {pass_name}"
     benchmark.extra_info.update({
         "case": case.describe(), "dtype": dtype_name, "pass": pass_name, "impl": impl, "impl_note": note,
-        "flops": flops, "min_bytes": min_bytes, "tf32": tf32, "threads": torch.get_num_threads(),
+        "flops": flops, "min_bytes": min_bytes, "tf32": tf32_off, "threads": torch.get_num_threads(),
     })
     benchmark(target)
 

@@ -53,6 +53,28 @@ def test_bench_runs_the_runner_with_its_options(tiny_case, tmp_path, capsys):
     assert "| tiny |" in capsys.readouterr().out
 
 
+@pytest.fixture
+def tf32_switches_odd():
+    """The two TF32 switches set unlike each other, as a caller may have them, and reset after."""
+    before = runner.tf32_state()
+    with runner.tf32_set_to(True):
+        torch.backends.cudnn.allow_tf32 = False
+        yield runner.tf32_state()
+    assert runner.tf32_state() == before
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_bench_leaves_the_tf32_switches_as_it_found_them(tf32, tiny_case, tf32_switches_odd, tmp_path):
+    """--tf32 or not, the run sets both switches alike for itself and gives the caller's back."""
+    options = ["--tf32"] if tf32 else []
+    code = cli.main(["bench", "--device", "cpu", "--cases", "tiny", "--quick", "--no-reference",
+                     "--out", str(tmp_path), *options])
+    assert code == 0
+    (json_path,) = tmp_path.glob("cpu-*.json")
+    assert set(json.loads(json_path.read_text())["meta"]["tf32"].values()) == {tf32}
+    assert runner.tf32_state() == tf32_switches_odd
+
+
 def test_bench_exits_1_when_a_measurement_fails(tiny_case, tmp_path, monkeypatch, capsys):
     def broken():
         raise RuntimeError("no kernel today")

@@ -33,7 +33,12 @@ def tiny_case(monkeypatch) -> Case:
 
 def test_cpu_profile_of_a_tiny_case(tiny_case, tmp_path, capsys):
     # default --dtypes (fp32 bf16): bf16 is no CPU dtype of the case, so only fp32 runs
-    assert profile_kernels.main(["--device", "cpu", "--cases", "tiny", "--repeats", "2", "--out", str(tmp_path)]) == 0
+    tf32_before = runner.tf32_state()
+    with runner.tf32_set_to(True):  # the profile turns TF32 off for itself, and back on after
+        assert profile_kernels.main(["--device", "cpu", "--cases", "tiny", "--repeats", "2",
+                                     "--out", str(tmp_path)]) == 0
+        assert set(runner.tf32_state().values()) == {True}
+    assert runner.tf32_state() == tf32_before
     printed = capsys.readouterr().out
 
     (json_path,) = tmp_path.glob("profile-cpu-*.json")
