@@ -20,6 +20,20 @@ def test_modulated_deform_conv2d_matches_torchvision(device):
     torch.testing.assert_close(layer(x, offset, mask), expected, rtol=1e-10, atol=1e-10)
 
 
+def test_layer_takes_torchvisions_state_dict(device):
+    """A drop-in for torchvision.ops.DeformConv2d: the same constructor, the same parameters (strict
+    load_state_dict both ways) and, with them, the same output."""
+    torch.manual_seed(0)
+    theirs = torchvision.ops.DeformConv2d(6, 4, 3, stride=2, padding=1, dilation=1, groups=2).double().to(device)
+    ours = ModulatedDeformConv2d(6, 4, 3, stride=2, padding=1, dilation=1, groups=2).double().to(device)
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 9, 8, dtype=torch.float64, device=device)
+    offset = torch.randn(2, 18, 5, 4, dtype=torch.float64, device=device)
+    mask = torch.rand(2, 9, 5, 4, dtype=torch.float64, device=device)
+    torch.testing.assert_close(ours(x, offset, mask), theirs(x, offset, mask), rtol=1e-10, atol=1e-10)
+
+
 def test_offset_predictor_starts_as_half_a_plain_conv(device):
     """Zero-initialised predictor: zero offsets and a mask of sigmoid(0) = 0.5, so the layer is
     0.5 * conv2d(x, weight) + bias (the oracle is F.conv2d)."""
