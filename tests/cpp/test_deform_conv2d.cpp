@@ -1,27 +1,26 @@
-// The C++ library on its own: the operator is reachable through the dispatcher from a program
-// linked against libtorch, and with zero offsets and no mask it is an ordinary convolution.
-#include <ATen/core/dispatch/Dispatcher.h>
+// The C++ library on its own, through its API (csrc/deform_conv2d.h) from a program linked against
+// libtorch: with zero offsets and no mask the operator is an ordinary convolution, and its backward
+// gives that convolution's gradients (libtorch's autograd of conv2d is the oracle).
 #include <torch/torch.h>
 
 #include <iostream>
 
+#include "deform_conv2d.h"
+
 namespace {
 
+// Stride 1, padding 1, dilation 1, no bias.
 at::Tensor deform_conv2d(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                          const std::optional<at::Tensor>& mask) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("rcm_fsad::deform_conv2d", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
-  return op.call(input, offset, weight, mask, std::nullopt, {1, 1}, {1, 1}, {1, 1});
+  return rcm_fsad::deform_conv2d(input, offset, weight, mask, std::nullopt, {1, 1}, {1, 1}, {1, 1});
 }
 
+int checks = 0;
 int failures = 0;
 
 void expect(bool ok, const char* what) {
   std::cout << (ok ? "PASS " : "FAIL ") << what << "\n";
+  ++checks;
   failures += ok ? 0 : 1;
 }
 
@@ -58,6 +57,18 @@ int main() {
   }
   expect(raised, "a bad offset shape raises an error naming offset.shape[1]");
 
-  std::cout << (4 - failures) << " passed, " << failures << " failed\n";
+  const at::Tensor leaf_input = input.clone().requires_grad_(true);
+  const at::Tensor leaf_weight = weight.clone().requires_grad_(true);
+  const at::Tensor grad_output = torch::randn_like(expected);
+  torch::conv2d(leaf_input, leaf_weight, {}, 1, 1).backward(grad_output);
+  const auto [grad_input, grad_offset, grad_weight, grad_mask] =
+      rcm_fsad::deform_conv2d_backward(grad_output, input, offset, weight, std::nullopt, {1, 1}, {1, 1}, {1, 1});
+  expect(torch::allclose(grad_input, leaf_input.grad(), 1e-12, 1e-12) &&
+             torch::allclose(grad_weight, leaf_weight.grad(), 1e-12, 1e-12),
+         "the backward's input and weight gradients at zero offsets equal conv2d's");
+  expect(grad_offset.sizes() == offset.sizes() && grad_mask.numel() == 0,
+         "the backward gives an offset gradient of offset's shape and an empty mask gradient without a mask");
+
+  std::cout << (checks - failures) << " passed, " << failures << " failed\n";
   return failures == 0 ? 0 : 1;
 }
