@@ -71,8 +71,7 @@ struct Sampling {
 
   // The sample of kernel point k of offset group og at output pixel (oy, ox) of image n: its
   // bilinear point, its modulation, the four corners' NHWC rows (the zeros row for a corner outside
-  // the image) and their weights times the modulation, zero for a corner outside the image (as in
-  // kernels::masked_corners_of: an infinite modulation must not meet the zeros row, 0 * inf = NaN).
+  // the image) and their weights times the modulation (kernels::masked_weight).
   struct Tap {
     SamplePoint<scalar_t> point;
     scalar_t m;
@@ -85,7 +84,7 @@ struct Sampling {
     t.m = kernels::modulation<scalar_t>(g, mask, mask_strides, n, og, k, oy, ox);
     for (int i = 0; i < 4; ++i) {
       t.corner[i] = t.point.valid[i] ? image(n) + t.point.pixel[i] * g.channels : zeros;
-      t.weight[i] = t.point.valid[i] ? t.point.weight[i] * t.m : scalar_t(0);
+      t.weight[i] = kernels::masked_weight(t.point, i, t.m);
     }
     return t;
   }

@@ -239,6 +239,13 @@ RCM_HD SampleField<acc_t> sample_field(const DeformConvGeometry& g, const Output
           modulation<acc_t>(g, mask, mask_strides, px.n, og, k, px.oy, px.ox)};
 }
 
+// Corner i's bilinear weight times the modulation m; zero for a corner outside the image, whatever m
+// is: an infinite m must not meet the zero that corner reads (0 * inf = NaN).
+template <typename acc_t>
+RCM_HD acc_t masked_weight(const SamplePoint<acc_t>& p, int i, acc_t m) {
+  return p.valid[i] ? p.weight[i] * m : acc_t(0);
+}
+
 // The masked corners of kernel point k of output pixel px, whose field is f.
 template <typename acc_t>
 RCM_HD MaskedCorners<acc_t> masked_corners_of(const DeformConvGeometry& g, const OutputPixel& px, int64_t k,
@@ -248,7 +255,7 @@ RCM_HD MaskedCorners<acc_t> masked_corners_of(const DeformConvGeometry& g, const
   MaskedCorners<acc_t> corners;
   for (int i = 0; i < 4; ++i) {
     corners.pixel[i] = p.valid[i] ? image_pixel0 + p.pixel[i] : -1;
-    corners.weight[i] = p.valid[i] ? p.weight[i] * f.m : acc_t(0);
+    corners.weight[i] = masked_weight(p, i, f.m);
   }
   return corners;
 }
