@@ -196,7 +196,15 @@ void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, cons
     const at::Tensor go = grad_rows.narrow(1, group * out_cols, out_cols);
     at::Tensor gc = grad_columns.narrow(1, group * in_cols, in_cols);
     at::mm_out(gc, go, wmat.narrow(0, group * out_cols, out_cols));
-    grad_wmat.narrow(0, group * out_cols, out_cols).addmm_(go.t(), columns.narrow(1, group * in_cols, in_cols));
+    at::Tensor gw = grad_wmat.narrow(0, group * out_cols, out_cols);
+    const at::Tensor cols = columns.narrow(1, group * in_cols, in_cols);
+    if (gw.scalar_type() == cols.scalar_type()) {
+      gw.addmm_(go.t(), cols);
+    } else {
+      // 16-bit operands: the GEMM hands back its float32 sums (mm with out_dtype), so that the weight
+      // gradient, summed over every block of rows, is rounded to 16 bits once, by the caller.
+      gw.add_(at::mm(go.t(), cols, gw.scalar_type()));
+    }
   }
 }
 

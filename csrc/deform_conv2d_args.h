@@ -58,7 +58,8 @@ void columns_times_weight(const at::Tensor& columns, const at::Tensor& wmat,
                           const kernels::DeformConvGeometry& g);
 
 // The two backward GEMMs of a block of rows, per conv group: grad_columns = grad_rows x wmat and
-// grad_wmat += grad_rows^T x columns.
+// grad_wmat += grad_rows^T x columns. grad_wmat is in the operands' dtype, or in float32 for float16
+// and bfloat16 operands.
 void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, const at::Tensor& wmat,
                     at::Tensor& grad_columns, at::Tensor& grad_wmat, const kernels::DeformConvGeometry& g);
 

@@ -484,7 +484,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   at::Tensor grad_offset = sample_gradients.offset;
   at::Tensor grad_mask = sample_gradients.mask;
   const at::Tensor wmat = weight_matrix(weight);
-  at::Tensor grad_wmat = at::zeros_like(wmat);
+  // In acc_type: summed over every chunk of rows, rounded to the weight's dtype once.
+  at::Tensor grad_wmat = at::zeros(wmat.sizes(), wmat.options().dtype(acc_type));
   const int64_t rows = g.batch * g.out_pixels();
   if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
@@ -524,7 +525,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   // Bands are summed by a reduction of fixed order (one thread per element over the band axis).
   grad_input = bands > 1 ? grad_input.sum(0) : grad_input.squeeze(0);
   return {from_nhwc(grad_input.to(input.scalar_type()), output_memory_format(input)), grad_offset,
-          weight_from_matrix(grad_wmat, g), grad_mask};
+          weight_from_matrix(grad_wmat.to(weight.scalar_type()), g), grad_mask};
 }
 
 }  // namespace
