@@ -65,6 +65,8 @@ constexpr int64_t kDeterministicTableBytes = int64_t(64) << 20;
 // Columns elements per chunk: 64M elements keeps the buffer at 256 MB in float32.
 constexpr int64_t kChunkElements = int64_t(1) << 26;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+// The largest y and z extents of a grid.
+constexpr int64_t kMaxGridYZ = 65535;
 
 int64_t chunk_rows(const DeformConvGeometry& g) {
   return std::max<int64_t>(1, std::min(g.batch * g.out_pixels(), kChunkElements / g.column_width()));
@@ -206,14 +208,14 @@ void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const Chun
                           size_t shared_bytes = 0) {
   const int64_t blocks = kernels::gemm_grid_x<Tiles::kRows, Tiles::kCols>(g);
   // The kernels count channels in 32 bits (kernels::ReductionSteps).
-  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max() && g.groups <= 65535 &&
-                  g.channels <= std::numeric_limits<int32_t>::max(),
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max() && g.groups <= kMaxGridYZ &&
+                  g.channels <= kernels::kMaxReductionChannels,
               "deform_conv2d: problem too large for the implicit-GEMM grid; set "
               "RCM_FSAD_DEFORM_CONV_ALGO=columns");
-  const int64_t splits = std::min<int64_t>(
-      65535, kernels::forward_splits(blocks * g.groups, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
-                                     resident_blocks_per_sm(kernel, Tiles::kThreads, shared_bytes),
-                                     g.kernel_points()));
+  const int64_t splits =
+      kernels::forward_splits(blocks * g.groups, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                              resident_blocks_per_sm(kernel, Tiles::kThreads, shared_bytes), g.kernel_points(),
+                              kMaxGridYZ);
   at::Tensor partials;
   if (splits > 1) {
     partials = at::empty({splits, out_rows.size(0), g.out_channels},

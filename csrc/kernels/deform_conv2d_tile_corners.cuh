@@ -40,10 +40,13 @@ RCM_HD KernelPointRange kernel_point_range(const DeformConvGeometry& g, uint32_t
 
 // How many kernel-point splits a forward grid of `blocks` blocks (every conv group's) gets on `sms`
 // SMs that each hold `blocks_per_sm` of them: as many as fit in one wave with the unsplit grid's
-// blocks (no split when those already fill it), at most one per kernel point, and then the
-// fewest that give every split the same number of kernel points as the most loaded one.
-RCM_HD int64_t forward_splits(int64_t blocks, int64_t sms, int64_t blocks_per_sm, int64_t kernel_points) {
-  const int64_t wanted = min_of(kernel_points, (sms * blocks_per_sm) / max_of<int64_t>(blocks, 1));
+// blocks (no split when those already fill it), at most one per kernel point and at most
+// max_splits (the grid's y extent), and then the fewest that give every split the same number of
+// kernel points as the most loaded one. (Capping after that last step could leave splits empty.)
+RCM_HD int64_t forward_splits(int64_t blocks, int64_t sms, int64_t blocks_per_sm, int64_t kernel_points,
+                              int64_t max_splits) {
+  const int64_t wanted =
+      min_of(min_of(kernel_points, max_splits), (sms * blocks_per_sm) / max_of<int64_t>(blocks, 1));
   if (wanted <= 1) return 1;
   const int64_t per = (kernel_points + wanted - 1) / wanted;
   return (kernel_points + per - 1) / per;
@@ -118,10 +121,16 @@ __device__ __forceinline__ acc_t sample_tile_row(const TileCorners<acc_t, kRows>
 // [c0, c0 + depth), c0 an absolute channel.
 //   for (ReductionSteps<kDepth> s(g, group, kernel_point_range(g, blockIdx.y, gridDim.y)); !s.done();
 //        s.next()) { if (s.first_of_run) ... }
+// The deepest reduction step of any kernel, and so the most channels ReductionSteps can count in
+// 32 bits, which adds a step's depth to a channel index: the launcher checks C against it.
+constexpr int kMaxStepDepth = 64;
+constexpr int64_t kMaxReductionChannels = (int64_t(1) << 31) - 1 - kMaxStepDepth;
+
 template <int kDepth>
 struct ReductionSteps {
-  // 32-bit (the launcher checks C < 2^31): these live through the whole reduction, and 64-bit
-  // ones took the tensor-core kernel 10 registers more.
+  static_assert(kDepth <= kMaxStepDepth, "kMaxReductionChannels assumes steps of at most kMaxStepDepth");
+  // 32-bit (the launcher checks C <= kMaxReductionChannels): these live through the whole
+  // reduction, and 64-bit ones took the tensor-core kernel 10 registers more.
   int group_begin, group_end, channels_per_offset_group;
   int points;
   int k = 0;

@@ -1059,28 +1059,42 @@ int run_tensor_core_dtype(const std::string& dtype) {
   return run_tensor_core_case<float, rcm_fsad::kernels::Tf32, kKernel>();
 }
 
-// kernels::forward_splits against hand-derived cases (132 SMs, 2 blocks each: 264 slots).
+// kernels::forward_splits against hand-derived cases (mostly 132 SMs, 2 blocks each: 264 slots, and
+// the grid's limit of 65535 splits), and the ranges of kernel_point_range for its answer: none empty.
 int splits_case() {
   struct Case {
-    int64_t blocks, sms, per_sm, points, want;
+    int64_t blocks, sms, per_sm, points, max_splits, want;
   };
   const Case cases[] = {
-      {26, 132, 2, 9, 9},     // 264 / 26 = 10 splits wanted, at most one per kernel point
-      {49, 132, 2, 9, 5},     // 5 wanted: 2 kernel points per split, so 5 splits (2,2,2,2,1)
-      {66, 132, 2, 9, 3},     // 4 wanted: ceil(9/4) = 3 points per split, so 3 splits
-      {196, 132, 2, 9, 1},    // more than half a wave: not split
-      {264, 132, 2, 9, 1},    // a full wave
-      {5000, 132, 2, 9, 1},   // many waves
-      {10, 132, 2, 1, 1},     // one kernel point
-      {100, 132, 3, 4, 2},    // 3 wanted of 4 points: 2 points per split, so 2 splits
+      {26, 132, 2, 9, 65535, 9},     // 264 / 26 = 10 splits wanted, at most one per kernel point
+      {49, 132, 2, 9, 65535, 5},     // 5 wanted: 2 kernel points per split, so 5 splits (2,2,2,2,1)
+      {66, 132, 2, 9, 65535, 3},     // 4 wanted: ceil(9/4) = 3 points per split, so 3 splits
+      {196, 132, 2, 9, 65535, 1},    // more than half a wave: not split
+      {264, 132, 2, 9, 65535, 1},    // a full wave
+      {5000, 132, 2, 9, 65535, 1},   // many waves
+      {10, 132, 2, 1, 65535, 1},     // one kernel point
+      {100, 132, 3, 4, 65535, 2},    // 3 wanted of 4 points: 2 points per split, so 2 splits
+      {1, 132, 1000, 70000, 65535, 35000},  // 65535 allowed of 70000 points: 2 points per split
+      {26, 132, 2, 9, 4, 3},         // 4 allowed of 9 points: 3 points per split, so 3 splits
   };
   int bad = 0;
   for (const Case& c : cases) {
-    const int64_t got = rcm_fsad::kernels::forward_splits(c.blocks, c.sms, c.per_sm, c.points);
-    const bool ok = got == c.want;
+    const int64_t got = rcm_fsad::kernels::forward_splits(c.blocks, c.sms, c.per_sm, c.points, c.max_splits);
+    rcm_fsad::kernels::DeformConvGeometry g{};
+    g.kernel_h = c.points;
+    g.kernel_w = 1;
+    bool covered = true;  // consecutive non-empty ranges from 0 to the last kernel point
+    int next = 0;
+    for (int64_t split = 0; split < got; ++split) {
+      const auto range = rcm_fsad::kernels::kernel_point_range(g, static_cast<uint32_t>(split),
+                                                               static_cast<uint32_t>(got));
+      covered = covered && range.begin == next && range.end > range.begin;
+      next = range.end;
+    }
+    const bool ok = got == c.want && covered && next == c.points;
     std::printf("  %s forward_splits(blocks %" PRId64 ", sms %" PRId64 ", per SM %" PRId64 ", points %" PRId64
-                ") = %" PRId64 " (want %" PRId64 ")\n", ok ? "ok  " : "FAIL", c.blocks, c.sms, c.per_sm, c.points,
-                got, c.want);
+                ", at most %" PRId64 ") = %" PRId64 " (want %" PRId64 ")%s\n", ok ? "ok  " : "FAIL", c.blocks, c.sms,
+                c.per_sm, c.points, c.max_splits, got, c.want, covered ? "" : ", a range empty or out of order");
     bad += !ok;
   }
   return bad;
