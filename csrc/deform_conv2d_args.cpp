@@ -3,9 +3,6 @@
 #include <ATen/ATen.h>
 #include <c10/core/MemoryFormat.h>
 #include <c10/util/Exception.h>
-#include <c10/util/strides.h>
-
-#include <vector>
 
 namespace rcm_fsad {
 namespace {
@@ -28,18 +25,6 @@ void check_pair(at::IntArrayRef v, const char* name, int64_t minimum) {
   TORCH_CHECK(v.size() == 2, "deform_conv2d: expected ", name, " to have 2 values, got ", v);
   TORCH_CHECK(v[0] >= minimum && v[1] >= minimum, "deform_conv2d: expected ", name,
               " values to be at least ", minimum, ", got ", v);
-}
-
-// t, dense in `format`, with the strides torch.empty(t.shape, memory_format=format) gives it, which
-// the fake kernels report: .contiguous() and permuted buffers can keep others on dimensions of size
-// 1 and on empty tensors (the same layout, other strides).
-at::Tensor with_canonical_strides(const at::Tensor& t, at::MemoryFormat format) {
-  c10::DimVector strides = c10::contiguous_strides(t.sizes());  // what torch.empty computes for each format
-  if (format == at::MemoryFormat::ChannelsLast) {
-    const std::vector<int64_t> channels_last = c10::get_channels_last_strides_2d(t.sizes());
-    strides.assign(channels_last.begin(), channels_last.end());
-  }
-  return t.strides() == at::IntArrayRef(strides) ? t : t.as_strided(t.sizes(), strides);
 }
 
 }  // namespace
@@ -149,8 +134,25 @@ at::MemoryFormat output_memory_format(const at::Tensor& input) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-at::Tensor from_nhwc(const at::Tensor& nhwc, at::MemoryFormat format) {
-  return with_canonical_strides(nhwc.permute({0, 3, 1, 2}).contiguous(format), format);
+ForwardOutput forward_output(const at::Tensor& input, const kernels::DeformConvGeometry& g) {
+  const at::MemoryFormat format = output_memory_format(input);
+  at::Tensor nchw = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(format));
+  at::Tensor nhwc = format == at::MemoryFormat::ChannelsLast
+                        ? nchw.permute({0, 2, 3, 1})
+                        : at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
+  return {nchw, nhwc};
+}
+
+at::Tensor ForwardOutput::finish() const {
+  if (!nhwc.is_alias_of(nchw)) nchw.permute({0, 2, 3, 1}).copy_(nhwc);
+  return nchw;
+}
+
+at::Tensor from_nhwc(const at::Tensor& nhwc, at::ScalarType dtype, at::MemoryFormat format) {
+  at::Tensor nchw = at::empty({nhwc.size(0), nhwc.size(3), nhwc.size(1), nhwc.size(2)},
+                              nhwc.options().dtype(dtype).memory_format(format));
+  nchw.permute({0, 2, 3, 1}).copy_(nhwc);
+  return nchw;
 }
 
 OffsetMaskGradients offset_mask_gradients(const at::Tensor& input, const at::Tensor& offset,
@@ -164,11 +166,10 @@ at::Tensor weight_matrix(const at::Tensor& weight) {
   return weight.permute({0, 2, 3, 1}).contiguous().view({weight.size(0), weight.size(1) * weight.size(2) * weight.size(3)});
 }
 
-at::Tensor weight_from_matrix(const at::Tensor& matrix, const kernels::DeformConvGeometry& g) {
-  return with_canonical_strides(matrix.view({g.out_channels, g.kernel_h, g.kernel_w, g.channels_per_group()})
-                                    .permute({0, 3, 1, 2})
-                                    .contiguous(),
-                                at::MemoryFormat::Contiguous);
+at::Tensor weight_from_matrix(const at::Tensor& matrix, const at::Tensor& weight) {
+  at::Tensor result = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  result.permute({0, 2, 3, 1}).copy_(matrix.view({weight.size(0), weight.size(2), weight.size(3), weight.size(1)}));
+  return result;
 }
 
 void columns_times_weight(const at::Tensor& columns, const at::Tensor& wmat,

@@ -31,15 +31,28 @@ kernels::FieldStrides field_strides(const at::Tensor& t);
 // Mirrored by rcm_fsad_ops.ops.deform_conv2d._output_memory_format for the fake kernels.
 at::MemoryFormat output_memory_format(const at::Tensor& input);
 
-// Turns an NHWC buffer (N, H, W, C) into an (N, C, H, W) tensor in the given layout.
-at::Tensor from_nhwc(const at::Tensor& nhwc, at::MemoryFormat format);
+// A forward's output: `nchw`, the (N, C_out, H_out, W_out) tensor it returns, in the input's layout
+// (output_memory_format) with the strides torch.empty gives it, which the fake kernels report; and
+// `nhwc`, the (N, H_out, W_out, C_out) buffer the kernels write: in channels_last the output itself,
+// otherwise a scratch tensor that finish() copies in. Either way the result is no view, so that
+// autograd lets a caller modify it in place.
+struct ForwardOutput {
+  at::Tensor nchw;
+  at::Tensor nhwc;
+  at::Tensor finish() const;
+};
+ForwardOutput forward_output(const at::Tensor& input, const kernels::DeformConvGeometry& g);
+
+// An NHWC buffer (N, H, W, C) copied into a new (N, C, H, W) tensor of `dtype` in `format`, with the
+// strides torch.empty gives it.
+at::Tensor from_nhwc(const at::Tensor& nhwc, at::ScalarType dtype, at::MemoryFormat format);
 
 // weight (C_out, C_in/groups, kh, kw) -> (C_out, kh*kw*C_in/groups), the GEMM operand whose
 // column order matches kernels::DeformConvGeometry::column_index within one conv group.
 at::Tensor weight_matrix(const at::Tensor& weight);
 
-// Inverse of weight_matrix for the weight gradient.
-at::Tensor weight_from_matrix(const at::Tensor& matrix, const kernels::DeformConvGeometry& g);
+// Inverse of weight_matrix for the weight gradient: a new contiguous tensor of weight's shape and dtype.
+at::Tensor weight_from_matrix(const at::Tensor& matrix, const at::Tensor& weight);
 
 // The offset gradient, and the mask gradient (empty without a mask), for a backward to fill: left
 // uninitialised when its kernels write every element, zeros when they do not run because there are no

@@ -127,6 +127,21 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
         assert err <= grad_tol * exact[1][key].abs().max().item(), (key, err)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", ["basic", "output_1x1", "one_output_channel"])
+def test_output_can_be_modified_in_place_before_backward(name, channels_last, device):
+    """y.relu_() on the output, then backward, as an nn.ReLU(inplace=True) after the layer does in
+    training: the output and the gradients are torchvision's."""
+    case = {"basic": CASES["basic"], "output_1x1": DeformCase(height=3, width=3, padding=(0, 0)),
+            "one_output_channel": DeformCase(out_channels=1)}[name]
+    tensors = case.tensors(torch.float64, device)
+    if channels_last:
+        tensors["input"] = tensors["input"].contiguous(memory_format=torch.channels_last)
+    ours = run_with_grads(lambda *a, **k: rcm_fsad_ops.deform_conv2d(*a, **k).relu_(), case, tensors)
+    theirs = run_with_grads(lambda *a, **k: torchvision.ops.deform_conv2d(*a, **k).relu_(), case, tensors)
+    assert_matches(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
 def border_case_offsets(case: DeformCase) -> dict:
     """Offsets that put every sample exactly on an integer coordinate: on the -1 border, on the last
     row/column, inside, or beyond the image."""

@@ -193,6 +193,21 @@ def test_fake_kernels_report_the_real_strides(name, channels_last):
         assert [(t.shape, t.dtype, t.stride()) for t in fake] == [(t.shape, t.dtype, t.stride()) for t in real]
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", sorted(DEGENERATE) + ["basic"])
+def test_results_are_not_views(name, channels_last):
+    """Every result of the forward and the backward is a tensor of its own, not a view of a buffer the
+    kernels wrote: autograd refuses in-place changes to a custom op's output that is a view."""
+    case = CASES["basic"] if name == "basic" else DEGENERATE[name]
+    inp, off, w, m, b, *geometry = op_args(case, "cpu", requires_grad=False)
+    if channels_last:
+        inp = inp.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(case.batch, case.out_channels, *case.out_size, dtype=torch.float64)
+    results = [torch.ops.rcm_fsad.deform_conv2d.default(inp, off, w, m, b, *geometry),
+               *torch.ops.rcm_fsad.deform_conv2d_backward.default(grad, inp, off, w, m, *geometry)]
+    assert [t._is_view() for t in results] == [False] * 5
+
+
 @pytest.mark.parametrize("device_type", ["cpu", "meta"])
 @pytest.mark.parametrize("bad", ["grad_output shape", "mask shape"])
 def test_backward_rejects_bad_shapes(bad, device_type):

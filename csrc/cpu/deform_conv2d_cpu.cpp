@@ -302,12 +302,12 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
   }
   check_cpu_dtype(input);
   const int64_t rows = g.batch * g.out_pixels();
-  at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
+  const ForwardOutput out = forward_output(input, g);
   if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor wmat = weight_matrix(weight);
     const at::Tensor zeros = at::zeros({g.channels}, input.options());
-    const at::Tensor out_rows = out.view({rows, g.out_channels});
+    const at::Tensor out_rows = out.nhwc.view({rows, g.out_channels});
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
       const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset, mask, zeros);
       const int64_t tile_rows = forward_tile_rows(rows, at::get_num_threads());
@@ -324,7 +324,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
       });
     });
   }
-  return from_nhwc(out, output_memory_format(input));
+  return out.finish();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
@@ -390,8 +390,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     });
   }
   const at::Tensor grad_input = bands > 1 ? grad_input_bands.sum(0) : grad_input_bands.squeeze(0);
-  return {from_nhwc(grad_input, output_memory_format(input)), grad_offset,
-          weight_from_matrix(grad_wmat_parts.sum(0), g), grad_mask};
+  return {from_nhwc(grad_input, input.scalar_type(), output_memory_format(input)), grad_offset,
+          weight_from_matrix(grad_wmat_parts.sum(0), weight), grad_mask};
 }
 
 }  // namespace

@@ -440,11 +440,11 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset,
       check_deform_conv2d_args(input, offset, weight, mask, bias, stride, padding, dilation);
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t rows = g.batch * g.out_pixels();
-  at::Tensor out = at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
+  const ForwardOutput out = forward_output(input, g);
   if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor wmat = weight_matrix(weight);
-    at::Tensor out_rows = out.view({rows, g.out_channels});
+    at::Tensor out_rows = out.nhwc.view({rows, g.out_channels});
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
       const ChunkArgs<scalar_t> a = chunk_args<scalar_t>(input_nhwc, offset, mask);
       const ForwardAlgorithm algo = forward_algorithm();
@@ -462,7 +462,7 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset,
       }
     });
   }
-  return from_nhwc(out, output_memory_format(input));
+  return out.finish();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
@@ -526,8 +526,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   }
   // Bands are summed by a reduction of fixed order (one thread per element over the band axis).
   grad_input = bands > 1 ? grad_input.sum(0) : grad_input.squeeze(0);
-  return {from_nhwc(grad_input.to(input.scalar_type()), output_memory_format(input)), grad_offset,
-          weight_from_matrix(grad_wmat.to(weight.scalar_type()), g), grad_mask};
+  return {from_nhwc(grad_input, input.scalar_type(), output_memory_format(input)), grad_offset,
+          weight_from_matrix(grad_wmat, weight), grad_mask};
 }
 
 }  // namespace
