@@ -1,5 +1,6 @@
-// Autocast for CUDA: unlike torchvision, which upcasts deform_conv2d to float32, the op runs in the
-// autocast dtype (float16/bfloat16) and accumulates in float32 inside the kernels.
+// Autocast: unlike torchvision, which upcasts deform_conv2d to float32 on CUDA and has no CPU policy,
+// the op runs in the autocast dtype (float16/bfloat16), as conv2d does: on CUDA its kernels accumulate
+// in float32, and the CPU computes 16-bit tensors in float32 and rounds the result.
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -7,29 +8,31 @@
 namespace rcm_fsad {
 namespace {
 
-at::Tensor deform_conv2d_autocast_cuda(const at::Tensor& input, const at::Tensor& offset,
-                                       const at::Tensor& weight, const std::optional<at::Tensor>& mask,
-                                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                       at::IntArrayRef padding, at::IntArrayRef dilation) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+template <c10::DeviceType kDevice, c10::DispatchKey kAutocastKey>
+at::Tensor deform_conv2d_autocast(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKey);
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("rcm_fsad::deform_conv2d", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                const std::optional<at::Tensor>&,
                                                const std::optional<at::Tensor>&, at::IntArrayRef,
                                                at::IntArrayRef, at::IntArrayRef)>();
-  const at::ScalarType dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-  const auto cast = [dtype](const auto& t) {
-    return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA);
-  };
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(kDevice);
+  const auto cast = [dtype](const auto& t) { return at::autocast::cached_cast(dtype, t, kDevice); };
   return op.call(cast(input), cast(offset), cast(weight), cast(mask), cast(bias), stride, padding,
                  dilation);
 }
 
 }  // namespace
 
+TORCH_LIBRARY_IMPL(rcm_fsad, AutocastCPU, m) {
+  m.impl("deform_conv2d", &deform_conv2d_autocast<c10::DeviceType::CPU, c10::DispatchKey::AutocastCPU>);
+}
+
 TORCH_LIBRARY_IMPL(rcm_fsad, AutocastCUDA, m) {
-  m.impl("deform_conv2d", &deform_conv2d_autocast_cuda);
+  m.impl("deform_conv2d", &deform_conv2d_autocast<c10::DeviceType::CUDA, c10::DispatchKey::AutocastCUDA>);
 }
 
 }  // namespace rcm_fsad

@@ -25,7 +25,7 @@ def info() -> dict:
         "backends": ["CPU"] + (["CUDA"] if built_with_cuda else []),
         "cuda_arch_list": _C.cuda_arch_list.split(";") if built_with_cuda else [],
         "cuda_available": torch.cuda.is_available(),
-        "kernels": {op: [key for key in ("CPU", "CUDA", "AutocastCUDA") if _has_kernel(op, key)] for op in OPS},
+        "kernels": {op: [key for key in ("CPU", "CUDA", "AutocastCPU", "AutocastCUDA") if _has_kernel(op, key)] for op in OPS},
         "threads": torch.get_num_threads(),
         # the CPU kernels' at::parallel_for runs on those threads (built with OpenMP), or serially
         "cpu_parallel": bool(_C.intra_op_parallel),

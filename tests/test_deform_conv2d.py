@@ -337,6 +337,27 @@ def test_double_backward_raises(device):
         grad_input.sum().backward()
 
 
+@pytest.mark.parametrize("name", ["input", "offset", "weight", "bias", "mask"])
+def test_forward_mode_ad_raises(name, device):
+    """A tangent on any argument, through torch.func.jvp or a dual tensor, raises: the op's autograd
+    would hand back a zero tangent. Without one, inside a dual level, the op still runs."""
+    case = DeformCase(batch=1)
+    t = case.tensors(torch.float64, device)
+
+    def op(value):
+        args = dict(t, **{name: value})
+        return rcm_fsad_ops.deform_conv2d(args["input"], args["offset"], args["weight"], args["bias"],
+                                          mask=args["mask"], **case.kwargs())
+
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        torch.func.jvp(op, (t[name],), (torch.ones_like(t[name]),))
+    with torch.autograd.forward_ad.dual_level():
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            op(torch.autograd.forward_ad.make_dual(t[name], torch.ones_like(t[name])))
+        torch.testing.assert_close(op(t[name]), reference.deform_conv2d(
+            t["input"], t["offset"], t["weight"], t["bias"], mask=t["mask"], **case.kwargs()))
+
+
 def test_cpu_backward_is_deterministic():
     case = DeformCase(batch=5, in_channels=16, out_channels=8, height=9, width=9, offset_scale=3.0)
     tensors = case.tensors(torch.float32)

@@ -258,7 +258,7 @@ def test_cuda_kernels_compiled_and_registered():
     """On any machine with a CUDA toolkit the CUDA sources must have compiled into the extension."""
     assert _C.built_with_cuda == 1
     kernels = rcm_fsad_ops.info()["kernels"]
-    assert kernels["deform_conv2d"] == ["CPU", "CUDA", "AutocastCUDA"]
+    assert kernels["deform_conv2d"] == ["CPU", "CUDA", "AutocastCPU", "AutocastCUDA"]
     assert kernels["deform_conv2d_backward"] == ["CPU", "CUDA"]
     assert rcm_fsad_ops.info()["cuda_arch_list"]
 
@@ -289,6 +289,28 @@ def test_cuda_autocast_stays_in_low_precision(dtype):
     exact = torchvision.ops.deform_conv2d(*(t[k].double() for k in names[:4]), padding=1, mask=t["mask"].double())
     # inputs rounded to 8 (bf16) or 11 (fp16) bits, sums of 36 products: a few roundings of the largest value
     torch.testing.assert_close(out.double(), exact, rtol=0, atol=16 * torch.finfo(dtype).eps * exact.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_autocast_runs_in_its_dtype(dtype):
+    """CPU autocast as CUDA's: every tensor cast to the autocast dtype (the same bits as casting by
+    hand, where torchvision has no CPU policy and fails on mixed dtypes); so the layer that predicts its
+    offsets with a conv2d, which autocast runs in that dtype, works under it, forward and backward."""
+    t = CASES["basic"].tensors(torch.float32)
+    names = ("input", "offset", "weight", "bias", "mask")
+    with torch.autocast("cpu", dtype=dtype):
+        out = rcm_fsad_ops.deform_conv2d(*(t[k] for k in names[:4]), padding=1, mask=t["mask"])
+    low = {k: t[k].to(dtype) for k in names}
+    by_hand = rcm_fsad_ops.deform_conv2d(*(low[k] for k in names[:4]), padding=1, mask=low["mask"])
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, by_hand, rtol=0, atol=0)
+
+    layer = rcm_fsad_ops.nn.ModulatedDeformConv2dWithOffsetPredictor(4, 6, 3, padding=1)
+    x = t["input"].clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=dtype):
+        y = layer(x)
+    y.float().sum().backward()
+    assert y.dtype == dtype and x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
 
 
 def test_info_reports_build():

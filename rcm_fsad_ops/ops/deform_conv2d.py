@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from rcm_fsad_ops import _C  # noqa: F401  (registers the schemas and kernels)
@@ -43,6 +44,16 @@ def _scripted_pair(value: IntPair) -> List[int]:
     return value
 
 
+def _reject_forward_ad(tensors: Sequence[Optional[Tensor]]) -> None:
+    """The op's autograd is reverse mode only, and forward mode (torch.func.jvp, jacfwd, dual tensors)
+    would get a zero tangent from it without a word: raise instead. The level is -1 outside any dual
+    level, so the common case costs one comparison."""
+    if fwAD._current_level >= 0 and any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(
+            "deform_conv2d does not support forward-mode AD (torch.func.jvp, jacfwd, forward_ad dual tensors); "
+            "use reverse mode (Tensor.backward, torch.autograd.grad)")
+
+
 def deform_conv2d(
     input: Tensor,
     offset: Tensor,
@@ -70,10 +81,11 @@ def deform_conv2d(
 
     Samples are bilinear, corners outside the image read zero. Gradients flow to input, offset,
     weight, mask and bias, with torchvision's convention at the -1 border (the offset gradient of a
-    sample exactly on y = -1 or x = -1 is not zeroed, unlike mmcv). Double backward is not supported.
+    sample exactly on y = -1 or x = -1 is not zeroed, unlike mmcv). Double backward and forward-mode AD
+    are not supported (both raise).
     Float32/float64 on CPU, and float16/bfloat16 computed there in float32 (converted on entry, the
     results rounded back); float32/float64/float16/bfloat16 on CUDA (float32 accumulation); under
-    CUDA autocast the op runs in the autocast dtype. On sm_80+ the CUDA forward uses tensor cores for
+    autocast, CPU or CUDA, the op runs in the autocast dtype. On sm_80+ the CUDA forward uses tensor cores for
     float16/bfloat16, and for float32 only when ``torch.backends.cuda.matmul.allow_tf32`` is set.
 
     Determinism: the CPU backward is always deterministic. The CUDA backward scatters the input
@@ -88,6 +100,7 @@ def deform_conv2d(
     if torch.jit.is_scripting():
         return torch.ops.rcm_fsad.deform_conv2d(input, offset, weight, mask, bias, _scripted_pair(stride),
                                                 _scripted_pair(padding), _scripted_pair(dilation))
+    _reject_forward_ad((input, offset, weight, mask, bias))
     return torch.ops.rcm_fsad.deform_conv2d.default(
         input, offset, weight, mask, bias,
         _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"),
