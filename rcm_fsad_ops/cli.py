@@ -33,8 +33,9 @@ def _benchmark_runner() -> Optional[ModuleType]:
     return runner
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="rcm-fsad", description=__doc__,
+def main(argv: Optional[Sequence[str]] = None, prog: str = "rcm-fsad") -> int:
+    """prog: the command as the user typed it, for usage lines (``python -m rcm_fsad_ops`` from __main__)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, compiled backends, CUDA archs, threads")

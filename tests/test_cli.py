@@ -101,6 +101,15 @@ def test_bench_on_cuda_without_a_gpu_exits_2_without_a_traceback():
     assert "Traceback" not in done.stderr
 
 
+def test_usage_names_the_command_as_typed():
+    """python -m rcm_fsad_ops says so in its usage lines (the rcm-fsad script exists only once the package
+    is pip-installed)."""
+    done = subprocess.run([sys.executable, "-m", "rcm_fsad_ops", "bench", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m rcm_fsad_ops bench "), done.stdout[:200]
+
+
 def test_demo_rejects_a_bad_option_before_the_parity_check(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["demo", "--no-such-option"])
