@@ -1,14 +1,25 @@
-// The package's extension module. It carries no functions: loading it runs the TORCH_LIBRARY
-// registrations, and its constants tell rcm_fsad_ops.info() how it was built.
+// The package's extension module: loading it runs the TORCH_LIBRARY registrations, and its
+// constants and its one function tell rcm_fsad_ops.info() how it was built and what it runs.
 #include <Python.h>
 
 #include <ATen/Parallel.h>
 
+#include "cpu/cpu_capability.h"
 #include "rcm_fsad_build_config.h"
+
+namespace {
+
+PyObject* cpu_capability(PyObject*, PyObject*) { return PyUnicode_FromString(rcm_fsad::cpu_capability()); }
+
+PyMethodDef methods[] = {
+    {"cpu_capability", cpu_capability, METH_NOARGS, "The CPU build of the hot loops that runs: avx2+fma or default."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
 
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "rcm_fsad_ops compiled operators",
-                                   -1, nullptr};
+                                   -1, methods};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
 #ifdef RCM_FSAD_WITH_CUDA

@@ -13,8 +13,8 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 def info() -> dict:
-    """Package and torch versions, compiled backends and CUDA arch list, registered kernels, threads and
-    whether the CPU kernels use them."""
+    """Package and torch versions, compiled backends and CUDA arch list, registered kernels, threads,
+    whether the CPU kernels use them, and which build of their hot loops runs."""
     from rcm_fsad_ops import __version__
 
     built_with_cuda = bool(_C.built_with_cuda)
@@ -29,6 +29,8 @@ def info() -> dict:
         "threads": torch.get_num_threads(),
         # the CPU kernels' at::parallel_for runs on those threads (built with OpenMP), or serially
         "cpu_parallel": bool(_C.intra_op_parallel),
+        # the build of the CPU hot loops that runs: avx2+fma, or default (RCM_FSAD_CPU_CAPABILITY=default)
+        "cpu_capability": _C.cpu_capability(),
     }
 
 

@@ -560,6 +560,7 @@ def test_cpu_baseline_build_of_the_hot_loops(name, monkeypatch):
     """The CPU loops are compiled twice (baseline ISA and AVX2+FMA, picked at run time): the build
     this machine does not pick by itself must agree with torchvision too."""
     monkeypatch.setenv("RCM_FSAD_CPU_CAPABILITY", "default")
+    assert rcm_fsad_ops.info()["cpu_capability"] == "default"
     case = CASES[name]
     tensors = case.tensors(torch.float64)
     ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)

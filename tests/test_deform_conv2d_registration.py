@@ -319,6 +319,17 @@ def test_info_reports_build():
     assert values["kernels"]["deform_conv2d"][0] == "CPU"
     # the backends come from the build flag, the kernels from the dispatcher: they must agree
     assert values["backends"] == [k for k in values["kernels"]["deform_conv2d"] if k in ("CPU", "CUDA")]
+    flags = cpu_flags()
+    assert values["cpu_capability"] == ("avx2+fma" if {"avx2", "fma"} <= flags else "default"), flags
+
+
+def cpu_flags() -> set:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
 
 
 def test_info_reports_the_current_thread_count():

@@ -12,6 +12,7 @@
 
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_math.cuh"
+#include "cpu_capability.h"
 
 namespace rcm_fsad {
 namespace {
@@ -66,6 +67,7 @@ struct Sampling {
   const scalar_t* mask;  // null without modulation
   FieldStrides mask_strides;
   const scalar_t* zeros;  // C zeros, read in place of a corner outside the image
+  bool avx2_fma;          // which build of the hot loops runs (use_avx2_fma, asked once per op)
 
   const scalar_t* image(int64_t n) const { return input + n * g.height * g.width * g.channels; }
 
@@ -193,15 +195,21 @@ template <typename scalar_t>
 // The two hot loops are compiled for the baseline ISA and, on x86, again for AVX2+FMA (what the
 // bodies gain most from: 8-wide vectors and registers enough for the lane sums); the CPU picks at
 // run time, as ATen's own kernels do. RCM_FSAD_CPU_CAPABILITY=default forces the baseline build
-// (like ATEN_CPU_CAPABILITY), so that the tests cover both.
+// (like ATEN_CPU_CAPABILITY), so that the tests cover both. An op asks once, on the calling thread
+// (make_sampling): getenv is not safe against a setenv on another thread, and one op must not mix
+// the two builds.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define RCM_FSAD_AVX2_DISPATCH 1
+#endif
 bool use_avx2_fma() {
+#ifdef RCM_FSAD_AVX2_DISPATCH
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const char* forced = std::getenv("RCM_FSAD_CPU_CAPABILITY");
   return has && !(forced != nullptr && std::strcmp(forced, "default") == 0);
-}
+#else
+  return false;
 #endif
+}
 
 template <typename scalar_t>
 void sample_columns_baseline(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, scalar_t* cols) {
@@ -229,7 +237,7 @@ template <typename scalar_t, typename... Args>
 template <typename scalar_t>
 void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, scalar_t* cols) {
 #ifdef RCM_FSAD_AVX2_DISPATCH
-  if (use_avx2_fma()) return sample_columns_avx2(s, row_begin, row_end, cols);
+  if (s.avx2_fma) return sample_columns_avx2(s, row_begin, row_end, cols);
 #endif
   sample_columns_baseline(s, row_begin, row_end, cols);
 }
@@ -240,7 +248,7 @@ void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int
                              scalar_t* grad_offset, FieldStrides grad_offset_strides, scalar_t* grad_mask,
                              FieldStrides grad_mask_strides) {
 #ifdef RCM_FSAD_AVX2_DISPATCH
-  if (use_avx2_fma()) {
+  if (s.avx2_fma) {
     return sample_columns_backward_avx2<scalar_t>(s, row_begin, row_end, grad_cols, grad_input, sink,
                                                   grad_offset, grad_offset_strides, grad_mask,
                                                   grad_mask_strides);
@@ -260,7 +268,8 @@ Sampling<scalar_t> make_sampling(const DeformConvGeometry& g, const at::Tensor& 
           field_strides(offset),
           mask.has_value() ? mask->const_data_ptr<scalar_t>() : nullptr,
           mask.has_value() ? field_strides(*mask) : FieldStrides{0, 0, 0, 0},
-          zeros.const_data_ptr<scalar_t>()};
+          zeros.const_data_ptr<scalar_t>(),
+          use_avx2_fma()};
 }
 
 // at::parallel_for over [begin, end) whose body calls ATen operators (the tiles' GEMMs): the worker
@@ -395,6 +404,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
 }
 
 }  // namespace
+
+const char* cpu_capability() { return use_avx2_fma() ? "avx2+fma" : "default"; }
 
 TORCH_LIBRARY_IMPL(rcm_fsad, CPU, m) {
   m.impl("deform_conv2d", &deform_conv2d_cpu);
