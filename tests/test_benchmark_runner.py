@@ -100,3 +100,37 @@ def test_reports_give_the_command_as_typed(monkeypatch):
     assert runner._command_line() == "python -m benchmarks --quick"
     monkeypatch.setattr("sys.argv", ["/repo/rcm_fsad_ops/__main__.py", "bench", "--quick"])
     assert runner._command_line() == "python -m rcm_fsad_ops bench --quick"
+
+
+def _timed_row(impl: str, case: str, median_ms: float) -> dict:
+    return {"device": "cpu", "case": case, "dtype": "fp32", "pass": FWD, "impl": impl, "status": "ok",
+            "median_ms": median_ms, "flops": 1e9, "min_bytes": 5e5,
+            "tf32": {"torch.backends.cuda.matmul.allow_tf32": False}}
+
+
+def test_speedups_throughput_roofline_and_their_geometric_mean_on_hand_made_rows():
+    """Speed-up = torchvision's time / ours (8/4 = 2 and 16/2 = 8, geometric mean 4); GFLOP/s = FLOPs /
+    time; roofline = the larger of FLOPs / peak and bytes / bandwidth over the time (1 ms of compute,
+    0.5 ms of memory in 4 ms: 25%, compute-bound)."""
+    rows = [_timed_row(runner.TORCHVISION, "a", 8.0), _timed_row(runner.OURS, "a", 4.0),
+            _timed_row(runner.TORCHVISION, "b", 16.0), _timed_row(runner.OURS, "b", 2.0)]
+    runner._finish_rows(rows, {"flops_per_s": {"fp32": 1e12}, "bytes_per_s": 1e9})
+    ours_a, ours_b = rows[1], rows[3]
+    assert ours_a["speedup_vs_torchvision"] == pytest.approx(2.0)
+    assert ours_b["speedup_vs_torchvision"] == pytest.approx(8.0)
+    assert ours_a["gflops"] == pytest.approx(250.0)
+    assert ours_a["roofline_pct"] == pytest.approx(25.0) and ours_a["roofline_bound"] == "compute"
+    (geomean,) = runner.geomean_speedups(rows)
+    assert (geomean["impl"], geomean["cases"]) == (runner.OURS, 2)
+    assert geomean["geomean_speedup_vs_torchvision"] == pytest.approx(4.0)
+
+
+def test_the_parity_check_measures_ours_against_torchvision(monkeypatch):
+    """An ours that is off by exactly 1 everywhere is reported 1 off in its forward row."""
+    import rcm_fsad_ops
+
+    monkeypatch.setattr(runner, "_ours", lambda: lambda *args, **kwargs: rcm_fsad_ops.deform_conv2d(*args, **kwargs) + 1)
+    rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", [runner.OURS, runner.TORCHVISION], SETTINGS,
+                                      runner.tf32_state(), skipped=[])
+    (forward,) = [r for r in rows if (r["impl"], r["pass"]) == (runner.OURS, FWD)]
+    assert forward["max_abs_diff_vs_torchvision"] == pytest.approx(1.0, abs=1e-5)

@@ -127,6 +127,17 @@ def test_demo_checks_parity_then_benchmarks(tiny_case, capsys):
     assert out.index("# deform_conv2d benchmark on cpu") > parity
 
 
+def test_demo_exits_1_on_a_parity_mismatch_without_benchmarking(tiny_case, monkeypatch, capsys):
+    """An op 1e-6 off torchvision (above the 1e-9 bar) fails the demo's parity check: exit 1, no table."""
+    from rcm_fsad_ops import demo
+
+    real = demo.deform_conv2d
+    monkeypatch.setattr(demo, "deform_conv2d", lambda *args, **kwargs: real(*args, **kwargs) + 1e-6)
+    assert cli.main(["demo", "--device", "cpu", "--cases", "tiny", "--quick", "--no-reference", "--no-write"]) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH" in out and "# deform_conv2d benchmark" not in out
+
+
 def test_without_the_benchmark_suite_bench_says_where_it_lives(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "benchmarks", None)  # what an installed package without the checkout sees
     assert cli.main(["bench", "--help"]) == 2

@@ -13,6 +13,7 @@ from torch.nn.modules.utils import _pair
 
 import rcm_fsad_ops
 from rcm_fsad_ops import _C
+from rcm_fsad_ops.nn import ModulatedDeformConv2dWithOffsetPredictor
 from tests.deform_cases import CASES, DeformCase
 
 
@@ -305,7 +306,7 @@ def test_cpu_autocast_runs_in_its_dtype(dtype):
     assert out.dtype == dtype
     torch.testing.assert_close(out, by_hand, rtol=0, atol=0)
 
-    layer = rcm_fsad_ops.nn.ModulatedDeformConv2dWithOffsetPredictor(4, 6, 3, padding=1)
+    layer = ModulatedDeformConv2dWithOffsetPredictor(4, 6, 3, padding=1)
     x = t["input"].clone().requires_grad_(True)
     with torch.autocast("cpu", dtype=dtype):
         y = layer(x)

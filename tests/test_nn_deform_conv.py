@@ -45,6 +45,21 @@ def test_offset_predictor_starts_as_half_a_plain_conv(device):
     assert layer.offset_predictor.out_channels == 3 * 2 * 9
 
 
+def test_trained_offset_predictor_matches_torchvision(device):
+    """With a non-zero predictor (as after training) and strides: the first 2*G*K predicted channels
+    are the offsets, the last G*K the mask logits; the oracle is F.conv2d then torchvision."""
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2dWithOffsetPredictor(8, 5, 3, stride=2, padding=1, offset_groups=2).double().to(device)
+    with torch.no_grad():
+        layer.offset_predictor.weight.normal_(std=0.3)
+        layer.offset_predictor.bias.normal_()
+    x = torch.randn(2, 8, 9, 7, dtype=torch.float64, device=device)
+    predicted = F.conv2d(x, layer.offset_predictor.weight, layer.offset_predictor.bias, stride=2, padding=1)
+    expected = torchvision.ops.deform_conv2d(x, predicted[:, :36], layer.weight, layer.bias, stride=2, padding=1,
+                                             mask=predicted[:, 36:].sigmoid())
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+
+
 def test_offset_predictor_learns(device):
     """The predictor receives gradients through the offsets and the mask."""
     torch.manual_seed(0)
