@@ -404,6 +404,40 @@ def test_forward_mode_ad_raises(name, device):
             t["input"], t["offset"], t["weight"], t["bias"], mask=t["mask"], **case.kwargs()))
 
 
+@pytest.mark.parametrize("in_dims", [(0, 0, None, 0), (None, 1, None, None), (0, 0, 0, 0), (None, None, 0, None)])
+def test_vmap_matches_a_loop_over_torchvision(in_dims, device):
+    """torch.vmap over any of input, offset, weight and mask (dims as given, None: shared) gives the
+    stack of torchvision's per-index results, with gradients through it; vmapped weights aside, the
+    batch folds into N: the op runs once, not once per index."""
+    vmapped = 4
+    g = torch.Generator().manual_seed(0)
+    full = [torch.randn(vmapped, 2, 4, 6, 6, generator=g, dtype=torch.float64),
+            torch.randn(vmapped, 2, 18, 6, 6, generator=g, dtype=torch.float64),
+            torch.randn(vmapped, 5, 4, 3, 3, generator=g, dtype=torch.float64),
+            torch.rand(vmapped, 2, 9, 6, 6, generator=g, dtype=torch.float64)]
+    args = [(t[0] if dim is None else t.movedim(0, dim)).to(device).requires_grad_(True) for t, dim in zip(full, in_dims)]
+    bias = torch.randn(5, generator=g, dtype=torch.float64).to(device)
+
+    def ours(x, offset, weight, mask):
+        return rcm_fsad_ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+
+    with torch.profiler.profile() as prof:
+        out = torch.vmap(ours, in_dims=in_dims)(*args)
+    calls = sum(e.name == "rcm_fsad::deform_conv2d" for e in prof.events())
+    assert (calls < vmapped) == (in_dims[2] is None), calls
+    out.square().sum().backward()
+    grads = [a.grad for a in args]
+    for a in args:
+        a.grad = None
+    expected = torch.stack([torchvision.ops.deform_conv2d(
+        *(a if dim is None else a.select(dim, i) for a, dim in zip(args[:3], in_dims[:3])), bias, padding=1,
+        mask=args[3] if in_dims[3] is None else args[3].select(in_dims[3], i)) for i in range(vmapped)])
+    expected.square().sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    for got, a in zip(grads, args):
+        torch.testing.assert_close(got, a.grad, rtol=1e-10, atol=1e-10)
+
+
 def test_cpu_backward_is_deterministic():
     case = DeformCase(batch=5, in_channels=16, out_channels=8, height=9, width=9, offset_scale=3.0)
     tensors = case.tensors(torch.float32)

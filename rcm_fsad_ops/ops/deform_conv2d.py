@@ -238,6 +238,35 @@ def _backward(ctx, grad_output):
 torch.library.register_autograd("rcm_fsad::deform_conv2d", _backward, setup_context=_setup_context)
 
 
+@torch.library.register_vmap("rcm_fsad::deform_conv2d")
+def _deform_conv2d_vmap(info, in_dims, input, offset, weight, mask, bias, stride, padding, dilation):
+    """torch.vmap's batching rule: when only input, offset and mask are vmapped (one layer over many
+    batches), the vmapped dimension folds into N and the op runs once; a vmapped weight or bias runs
+    it once per index. (Without a rule PyTorch would run it per index with a warning.)"""
+    input_dim, offset_dim, weight_dim, mask_dim, bias_dim = in_dims[:5]
+    size = info.batch_size
+    if weight_dim is None and bias_dim is None:
+        def fold(t: Optional[Tensor], dim: Optional[int]) -> Optional[Tensor]:
+            if t is None:
+                return None
+            t = t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
+            return t.reshape(size * t.shape[1], *t.shape[2:])
+
+        out = torch.ops.rcm_fsad.deform_conv2d.default(fold(input, input_dim), fold(offset, offset_dim), weight,
+                                                       fold(mask, mask_dim), bias, stride, padding, dilation)
+        return out.reshape(size, -1, *out.shape[1:]), 0
+
+    def pick(t: Optional[Tensor], dim: Optional[int], i: int) -> Optional[Tensor]:
+        return t if t is None or dim is None else t.select(dim, i)
+
+    return torch.stack([
+        torch.ops.rcm_fsad.deform_conv2d.default(
+            pick(input, input_dim, i), pick(offset, offset_dim, i), pick(weight, weight_dim, i),
+            pick(mask, mask_dim, i), pick(bias, bias_dim, i), stride, padding, dilation)
+        for i in range(size)
+    ]), 0
+
+
 def _double_backward(ctx, *grads):
     raise RuntimeError(
         "rcm_fsad.deform_conv2d does not support double backward (gradients of its gradients)"
