@@ -1,6 +1,8 @@
-// Autocast: unlike torchvision, which upcasts deform_conv2d to float32 on CUDA and has no CPU policy,
-// the op runs in the autocast dtype (float16/bfloat16), as conv2d does: on CUDA its kernels accumulate
-// in float32, and the CPU computes 16-bit tensors in float32 and rounds the result.
+// Autocast. On CUDA, unlike torchvision, which upcasts deform_conv2d to float32, the op runs in the
+// autocast dtype (float16/bfloat16), as conv2d does, and its kernels accumulate in float32. On the
+// CPU, where the kernels compute 16-bit tensors in float32 anyway, it runs in float32: casting to 16
+// bits there would only add conversions and rounding. Either way every floating-point argument gets
+// the same dtype, so a layer whose offsets come from an autocast conv2d works under autocast.
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -8,7 +10,8 @@
 namespace rcm_fsad {
 namespace {
 
-template <c10::DeviceType kDevice, c10::DispatchKey kAutocastKey>
+// kInAutocastDtype: the autocast dtype of kDevice, else float32.
+template <c10::DeviceType kDevice, c10::DispatchKey kAutocastKey, bool kInAutocastDtype>
 at::Tensor deform_conv2d_autocast(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -19,7 +22,7 @@ at::Tensor deform_conv2d_autocast(const at::Tensor& input, const at::Tensor& off
                                                const std::optional<at::Tensor>&,
                                                const std::optional<at::Tensor>&, at::IntArrayRef,
                                                at::IntArrayRef, at::IntArrayRef)>();
-  const at::ScalarType dtype = at::autocast::get_autocast_dtype(kDevice);
+  const at::ScalarType dtype = kInAutocastDtype ? at::autocast::get_autocast_dtype(kDevice) : at::kFloat;
   const auto cast = [dtype](const auto& t) { return at::autocast::cached_cast(dtype, t, kDevice); };
   return op.call(cast(input), cast(offset), cast(weight), cast(mask), cast(bias), stride, padding,
                  dilation);
@@ -28,11 +31,11 @@ at::Tensor deform_conv2d_autocast(const at::Tensor& input, const at::Tensor& off
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rcm_fsad, AutocastCPU, m) {
-  m.impl("deform_conv2d", &deform_conv2d_autocast<c10::DeviceType::CPU, c10::DispatchKey::AutocastCPU>);
+  m.impl("deform_conv2d", &deform_conv2d_autocast<c10::DeviceType::CPU, c10::DispatchKey::AutocastCPU, false>);
 }
 
 TORCH_LIBRARY_IMPL(rcm_fsad, AutocastCUDA, m) {
-  m.impl("deform_conv2d", &deform_conv2d_autocast<c10::DeviceType::CUDA, c10::DispatchKey::AutocastCUDA>);
+  m.impl("deform_conv2d", &deform_conv2d_autocast<c10::DeviceType::CUDA, c10::DispatchKey::AutocastCUDA, true>);
 }
 
 }  // namespace rcm_fsad

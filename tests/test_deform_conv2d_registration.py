@@ -196,14 +196,14 @@ def test_fake_kernels_report_the_real_strides(name, channels_last):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("name", sorted(DEGENERATE) + ["basic"])
-def test_results_are_not_views(name, channels_last):
+def test_results_are_not_views(name, channels_last, device):
     """Every result of the forward and the backward is a tensor of its own, not a view of a buffer the
     kernels wrote: autograd refuses in-place changes to a custom op's output that is a view."""
     case = CASES["basic"] if name == "basic" else DEGENERATE[name]
-    inp, off, w, m, b, *geometry = op_args(case, "cpu", requires_grad=False)
+    inp, off, w, m, b, *geometry = op_args(case, device, requires_grad=False)
     if channels_last:
         inp = inp.contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(case.batch, case.out_channels, *case.out_size, dtype=torch.float64)
+    grad = torch.randn(case.batch, case.out_channels, *case.out_size, dtype=torch.float64, device=device)
     results = [torch.ops.rcm_fsad.deform_conv2d.default(inp, off, w, m, b, *geometry),
                *torch.ops.rcm_fsad.deform_conv2d_backward.default(grad, inp, off, w, m, *geometry)]
     assert [t._is_view() for t in results] == [False] * 5
@@ -293,25 +293,29 @@ def test_cuda_autocast_stays_in_low_precision(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cpu_autocast_runs_in_its_dtype(dtype):
-    """CPU autocast as CUDA's: every tensor cast to the autocast dtype (the same bits as casting by
-    hand, where torchvision has no CPU policy and fails on mixed dtypes); so the layer that predicts its
-    offsets with a conv2d, which autocast runs in that dtype, works under it, forward and backward."""
+def test_cpu_autocast_runs_in_float32(dtype):
+    """CPU autocast runs the op in float32, where the CPU kernels compute anyway: every argument cast to
+    float32 (the same bits as casting by hand), whatever mix of dtypes it gets, where torchvision has
+    no CPU policy and fails on mixed dtypes. So the layer that predicts its offsets with a conv2d,
+    which autocast runs in 16 bits, works under it, forward and backward: zero-initialised, its 16-bit
+    offsets (0) and mask logits (0) are exact, so its output is the one without autocast."""
     t = CASES["basic"].tensors(torch.float32)
     names = ("input", "offset", "weight", "bias", "mask")
+    mixed = dict(t, offset=t["offset"].to(dtype), mask=t["mask"].to(dtype))  # as an autocast conv2d gives them
     with torch.autocast("cpu", dtype=dtype):
-        out = rcm_fsad_ops.deform_conv2d(*(t[k] for k in names[:4]), padding=1, mask=t["mask"])
-    low = {k: t[k].to(dtype) for k in names}
-    by_hand = rcm_fsad_ops.deform_conv2d(*(low[k] for k in names[:4]), padding=1, mask=low["mask"])
-    assert out.dtype == dtype
+        out = rcm_fsad_ops.deform_conv2d(*(mixed[k] for k in names[:4]), padding=1, mask=mixed["mask"])
+    by_hand = rcm_fsad_ops.deform_conv2d(*(mixed[k].float() for k in names[:4]), padding=1,
+                                         mask=mixed["mask"].float())
+    assert out.dtype == torch.float32
     torch.testing.assert_close(out, by_hand, rtol=0, atol=0)
 
     layer = ModulatedDeformConv2dWithOffsetPredictor(4, 6, 3, padding=1)
     x = t["input"].clone().requires_grad_(True)
     with torch.autocast("cpu", dtype=dtype):
         y = layer(x)
-    y.float().sum().backward()
-    assert y.dtype == dtype and x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
+    y.sum().backward()
+    assert y.dtype == torch.float32 and x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(y, layer(t["input"]), rtol=0, atol=0)
 
 
 def test_info_reports_build():

@@ -196,8 +196,8 @@ template <typename scalar_t>
 // bodies gain most from: 8-wide vectors and registers enough for the lane sums); the CPU picks at
 // run time, as ATen's own kernels do. RCM_FSAD_CPU_CAPABILITY=default forces the baseline build
 // (like ATEN_CPU_CAPABILITY), so that the tests cover both. An op asks once, on the calling thread
-// (make_sampling): getenv is not safe against a setenv on another thread, and one op must not mix
-// the two builds.
+// (make_sampling), not once per tile on the workers: one read of the environment per op, and one
+// build for all of an op's tiles.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define RCM_FSAD_AVX2_DISPATCH 1
 #endif

@@ -115,17 +115,17 @@ __device__ __forceinline__ acc_t sample_tile_row(const TileCorners<acc_t, kRows>
   return v;
 }
 
+// The deepest reduction step of any kernel, and so the most channels ReductionSteps can count in
+// 32 bits, which adds a step's depth to a channel index: the launcher checks C against it.
+constexpr int kMaxStepDepth = 64;
+constexpr int64_t kMaxReductionChannels = (int64_t(1) << 31) - 1 - kMaxStepDepth;
+
 // The steps of the reduction of an implicit-GEMM block over conv group `group` and the kernel
 // points of its split: for each kernel point k, the group's channels in runs that stay in one
 // offset group og (one sample point per row), each run cut into steps of at most kDepth channels:
 // [c0, c0 + depth), c0 an absolute channel.
 //   for (ReductionSteps<kDepth> s(g, group, kernel_point_range(g, blockIdx.y, gridDim.y)); !s.done();
 //        s.next()) { if (s.first_of_run) ... }
-// The deepest reduction step of any kernel, and so the most channels ReductionSteps can count in
-// 32 bits, which adds a step's depth to a channel index: the launcher checks C against it.
-constexpr int kMaxStepDepth = 64;
-constexpr int64_t kMaxReductionChannels = (int64_t(1) << 31) - 1 - kMaxStepDepth;
-
 template <int kDepth>
 struct ReductionSteps {
   static_assert(kDepth <= kMaxStepDepth, "kMaxReductionChannels assumes steps of at most kMaxStepDepth");

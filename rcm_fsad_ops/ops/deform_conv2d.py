@@ -47,8 +47,9 @@ def _scripted_pair(value: IntPair) -> List[int]:
 def _reject_forward_ad(tensors: Sequence[Optional[Tensor]]) -> None:
     """The op's autograd is reverse mode only, and forward mode (torch.func.jvp, jacfwd, dual tensors)
     would get a zero tangent from it without a word: raise instead. The level is -1 outside any dual
-    level, so the common case costs one comparison."""
-    if fwAD._current_level >= 0 and any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+    level, so the common case costs one comparison (a private name: should it go, every call checks)."""
+    if getattr(fwAD, "_current_level", 0) >= 0 and any(
+            t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
         raise NotImplementedError(
             "deform_conv2d does not support forward-mode AD (torch.func.jvp, jacfwd, forward_ad dual tensors); "
             "use reverse mode (Tensor.backward, torch.autograd.grad)")
@@ -85,8 +86,9 @@ def deform_conv2d(
     are not supported (both raise).
     Float32/float64 on CPU, and float16/bfloat16 computed there in float32 (converted on entry, the
     results rounded back); float32/float64/float16/bfloat16 on CUDA (float32 accumulation); under
-    autocast, CPU or CUDA, the op runs in the autocast dtype. On sm_80+ the CUDA forward uses tensor cores for
-    float16/bfloat16, and for float32 only when ``torch.backends.cuda.matmul.allow_tf32`` is set.
+    CUDA autocast the op runs in the autocast dtype, under CPU autocast in float32. On sm_80+ the CUDA
+    forward uses tensor cores for float16/bfloat16, and for float32 only when
+    ``torch.backends.cuda.matmul.allow_tf32`` is set.
 
     Determinism: the CPU backward is always deterministic. The CUDA backward scatters the input
     gradient with float atomics by default (run-to-run differences in the last bits); under
