@@ -58,13 +58,16 @@ $(DEV_STAMP): $(DEPS_STAMP)
 	$(PY) -c 'import os, sysconfig; open(os.path.join(sysconfig.get_paths()["purelib"], "rcm_fsad_ops_checkout.pth"), "w").write(os.getcwd() + "\n")'
 	touch $@
 
+# The stamp takes the time the build started, and only once it succeeds: a source edited while it
+# runs is newer than the stamp, so the next make builds again.
 rcm_fsad_ops/.built: $(SOURCES) $(DEPS_STAMP)
+	touch $@.started
 	$(PY) setup.py -q build_ext --inplace
-	touch $@
+	mv $@.started $@
 
 cmake: $(DEPS_STAMP)
 	$(PY) tools/cmake_configure.py $(CMAKE_BUILD)
 	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
 
 clean:
-	rm -rf build rcm_fsad_ops/_C*.so rcm_fsad_ops/.built
+	rm -rf build rcm_fsad_ops/_C*.so rcm_fsad_ops/.built rcm_fsad_ops/.built.started
