@@ -4,8 +4,9 @@
 // bits there would only add conversions and rounding. Either way every floating-point argument gets
 // the same dtype, so a layer whose offsets come from an autocast conv2d works under autocast.
 #include <ATen/autocast_mode.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include "deform_conv2d.h"
 
 namespace rcm_fsad {
 namespace {
@@ -16,16 +17,10 @@ at::Tensor deform_conv2d_autocast(const at::Tensor& input, const at::Tensor& off
                                   const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKey);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rcm_fsad::deform_conv2d", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                               const std::optional<at::Tensor>&,
-                                               const std::optional<at::Tensor>&, at::IntArrayRef,
-                                               at::IntArrayRef, at::IntArrayRef)>();
   const at::ScalarType dtype = kInAutocastDtype ? at::autocast::get_autocast_dtype(kDevice) : at::kFloat;
   const auto cast = [dtype](const auto& t) { return at::autocast::cached_cast(dtype, t, kDevice); };
-  return op.call(cast(input), cast(offset), cast(weight), cast(mask), cast(bias), stride, padding,
-                 dilation);
+  return rcm_fsad::deform_conv2d(cast(input), cast(offset), cast(weight), cast(mask), cast(bias), stride,
+                                 padding, dilation);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@ import torch
 import torchvision
 
 import rcm_fsad_ops
+from benchmarks.runner import tf32_set_to
 from rcm_fsad_ops import reference
 from tests.deform_cases import CASES, DeformCase
 
@@ -60,13 +61,9 @@ def test_float32_error_is_that_of_float32_arithmetic(name, device):
     (times 4, or one float32 epsilon of the largest value)."""
     case = CASES[name]
     exact = run_with_grads(reference.deform_conv2d, case, case.tensors(torch.float64, device))
-    tf32 = torch.backends.cuda.matmul.allow_tf32  # a property: monkeypatch cannot restore it
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    with tf32_set_to(False):
         ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, case.tensors(torch.float32, device))
         theirs = run_with_grads(torchvision.ops.deform_conv2d, case, case.tensors(torch.float32, device))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
     exact_values = {"output": exact[0], **exact[1]}
 
     def error(result):
@@ -139,12 +136,8 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
     low = {k: None if v is None else v.to(dtype) for k, v in case.tensors(torch.float64, device).items()}
     exact_inputs = {k: None if v is None else v.double() for k, v in low.items()}
     exact = run_with_grads(reference.deform_conv2d, case, exact_inputs, cotangent_dtype=dtype)
-    tf32 = torch.backends.cuda.matmul.allow_tf32  # a property: monkeypatch cannot restore it
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    try:
+    with tf32_set_to(precision == "tf32"):
         ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, low)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
 
     groups = case.in_channels // exact_inputs["weight"].shape[1]
     columns = reference.sampled_columns(exact_inputs["input"], exact_inputs["offset"], case.kernel, groups,
@@ -554,14 +547,9 @@ def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm,
         def forward():
             outs.append(rcm_fsad_ops.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"],
                                                    tensors["bias"], mask=tensors["mask"], **case.kwargs()))
-        tf32 = torch.backends.cuda.matmul.allow_tf32  # a property: monkeypatch cannot restore it
-        torch.backends.cuda.matmul.allow_tf32 = False  # float32 is IEEE, as the tolerance below assumes
-        try:
-            with torch.no_grad():
-                kernels = cuda_kernel_names(forward)
-                forward()
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+        with tf32_set_to(False), torch.no_grad():  # float32 is IEEE, as the tolerance below assumes
+            kernels = cuda_kernel_names(forward)
+            forward()
         out = outs[0]
         assert any("deform_conv2d_split_sum_kernel" in k for k in kernels) == splits, (case, kernels)
         assert torch.equal(out, outs[1]), "the split forward's partial sums are added in a fixed order"
@@ -633,14 +621,9 @@ def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
                             ("implicit_gemm_sync", sync)):
         monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", algorithm)
         outs = []
-        tf32 = torch.backends.cuda.matmul.allow_tf32  # a property: monkeypatch cannot restore it
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-        try:
-            with torch.no_grad():
-                names = cuda_kernel_names(lambda: outs.append(rcm_fsad_ops.deform_conv2d(
-                    low["input"], low["offset"], low["weight"], low["bias"], mask=low["mask"], **case.kwargs())))
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+        with tf32_set_to(precision == "tf32"), torch.no_grad():
+            names = cuda_kernel_names(lambda: outs.append(rcm_fsad_ops.deform_conv2d(
+                low["input"], low["offset"], low["weight"], low["bias"], mask=low["mask"], **case.kwargs())))
         for kernel in kernels:
             assert any(kernel in n for n in names) == (kernel == want), (algorithm, names)
         ours_err = (outs[0].double() - exact).abs().max().item()
