@@ -11,9 +11,23 @@ MAX_JOBS    ?= 2
 CMAKE_BUILD ?= build/cmake
 DEPS_STAMP  := $(VENV)/.deps-installed
 DEV_STAMP   := $(VENV)/.editable-installed
-SOURCES     := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h') setup.py
+SOURCES     := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h') setup.py \
+               tools/build_env.py
+# What else decides the build: rewritten only when it changes (at every make), so that a build configured
+# differently (CPU only, other archs, another toolkit or compiler) is built again.
+BUILD_CONFIG := build/config.txt
+BUILD_CONFIG_TEXT := RCM_FSAD_CPU_ONLY=$(RCM_FSAD_CPU_ONLY) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST) \
+                     CUDA_HOME=$(CUDA_HOME) CUDA_PATH=$(CUDA_PATH) CXX=$(CXX)
+$(shell mkdir -p build && echo '$(BUILD_CONFIG_TEXT)' > $(BUILD_CONFIG).new && \
+        { cmp -s $(BUILD_CONFIG).new $(BUILD_CONFIG) && rm $(BUILD_CONFIG).new || mv $(BUILD_CONFIG).new $(BUILD_CONFIG); })
+# A deleted extension module is built again too.
+ifeq ($(wildcard rcm_fsad_ops/_C*.so),)
+$(shell rm -f rcm_fsad_ops/.built)
+endif
 
 export MAX_JOBS
+# The venv's tools (ninja, cmake's generator and torch's build backend) without activating it.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: demo test test-python test-cpp test-kernels build cmake bench info clean
 
@@ -60,7 +74,7 @@ $(DEV_STAMP): $(DEPS_STAMP)
 
 # The stamp takes the time the build started, and only once it succeeds: a source edited while it
 # runs is newer than the stamp, so the next make builds again.
-rcm_fsad_ops/.built: $(SOURCES) $(DEPS_STAMP)
+rcm_fsad_ops/.built: $(SOURCES) $(DEPS_STAMP) $(BUILD_CONFIG)
 	touch $@.started
 	$(PY) setup.py -q build_ext --inplace
 	mv $@.started $@

@@ -1,4 +1,8 @@
-"""Builds rcm_fsad_ops._C: the operator library (CPU always, CUDA whenever a toolkit is found).
+"""Builds rcm_fsad_ops._C: the operator library (CPU always, CUDA whenever a toolkit is found and
+torch is a CUDA build).
+
+Build against the torch you will run with, without pip's build isolation (which would install another
+torch just for the build): ``pip install --no-build-isolation .``, or ``make build`` for the checkout.
 
 Environment:
   RCM_FSAD_CPU_ONLY=1     build without CUDA even when a toolkit is present.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -19,24 +24,23 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tools"))
-from build_env import DEFAULT_ARCH_LIST, compiler_does_openmp, find_cuda_home, wheel_cuda_include_dirs  # noqa: E402
+from build_env import compiler_does_openmp, cuda_arch_list, find_cuda_home, wheel_cuda_include_dirs  # noqa: E402
 
 CUDA_HOME = find_cuda_home()
 if CUDA_HOME:
     # torch.utils.cpp_extension reads CUDA_HOME once, at import.
     os.environ["CUDA_HOME"] = CUDA_HOME
+# The tools of this Python's environment (ninja) even where it is not activated (.venv/bin/python setup.py).
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
-import torch  # noqa: E402
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+try:
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+except ImportError as exc:
+    sys.exit(f"rcm_fsad_ops builds against the torch it will run with, and none is importable here ({exc}). "
+             "Install torch first, then build without pip's build isolation: pip install --no-build-isolation .")
 
-
-def cuda_arch_list() -> str:
-    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        return os.environ["TORCH_CUDA_ARCH_LIST"]
-    if torch.cuda.is_available():
-        archs = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-        return ";".join(f"{major}.{minor}" for major, minor in archs)
-    return DEFAULT_ARCH_LIST
+VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "rcm_fsad_ops" / "__init__.py").read_text(), re.M).group(1)
 
 
 def write_build_config(with_cuda: bool, archs: str) -> str:
@@ -67,34 +71,46 @@ def extension():
     cxx_flags = ["-O3"] + openmp
     link_flags = openmp
     with_cuda = CUDA_HOME is not None
+    if with_cuda and torch.version.cuda is None:
+        print(f"warning: a CUDA toolkit is at {CUDA_HOME} but torch {torch.__version__} is not a CUDA build: "
+              "building for the CPU only", file=sys.stderr)
+        with_cuda = False
     archs = ""
     if with_cuda:
         archs = cuda_arch_list()
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
     include_dirs = [str(ROOT / "csrc"), write_build_config(with_cuda, archs)]
+    # For the build backend without ninja, which would otherwise rebuild nothing when only a header changed.
+    depends = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh", recursive=True))
     if not with_cuda:
-        return CppExtension("rcm_fsad_ops._C", sources, include_dirs=include_dirs,
+        return CppExtension("rcm_fsad_ops._C", sources, include_dirs=include_dirs, depends=depends,
                             extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
+    # The CUDA headers of torch's wheels fill what the toolkit lacks (cusparse.h, cublas): searched after
+    # every -I directory, the toolkit's among them, so that they never shadow its own headers.
+    wheel_includes = [flag for include in wheel_cuda_include_dirs() for flag in ("-isystem", include)]
     return CUDAExtension(
         "rcm_fsad_ops._C",
         sources,
-        include_dirs=include_dirs + wheel_cuda_include_dirs(),
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        include_dirs=include_dirs,
+        depends=depends,
+        extra_compile_args={"cxx": cxx_flags + wheel_includes, "nvcc": ["-O3", "-lineinfo"] + wheel_includes},
         extra_link_args=link_flags,
     )
 
 
 setup(
     name="rcm_fsad_ops",
-    version="0.1.0",
+    version=VERSION,
     description="Modulated deformable convolution (DCNv2) as a PyTorch C++/CUDA extension, "
     "for few-shot anomaly detection (RCM-FSAD)",
     # benchmarks/ stays in the checkout: a top-level package of that name would clash in
     # site-packages, and its runner writes its results next to itself.
     packages=find_packages(include=["rcm_fsad_ops", "rcm_fsad_ops.*"]),
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4", "torchvision"],
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4"],
+    # torchvision: what `rcm-fsad demo` and the benchmarks compare with.
+    extras_require={"demo": ["torchvision"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["rcm-fsad=rcm_fsad_ops.cli:main"]},

@@ -10,8 +10,8 @@
 #   2 build      MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace -> build.log
 #   3 info       python -m rcm_fsad_ops info                                        -> build.log
 #   4 smoke      every sanitizer case below, without a sanitizer: a kernel that hangs shows here
-#                within 60 s, and then every later GPU step is skipped (each would hang to its cap) so
-#                that the time is left for a fix and a rerun                      -> checks.log
+#                within 120 s, and then every later GPU step is skipped (each would hang to its cap) so
+#                that the time is left for a fix and a rerun (as they are when the build fails) -> checks.log
 #   5 tests      python -m pytest tests -k cuda --maxfail=15 (CUDA parity tests; a per-test timeout
 #                where pytest-timeout is installed; fails when no GPU is visible)  -> checks.log
 #   6 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, five CUDA
@@ -19,16 +19,14 @@
 #                                                                                   -> checks.log
 #   7 bench      python -m benchmarks --device cuda --out $OUT                      -> bench.log, cuda-*.json/.md
 #   8 bench-tf32 the fp32 benchmark with TF32 allowed on both sides (table only)    -> bench.log
+#   9 racecheck  the first five sanitizer cases in float32/float16                  -> checks.log
+#  10 synccheck  the same                                                           -> checks.log
 #   extra, only while the time budget lasts (optional: their failure is reported, not a FAIL):
-#   9 ncu        Nsight Compute on one launch of each tensor-core forward kernel (cp.async WMMA and
+#  11 ncu        Nsight Compute on one launch of each tensor-core forward kernel (cp.async WMMA and
 #                mma.sync) at N32 C256 56x56 bf16: throughput, issue slots, warp stalls and where -> bench.log
-#  10 profile    per-kernel device time of each implementation (python -m benchmarks.profile_kernels
+#  12 profile    per-kernel device time of each implementation (python -m benchmarks.profile_kernels
 #                --device cuda --repeats 5; tables only)                            -> bench.log
-#   then, required again:
-#  11 racecheck  the first five sanitizer cases in float32/float16                  -> checks.log
-#  12 synccheck  the same                                                           -> checks.log
-#  13 compile    (optional) benchmark incl. torch.compile(reference) on the smallest case
-#                                                                                   -> bench.log, cuda-compile-*.json
+#  13 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
 #
 # $OUT/summary.txt lists every step (OK / FAIL / SKIP / TIME, exit code, seconds) and a final STATUS
 # line; TIME: cut short by the budget before its own cap (unfinished, not failed). The script exits 0
@@ -55,6 +53,9 @@ CHECKS_LOG="$OUT/checks.log"
 BENCH_LOG="$OUT/bench.log"
 BUDGET_S="${BUDGET_S:-480}"
 export PYTHONUNBUFFERED=1
+# Settings of the caller's shell that would change what is measured: the forward path of "ours", cuBLAS's
+# workspace, PyTorch's caching allocator (the steps that need one of them set it themselves).
+unset RCM_FSAD_DEFORM_CONV_ALGO CUBLAS_WORKSPACE_CONFIG PYTORCH_NO_CUDA_MEMORY_CACHING
 # The extension is built in place, not installed: scripts run from elsewhere (/tmp) must find it.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -88,7 +89,7 @@ START=$SECONDS
 FAILED=()
 OPTIONAL_FAILED=()
 SKIPPED_REQUIRED=()
-HUNG=""  # set when the smoke step times out: a kernel hangs
+NO_GPU_STEPS=""  # why the GPU steps are skipped: the build failed, or a kernel hung in the smoke step
 LAST_RC=0  # of the last step run (0 for one skipped)
 LAST_STATUS=OK  # of the last step run: OK, FAIL or TIME (cut short by the budget)
 {
@@ -140,10 +141,10 @@ step() {
     printf '%-10s %-6s %5s %7s  %s\n' "$name" "$status" "$rc" "$dt" "$(basename "$log")" >> "$SUMMARY"
 }
 
-# gpu_step NAME LOG CAP REQUIRED COMMAND...: step, unless a kernel hung in the smoke step.
+# gpu_step NAME LOG CAP REQUIRED COMMAND...: step, unless NO_GPU_STEPS says why not.
 gpu_step() {
-    if [[ -n "$HUNG" ]]; then
-        skip_step "$1" "$2" "$4" "a kernel hung in the smoke step"
+    if [[ -n "$NO_GPU_STEPS" ]]; then
+        skip_step "$1" "$2" "$4" "$NO_GPU_STEPS"
     else
         step "$@"
     fi
@@ -182,6 +183,7 @@ PYEOF
 
 # ---- 2 build ----------------------------------------------------------------------------------------
 step build "$BUILD_LOG" 330 1 "MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 $PY setup.py build_ext --inplace"
+[[ $LAST_STATUS == OK ]] || NO_GPU_STEPS="the build failed"
 
 # ---- 3 info -----------------------------------------------------------------------------------------
 step info "$BUILD_LOG" 60 1 "
@@ -261,8 +263,9 @@ print("sanitizer small cases: done")
 PYEOF
 
 CUDA_VISIBLE='import sys, torch; sys.exit(0 if torch.cuda.is_available() else "torch sees no GPU")'
-step smoke "$CHECKS_LOG" 60 1 "$PY -c '$CUDA_VISIBLE' && $PY $SMALL_PY"
-[[ $LAST_STATUS == FAIL ]] && (( LAST_RC == 124 || LAST_RC == 137 )) && HUNG=1
+gpu_step smoke "$CHECKS_LOG" 120 1 "$PY -c '$CUDA_VISIBLE' && $PY $SMALL_PY"
+[[ -z $NO_GPU_STEPS && $LAST_STATUS == FAIL ]] && (( LAST_RC == 124 || LAST_RC == 137 )) &&
+    NO_GPU_STEPS="a kernel hung in the smoke step"
 
 # ---- 5 CUDA parity tests ----------------------------------------------------------------------------
 # Not -x: one failure would hide every CUDA test after it. A per-test timeout (thread method: a kernel
@@ -288,7 +291,16 @@ gpu_step bench "$BENCH_LOG" 270 1 "$PY -m benchmarks --device cuda --out '$OUT'"
 # fp32 with TF32 allowed on both sides (our tensor-core kernels against torchvision's TF32 GEMM).
 gpu_step bench-tf32 "$BENCH_LOG" 90 1 "$PY -m benchmarks --device cuda --tf32 --dtypes fp32 --no-write"
 
-# ---- 9, 10 extra while time is left ---------------------------------------------------------------------
+# ---- 9, 10 race and barrier checks on fewer cases and dtypes --------------------------------------------
+for tool in racecheck synccheck; do
+    if [[ -n "$SANITIZER" ]]; then
+        gpu_step "$tool" "$CHECKS_LOG" 100 1 "RCM_SANITIZER_QUICK=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' --tool $tool --error-exitcode 86 --print-limit 40 $PY $SMALL_PY"
+    else
+        skip_step "$tool" "$CHECKS_LOG" 1 "compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"
+    fi
+done
+
+# ---- 11, 12 extra while time is left ---------------------------------------------------------------------
 # Where the tensor-core forward kernels lose time, from the hardware counters: one launch of each at the
 # bf16 goal's shape, the clocks left as they are (--clock-control none). SourceCounters names the
 # instructions where warps stall most (the build has -lineinfo); its tables are in the sections' bodies,
@@ -315,27 +327,18 @@ with torch.no_grad():
 PYEOF
 if [[ -z "$NCU" ]]; then
     skip_step ncu "$BENCH_LOG" 0 "ncu not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
-elif (( $(remaining) >= 190 )); then  # its 90 s and 100 s for racecheck and synccheck
+elif (( $(remaining) >= 90 )); then
     gpu_step ncu "$BENCH_LOG" 90 0 "'$NCU' --clock-control none --print-details all --kernel-name regex:'implicit_gemm_(wmma_async|mma)_kernel' --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats --section InstructionStats --section SourceCounters --section Occupancy --section LaunchStats $PY $NCU_PY 2>&1 | tee /tmp/rcm_fsad_ncu.txt; rc=\${PIPESTATUS[0]}; grep -q 'No kernels were profiled' /tmp/rcm_fsad_ncu.txt && exit 3; exit \$rc"
 else
     skip_step ncu "$BENCH_LOG" 0 "not enough time left for Nsight Compute"
 fi
 # Which kernels the benchmark's time goes to. Its tables go to bench.log only, no file of its own: with
 # the compile step's JSON, $OUT already holds 7 files.
-if (( $(remaining) >= 160 )); then
+if (( $(remaining) >= 60 )); then
     gpu_step profile "$BENCH_LOG" 60 0 "$PY -m benchmarks.profile_kernels --device cuda --repeats 5"
 else
     skip_step profile "$BENCH_LOG" 0 "not enough time left for the kernel profile"
 fi
-
-# ---- 11, 12 race and barrier checks on fewer cases and dtypes --------------------------------------------
-for tool in racecheck synccheck; do
-    if [[ -n "$SANITIZER" ]]; then
-        gpu_step "$tool" "$CHECKS_LOG" 100 1 "RCM_SANITIZER_QUICK=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 '$SANITIZER' --tool $tool --error-exitcode 86 --print-limit 40 $PY $SMALL_PY"
-    else
-        skip_step "$tool" "$CHECKS_LOG" 1 "compute-sanitizer not found (PATH, /usr/local/cuda*/bin)"
-    fi
-done
 
 # ---- 13 torch.compile of the reference ------------------------------------------------------------------
 if (( $(remaining) >= 90 )); then

@@ -10,9 +10,12 @@ largest value of its tensor; reported, never fatal), then timed:
                    requiring grad (their ``.grad`` is reset to None outside the timed region)
 
 Timing is a warm-up (a few calls, at least a short wall time) followed by repeats; the reported time
-is the median. CPU: ``time.perf_counter`` per call. CUDA: a pair of ``torch.cuda.Event`` per call
-(the device is synchronised before each repeat). L2/caches are not flushed between calls, for any
-implementation.
+is the median. CPU: ``time.perf_counter`` per call (caches not flushed). CUDA: a pair of
+``torch.cuda.Event`` around each call, the calls queued back to back with no synchronisation between
+them, each after a write of CUDA_L2_FLUSH_BYTES that evicts the last call's data from L2 (the method of
+``triton.testing.do_bench``): a time is the device's, with the host's work for a call hidden behind the
+flush before it, as a model's stream of calls hides it, and no call reads its inputs from the L2 the
+one before left.
 
 The TF32 switches (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``) are
 set once per run, so they are the same for every implementation; default off, so fp32 means IEEE fp32.
@@ -20,7 +23,8 @@ set once per run, so they are the same for every implementation; default off, so
 On CUDA, ``ours`` is the default forward path, and ``ours[implicit_gemm_sync]`` (the tensor-core kernel
 without cp.async copies), ``ours[implicit_gemm_mma]`` (the mma.sync kernel, its sampled operand in
 registers), ``ours[implicit_gemm_simt]`` and ``ours[columns]`` (forward only) are the other four, so
-the tensor-core, CUDA-core and columns paths sit side by side;
+the tensor-core, CUDA-core and columns paths sit side by side, with ``ours[autotune]`` (forward only),
+the fastest of them as timed on its first call;
 ``ours[deterministic]`` times forward+backward under ``torch.use_deterministic_algorithms(True)``.
 
 torchvision's deform_conv2d may lack a kernel for a dtype (bf16, say). Then it runs the way a user
@@ -63,11 +67,12 @@ OURS_SYNC = "ours[implicit_gemm_sync]"
 OURS_MMA = "ours[implicit_gemm_mma]"
 OURS_SIMT = "ours[implicit_gemm_simt]"
 OURS_COLUMNS = "ours[columns]"
+OURS_AUTOTUNE = "ours[autotune]"
 OURS_DETERMINISTIC = "ours[deterministic]"
 TORCHVISION = "torchvision"
 REFERENCE = "reference"
 COMPILED = "reference+compile"
-IMPL_ORDER = (OURS, OURS_SYNC, OURS_MMA, OURS_SIMT, OURS_COLUMNS, OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED)
+IMPL_ORDER = (OURS, OURS_SYNC, OURS_MMA, OURS_SIMT, OURS_COLUMNS, OURS_AUTOTUNE, OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED)
 ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
 
 
@@ -88,11 +93,12 @@ CUDA_VARIANTS = {
     OURS_MMA: Variant("implicit_gemm_mma", False, (FWD,)),
     OURS_SIMT: Variant("implicit_gemm_simt", False, (FWD,)),
     OURS_COLUMNS: Variant("columns", False, (FWD,)),
+    OURS_AUTOTUNE: Variant("autotune", False, (FWD,)),
     OURS_DETERMINISTIC: Variant(None, True, (FWD_BWD,)),
 }
-# The variants that choose among the tensor-core kernels: in fp64, and in fp32 with TF32 off, they run
-# the CUDA-core kernel that ``ours`` runs, and are not timed again.
-TENSOR_CORE_VARIANTS = (OURS_SYNC, OURS_MMA)
+# The variants that differ from ``ours`` only where it takes tensor cores: in fp64, and in fp32 with TF32
+# off, they run the CUDA-core kernel that ``ours`` runs, and are not timed again under another name.
+TENSOR_CORE_VARIANTS = (OURS_SYNC, OURS_MMA, OURS_SIMT)
 
 
 def variant_applies(impl: str, dtype_name: str, tf32_matmul: bool) -> bool:
@@ -431,6 +437,11 @@ def _make_step(fn: Callable, tensors: Dict[str, torch.Tensor], case: Case, pass_
     return prepare, step
 
 
+# Larger than any GPU's L2 (H200: 60 MB): what the CUDA timing writes before each call (triton's do_bench
+# writes as much).
+CUDA_L2_FLUSH_BYTES = 256 << 20
+
+
 def _time(prepare: Callable, step: Callable, device: torch.device, settings: TimingSettings) -> dict:
     is_cuda = device.type == "cuda"
 
@@ -462,16 +473,19 @@ def _time(prepare: Callable, step: Callable, device: torch.device, settings: Tim
 
     times_ms: List[float] = []
     if is_cuda:
-        begin = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        for _ in range(repeats):
+        flush = torch.empty(CUDA_L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeats)]
+        sync()
+        for begin, end in events:
             prepare()
-            sync()
+            flush.zero_()
             begin.record()
             step()
             end.record()
-            end.synchronize()
-            times_ms.append(begin.elapsed_time(end))
+        sync()
+        times_ms = [begin.elapsed_time(end) for begin, end in events]
+        del flush
     else:
         for _ in range(repeats):
             prepare()
@@ -659,6 +673,8 @@ def markdown_report(result: dict) -> str:
         "read of grad_output and the operands and one write of each gradient)",
     ]
     if gpu:
+        lines.append(f"- ours: {ALGORITHM_ENV}={meta.get('forward_algorithm') or '(unset: the default path)'} "
+                     f"(as the caller's environment set it)")
         ceilings = meta.get("ceilings")
         if ceilings:
             lines.append(f"- roofline ceilings ({ceilings['key']}): {ceilings['bytes_per_s'] / 1e12:.2f} TB/s, "
@@ -855,7 +871,8 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
     if device.type == "cuda":
         notes.append(f"ours = the default path (tensor cores for fp16/bf16, and for fp32 under TF32); "
                      f"{OURS_SYNC}, {OURS_MMA}, {OURS_SIMT}, {OURS_COLUMNS}: our other CUDA forward paths "
-                     f"({ALGORITHM_ENV}), forward only; {OURS_DETERMINISTIC}: forward+backward under "
+                     f"({ALGORITHM_ENV}), forward only, and {OURS_AUTOTUNE} the fastest of them as timed on its "
+                     f"first call; {OURS_DETERMINISTIC}: forward+backward under "
                      f"torch.use_deterministic_algorithms(True)")
     try:
         import torchvision.ops  # noqa: F401
@@ -886,8 +903,10 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
         "quick": quick,
         "machine": machine,
         "tf32": tf32_values,
+        "forward_algorithm": os.environ.get(ALGORITHM_ENV),
         "timing": {
-            "method": ("torch.cuda.Event per call, device synchronised before each repeat"
+            "method": (f"torch.cuda.Event pair per call, calls queued back to back, each after a "
+                       f"{CUDA_L2_FLUSH_BYTES >> 20} MB write that flushes L2"
                        if device.type == "cuda" else "time.perf_counter per call"),
             "settings": settings.as_dict(),
         },

@@ -7,7 +7,13 @@ ModulatedDeformConv2dWithOffsetPredictor, which predicts its own offsets and mas
 """
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
-from rcm_fsad_ops import _C  # noqa: F401  (loading it registers the operators)
+try:
+    from rcm_fsad_ops import _C  # noqa: F401  (loading it registers the operators)
+except ImportError as exc:
+    raise ImportError(
+        f"rcm_fsad_ops: its compiled extension (rcm_fsad_ops._C) does not load ({exc}). It is either not built, or "
+        f"built against another torch than this one ({torch.__version__}): in the checkout run `make build`, or "
+        "reinstall with `pip install --no-build-isolation .`") from exc
 from rcm_fsad_ops import nn
 from rcm_fsad_ops.info import info
 from rcm_fsad_ops.ops.deform_conv2d import deform_conv2d

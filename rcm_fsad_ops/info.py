@@ -13,8 +13,8 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 def info() -> dict:
-    """Package and torch versions, compiled backends and CUDA arch list, registered kernels, threads,
-    whether the CPU kernels use them, and which build of their hot loops runs."""
+    """Package and torch versions, compiled backends and CUDA arch list, the visible GPUs' archs,
+    registered kernels, threads, whether the CPU kernels use them, and which build of their hot loops runs."""
     from rcm_fsad_ops import __version__
 
     built_with_cuda = bool(_C.built_with_cuda)
@@ -25,6 +25,9 @@ def info() -> dict:
         "backends": ["CPU"] + (["CUDA"] if built_with_cuda else []),
         "cuda_arch_list": _C.cuda_arch_list.split(";") if built_with_cuda else [],
         "cuda_available": torch.cuda.is_available(),
+        # each visible GPU's arch, to read against cuda_arch_list (a missing one runs only from PTX, if any)
+        "gpu_archs": [f"{major}.{minor}" for major, minor in
+                      (torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))],
         "kernels": {op: [key for key in ("CPU", "CUDA", "AutocastCPU", "AutocastCUDA") if _has_kernel(op, key)] for op in OPS},
         "threads": torch.get_num_threads(),
         # the CPU kernels' at::parallel_for runs on those threads (built with OpenMP), or serially

@@ -6,7 +6,7 @@ import torch
 BACKENDS = [("cpu", "cpu", None)]
 if torch.cuda.is_available():
     BACKENDS += [("cuda", "cuda", "implicit_gemm"), ("cuda-simt", "cuda", "implicit_gemm_simt"),
-                 ("cuda-columns", "cuda", "columns")]
+                 ("cuda-columns", "cuda", "columns"), ("cuda-autotune", "cuda", "autotune")]
 
 
 @pytest.fixture(params=BACKENDS, ids=[b[0] for b in BACKENDS])

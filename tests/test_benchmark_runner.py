@@ -29,22 +29,43 @@ def test_variants_get_their_rows_and_the_settings_are_restored(monkeypatch):
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def test_variants_run_under_their_own_forward_algorithm_and_determinism(monkeypatch):
+    """Each variant's calls see its own RCM_FSAD_DEFORM_CONV_ALGO and torch determinism (the CPU ignores
+    the algorithm, so only what the runner sets is checked here), and ours those of the caller."""
+    import rcm_fsad_ops
+
+    monkeypatch.delenv(runner.ALGORITHM_ENV, raising=False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    seen = {}
+
+    def recording(*args, **kwargs):
+        seen.setdefault(os.environ.get(runner.ALGORITHM_ENV), set()).add(torch.are_deterministic_algorithms_enabled())
+        return rcm_fsad_ops.deform_conv2d(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_ours", lambda: recording)
+    impls = [runner.OURS, runner.OURS_COLUMNS, runner.OURS_AUTOTUNE, runner.OURS_DETERMINISTIC]
+    runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", impls, SETTINGS, runner.tf32_state(), skipped=[])
+    assert seen == {None: {False, True}, "columns": {False}, "autotune": {False}}
+
+
 def test_tensor_core_variants_are_timed_only_where_they_have_a_kernel_of_their_own():
-    """implicit_gemm_sync and implicit_gemm_mma choose among tensor-core kernels: in fp32 with TF32 off
-    they would time the CUDA-core kernel that ours runs, under another name, so they are skipped, with
-    the reason; with TF32 on, and in 16-bit types, they are timed."""
-    impls = [runner.OURS, runner.OURS_SYNC, runner.OURS_MMA, runner.OURS_SIMT]
+    """implicit_gemm_sync, implicit_gemm_mma and implicit_gemm_simt differ from ours only where it takes
+    tensor cores: in fp32 with TF32 off they would time the CUDA-core kernel that ours runs, under
+    another name, so they are skipped, with the reason; with TF32 on, and in 16-bit types, they are
+    timed. The columns path and autotune always are."""
+    impls = [runner.OURS, runner.OURS_SYNC, runner.OURS_MMA, runner.OURS_SIMT, runner.OURS_AUTOTUNE]
     skipped = []
     tf32_off = dict(runner.tf32_state(), **{"torch.backends.cuda.matmul.allow_tf32": False})
     rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", impls, SETTINGS, tf32_off, skipped)
-    assert {r["impl"] for r in rows} == {runner.OURS, runner.OURS_SIMT}
-    assert {s["impl"] for s in skipped} == {runner.OURS_SYNC, runner.OURS_MMA}
+    assert {r["impl"] for r in rows} == {runner.OURS, runner.OURS_AUTOTUNE}
+    assert {s["impl"] for s in skipped} == {runner.OURS_SYNC, runner.OURS_MMA, runner.OURS_SIMT}
     assert all("CUDA-core" in s["reason"] for s in skipped)
-    for impl in (runner.OURS_SYNC, runner.OURS_MMA):
+    for impl in (runner.OURS_SYNC, runner.OURS_MMA, runner.OURS_SIMT):
         assert runner.variant_applies(impl, "fp32", tf32_matmul=True)
         assert runner.variant_applies(impl, "bf16", tf32_matmul=False)
         assert not runner.variant_applies(impl, "fp64", tf32_matmul=True)
-    assert runner.variant_applies(runner.OURS_COLUMNS, "fp64", tf32_matmul=False)
+    for impl in (runner.OURS_COLUMNS, runner.OURS_AUTOTUNE):
+        assert runner.variant_applies(impl, "fp64", tf32_matmul=False)
 
 
 def test_differences_are_reported_absolute_and_relative():
@@ -134,3 +155,16 @@ def test_the_parity_check_measures_ours_against_torchvision(monkeypatch):
                                       runner.tf32_state(), skipped=[])
     (forward,) = [r for r in rows if (r["impl"], r["pass"]) == (runner.OURS, FWD)]
     assert forward["max_abs_diff_vs_torchvision"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", [None, "columns"])
+def test_cuda_report_says_which_forward_path_ours_took(algorithm):
+    """``ours`` runs whatever RCM_FSAD_DEFORM_CONV_ALGO the caller's environment holds: a CUDA report says so."""
+    machine = {"gpu_name": "GPU", "torch": "t", "torchvision": "v", "rcm_fsad_ops": "r", "git": "g",
+               "platform": "p", "cpu_model": "c", "cpu_count": 1, "torch_threads": 1}
+    meta = {"device": "cuda", "device_type": "cuda", "date": "d", "quick": False, "machine": machine,
+            "tf32": runner.tf32_state(), "forward_algorithm": algorithm, "ceilings": None, "cases": {},
+            "notes": [], "timing": {"method": "m", "settings": {}}}
+    report = runner.markdown_report({"meta": meta, "rows": [], "geomean": [], "skipped": []})
+    expected = algorithm or "(unset: the default path)"
+    assert f"- ours: {runner.ALGORITHM_ENV}={expected} " in report

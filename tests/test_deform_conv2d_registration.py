@@ -249,9 +249,14 @@ def test_cpu_rejects_other_float_types_with_a_clear_error():
 
 
 def cuda_toolkit_present() -> bool:
-    if os.environ.get("RCM_FSAD_CPU_ONLY") == "1":
+    """Whether the build should have compiled CUDA: asked here, not of tools/build_env.py, so that a broken
+    search there fails the test below instead of skipping it."""
+    if os.environ.get("RCM_FSAD_CPU_ONLY", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
-    return bool(os.environ.get("CUDA_HOME") or shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc"))
+    if torch.version.cuda is None:
+        return False
+    return bool(os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or shutil.which("nvcc")
+                or os.path.exists("/usr/local/cuda/bin/nvcc"))
 
 
 @pytest.mark.skipif(not cuda_toolkit_present(), reason="no CUDA toolkit on this machine: CPU-only build")
@@ -262,6 +267,7 @@ def test_cuda_kernels_compiled_and_registered():
     assert kernels["deform_conv2d"] == ["CPU", "CUDA", "AutocastCPU", "AutocastCUDA"]
     assert kernels["deform_conv2d_backward"] == ["CPU", "CUDA"]
     assert rcm_fsad_ops.info()["cuda_arch_list"]
+    assert len(rcm_fsad_ops.info()["gpu_archs"]) == torch.cuda.device_count()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -269,8 +275,8 @@ def test_cuda_rejects_an_unknown_forward_algorithm(monkeypatch):
     monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", "fastest")
     t = CASES["basic"].tensors(torch.float32, "cuda")
     with pytest.raises(RuntimeError, match="RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', "
-                                           "'implicit_gemm_sync', 'implicit_gemm_mma', 'implicit_gemm_simt' "
-                                           "or 'columns', got 'fastest'"):
+                                           "'implicit_gemm_sync', 'implicit_gemm_mma', 'implicit_gemm_simt', "
+                                           "'columns' or 'autotune', got 'fastest'"):
         rcm_fsad_ops.deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], padding=1, mask=t["mask"])
 
 

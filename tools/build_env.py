@@ -1,10 +1,11 @@
-"""Where the build finds CUDA, and whether its C++ compiler does OpenMP: shared by setup.py and
-tools/cmake_configure.py (torch-free)."""
+"""Where the build finds CUDA, which archs it builds for, and whether its C++ compiler does OpenMP: shared
+by setup.py and tools/cmake_configure.py (torch-free at import)."""
 from __future__ import annotations
 
 import glob
 import os
 import re
+import shlex
 import shutil
 import site
 import subprocess
@@ -12,8 +13,22 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-# Hopper (H100/H200): the target when no GPU is visible to pick an arch from.
-DEFAULT_ARCH_LIST = "9.0"
+# Hopper (H100/H200): the target when no GPU is visible to pick an arch from; with its PTX, which the
+# driver compiles for newer GPUs (Blackwell) where a module built here is run.
+DEFAULT_ARCH_LIST = "9.0+PTX"
+
+
+def cuda_arch_list() -> str:
+    """The archs to build for, separated by ';': TORCH_CUDA_ARCH_LIST (torch also takes spaces there), else
+    those of the visible GPUs, else DEFAULT_ARCH_LIST. (Imports torch only here.)"""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return ";".join(os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", " ").split())
+    import torch
+
+    if torch.cuda.is_available():
+        archs = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{major}.{minor}" for major, minor in archs)
+    return DEFAULT_ARCH_LIST
 
 
 def _toolkit_root_of(nvcc: str) -> str | None:
@@ -32,12 +47,12 @@ def _toolkit_root_of(nvcc: str) -> str | None:
 
 def compiler_does_openmp(compiler: str | None = None) -> bool:
     """Whether the C++ compiler (CXX, else c++) builds and links a program with -fopenmp."""
-    cxx = compiler or os.environ.get("CXX") or "c++"
+    cxx = shlex.split(compiler or os.environ.get("CXX") or "c++")  # CXX may carry a launcher: "ccache g++"
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "openmp.cpp"
         source.write_text("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
         try:
-            result = subprocess.run([cxx, "-fopenmp", str(source), "-o", str(Path(folder) / "openmp")],
+            result = subprocess.run([*cxx, "-fopenmp", str(source), "-o", str(Path(folder) / "openmp")],
                                     capture_output=True, timeout=120)
         except (OSError, subprocess.SubprocessError):
             return False
@@ -46,8 +61,11 @@ def compiler_does_openmp(compiler: str | None = None) -> bool:
 
 def find_cuda_home() -> str | None:
     """CUDA_HOME, CUDA_PATH, the toolkit behind the nvcc on PATH, or /usr/local/cuda; None when
-    RCM_FSAD_CPU_ONLY=1 or no toolkit is found."""
-    if os.environ.get("RCM_FSAD_CPU_ONLY") == "1":
+    RCM_FSAD_CPU_ONLY is set (1, true, yes, on) or no toolkit is found."""
+    cpu_only = os.environ.get("RCM_FSAD_CPU_ONLY", "").strip().lower()
+    if cpu_only not in ("", "0", "false", "no", "off", "1", "true", "yes", "on"):
+        raise ValueError(f"RCM_FSAD_CPU_ONLY must be 1/true/yes/on or 0/false/no/off, got {cpu_only!r}")
+    if cpu_only in ("1", "true", "yes", "on"):
         return None
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     nvcc = shutil.which("nvcc")

@@ -82,8 +82,10 @@ KERNELS = {
 _SOURCE_SPELLING = {"Tf32": "rcm_fsad::kernels::Tf32"}
 
 ARCH = "sm_90"
-# The device flags of the extension build (torch's cpp_extension + setup.py), plus what ptxas needs.
-NVCC_FLAGS = ["-std=c++20", "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
+# The device flags of the extension build (torch's cpp_extension + setup.py), plus what ptxas needs; in
+# C++17, the standard torch 2.11 (the GPU machine's) builds extensions in, so that the kernel headers are
+# checked in it here (torch 2.14 builds in C++20).
+NVCC_FLAGS = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
               "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
               f"-arch={ARCH}", "--cubin", "-Xptxas", "-v"]
 

@@ -18,6 +18,9 @@
 //   implicit_gemm_simt       the CUDA-core implicit GEMM for every dtype;
 //   columns                  the direct path: chunks of output pixels are sampled into a columns
 //                            buffer by deform_im2col_kernel and multiplied by the weight with cuBLAS.
+//   autotune                 the fastest of the paths above that differ for the problem, timed on
+//                            its first call and remembered per problem (autotuned_algorithm), as
+//                            torch.backends.cudnn.benchmark does for convolutions.
 // The backward takes the columns path: recompute the columns, both GEMMs, deform_col2im_kernel,
 // which scatters the input gradient with float atomics. Under torch.use_deterministic_algorithms
 // that scatter is off and deform_col2im_input_deterministic_kernel computes the input gradient
@@ -28,6 +31,7 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -37,8 +41,10 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_implicit_gemm.cuh"
@@ -46,6 +52,7 @@
 #include "../kernels/deform_conv2d_implicit_gemm_wmma.cuh"
 #include "../kernels/deform_conv2d_implicit_gemm_wmma_async.cuh"
 #include "../kernels/deform_conv2d_kernels.cuh"
+#include "stream_timer.h"
 
 namespace rcm_fsad {
 namespace {
@@ -98,7 +105,7 @@ ChunkArgs<scalar_t> chunk_args(const at::Tensor& input_nhwc, const at::Tensor& o
           mask.has_value() ? field_strides(*mask) : FieldStrides{0, 0, 0, 0}};
 }
 
-enum class ForwardAlgorithm { ImplicitGemm, ImplicitGemmSync, ImplicitGemmMma, ImplicitGemmSimt, Columns };
+enum class ForwardAlgorithm { ImplicitGemm, ImplicitGemmSync, ImplicitGemmMma, ImplicitGemmSimt, Columns, Autotune };
 
 ForwardAlgorithm forward_algorithm() {
   const char* algo = std::getenv("RCM_FSAD_DEFORM_CONV_ALGO");
@@ -106,9 +113,10 @@ ForwardAlgorithm forward_algorithm() {
   if (std::strcmp(algo, "implicit_gemm_sync") == 0) return ForwardAlgorithm::ImplicitGemmSync;
   if (std::strcmp(algo, "implicit_gemm_mma") == 0) return ForwardAlgorithm::ImplicitGemmMma;
   if (std::strcmp(algo, "implicit_gemm_simt") == 0) return ForwardAlgorithm::ImplicitGemmSimt;
+  if (std::strcmp(algo, "autotune") == 0) return ForwardAlgorithm::Autotune;
   TORCH_CHECK(std::strcmp(algo, "columns") == 0,
               "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', 'implicit_gemm_sync', 'implicit_gemm_mma', "
-              "'implicit_gemm_simt' or 'columns', got '", algo, "'");
+              "'implicit_gemm_simt', 'columns' or 'autotune', got '", algo, "'");
   return ForwardAlgorithm::Columns;
 }
 
@@ -131,7 +139,7 @@ struct TensorCoreInput<float> {
 };
 
 // Answers of driver queries, each asked once per process and key: the calls take microseconds, a share
-// of a small forward's time.
+// of a small forward's time. (Also the autotuned forward's choices, each timed once, outside the lock.)
 template <typename Key, typename Value>
 class QueryCache {
  public:
@@ -140,6 +148,19 @@ class QueryCache {
     const std::lock_guard<std::mutex> lock(mutex_);
     if (const auto it = known_.find(key); it != known_.end()) return it->second;
     return known_.emplace(key, query()).first->second;
+  }
+
+  // The answer for key if it was asked, without asking.
+  std::optional<Value> find(const Key& key) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = known_.find(key);
+    return it == known_.end() ? std::nullopt : std::optional<Value>(it->second);
+  }
+
+  // Keeps value as the answer for key, unless one is kept already (another thread's): returns the kept one.
+  Value remember(const Key& key, const Value& value) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return known_.emplace(key, value).first->second;
   }
 
  private:
@@ -433,6 +454,137 @@ void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkA
   }
 }
 
+// The columns forward: chunks of rows sampled into columns by deform_im2col_kernel, each chunk times
+// the weight with cuBLAS.
+template <typename scalar_t>
+void columns_forward(const at::Tensor& input, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
+                     const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
+  const int64_t rows = out_rows.size(0);
+  const int64_t chunk = chunk_rows(g);
+  at::Tensor cols = at::empty({chunk, g.column_width()}, input.options());
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t len = std::min(chunk, rows - r0);
+    launch_im2col<scalar_t>(g, a, r0, len, cols.mutable_data_ptr<scalar_t>());
+    at::Tensor out_chunk = out_rows.narrow(0, r0, len);
+    columns_times_weight(cols.narrow(0, 0, len), wmat, bias, out_chunk, g);
+  }
+}
+
+// The forward by one path (any but Autotune) into out_rows.
+template <typename scalar_t>
+void forward_by(ForwardAlgorithm algo, const at::Tensor& input, const DeformConvGeometry& g,
+                const ChunkArgs<scalar_t>& a, const at::Tensor& wmat, const std::optional<at::Tensor>& bias,
+                at::Tensor& out_rows) {
+  if (algo == ForwardAlgorithm::Columns) {
+    columns_forward<scalar_t>(input, g, a, wmat, bias, out_rows);
+  } else {
+    implicit_gemm_forward<scalar_t>(algo, input, g, a, wmat, bias, out_rows);
+  }
+}
+
+// The forward paths that run different kernels for this problem, the default first: where the default
+// takes the cp.async tensor-core kernel, also the synchronous-load one and the mma.sync one (where it
+// applies), and the CUDA-core kernel (elsewhere these are the default's own kernel); the columns path
+// always.
+template <typename scalar_t>
+std::vector<ForwardAlgorithm> forward_candidates(const at::Tensor& input, const DeformConvGeometry& g,
+                                                 const ChunkArgs<scalar_t>& a, const at::Tensor& wmat) {
+  std::vector<ForwardAlgorithm> candidates{ForwardAlgorithm::ImplicitGemm};
+  if constexpr (!std::is_void_v<typename TensorCoreInput<scalar_t>::type>) {
+    if (use_tensor_cores<scalar_t>(input)) {
+      if (vector_loads_apply(g, a, wmat)) {
+        candidates.push_back(ForwardAlgorithm::ImplicitGemmSync);
+        if (kernels::mma_kernel_applies<scalar_t>(g)) candidates.push_back(ForwardAlgorithm::ImplicitGemmMma);
+      }
+      candidates.push_back(ForwardAlgorithm::ImplicitGemmSimt);
+    }
+  }
+  candidates.push_back(ForwardAlgorithm::Columns);
+  return candidates;
+}
+
+// What the fastest path depends on: the device, the dtype, TF32 (float32 only) and cuBLAS's reduced-precision
+// reductions (16-bit types: the columns path's GEMM), the geometry, the offset's and mask's layouts, a mask, a
+// bias, and whether the 16-byte loads apply (alignment).
+template <typename scalar_t>
+std::vector<int64_t> problem_key(const at::Tensor& input, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
+                                 const at::Tensor& wmat, const std::optional<at::Tensor>& bias) {
+  const at::Context& context = at::globalContext();
+  int64_t gemm_setting = 0;
+  if constexpr (std::is_same_v<scalar_t, float>) gemm_setting = tf32_matmuls_allowed();
+  if constexpr (std::is_same_v<scalar_t, at::Half>) gemm_setting = static_cast<int64_t>(context.allowFP16ReductionCuBLAS());
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    gemm_setting = static_cast<int64_t>(context.allowBF16ReductionCuBLAS());
+  }
+  const FieldStrides& os = a.offset_strides;
+  const FieldStrides& ms = a.mask_strides;
+  return {input.get_device(), static_cast<int64_t>(input.scalar_type()), gemm_setting, g.batch, g.channels,
+          g.height, g.width, g.out_channels, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+          g.dil_h, g.dil_w, g.groups, g.offset_groups, os.n, os.c, os.h, os.w, ms.n, ms.c, ms.h, ms.w,
+          a.mask != nullptr, bias.has_value(), vector_loads_apply(g, a, wmat)};
+}
+
+// Runs of a candidate timed back to back, after one that warms it up (module load, shared-memory opt-in)
+// and is still running when the timing starts: the device is never idle waiting for the host, so a time
+// is the device's, as the benchmark's are (benchmarks/runner.py).
+constexpr int kAutotuneTimedRuns = 3;
+
+// The fastest of forward_candidates, each run into out_rows, or nothing when none could run. A candidate
+// that cannot take the problem (the implicit GEMM's grid limits, memory) is passed over; a CUDA error
+// raises.
+template <typename scalar_t>
+std::optional<ForwardAlgorithm> fastest_candidate(const at::Tensor& input, const DeformConvGeometry& g,
+                                                  const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
+                                                  const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
+  // An error left by earlier work would otherwise surface in the first candidate and be taken for its own.
+  C10_CUDA_CHECK(cudaGetLastError());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  StreamTimer timer;
+  std::optional<ForwardAlgorithm> best;
+  float best_ms = std::numeric_limits<float>::infinity();
+  for (const ForwardAlgorithm algo : forward_candidates<scalar_t>(input, g, a, wmat)) {
+    const auto run = [&] { forward_by<scalar_t>(algo, input, g, a, wmat, bias, out_rows); };
+    float ms = 0.0f;
+    try {
+      run();
+      ms = timer.milliseconds(stream, [&] {
+        for (int i = 0; i < kAutotuneTimedRuns; ++i) run();
+      });
+    } catch (const c10::AcceleratorError&) {
+      throw;
+    } catch (const c10::Error&) {
+      continue;
+    }
+    if (ms < best_ms) {
+      best_ms = ms;
+      best = algo;
+    }
+  }
+  return best;
+}
+
+// RCM_FSAD_DEFORM_CONV_ALGO=autotune: on the first call of a problem (problem_key), the fastest of
+// forward_candidates, remembered for the process (timed outside any lock: two threads meeting a new
+// problem at once both time it, and the first to finish is kept). When no candidate could run, the
+// default, whose call then raises the error, and nothing is remembered. Under
+// torch.use_deterministic_algorithms the default, so that results do not hang on which path won a
+// timing; while the stream is captured into a CUDA graph, where nothing may wait on the device, the
+// remembered choice, else the default.
+template <typename scalar_t>
+ForwardAlgorithm autotuned_algorithm(const at::Tensor& input, const DeformConvGeometry& g,
+                                     const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
+                                     const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
+  if (at::globalContext().deterministicAlgorithms()) return ForwardAlgorithm::ImplicitGemm;
+  static QueryCache<std::vector<int64_t>, ForwardAlgorithm> fastest;
+  const std::vector<int64_t> key = problem_key<scalar_t>(input, g, a, wmat, bias);
+  if (const std::optional<ForwardAlgorithm> known = fastest.find(key)) return *known;
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    return ForwardAlgorithm::ImplicitGemm;
+  }
+  const std::optional<ForwardAlgorithm> best = fastest_candidate<scalar_t>(input, g, a, wmat, bias, out_rows);
+  return best.has_value() ? fastest.remember(key, *best) : ForwardAlgorithm::ImplicitGemm;
+}
+
 at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                               const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -447,19 +599,9 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset,
     at::Tensor out_rows = out.nhwc.view({rows, g.out_channels});
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
       const ChunkArgs<scalar_t> a = chunk_args<scalar_t>(input_nhwc, offset, mask);
-      const ForwardAlgorithm algo = forward_algorithm();
-      if (algo != ForwardAlgorithm::Columns) {
-        implicit_gemm_forward<scalar_t>(algo, input, g, a, wmat, bias, out_rows);
-        return;
-      }
-      const int64_t chunk = chunk_rows(g);
-      at::Tensor cols = at::empty({chunk, g.column_width()}, input.options());
-      for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-        const int64_t len = std::min(chunk, rows - r0);
-        launch_im2col<scalar_t>(g, a, r0, len, cols.mutable_data_ptr<scalar_t>());
-        at::Tensor out_chunk = out_rows.narrow(0, r0, len);
-        columns_times_weight(cols.narrow(0, 0, len), wmat, bias, out_chunk, g);
-      }
+      ForwardAlgorithm algo = forward_algorithm();
+      if (algo == ForwardAlgorithm::Autotune) algo = autotuned_algorithm<scalar_t>(input, g, a, wmat, bias, out_rows);
+      forward_by<scalar_t>(algo, input, g, a, wmat, bias, out_rows);
     });
   }
   return out.finish();

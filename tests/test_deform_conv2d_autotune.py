@@ -1,0 +1,105 @@
+"""RCM_FSAD_DEFORM_CONV_ALGO=autotune: the CUDA forward times its paths on a problem's first call and keeps
+the fastest (GPU only; the parity tests of tests/test_deform_conv2d.py also run it, as the cuda-autotune
+backend)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rcm_fsad_ops
+from benchmarks.runner import tf32_set_to
+from tests.deform_cases import DeformCase
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
+# Every path the autotuner can choose; each run alone gives the bits autotune must reproduce.
+PATHS = ("implicit_gemm", "implicit_gemm_sync", "implicit_gemm_mma", "implicit_gemm_simt", "columns")
+# Channel runs of whole 16-byte vectors, so that every tensor-core kernel is a candidate in 16 bits.
+CASE = DeformCase(batch=2, in_channels=32, out_channels=64, height=12, width=10, seed=7)
+# In float32 with TF32 off, a problem whose columns path (cuBLAS) beat the default (CUDA cores) on an
+# H200 in session 2 (the n8_c256_14x14 benchmark): the tests of what autotune does with its choice need
+# one that is not the default's. Where the default wins after all, they skip: they could not tell.
+COLUMNS_WIN = DeformCase(batch=8, in_channels=256, out_channels=256, height=14, width=14, seed=9)
+
+
+def forward(tensors: dict, case: DeformCase = CASE) -> torch.Tensor:
+    with torch.no_grad():
+        return rcm_fsad_ops.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
+                                          mask=tensors["mask"], **case.kwargs())
+
+
+def tensors_of(dtype: torch.dtype, case: DeformCase = CASE) -> dict:
+    return {k: None if v is None else v.to(dtype) for k, v in case.tensors(torch.float32, "cuda").items()}
+
+
+def outputs_by_path(tensors: dict, monkeypatch, case: DeformCase = CASE) -> dict:
+    out = {}
+    for path in PATHS:
+        monkeypatch.setenv(ALGORITHM_ENV, path)
+        out[path] = forward(tensors, case)
+    return out
+
+
+def autotuned_not_default(monkeypatch, case: DeformCase) -> tuple:
+    """float32 tensors of case (TF32 off), the default path's output, and the autotuned one; skips where
+    autotune chose the default path."""
+    tensors = tensors_of(torch.float32, case)
+    monkeypatch.setenv(ALGORITHM_ENV, "implicit_gemm")
+    default = forward(tensors, case)
+    monkeypatch.setenv(ALGORITHM_ENV, "autotune")
+    autotuned = forward(tensors, case)
+    if torch.equal(autotuned, default):
+        pytest.skip("autotune chose the default path here: this test could not tell it from the fallback")
+    return tensors, default, autotuned
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_autotune_gives_the_bits_of_one_path_and_keeps_them(dtype, tf32, monkeypatch):
+    """The autotuned output is bit for bit that of one of the paths run alone (not a blend of them), and
+    the same on every later call (the choice is remembered)."""
+    if dtype != torch.float32 and tf32:
+        pytest.skip("TF32 concerns float32 only")
+    tensors = tensors_of(dtype)
+    with tf32_set_to(tf32):
+        by_path = outputs_by_path(tensors, monkeypatch)
+        monkeypatch.setenv(ALGORITHM_ENV, "autotune")
+        first = forward(tensors)
+        again = [forward(tensors) for _ in range(3)]
+    matching = [path for path, out in by_path.items() if torch.equal(out, first)]
+    assert matching, {path: (out - first).abs().max().item() for path, out in by_path.items()}
+    assert all(torch.equal(first, out) for out in again)
+
+
+def test_autotune_under_deterministic_algorithms_takes_the_default_path(monkeypatch):
+    """Under torch.use_deterministic_algorithms the result must not hang on which path won a timing:
+    autotune gives the default path's bits, on a problem where it otherwise chooses another path."""
+    with tf32_set_to(False):
+        tensors, default, _ = autotuned_not_default(monkeypatch, COLUMNS_WIN)
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            out = forward(tensors, COLUMNS_WIN)
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+    assert torch.equal(out, default)
+
+
+def test_autotune_inside_cuda_graph_capture(monkeypatch):
+    """Capture may not wait on the device: a problem tuned before capture replays its chosen path (here
+    not the default), and one first met during capture takes the default path without timing (the
+    capture would fail if it synchronised)."""
+    with tf32_set_to(False):
+        seen, _, eager = autotuned_not_default(monkeypatch, COLUMNS_WIN)
+        unseen_case = COLUMNS_WIN.with_(height=13, seed=10)
+        unseen = tensors_of(torch.float32, unseen_case)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured_seen = forward(seen, COLUMNS_WIN)
+            captured_unseen = forward(unseen, unseen_case)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured_seen, eager)
+        monkeypatch.setenv(ALGORITHM_ENV, "implicit_gemm")
+        assert torch.equal(captured_unseen, forward(unseen, unseen_case))
