@@ -9,8 +9,9 @@ largest value of its tensor; reported, never fatal), then timed:
   forward+backward ``fn(...).backward(grad_output)`` with input, offset, weight, mask and bias all
                    requiring grad (their ``.grad`` is reset to None outside the timed region)
 
-Timing is a warm-up (a few calls, at least a short wall time) followed by repeats; the reported time
-is the median. CPU: ``time.perf_counter`` per call (caches not flushed). CUDA: a pair of
+Timing: every implementation is warmed up (a few calls, at least a short wall time), then their timed
+calls are interleaved, in TIMING_ROUNDS rounds of a share of each, so that a drift in the machine's
+speed weighs on all alike; the reported time is the median. CPU: ``time.perf_counter`` per call (caches not flushed). CUDA: a pair of
 ``torch.cuda.Event`` around each call, the calls queued back to back with no synchronisation between
 them, each after a write of CUDA_L2_FLUSH_BYTES that evicts the last call's data from L2 (the method of
 ``triton.testing.do_bench``): a time is the device's, with the host's work for a call hidden behind the
@@ -442,68 +443,85 @@ def _make_step(fn: Callable, tensors: Dict[str, torch.Tensor], case: Case, pass_
 CUDA_L2_FLUSH_BYTES = 256 << 20
 
 
-def _time(prepare: Callable, step: Callable, device: torch.device, settings: TimingSettings) -> dict:
-    is_cuda = device.type == "cuda"
+# The timed calls of every implementation are spread over this many rounds, each of which times a share
+# of every implementation's calls in turn: a drift of the machine's speed (the 2-core host's reaches a
+# third between runs) then weighs on every implementation alike instead of on whichever ran during it.
+TIMING_ROUNDS = 5
 
-    def sync():
-        if is_cuda:
-            torch.cuda.synchronize(device)
 
-    # First call on its own (for the compiled reference it includes compilation).
-    prepare()
-    sync()
-    start = time.perf_counter()
-    step()
-    sync()
-    first_ms = (time.perf_counter() - start) * 1e3
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    warmup_count = 0
-    warm_start = time.perf_counter()
-    while warmup_count < settings.warmup or (time.perf_counter() - warm_start < settings.warmup_s
-                                             and warmup_count < 10 * max(settings.warmup, 1)):
+
+def round_share(repeats: int, round_index: int) -> int:
+    """The calls of `repeats` timed in round `round_index` of TIMING_ROUNDS: spread evenly."""
+    return (repeats * (round_index + 1)) // TIMING_ROUNDS - (repeats * round_index) // TIMING_ROUNDS
+
+
+class _Timing:
+    """The timing of one (implementation, pass): the first call on its own (for the compiled reference it
+    includes compilation), a warm-up, then timed calls in slices (``time_calls``), as TIMING_ROUNDS asks."""
+
+    def __init__(self, prepare: Callable, step: Callable, device: torch.device, settings: TimingSettings):
+        self.prepare, self.step, self.device = prepare, step, device
+        self.times_ms: List[float] = []
         prepare()
+        _sync(device)
+        start = time.perf_counter()
         step()
-        sync()
-        warmup_count += 1
-    per_call_s = (time.perf_counter() - warm_start) / max(warmup_count, 1) if warmup_count else first_ms / 1e3
-    repeats = settings.min_repeats
-    if per_call_s > 0 and settings.target_s > 0:
-        repeats = int(settings.target_s / per_call_s)
-    repeats = max(settings.min_repeats, min(settings.max_repeats, repeats))
+        _sync(device)
+        self.first_ms = (time.perf_counter() - start) * 1e3
 
-    times_ms: List[float] = []
-    if is_cuda:
-        flush = torch.empty(CUDA_L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(repeats)]
-        sync()
-        for begin, end in events:
+        self.warmup = 0
+        warm_start = time.perf_counter()
+        while self.warmup < settings.warmup or (time.perf_counter() - warm_start < settings.warmup_s
+                                                and self.warmup < 10 * max(settings.warmup, 1)):
             prepare()
+            step()
+            _sync(device)
+            self.warmup += 1
+        per_call_s = (time.perf_counter() - warm_start) / self.warmup if self.warmup else self.first_ms / 1e3
+        repeats = settings.min_repeats
+        if per_call_s > 0 and settings.target_s > 0:
+            repeats = int(settings.target_s / per_call_s)
+        self.repeats = max(settings.min_repeats, min(settings.max_repeats, repeats))
+
+    def time_calls(self, count: int) -> None:
+        """Times `count` more calls. CPU: perf_counter around each. CUDA: an event pair around each, the
+        calls queued back to back, each after a write of CUDA_L2_FLUSH_BYTES (see the module's docstring)."""
+        if self.device.type != "cuda":
+            for _ in range(count):
+                self.prepare()
+                t0 = time.perf_counter()
+                self.step()
+                self.times_ms.append((time.perf_counter() - t0) * 1e3)
+            return
+        flush = torch.empty(CUDA_L2_FLUSH_BYTES // 4, dtype=torch.int32, device=self.device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(count)]
+        _sync(self.device)
+        for begin, end in events:
+            self.prepare()
             flush.zero_()
             begin.record()
-            step()
+            self.step()
             end.record()
-        sync()
-        times_ms = [begin.elapsed_time(end) for begin, end in events]
-        del flush
-    else:
-        for _ in range(repeats):
-            prepare()
-            t0 = time.perf_counter()
-            step()
-            times_ms.append((time.perf_counter() - t0) * 1e3)
+        _sync(self.device)
+        self.times_ms += [begin.elapsed_time(end) for begin, end in events]
 
-    times_ms.sort()
-    quartiles = statistics.quantiles(times_ms, n=4) if len(times_ms) >= 2 else [times_ms[0]] * 3
-    return {
-        "median_ms": statistics.median(times_ms),
-        "min_ms": times_ms[0],
-        "max_ms": times_ms[-1],
-        "iqr_ms": quartiles[2] - quartiles[0],
-        "repeats": repeats,
-        "warmup": warmup_count,
-        "first_call_ms": first_ms,
-    }
+    def summary(self) -> dict:
+        times_ms = sorted(self.times_ms)
+        quartiles = statistics.quantiles(times_ms, n=4) if len(times_ms) >= 2 else [times_ms[0]] * 3
+        return {
+            "median_ms": statistics.median(times_ms),
+            "min_ms": times_ms[0],
+            "max_ms": times_ms[-1],
+            "iqr_ms": quartiles[2] - quartiles[0],
+            "repeats": len(times_ms),
+            "warmup": self.warmup,
+            "first_call_ms": self.first_ms,
+        }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -776,6 +794,8 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
             add_error_rows(impl, exc)
 
     default = current_variant()
+    timings: List[Tuple[dict, Variant, _Timing]] = []  # (row, its variant, its timing), in IMPL_ORDER
+    shared_bytes = torch.cuda.memory_allocated(device) if is_cuda else 0  # the inputs and the expected results
     for impl in IMPL_ORDER:
         if impl not in functions:
             continue
@@ -816,26 +836,42 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                     row["diff_detail"] = diffs
             try:
                 if is_cuda:
-                    torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(device)
-                prepare, step = _make_step(fn, tensors, case, pass_name)
-                row.update(_time(prepare, step, device, settings))
-                if is_cuda:
-                    row["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-                del prepare, step
+                    held_by_others = torch.cuda.memory_allocated(device) - shared_bytes
+                timing = _Timing(*_make_step(fn, tensors, case, pass_name), device, settings)
+                if is_cuda:  # the inputs and this implementation's own (not the other timings' tensors)
+                    row["peak_memory_mib"] = (torch.cuda.max_memory_allocated(device) - held_by_others) / 2**20
+                timings.append((row, variant, timing))
             except Exception as exc:  # noqa: BLE001
                 row.update(status="error", error=_error_text(exc))
             rows.append(row)
-            if row["status"] == "ok":
-                extra = ""
-                if impl == COMPILED:  # first calls include compilation (fwd+bwd compiles in the parity call)
-                    first = row["first_call_ms"] if pass_name == FWD else first_fwd_bwd_ms.get(impl, float("nan"))
-                    extra = f", first call incl. compile {first / 1e3:.1f} s"
-                diff = "" if row["max_abs_diff_vs_torchvision"] is None else f", max|Δ| vs tv {_diff_text(row)}"
-                _log(f"  {case.name:<16} {dtype_name:<5} {pass_name:<8} {impl:<18} "
-                     f"{row['median_ms']:10.3f} ms ({row['repeats']} reps{extra}{diff})")
-            else:
-                _log(f"  {case.name:<16} {dtype_name:<5} {pass_name:<8} {impl:<18} ERROR {row['error']}")
+
+    # Every implementation warmed up: their timed calls, in TIMING_ROUNDS rounds of a share of each.
+    for round_index in range(TIMING_ROUNDS):
+        for row, variant, timing in timings:
+            if row["status"] != "ok":
+                continue
+            _select(variant)
+            try:
+                timing.time_calls(round_share(timing.repeats, round_index))
+            except Exception as exc:  # noqa: BLE001
+                row.update(status="error", error=_error_text(exc))
+    for row, _, timing in timings:
+        if row["status"] == "ok":
+            row.update(timing.summary())
+    del timings
+    for row in rows:
+        impl, pass_name = row["impl"], row["pass"]
+        if row["status"] == "ok":
+            extra = ""
+            if impl == COMPILED:  # first calls include compilation (fwd+bwd compiles in the parity call)
+                first = row["first_call_ms"] if pass_name == FWD else first_fwd_bwd_ms.get(impl, float("nan"))
+                extra = f", first call incl. compile {first / 1e3:.1f} s"
+            diff = "" if row["max_abs_diff_vs_torchvision"] is None else f", max|Δ| vs tv {_diff_text(row)}"
+            _log(f"  {case.name:<16} {dtype_name:<5} {pass_name:<8} {impl:<18} "
+                 f"{row['median_ms']:10.3f} ms ({row['repeats']} reps{extra}{diff})")
+        else:
+            _log(f"  {case.name:<16} {dtype_name:<5} {pass_name:<8} {impl:<18} ERROR {row['error']}")
     _select(default)
     del tensors, expected
     if is_cuda:
@@ -905,9 +941,10 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
         "tf32": tf32_values,
         "forward_algorithm": os.environ.get(ALGORITHM_ENV),
         "timing": {
-            "method": (f"torch.cuda.Event pair per call, calls queued back to back, each after a "
-                       f"{CUDA_L2_FLUSH_BYTES >> 20} MB write that flushes L2"
-                       if device.type == "cuda" else "time.perf_counter per call"),
+            "method": ((f"torch.cuda.Event pair per call, calls queued back to back, each after a "
+                        f"{CUDA_L2_FLUSH_BYTES >> 20} MB write that flushes L2"
+                        if device.type == "cuda" else "time.perf_counter per call")
+                       + f"; the implementations' calls interleaved in {TIMING_ROUNDS} rounds"),
             "settings": settings.as_dict(),
         },
         "ceilings": ceilings,

@@ -168,3 +168,31 @@ def test_cuda_report_says_which_forward_path_ours_took(algorithm):
     report = runner.markdown_report({"meta": meta, "rows": [], "geomean": [], "skipped": []})
     expected = algorithm or "(unset: the default path)"
     assert f"- ours: {runner.ALGORITHM_ENV}={expected} " in report
+
+
+def test_timed_calls_of_the_implementations_are_interleaved(monkeypatch):
+    """After the warm-ups, each implementation's timed calls come in TIMING_ROUNDS slices taken in turn, so
+    that the machine's drift weighs on all alike: the sequence of calls switches between ours and
+    ours[columns] at least twice a round (once block by block)."""
+    import rcm_fsad_ops
+
+    monkeypatch.delenv(runner.ALGORITHM_ENV, raising=False)
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append(os.environ.get(runner.ALGORITHM_ENV))
+        return rcm_fsad_ops.deform_conv2d(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_ours", lambda: recording)
+    settings = runner.TimingSettings(warmup=1, warmup_s=0.0, min_repeats=10, max_repeats=10, target_s=0.0)
+    rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", [runner.OURS, runner.OURS_COLUMNS],
+                                      settings, runner.tf32_state(), skipped=[])
+    assert all(r["status"] == "ok" and r["repeats"] == 10 for r in rows), rows
+    switches = sum(a != b for a, b in zip(calls, calls[1:]))
+    assert switches >= 2 * runner.TIMING_ROUNDS - 1, calls
+
+
+@pytest.mark.parametrize("repeats", [1, 2, 5, 7, 30])
+def test_repeats_are_spread_evenly_over_the_rounds(repeats):
+    shares = [runner.round_share(repeats, i) for i in range(runner.TIMING_ROUNDS)]
+    assert sum(shares) == repeats and max(shares) - min(shares) <= 1, shares
