@@ -18,7 +18,8 @@
 #                forward algorithms and the deterministic backward, four dtypes (every CUDA kernel)
 #                                                                                   -> checks.log
 #   7 bench      python -m benchmarks --device cuda --out $OUT                      -> bench.log, cuda-*.json/.md
-#   8 bench-tf32 the fp32 benchmark with TF32 allowed on both sides (table only)    -> bench.log
+#   8 bench-tf32 the fp32 benchmark with TF32 allowed on both sides                 -> bench.log, cuda-tf32-*.md
+#     goals      (optional) the goals judged from both runs (python -m benchmarks.goals) -> bench.log, summary.txt
 #   9 racecheck  the first five sanitizer cases in float32/float16                  -> checks.log
 #  10 synccheck  the same                                                           -> checks.log
 #   extra, only while the time budget lasts (optional: their failure is reported, not a FAIL):
@@ -26,12 +27,13 @@
 #                mma.sync) at N32 C256 56x56 bf16: throughput, issue slots, warp stalls and where -> bench.log
 #  12 profile    per-kernel device time of each implementation (python -m benchmarks.profile_kernels
 #                --device cuda --repeats 5; tables only)                            -> bench.log
-#  13 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log, cuda-compile-*.json
+#  13 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log
 #
 # $OUT/summary.txt lists every step (OK / FAIL / SKIP / TIME, exit code, seconds) and a final STATUS
 # line; TIME: cut short by the budget before its own cap (unfinished, not failed). The script exits 0
 # when all ran and passed, 1 when any required step failed, 2 when a required step was skipped or cut
-# short. Files in $OUT are kept to at most 7 (the device tool brings back 8 at most).
+# short. Files in $OUT are kept to at most 7 (the device tool brings back 8 at most; the caller may tee its
+# console into an eighth).
 #
 # Environment: OUT (default /tmp/gpu_check_out), PYTHON (default: python, else python3),
 # BUDGET_S (total time budget in seconds, default 480; each step's timeout is capped by what is left;
@@ -289,7 +291,15 @@ fi
 # ---- 7, 8 benchmarks ------------------------------------------------------------------------------------
 gpu_step bench "$BENCH_LOG" 270 1 "$PY -m benchmarks --device cuda --out '$OUT'"
 # fp32 with TF32 allowed on both sides (our tensor-core kernels against torchvision's TF32 GEMM).
-gpu_step bench-tf32 "$BENCH_LOG" 90 1 "$PY -m benchmarks --device cuda --tf32 --dtypes fp32 --no-write"
+rm -rf /tmp/gpu_check_tf32
+gpu_step bench-tf32 "$BENCH_LOG" 90 1 "$PY -m benchmarks --device cuda --tf32 --dtypes fp32 --out /tmp/gpu_check_tf32"
+for f in /tmp/gpu_check_tf32/cuda-*.md; do
+    [[ -e $f ]] && cp "$f" "$OUT/$(basename "$f" | sed 's/^cuda-/cuda-tf32-/')"
+done
+# The goals, from whatever the two runs wrote (a run cut short keeps the cases it finished).
+GOALS_MD=/tmp/gpu_check_goals.md
+rm -f "$GOALS_MD"
+step goals "$BENCH_LOG" 30 0 "set -o pipefail; $PY -m benchmarks.goals \$(ls $OUT/cuda-*.json /tmp/gpu_check_tf32/cuda-*.json 2>/dev/null) | tee $GOALS_MD"
 
 # ---- 9, 10 race and barrier checks on fewer cases and dtypes --------------------------------------------
 for tool in racecheck synccheck; do
@@ -332,8 +342,8 @@ elif (( $(remaining) >= 90 )); then
 else
     skip_step ncu "$BENCH_LOG" 0 "not enough time left for Nsight Compute"
 fi
-# Which kernels the benchmark's time goes to. Its tables go to bench.log only, no file of its own: with
-# the compile step's JSON, $OUT already holds 7 files.
+# Which kernels the benchmark's time goes to. Its tables go to bench.log only, no file of its own: $OUT
+# already holds 7 files.
 if (( $(remaining) >= 60 )); then
     gpu_step profile "$BENCH_LOG" 60 0 "$PY -m benchmarks.profile_kernels --device cuda --repeats 5"
 else
@@ -342,13 +352,7 @@ fi
 
 # ---- 13 torch.compile of the reference ------------------------------------------------------------------
 if (( $(remaining) >= 90 )); then
-    rm -rf /tmp/gpu_check_compile
-    gpu_step compile "$BENCH_LOG" 200 0 "$PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --out /tmp/gpu_check_compile"
-    # Copied out here, not in the step: a step cut short keeps the cases it finished (the runner
-    # rewrites its JSON after each).
-    for f in /tmp/gpu_check_compile/cuda-*.json; do
-        [[ -e $f ]] && cp "$f" "$OUT/$(basename "$f" | sed 's/^cuda-/cuda-compile-/')"
-    done
+    gpu_step compile "$BENCH_LOG" 200 0 "$PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --no-write"
 else
     skip_step compile "$BENCH_LOG" 0 "not enough time left for torch.compile of the reference"
 fi
@@ -365,6 +369,9 @@ TOTAL=$(( SECONDS - START ))
         echo "STATUS: INCOMPLETE (required steps skipped: ${SKIPPED_REQUIRED[*]})"
     else
         echo "STATUS: OK"
+    fi
+    if [[ -s $GOALS_MD ]]; then
+        echo; echo "goals:"; cat "$GOALS_MD"
     fi
     echo "files in $OUT:"
     ls -l "$OUT"

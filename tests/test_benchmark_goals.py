@@ -1,0 +1,62 @@
+"""benchmarks.goals: the goals judged from result files, against the tables the runner wrote for them
+(benchmarks/results/*.md) and hand-made results."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import goals
+from benchmarks.runner import OURS, TORCHVISION
+from benchmarks.shapes import FWD
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def judged(name: str) -> dict:
+    return {g.goal: g for g in goals.goals_of(json.loads((RESULTS / name).read_text()), name)}
+
+
+def test_the_h200_run_of_session_2_meets_neither_gpu_goal():
+    """cuda-20261128-165750.md: fp32 forward geomean 0.66x; bf16 N32 forward 2.543 ms, 5.89% of the roofline."""
+    result = judged("cuda-20261128-165750.json")
+    fp32 = result["cuda fp32 fwd vs torchvision"]
+    assert (fp32.measured, fp32.met) == ("0.66x", False) and "TF32 off" in fp32.setting
+    bf16 = result["cuda bf16 fwd, n32_c256_56x56, share of 790 TFLOP/s"]
+    assert (bf16.measured, bf16.met) == ("5.9%", False)
+    # 118.38 GFLOP at 40% of 790 TFLOP/s: 0.3746 ms
+    assert bf16.target == ">= 40% (<= 0.375 ms)" and bf16.setting.startswith("2.543 ms, 1.60x torchvision")
+
+
+def test_the_cpu_run_meets_both_cpu_goals():
+    """cpu-20261129-152754.md: 8.05x forward, 17.73x forward+backward."""
+    result = judged("cpu-20261129-152754.json")
+    assert [(g.measured, g.met) for g in result.values()] == [("8.05x", True), ("17.73x", True)]
+
+
+def hand_made(tf32: bool, fp32_geomean: float, bf16_ms: float) -> dict:
+    flops = 118_380_036_096
+    ceiling = 790e12
+    row = {"case": goals.GOAL_CASE, "dtype": "bf16", "pass": FWD, "status": "ok", "flops": flops}
+    return {
+        "meta": {"device_type": "cuda", "tf32": {"torch.backends.cuda.matmul.allow_tf32": tf32},
+                 "ceilings": {"flops_per_s": {"bf16": ceiling}}},
+        "geomean": [{"impl": OURS, "dtype": "fp32", "pass": FWD, "cases": 4,
+                     "geomean_speedup_vs_torchvision": fp32_geomean}],
+        "rows": [dict(row, impl=OURS, median_ms=bf16_ms, roofline_pct=100 * flops / (bf16_ms * 1e-3) / ceiling),
+                 dict(row, impl=TORCHVISION, median_ms=4 * bf16_ms)],
+    }
+
+
+def test_goals_met_and_missed_at_their_edges():
+    met = goals.goals_of(hand_made(tf32=True, fp32_geomean=3.0, bf16_ms=0.37), "a")
+    assert [g.met for g in met] == [True, True]
+    assert "TF32 on" in met[0].setting and met[1].setting == "0.370 ms, 4.00x torchvision"
+    missed = goals.goals_of(hand_made(tf32=False, fp32_geomean=2.99, bf16_ms=0.38), "b")
+    assert [g.met for g in missed] == [False, False]
+
+
+def test_command_prints_the_table_and_fails_on_an_unreadable_file(capsys, tmp_path):
+    assert goals.main([str(RESULTS / "cpu-20261129-152754.json")]) == 0
+    assert "| cpu fp32 fwd+bwd vs torchvision | geomean of 3 cases | 17.73x | >= 10x | yes |" in capsys.readouterr().out
+    (tmp_path / "broken.json").write_text("{")
+    assert goals.main([str(tmp_path / "broken.json")]) == 2
