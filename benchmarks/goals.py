@@ -56,7 +56,9 @@ def goals_of(result: dict, source: str) -> List[GoalResult]:
         if mean is None:
             continue
         value = mean["geomean_speedup_vs_torchvision"]
-        setting = f"geomean of {mean['cases']} cases" + (f", TF32 {'on' if tf32 else 'off'}" if device == "cuda" else "")
+        setting = f"geomean of {mean['cases']} cases"
+        if device == "cuda":
+            setting += f", TF32 {'on' if tf32 else 'off'}"
         out.append(GoalResult(f"{device} fp32 {pass_name} vs torchvision", setting, f"{value:.2f}x",
                               f">= {target:g}x", value >= target, source))
     ours = _row(result, GOAL_CASE, "bf16", FWD, OURS) if device == "cuda" else None

@@ -11,12 +11,12 @@ largest value of its tensor; reported, never fatal), then timed:
 
 Timing: every implementation is warmed up (a few calls, at least a short wall time), then their timed
 calls are interleaved, in TIMING_ROUNDS rounds of a share of each, so that a drift in the machine's
-speed weighs on all alike; the reported time is the median. CPU: ``time.perf_counter`` per call (caches not flushed). CUDA: a pair of
-``torch.cuda.Event`` around each call, the calls queued back to back with no synchronisation between
-them, each after a write of CUDA_L2_FLUSH_BYTES that evicts the last call's data from L2 (the method of
-``triton.testing.do_bench``): a time is the device's, with the host's work for a call hidden behind the
-flush before it, as a model's stream of calls hides it, and no call reads its inputs from the L2 the
-one before left.
+speed weighs on all alike; the reported time is the median. CPU: ``time.perf_counter`` per call
+(caches not flushed). CUDA: a pair of ``torch.cuda.Event`` around each call, the calls queued back to
+back with no synchronisation between them, each after a write of CUDA_L2_FLUSH_BYTES that evicts the
+last call's data from L2 (the method of ``triton.testing.do_bench``): a time is the device's, with the
+host's work for a call hidden behind the flush before it, as a model's stream of calls hides it, and
+no call reads its inputs from the L2 the one before left.
 
 The TF32 switches (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``) are
 set once per run, so they are the same for every implementation; default off, so fp32 means IEEE fp32.
@@ -73,7 +73,8 @@ OURS_DETERMINISTIC = "ours[deterministic]"
 TORCHVISION = "torchvision"
 REFERENCE = "reference"
 COMPILED = "reference+compile"
-IMPL_ORDER = (OURS, OURS_SYNC, OURS_MMA, OURS_SIMT, OURS_COLUMNS, OURS_AUTOTUNE, OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED)
+IMPL_ORDER = (OURS, OURS_SYNC, OURS_MMA, OURS_SIMT, OURS_COLUMNS, OURS_AUTOTUNE, OURS_DETERMINISTIC, TORCHVISION,
+              REFERENCE, COMPILED)
 ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
 
 

@@ -512,7 +512,9 @@ std::vector<int64_t> problem_key(const at::Tensor& input, const DeformConvGeomet
   const at::Context& context = at::globalContext();
   int64_t gemm_setting = 0;
   if constexpr (std::is_same_v<scalar_t, float>) gemm_setting = tf32_matmuls_allowed();
-  if constexpr (std::is_same_v<scalar_t, at::Half>) gemm_setting = static_cast<int64_t>(context.allowFP16ReductionCuBLAS());
+  if constexpr (std::is_same_v<scalar_t, at::Half>) {
+    gemm_setting = static_cast<int64_t>(context.allowFP16ReductionCuBLAS());
+  }
   if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
     gemm_setting = static_cast<int64_t>(context.allowBF16ReductionCuBLAS());
   }
