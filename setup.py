@@ -5,11 +5,12 @@ Build against the torch you will run with, without pip's build isolation (which 
 torch just for the build): ``pip install --no-build-isolation .``, or ``make build`` for the checkout.
 
 Environment:
-  RCM_FSAD_CPU_ONLY=1     build without CUDA even when a toolkit is present.
-  CUDA_HOME               the CUDA toolkit root; otherwise found from the nvcc on PATH (following a
+  RCM_FSAD_CPU_ONLY=1     build without CUDA even when a toolkit is present (also true/yes/on;
+                          0/false/no/off or unset: CUDA where found; anything else raises).
+  CUDA_HOME, CUDA_PATH    the CUDA toolkit root; otherwise found from the nvcc on PATH (following a
                           wrapper script to the compiler it execs) or /usr/local/cuda.
-  TORCH_CUDA_ARCH_LIST    target architectures; default: the visible GPU's, or 9.0 (Hopper) when
-                          no GPU is visible.
+  TORCH_CUDA_ARCH_LIST    target architectures; default: the visible GPU's, or 9.0+PTX (Hopper, and
+                          its PTX for newer GPUs) when no GPU is visible.
   MAX_JOBS                parallel compile jobs (ninja).
 """
 from __future__ import annotations

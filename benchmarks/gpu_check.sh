@@ -29,10 +29,10 @@
 #                --device cuda --repeats 5; tables only)                            -> bench.log
 #  13 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log
 #
-# $OUT/summary.txt lists every step (OK / FAIL / SKIP / TIME, exit code, seconds) and a final STATUS
-# line; TIME: cut short by the budget before its own cap (unfinished, not failed). The script exits 0
-# when all ran and passed, 1 when any required step failed, 2 when a required step was skipped or cut
-# short. Files in $OUT are kept to at most 7 (the device tool brings back 8 at most; the caller may tee its
+# $OUT/summary.txt lists every step (OK / FAIL / SKIP / TIME, exit code, seconds), a STATUS line, then
+# the goals and the files in $OUT; TIME: cut short by the budget before its own cap (unfinished, not
+# failed). The script exits 0 when all ran and passed, 1 when any required step failed, 2 when a
+# required step was skipped or cut short. Files in $OUT are kept to at most 7 (the device tool brings back 8 at most; the caller may tee its
 # console into an eighth).
 #
 # Environment: OUT (default /tmp/gpu_check_out), PYTHON (default: python, else python3),

@@ -6,8 +6,8 @@ runner picks it) and pass (forward under ``torch.no_grad()``, forward+backward),
 
 - warms up (WARMUP calls),
 - times ``--repeats`` calls without the profiler (wall ms per call: ``time.perf_counter`` with the
-  device synchronised after each call, as the runner does, so it is comparable to the runner's times
-  and not inflated by the profiler's own overhead),
+  device synchronised after each call, so not inflated by the profiler's own overhead; unlike the
+  runner's device times, it includes the host's work and launch latency),
 - profiles ``--repeats`` more calls under ``torch.profiler.profile`` and reports, per kernel, the
   device time per call, launches per call and share of the total device time.
 

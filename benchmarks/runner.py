@@ -15,8 +15,9 @@ speed weighs on all alike; the reported time is the median. CPU: ``time.perf_cou
 (caches not flushed). CUDA: a pair of ``torch.cuda.Event`` around each call, the calls queued back to
 back with no synchronisation between them, each after a write of CUDA_L2_FLUSH_BYTES that evicts the
 last call's data from L2 (the method of ``triton.testing.do_bench``): a time is the device's, with the
-host's work for a call hidden behind the flush before it, as a model's stream of calls hides it, and
-no call reads its inputs from the L2 the one before left.
+host's work for a call hidden behind the flush before it (where it takes less than the flush, about
+70 us on an H200), as a model's stream of calls hides it, and no call reads its inputs from the L2 the
+one before left.
 
 The TF32 switches (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``) are
 set once per run, so they are the same for every implementation; default off, so fp32 means IEEE fp32.

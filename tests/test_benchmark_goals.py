@@ -33,18 +33,25 @@ def test_the_cpu_run_meets_both_cpu_goals():
     assert [(g.measured, g.met) for g in result.values()] == [("8.05x", True), ("17.73x", True)]
 
 
-def hand_made(tf32: bool, fp32_geomean: float, bf16_ms: float) -> dict:
+def hand_made(tf32: bool, fp32_geomean: float, bf16_ms: float, cases: int = 4) -> dict:
     flops = 118_380_036_096
     ceiling = 790e12
     row = {"case": goals.GOAL_CASE, "dtype": "bf16", "pass": FWD, "status": "ok", "flops": flops}
     return {
         "meta": {"device_type": "cuda", "tf32": {"torch.backends.cuda.matmul.allow_tf32": tf32},
                  "ceilings": {"flops_per_s": {"bf16": ceiling}}},
-        "geomean": [{"impl": OURS, "dtype": "fp32", "pass": FWD, "cases": 4,
+        "geomean": [{"impl": OURS, "dtype": "fp32", "pass": FWD, "cases": cases,
                      "geomean_speedup_vs_torchvision": fp32_geomean}],
         "rows": [dict(row, impl=OURS, median_ms=bf16_ms, roofline_pct=100 * flops / (bf16_ms * 1e-3) / ceiling),
                  dict(row, impl=TORCHVISION, median_ms=4 * bf16_ms)],
     }
+
+
+def test_a_partial_run_meets_no_speed_up_goal():
+    """cuda-compile-20261128-165843.json timed one case of four (--cases n8_c256_14x14)."""
+    fp32 = judged("cuda-compile-20261128-165843.json")["cuda fp32 fwd vs torchvision"]
+    assert not fp32.met and fp32.setting.startswith("geomean of 1 cases (partial run: of 4)")
+    assert not goals.goals_of(hand_made(tf32=True, fp32_geomean=9.0, bf16_ms=0.1, cases=3), "c")[0].met
 
 
 def test_goals_met_and_missed_at_their_edges():

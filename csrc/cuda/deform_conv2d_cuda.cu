@@ -527,8 +527,9 @@ std::vector<int64_t> problem_key(const at::Tensor& input, const DeformConvGeomet
 }
 
 // Runs of a candidate timed back to back, after one that warms it up (module load, shared-memory opt-in)
-// and is still running when the timing starts: the device is never idle waiting for the host, so a time
-// is the device's, as the benchmark's are (benchmarks/runner.py).
+// and is still running when the timing starts: the device waits on the host only where a run's launches
+// take longer than the run before it (small problems, where that is the cost a caller pays). Unlike the
+// benchmark (benchmarks/runner.py) nothing flushes L2 between runs.
 constexpr int kAutotuneTimedRuns = 3;
 
 // The fastest of forward_candidates, each run into out_rows, or nothing when none could run. A candidate
