@@ -13,13 +13,11 @@ DEPS_STAMP  := $(VENV)/.deps-installed
 DEV_STAMP   := $(VENV)/.editable-installed
 SOURCES     := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h') setup.py \
                tools/build_env.py
-# What else decides the build: rewritten only when it changes (at every make), so that a build configured
-# differently (CPU only, other archs, another toolkit or compiler) is built again.
+# What else decides the build (CPU only, archs, toolkit, compiler): a file rewritten only when it changes,
+# so that a build configured differently is built again.
 BUILD_CONFIG := build/config.txt
 BUILD_CONFIG_TEXT := RCM_FSAD_CPU_ONLY=$(RCM_FSAD_CPU_ONLY) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST) \
                      CUDA_HOME=$(CUDA_HOME) CUDA_PATH=$(CUDA_PATH) CXX=$(CXX)
-$(shell mkdir -p build && echo '$(BUILD_CONFIG_TEXT)' > $(BUILD_CONFIG).new && \
-        { cmp -s $(BUILD_CONFIG).new $(BUILD_CONFIG) && rm $(BUILD_CONFIG).new || mv $(BUILD_CONFIG).new $(BUILD_CONFIG); })
 # A deleted extension module is built again too.
 ifeq ($(wildcard rcm_fsad_ops/_C*.so),)
 $(shell rm -f rcm_fsad_ops/.built)
@@ -29,7 +27,7 @@ export MAX_JOBS
 # The venv's tools (ninja, cmake's generator and torch's build backend) without activating it.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test test-python test-cpp test-kernels build cmake bench info clean
+.PHONY: demo test test-python test-cpp test-kernels build cmake bench info clean FORCE
 
 demo: build
 	$(PY) -m rcm_fsad_ops demo
@@ -78,6 +76,12 @@ rcm_fsad_ops/.built: $(SOURCES) $(DEPS_STAMP) $(BUILD_CONFIG)
 	touch $@.started
 	$(PY) setup.py -q build_ext --inplace
 	mv $@.started $@
+
+# Its recipe runs at every make but leaves the file (and its time) alone unless the text changed, and make
+# looks at the time again after it: only a change rebuilds.
+$(BUILD_CONFIG): FORCE
+	@mkdir -p $(@D)
+	@echo '$(BUILD_CONFIG_TEXT)' | cmp -s - $@ || echo '$(BUILD_CONFIG_TEXT)' > $@
 
 cmake: $(DEPS_STAMP)
 	$(PY) tools/cmake_configure.py $(CMAKE_BUILD)
