@@ -65,9 +65,10 @@ def goals_of(result: dict, source: str) -> List[GoalResult]:
             setting += f", TF32 {'on' if tf32 else 'off'}"
         out.append(GoalResult(f"{device} fp32 {pass_name} vs torchvision", setting, f"{value:.2f}x",
                               f">= {target:g}x", complete and value >= target, source))
-    ours = _row(result, GOAL_CASE, "bf16", FWD, OURS) if device == "cuda" else None
+    ceilings = result["meta"].get("ceilings")  # none for a GPU whose ceilings are not known
+    ours = _row(result, GOAL_CASE, "bf16", FWD, OURS) if device == "cuda" and ceilings else None
     if ours is not None:
-        ceiling = result["meta"]["ceilings"]["flops_per_s"]["bf16"]
+        ceiling = ceilings["flops_per_s"]["bf16"]
         pct = ours["roofline_pct"]  # of the bf16 ceiling: the case is compute-bound
         needed_ms = ours["flops"] / (ROOFLINE_TARGET_PCT / 100.0 * ceiling) * 1e3
         tv = _row(result, GOAL_CASE, "bf16", FWD, TORCHVISION)

@@ -706,6 +706,11 @@ def markdown_report(result: dict) -> str:
         lines.append(f"- {name}: {case_desc}")
     lines += ["", markdown_table(result["rows"], gpu), "", "Geometric-mean speed-up vs torchvision over cases:",
               "", markdown_geomeans(result["geomean"])]
+    from benchmarks.goals import goals_of, markdown as goals_markdown  # here: benchmarks.goals imports this module
+
+    goals = goals_of(result, "this run")
+    if goals:
+        lines += ["", "Goals (`python -m benchmarks.goals`):", "", goals_markdown(goals)]
     notes = list(meta.get("notes", []))
     notes += [f"{s['case']} {s['dtype']} {s['impl']}: skipped — {s['reason']}" for s in result["skipped"]]
     notes += [f"{r['case']} {r['dtype']} {r['pass']} {r['impl']}: {r['error']}"

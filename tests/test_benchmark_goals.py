@@ -67,3 +67,11 @@ def test_command_prints_the_table_and_fails_on_an_unreadable_file(capsys, tmp_pa
     assert "| cpu fp32 fwd+bwd vs torchvision | geomean of 3 cases | 17.73x | >= 10x | yes |" in capsys.readouterr().out
     (tmp_path / "broken.json").write_text("{")
     assert goals.main([str(tmp_path / "broken.json")]) == 2
+
+
+def test_every_report_ends_with_its_goals():
+    """The runner's markdown (printed and stored with each run) judges the goals of that run."""
+    from benchmarks.runner import markdown_report
+
+    report = markdown_report(json.loads((RESULTS / "cpu-20261129-155306.json").read_text()))
+    assert "| cpu fp32 fwd+bwd vs torchvision | geomean of 3 cases | 17.96x | >= 10x | yes | this run |" in report
