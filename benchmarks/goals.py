@@ -6,7 +6,9 @@ usage: python -m benchmarks.goals RESULT.json [RESULT.json ...]
   CPU (fp32, geometric mean over the cases)   forward >= 5x torchvision, forward+backward >= 10x
   CUDA (fp32, geometric mean over the cases)  forward >= 3x torchvision, per TF32 setting (the same on
                                               both sides: one result file each)
-  CUDA (bf16, N32 C256 56x56)                 forward at >= 40% of the bf16 tensor-core roofline
+  CUDA (bf16, N32 C256 56x56)                 forward at >= 40% of the bf16 tensor-core roofline (ours on
+                                              the contiguous tensors, and where the run has it
+                                              ours[channels_last], which converts no layout)
 
 A goal whose rows are missing from a file is not listed for it; a speed-up goal of a run that covered
 only some of the device's cases (--cases, or cut short) is listed as not met, with the count. Prints one
@@ -21,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence
 
-from benchmarks.runner import OURS, TORCHVISION
+from benchmarks.runner import OURS, OURS_CHANNELS_LAST, TORCHVISION
 from benchmarks.shapes import FWD, FWD_BWD, cases_for
 
 GOAL_CASE = "n32_c256_56x56"
@@ -66,14 +68,17 @@ def goals_of(result: dict, source: str) -> List[GoalResult]:
         out.append(GoalResult(f"{device} fp32 {pass_name} vs torchvision", setting, f"{value:.2f}x",
                               f">= {target:g}x", complete and value >= target, source))
     ceilings = result["meta"].get("ceilings")  # none for a GPU whose ceilings are not known
-    ours = _row(result, GOAL_CASE, "bf16", FWD, OURS) if device == "cuda" and ceilings else None
-    if ours is not None:
+    for impl in (OURS, OURS_CHANNELS_LAST):
+        ours = _row(result, GOAL_CASE, "bf16", FWD, impl) if device == "cuda" and ceilings else None
+        if ours is None:
+            continue
         ceiling = ceilings["flops_per_s"]["bf16"]
         pct = ours["roofline_pct"]  # of the bf16 ceiling: the case is compute-bound
         needed_ms = ours["flops"] / (ROOFLINE_TARGET_PCT / 100.0 * ceiling) * 1e3
         tv = _row(result, GOAL_CASE, "bf16", FWD, TORCHVISION)
         versus = f", {tv['median_ms'] / ours['median_ms']:.2f}x torchvision" if tv else ""
-        out.append(GoalResult(f"cuda bf16 fwd, {GOAL_CASE}, share of {ceiling / 1e12:.0f} TFLOP/s",
+        name = "" if impl == OURS else f" {impl}"
+        out.append(GoalResult(f"cuda bf16 fwd{name}, {GOAL_CASE}, share of {ceiling / 1e12:.0f} TFLOP/s",
                               f"{ours['median_ms']:.3f} ms{versus}", f"{pct:.1f}%",
                               f">= {ROOFLINE_TARGET_PCT:g}% (<= {needed_ms:.3f} ms)", pct >= ROOFLINE_TARGET_PCT,
                               source))

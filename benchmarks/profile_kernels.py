@@ -35,6 +35,7 @@ from benchmarks.runner import (
     CUDA_VARIANTS,
     TORCHVISION,
     _error_text,
+    _in_layout,
     _make_step,
     _ours,
     _select,
@@ -131,7 +132,7 @@ def profile_calls(fn: Callable, tensors: Dict[str, torch.Tensor], case: Case, pa
         for _ in range(count):
             prepare()
             step()
-            if is_cuda:  # per call, like the runner: each call's launch latency is part of its wall time
+            if is_cuda:  # per call: each call's launch latency is part of its wall time
                 torch.cuda.synchronize(device)
 
     calls(WARMUP)
@@ -168,7 +169,7 @@ def profile_case_dtype(device: torch.device, case: Case, dtype_name: str, repeat
                         fn, record["impl_note"], _ = pick_torchvision(tensors, case)
                     else:
                         fn = _ours()
-                    record.update(profile_calls(fn, tensors, case, pass_name, device, repeats))
+                    record.update(profile_calls(fn, _in_layout(tensors, variant), case, pass_name, device, repeats))
                 except Exception as exc:  # noqa: BLE001  (reported in its table; the other profiles still run)
                     record.update(status="error", error=_error_text(exc))
                 print(markdown_record(record, device.type), flush=True)

@@ -26,7 +26,9 @@ On CUDA, ``ours`` is the default forward path, and ``ours[implicit_gemm_sync]`` 
 without cp.async copies), ``ours[implicit_gemm_mma]`` (the mma.sync kernel, its sampled operand in
 registers), ``ours[implicit_gemm_simt]`` and ``ours[columns]`` (forward only) are the other four, so
 the tensor-core, CUDA-core and columns paths sit side by side, with ``ours[autotune]`` (forward only),
-the fastest of them as timed on its first call;
+the fastest of them as timed on its first call; ``ours[channels_last]`` runs the default path on
+channels_last input, offset, mask and grad_output (what a channels_last model hands it), where the op
+converts no layout (on contiguous NCHW tensors it converts the input to NHWC and the output back);
 ``ours[deterministic]`` times forward+backward under ``torch.use_deterministic_algorithms(True)``.
 
 torchvision's deform_conv2d may lack a kernel for a dtype (bf16, say). Then it runs the way a user
@@ -70,28 +72,31 @@ OURS_MMA = "ours[implicit_gemm_mma]"
 OURS_SIMT = "ours[implicit_gemm_simt]"
 OURS_COLUMNS = "ours[columns]"
 OURS_AUTOTUNE = "ours[autotune]"
+OURS_CHANNELS_LAST = "ours[channels_last]"
 OURS_DETERMINISTIC = "ours[deterministic]"
 TORCHVISION = "torchvision"
 REFERENCE = "reference"
 COMPILED = "reference+compile"
-IMPL_ORDER = (OURS, OURS_SYNC, OURS_MMA, OURS_SIMT, OURS_COLUMNS, OURS_AUTOTUNE, OURS_DETERMINISTIC, TORCHVISION,
-              REFERENCE, COMPILED)
+IMPL_ORDER = (OURS, OURS_CHANNELS_LAST, OURS_SYNC, OURS_MMA, OURS_SIMT, OURS_COLUMNS, OURS_AUTOTUNE,
+              OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED)
 ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
 
 
 class Variant(NamedTuple):
     """Another path of ours: the forward algorithm (ALGORITHM_ENV, read by the CUDA forward at each
-    call; None: the default), torch.use_deterministic_algorithms (and its warn_only), and the passes it
-    changes."""
+    call; None: the default), torch.use_deterministic_algorithms (and its warn_only), the passes it
+    changes, and whether it takes its tensors channels_last (_in_layout)."""
     algorithm: Optional[str]
     deterministic: bool
     passes: Tuple[str, ...]
     warn_only: bool = False
+    channels_last: bool = False
 
 
 # On CUDA these run beside the default path: the other forward algorithms (forward only: the
 # backward is the same for all) and the deterministic backward (forward+backward).
 CUDA_VARIANTS = {
+    OURS_CHANNELS_LAST: Variant(None, False, PASSES, channels_last=True),
     OURS_SYNC: Variant("implicit_gemm_sync", False, (FWD,)),
     OURS_MMA: Variant("implicit_gemm_mma", False, (FWD,)),
     OURS_SIMT: Variant("implicit_gemm_simt", False, (FWD,)),
@@ -372,6 +377,15 @@ def _leaves(tensors: Dict[str, torch.Tensor], requires_grad: bool) -> Dict[str, 
             leaf = tensors[name].detach()
             leaves[name] = leaf.requires_grad_(True) if requires_grad else leaf
     return leaves
+
+
+def _in_layout(tensors: Dict[str, torch.Tensor], variant: Variant) -> Dict[str, torch.Tensor]:
+    """The tensors a variant runs on: channels_last copies of the 4-D activations (input, offset, mask,
+    grad_output: what a channels_last model passes) where it asks for them; the weight as it is."""
+    if not variant.channels_last:
+        return tensors
+    return {name: t.contiguous(memory_format=torch.channels_last) if name in ("input", "offset", "mask", "grad_output")
+            else t for name, t in tensors.items()}
 
 
 def _call(fn: Callable, leaves: Dict[str, torch.Tensor], case: Case) -> torch.Tensor:
@@ -809,12 +823,13 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
         variant = CUDA_VARIANTS.get(impl, default)
         _select(variant)
         fn, note = functions[impl]
+        inputs = _in_layout(tensors, variant)
         diffs: Dict[str, dict] = {}
         parity_error = None
         if expected is not None and impl != TORCHVISION:
             try:
                 t0 = time.perf_counter()
-                evaluated = _evaluate(fn, tensors, case)
+                evaluated = _evaluate(fn, inputs, case)
                 if is_cuda:
                     torch.cuda.synchronize(device)
                 first_fwd_bwd_ms[impl] = (time.perf_counter() - t0) * 1e3
@@ -824,7 +839,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                 parity_error = _error_text(exc)
                 try:  # the forward alone may still run: compare what can be compared, time both passes
                     with torch.no_grad():
-                        output = _call(fn, _leaves(tensors, requires_grad=False), case)
+                        output = _call(fn, _leaves(inputs, requires_grad=False), case)
                     diffs = _differences({"output": output}, {"output": expected["output"]})
                     del output
                 except Exception:  # noqa: BLE001
@@ -845,7 +860,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                 if is_cuda:
                     torch.cuda.reset_peak_memory_stats(device)
                     held_by_others = torch.cuda.memory_allocated(device) - shared_bytes
-                timing = _Timing(*_make_step(fn, tensors, case, pass_name), device, settings)
+                timing = _Timing(*_make_step(fn, inputs, case, pass_name), device, settings)
                 if is_cuda:  # the inputs and this implementation's own (not the other timings' tensors)
                     row["peak_memory_mib"] = (torch.cuda.max_memory_allocated(device) - held_by_others) / 2**20
                 timings.append((row, variant, timing))
@@ -912,7 +927,9 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
     impls = compared_impls(device.type)
     notes = []
     if device.type == "cuda":
-        notes.append(f"ours = the default path (tensor cores for fp16/bf16, and for fp32 under TF32); "
+        notes.append(f"ours = the default path (tensor cores for fp16/bf16, and for fp32 under TF32) on the "
+                     f"contiguous NCHW tensors every implementation gets; {OURS_CHANNELS_LAST}: the same on "
+                     f"channels_last input, offset, mask and grad_output (no layout conversion in the op); "
                      f"{OURS_SYNC}, {OURS_MMA}, {OURS_SIMT}, {OURS_COLUMNS}: our other CUDA forward paths "
                      f"({ALGORITHM_ENV}), forward only, and {OURS_AUTOTUNE} the fastest of them as timed on its "
                      f"first call; {OURS_DETERMINISTIC}: forward+backward under "

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from benchmarks import goals
-from benchmarks.runner import OURS, TORCHVISION
+from benchmarks.runner import OURS, OURS_CHANNELS_LAST, TORCHVISION
 from benchmarks.shapes import FWD
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -58,6 +58,7 @@ def test_goals_met_and_missed_at_their_edges():
     met = goals.goals_of(hand_made(tf32=True, fp32_geomean=3.0, bf16_ms=0.37), "a")
     assert [g.met for g in met] == [True, True]
     assert "TF32 on" in met[0].setting and met[1].setting == "0.370 ms, 4.00x torchvision"
+    assert met[1].goal == "cuda bf16 fwd, n32_c256_56x56, share of 790 TFLOP/s"
     missed = goals.goals_of(hand_made(tf32=False, fp32_geomean=2.99, bf16_ms=0.38), "b")
     assert [g.met for g in missed] == [False, False]
 
@@ -75,3 +76,15 @@ def test_every_report_ends_with_its_goals():
 
     report = markdown_report(json.loads((RESULTS / "cpu-20261129-155306.json").read_text()))
     assert "| cpu fp32 fwd+bwd vs torchvision | geomean of 3 cases | 17.96x | >= 10x | yes | this run |" in report
+
+
+def test_the_roofline_goal_is_judged_for_channels_last_too_where_the_run_has_it():
+    """ours[channels_last] (no layout conversion in the op) gets a line of its own, judged the same way."""
+    result = hand_made(tf32=False, fp32_geomean=1.0, bf16_ms=0.40)
+    fast = dict(result["rows"][0], impl=OURS_CHANNELS_LAST, median_ms=0.35)
+    fast["roofline_pct"] = 100 * fast["flops"] / (0.35e-3) / 790e12
+    result["rows"].append(fast)
+    lines = {g.goal: g for g in goals.goals_of(result, "d")}
+    assert not lines["cuda bf16 fwd, n32_c256_56x56, share of 790 TFLOP/s"].met
+    cl = lines["cuda bf16 fwd ours[channels_last], n32_c256_56x56, share of 790 TFLOP/s"]
+    assert cl.met and cl.measured == "42.8%"

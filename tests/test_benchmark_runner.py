@@ -196,3 +196,27 @@ def test_timed_calls_of_the_implementations_are_interleaved(monkeypatch):
 def test_repeats_are_spread_evenly_over_the_rounds(repeats):
     shares = [runner.round_share(repeats, i) for i in range(runner.TIMING_ROUNDS)]
     assert sum(shares) == repeats and max(shares) - min(shares) <= 1, shares
+
+
+def test_the_channels_last_variant_gets_channels_last_activations(monkeypatch):
+    """ours[channels_last] is called with channels_last input, offset and mask (and backward with a
+    channels_last grad_output), ours with the contiguous tensors; both match torchvision."""
+    import rcm_fsad_ops
+
+    layouts = set()
+
+    def recording(input, offset, weight, bias=None, mask=None, **kwargs):
+        layouts.add(tuple(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                          for t in (input, offset, mask)))
+        return rcm_fsad_ops.deform_conv2d(input, offset, weight, bias, mask=mask, **kwargs)
+
+    monkeypatch.setattr(runner, "_ours", lambda: recording)
+    impls = [runner.OURS, runner.OURS_CHANNELS_LAST, runner.TORCHVISION]
+    rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", impls, SETTINGS, runner.tf32_state(),
+                                      skipped=[])
+    assert layouts == {(False, False, False), (True, True, True)}
+    ours = [r for r in rows if r["impl"] != runner.TORCHVISION and r["status"] == "ok"]
+    assert {(r["impl"], r["pass"]) for r in ours} == {
+        (runner.OURS, FWD), (runner.OURS, FWD_BWD), (runner.OURS_CHANNELS_LAST, FWD),
+        (runner.OURS_CHANNELS_LAST, FWD_BWD)}
+    assert all(r["max_abs_diff_vs_torchvision"] < 1e-4 for r in ours), ours
