@@ -78,7 +78,7 @@ rcm_fsad_ops/.built: $(SOURCES) $(DEPS_STAMP) $(BUILD_CONFIG)
 	mv $@.started $@
 
 # Its recipe runs at every make but leaves the file (and its time) alone unless the text changed, and make
-# looks at the time again after it: only a change rebuilds.
+# looks at the time again after it: only a change rebuilds. (make -n cannot know, and lists the build.)
 $(BUILD_CONFIG): FORCE
 	@mkdir -p $(@D)
 	@echo '$(BUILD_CONFIG_TEXT)' | cmp -s - $@ || echo '$(BUILD_CONFIG_TEXT)' > $@

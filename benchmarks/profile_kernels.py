@@ -32,7 +32,6 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.runner import (
-    CUDA_VARIANTS,
     TORCHVISION,
     _error_text,
     _in_layout,
@@ -47,6 +46,7 @@ from benchmarks.runner import (
     tf32_set_to,
     tf32_state,
     variant_applies,
+    variant_of,
 )
 from benchmarks.shapes import DTYPE_NAMES, Case, cases_for, dtype_of
 
@@ -159,7 +159,7 @@ def profile_case_dtype(device: torch.device, case: Case, dtype_name: str, repeat
         for impl in compared_impls(device.type):
             if not variant_applies(impl, dtype_name, tf32_matmul):
                 continue
-            variant = CUDA_VARIANTS.get(impl, default)
+            variant = variant_of(impl, default)
             _select(variant)
             for pass_name in variant.passes:
                 record = {"case": case.name, "dtype": dtype_name, "impl": impl, "impl_note": "", "pass": pass_name,

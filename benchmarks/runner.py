@@ -26,9 +26,10 @@ On CUDA, ``ours`` is the default forward path, and ``ours[implicit_gemm_sync]`` 
 without cp.async copies), ``ours[implicit_gemm_mma]`` (the mma.sync kernel, its sampled operand in
 registers), ``ours[implicit_gemm_simt]`` and ``ours[columns]`` (forward only) are the other four, so
 the tensor-core, CUDA-core and columns paths sit side by side, with ``ours[autotune]`` (forward only),
-the fastest of them as timed on its first call; ``ours[channels_last]`` runs the default path on
+the fastest of them as timed on its first call; ``ours[channels_last]`` runs what ``ours`` runs on
 channels_last input, offset, mask and grad_output (what a channels_last model hands it), where the op
-converts no layout (on contiguous NCHW tensors it converts the input to NHWC and the output back);
+converts no layout (on contiguous NCHW tensors it converts the input and grad_output to NHWC and the
+output and input gradient back, and reads offset and mask across their planes);
 ``ours[deterministic]`` times forward+backward under ``torch.use_deterministic_algorithms(True)``.
 
 torchvision's deform_conv2d may lack a kernel for a dtype (bf16, say). Then it runs the way a user
@@ -96,7 +97,7 @@ class Variant(NamedTuple):
 # On CUDA these run beside the default path: the other forward algorithms (forward only: the
 # backward is the same for all) and the deterministic backward (forward+backward).
 CUDA_VARIANTS = {
-    OURS_CHANNELS_LAST: Variant(None, False, PASSES, channels_last=True),
+    OURS_CHANNELS_LAST: Variant(None, False, PASSES, channels_last=True),  # with the caller's settings: variant_of
     OURS_SYNC: Variant("implicit_gemm_sync", False, (FWD,)),
     OURS_MMA: Variant("implicit_gemm_mma", False, (FWD,)),
     OURS_SIMT: Variant("implicit_gemm_simt", False, (FWD,)),
@@ -107,6 +108,15 @@ CUDA_VARIANTS = {
 # The variants that differ from ``ours`` only where it takes tensor cores: in fp64, and in fp32 with TF32
 # off, they run the CUDA-core kernel that ``ours`` runs, and are not timed again under another name.
 TENSOR_CORE_VARIANTS = (OURS_SYNC, OURS_MMA, OURS_SIMT)
+
+
+def variant_of(impl: str, default: Variant) -> Variant:
+    """What impl runs under: a CUDA variant's own settings, but ours[channels_last] the caller's (``default``,
+    as ours) on channels_last tensors, so that it differs from ours in the layout alone; anything else the
+    caller's."""
+    if impl == OURS_CHANNELS_LAST:
+        return default._replace(channels_last=True)
+    return CUDA_VARIANTS.get(impl, default)
 
 
 def variant_applies(impl: str, dtype_name: str, tf32_matmul: bool) -> bool:
@@ -820,10 +830,14 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
     for impl in IMPL_ORDER:
         if impl not in functions:
             continue
-        variant = CUDA_VARIANTS.get(impl, default)
+        variant = variant_of(impl, default)
         _select(variant)
         fn, note = functions[impl]
-        inputs = _in_layout(tensors, variant)
+        try:
+            inputs = _in_layout(tensors, variant)
+        except Exception as exc:  # noqa: BLE001  (out of memory for the copies: this row fails, not the run)
+            add_error_rows(impl, exc)
+            continue
         diffs: Dict[str, dict] = {}
         parity_error = None
         if expected is not None and impl != TORCHVISION:

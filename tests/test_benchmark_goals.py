@@ -70,7 +70,7 @@ def test_command_prints_the_table_and_fails_on_an_unreadable_file(capsys, tmp_pa
     assert goals.main([str(tmp_path / "broken.json")]) == 2
 
 
-def test_every_report_ends_with_its_goals():
+def test_every_report_has_the_goals_of_its_run():
     """The runner's markdown (printed and stored with each run) judges the goals of that run."""
     from benchmarks.runner import markdown_report
 

@@ -215,8 +215,21 @@ def test_the_channels_last_variant_gets_channels_last_activations(monkeypatch):
     rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", impls, SETTINGS, runner.tf32_state(),
                                       skipped=[])
     assert layouts == {(False, False, False), (True, True, True)}
+    variant = runner.variant_of(runner.OURS_CHANNELS_LAST, runner.current_variant())
+    grad_output = runner._in_layout({"grad_output": torch.zeros(1, 2, 3, 4)}, variant)["grad_output"]
+    assert grad_output.is_contiguous(memory_format=torch.channels_last) and not grad_output.is_contiguous()
     ours = [r for r in rows if r["impl"] != runner.TORCHVISION and r["status"] == "ok"]
     assert {(r["impl"], r["pass"]) for r in ours} == {
         (runner.OURS, FWD), (runner.OURS, FWD_BWD), (runner.OURS_CHANNELS_LAST, FWD),
         (runner.OURS_CHANNELS_LAST, FWD_BWD)}
     assert all(r["max_abs_diff_vs_torchvision"] < 1e-4 for r in ours), ours
+
+
+def test_the_channels_last_variant_keeps_the_callers_algorithm_and_determinism(monkeypatch):
+    """It must differ from ours in the layout alone: a caller's RCM_FSAD_DEFORM_CONV_ALGO and determinism hold
+    for it as for ours, unlike the algorithm variants, which set their own."""
+    monkeypatch.setenv(runner.ALGORITHM_ENV, "columns")
+    default = runner.current_variant()
+    assert runner.variant_of(runner.OURS_CHANNELS_LAST, default) == default._replace(channels_last=True)
+    assert runner.variant_of(runner.OURS_AUTOTUNE, default).algorithm == "autotune"
+    assert runner.variant_of(runner.OURS, default) == default
