@@ -56,7 +56,7 @@ def autotuned_not_default(monkeypatch, case: DeformCase) -> tuple:
 
 @pytest.mark.parametrize("tf32", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_autotune_gives_the_bits_of_one_path_and_keeps_them(dtype, tf32, monkeypatch):
+def test_cuda_autotune_gives_the_bits_of_one_path_and_keeps_them(dtype, tf32, monkeypatch):
     """The autotuned output is bit for bit that of one of the paths run alone (not a blend of them), and
     the same on every later call (the choice is remembered)."""
     if dtype != torch.float32 and tf32:
@@ -72,7 +72,7 @@ def test_autotune_gives_the_bits_of_one_path_and_keeps_them(dtype, tf32, monkeyp
     assert all(torch.equal(first, out) for out in again)
 
 
-def test_autotune_under_deterministic_algorithms_takes_the_default_path(monkeypatch):
+def test_cuda_autotune_under_deterministic_algorithms_takes_the_default_path(monkeypatch):
     """Under torch.use_deterministic_algorithms the result must not hang on which path won a timing:
     autotune gives the default path's bits, on a problem where it otherwise chooses another path."""
     with tf32_set_to(False):
@@ -86,7 +86,7 @@ def test_autotune_under_deterministic_algorithms_takes_the_default_path(monkeypa
     assert torch.equal(out, default)
 
 
-def test_autotune_inside_cuda_graph_capture(monkeypatch):
+def test_cuda_autotune_inside_cuda_graph_capture(monkeypatch):
     """Capture may not wait on the device: a problem tuned before capture replays its chosen path (here
     not the default), and one first met during capture takes the default path without timing (the
     capture would fail if it synchronised)."""
