@@ -16,3 +16,14 @@ def device(request, monkeypatch) -> str:
     if algorithm is not None:
         monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", algorithm)
     return device
+
+
+def pytest_collection_modifyitems(config, items):
+    """benchmarks/gpu_check.sh runs the GPU tests as `pytest tests -k cuda`: a test that needs a GPU and whose
+    id does not say cuda would never run there, so collection stops on one."""
+    unreachable = [item.nodeid for item in items
+                   if any(marker.kwargs.get("reason") == "needs a GPU" for marker in item.iter_markers("skipif"))
+                   and "cuda" not in item.nodeid]
+    if unreachable:
+        raise pytest.UsageError("tests that need a GPU must have 'cuda' in their names (gpu_check.sh selects them "
+                                f"with -k cuda): {unreachable}")
