@@ -1029,7 +1029,16 @@ int run_tensor_core_case() {
       return check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split, infinite_mask);
     }
   };
+  // Split over kernel points: the first and the last problem the kernel takes (not the list's first and
+  // last, which the vectors-only kernels may not take).
+  size_t first_taken = all.size(), last_taken = 0;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (kVectorsOnly && !applies(all[i])) continue;
+    first_taken = std::min(first_taken, i);
+    last_taken = i;
+  }
   int checked = 0;
+  int split_checked = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     const Problem& p = all[i];
     if (kVectorsOnly && !applies(p)) continue;
@@ -1037,13 +1046,18 @@ int run_tensor_core_case() {
     if (light && i < light_from) continue;
     ++checked;
     std::vector<int> splits = {1};
-    if (!light && (i == 0 || i + 1 == all.size())) {
+    if (!light && (i == first_taken || i == last_taken)) {
       for (int split : split_counts(p)) splits.push_back(split);
+      ++split_checked;
     }
     for (int split : splits) bad += check(p, split, false);
   }
   if (checked < 3) {
     std::printf("  FAIL only %d problems checked\n", checked);
+    ++bad;
+  }
+  if (!light && split_checked < 2) {
+    std::printf("  FAIL only %d problems checked split over kernel points\n", split_checked);
     ++bad;
   }
   // Not under TSan: no barrier differs from the problems above.
@@ -1141,6 +1155,34 @@ int mma_steps_case() {
                 ok ? "ok  " : "FAIL", c.float32 ? "float" : "bfloat16", c.channels, c.groups, c.offset_groups, got,
                 c.want);
     bad += !ok;
+  }
+  // mma_kernel_applies at the limits of the kernel's 32-bit arithmetic: pixel indices (batch * H * W)
+  // up to 2^31 - 1, and a pixel's bytes (C * element size) up to 2^32 - 1.
+  struct Limit {
+    int64_t batch, height, width, channels;
+    bool want;
+  };
+  const Limit limits[] = {
+      {1, 32768, 65535, 256, true},          // 2^31 - 32768 pixels
+      {1, 1, (int64_t{1} << 31) - 1, 256, true},  // 2^31 - 1 pixels (a prime: one row)
+      {2, 32768, 32768, 256, false},         // 2^31 pixels
+      {1, 1, 1, int64_t{1} << 31, false},    // 2^32 bytes a pixel in bfloat16
+      {1, 1, 1, (int64_t{1} << 31) - 8, true},
+  };
+  for (const Limit& c : limits) {
+    DeformConvGeometry g{};
+    g.batch = c.batch;
+    g.height = c.height;
+    g.width = c.width;
+    g.channels = c.channels;
+    g.out_channels = 8;
+    g.kernel_h = g.kernel_w = 1;
+    g.groups = g.offset_groups = 1;
+    const bool got = rcm_fsad::kernels::mma_kernel_applies<__nv_bfloat16>(g);
+    std::printf("  %s mma_kernel_applies<bfloat16>(N %" PRId64 ", %" PRId64 "x%" PRId64 ", C %" PRId64
+                ") = %d (want %d)\n", got == c.want ? "ok  " : "FAIL", c.batch, c.height, c.width, c.channels,
+                got, c.want);
+    bad += got != c.want;
   }
   return bad;
 }
