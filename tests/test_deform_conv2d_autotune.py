@@ -7,12 +7,11 @@ import pytest
 import torch
 
 import rcm_fsad_ops
-from benchmarks.runner import tf32_set_to
+from benchmarks.runner import ALGORITHM_ENV, tf32_set_to
 from tests.deform_cases import DeformCase
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
-ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
 # Every path the autotuner can choose; each run alone gives the bits autotune must reproduce.
 PATHS = ("implicit_gemm", "implicit_gemm_sync", "implicit_gemm_mma", "implicit_gemm_simt", "columns")
 # Channel runs of whole 16-byte vectors, so that every tensor-core kernel is a candidate in 16 bits.
