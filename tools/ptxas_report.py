@@ -266,9 +266,11 @@ def markdown(results: list[KernelResources], version: str) -> str:
         "`Half` / `BFloat16` arguments are stand-ins for the backend's `c10::Half` / `c10::BFloat16` "
         "(16-bit storage, conversions through the CUDA intrinsics). Template arguments: (scalar_t, acc_t"
         "[, index_t]), or (scalar_t, mma_t, block width) for the tensor-core kernel.",
+        "The kernels' shared memory is dynamic (`RCM_DYNAMIC_SHARED`, sized by the launcher), which ptxas "
+        "does not count: the static column stays 0.",
         "",
         "| kernel | template arguments | registers | spill stores (B) | spill loads (B) "
-        "| stack frame (B) | local (B) | shared (B) | barriers | hot |",
+        "| stack frame (B) | local (B) | static shared (B) | barriers | hot |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in results:

@@ -226,7 +226,7 @@ int resident_blocks_per_sm(Kernel kernel, int threads, size_t shared_bytes) {
 template <typename Tiles, typename acc_t, typename scalar_t, typename Kernel>
 void launch_implicit_gemm(Kernel kernel, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                           const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows,
-                          size_t shared_bytes = 0) {
+                          size_t shared_bytes) {
   const int64_t blocks = kernels::gemm_grid_x<Tiles::kRows, Tiles::kCols>(g);
   // The kernels count channels in 32 bits (kernels::ReductionSteps).
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max() && g.groups <= kMaxGridYZ &&
@@ -268,21 +268,35 @@ bool vector_loads_apply(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& 
          kernels::aligned16(wmat.const_data_ptr());
 }
 
+// Whether the current device gives a block of the cp.async tensor-core kernel kCols wide its shared
+// memory: 102 KB 64 wide, 112 KB 128 wide. sm_80 and sm_90 give 163 and 227 KB, while sm_86, sm_89
+// and sm_120 give 99 KB and so always take the kernel with synchronous loads.
+template <typename scalar_t, int kCols>
+bool async_kernel_fits() {
+  return kernels::wmma_async_shared_bytes<scalar_t, kCols>() <=
+         at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+}
+
+// The same at the block width the forward takes for g.
+template <typename mma_t, typename scalar_t>
+bool async_kernel_fits_for(const DeformConvGeometry& g) {
+  return kernels::wmma_tile_cols<mma_t>(g.out_channels / g.groups) == 128 ? async_kernel_fits<scalar_t, 128>()
+                                                                           : async_kernel_fits<scalar_t, 64>();
+}
+
 // The tensor-core forward with blocks kCols wide: the cp.async kernel when `async` (where
-// vector_loads_apply) and the device gives a block its shared memory (102 KB 64 wide, 112 KB 128
-// wide: sm_80 and sm_90 give 163 and 227 KB, while sm_86, sm_89 and sm_120 give 99 KB and so always
-// take the other), the one with synchronous loads otherwise.
+// vector_loads_apply) and it fits the device, the one with synchronous loads otherwise.
 template <int kCols, typename mma_t, typename scalar_t>
 void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                                 const at::Tensor& wmat, const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
-  constexpr size_t async_bytes = kernels::wmma_async_shared_bytes<scalar_t, kCols>();
-  if (async && async_bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) {
+  if (async && async_kernel_fits<scalar_t, kCols>()) {
     launch_implicit_gemm<kernels::WmmaAsyncTiles<scalar_t, kCols>, float>(
         kernels::deform_conv2d_implicit_gemm_wmma_async_kernel<scalar_t, mma_t, kCols>, g, a, wmat, bias, out_rows,
-        async_bytes);
+        kernels::wmma_async_shared_bytes<scalar_t, kCols>());
   } else {
     launch_implicit_gemm<kernels::WmmaTiles<kCols>, float>(
-        kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>, g, a, wmat, bias, out_rows);
+        kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>, g, a, wmat, bias, out_rows,
+        kernels::wmma_shared_bytes<scalar_t, kCols>());
   }
 }
 
@@ -346,10 +360,10 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
   using Tiles = kernels::ImplicitGemmTiles<acc_t>;
   if (vector_loads_apply(g, a, wmat)) {
     launch_implicit_gemm<Tiles, acc_t>(kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, true>, g, a,
-                                       wmat, bias_c, out_rows);
+                                       wmat, bias_c, out_rows, kernels::implicit_gemm_shared_bytes<acc_t>());
   } else {
     launch_implicit_gemm<Tiles, acc_t>(kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, false>, g, a,
-                                       wmat, bias_c, out_rows);
+                                       wmat, bias_c, out_rows, kernels::implicit_gemm_shared_bytes<acc_t>());
   }
 }
 
@@ -482,18 +496,19 @@ void forward_by(ForwardAlgorithm algo, const at::Tensor& input, const DeformConv
   }
 }
 
-// The forward paths that run different kernels for this problem, the default first: where the default
-// takes the cp.async tensor-core kernel, also the synchronous-load one and the mma.sync one (where it
-// applies), and the CUDA-core kernel (elsewhere these are the default's own kernel); the columns path
-// always.
+// The forward paths that run different kernels for this problem, the default first. Where the default
+// takes a tensor-core kernel: the CUDA-core kernel; where the 16-byte loads apply, also the mma.sync
+// kernel (where it applies) and, where the default's kernel is the cp.async one (it fits the device),
+// the synchronous-load one. Elsewhere these are the default's own kernel. The columns path always.
 template <typename scalar_t>
 std::vector<ForwardAlgorithm> forward_candidates(const at::Tensor& input, const DeformConvGeometry& g,
                                                  const ChunkArgs<scalar_t>& a, const at::Tensor& wmat) {
   std::vector<ForwardAlgorithm> candidates{ForwardAlgorithm::ImplicitGemm};
   if constexpr (!std::is_void_v<typename TensorCoreInput<scalar_t>::type>) {
     if (use_tensor_cores<scalar_t>(input)) {
+      using mma_t = typename TensorCoreInput<scalar_t>::type;
       if (vector_loads_apply(g, a, wmat)) {
-        candidates.push_back(ForwardAlgorithm::ImplicitGemmSync);
+        if (async_kernel_fits_for<mma_t, scalar_t>(g)) candidates.push_back(ForwardAlgorithm::ImplicitGemmSync);
         if (kernels::mma_kernel_applies<scalar_t>(g)) candidates.push_back(ForwardAlgorithm::ImplicitGemmMma);
       }
       candidates.push_back(ForwardAlgorithm::ImplicitGemmSimt);

@@ -28,7 +28,25 @@ struct ImplicitGemmTiles {
   static constexpr int kBlocksPerSM = 2;
 };
 
-// Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: ImplicitGemmTiles<acc_t>::kThreads.
+// Shared memory of the kernel below. The fills have 16 consecutive threads write one row's 16
+// channels, i.e. 16 different rows of the tiles: 4 elements of padding spread them over 8 banks
+// instead of one (2-way instead of 16-way conflicts) and keep the rows 16-byte aligned for the vector
+// reads of a thread's TM (TN) consecutive elements.
+template <typename acc_t>
+struct ImplicitGemmShared {
+  using T = ImplicitGemmTiles<acc_t>;
+  alignas(16) acc_t a_tile[T::kDepth][T::kRows + 4];
+  alignas(16) acc_t b_tile[T::kDepth][T::kCols + 4];
+  TileCorners<acc_t, T::kRows> corners;  // of the current (k, offset group)
+};
+
+template <typename acc_t>
+constexpr size_t implicit_gemm_shared_bytes() {
+  return sizeof(ImplicitGemmShared<acc_t>);
+}
+
+// Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: ImplicitGemmTiles<acc_t>::kThreads;
+// dynamic shared memory: implicit_gemm_shared_bytes<acc_t>().
 // input: NHWC (N, H, W, C); wmat: (C_out, kh*kw*C/groups) as made by weight_matrix();
 // bias: (C_out) or null; out: (rows, C_out), rows = N*H_out*W_out in NHWC order.
 // Split (splits > 1): partials (splits, rows, C_out) receive the sums without bias, out is not
@@ -45,13 +63,10 @@ __global__ void __launch_bounds__(ImplicitGemmTiles<acc_t>::kThreads, ImplicitGe
                                        const scalar_t* __restrict__ wmat, const scalar_t* __restrict__ bias,
                                        scalar_t* __restrict__ out, acc_t* __restrict__ partials) {
   using T = ImplicitGemmTiles<acc_t>;
-  // The fills below have 16 consecutive threads write one row's 16 channels, i.e. 16 different
-  // rows of these tiles: 4 elements of padding spread them over 8 banks instead of one (2-way
-  // instead of 16-way conflicts) and keep the rows 16-byte aligned for the vector reads of a
-  // thread's TM (TN) consecutive elements.
-  __shared__ __align__(16) acc_t a_tile[T::kDepth][T::kRows + 4];
-  __shared__ __align__(16) acc_t b_tile[T::kDepth][T::kCols + 4];
-  __shared__ TileCorners<acc_t, T::kRows> corners;  // of the current (k, offset group)
+  RCM_DYNAMIC_SHARED(ImplicitGemmShared<acc_t>, shared);
+  auto& a_tile = shared->a_tile;
+  auto& b_tile = shared->b_tile;
+  auto& corners = shared->corners;
 
   const int tid = threadIdx.x;
   const int tx = tid % (T::kCols / T::kThreadCols);

@@ -111,6 +111,18 @@ union WmmaShared {
   float staging[Tiles::kWarps][Tiles::kFrag * Tiles::kFrag];
 };
 
+// All the shared memory of the kernel below; WMMA needs 256-bit aligned tiles.
+template <typename smem_t, typename Tiles>
+struct WmmaKernelShared {
+  alignas(32) WmmaShared<smem_t, Tiles> operands;
+  TileCorners<float, Tiles::kRows> corners;  // of the current (k, offset group)
+};
+
+template <typename scalar_t, int kCols>
+constexpr size_t wmma_shared_bytes() {
+  return sizeof(WmmaKernelShared<scalar_t, WmmaTiles<kCols>>);
+}
+
 #if defined(RCM_WMMA_AVAILABLE)
 // A warp's share of a block tile (Tiles::kWarpRows x Tiles::kWarpCols of the output, in 16 x 16
 // fragments of float accumulators) and what the warp does with it: multiply the shared operand
@@ -191,7 +203,8 @@ struct WarpTileMma {
 };
 #endif  // RCM_WMMA_AVAILABLE
 
-// Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: WmmaTiles<kCols>::kThreads.
+// Grid: (gemm_grid_x<BM, BN>(g), splits, groups); block: WmmaTiles<kCols>::kThreads; dynamic
+// shared memory: wmma_shared_bytes<scalar_t, kCols>().
 // scalar_t: the tensors' element type (c10::Half, c10::BFloat16 or float from the launcher; any
 // 16-bit or 32-bit type with a conversion to float); mma_t: __half, __nv_bfloat16 or
 // Tf32, of the same size as scalar_t (the weight tile is a bit copy).
@@ -215,10 +228,12 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
   constexpr int kVector = Vector16<scalar_t>::kSize;
   constexpr int kPitch = Mma::kPitch;
 
-  __shared__ __align__(32) WmmaShared<smem_t, T> shared;
-  __shared__ TileCorners<float, T::kRows> corners;  // of the current (k, offset group)
-  smem_t* const a_tile = shared.tiles.a;
-  smem_t* const b_tile = shared.tiles.b;
+  using Shared = WmmaKernelShared<smem_t, T>;
+  static_assert(sizeof(Shared) == wmma_shared_bytes<scalar_t, kCols>(), "the launcher allocates wmma_shared_bytes");
+  RCM_DYNAMIC_SHARED(Shared, shared);
+  auto& corners = shared->corners;
+  smem_t* const a_tile = shared->operands.tiles.a;
+  smem_t* const b_tile = shared->operands.tiles.b;
 
   const int tid = threadIdx.x;
   const GemmTile tile = gemm_tile<T::kRows, T::kCols>(g, blockIdx.x);
@@ -300,7 +315,7 @@ __global__ void __launch_bounds__(WmmaTiles<kCols>::kThreads, WmmaTiles<kCols>::
   }
 
   __syncthreads();  // the staging tiles overlay the operand tiles, which other warps may still read
-  mma.store(shared.staging[tid / 32], tid % 32, g, row0, co0, group, bias, out, partials);
+  mma.store(shared->operands.staging[tid / 32], tid % 32, g, row0, co0, group, bias, out, partials);
 #endif  // RCM_WMMA_AVAILABLE
 }
 

@@ -8,9 +8,19 @@ set(found 0)
 set(missing "")
 foreach(header IN LISTS headers)
   file(READ "${header}" text)
+  string(REGEX REPLACE "//[^\n]*" "" text "${text}")  # comments may name __global__
   # __global__ void [__launch_bounds__(...)] name(
   string(REGEX MATCHALL "__global__[ \t\r\n]+void[ \t\r\n]+(__launch_bounds__[ \t]*\\([^)]*\\)[ \t\r\n]*)?[A-Za-z_][A-Za-z0-9_]*[ \t\r\n]*\\("
          declarations "${text}")
+  # A kernel declared in a form the pattern above does not read must fail, not go unchecked.
+  string(REGEX MATCHALL "__global__" keywords "${text}")
+  list(LENGTH keywords keyword_count)
+  list(LENGTH declarations declaration_count)
+  if(NOT keyword_count EQUAL declaration_count)
+    get_filename_component(file "${header}" NAME)
+    message(FATAL_ERROR "${file}: ${keyword_count} __global__ keywords but ${declaration_count} declarations of the "
+                        "form `__global__ void [__launch_bounds__(...)] name(`; write the kernel in that form")
+  endif()
   foreach(declaration IN LISTS declarations)
     string(REGEX REPLACE ".*[ \t\r\n\\)]([A-Za-z_][A-Za-z0-9_]*)[ \t\r\n]*\\($" "\\1" name "${declaration}")
     math(EXPR found "${found} + 1")

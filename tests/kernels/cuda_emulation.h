@@ -9,7 +9,8 @@
 //
 // What it provides
 //   * the qualifiers __global__, __device__, __host__, __forceinline__, __noinline__,
-//     __launch_bounds__(...), __align__(n), __constant__ and __shared__ (static shared memory);
+//     __launch_bounds__(...), __align__(n) and __constant__; static __shared__ is a compile error
+//     (see "Limits");
 //   * threadIdx, blockIdx (uint3), blockDim, gridDim (dim3) and warpSize: per OS thread
 //     (thread_local), read-only;
 //   * __syncthreads(), __syncthreads_count/and/or(pred): a real barrier of the thread block. A
@@ -21,15 +22,20 @@
 //     exchange: every lane named in the mask must call the same collective with the same mask.
 //     Reported as errors (abort): a lane of the mask that has exited or calls something else, a
 //     calling lane missing from the mask, a mask naming lanes the warp does not have, and a shuffle
-//     reading a lane outside the mask (its value is undefined on the GPU);
+//     reading a lane outside the mask (its value is undefined on the GPU). Of the warp collectives
+//     (these, the WMMA *_sync calls and mma.sync) only __syncwarp orders memory between the lanes,
+//     as on the GPU, where only bar.warp.sync promises memory ordering: for ThreadSanitizer the
+//     others are no synchronisation at all, so a lane that reads shared memory another lane wrote
+//     (or writes what another lane read) needs __syncwarp or __syncthreads in between even when a
+//     shuffle or an MMA separates them (a data race otherwise);
 //   * atomics through std::atomic_ref with relaxed ordering, as on the GPU (so they do not hide
 //     races from ThreadSanitizer): atomicAdd (int, unsigned, unsigned long long, float, double,
 //     __half, __nv_bfloat16), atomicSub, atomicExch, atomicCAS, atomicMin, atomicMax;
 //   * dynamic shared memory through RCM_DYNAMIC_SHARED(type, name), which declares `type* name`
 //     pointing at the block's dynamic shared memory (the shared_bytes of the launch). The same
-//     macro works under nvcc (see the __CUDACC__ branch below): kernel headers should use it rather
-//     than `extern __shared__`, which this harness cannot emulate. Each block gets its own
-//     heap buffer of exactly shared_bytes, 128-byte aligned (as the macro declares it under nvcc),
+//     macro works under nvcc (see the __CUDACC__ branch below): kernel headers use it rather than
+//     `extern __shared__` or static `__shared__`, which this harness cannot emulate. Each block gets
+//     its own heap buffer of exactly shared_bytes, 128-byte aligned (as the macro declares it under nvcc),
 //     filled with 0xFF bytes (NaN for float/double) so reads of never-written shared memory show,
 //     and AddressSanitizer catches overruns;
 //   * host 16-bit float types __half and __nv_bfloat16: 16-bit storage, round-to-nearest-even
@@ -49,10 +55,9 @@
 //     by the issuing thread, so that for ThreadSanitizer the write happens at the wait: a thread of the
 //     block may read it after a __syncthreads that the issuer reaches after its wait, not before.
 //     Errors: size_and_align other than 4, 8 or 16, dst or src not aligned to it, zfill greater than
-//     it, a destination not inside the block's dynamic shared memory (RCM_DYNAMIC_SHARED; static
-//     __shared__ is not accepted), a source read inside it, and a thread exiting with copies that no
-//     wait completed (empty groups left at exit are fine). Kernel headers include
-//     <cuda_pipeline_primitives.h> only under __CUDACC__, as they do <mma.h>;
+//     it, a destination not inside the block's dynamic shared memory, a source read inside it, and a
+//     thread exiting with copies that no wait completed (empty groups left at exit are fine). Kernel
+//     headers include <cuda_pipeline_primitives.h> only under __CUDACC__, as they do <mma.h>;
 //   * mma.sync through emu::mma_m16n8_sync (the m16n8k16 and TF32 m16n8k8 shapes with float
 //     accumulators), which csrc/kernels/mma_sync.cuh calls in place of the PTX instruction: a
 //     whole-warp collective that multiplies the fragments of every lane as the PTX ISA lays them out;
@@ -61,8 +66,7 @@
 //     sees races between the threads of a block.
 //       Mode::BlockByBlock runs the blocks one after the other (all threads of one block at a time);
 //       Mode::AllBlocks runs the threads of every block at once, to expose races BETWEEN blocks
-//       (a non-atomic scatter). It rejects static __shared__ variables (one object per kernel here,
-//       not one per block); dynamic shared memory works in both modes.
+//       (a non-atomic scatter).
 //     The launch returns when every thread has finished (like a launch followed by a device
 //     synchronise): everything the kernel wrote happens-before the code after emu::launch.
 //
@@ -76,14 +80,16 @@
 //     load_matrix_sync, store_matrix_sync, fill_fragment, mma_sync and __float_to_tf32. Every lane
 //     holds the WHOLE tile (num_elements = rows x cols, x[] row-major), so code that relies on the
 //     GPU's unspecified lane-to-element mapping is not supported (element-wise loops over x[] are).
-//     The *_sync calls are whole-warp collectives (a lane missing is a divergence error) and check
-//     what the GPU requires: 256-bit aligned pointers, ldm a multiple of 16 bytes, and the same
-//     pointer and ldm on every lane. A store writes each element from one lane only (element i from
-//     lane i % 32): reading what other lanes stored needs __syncwarp, as on the GPU. mma_sync
-//     multiplies exactly (products of 16-bit or tf32 values are exact in float) and accumulates in
-//     float in k order; tf32 operands lose their low 13 mantissa bits, as the hardware ignores them;
-//   * no lockstep execution: lanes of a warp run as independent threads and only synchronise inside
-//     the warp collectives above (as with independent thread scheduling, sm_70+). Code that relies
+//     The *_sync calls are whole-warp collectives (a lane missing is a divergence error; they order
+//     no memory, see above) and check what the GPU requires: 256-bit aligned pointers, ldm a multiple
+//     of 16 bytes, and the same pointer and ldm on every lane. A store writes each element from one
+//     lane only, the lane that holds it on sm_80+ tensor cores (emu_detail::accumulator_lane), and a
+//     load of an accumulator reads, for ThreadSanitizer, only the elements the lane holds: reading
+//     what other lanes stored needs __syncwarp, as on the GPU. mma_sync multiplies exactly (products
+//     of 16-bit or tf32 values are exact in float) and accumulates in float in k order; tf32 operands
+//     lose their low 13 mantissa bits, as the hardware ignores them;
+//   * no lockstep execution: lanes of a warp run as independent threads and only wait for each other
+//     in the warp collectives above (as with independent thread scheduling, sm_70+). Code that relies
 //     on implicit warp-synchronous execution (reading another lane's shared-memory write without
 //     __syncwarp) is a data race here, which ThreadSanitizer reports: a feature;
 //   * memory is the host's: no distinction between global, shared, constant and local memory beyond
@@ -91,9 +97,9 @@
 //     other threads only through the synchronisation above), no alignment faults (WMMA and cp.async
 //     check the alignment they require, see above, and so do the vector loads and stores of
 //     csrc/kernels/vector16.cuh, through its RCM_CHECK_VECTOR_ALIGNMENT);
-//   * static __shared__ works only in function (block) scope and does not start uninitialised:
-//     it keeps what the previous block left (its first use in a process reads zeros);
-//     `extern __shared__` is not supported (use RCM_DYNAMIC_SHARED);
+//   * no static __shared__ (it does not compile here: a function-local static would be one object
+//     for all blocks, and would start with what the previous block left) and no `extern __shared__`:
+//     kernels use RCM_DYNAMIC_SHARED;
 //   * resource limits are checked loosely: at most 1024 threads per block, 227 KiB of dynamic
 //     shared memory; registers, occupancy and timing are not modelled (tools/ptxas_report.py covers
 //     registers and spills);
@@ -101,8 +107,9 @@
 //     warp mates wait in a shuffle) is reported after EMU_WATCHDOG_SECONDS (default 60) of waiting;
 //   * Linux only (POSIX threads, futex); at most EMU_MAX_THREADS (default 4096) threads in one
 //     AllBlocks launch;
-//   * collectives with a partial mask (not the whole warp) go through a per-warp mutex, which orders
-//     disjoint subsets of one warp for ThreadSanitizer: a race between two such subsets can be missed.
+//   * a __syncwarp with a partial mask (not the whole warp) goes through a per-warp mutex, which
+//     orders disjoint subsets of one warp for ThreadSanitizer: a race between two such subsets can be
+//     missed.
 //
 // Cost. A GPU thread is an OS thread, so every __syncthreads and every warp collective is a round of
 // context switches (a few microseconds per lane, several times that under ThreadSanitizer, whose
@@ -166,14 +173,12 @@
 #define __align__(n) __attribute__((aligned(n)))  // unlike alignas, allowed after `static`
 #define __constant__
 
-#define RCM_EMU_CAT_(a, b) a##b
-#define RCM_EMU_CAT(a, b) RCM_EMU_CAT_(a, b)
-// `__shared__ T name[N];` in a kernel becomes a marker (which rejects AllBlocks launches, where the
-// one static object would be shared by all blocks) followed by a function-local static.
-#define __shared__                                                   \
-  [[maybe_unused]] const bool RCM_EMU_CAT(rcm_emu_static_shared_, __COUNTER__) = \
-      ::emu::detail::note_static_shared();                           \
-  static
+// Static `__shared__ T name[N];` cannot be emulated faithfully (a function-local static would be
+// one object for every block, and would start each block with what the previous one left instead
+// of uninitialised), so it does not compile here: kernels use RCM_DYNAMIC_SHARED, which is per block
+// and starts poisoned.
+#define __shared__ \
+  static_assert(false, "static __shared__ is not emulated: declare the block's shared memory with RCM_DYNAMIC_SHARED");
 
 #ifndef RCM_DYNAMIC_SHARED
 #define RCM_DYNAMIC_SHARED(type, name) \
@@ -273,7 +278,7 @@ namespace emu {
 
 enum class Mode {
   BlockByBlock,  // blocks one after the other; all threads of one block concurrently
-  AllBlocks,     // all threads of all blocks concurrently (no static __shared__)
+  AllBlocks,     // all threads of all blocks concurrently
 };
 
 inline const char* mode_name(Mode m) { return m == Mode::BlockByBlock ? "BlockByBlock" : "AllBlocks"; }
@@ -514,14 +519,6 @@ inline void check_vector_alignment(const void* p, std::size_t bytes, const char*
                what, bytes, tls.block != nullptr ? thread_name(tls).c_str() : "host code", p));
 }
 
-inline bool note_static_shared() {
-  if (tls.block != nullptr && tls.mode == Mode::AllBlocks) {
-    fatal("a static __shared__ variable is used in an AllBlocks launch: the emulator has one object per "
-          "kernel, not per block. Launch with emu::Mode::BlockByBlock, or use RCM_DYNAMIC_SHARED");
-  }
-  return true;
-}
-
 inline unsigned char* dynamic_shared_memory() {
   return current("dynamic shared memory (RCM_DYNAMIC_SHARED)").block->shared;
 }
@@ -569,6 +566,40 @@ inline unsigned block_barrier(bool predicate, const char* what, const std::sourc
   }
   return b.result[parity];
 }
+
+// What ThreadSanitizer sees. Within a TsanIgnore it ignores the calling thread's memory accesses
+// and, with also_sync, its synchronisation (atomics' acquire and release).
+#if defined(__SANITIZE_THREAD__)
+extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesEnd(const char* file, int line);
+extern "C" void AnnotateIgnoreSyncBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreSyncEnd(const char* file, int line);
+
+class TsanIgnore {
+ public:
+  explicit TsanIgnore(bool also_sync) : also_sync_(also_sync) {
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+    if (also_sync_) AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+  }
+  ~TsanIgnore() {
+    if (also_sync_) AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+  }
+  TsanIgnore(const TsanIgnore&) = delete;
+  TsanIgnore& operator=(const TsanIgnore&) = delete;
+
+ private:
+  const bool also_sync_;
+};
+#else
+struct TsanIgnore {
+  explicit TsanIgnore(bool) {}
+};
+#endif
 
 // The fast path of warp_collective: the mask is every lane of the warp.
 template <typename Read>
@@ -621,9 +652,15 @@ void warp_collective_whole(ThreadContext& t, WarpState& w, WarpOp op, std::uint3
 // Runs one warp collective for the calling lane: deposits `size` bytes of `value`, waits for the
 // other lanes of the mask, then calls read(mask, value_of) where value_of(lane) points at the bytes
 // lane deposited.
+// For ThreadSanitizer only __syncwarp (bar.warp.sync) is synchronisation: on the GPU it is the one
+// warp collective that orders memory between the lanes; the others wait for the warp without ordering
+// anything. The collectives' own bookkeeping (the deposits, the list of partial-mask collectives)
+// stays ordered by the protocol above, which TSan then cannot follow, so it ignores those accesses;
+// `read` runs among them and may only write the calling lane's own variables.
 template <typename Read>
 void warp_collective(WarpOp op, std::uint32_t mask, const void* value, std::size_t size,
                      const std::source_location& loc, Read&& read) {
+  const TsanIgnore bookkeeping(/*also_sync=*/op != WarpOp::Syncwarp);
   ThreadContext& t = current(op_name(op));
   WarpState& w = *t.warp;
   const Site site = Site::of(loc);
@@ -1090,8 +1127,7 @@ inline void async_copy(void* dst, const void* src, std::size_t size, std::size_t
   const std::uintptr_t shared = reinterpret_cast<std::uintptr_t>(b.shared);
   if (to < shared || to + size > shared + b.shared_bytes) {
     fatal(format("%s at %s: dst_shared [%p, +%zu bytes) is not inside the dynamic shared memory of %s ([%p, +%zu "
-                 "bytes)); the emulator takes only RCM_DYNAMIC_SHARED memory as a destination, not static "
-                 "__shared__", what, site.str().c_str(), dst, size, b.name().c_str(), static_cast<void*>(b.shared),
+                 "bytes))", what, site.str().c_str(), dst, size, b.name().c_str(), static_cast<void*>(b.shared),
                  b.shared_bytes));
   }
   const std::size_t read = size - zfill;
@@ -1301,6 +1337,12 @@ inline void rendezvous(::emu::detail::WarpOp op, const void* p, unsigned ldm, st
     }
   });
 }
+// The lane that holds element (r, c) of a 16 x 16 accumulator fragment on sm_80+ tensor cores (the
+// accumulators of two mma.m16n8 tiles side by side): lane 4 * (r % 8) + (c % 8) / 2 holds rows r and
+// r + 8, columns c and c + 8. Stores write, and loads read for ThreadSanitizer, by this mapping, so
+// that a kernel reading another lane's elements without __syncwarp races here as it does on the GPU.
+inline unsigned accumulator_lane(int r, int c) { return static_cast<unsigned>(4 * (r % 8) + (c % 8) / 2); }
+
 }  // namespace emu_detail
 
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
@@ -1336,19 +1378,34 @@ void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f,
 template <int M, int N, int K>
 void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ldm, layout_t layout,
                       std::source_location loc = std::source_location::current()) {
+  static_assert(M == 16 && N == 16, "accumulator fragments are 16 x 16");
   emu_detail::rendezvous(::emu::detail::WarpOp::WmmaLoad, p, ldm, sizeof(float), loc);
-  for (int r = 0; r < M; ++r) {
-    for (int c = 0; c < N; ++c) f.x[r * N + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  const unsigned lane = ::emu::detail::tls.lane;
+  auto at = [&](int r, int c) { return layout == mem_row_major ? r * ldm + c : c * ldm + r; };
+  {
+    // Every lane holds the whole tile here, but on the GPU a lane loads only the elements it holds,
+    // which are those it stores: a lane that loads what it stored, or stores over what it loaded,
+    // touches only its own elements. For ThreadSanitizer a lane reads just those (the others unseen),
+    // so that such in-place use is no race while a load of what other lanes wrote without __syncwarp
+    // still is one.
+    const ::emu::detail::TsanIgnore others(/*also_sync=*/false);
+    for (int e = 0; e < M * N; ++e) f.x[e] = p[at(e / N, e % N)];
+  }
+  for (int e = 0; e < M * N; ++e) {
+    if (emu_detail::accumulator_lane(e / N, e % N) == lane) f.x[e] = p[at(e / N, e % N)];
   }
 }
 
 template <int M, int N, int K>
 void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout,
                        std::source_location loc = std::source_location::current()) {
+  static_assert(M == 16 && N == 16, "accumulator fragments are 16 x 16");
   emu_detail::rendezvous(::emu::detail::WarpOp::WmmaStore, p, ldm, sizeof(float), loc);
-  for (int e = static_cast<int>(::emu::detail::tls.lane); e < M * N; e += 32) {
+  for (int e = 0; e < M * N; ++e) {
     const int r = e / N, c = e % N;
-    p[layout == mem_row_major ? r * ldm + c : c * ldm + r] = f.x[e];
+    if (emu_detail::accumulator_lane(r, c) == ::emu::detail::tls.lane) {
+      p[layout == mem_row_major ? r * ldm + c : c * ldm + r] = f.x[e];
+    }
   }
 }
 

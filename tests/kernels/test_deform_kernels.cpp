@@ -23,8 +23,8 @@
 // and deform_col2im_input_deterministic_kernel) under the same configurations plus one warp in launches
 // of 5 rows, in two bands of output pixels; its per-band partial input gradients must also be the
 // same bit for bit under all of them. The implicit GEMMs have one launch shape each (the grid is
-// the tiling; BlockByBlock, as static shared memory rules out AllBlocks for most, and their blocks
-// write disjoint outputs): they run on every problem plus five that span several row and column
+// the tiling; BlockByBlock: their blocks write disjoint outputs, each in its own dynamic shared
+// memory, which starts poisoned): they run on every problem plus five that span several row and column
 // tiles of either tile size, several reduction steps, and the tensor-core kernels' 16-byte-load
 // paths and block widths; unsplit and split over kernel points. The cp.async tensor-core kernel
 // and the mma.sync one run on the problems whose channel runs are whole 16-byte vectors (the
@@ -662,13 +662,14 @@ struct ForwardOperands {
   const scalar_t* bias_ptr() const { return bias.empty() ? nullptr : bias_device.data(); }
 };
 
-// Launches a forward kernel over `grid` (block `threads`, one block at a time) into a NaN-filled
-// output, as the launcher does: split over kernel points when grid.y > 1, into NaN-filled partial
-// sums of partial_t, then deform_conv2d_split_sum_kernel. `weights`: op.wmat, or what the kernel
-// takes in its place. Returns the output as doubles.
+// Launches a forward kernel over `grid` (block `threads`, one block at a time, each with
+// `shared_bytes` of dynamic shared memory, 0xFF-filled) into a NaN-filled output, as the launcher
+// does: split over kernel points when grid.y > 1, into NaN-filled partial sums of partial_t, then
+// deform_conv2d_split_sum_kernel. `weights`: op.wmat, or what the kernel takes in its place.
+// Returns the output as doubles.
 template <typename scalar_t, typename partial_t, typename Kernel>
 std::vector<double> run_forward(const Problem& p, const ForwardOperands<scalar_t>& op, const scalar_t* weights,
-                                dim3 grid, int threads, Kernel kernel, size_t shared_bytes = 0) {
+                                dim3 grid, int threads, Kernel kernel, size_t shared_bytes) {
   const int64_t elements = p.shape.rows() * p.out_channels;
   const int splits = static_cast<int>(grid.y);
   std::vector<scalar_t> out(elements, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
@@ -751,9 +752,11 @@ int check_igemm(const Problem& p, bool infinite_mask = false) {
       const dim3 grid = forward_grid<Tiles>(p, split);
       const std::vector<double> got =
           vector_fills ? run_forward<scalar_t, acc_t>(p, op, op.wmat.data(), grid, Tiles::kThreads,
-                                                      kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, true>)
+                                                      kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, true>,
+                                                      kernels::implicit_gemm_shared_bytes<acc_t>())
                        : run_forward<scalar_t, acc_t>(p, op, op.wmat.data(), grid, Tiles::kThreads,
-                                                      kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, false>);
+                                                      kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, false>,
+                                                      kernels::implicit_gemm_shared_bytes<acc_t>());
       const int b = compare("out", got, op.want, Traits<scalar_t>::tol, out_element(p)) +
                     (infinite_mask ? check_infinities(op.want) : 0);
       const std::string extra = std::string(vector_fills ? ", 16-byte fills" : "") + infinity_note(infinite_mask, op.want);
@@ -794,8 +797,7 @@ std::vector<scalar_t> mma_weight_fragments(const Problem& p, const ForwardOperan
 // The kernel may only add float accumulation error to the operand rounding: at most 1.25 times the
 // latter plus 1e-5 of the output's scale. (The GPU tests allow twice; here the MMA's products are
 // exact and its sums in float, and 1.25 still catches operands truncated instead of rounded.)
-// The tensor-core kernels, each launched as the launcher does (the cp.async and mma.sync ones
-// with dynamic shared memory).
+// The tensor-core kernels, each launched as the launcher does.
 enum class TensorCoreKernel { Wmma, WmmaAsync, Mma };
 
 // kCols: the block width (WMMA kernels) or the warp width (the mma.sync kernel, with
@@ -821,7 +823,8 @@ int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = 
                                        kernels::mma_shared_bytes<Tiles>());
   } else {
     got = run_forward<scalar_t, float>(p, op, op.wmat.data(), grid, Tiles::kThreads,
-                                       kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>);
+                                       kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>,
+                                       kernels::wmma_shared_bytes<scalar_t, kCols>());
   }
   const double tol = std::is_same_v<mma_t, rcm_fsad::kernels::Tf32> ? 2e-3 : Traits<scalar_t>::tol;
   int bad = compare("out", got, op.want, tol, out_element(p)) + (infinite_mask ? check_infinities(op.want) : 0);

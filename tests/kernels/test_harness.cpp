@@ -15,10 +15,17 @@
 //       divergent_barrier_late __syncthreads after some threads exited -> the harness
 //       divergent_barrier_sites  threads at two different __syncthreads -> the harness
 //       divergent_shuffle      a shuffle half the warp does not reach   -> the harness
-//       static_shared_all_blocks  static __shared__ in an AllBlocks launch -> the harness
 //       hang                   a barrier and a shuffle waiting for each other -> the watchdog
 //       wmma_store_race        reading another lane's store_matrix_sync output without __syncwarp
 //                                                                  -> ThreadSanitizer
+//       wmma_staging_reuse_race  store_matrix_sync over a tile other lanes are still reading
+//                                                                  -> ThreadSanitizer
+//       wmma_load_race, wmma_accumulator_load_race
+//                              load_matrix_sync of a tile other lanes wrote, without __syncwarp,
+//                              into an operand / accumulator fragment -> ThreadSanitizer
+//       shuffle_orders_nothing  reading another lane's shared-memory write with only a shuffle
+//                              in between                          -> ThreadSanitizer
+//       mma_sync_orders_nothing  the same with only an mma.sync in between -> ThreadSanitizer
 //       wmma_misaligned        load_matrix_sync from a pointer that is not 256-bit aligned -> the harness
 //       wmma_divergent         mma_sync called by half a warp      -> the harness
 //       mma_sync_divergent     emu::mma_m16n8_sync called by half a warp -> the harness
@@ -155,9 +162,9 @@ void case_partial_warp() {
   }
 }
 
-// Tree reduction through static __shared__ memory and __syncthreads.
+// Tree reduction through shared memory and __syncthreads.
 __global__ void block_sum_kernel(const float* in, float* out, int* count_out) {
-  __shared__ float partial[256];
+  RCM_DYNAMIC_SHARED(float, partial);
   const unsigned t = threadIdx.x;
   partial[t] = in[blockIdx.x * blockDim.x + t];
   __syncthreads();
@@ -174,13 +181,14 @@ __global__ void block_sum_kernel(const float* in, float* out, int* count_out) {
   }
 }
 
-void case_static_shared() {
+void case_block_reduction() {
   const unsigned blocks = 3, threads = 256;
   std::vector<float> in(blocks * threads);
   for (unsigned i = 0; i < in.size(); ++i) in[i] = static_cast<float>(i % 7) * 0.25f;
   std::vector<float> out(blocks, -1.0f);
   std::vector<int> count(blocks, -1);
-  emu::launch(emu::Mode::BlockByBlock, blocks, threads, 0, block_sum_kernel, in.data(), out.data(), count.data());
+  emu::launch(emu::Mode::BlockByBlock, blocks, threads, threads * sizeof(float), block_sum_kernel, in.data(),
+              out.data(), count.data());
   for (unsigned b = 0; b < blocks; ++b) {
     float sum = 0;
     int above = 0;
@@ -473,12 +481,6 @@ void case_hang() {
   emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, barrier_vs_shuffle_kernel, out.data());
 }
 
-void case_static_shared_all_blocks() {
-  std::vector<float> in(2 * 64, 1.0f), out(2);
-  std::vector<int> count(2);
-  emu::launch(emu::Mode::AllBlocks, 2, 64, 0, block_sum_kernel, in.data(), out.data(), count.data());
-}
-
 // ---------------------------------------------------------------------------------------------
 // WMMA.
 
@@ -571,7 +573,7 @@ void case_wmma() {
 // is a race (the store rendezvous comes before the writes, as on the GPU).
 template <bool kSync>
 __global__ void wmma_store_then_read_kernel(float* out) {
-  __shared__ __align__(32) float tile[16 * 16];
+  RCM_DYNAMIC_SHARED(float, tile);
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
   wmma::fill_fragment(acc, static_cast<float>(blockIdx.x + 1));
   wmma::store_matrix_sync(tile, acc, 16, wmma::mem_row_major);
@@ -582,8 +584,65 @@ __global__ void wmma_store_then_read_kernel(float* out) {
 template <bool kSync>
 void case_wmma_store_read() {
   std::vector<float> out(32);
-  emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, wmma_store_then_read_kernel<kSync>, out.data());
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 256 * sizeof(float), wmma_store_then_read_kernel<kSync>, out.data());
   for (float v : out) EXPECT(v == 1.0f);
+}
+
+// The staging tile of a WMMA epilogue, used twice: store, __syncwarp, every lane reads an element
+// another lane stored, and the next store overwrites the tile. Without a second __syncwarp that
+// store races with the reads: store_matrix_sync waits for the warp but orders no memory.
+template <bool kSync>
+__global__ void wmma_staging_reuse_kernel(float* out) {
+  RCM_DYNAMIC_SHARED(float, tile);
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  float sum = 0.0f;
+  for (int round = 1; round <= 2; ++round) {
+    wmma::fill_fragment(acc, static_cast<float>(round));
+    wmma::store_matrix_sync(tile, acc, 16, wmma::mem_row_major);
+    __syncwarp();
+    sum += tile[(threadIdx.x + 1) % 32];
+    if (kSync) __syncwarp();
+  }
+  out[threadIdx.x] = sum;
+}
+
+template <bool kSync>
+void case_wmma_staging_reuse() {
+  std::vector<float> out(32);
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 256 * sizeof(float), wmma_staging_reuse_kernel<kSync>, out.data());
+  for (float v : out) EXPECT(v == 3.0f);
+}
+
+// Every lane writes eight consecutive elements of a tile, then load_matrix_sync reads it: without
+// __syncwarp in between, a race (load_matrix_sync orders no memory either), into an operand fragment
+// and into an accumulator alike: the lanes do not write the elements they would load (see the
+// emulator's load_matrix_sync).
+template <bool kSync, bool kAccumulator>
+__global__ void wmma_load_after_writes_kernel(float* out) {
+  using Elem = std::conditional_t<kAccumulator, float, __half>;
+  RCM_DYNAMIC_SHARED(Elem, tile);
+  for (unsigned e = threadIdx.x * 8; e < threadIdx.x * 8 + 8; ++e) tile[e] = Elem(static_cast<float>(e % 4));
+  if (kSync) __syncwarp();
+  float sum = 0.0f;
+  if constexpr (kAccumulator) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::load_matrix_sync(acc, tile, 16, wmma::mem_row_major);
+    for (int e = 0; e < acc.num_elements; ++e) sum += acc.x[e];
+  } else {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+    wmma::load_matrix_sync(fa, tile, 16);
+    for (int e = 0; e < fa.num_elements; ++e) sum += static_cast<float>(fa.x[e]);
+  }
+  out[threadIdx.x] = sum;
+}
+
+template <bool kSync, bool kAccumulator>
+void case_wmma_load_after_writes() {
+  using Elem = std::conditional_t<kAccumulator, float, __half>;
+  std::vector<float> out(32);
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 256 * sizeof(Elem), wmma_load_after_writes_kernel<kSync, kAccumulator>,
+              out.data());
+  for (float v : out) EXPECT(v == 384.0f);  // 64 each of 0, 1, 2, 3
 }
 
 // load_matrix_sync needs a 256-bit aligned pointer: one element off is an error.
@@ -709,6 +768,38 @@ __global__ void mma_sync_divergent_kernel(float* out) {
 void case_mma_sync_divergent() {
   std::vector<float> out(32);
   emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, mma_sync_divergent_kernel, out.data());
+}
+
+// Each lane writes a word of shared memory and reads its neighbour's, with one warp collective in
+// between: only __syncwarp orders the two (a shuffle or an mma.sync waits for the warp but orders
+// no memory, so with either the read races with the write).
+enum class WarpStep { Shuffle, MmaSync, Syncwarp };
+
+template <WarpStep kStep>
+__global__ void neighbour_across_warp_step_kernel(float* out) {
+  RCM_DYNAMIC_SHARED(float, words);
+  const unsigned lane = threadIdx.x;
+  words[lane] = static_cast<float>(lane);
+  float extra = 0.0f;
+  if constexpr (kStep == WarpStep::Shuffle) {
+    extra = __shfl_xor_sync(0xffffffffu, 0.0f, 1);
+  } else if constexpr (kStep == WarpStep::MmaSync) {
+    float acc[4] = {};
+    const std::uint32_t fa[4] = {}, fb[2] = {};
+    emu::mma_m16n8_sync(emu::MmaOperand::BF16, acc, fa, fb);
+    extra = acc[0];
+  } else {
+    __syncwarp();
+  }
+  out[lane] = words[(lane + 1) % 32] + extra;
+}
+
+template <WarpStep kStep>
+void case_neighbour_across_warp_step() {
+  std::vector<float> out(32);
+  emu::launch(emu::Mode::BlockByBlock, 1, 32, 32 * sizeof(float), neighbour_across_warp_step_kernel<kStep>,
+              out.data());
+  for (unsigned lane = 0; lane < 32; ++lane) EXPECT(out[lane] == static_cast<float>((lane + 1) % 32));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -901,7 +992,7 @@ const std::map<std::string, void (*)()>& cases() {
       {"builtins", case_builtins},
       {"shuffles", case_shuffles},
       {"partial_warp", case_partial_warp},
-      {"static_shared", case_static_shared},
+      {"block_reduction", case_block_reduction},
       {"dynamic_shared", case_dynamic_shared},
       {"uninitialised_shared", case_uninitialised_shared},
       {"atomics", case_atomics},
@@ -918,15 +1009,23 @@ const std::map<std::string, void (*)()>& cases() {
       {"divergent_barrier_sites", case_divergent_barrier_sites},
       {"divergent_shuffle", case_lane_sum<false>},
       {"uniform_shuffle", case_lane_sum<true>},
-      {"static_shared_all_blocks", case_static_shared_all_blocks},
       {"hang", case_hang},
       {"wmma", case_wmma},
       {"wmma_store_race", case_wmma_store_read<false>},
       {"wmma_store_synced", case_wmma_store_read<true>},
+      {"wmma_staging_reuse_race", case_wmma_staging_reuse<false>},
+      {"wmma_staging_reuse_synced", case_wmma_staging_reuse<true>},
+      {"wmma_load_race", case_wmma_load_after_writes<false, false>},
+      {"wmma_load_synced", case_wmma_load_after_writes<true, false>},
+      {"wmma_accumulator_load_race", case_wmma_load_after_writes<false, true>},
+      {"wmma_accumulator_load_synced", case_wmma_load_after_writes<true, true>},
       {"wmma_misaligned", case_wmma_misaligned},
       {"wmma_divergent", case_wmma_divergent},
       {"mma_sync", case_mma_sync},
       {"mma_sync_divergent", case_mma_sync_divergent},
+      {"shuffle_orders_nothing", case_neighbour_across_warp_step<WarpStep::Shuffle>},
+      {"mma_sync_orders_nothing", case_neighbour_across_warp_step<WarpStep::MmaSync>},
+      {"syncwarp_orders", case_neighbour_across_warp_step<WarpStep::Syncwarp>},
       {"async_copy", case_async_copy},
       {"async_copy_unwaited_race", case_async_neighbour<false>},
       {"async_copy_waited", case_async_neighbour<true>},
