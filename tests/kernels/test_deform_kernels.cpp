@@ -28,7 +28,9 @@
 // tiles of either tile size, several reduction steps, and the tensor-core kernels' 16-byte-load
 // paths and block widths; unsplit and split over kernel points. The cp.async tensor-core kernel
 // and the mma.sync one run on the problems whose channel runs are whole 16-byte vectors (the
-// mma.sync one where its steps are alike in every conv group: mma_kernel_applies).
+// mma.sync one where its steps are alike in every conv group: mma_kernel_applies). The two kernels
+// that pick 16-byte accesses at run time, im2col and the synchronous WMMA forward, also run a problem
+// of whole vectors from each base they check one element past a 16-byte boundary (Misaligned).
 #include "cuda_emulation.h"
 // The kernel headers come after the harness.
 #include "kernels/deform_conv2d_implicit_gemm.cuh"
@@ -141,6 +143,14 @@ const std::vector<Problem>& mma_problems() {
     return l;
   }();
   return list;
+}
+
+// The problem of `list` called `name`; aborts where the list no longer has it (renamed: the list and
+// the caller disagree).
+const Problem& problem_named(const std::vector<Problem>& list, const std::string& name) {
+  const auto it = std::find_if(list.begin(), list.end(), [&](const Problem& p) { return p.name == name; });
+  if (it == list.end()) std::abort();
+  return *it;
 }
 
 // Strides and allocation size of a (n, c, h, w) field in a layout.
@@ -314,6 +324,32 @@ struct SamplingOperands {
   const scalar_t* mask_ptr() const { return mask.empty() ? nullptr : mask.data(); }
 };
 
+// A copy of v that starts one element past a 16-byte boundary, as a tensor view that does not start
+// on a vector does: the kernels that choose 16-byte accesses at run time must not take them for it
+// (the emulator faults on a misaligned vector access, as the GPU does).
+template <typename T>
+class Misaligned {
+ public:
+  explicit Misaligned(const std::vector<T>& v) : storage_(v.size() + 16 / sizeof(T) + 1) {
+    T* p = storage_.data();
+    while (!rcm_fsad::kernels::aligned16(p)) ++p;  // at most 16 / sizeof(T) - 1 steps
+    begin_ = p + 1;
+    std::copy(v.begin(), v.end(), begin_);
+  }
+  Misaligned(const Misaligned&) = delete;
+  Misaligned& operator=(const Misaligned&) = delete;
+
+  T* data() { return begin_; }
+  const T* data() const { return begin_; }
+
+ private:
+  std::vector<T> storage_;
+  T* begin_;
+};
+
+// Which base pointer a check passes misaligned (Misaligned), the others as allocated.
+enum class Misalign { None, Input, Output, Weights };
+
 template <typename T>
 double to_double(T v) {
   return static_cast<double>(static_cast<float>(v));
@@ -411,8 +447,9 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// misalign: Input or Output (the columns) passes that base one element past a 16-byte boundary.
 template <typename scalar_t, typename index_t>
-int check_im2col(const Problem& p, const Config& cfg) {
+int check_im2col(const Problem& p, const Config& cfg, Misalign misalign = Misalign::None) {
   const auto start = std::chrono::steady_clock::now();
   using acc_t = typename Traits<scalar_t>::acc_t;
   const Shape& s = p.shape;
@@ -420,18 +457,23 @@ int check_im2col(const Problem& p, const Config& cfg) {
   const reference::Outputs ref = reference::compute(in);
   const DeformConvGeometry g = geometry(p);
   const SamplingOperands<scalar_t> op(in);
+  const Misaligned<scalar_t> shifted_input(op.input);
+  const scalar_t* input = misalign == Misalign::Input ? shifted_input.data() : op.input.data();
   const int64_t rows = s.rows(), width = s.row_width();
   const int64_t chunk = rows_per_launch(p, cfg);
   int bad = 0;
   std::string launched;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t len = std::min(chunk, rows - r0);
-    std::vector<scalar_t> columns(len * width, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+    const std::vector<scalar_t> nans(len * width, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+    std::vector<scalar_t> aligned_columns = nans;
+    Misaligned<scalar_t> shifted_columns(nans);
+    scalar_t* columns = misalign == Misalign::Output ? shifted_columns.data() : aligned_columns.data();
     const int64_t grid = grid_for(cfg, len * s.points() * s.offset_groups, cfg.block / 32);
     if (launched.empty()) launched = config_name(cfg, grid);
     emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
-                rcm_fsad::kernels::deform_im2col_kernel<scalar_t, acc_t, index_t>, g, op.input.data(), op.offset.data(),
-                op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), columns.data());
+                rcm_fsad::kernels::deform_im2col_kernel<scalar_t, acc_t, index_t>, g, input, op.offset.data(),
+                op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), columns);
     std::vector<double> got(len * width), want(len * width);
     for (int64_t i = 0; i < len * width; ++i) {
       got[i] = to_double(columns[i]);
@@ -442,8 +484,9 @@ int check_im2col(const Problem& p, const Config& cfg) {
                                  static_cast<int64_t>(i) % width, config_name(cfg, grid).c_str());
     });
   }
-  std::printf("  %s %-32s [%s, chunk %" PRId64 "] %.2fs\n", bad ? "FAIL" : "ok  ", p.name, launched.c_str(), chunk,
-              seconds_since(start));
+  const char* shifted = misalign == Misalign::Input ? ", input misaligned" : misalign == Misalign::Output ? ", columns misaligned" : "";
+  std::printf("  %s %-32s [%s, chunk %" PRId64 "%s] %.2fs\n", bad ? "FAIL" : "ok  ", p.name, launched.c_str(), chunk,
+              shifted, seconds_since(start));
   return bad;
 }
 
@@ -665,16 +708,16 @@ struct ForwardOperands {
 // Launches a forward kernel over `grid` (block `threads`, one block at a time, each with
 // `shared_bytes` of dynamic shared memory, 0xFF-filled) into a NaN-filled output, as the launcher
 // does: split over kernel points when grid.y > 1, into NaN-filled partial sums of partial_t, then
-// deform_conv2d_split_sum_kernel. `weights`: op.wmat, or what the kernel takes in its place.
-// Returns the output as doubles.
+// deform_conv2d_split_sum_kernel. `input`: op.sampling.input or a copy; `weights`: op.wmat, a copy,
+// or what the kernel takes in its place. Returns the output as doubles.
 template <typename scalar_t, typename partial_t, typename Kernel>
-std::vector<double> run_forward(const Problem& p, const ForwardOperands<scalar_t>& op, const scalar_t* weights,
-                                dim3 grid, int threads, Kernel kernel, size_t shared_bytes) {
+std::vector<double> run_forward(const Problem& p, const ForwardOperands<scalar_t>& op, const scalar_t* input,
+                                const scalar_t* weights, dim3 grid, int threads, Kernel kernel, size_t shared_bytes) {
   const int64_t elements = p.shape.rows() * p.out_channels;
   const int splits = static_cast<int>(grid.y);
   std::vector<scalar_t> out(elements, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
   std::vector<partial_t> partials(splits > 1 ? splits * elements : 0, std::numeric_limits<partial_t>::quiet_NaN());
-  emu::launch(emu::Mode::BlockByBlock, grid, dim3(threads), shared_bytes, kernel, geometry(p), op.sampling.input.data(),
+  emu::launch(emu::Mode::BlockByBlock, grid, dim3(threads), shared_bytes, kernel, geometry(p), input,
               op.sampling.offset.data(), op.sampling.os, op.sampling.mask_ptr(), op.sampling.ms, weights,
               op.bias_ptr(), out.data(), splits > 1 ? partials.data() : nullptr);
   if (splits > 1) {
@@ -751,12 +794,13 @@ int check_igemm(const Problem& p, bool infinite_mask = false) {
       const auto start = std::chrono::steady_clock::now();
       const dim3 grid = forward_grid<Tiles>(p, split);
       const std::vector<double> got =
-          vector_fills ? run_forward<scalar_t, acc_t>(p, op, op.wmat.data(), grid, Tiles::kThreads,
-                                                      kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, true>,
-                                                      kernels::implicit_gemm_shared_bytes<acc_t>())
-                       : run_forward<scalar_t, acc_t>(p, op, op.wmat.data(), grid, Tiles::kThreads,
-                                                      kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, false>,
-                                                      kernels::implicit_gemm_shared_bytes<acc_t>());
+          vector_fills
+              ? run_forward<scalar_t, acc_t>(p, op, op.sampling.input.data(), op.wmat.data(), grid, Tiles::kThreads,
+                                             kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, true>,
+                                             kernels::implicit_gemm_shared_bytes<acc_t>())
+              : run_forward<scalar_t, acc_t>(p, op, op.sampling.input.data(), op.wmat.data(), grid, Tiles::kThreads,
+                                             kernels::deform_conv2d_implicit_gemm_kernel<scalar_t, acc_t, false>,
+                                             kernels::implicit_gemm_shared_bytes<acc_t>());
       const int b = compare("out", got, op.want, Traits<scalar_t>::tol, out_element(p)) +
                     (infinite_mask ? check_infinities(op.want) : 0);
       const std::string extra = std::string(vector_fills ? ", 16-byte fills" : "") + infinity_note(infinite_mask, op.want);
@@ -800,6 +844,12 @@ std::vector<scalar_t> mma_weight_fragments(const Problem& p, const ForwardOperan
 // The tensor-core kernels, each launched as the launcher does.
 enum class TensorCoreKernel { Wmma, WmmaAsync, Mma };
 
+// The tolerance of a tensor-core forward against the float64 reference.
+template <typename scalar_t, typename mma_t>
+double tensor_core_tolerance() {
+  return std::is_same_v<mma_t, rcm_fsad::kernels::Tf32> ? 2e-3 : Traits<scalar_t>::tol;
+}
+
 // kCols: the block width (WMMA kernels) or the warp width (the mma.sync kernel, with
 // kWarpsAlongCols warps along the columns). infinite_mask: on with_infinite_mask's inputs, whose
 // infinite outputs are left out of the error statistics.
@@ -813,21 +863,21 @@ int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = 
   const dim3 grid = forward_grid<Tiles>(p, splits);
   std::vector<double> got;
   if constexpr (kKernel == TensorCoreKernel::WmmaAsync) {
-    got = run_forward<scalar_t, float>(p, op, op.wmat.data(), grid, Tiles::kThreads,
+    got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), op.wmat.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_wmma_async_kernel<scalar_t, mma_t, kCols>,
                                        kernels::wmma_async_shared_bytes<scalar_t, kCols>());
   } else if constexpr (kKernel == TensorCoreKernel::Mma) {
     const std::vector<scalar_t> fragments = mma_weight_fragments<scalar_t, mma_t>(p, op);
-    got = run_forward<scalar_t, float>(p, op, fragments.data(), grid, Tiles::kThreads,
+    got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), fragments.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kCols, kWarpsAlongCols>,
                                        kernels::mma_shared_bytes<Tiles>());
   } else {
-    got = run_forward<scalar_t, float>(p, op, op.wmat.data(), grid, Tiles::kThreads,
+    got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), op.wmat.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>,
                                        kernels::wmma_shared_bytes<scalar_t, kCols>());
   }
-  const double tol = std::is_same_v<mma_t, rcm_fsad::kernels::Tf32> ? 2e-3 : Traits<scalar_t>::tol;
-  int bad = compare("out", got, op.want, tol, out_element(p)) + (infinite_mask ? check_infinities(op.want) : 0);
+  int bad = compare("out", got, op.want, tensor_core_tolerance<scalar_t, mma_t>(), out_element(p)) +
+            (infinite_mask ? check_infinities(op.want) : 0);
 
   reference::Outputs rounded = reference::compute(op.in);
   for (double& c : rounded.columns) c = mma_rounded<mma_t>(c);
@@ -851,6 +901,28 @@ int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = 
   const std::string errors = emu::detail::format(", error %.2g vs rounding %.2g", kernel_error, rounding_error) +
                              infinity_note(infinite_mask, op.want);
   report_forward(bad, p, grid, Tiles::kThreads, errors.c_str(), start);
+  return bad;
+}
+
+// The WMMA kernel with synchronous loads picks its 16-byte fills at run time, for the input and the
+// weights apart: from a base one element past a 16-byte boundary (misalign: Input or Weights) it
+// fills element by element.
+template <typename scalar_t, typename mma_t, int kCols>
+int check_wmma_misaligned(const Problem& p, Misalign misalign) {
+  namespace kernels = rcm_fsad::kernels;  // spelled kernels:: for check_coverage.cmake
+  const auto start = std::chrono::steady_clock::now();
+  using Tiles = kernels::WmmaTiles<kCols>;
+  const ForwardOperands<scalar_t> op(p);
+  const Misaligned<scalar_t> input(op.sampling.input), weights(op.wmat);
+  const dim3 grid = forward_grid<Tiles>(p);
+  const std::vector<double> got = run_forward<scalar_t, float>(
+      p, op, misalign == Misalign::Input ? input.data() : op.sampling.input.data(),
+      misalign == Misalign::Weights ? weights.data() : op.wmat.data(), grid, Tiles::kThreads,
+      kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>,
+      kernels::wmma_shared_bytes<scalar_t, kCols>());
+  const int bad = compare("out", got, op.want, tensor_core_tolerance<scalar_t, mma_t>(), out_element(p));
+  report_forward(bad, p, grid, Tiles::kThreads, misalign == Misalign::Input ? ", input misaligned" : ", weights misaligned",
+                 start);
   return bad;
 }
 
@@ -907,6 +979,16 @@ int run_kernel_case(const std::string& kernel) {
   }
   for (const Problem& p : problems()) {
     for (const Config& c : {kProduction, kAllBlocks, im2col ? kSmallIm2col : kSmallCol2im}) bad += check(p, c);
+  }
+  if (im2col) {
+    // Runs of whole vectors, which im2col reads and writes 16 bytes at a time, from an input or into
+    // columns that do not start on a vector: one element at a time instead.
+    const Problem& p = problem_named(problems(), "vector_runs_c160_groups2");
+    if (!geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize)) {
+      std::printf("  FAIL %s: its runs of channels are not whole vectors\n", p.name);
+      ++bad;
+    }
+    for (const Misalign m : {Misalign::Input, Misalign::Output}) bad += check_im2col<scalar_t, index_t>(p, kSmallIm2col, m);
   }
   return bad;
 }
@@ -974,13 +1056,7 @@ int reference_case() {
 // The problem the infinite-mask checks run, deep_c40_one_group: its last reduction step is shallower
 // than a step, so that the tensor-core kernels' threads past its depth sample zeros (for 16-bit types
 // steps of 32 channels: 32 + 8; for TF32 16 + 16 + 8).
-const Problem& infinite_mask_problem() {
-  const std::vector<Problem>& all = igemm_problems();
-  const auto it = std::find_if(all.begin(), all.end(),
-                               [](const Problem& p) { return std::string(p.name) == "deep_c40_one_group"; });
-  if (it == all.end()) std::abort();  // renamed: the problem list and this function disagree
-  return *it;
-}
+const Problem& infinite_mask_problem() { return problem_named(igemm_problems(), "deep_c40_one_group"); }
 
 template <typename scalar_t>
 int run_igemm_case() {
@@ -1065,6 +1141,18 @@ int run_tensor_core_case() {
   }
   // Not under TSan: no barrier differs from the problems above.
   if (!kThreadSanitizer) bad += check(infinite_mask_problem(), 1, true);
+  if constexpr (kKernel == TensorCoreKernel::Wmma) {
+    if (!kThreadSanitizer) {
+      // The last problem whose runs of channels are whole vectors, from bases that are not on one.
+      const auto last_vectors = std::find_if(all.rbegin(), all.rend(), applies);
+      if (last_vectors == all.rend()) std::abort();  // the problem list has lost them
+      const bool wide = rcm_fsad::kernels::wmma_tile_cols<mma_t>(last_vectors->out_channels / last_vectors->shape.groups) == 128;
+      for (const Misalign m : {Misalign::Input, Misalign::Weights}) {
+        bad += wide ? check_wmma_misaligned<scalar_t, mma_t, 128>(*last_vectors, m)
+                    : check_wmma_misaligned<scalar_t, mma_t, 64>(*last_vectors, m);
+      }
+    }
+  }
   if (!kVectorsOnly && kThreadSanitizer) std::printf("  (ThreadSanitizer build: 3 of the %zu problems)\n", all.size());
   return bad;
 }
