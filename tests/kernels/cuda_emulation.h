@@ -358,8 +358,9 @@ inline const char* op_name(WarpOp op) {
 
 // Waiting. A thread that must wait sleeps on a 32-bit futex word (raw syscalls: no library state
 // shared between unrelated threads, which would give ThreadSanitizer happens-before edges that hide
-// races). The ordering that a barrier or a collective does imply comes from the acquire/release
-// atomics and the per-block / per-warp mutexes below, and only from them.
+// races). The ordering that a barrier or a __syncwarp implies comes from the acquire/release atomics
+// and the per-warp mutex below, and only from them (see warp_collective and diagnostic_load for what
+// ThreadSanitizer is kept from seeing).
 inline void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t seen, long nanoseconds) {
   timespec timeout{nanoseconds / 1000000000L, nanoseconds % 1000000000L};
   syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_PRIVATE, seen, &timeout, nullptr, 0);
@@ -523,50 +524,6 @@ inline unsigned char* dynamic_shared_memory() {
   return current("dynamic shared memory (RCM_DYNAMIC_SHARED)").block->shared;
 }
 
-// __syncthreads and its predicate variants: returns the number of threads whose predicate held.
-inline unsigned block_barrier(bool predicate, const char* what, const std::source_location& loc) {
-  ThreadContext& t = current(what);
-  BlockState& b = *t.block;
-  const Site site = Site::of(loc);
-  const std::uint32_t phase = t.barriers++;
-  const unsigned parity = phase & 1u;
-  b.sites[parity][t.linear] = site;
-  if (predicate) b.count[parity].fetch_add(1, std::memory_order_relaxed);
-  const std::uint32_t arrived = b.arrived.fetch_add(1, std::memory_order_seq_cst) + 1;
-  if (arrived == 1) {
-    b.waiting_file.store(site.file, std::memory_order_relaxed);
-    b.waiting_line.store(site.line, std::memory_order_relaxed);
-  }
-  // Arrive, then look (thread_exit publishes its exit, then looks). A thread that has exited is a
-  // divergence only while this phase is unfinished: once complete, a thread may have left.
-  const std::uint32_t gone = b.exited.load(std::memory_order_seq_cst);
-  if (gone != 0 && b.phase.load(std::memory_order_acquire) == phase) {
-    fatal(format("divergent __syncthreads: %s waits at %s (%s) while %u thread(s) of its block have "
-                 "already exited", thread_name(t).c_str(), site.str().c_str(), what, gone));
-  }
-  if (arrived == b.size) {
-    b.result[parity] = b.count[parity].exchange(0, std::memory_order_relaxed);
-    b.arrived.store(0, std::memory_order_relaxed);
-    b.phase.store(phase + 1, std::memory_order_release);
-    futex_wake_all(b.phase);
-  } else {
-    wait_until(
-        b.phase, [&] { return b.phase.load(std::memory_order_acquire) != phase; },
-        [&] {
-          fatal(format("hang: %s waited %llds at __syncthreads %s: %u of %u threads arrived (is another one "
-                       "stuck in a warp collective or a loop?)", thread_name(t).c_str(),
-                       static_cast<long long>(watchdog().count()), site.str().c_str(), b.arrived.load(), b.size));
-        });
-  }
-  // Every thread of the block must have waited at the same __syncthreads.
-  const Site& first = b.sites[parity][0];
-  if (!(first == site)) {
-    fatal(format("divergent __syncthreads: %s waited at %s while thread 0 of its block waited at %s",
-                 thread_name(t).c_str(), site.str().c_str(), first.str().c_str()));
-  }
-  return b.result[parity];
-}
-
 // What ThreadSanitizer sees. Within a TsanIgnore it ignores the calling thread's memory accesses
 // and, with also_sync, its synchronisation (atomics' acquire and release).
 #if defined(__SANITIZE_THREAD__)
@@ -601,6 +558,58 @@ struct TsanIgnore {
 };
 #endif
 
+// A load for a diagnosis (has a thread exited, does one wait?), which ThreadSanitizer must not take
+// for synchronisation: a thread that wrote, then exited, would otherwise happen-before whoever looks
+// at `exited`, and a race between the two would go unreported.
+inline std::uint32_t diagnostic_load(const std::atomic<std::uint32_t>& a) {
+  const TsanIgnore unseen(/*also_sync=*/true);
+  return a.load(std::memory_order_seq_cst);
+}
+
+// __syncthreads and its predicate variants: returns the number of threads whose predicate held.
+inline unsigned block_barrier(bool predicate, const char* what, const std::source_location& loc) {
+  ThreadContext& t = current(what);
+  BlockState& b = *t.block;
+  const Site site = Site::of(loc);
+  const std::uint32_t phase = t.barriers++;
+  const unsigned parity = phase & 1u;
+  b.sites[parity][t.linear] = site;
+  if (predicate) b.count[parity].fetch_add(1, std::memory_order_relaxed);
+  const std::uint32_t arrived = b.arrived.fetch_add(1, std::memory_order_seq_cst) + 1;
+  if (arrived == 1) {
+    b.waiting_file.store(site.file, std::memory_order_relaxed);
+    b.waiting_line.store(site.line, std::memory_order_relaxed);
+  }
+  // Arrive, then look (thread_exit publishes its exit, then looks). A thread that has exited is a
+  // divergence only while this phase is unfinished: once complete, a thread may have left.
+  const std::uint32_t gone = diagnostic_load(b.exited);
+  if (gone != 0 && b.phase.load(std::memory_order_acquire) == phase) {
+    fatal(format("divergent __syncthreads: %s waits at %s (%s) while %u thread(s) of its block have "
+                 "already exited", thread_name(t).c_str(), site.str().c_str(), what, gone));
+  }
+  if (arrived == b.size) {
+    b.result[parity] = b.count[parity].exchange(0, std::memory_order_relaxed);
+    b.arrived.store(0, std::memory_order_relaxed);
+    b.phase.store(phase + 1, std::memory_order_release);
+    futex_wake_all(b.phase);
+  } else {
+    wait_until(
+        b.phase, [&] { return b.phase.load(std::memory_order_acquire) != phase; },
+        [&] {
+          fatal(format("hang: %s waited %llds at __syncthreads %s: %u of %u threads arrived (is another one "
+                       "stuck in a warp collective or a loop?)", thread_name(t).c_str(),
+                       static_cast<long long>(watchdog().count()), site.str().c_str(), b.arrived.load(), b.size));
+        });
+  }
+  // Every thread of the block must have waited at the same __syncthreads.
+  const Site& first = b.sites[parity][0];
+  if (!(first == site)) {
+    fatal(format("divergent __syncthreads: %s waited at %s while thread 0 of its block waited at %s",
+                 thread_name(t).c_str(), site.str().c_str(), first.str().c_str()));
+  }
+  return b.result[parity];
+}
+
 // The fast path of warp_collective: the mask is every lane of the warp.
 template <typename Read>
 void warp_collective_whole(ThreadContext& t, WarpState& w, WarpOp op, std::uint32_t mask, const void* value,
@@ -616,13 +625,13 @@ void warp_collective_whole(ThreadContext& t, WarpState& w, WarpOp op, std::uint3
   // Arrive, then look (thread_exit and the general path publish, then look: one side sees the other).
   // A lane that has exited is a divergence only while this phase is unfinished: once it completes,
   // every lane arrived, and a lane may leave the kernel before this one gets here.
-  const std::uint32_t gone = mask & w.exited.load(std::memory_order_seq_cst);
+  const std::uint32_t gone = mask & diagnostic_load(w.exited);
   if (gone != 0 && w.full_phase.load(std::memory_order_acquire) == phase) {
     fatal(format("divergent %s at %s: lanes %s of warp %u of %s have already exited, lane %u waits for them",
                  op_name(op), site.str().c_str(), lanes_of(gone).c_str(), w.index, t.block->name().c_str(),
                  t.lane));
   }
-  if ((w.slow_waiting.load(std::memory_order_seq_cst) & (1u << t.lane)) != 0) {
+  if ((diagnostic_load(w.slow_waiting) & (1u << t.lane)) != 0) {
     fatal(format("divergent warp collectives in warp %u of %s: lane %u calls %s (whole warp) at %s while a "
                  "collective with a partial mask waits for it", w.index, t.block->name().c_str(), t.lane,
                  op_name(op), site.str().c_str()));
@@ -681,7 +690,7 @@ void warp_collective(WarpOp op, std::uint32_t mask, const void* value, std::size
                    op_name(op), site.str().c_str(), mask, lanes_of(mask & ~w.existing()).c_str(), w.index,
                    t.block->name().c_str(), w.lanes));
     }
-    if (const std::uint32_t gone = mask & w.exited.load(std::memory_order_seq_cst)) {
+    if (const std::uint32_t gone = mask & diagnostic_load(w.exited)) {
       fatal(format("divergent %s at %s: lanes %s of its mask 0x%08x (warp %u of %s) have already exited",
                    op_name(op), site.str().c_str(), lanes_of(gone).c_str(), mask, w.index,
                    t.block->name().c_str()));
@@ -703,7 +712,7 @@ void warp_collective(WarpOp op, std::uint32_t mask, const void* value, std::size
       w.slow_waiting.fetch_or(mask, std::memory_order_seq_cst);
     }
     // Lanes waiting in a whole-warp collective wait for this lane too.
-    if (const std::uint32_t waiting = w.full_arrived.load(std::memory_order_seq_cst)) {
+    if (const std::uint32_t waiting = diagnostic_load(w.full_arrived)) {
       fatal(format("divergent warp collectives in warp %u of %s: lane %u calls %s (mask 0x%08x) at %s while "
                    "%u lane(s) wait for it in a whole-warp collective", w.index, t.block->name().c_str(), t.lane,
                    op_name(op), mask, site.str().c_str(), waiting));
@@ -749,7 +758,7 @@ inline void thread_exit() {
   {
     WarpState& w = *t.warp;
     w.exited.fetch_or(1u << t.lane, std::memory_order_seq_cst);
-    if (const std::uint32_t waiting = w.full_arrived.load(std::memory_order_seq_cst)) {
+    if (const std::uint32_t waiting = diagnostic_load(w.full_arrived)) {
       fatal(format("divergent warp collective: lane %u of warp %u of %s exited while %u lane(s) wait for it in "
                    "a whole-warp collective (shuffle, vote, __syncwarp or a wmma *_sync)", t.lane, w.index, t.block->name().c_str(),
                    waiting));
@@ -765,7 +774,7 @@ inline void thread_exit() {
   }
   BlockState& b = *t.block;
   b.exited.fetch_add(1, std::memory_order_seq_cst);
-  if (const std::uint32_t waiting = b.arrived.load(std::memory_order_seq_cst)) {
+  if (const std::uint32_t waiting = diagnostic_load(b.arrived)) {
     const char* file = b.waiting_file.load(std::memory_order_relaxed);
     fatal(format("divergent __syncthreads: %s exited while %u thread(s) of its block wait at %s:%u",
                  thread_name(t).c_str(), waiting, file != nullptr ? file : "?",
@@ -1460,6 +1469,7 @@ inline void mma_m16n8_sync(MmaOperand kind, float (&d)[4], const std::uint32_t (
   }
   std::uint32_t regs[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
   const unsigned q = t.lane / 4, lane_t = t.lane % 4;
+  float sums[4] = {d[0], d[1], d[2], d[3]};  // written in the collective, which TSan does not watch
   warp_collective(WarpOp::MmaSync, 0xffffffffu, regs, sizeof regs, loc, [&](std::uint32_t, auto&& value_of) {
     auto word = [&](unsigned lane, int reg) {
       std::uint32_t w;
@@ -1487,14 +1497,15 @@ inline void mma_m16n8_sync(MmaOperand kind, float (&d)[4], const std::uint32_t (
     for (int r = 0; r < 4; ++r) {
       const int row_half = r / 2;             // rows q (0) and q + 8 (1)
       const unsigned column = 2 * lane_t + r % 2;
-      float sum = d[r];
+      float sum = sums[r];
       for (int k = 0; k < depth; ++k) {
         // A's row q + 8 * row_half: registers row_half and row_half + 2; B's column: 4 and 5.
         sum += element(q, row_half, 2, k) * element(column, 4, 1, k);
       }
-      d[r] = sum;
+      sums[r] = sum;
     }
   });
+  for (int r = 0; r < 4; ++r) d[r] = sums[r];
 }
 
 }  // namespace emu

@@ -46,6 +46,8 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <new>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -327,24 +329,25 @@ struct SamplingOperands {
 // A copy of v that starts one element past a 16-byte boundary, as a tensor view that does not start
 // on a vector does: the kernels that choose 16-byte accesses at run time must not take them for it
 // (the emulator faults on a misaligned vector access, as the GPU does).
+// The buffer holds exactly one element more than v, so AddressSanitizer still sees an overrun.
 template <typename T>
 class Misaligned {
- public:
-  explicit Misaligned(const std::vector<T>& v) : storage_(v.size() + 16 / sizeof(T) + 1) {
-    T* p = storage_.data();
-    while (!rcm_fsad::kernels::aligned16(p)) ++p;  // at most 16 / sizeof(T) - 1 steps
-    begin_ = p + 1;
-    std::copy(v.begin(), v.end(), begin_);
-  }
-  Misaligned(const Misaligned&) = delete;
-  Misaligned& operator=(const Misaligned&) = delete;
+  static_assert(std::is_trivially_copyable_v<T> && 16 % sizeof(T) == 0 && sizeof(T) < 16);
 
-  T* data() { return begin_; }
-  const T* data() const { return begin_; }
+ public:
+  explicit Misaligned(const std::vector<T>& v)
+      : storage_(static_cast<T*>(::operator new((v.size() + 1) * sizeof(T), std::align_val_t{16}))) {
+    std::copy(v.begin(), v.end(), data());
+  }
+
+  T* data() { return storage_.get() + 1; }
+  const T* data() const { return storage_.get() + 1; }
 
  private:
-  std::vector<T> storage_;
-  T* begin_;
+  struct Free {
+    void operator()(T* p) const { ::operator delete(p, std::align_val_t{16}); }
+  };
+  std::unique_ptr<T, Free> storage_;
 };
 
 // Which base pointer a check passes misaligned (Misaligned), the others as allocated.

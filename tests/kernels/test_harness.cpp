@@ -569,8 +569,8 @@ void case_wmma() {
   EXPECT(std::isinf(wmma::__float_to_tf32(INFINITY)) && std::isnan(wmma::__float_to_tf32(NAN)));
 }
 
-// After store_matrix_sync each lane reads an element another lane stored: without __syncwarp that
-// is a race (the store rendezvous comes before the writes, as on the GPU).
+// After store_matrix_sync each lane reads an element that, for most lanes, another lane stored:
+// without __syncwarp that is a race (the store rendezvous comes before the writes, as on the GPU).
 template <bool kSync>
 __global__ void wmma_store_then_read_kernel(float* out) {
   RCM_DYNAMIC_SHARED(float, tile);
@@ -588,8 +588,8 @@ void case_wmma_store_read() {
   for (float v : out) EXPECT(v == 1.0f);
 }
 
-// The staging tile of a WMMA epilogue, used twice: store, __syncwarp, every lane reads an element
-// another lane stored, and the next store overwrites the tile. Without a second __syncwarp that
+// The staging tile of a WMMA epilogue, used twice: store, __syncwarp, each lane reads an element
+// that, for most lanes, another lane stored, and the next store overwrites the tile. Without a second __syncwarp that
 // store races with the reads: store_matrix_sync waits for the warp but orders no memory.
 template <bool kSync>
 __global__ void wmma_staging_reuse_kernel(float* out) {
@@ -615,7 +615,7 @@ void case_wmma_staging_reuse() {
 
 // Every lane writes eight consecutive elements of a tile, then load_matrix_sync reads it: without
 // __syncwarp in between, a race (load_matrix_sync orders no memory either), into an operand fragment
-// and into an accumulator alike: the lanes do not write the elements they would load (see the
+// and into an accumulator alike: most lanes do not write the elements they would load (see the
 // emulator's load_matrix_sync).
 template <bool kSync, bool kAccumulator>
 __global__ void wmma_load_after_writes_kernel(float* out) {
