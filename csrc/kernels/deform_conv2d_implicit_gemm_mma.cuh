@@ -348,7 +348,10 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   // The corners of the warp's rows for the run that step s begins, from `field`, which then
   // becomes the field of the run after it.
   auto start_run = [&](const Steps& s) {
-    __syncwarp();  // every lane is done with the previous run's corners
+    // Every lane is done with the previous run's corners. gather's __syncthreads, which comes
+    // between a run's last reads and the next start_run, already orders that: this is insurance,
+    // not the barrier the kernel relies on (removing it alone passes the kernel tests, rightly).
+    __syncwarp();
     corners[lane].set(row_live ? masked_corners_of<float>(g, px, s.k, field) : no_corners<float>());
     __syncwarp();
     const typename Steps::Run after = s.following_run();
