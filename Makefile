@@ -2,6 +2,7 @@
 # make test   set up .venv, build the extension and the C++ library, run every test
 # make test-kernels   run the CUDA kernels on the CPU (ASan+UBSan and TSan builds) + the ptxas gate;
 #                     needs no venv, no torch and no GPU
+# make audit-barriers   remove each barrier of the implicit-GEMM kernels in turn: the kernel tests must fail
 # Both are idempotent and quick once set up.
 
 PYTHON      ?= python3
@@ -27,7 +28,7 @@ export MAX_JOBS
 # The venv's tools (ninja, cmake's generator and torch's build backend) without activating it.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test test-python test-cpp test-kernels build cmake bench info clean FORCE
+.PHONY: demo test test-python test-cpp test-kernels audit-barriers build cmake bench info clean FORCE
 
 demo: build
 	$(PY) -m rcm_fsad_ops demo
@@ -47,6 +48,11 @@ test-cpp: cmake
 # `tools/ptxas_report.py --check`. Ends with "N passed, M failed".
 test-kernels:
 	bash tests/kernels/run_kernel_tests.sh
+
+# Each barrier and async-copy wait of the implicit-GEMM kernels removed on its own must fail the
+# kernel tests (tools/barrier_audit.py; about 9 minutes, so not part of `make test`).
+audit-barriers:
+	python3 tools/barrier_audit.py
 
 build: $(DEV_STAMP) rcm_fsad_ops/.built
 

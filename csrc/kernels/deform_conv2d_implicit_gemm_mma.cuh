@@ -350,7 +350,7 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   auto start_run = [&](const Steps& s) {
     // Every lane is done with the previous run's corners. gather's __syncthreads, which comes
     // between a run's last reads and the next start_run, already orders that: this is insurance,
-    // not the barrier the kernel relies on (removing it alone passes the kernel tests, rightly).
+    // not the barrier the kernel relies on (barrier audit: redundant).
     __syncwarp();
     corners[lane].set(row_live ? masked_corners_of<float>(g, px, s.k, field) : no_corners<float>());
     __syncwarp();
