@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import barrier_audit  # noqa: E402
 from barrier_audit import CASES, KERNELS, ROOT, points, removed  # noqa: E402
 
 
@@ -39,7 +38,7 @@ def test_a_synchronising_header_without_cases_is_refused(tmp_path):
     shutil.copytree(ROOT / KERNELS, tmp_path / KERNELS)
     (tmp_path / KERNELS / "new_kernel.cuh").write_text("__global__ void k() {\n  __syncthreads();\n}\n")
     with pytest.raises(ValueError, match="new_kernel.cuh synchronises but has no test cases"):
-        barrier_audit.points(tmp_path)
+        points(tmp_path)
 
 
 @pytest.mark.parametrize("gap, marked", [([], True), ([""], False)])

@@ -1346,6 +1346,7 @@ inline void rendezvous(::emu::detail::WarpOp op, const void* p, unsigned ldm, st
     }
   });
 }
+
 // The lane that holds element (r, c) of a 16 x 16 accumulator fragment on sm_80+ tensor cores (the
 // accumulators of two mma.m16n8 tiles side by side): lane 4 * (r % 8) + (c % 8) / 2 holds rows r and
 // r + 8, columns c and c + 8. Stores write, and loads read for ThreadSanitizer, by this mapping, so
