@@ -80,8 +80,11 @@ def test_torchscript_function_matches_eager(stride, padding, device):
         out = fn(leaves[0], leaves[1], leaves[2], leaves[3], stride, padding, 1, leaves[4])
         out.square().sum().backward()
         results.append([out.detach()] + [leaf.grad for leaf in leaves])
+    # Bit for bit on the CPU. The CUDA backward adds the input gradient with atomics, whose order (and
+    # so the last bit of a float64 sum) varies from run to run: there float64's default tolerance.
+    exact = dict(rtol=0, atol=0) if t["input"].device.type == "cpu" else {}
     for got, want in zip(*results):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(got, want, **exact)
 
 
 def good_args(device="cpu"):
