@@ -48,6 +48,7 @@
 #include <limits>
 #include <memory>
 #include <new>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -460,18 +461,19 @@ int check_im2col(const Problem& p, const Config& cfg, Misalign misalign = Misali
   const reference::Outputs ref = reference::compute(in);
   const DeformConvGeometry g = geometry(p);
   const SamplingOperands<scalar_t> op(in);
-  const Misaligned<scalar_t> shifted_input(op.input);
-  const scalar_t* input = misalign == Misalign::Input ? shifted_input.data() : op.input.data();
+  std::optional<Misaligned<scalar_t>> shifted_input;
+  if (misalign == Misalign::Input) shifted_input.emplace(op.input);
+  const scalar_t* input = shifted_input ? shifted_input->data() : op.input.data();
   const int64_t rows = s.rows(), width = s.row_width();
   const int64_t chunk = rows_per_launch(p, cfg);
   int bad = 0;
   std::string launched;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t len = std::min(chunk, rows - r0);
-    const std::vector<scalar_t> nans(len * width, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
-    std::vector<scalar_t> aligned_columns = nans;
-    Misaligned<scalar_t> shifted_columns(nans);
-    scalar_t* columns = misalign == Misalign::Output ? shifted_columns.data() : aligned_columns.data();
+    std::vector<scalar_t> aligned_columns(len * width, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+    std::optional<Misaligned<scalar_t>> shifted_columns;
+    if (misalign == Misalign::Output) shifted_columns.emplace(aligned_columns);
+    scalar_t* columns = shifted_columns ? shifted_columns->data() : aligned_columns.data();
     const int64_t grid = grid_for(cfg, len * s.points() * s.offset_groups, cfg.block / 32);
     if (launched.empty()) launched = config_name(cfg, grid);
     emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
@@ -916,11 +918,11 @@ int check_wmma_misaligned(const Problem& p, Misalign misalign) {
   const auto start = std::chrono::steady_clock::now();
   using Tiles = kernels::WmmaTiles<kCols>;
   const ForwardOperands<scalar_t> op(p);
-  const Misaligned<scalar_t> input(op.sampling.input), weights(op.wmat);
+  const Misaligned<scalar_t> shifted(misalign == Misalign::Input ? op.sampling.input : op.wmat);
   const dim3 grid = forward_grid<Tiles>(p);
   const std::vector<double> got = run_forward<scalar_t, float>(
-      p, op, misalign == Misalign::Input ? input.data() : op.sampling.input.data(),
-      misalign == Misalign::Weights ? weights.data() : op.wmat.data(), grid, Tiles::kThreads,
+      p, op, misalign == Misalign::Input ? shifted.data() : op.sampling.input.data(),
+      misalign == Misalign::Weights ? shifted.data() : op.wmat.data(), grid, Tiles::kThreads,
       kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>,
       kernels::wmma_shared_bytes<scalar_t, kCols>());
   const int bad = compare("out", got, op.want, tensor_core_tolerance<scalar_t, mma_t>(), out_element(p));
