@@ -231,7 +231,7 @@ if os.environ.get("RCM_SANITIZER_QUICK") == "1":
     DTYPES = DTYPES[:2]
     CASES = CASES[:5]
 # (forward algorithm, deterministic backward)
-MODES = [("implicit_gemm", False), ("implicit_gemm_sync", False), ("implicit_gemm_mma", False),
+MODES = [("implicit_gemm", False), ("implicit_gemm_wmma", False), ("implicit_gemm_sync", False),
          ("implicit_gemm_simt", False), ("columns", False), ("implicit_gemm", True)]
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # for PyTorch versions that ask for it
 RUNS = [(case, mode) for case in CASES for mode in MODES]
@@ -328,7 +328,7 @@ from benchmarks.shapes import CASES_BY_NAME
 case = CASES_BY_NAME["n32_c256_56x56"]
 t = case.make_inputs("cuda", torch.bfloat16)
 with torch.no_grad():
-    for algo in ("implicit_gemm", "implicit_gemm_mma"):
+    for algo in ("implicit_gemm", "implicit_gemm_wmma"):
         os.environ["RCM_FSAD_DEFORM_CONV_ALGO"] = algo
         rcm_fsad_ops.deform_conv2d(t["input"], t["offset"], t["weight"], t.get("bias"), mask=t.get("mask"),
                                    **case.kwargs())

@@ -22,9 +22,10 @@ one before left.
 The TF32 switches (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``) are
 set once per run, so they are the same for every implementation; default off, so fp32 means IEEE fp32.
 
-On CUDA, ``ours`` is the default forward path, and ``ours[implicit_gemm_sync]`` (the tensor-core kernel
-without cp.async copies), ``ours[implicit_gemm_mma]`` (the mma.sync kernel, its sampled operand in
-registers), ``ours[implicit_gemm_simt]`` and ``ours[columns]`` (forward only) are the other four, so
+On CUDA, ``ours`` is the default forward path (in tensor-core types the mma.sync kernel, its sampled
+operand in registers, where it applies), and ``ours[implicit_gemm_wmma]`` (the WMMA kernel with cp.async
+copies), ``ours[implicit_gemm_sync]`` (the WMMA kernel without them), ``ours[implicit_gemm_simt]`` and
+``ours[columns]`` (forward only) are the other four, so
 the tensor-core, CUDA-core and columns paths sit side by side, with ``ours[autotune]`` (forward only),
 the fastest of them as timed on its first call; ``ours[channels_last]`` runs what ``ours`` runs on
 channels_last input, offset, mask and grad_output (what a channels_last model hands it), where the op
@@ -68,8 +69,8 @@ from benchmarks.shapes import (
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 
 OURS = "ours"
+OURS_WMMA = "ours[implicit_gemm_wmma]"
 OURS_SYNC = "ours[implicit_gemm_sync]"
-OURS_MMA = "ours[implicit_gemm_mma]"
 OURS_SIMT = "ours[implicit_gemm_simt]"
 OURS_COLUMNS = "ours[columns]"
 OURS_AUTOTUNE = "ours[autotune]"
@@ -78,7 +79,7 @@ OURS_DETERMINISTIC = "ours[deterministic]"
 TORCHVISION = "torchvision"
 REFERENCE = "reference"
 COMPILED = "reference+compile"
-IMPL_ORDER = (OURS, OURS_CHANNELS_LAST, OURS_SYNC, OURS_MMA, OURS_SIMT, OURS_COLUMNS, OURS_AUTOTUNE,
+IMPL_ORDER = (OURS, OURS_CHANNELS_LAST, OURS_WMMA, OURS_SYNC, OURS_SIMT, OURS_COLUMNS, OURS_AUTOTUNE,
               OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED)
 ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
 
@@ -98,8 +99,8 @@ class Variant(NamedTuple):
 # backward is the same for all) and the deterministic backward (forward+backward).
 CUDA_VARIANTS = {
     OURS_CHANNELS_LAST: Variant(None, False, PASSES, channels_last=True),  # with the caller's settings: variant_of
+    OURS_WMMA: Variant("implicit_gemm_wmma", False, (FWD,)),
     OURS_SYNC: Variant("implicit_gemm_sync", False, (FWD,)),
-    OURS_MMA: Variant("implicit_gemm_mma", False, (FWD,)),
     OURS_SIMT: Variant("implicit_gemm_simt", False, (FWD,)),
     OURS_COLUMNS: Variant("columns", False, (FWD,)),
     OURS_AUTOTUNE: Variant("autotune", False, (FWD,)),
@@ -107,7 +108,7 @@ CUDA_VARIANTS = {
 }
 # The variants that differ from ``ours`` only where it takes tensor cores: in fp64, and in fp32 with TF32
 # off, they run the CUDA-core kernel that ``ours`` runs, and are not timed again under another name.
-TENSOR_CORE_VARIANTS = (OURS_SYNC, OURS_MMA, OURS_SIMT)
+TENSOR_CORE_VARIANTS = (OURS_WMMA, OURS_SYNC, OURS_SIMT)
 
 
 def variant_of(impl: str, default: Variant) -> Variant:
@@ -944,7 +945,7 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
         notes.append(f"ours = the default path (tensor cores for fp16/bf16, and for fp32 under TF32) on the "
                      f"contiguous NCHW tensors every implementation gets; {OURS_CHANNELS_LAST}: the same on "
                      f"channels_last input, offset, mask and grad_output (no layout conversion in the op); "
-                     f"{OURS_SYNC}, {OURS_MMA}, {OURS_SIMT}, {OURS_COLUMNS}: our other CUDA forward paths "
+                     f"{OURS_WMMA}, {OURS_SYNC}, {OURS_SIMT}, {OURS_COLUMNS}: our other CUDA forward paths "
                      f"({ALGORITHM_ENV}), forward only, and {OURS_AUTOTUNE} the fastest of them as timed on its "
                      f"first call; {OURS_DETERMINISTIC}: forward+backward under "
                      f"torch.use_deterministic_algorithms(True)")

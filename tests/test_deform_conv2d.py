@@ -531,7 +531,7 @@ def cuda_kernel_names(fn) -> list:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("algorithm", ["implicit_gemm", "implicit_gemm_mma", "implicit_gemm_simt"])
+@pytest.mark.parametrize("algorithm", ["implicit_gemm", "implicit_gemm_wmma", "implicit_gemm_simt"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm, monkeypatch):
     """An implicit-GEMM forward whose tiles would not fill the GPU for one wave is split over kernel
@@ -587,9 +587,9 @@ ASYNC_CASES = {
 @pytest.mark.parametrize("name", sorted(ASYNC_CASES))
 @pytest.mark.parametrize("precision", sorted(LOW_PRECISIONS))
 def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
-    """The tensor-core forward of tensors whose channel runs are whole 16-byte vectors is the cp.async
-    kernel, or with RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_mma the mma.sync one (where the reduction
-    steps are the same in every conv group);
+    """The tensor-core forward of tensors whose channel runs are whole 16-byte vectors is the mma.sync
+    kernel where the reduction steps are the same in every conv group, the cp.async WMMA kernel
+    elsewhere, and that one always with RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wmma;
     RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_sync, or an input whose data does not start on a
     16-byte boundary, takes the WMMA kernel with synchronous loads. Each is judged like
     test_low_precision_error_is_that_of_its_rounding: its error against the float64 result at most
@@ -615,10 +615,10 @@ def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
     scale = exact.abs().max().item()
     kernels = ("implicit_gemm_wmma_async_kernel", "implicit_gemm_mma_kernel", "implicit_gemm_wmma_kernel")
     sync = "implicit_gemm_wmma_kernel"
-    for algorithm, want in (("implicit_gemm", sync if misaligned else "implicit_gemm_wmma_async_kernel"),
-                            ("implicit_gemm_mma", sync if misaligned
+    for algorithm, want in (("implicit_gemm", sync if misaligned
                              else "implicit_gemm_wmma_async_kernel" if name == MIXED_RUNS
                              else "implicit_gemm_mma_kernel"),
+                            ("implicit_gemm_wmma", sync if misaligned else "implicit_gemm_wmma_async_kernel"),
                             ("implicit_gemm_sync", sync)):
         monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", algorithm)
         outs = []

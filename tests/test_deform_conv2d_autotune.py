@@ -13,7 +13,7 @@ from tests.deform_cases import DeformCase
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
 # Every path the autotuner can choose; each run alone gives the bits autotune must reproduce.
-PATHS = ("implicit_gemm", "implicit_gemm_sync", "implicit_gemm_mma", "implicit_gemm_simt", "columns")
+PATHS = ("implicit_gemm", "implicit_gemm_wmma", "implicit_gemm_sync", "implicit_gemm_simt", "columns")
 # Channel runs of whole 16-byte vectors, so that every tensor-core kernel is a candidate in 16 bits.
 CASE = DeformCase(batch=2, in_channels=32, out_channels=64, height=12, width=10, seed=7)
 # In float32 with TF32 off, a problem whose columns path (cuBLAS) beat the default (CUDA cores) on an

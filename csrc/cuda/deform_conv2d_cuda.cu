@@ -2,19 +2,21 @@
 //   implicit_gemm (default)  no columns buffer: on sm_80+ a tensor-core kernel for float16 and
 //                            bfloat16, and for float32 when TF32 matmuls are allowed
 //                            (torch.backends.cuda.matmul.allow_tf32, as for torchvision's GEMM):
-//                            deform_conv2d_implicit_gemm_wmma_async_kernel (loads in flight with
-//                            cp.async) where every run of channels is whole 16-byte vectors,
-//                            deform_conv2d_implicit_gemm_wmma_kernel otherwise; without
-//                            tensor cores the CUDA-core kernel (deform_conv2d_implicit_gemm_kernel,
-//                            filling its tiles 16 bytes at a time where vector_loads_apply);
-//                            any of them split over kernel points when its tiles would not fill
-//                            one wave (launch_implicit_gemm);
-//   implicit_gemm_sync       the same, but never the cp.async kernel (to measure what it gains);
-//   implicit_gemm_mma        the same, but deform_conv2d_implicit_gemm_mma_kernel (mma.sync, the
-//                            sampled operand in registers, each element sampled once, on weights
-//                            repacked by deform_conv2d_mma_weight_fragments_kernel) in place of the
-//                            cp.async kernel where it applies (kernels::mma_kernel_applies; its
-//                            56 KB of shared memory fit every sm_80+ device);
+//                            deform_conv2d_implicit_gemm_mma_kernel (mma.sync, the sampled operand
+//                            in registers, each element sampled once, on weights repacked by
+//                            deform_conv2d_mma_weight_fragments_kernel) where every run of channels
+//                            is whole 16-byte vectors and kernels::mma_kernel_applies (its 56 KB of
+//                            shared memory fit every sm_80+ device); else, where the runs are whole
+//                            vectors, deform_conv2d_implicit_gemm_wmma_async_kernel (WMMA, loads in
+//                            flight with cp.async) where it fits the device; else
+//                            deform_conv2d_implicit_gemm_wmma_kernel. Without tensor cores the
+//                            CUDA-core kernel (deform_conv2d_implicit_gemm_kernel, filling its tiles
+//                            16 bytes at a time where vector_loads_apply). Any of them split over
+//                            kernel points when its tiles would not fill one wave (launch_implicit_gemm);
+//   implicit_gemm_wmma       the same, but never the mma.sync kernel (the default until an H200 run
+//                            timed the two: benchmarks/NOTES.md);
+//   implicit_gemm_sync       the same, but only the WMMA kernel with synchronous loads (to measure
+//                            what cp.async gains);
 //   implicit_gemm_simt       the CUDA-core implicit GEMM for every dtype;
 //   columns                  the direct path: chunks of output pixels are sampled into a columns
 //                            buffer by deform_im2col_kernel and multiplied by the weight with cuBLAS.
@@ -105,17 +107,17 @@ ChunkArgs<scalar_t> chunk_args(const at::Tensor& input_nhwc, const at::Tensor& o
           mask.has_value() ? field_strides(*mask) : FieldStrides{0, 0, 0, 0}};
 }
 
-enum class ForwardAlgorithm { ImplicitGemm, ImplicitGemmSync, ImplicitGemmMma, ImplicitGemmSimt, Columns, Autotune };
+enum class ForwardAlgorithm { ImplicitGemm, ImplicitGemmWmma, ImplicitGemmSync, ImplicitGemmSimt, Columns, Autotune };
 
 ForwardAlgorithm forward_algorithm() {
   const char* algo = std::getenv("RCM_FSAD_DEFORM_CONV_ALGO");
   if (algo == nullptr || std::strcmp(algo, "implicit_gemm") == 0) return ForwardAlgorithm::ImplicitGemm;
+  if (std::strcmp(algo, "implicit_gemm_wmma") == 0) return ForwardAlgorithm::ImplicitGemmWmma;
   if (std::strcmp(algo, "implicit_gemm_sync") == 0) return ForwardAlgorithm::ImplicitGemmSync;
-  if (std::strcmp(algo, "implicit_gemm_mma") == 0) return ForwardAlgorithm::ImplicitGemmMma;
   if (std::strcmp(algo, "implicit_gemm_simt") == 0) return ForwardAlgorithm::ImplicitGemmSimt;
   if (std::strcmp(algo, "autotune") == 0) return ForwardAlgorithm::Autotune;
   TORCH_CHECK(std::strcmp(algo, "columns") == 0,
-              "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', 'implicit_gemm_sync', 'implicit_gemm_mma', "
+              "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', 'implicit_gemm_wmma', 'implicit_gemm_sync', "
               "'implicit_gemm_simt', 'columns' or 'autotune', got '", algo, "'");
   return ForwardAlgorithm::Columns;
 }
@@ -341,13 +343,12 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
     if (algo != ForwardAlgorithm::ImplicitGemmSimt && use_tensor_cores<scalar_t>(input)) {
       using mma_t = typename TensorCoreInput<scalar_t>::type;
       const bool vectors = vector_loads_apply(g, a, wmat);
-      if (algo == ForwardAlgorithm::ImplicitGemmMma && vectors && kernels::mma_kernel_applies<scalar_t>(g)) {
+      if (algo == ForwardAlgorithm::ImplicitGemm && vectors && kernels::mma_kernel_applies<scalar_t>(g)) {
         launch_mma_forward<mma_t>(g, a, wmat, bias_c, out_rows);
         return;
       }
-      // implicit_gemm_mma, where the mma.sync kernel does not apply, is the default's choice.
-      const bool async = (algo == ForwardAlgorithm::ImplicitGemm || algo == ForwardAlgorithm::ImplicitGemmMma) &&
-                         vectors;
+      // Where the mma.sync kernel does not apply, the default is implicit_gemm_wmma's choice.
+      const bool async = algo != ForwardAlgorithm::ImplicitGemmSync && vectors;
       if (kernels::wmma_tile_cols<mma_t>(g.out_channels / g.groups) == 128) {
         launch_tensor_core_forward<128, mma_t>(async, g, a, wmat, bias_c, out_rows);
       } else {
@@ -497,9 +498,10 @@ void forward_by(ForwardAlgorithm algo, const at::Tensor& input, const DeformConv
 }
 
 // The forward paths that run different kernels for this problem, the default first. Where the default
-// takes a tensor-core kernel: the CUDA-core kernel; where the 16-byte loads apply, also the mma.sync
-// kernel (where it applies) and, where the default's kernel is the cp.async one (it fits the device),
-// the synchronous-load one. Elsewhere these are the default's own kernel. The columns path always.
+// takes a tensor-core kernel: the CUDA-core kernel, and where the 16-byte loads apply, also the WMMA
+// kernels that differ from the default's: the cp.async one where the default's is the mma.sync kernel
+// and the cp.async one fits the device, the synchronous-load one where the default's is either of the
+// others. Elsewhere these paths run the default's own kernel. The columns path always.
 template <typename scalar_t>
 std::vector<ForwardAlgorithm> forward_candidates(const at::Tensor& input, const DeformConvGeometry& g,
                                                  const ChunkArgs<scalar_t>& a, const at::Tensor& wmat) {
@@ -508,8 +510,10 @@ std::vector<ForwardAlgorithm> forward_candidates(const at::Tensor& input, const 
     if (use_tensor_cores<scalar_t>(input)) {
       using mma_t = typename TensorCoreInput<scalar_t>::type;
       if (vector_loads_apply(g, a, wmat)) {
-        if (async_kernel_fits_for<mma_t, scalar_t>(g)) candidates.push_back(ForwardAlgorithm::ImplicitGemmSync);
-        if (kernels::mma_kernel_applies<scalar_t>(g)) candidates.push_back(ForwardAlgorithm::ImplicitGemmMma);
+        const bool mma = kernels::mma_kernel_applies<scalar_t>(g);
+        const bool async = async_kernel_fits_for<mma_t, scalar_t>(g);
+        if (mma && async) candidates.push_back(ForwardAlgorithm::ImplicitGemmWmma);
+        if (mma || async) candidates.push_back(ForwardAlgorithm::ImplicitGemmSync);
       }
       candidates.push_back(ForwardAlgorithm::ImplicitGemmSimt);
     }
