@@ -9,6 +9,8 @@
 #   1 env        nvidia-smi, nvcc, python/torch/torchvision/pytest/ninja versions   -> build.log
 #   2 build      MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace -> build.log
 #   3 info       python -m rcm_fsad_ops info                                        -> build.log
+#     errors     bad arguments raise, each in a process of its own, CPU and CUDA; where one crashes, what
+#                tells a toolchain fault from ours (benchmarks/error_paths.sh)       -> checks.log
 #   4 smoke      every sanitizer case below, without a sanitizer: a kernel that hangs shows here
 #                within 120 s, and then every later GPU step is skipped (each would hang to its cap) so
 #                that the time is left for a fix and a rerun (as they are when the build fails) -> checks.log
@@ -192,6 +194,9 @@ step info "$BUILD_LOG" 60 1 "
 $PY -m rcm_fsad_ops info || { echo '(python -m rcm_fsad_ops info failed; asking the package directly)';
 $PY -c 'import json, rcm_fsad_ops; print(json.dumps(rcm_fsad_ops.info(), indent=2))'; }
 "
+
+# ---- errors: bad input raises (session 12 found it killing the process on this machine) -------------------
+step errors "$CHECKS_LOG" 150 1 "PYTHON='$PY' bash benchmarks/error_paths.sh"
 
 # ---- 4 smoke: the sanitizer's cases without it ---------------------------------------------------------
 SMALL_PY=/tmp/rcm_fsad_sanitizer_small.py
