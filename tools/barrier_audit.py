@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Mutation audit of the implicit-GEMM kernels' synchronisation: each barrier (__syncthreads,
+"""Mutation audit of the kernels' synchronisation: each barrier (__syncthreads,
 __syncwarp) and each wait for asynchronous copies (wait_async_copies<N>) removed on its own must make
 its kernel's CPU-emulation tests (tests/kernels, ThreadSanitizer build) fail.
 
@@ -37,6 +37,7 @@ CASES = {
     "deform_conv2d_implicit_gemm_wmma.cuh": ("wmma/half", "wmma/tf32"),
     "deform_conv2d_implicit_gemm_wmma_async.cuh": ("wmma_async/half", "wmma_async/tf32"),
     "deform_conv2d_implicit_gemm_mma.cuh": ("mma/half", "mma/tf32"),
+    "layout_transpose.cuh": ("transpose/float", "transpose/half"),
 }
 
 # A statement of its own line: a barrier, or a wait for this thread's asynchronous copies.

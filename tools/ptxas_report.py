@@ -34,6 +34,7 @@ HOT_KERNELS = (
     "deform_conv2d_implicit_gemm_wmma_kernel",
     "deform_conv2d_implicit_gemm_wmma_async_kernel",
     "deform_conv2d_implicit_gemm_mma_kernel",
+    "batched_transpose_kernel",
 )
 
 # (scalar_t, acc_t) as the CUDA backend dispatches them (AT_DISPATCH_FLOATING_TYPES_AND2(Half,
@@ -58,6 +59,11 @@ MMA_INPUT_TYPES = (("Half", "__half"), ("BFloat16", "__nv_bfloat16"), ("float", 
 MMA_TYPES = tuple((scalar, mma, *layout) for scalar, mma in MMA_INPUT_TYPES
                   for layout in (("64", "1"), ("128", "1"), ("128", "2")))
 
+# (in_t, out_t) of the layout transpose (csrc/cuda/layout_cuda.cu): each dtype to itself, and float to the
+# 16-bit types (input gradients summed in float).
+TRANSPOSE_TYPES = (("float", "float"), ("double", "double"), ("Half", "Half"), ("BFloat16", "BFloat16"),
+                   ("float", "Half"), ("float", "BFloat16"))
+
 # (scalar_t, acc_t, index_t) of the grid-stride kernels.
 WITH_INDEX_TYPES = tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)
 
@@ -77,6 +83,7 @@ KERNELS = {
     "deform_conv2d_implicit_gemm_mma_kernel": ("deform_conv2d_implicit_gemm_mma.cuh", MMA_TYPES),
     "deform_conv2d_mma_weight_fragments_kernel": ("deform_conv2d_implicit_gemm_mma.cuh", MMA_INPUT_TYPES),
     "deform_conv2d_split_sum_kernel": ("deform_conv2d_tile_corners.cuh", DTYPES),
+    "batched_transpose_kernel": ("layout_transpose.cuh", TRANSPOSE_TYPES),
 }
 # Template arguments: this tool's spelling -> the C++ spelling in the generated source.
 _SOURCE_SPELLING = {"Tf32": "rcm_fsad::kernels::Tf32"}

@@ -54,6 +54,7 @@
 #include "../kernels/deform_conv2d_implicit_gemm_wmma.cuh"
 #include "../kernels/deform_conv2d_implicit_gemm_wmma_async.cuh"
 #include "../kernels/deform_conv2d_kernels.cuh"
+#include "layout_cuda.h"
 #include "stream_timer.h"
 
 namespace rcm_fsad {
@@ -616,7 +617,7 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset,
   const int64_t rows = g.batch * g.out_pixels();
   const ForwardOutput out = forward_output(input, g);
   if (rows > 0 && g.out_channels > 0) {
-    const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor input_nhwc = channels_last_cuda(input);
     const at::Tensor wmat = weight_matrix(weight);
     at::Tensor out_rows = out.nhwc.view({rows, g.out_channels});
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "deform_conv2d_cuda", [&] {
@@ -626,7 +627,9 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset,
       forward_by<scalar_t>(algo, input, g, a, wmat, bias, out_rows);
     });
   }
-  return out.finish();
+  // As ForwardOutput::finish, by the transpose kernel.
+  if (!out.nhwc.is_alias_of(out.nchw)) nhwc_into_nchw_cuda(out.nhwc, out.nchw);
+  return out.nchw;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
@@ -654,9 +657,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   at::Tensor grad_wmat = at::zeros(wmat.sizes(), wmat.options().dtype(acc_type));
   const int64_t rows = g.batch * g.out_pixels();
   if (rows > 0 && g.out_channels > 0) {
-    const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
-    const at::Tensor grad_rows =
-        grad_output.permute({0, 2, 3, 1}).contiguous().view({rows, g.out_channels});
+    const at::Tensor input_nhwc = channels_last_cuda(input);
+    const at::Tensor grad_rows = channels_last_cuda(grad_output).permute({0, 2, 3, 1}).reshape({rows, g.out_channels});
     const int64_t chunk = chunk_rows(g);
     at::Tensor cols = at::empty({chunk, g.column_width()}, input.options());
     at::Tensor grad_cols = at::empty({chunk, g.column_width()}, input.options());
@@ -690,8 +692,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   }
   // Bands are summed by a reduction of fixed order (one thread per element over the band axis).
   grad_input = bands > 1 ? grad_input.sum(0) : grad_input.squeeze(0);
-  return {from_nhwc(grad_input, input.scalar_type(), output_memory_format(input)), grad_offset,
-          weight_from_matrix(grad_wmat, weight), grad_mask};
+  const at::MemoryFormat format = output_memory_format(input);
+  at::Tensor grad_input_nchw;
+  if (format == at::MemoryFormat::ChannelsLast) {
+    grad_input_nchw = from_nhwc(grad_input, input.scalar_type(), format);  // the same order: no transpose
+  } else {
+    grad_input_nchw = at::empty(input.sizes(), input.options());
+    nhwc_into_nchw_cuda(grad_input, grad_input_nchw);
+  }
+  return {grad_input_nchw, grad_offset, weight_from_matrix(grad_wmat, weight), grad_mask};
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 //   test_deform_kernels reference                  checks the reference's gradients by finite differences
 //   test_deform_kernels splits                     the launcher's kernel-point split count (forward_splits)
 //   test_deform_kernels mma_steps                  the mma.sync kernel's steps per kernel point
+//   test_deform_kernels transpose/<in>[_to_<out>]  the layout transpose (batched_transpose_kernel),
+//                                                  e.g. transpose/bfloat16, transpose/float_to_half
 //   test_deform_kernels --list
 //
 // dtype: float | double | half | bfloat16 (16-bit types accumulate in float, as the CUDA backend
@@ -38,6 +40,7 @@
 #include "kernels/deform_conv2d_implicit_gemm_wmma.cuh"
 #include "kernels/deform_conv2d_implicit_gemm_wmma_async.cuh"
 #include "kernels/deform_conv2d_kernels.cuh"
+#include "kernels/layout_transpose.cuh"
 
 #include <algorithm>
 #include <chrono>
@@ -1283,12 +1286,70 @@ int mma_steps_case() {
   return bad;
 }
 
+// batched_transpose_kernel: (batch, rows, cols) -> (batch, cols, rows), cast to out_t, against a plain
+// loop, bit for bit; into a NaN-filled output, so that an element left unwritten shows. Shapes of whole,
+// partial and single tiles; the launcher's grid (transpose_grid), at most 2 x 2 x 2 of its blocks all at
+// once (the emulator's thread limit), and grids small enough that each block walks several tiles along
+// every axis, which is what needs the barrier before a tile's reuse.
+template <typename in_t, typename out_t>
+int transpose_case() {
+  struct Case {
+    int64_t batch, rows, cols;
+  };
+  const Case cases[] = {{1, 1, 1}, {2, 5, 70}, {3, 33, 31}, {1, 64, 64}, {2, 100, 3}, {1, 3, 100}, {2, 70, 65}};
+  int bad = 0;
+  Rng rng{42};
+  for (const Case& c : cases) {
+    const int64_t n = c.batch * c.rows * c.cols;
+    std::vector<in_t> in(n);
+    for (in_t& v : in) v = static_cast<in_t>(static_cast<float>(rng.uniform(-100.0, 100.0)));
+    std::vector<double> want(n);
+    for (int64_t b = 0; b < c.batch; ++b) {
+      for (int64_t r = 0; r < c.rows; ++r) {
+        for (int64_t col = 0; col < c.cols; ++col) {
+          want[(b * c.cols + col) * c.rows + r] = to_double(static_cast<out_t>(in[(b * c.rows + r) * c.cols + col]));
+        }
+      }
+    }
+    const rcm_fsad::kernels::TransposeGrid launched = rcm_fsad::kernels::transpose_grid(c.batch, c.rows, c.cols);
+    struct Launch {
+      emu::Mode mode;
+      dim3 grid;
+    };
+    const Launch launches[] = {{emu::Mode::BlockByBlock, dim3(launched.x, launched.y, launched.z)},
+                               {emu::Mode::AllBlocks, dim3(std::min(launched.x, 2u), std::min(launched.y, 2u),
+                                                           std::min(launched.z, 2u))},
+                               {emu::Mode::BlockByBlock, dim3(1, 1, 1)},
+                               {emu::Mode::BlockByBlock, dim3(2, 2, 2)}};
+    for (const Launch& l : launches) {
+      std::vector<out_t> out(n, static_cast<out_t>(std::numeric_limits<float>::quiet_NaN()));
+      emu::launch(l.mode, l.grid, dim3(rcm_fsad::kernels::TransposeTiles::kThreads),
+                  rcm_fsad::kernels::transpose_shared_bytes<in_t>(),
+                  rcm_fsad::kernels::batched_transpose_kernel<in_t, out_t>, c.batch, c.rows, c.cols, in.data(),
+                  out.data());
+      int64_t wrong = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const double got = to_double(out[i]);
+        wrong += !(got == want[i]);  // NaN (unwritten) counts as wrong
+      }
+      std::printf("  %s transpose (%" PRId64 ", %" PRId64 ", %" PRId64 ") [%s grid (%u,%u,%u)]: %" PRId64
+                  " of %" PRId64 " elements wrong\n", wrong ? "FAIL" : "ok  ", c.batch, c.rows, c.cols,
+                  emu::mode_name(l.mode), l.grid.x, l.grid.y, l.grid.z, wrong, n);
+      bad += wrong != 0;
+    }
+  }
+  return bad;
+}
+
 std::vector<std::string> case_names() {
   std::vector<std::string> names = {"reference", "splits", "mma_steps"};
   for (const char* dtype : {"float", "double", "half", "bfloat16"}) names.push_back(std::string("igemm/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma_async/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("mma/") + dtype);
+  for (const char* types : {"float", "double", "half", "bfloat16", "float_to_half", "float_to_bfloat16"}) {
+    names.push_back(std::string("transpose/") + types);
+  }
   for (const char* kernel : {"im2col", "col2im", "col2im_deterministic"}) {
     for (const char* dtype : {"float", "double", "half", "bfloat16"}) {
       for (const char* index : {"int32", "int64"}) names.push_back(std::string(kernel) + "/" + dtype + "/" + index);
@@ -1323,6 +1384,14 @@ int main(int argc, char** argv) {
     bad = splits_case();
   } else if (name == "mma_steps") {
     bad = mma_steps_case();
+  } else if (name.rfind("transpose/", 0) == 0) {
+    const std::string types = name.substr(10);
+    if (types == "float") bad = transpose_case<float, float>();
+    if (types == "double") bad = transpose_case<double, double>();
+    if (types == "half") bad = transpose_case<__half, __half>();
+    if (types == "bfloat16") bad = transpose_case<__nv_bfloat16, __nv_bfloat16>();
+    if (types == "float_to_half") bad = transpose_case<float, __half>();
+    if (types == "float_to_bfloat16") bad = transpose_case<float, __nv_bfloat16>();
   } else if (name.rfind("igemm/", 0) == 0) {
     const std::string dtype = name.substr(6);
     if (dtype == "float") bad = run_igemm_case<float>();
