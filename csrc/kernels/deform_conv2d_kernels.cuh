@@ -100,20 +100,23 @@ __global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
   }
 }
 
-// deform_col2im_kernel's blocks of (at most) 256 threads per SM: for float accumulation 3, where
-// ptxas would otherwise take 96 registers, which leaves room for 2.
-template <typename acc_t>
-constexpr int kCol2imBlocksPerSM = sizeof(acc_t) == 4 ? 3 : 2;
+// deform_col2im_kernel's blocks of (at most) 256 threads per SM. Its 16-byte path keeps four corner
+// vectors and their gradients live: 112-126 registers on sm_90, which 3 blocks (80 registers) would
+// spill. Each of its warps has 5 vector loads in flight where the element path had 5 elements.
+constexpr int kCol2imBlocksPerSM = 2;
 
 // Backward of the sampling step for rows first_row .. first_row+rows-1, given the gradient of the
 // columns. One warp per (row, kernel point, offset group) (sample_index): the lanes walk the group's
 // channels, scatter into grad_input (atomics: samples of different rows share pixels) and sum the
 // offset and mask gradients, which the warp then reduces and writes without atomics (each warp
-// owns them).
+// owns them). Where every run of channels is whole 16-byte vectors from 16-byte aligned bases, a lane
+// takes a vector of channels at a time: one load of the columns gradient and of each corner, and
+// vector atomics (atomic_add_elements: in float on sm_90, one per four channels); a channel at a time
+// otherwise.
 // grad_input: NHWC, accumulated in acc_t; null skips the scatter (the deterministic backward
 // computes it with deform_col2im_input_deterministic_kernel instead). grad_mask may be null (DCNv1).
 template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void __launch_bounds__(256, kCol2imBlocksPerSM<acc_t>)
+__global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
     deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                          const scalar_t* __restrict__ offset, FieldStrides offset_strides,
                          const scalar_t* __restrict__ mask, FieldStrides mask_strides, int64_t first_row,
@@ -126,6 +129,9 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM<acc_t>)
   const index_t total = rows * points * static_cast<index_t>(g.offset_groups);
   const index_t step = warps_per_block * gridDim.x;
   const int64_t cpog = g.channels_per_offset_group();
+  constexpr int kVector = Vector16<scalar_t>::kSize;
+  const bool vectors = g.channel_runs_are_multiples_of(kVector) && aligned16(input) && aligned16(grad_columns) &&
+                       aligned16(grad_input);
   for (index_t w = static_cast<index_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; w < total;
        w += step) {
     const SampleIndex<index_t> s = sample_index(g, w);
@@ -143,6 +149,38 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM<acc_t>)
     for (int64_t c0 = s.og * cpog, c1; c0 < (s.og + 1) * cpog; c0 = c1) {
       c1 = g.column_run_end(s.og, c0);
       const scalar_t* gcol_run = grad_row + g.column_index(c0, s.k) - c0;
+      if (vectors) {
+        for (int64_t c = c0 + lane * kVector; c < c1; c += kWarpSize * kVector) {
+          const Vector16<scalar_t> gcol = load16<scalar_t>(gcol_run + c);
+          Vector16<scalar_t> corner[4];
+          RCM_UNROLL
+          for (int i = 0; i < 4; ++i) {
+            corner[i] = load16_if<scalar_t>(image + (p.valid[i] ? p.pixel[i] * g.channels + c : 0), p.valid[i]);
+          }
+          acc_t gm[kVector];
+          RCM_UNROLL
+          for (int j = 0; j < kVector; ++j) {
+            const acc_t gc = static_cast<acc_t>(gcol.v[j]);
+            const acc_t v00 = static_cast<acc_t>(corner[0].v[j]), v01 = static_cast<acc_t>(corner[1].v[j]);
+            const acc_t v10 = static_cast<acc_t>(corner[2].v[j]), v11 = static_cast<acc_t>(corner[3].v[j]);
+            const CoordinateGradient<acc_t> d = coordinate_gradient(p, v00, v01, v10, v11);
+            sum_dy += gc * d.dy;
+            sum_dx += gc * d.dx;
+            sum_value += gc * interpolate(p, v00, v01, v10, v11);
+            gm[j] = gc * m;
+          }
+          RCM_UNROLL
+          for (int i = 0; i < 4; ++i) {
+            if (scatter && p.valid[i]) {
+              acc_t add[kVector];
+              RCM_UNROLL
+              for (int j = 0; j < kVector; ++j) add[j] = p.weight[i] * gm[j];
+              atomic_add_elements(grad_image + p.pixel[i] * g.channels + c, add);
+            }
+          }
+        }
+        continue;
+      }
       for (int64_t c = c0 + lane; c < c1; c += kWarpSize) {
         const acc_t gcol = static_cast<acc_t>(gcol_run[c]);
         const acc_t v00 = corner_value(p, 0, image, g.channels, c);

@@ -18,6 +18,16 @@
 #define RCM_CHECK_VECTOR_ALIGNMENT(p, bytes, what)
 #endif
 
+// Vector atomics (atomicAdd on float4: each element added atomically on its own, one instruction for
+// four): CUDA has them from sm_90; the CPU emulator models them and defines this to 1.
+#ifndef RCM_FLOAT4_ATOMICS
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define RCM_FLOAT4_ATOMICS 1
+#else
+#define RCM_FLOAT4_ATOMICS 0
+#endif
+#endif
+
 namespace rcm_fsad {
 namespace kernels {
 
@@ -122,6 +132,24 @@ __device__ __forceinline__ void add_weighted(acc_t (&v)[Vector16<T>::kSize], acc
     RCM_UNROLL
     for (int j = 0; j < Vector16<T>::kSize; ++j) v[j] += weight * static_cast<acc_t>(x.v[j]);
   }
+}
+
+// p[j] += v[j] for kCount consecutive elements, each add atomic (no order among them, as for any
+// scatter): in float, one float4 atomic per four elements where RCM_FLOAT4_ATOMICS (p 16-byte
+// aligned), one atomic per element otherwise.
+template <int kCount, typename acc_t>
+__device__ __forceinline__ void atomic_add_elements(acc_t* p, const acc_t (&v)[kCount]) {
+#if RCM_FLOAT4_ATOMICS
+  if constexpr (std::is_same_v<acc_t, float> && kCount % 4 == 0) {
+    RCM_UNROLL
+    for (int j = 0; j < kCount; j += 4) {
+      atomicAdd(reinterpret_cast<float4*>(p + j), make_float4(v[j], v[j + 1], v[j + 2], v[j + 3]));
+    }
+    return;
+  }
+#endif
+  RCM_UNROLL
+  for (int j = 0; j < kCount; ++j) atomicAdd(p + j, v[j]);
 }
 
 template <typename T>

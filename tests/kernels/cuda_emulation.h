@@ -30,7 +30,9 @@
 //     shuffle or an MMA separates them (a data race otherwise);
 //   * atomics through std::atomic_ref with relaxed ordering, as on the GPU (so they do not hide
 //     races from ThreadSanitizer): atomicAdd (int, unsigned, unsigned long long, float, double,
-//     __half, __nv_bfloat16), atomicSub, atomicExch, atomicCAS, atomicMin, atomicMax;
+//     __half, __nv_bfloat16, and sm_90's float4: each element on its own, at a 16-byte aligned address
+//     or a fault as on the GPU; RCM_FLOAT4_ATOMICS is defined to 1 so that the kernels take them),
+//     atomicSub, atomicExch, atomicCAS, atomicMin, atomicMax;
 //   * dynamic shared memory through RCM_DYNAMIC_SHARED(type, name), which declares `type* name`
 //     pointing at the block's dynamic shared memory (the shared_bytes of the launch). The same
 //     macro works under nvcc (see the __CUDACC__ branch below): kernel headers use it rather than
@@ -190,6 +192,12 @@
 struct uint3 {
   unsigned int x, y, z;
 };
+
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 struct dim3 {
   unsigned int x, y, z;
@@ -1232,6 +1240,12 @@ inline float atomicAdd(float* a, float v) { return ::emu::detail::atomic_add(a, 
 inline double atomicAdd(double* a, double v) { return ::emu::detail::atomic_add(a, v); }
 inline __half atomicAdd(__half* a, __half v) { return ::emu::detail::atomic_add_16(a, v); }
 inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) { return ::emu::detail::atomic_add_16(a, v); }
+inline float4 atomicAdd(float4* a, float4 v) {
+  ::emu::detail::check_vector_alignment(a, sizeof(float4), "atomicAdd(float4)");
+  return {::emu::detail::atomic_add(&a->x, v.x), ::emu::detail::atomic_add(&a->y, v.y),
+          ::emu::detail::atomic_add(&a->z, v.z), ::emu::detail::atomic_add(&a->w, v.w)};
+}
+#define RCM_FLOAT4_ATOMICS 1
 
 inline int atomicSub(int* a, int v) { return std::atomic_ref<int>(*a).fetch_sub(v, std::memory_order_relaxed); }
 inline unsigned atomicSub(unsigned* a, unsigned v) {

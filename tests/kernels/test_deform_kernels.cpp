@@ -30,9 +30,9 @@
 // tiles of either tile size, several reduction steps, and the tensor-core kernels' 16-byte-load
 // paths and block widths; unsplit and split over kernel points. The cp.async tensor-core kernel
 // and the mma.sync one run on the problems whose channel runs are whole 16-byte vectors (the
-// mma.sync one where its steps are alike in every conv group: mma_kernel_applies). The two kernels
-// that pick 16-byte accesses at run time, im2col and the synchronous WMMA forward, also run a problem
-// of whole vectors from each base they check one element past a 16-byte boundary (Misaligned).
+// mma.sync one where its steps are alike in every conv group: mma_kernel_applies). The kernels that
+// pick 16-byte accesses at run time, im2col, col2im and the synchronous WMMA forward, also run a
+// problem of whole vectors from each base they check one element past a 16-byte boundary (Misaligned).
 #include "cuda_emulation.h"
 // The kernel headers come after the harness.
 #include "kernels/deform_conv2d_implicit_gemm.cuh"
@@ -354,8 +354,9 @@ class Misaligned {
   std::unique_ptr<T, Free> storage_;
 };
 
-// Which base pointer a check passes misaligned (Misaligned), the others as allocated.
-enum class Misalign { None, Input, Output, Weights };
+// Which base pointer a check passes misaligned (Misaligned), the others as allocated. Output: the
+// columns of im2col, the columns gradient of col2im; Gradient: col2im's input gradient.
+enum class Misalign { None, Input, Output, Weights, Gradient };
 
 template <typename T>
 double to_double(T v) {
@@ -513,9 +514,11 @@ struct Col2imRun {
 // CUDA backend does under torch.use_deterministic_algorithms, in two bands of output pixels (their
 // partial gradients are the run's grad_input, summed in band order for the comparison with the
 // reference).
+// misalign: Input, Output (the columns gradient) or Gradient (grad_input, with the scatter) passes
+// that base one element past a 16-byte boundary.
 template <typename scalar_t, typename index_t>
 Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const Config& cfg,
-                                                         bool deterministic) {
+                                                         bool deterministic, Misalign misalign = Misalign::None) {
   const auto start = std::chrono::steady_clock::now();
   using acc_t = typename Traits<scalar_t>::acc_t;
   const Shape& s = p.shape;
@@ -533,14 +536,25 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
   const int64_t image_size = s.H * s.W * s.C, band_rows = (oh * ow + 1) / 2;
   const int64_t bands = deterministic ? (oh * ow + band_rows - 1) / band_rows : 1;
   std::vector<acc_t> grad_input(bands * s.N * image_size, acc_t(0));
+  std::optional<Misaligned<scalar_t>> shifted_input;
+  if (misalign == Misalign::Input) shifted_input.emplace(op.input);
+  const scalar_t* input = shifted_input ? shifted_input->data() : op.input.data();
+  std::optional<Misaligned<acc_t>> shifted_grad_input;
+  if (misalign == Misalign::Gradient) shifted_grad_input.emplace(grad_input);
+  acc_t* grad_input_ptr = shifted_grad_input ? shifted_grad_input->data() : grad_input.data();
   const int64_t rows = s.rows(), width = s.row_width();
   const int64_t chunk = rows_per_launch(p, cfg);
   const int64_t warps_per_block = cfg.block / 32;
   std::string launched;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t len = std::min(chunk, rows - r0);
-    std::vector<scalar_t> grad_columns(len * width);
-    for (int64_t i = 0; i < len * width; ++i) grad_columns[i] = static_cast<scalar_t>(in.grad_columns[r0 * width + i]);
+    std::vector<scalar_t> aligned_grad_columns(len * width);
+    for (int64_t i = 0; i < len * width; ++i) {
+      aligned_grad_columns[i] = static_cast<scalar_t>(in.grad_columns[r0 * width + i]);
+    }
+    std::optional<Misaligned<scalar_t>> shifted_grad_columns;
+    if (misalign == Misalign::Output) shifted_grad_columns.emplace(aligned_grad_columns);
+    const scalar_t* grad_columns = shifted_grad_columns ? shifted_grad_columns->data() : aligned_grad_columns.data();
     const int64_t grid = grid_for(cfg, len * K * G, warps_per_block);
     // (image, band, channel) planes the rows of this launch touch.
     const int64_t planes = ((r0 + len - 1) / (oh * ow) - r0 / (oh * ow) + 1) * bands * s.C;
@@ -550,9 +564,9 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
       if (deterministic) launched += emu::detail::format(", grad_input grid %" PRId64, planes_grid);
     }
     emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
-                rcm_fsad::kernels::deform_col2im_kernel<scalar_t, acc_t, index_t>, g, op.input.data(), op.offset.data(),
-                op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), grad_columns.data(),
-                deterministic ? nullptr : grad_input.data(), grad_offset.data(), gol.strides,
+                rcm_fsad::kernels::deform_col2im_kernel<scalar_t, acc_t, index_t>, g, input, op.offset.data(),
+                op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), grad_columns,
+                deterministic ? nullptr : grad_input_ptr, grad_offset.data(), gol.strides,
                 s.has_mask ? grad_mask.data() : nullptr, s.has_mask ? gml.strides : FieldStrides{0, 0, 0, 0});
     if (deterministic) {
       std::vector<rcm_fsad::kernels::MaskedCorners<acc_t>> table(len * K * G);
@@ -561,9 +575,10 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
                   op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), table.data());
       emu::launch(cfg.mode, dim3(static_cast<unsigned>(planes_grid)), dim3(cfg.block), 0,
                   rcm_fsad::kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, index_t>, g,
-                  table.data(), r0, static_cast<index_t>(len), band_rows, grad_columns.data(), grad_input.data());
+                  table.data(), r0, static_cast<index_t>(len), band_rows, grad_columns, grad_input_ptr);
     }
   }
+  if (shifted_grad_input) std::copy(grad_input_ptr, grad_input_ptr + grad_input.size(), grad_input.begin());
   int bad = 0;
   {
     std::vector<double> got(s.N * image_size);
@@ -617,8 +632,12 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
     bad += compare("grad_mask", gather(grad_mask, gml, G * K, "grad_mask"), ref.grad_mask, Traits<scalar_t>::tol,
                    field_where(G * K));
   }
-  std::printf("  %s %-32s [%s, chunk %" PRId64 ", %s fields] %.2fs\n", bad ? "FAIL" : "ok  ", p.name,
-              launched.c_str(), chunk, layout_name(p.layout), seconds_since(start));
+  const char* shifted = misalign == Misalign::Input      ? ", input misaligned"
+                        : misalign == Misalign::Output   ? ", columns gradient misaligned"
+                        : misalign == Misalign::Gradient ? ", grad_input misaligned"
+                                                         : "";
+  std::printf("  %s %-32s [%s, chunk %" PRId64 ", %s fields%s] %.2fs\n", bad ? "FAIL" : "ok  ", p.name,
+              launched.c_str(), chunk, layout_name(p.layout), shifted, seconds_since(start));
   return {bad, std::move(grad_input)};
 }
 
@@ -988,15 +1007,20 @@ int run_kernel_case(const std::string& kernel) {
   for (const Problem& p : problems()) {
     for (const Config& c : {kProduction, kAllBlocks, im2col ? kSmallIm2col : kSmallCol2im}) bad += check(p, c);
   }
+  // Runs of whole vectors, which im2col and col2im read and write 16 bytes at a time, from an input, a
+  // columns (gradient) or an input gradient that does not start on a vector: one element at a time
+  // instead.
+  const Problem& p = problem_named(problems(), "vector_runs_c160_groups2");
+  if (!geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize)) {
+    std::printf("  FAIL %s: its runs of channels are not whole vectors\n", p.name);
+    ++bad;
+  }
   if (im2col) {
-    // Runs of whole vectors, which im2col reads and writes 16 bytes at a time, from an input or into
-    // columns that do not start on a vector: one element at a time instead.
-    const Problem& p = problem_named(problems(), "vector_runs_c160_groups2");
-    if (!geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize)) {
-      std::printf("  FAIL %s: its runs of channels are not whole vectors\n", p.name);
-      ++bad;
-    }
     for (const Misalign m : {Misalign::Input, Misalign::Output}) bad += check_im2col<scalar_t, index_t>(p, kSmallIm2col, m);
+  } else {
+    for (const Misalign m : {Misalign::Input, Misalign::Output, Misalign::Gradient}) {
+      bad += check_col2im<scalar_t, index_t>(p, kSmallCol2im, /*deterministic=*/false, m).bad;
+    }
   }
   return bad;
 }
