@@ -196,7 +196,7 @@ $PY -c 'import json, rcm_fsad_ops; print(json.dumps(rcm_fsad_ops.info(), indent=
 "
 
 # ---- errors: bad input raises (session 12 found it killing the process on this machine) -------------------
-step errors "$CHECKS_LOG" 150 1 "PYTHON='$PY' bash benchmarks/error_paths.sh"
+gpu_step errors "$CHECKS_LOG" 240 1 "PYTHON='$PY' bash benchmarks/error_paths.sh"
 
 # ---- 4 smoke: the sanitizer's cases without it ---------------------------------------------------------
 SMALL_PY=/tmp/rcm_fsad_sanitizer_small.py

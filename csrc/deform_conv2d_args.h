@@ -34,8 +34,9 @@ at::MemoryFormat output_memory_format(const at::Tensor& input);
 // A forward's output: `nchw`, the (N, C_out, H_out, W_out) tensor it returns, in the input's layout
 // (output_memory_format) with the strides torch.empty gives it, which the fake kernels report; and
 // `nhwc`, the (N, H_out, W_out, C_out) buffer the kernels write: in channels_last the output itself,
-// otherwise a scratch tensor that finish() copies in. Either way the result is no view, so that
-// autograd lets a caller modify it in place.
+// otherwise a scratch tensor that finish() copies in (the CUDA forward transposes it in with its own
+// kernel, csrc/cuda/layout_cuda.h). Either way the result is no view, so that autograd lets a caller
+// modify it in place.
 struct ForwardOutput {
   at::Tensor nchw;
   at::Tensor nhwc;

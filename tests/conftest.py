@@ -5,8 +5,9 @@ import torch
 # default one takes tensor cores for float16/bfloat16, and for float32 under TF32, on sm_80+).
 BACKENDS = [("cpu", "cpu", None)]
 if torch.cuda.is_available():
-    BACKENDS += [("cuda", "cuda", "implicit_gemm"), ("cuda-simt", "cuda", "implicit_gemm_simt"),
-                 ("cuda-columns", "cuda", "columns"), ("cuda-autotune", "cuda", "autotune")]
+    BACKENDS += [("cuda", "cuda", "implicit_gemm"), ("cuda-wmma", "cuda", "implicit_gemm_wmma"),
+                 ("cuda-simt", "cuda", "implicit_gemm_simt"), ("cuda-columns", "cuda", "columns"),
+                 ("cuda-autotune", "cuda", "autotune")]
 
 
 @pytest.fixture(params=BACKENDS, ids=[b[0] for b in BACKENDS])

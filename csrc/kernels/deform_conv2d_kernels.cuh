@@ -112,7 +112,8 @@ constexpr int kCol2imBlocksPerSM = 2;
 // owns them). Where every run of channels is whole 16-byte vectors from 16-byte aligned bases, a lane
 // takes a vector of channels at a time: one load of the columns gradient and of each corner, and
 // vector atomics (atomic_add_elements: in float on sm_90, one per four channels); a channel at a time
-// otherwise.
+// otherwise. The two paths give each lane other channels, so the offset and mask gradients' sums
+// differ between them in the last bits; each is reproducible.
 // grad_input: NHWC, accumulated in acc_t; null skips the scatter (the deterministic backward
 // computes it with deform_col2im_input_deterministic_kernel instead). grad_mask may be null (DCNv1).
 template <typename scalar_t, typename acc_t, typename index_t>

@@ -139,17 +139,15 @@ __device__ __forceinline__ void add_weighted(acc_t (&v)[Vector16<T>::kSize], acc
 // aligned), one atomic per element otherwise.
 template <int kCount, typename acc_t>
 __device__ __forceinline__ void atomic_add_elements(acc_t* p, const acc_t (&v)[kCount]) {
-#if RCM_FLOAT4_ATOMICS
-  if constexpr (std::is_same_v<acc_t, float> && kCount % 4 == 0) {
+  if constexpr (RCM_FLOAT4_ATOMICS && std::is_same_v<acc_t, float> && kCount % 4 == 0) {
     RCM_UNROLL
     for (int j = 0; j < kCount; j += 4) {
       atomicAdd(reinterpret_cast<float4*>(p + j), make_float4(v[j], v[j + 1], v[j + 2], v[j + 3]));
     }
-    return;
+  } else {
+    RCM_UNROLL
+    for (int j = 0; j < kCount; ++j) atomicAdd(p + j, v[j]);
   }
-#endif
-  RCM_UNROLL
-  for (int j = 0; j < kCount; ++j) atomicAdd(p + j, v[j]);
 }
 
 template <typename T>

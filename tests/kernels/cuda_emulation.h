@@ -98,7 +98,8 @@
 //     the lifetime rules above, no memory-model effects beyond the C++ ones (a plain store is seen by
 //     other threads only through the synchronisation above), no alignment faults (WMMA and cp.async
 //     check the alignment they require, see above, and so do the vector loads and stores of
-//     csrc/kernels/vector16.cuh, through its RCM_CHECK_VECTOR_ALIGNMENT);
+//     csrc/kernels/vector16.cuh, through its RCM_CHECK_VECTOR_ALIGNMENT, and the float4 atomicAdd;
+//     that one is global-memory only on the GPU, which is not checked here);
 //   * no static __shared__ (it does not compile here: a function-local static would be one object
 //     for all blocks, and would start with what the previous block left) and no `extern __shared__`:
 //     kernels use RCM_DYNAMIC_SHARED;

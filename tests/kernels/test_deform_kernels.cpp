@@ -1322,6 +1322,22 @@ int transpose_case() {
   };
   const Case cases[] = {{1, 1, 1}, {2, 5, 70}, {3, 33, 31}, {1, 64, 64}, {2, 100, 3}, {1, 3, 100}, {2, 70, 65}};
   int bad = 0;
+  // The launcher's grid within CUDA's limits (x < 2^31, y and z <= 65535); the kernel strides over
+  // the rest, as the small grids below check.
+  struct GridCase {
+    int64_t batch, rows, cols;
+    uint32_t x, y, z;
+  };
+  const GridCase grids[] = {{3, 33, 31, 1, 2, 3},
+                            {70000, 3000000, 40, 2, 65535, 65535},
+                            {1, 1, int64_t{1} << 37, (uint32_t{1} << 31) - 1, 1, 1}};
+  for (const GridCase& c : grids) {
+    const rcm_fsad::kernels::TransposeGrid got = rcm_fsad::kernels::transpose_grid(c.batch, c.rows, c.cols);
+    const bool ok = got.x == c.x && got.y == c.y && got.z == c.z;
+    std::printf("  %s transpose_grid(%" PRId64 ", %" PRId64 ", %" PRId64 ") = (%u, %u, %u) (want (%u, %u, %u))\n",
+                ok ? "ok  " : "FAIL", c.batch, c.rows, c.cols, got.x, got.y, got.z, c.x, c.y, c.z);
+    bad += !ok;
+  }
   Rng rng{42};
   for (const Case& c : cases) {
     const int64_t n = c.batch * c.rows * c.cols;
