@@ -279,8 +279,15 @@ __global__ void deform_col2im_input_deterministic_kernel(DeformConvGeometry g,
       for (index_t k = 0; k < points; ++k) {
         const MaskedCorners<acc_t>& s = samples[k * g.offset_groups];
         const acc_t gcol = static_cast<acc_t>(grad_row[k * cg]);
+        // A sample's corners are four different pixels: their four reads go out together, then the
+        // four writes. Corner by corner, each read would wait for the write before it (the compiler
+        // must assume they may alias). The same additions in the same order, so the same bits.
+        acc_t old[4];
+        RCM_UNROLL
+        for (int i = 0; i < 4; ++i) old[i] = s.pixel[i] >= 0 ? grad_band[s.pixel[i] * g.channels] : acc_t(0);
+        RCM_UNROLL
         for (int i = 0; i < 4; ++i) {
-          if (s.pixel[i] >= 0) grad_band[s.pixel[i] * g.channels] += s.weight[i] * gcol;
+          if (s.pixel[i] >= 0) grad_band[s.pixel[i] * g.channels] = old[i] + s.weight[i] * gcol;
         }
       }
     }
