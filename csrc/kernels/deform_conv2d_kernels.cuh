@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
           Vector16<scalar_t> sample;
           RCM_UNROLL
           for (int j = 0; j < kVector; ++j) sample.v[j] = static_cast<scalar_t>(v[j]);
-          store16(dst + c, sample);
+          store16_global(dst + c, sample);
         }
       } else {
         for (int64_t c = c0 + lane; c < c1; c += kWarpSize) {

@@ -86,6 +86,22 @@ __device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
 #endif
 }
 
+// store16 to global memory as one st.global.v4 instruction, spelled out. Assigned as a whole, im2col's
+// vector of 16-bit elements went out as four st.global.v2.u16, and its vector of floats as four
+// st.global.f32 in the first unrolled iteration (session 13's PTX): partial-sector writes, four times
+// the store instructions. For data the kernel does not read back: without a memory clobber the
+// compiler may move other loads across it (a barrier still orders it).
+template <typename T>
+__device__ __forceinline__ void store16_global(T* p, const Vector16<T>& x) {
+#if defined(__CUDA_ARCH__)
+  uint32_t w[4];
+  memcpy(w, &x, sizeof w);
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]));
+#else
+  store16(p, x);
+#endif
+}
+
 // The float whose bits are b.
 __device__ __forceinline__ float float_from_bits(uint32_t b) {
 #if defined(__CUDA_ARCH__)
