@@ -2,7 +2,7 @@
 # make test   set up .venv, build the extension and the C++ library, run every test
 # make test-kernels   run the CUDA kernels on the CPU (ASan+UBSan and TSan builds) + the ptxas gate;
 #                     needs no venv, no torch and no GPU
-# make audit-barriers   remove each barrier of the implicit-GEMM kernels in turn: the kernel tests must fail
+# make audit-barriers   remove each barrier of the implicit-GEMM and transpose kernels in turn: the kernel tests must fail
 # Both are idempotent and quick once set up.
 
 PYTHON      ?= python3
@@ -50,7 +50,7 @@ test-kernels:
 	bash tests/kernels/run_kernel_tests.sh
 
 # Each barrier and async-copy wait of the implicit-GEMM kernels removed on its own must fail the
-# kernel tests (tools/barrier_audit.py; about 9 minutes, so not part of `make test`).
+# kernel tests (tools/barrier_audit.py; about 10 minutes, so not part of `make test`).
 audit-barriers:
 	python3 tools/barrier_audit.py
 
