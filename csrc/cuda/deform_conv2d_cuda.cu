@@ -25,10 +25,12 @@
 //                            torch.backends.cudnn.benchmark does for convolutions.
 // The backward takes the columns path: recompute the columns, both GEMMs, deform_col2im_kernel,
 // which scatters the input gradient with float atomics. Under torch.use_deterministic_algorithms
-// that scatter is off and deform_col2im_input_deterministic_kernel computes the input gradient
-// instead, without atomics, from a table of the samples (deform_sample_table_kernel): every kernel
-// of the backward is then deterministic, and the GEMMs are cuBLAS's on one stream, deterministic
-// under PyTorch's own rules (some versions of PyTorch raise until CUBLAS_WORKSPACE_CONFIG is set).
+// that scatter is off and the input gradient is gathered instead, without atomics: a table of the
+// samples (deform_sample_table_kernel), the keys of their corners (deform_sample_keys_kernel) sorted
+// stably, then one thread per input element adding its corners in row order
+// (deform_col2im_input_gather_kernel). Every kernel of the backward is then deterministic, and the
+// GEMMs are cuBLAS's on one stream, deterministic under PyTorch's own rules (some versions of PyTorch
+// raise until CUBLAS_WORKSPACE_CONFIG is set).
 // Kernel bodies live in ../kernels/.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -64,13 +66,8 @@ using kernels::DeformConvGeometry;
 using kernels::FieldStrides;
 
 constexpr int kThreads = 256;
-// deform_col2im_input_deterministic_kernel: small blocks spread its (image, band, channel) threads
-// over more SMs; bands are added until there are kDeterministicThreadsPerSM threads per SM, or until
-// their partial input gradients would take more than kDeterministicBytes.
-constexpr int kDeterministicThreads = 64;
-constexpr int64_t kDeterministicThreadsPerSM = 1024;
-constexpr int64_t kDeterministicBytes = int64_t(256) << 20;
-// Its sample table (deform_sample_table_kernel) covers at most this many bytes of rows at a time.
+// The deterministic input gradient's sample table (deform_sample_table_kernel) covers at most this
+// many bytes of rows at a time.
 constexpr int64_t kDeterministicTableBytes = int64_t(64) << 20;
 // Columns elements per chunk: 64M elements keeps the buffer at 256 MB in float32.
 constexpr int64_t kChunkElements = int64_t(1) << 26;
@@ -413,19 +410,6 @@ void launch_col2im(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Output pixels per band of the deterministic input gradient: enough (image, band, channel)
-// threads to fill the GPU, with the partial gradients (one per band) within kDeterministicBytes.
-int64_t deterministic_band_rows(const DeformConvGeometry& g, int64_t acc_size) {
-  const int64_t planes = std::max<int64_t>(1, g.batch * g.channels);
-  const int64_t wanted_threads =
-      int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * kDeterministicThreadsPerSM;
-  const int64_t gradient_bytes = std::max<int64_t>(1, g.batch * g.height * g.width * g.channels * acc_size);
-  const int64_t bands = std::clamp<int64_t>((wanted_threads + planes - 1) / planes, 1,
-                                            std::min(std::max<int64_t>(1, kDeterministicBytes / gradient_bytes),
-                                                     g.out_pixels()));
-  return (g.out_pixels() + bands - 1) / bands;
-}
-
 // Rows per piece of the deterministic input gradient: its sample table (one MaskedCorners per
 // (row, kernel point, offset group)) stays within kDeterministicTableBytes.
 int64_t deterministic_table_rows(const DeformConvGeometry& g, int64_t chunk, int64_t entry_bytes) {
@@ -434,37 +418,57 @@ int64_t deterministic_table_rows(const DeformConvGeometry& g, int64_t chunk, int
 }
 
 // The deterministic input gradient of rows [first_row, first_row + rows), whose columns gradient
-// starts at grad_columns: in pieces of at most table_rows rows, in row order, the piece's sample
-// table (deform_sample_table_kernel into `table`), then its per-band sums.
+// starts at grad_columns, added to grad_input: in pieces of at most table_rows rows, in row order, the
+// piece's sample table (deform_sample_table_kernel into `table`), the keys of its corners
+// (deform_sample_keys_kernel), their stable sort and the start of each key's run (PyTorch's sort and
+// searchsorted, both deterministic), then deform_col2im_input_gather_kernel.
 template <typename scalar_t>
 void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
-                                       int64_t first_row, int64_t rows, int64_t band_rows, int64_t table_rows,
+                                       int64_t first_row, int64_t rows, int64_t table_rows,
                                        const scalar_t* grad_columns, at::Tensor& table,
-                                       at::opmath_type<scalar_t>* grad_bands) {
+                                       at::opmath_type<scalar_t>* grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
   using Corners = kernels::MaskedCorners<acc_t>;
   Corners* entries = reinterpret_cast<Corners*>(table.mutable_data_ptr<uint8_t>());
-  const int64_t bands = (g.out_pixels() + band_rows - 1) / band_rows;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const at::TensorOptions index_options = table.options().dtype(at::kLong);
+  // Every key, none included (deform_sample_keys_kernel), for searchsorted.
+  const at::Tensor all_keys = at::arange(g.batch * g.height * g.width * g.offset_groups + 1, index_options);
   for (int64_t p0 = first_row; p0 < first_row + rows; p0 += table_rows) {
     const int64_t len = std::min(table_rows, first_row + rows - p0);
     const scalar_t* gc = grad_columns + (p0 - first_row) * g.column_width();
     const int64_t entries_total = sample_count(g, len);
     const int64_t images = (p0 + len - 1) / g.out_pixels() - p0 / g.out_pixels() + 1;
-    const int64_t planes = images * bands * g.channels;
-    const int table_blocks = blocks_for(entries_total, kThreads);
-    const int blocks = blocks_for(planes, kDeterministicThreads);
-    if (fits_int32(std::max(entries_total, planes))) {
-      kernels::deform_sample_table_kernel<scalar_t, acc_t, int32_t><<<table_blocks, kThreads, 0, stream>>>(
+    const int64_t elements = images * g.height * g.width * g.channels;
+    at::Tensor keys = at::empty({4 * entries_total}, index_options);
+    const bool small = fits_int32(std::max(4 * entries_total, elements));
+    if (small) {
+      kernels::deform_sample_table_kernel<scalar_t, acc_t, int32_t><<<blocks_for(entries_total, kThreads), kThreads,
+                                                                       0, stream>>>(
           g, a.offset, a.offset_strides, a.mask, a.mask_strides, p0, static_cast<int32_t>(len), entries);
-      kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, int32_t>
-          <<<blocks, kDeterministicThreads, 0, stream>>>(g, entries, p0, static_cast<int32_t>(len), band_rows, gc,
-                                                         grad_bands);
+      kernels::deform_sample_keys_kernel<acc_t, int32_t><<<blocks_for(4 * entries_total, kThreads), kThreads, 0,
+                                                           stream>>>(g, entries, static_cast<int32_t>(entries_total),
+                                                                     keys.mutable_data_ptr<int64_t>());
     } else {
-      kernels::deform_sample_table_kernel<scalar_t, acc_t, int64_t><<<table_blocks, kThreads, 0, stream>>>(
+      kernels::deform_sample_table_kernel<scalar_t, acc_t, int64_t><<<blocks_for(entries_total, kThreads), kThreads,
+                                                                       0, stream>>>(
           g, a.offset, a.offset_strides, a.mask, a.mask_strides, p0, len, entries);
-      kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, int64_t>
-          <<<blocks, kDeterministicThreads, 0, stream>>>(g, entries, p0, len, band_rows, gc, grad_bands);
+      kernels::deform_sample_keys_kernel<acc_t, int64_t><<<blocks_for(4 * entries_total, kThreads), kThreads, 0,
+                                                           stream>>>(g, entries, entries_total,
+                                                                     keys.mutable_data_ptr<int64_t>());
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto [sorted, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    const at::Tensor starts = at::searchsorted(sorted, all_keys);
+    if (small) {
+      kernels::deform_col2im_input_gather_kernel<scalar_t, acc_t, int32_t>
+          <<<blocks_for(elements, kThreads), kThreads, 0, stream>>>(
+              g, entries, order.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(), p0,
+              static_cast<int32_t>(len), gc, grad_input);
+    } else {
+      kernels::deform_col2im_input_gather_kernel<scalar_t, acc_t, int64_t>
+          <<<blocks_for(elements, kThreads), kThreads, 0, stream>>>(
+              g, entries, order.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(), p0, len, gc, grad_input);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -643,12 +647,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const c10::cuda::CUDAGuard guard(input.device());
   const at::ScalarType acc_type = at::toOpMathType(input.scalar_type());
-  // Deterministic: one partial input gradient per band of output pixels, summed at the end.
-  const int64_t band_rows =
-      deterministic && g.batch * g.out_pixels() > 0 ? deterministic_band_rows(g, c10::elementSize(acc_type)) : 0;
-  const int64_t bands = band_rows > 0 ? (g.out_pixels() + band_rows - 1) / band_rows : 1;
-  at::Tensor grad_input =
-      at::zeros({bands, g.batch, g.height, g.width, g.channels}, input.options().dtype(acc_type));
+  at::Tensor grad_input = at::zeros({g.batch, g.height, g.width, g.channels}, input.options().dtype(acc_type));
   OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset, mask, g);
   at::Tensor grad_offset = sample_gradients.offset;
   at::Tensor grad_mask = sample_gradients.mask;
@@ -685,13 +684,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         launch_col2im<scalar_t>(g, a, r0, len, gc_ptr, deterministic ? nullptr : gi_ptr,
                                 grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
         if (deterministic) {
-          launch_col2im_input_deterministic<scalar_t>(g, a, r0, len, band_rows, table_rows, gc_ptr, table, gi_ptr);
+          launch_col2im_input_deterministic<scalar_t>(g, a, r0, len, table_rows, gc_ptr, table, gi_ptr);
         }
       }
     });
   }
-  // Bands are summed by a reduction of fixed order (one thread per element over the band axis).
-  grad_input = bands > 1 ? grad_input.sum(0) : grad_input.squeeze(0);
   const at::MemoryFormat format = output_memory_format(input);
   at::Tensor grad_input_nchw;
   if (format == at::MemoryFormat::ChannelsLast) {

@@ -115,7 +115,8 @@ constexpr int kCol2imBlocksPerSM = 2;
 // otherwise. The two paths give each lane other channels, so the offset and mask gradients' sums
 // differ between them in the last bits; each is reproducible.
 // grad_input: NHWC, accumulated in acc_t; null skips the scatter (the deterministic backward
-// computes it with deform_col2im_input_deterministic_kernel instead). grad_mask may be null (DCNv1).
+// computes it with deform_sample_keys_kernel and deform_col2im_input_gather_kernel instead). grad_mask
+// may be null (DCNv1).
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
     deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
@@ -213,8 +214,8 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
 }
 
 // table[(r * K + k) * G + og] = masked_corners of that sample, for rows first_row ..
-// first_row+rows-1 (r relative to first_row): computed once here, then read by every channel's
-// thread of deform_col2im_input_deterministic_kernel. One thread per entry.
+// first_row+rows-1 (r relative to first_row): computed once here, then read by deform_sample_keys_kernel
+// and by every channel's thread of deform_col2im_input_gather_kernel. One thread per entry.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void deform_sample_table_kernel(DeformConvGeometry g, const scalar_t* __restrict__ offset,
                                            FieldStrides offset_strides, const scalar_t* __restrict__ mask,
@@ -229,68 +230,62 @@ __global__ void deform_sample_table_kernel(DeformConvGeometry g, const scalar_t*
   }
 }
 
-// The input gradient of deform_col2im_kernel without atomics, bitwise reproducible: for rows
-// first_row .. first_row+rows-1, adds what their samples scatter into grad_bands, one partial
-// NHWC input gradient per band of band_rows output pixels of every image (band b of image n: its
-// output pixels [b*band_rows, (b+1)*band_rows)); the caller sums the bands in a fixed order.
-// Channel c of image n only receives contributions from channel c of that image's rows, so one
-// thread owns one (image, band, channel) plane and adds into it with plain read-modify-writes,
-// walking its rows and then the kernel points in a fixed order: no races, and the same additions
-// in the same order whatever the launch configuration (and whatever the chunking, chunks being
-// launched in row order). Bands multiply the threads (images x channels alone rarely fill a GPU) at
-// the cost of one partial gradient each. Consecutive threads take consecutive channels, so the NHWC
-// updates and the grad_columns reads coalesce, and read the same sample from `table`
-// (deform_sample_table_kernel over the same rows) when they share an offset group.
-// grad_bands: (bands, N, H, W, C), bands = ceil(H_out*W_out / band_rows).
-template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void deform_col2im_input_deterministic_kernel(DeformConvGeometry g,
-                                                         const MaskedCorners<acc_t>* __restrict__ table,
-                                                         int64_t first_row, index_t rows, int64_t band_rows,
-                                                         const scalar_t* __restrict__ grad_columns,
-                                                         acc_t* __restrict__ grad_bands) {
-  const index_t channels = static_cast<index_t>(g.channels);
-  const index_t points = static_cast<index_t>(g.kernel_points());
-  const int64_t pixels = g.out_pixels();
-  const int64_t bands = (pixels + band_rows - 1) / band_rows;
-  const int64_t first_image = first_row / pixels;
-  const index_t images = static_cast<index_t>((first_row + rows - 1) / pixels - first_image + 1);
-  const index_t total = images * static_cast<index_t>(bands) * channels;
+// The deterministic input gradient, step 1: the key of each corner of each sample in `table` (entries
+// (r * K + k) * G + og, as deform_sample_table_kernel writes them), which input-gradient element group it
+// adds to: pixel * G + og (pixel of the whole batch), or `none` (N*H*W*G, after every key) for a corner
+// outside the image. One thread per corner: keys[4 * entry + i].
+template <typename acc_t, typename index_t>
+__global__ void deform_sample_keys_kernel(DeformConvGeometry g, const MaskedCorners<acc_t>* __restrict__ table,
+                                          index_t entries, int64_t* __restrict__ keys) {
+  const int64_t none = g.batch * g.height * g.width * g.offset_groups;
+  const index_t total = entries * 4;
   const index_t step = static_cast<index_t>(blockDim.x) * gridDim.x;
-  const int64_t cg = g.channels_per_group();
-  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += step) {
+  for (index_t e = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int64_t pixel = table[e / 4].pixel[e % 4];
+    keys[e] = pixel >= 0 ? pixel * g.offset_groups + (e / 4) % g.offset_groups : none;
+  }
+}
+
+// The deterministic input gradient, step 2, after the keys are sorted stably (by the caller): for the
+// rows first_row .. first_row+rows-1 of `table`, one thread per (input pixel, channel) of the images
+// those rows belong to adds every corner that lands there to grad_input, without atomics. `order`: the
+// corners (4 * entry + i) in the stable order of their keys, so a key's corners come in the order of
+// their rows, kernel points and corners; starts[key] .. starts[key + 1]: where its run lies in `order`
+// (N*H*W*G + 1 values). Each thread starts from the element's gradient and adds its corners one by
+// one in that order, so the sums are the same bits whatever the launch configuration, and whatever
+// the chunking of the rows (chunks being taken in row order). Consecutive threads take consecutive
+// channels: the grad_columns reads and the grad_input update coalesce, and the threads of a warp
+// read the same corners (when they share an offset group).
+// grad_input: NHWC (N, H, W, C) in acc_t.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void deform_col2im_input_gather_kernel(DeformConvGeometry g, const MaskedCorners<acc_t>* __restrict__ table,
+                                                  const int64_t* __restrict__ order,
+                                                  const int64_t* __restrict__ starts, int64_t first_row,
+                                                  index_t rows, const scalar_t* __restrict__ grad_columns,
+                                                  acc_t* __restrict__ grad_input) {
+  const int64_t image_pixels = g.height * g.width;
+  const int64_t first_image = first_row / g.out_pixels();
+  const int64_t images = (first_row + rows - 1) / g.out_pixels() - first_image + 1;
+  const index_t channels = static_cast<index_t>(g.channels);
+  const index_t total = static_cast<index_t>(images * image_pixels) * channels;
+  const index_t step = static_cast<index_t>(blockDim.x) * gridDim.x;
+  const int64_t cpog = g.channels_per_offset_group();
+  const int64_t points = g.kernel_points();
+  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
     const index_t c = idx % channels;
-    const int64_t band = (idx / channels) % bands;
-    const int64_t n = first_image + idx / channels / bands;
-    const int64_t og = c / g.channels_per_offset_group();
-    // Band b's partial gradient of the whole batch, at channel c.
-    acc_t* grad_band = grad_bands + band * g.batch * g.height * g.width * g.channels + c;
-    const int64_t column0 = g.column_index(c, 0);  // kernel point k: column0 + k * cg
-    // The rows of this band of image n within this launch, relative to first_row.
-    const int64_t band_begin = n * pixels + band * band_rows;
-    const int64_t band_end = min_of(band_begin + band_rows, (n + 1) * pixels);
-    // Both within [0, rows] before the cast: a band beyond this launch's rows may lie past 32 bits.
-    const index_t r_begin =
-        static_cast<index_t>(min_of(static_cast<int64_t>(rows), max_of(int64_t(0), band_begin - first_row)));
-    const index_t r_end = static_cast<index_t>(max_of(int64_t(0), min_of(rows + first_row, band_end) - first_row));
-    for (index_t r = r_begin; r < r_end; ++r) {
-      const scalar_t* grad_row = grad_columns + static_cast<int64_t>(r) * g.column_width() + column0;
-      const MaskedCorners<acc_t>* samples = table + (static_cast<int64_t>(r) * points) * g.offset_groups + og;
-      for (index_t k = 0; k < points; ++k) {
-        const MaskedCorners<acc_t>& s = samples[k * g.offset_groups];
-        const acc_t gcol = static_cast<acc_t>(grad_row[k * cg]);
-        // A sample's corners are four different pixels: their four reads go out together, then the
-        // four writes. Corner by corner, each read would wait for the write before it (the compiler
-        // must assume they may alias). The same additions in the same order, so the same bits.
-        acc_t old[4];
-        RCM_UNROLL
-        for (int i = 0; i < 4; ++i) old[i] = s.pixel[i] >= 0 ? grad_band[s.pixel[i] * g.channels] : acc_t(0);
-        RCM_UNROLL
-        for (int i = 0; i < 4; ++i) {
-          if (s.pixel[i] >= 0) grad_band[s.pixel[i] * g.channels] = old[i] + s.weight[i] * gcol;
-        }
-      }
+    const int64_t pixel = first_image * image_pixels + idx / channels;
+    const int64_t key = pixel * g.offset_groups + c / cpog;
+    acc_t* element = grad_input + pixel * g.channels + c;
+    acc_t sum = *element;
+    for (int64_t j = starts[key]; j < starts[key + 1]; ++j) {
+      const int64_t corner = order[j];
+      const int64_t entry = corner / 4;
+      const int64_t k = entry / g.offset_groups % points;
+      const int64_t r = entry / g.offset_groups / points;
+      const acc_t gcol = static_cast<acc_t>(grad_columns[r * g.column_width() + g.column_index(c, k)]);
+      sum += table[entry].weight[corner % 4] * gcol;
     }
+    *element = sum;
   }
 }
 

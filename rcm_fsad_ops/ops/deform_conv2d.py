@@ -93,10 +93,10 @@ def deform_conv2d(
     Determinism: the CPU backward is always deterministic. The CUDA backward scatters the input
     gradient with float atomics by default (run-to-run differences in the last bits); under
     ``torch.use_deterministic_algorithms(True)`` it does not raise but switches to a deterministic
-    backward instead: the input gradient is accumulated without atomics, one thread per (image,
-    band of output pixels, channel) reading each sample from a table computed once, into per-band
-    partial gradients (at most 256 MB in all) summed in a fixed order; bitwise reproducible and slower. The weight gradient comes from cuBLAS GEMMs on one
-    stream, deterministic under PyTorch's own rules: versions of PyTorch that check
+    backward instead: the input gradient is gathered without atomics, the samples' corners sorted
+    stably by the input element they land on, then one thread per input element adding its corners
+    in the order of their output pixels; bitwise reproducible and slower. The weight gradient comes
+    from cuBLAS GEMMs on one stream, deterministic under PyTorch's own rules: versions of PyTorch that check
     ``CUBLAS_WORKSPACE_CONFIG`` raise their own error until it is set (e.g. to ``:4096:8``).
     """
     if torch.jit.is_scripting():

@@ -21,10 +21,10 @@
 // im2col and col2im run each problem below with several launch configurations: the production one
 // (256 threads, grid from the work size, capped), all blocks at once (AllBlocks: races between
 // blocks), and a small odd grid (grid-stride loops). col2im_deterministic is the deterministic
-// backward (deform_col2im_kernel with the grad_input scatter off, then deform_sample_table_kernel
-// and deform_col2im_input_deterministic_kernel) under the same configurations plus one warp in launches
-// of 5 rows, in two bands of output pixels; its per-band partial input gradients must also be the
-// same bit for bit under all of them. The implicit GEMMs have one launch shape each (the grid is
+// backward (deform_col2im_kernel with the grad_input scatter off, then deform_sample_table_kernel,
+// deform_sample_keys_kernel, the keys' stable sort (std::stable_sort here) and
+// deform_col2im_input_gather_kernel) under the same configurations plus one warp in launches of 5
+// rows; its input gradient must also be the same bit for bit under all of them. The implicit GEMMs have one launch shape each (the grid is
 // the tiling; BlockByBlock: their blocks write disjoint outputs, each in its own dynamic shared
 // memory, which starts poisoned): they run on every problem plus five that span several row and column
 // tiles of either tile size, several reduction steps, and the tensor-core kernels' 16-byte-load
@@ -509,11 +509,11 @@ struct Col2imRun {
   std::vector<acc_t> grad_input;
 };
 
-// deterministic: deform_col2im_kernel with the grad_input scatter off (null), then
-// deform_sample_table_kernel and deform_col2im_input_deterministic_kernel for grad_input, as the
-// CUDA backend does under torch.use_deterministic_algorithms, in two bands of output pixels (their
-// partial gradients are the run's grad_input, summed in band order for the comparison with the
-// reference).
+// deterministic: deform_col2im_kernel with the grad_input scatter off (null), then for grad_input
+// deform_sample_table_kernel, deform_sample_keys_kernel, a stable sort of the keys and the start of
+// each key's run (std::stable_sort and std::lower_bound, where the CUDA backend takes PyTorch's sort and
+// searchsorted) and deform_col2im_input_gather_kernel, as the CUDA backend does under
+// torch.use_deterministic_algorithms.
 // misalign: Input, Output (the columns gradient) or Gradient (grad_input, with the scatter) passes
 // that base one element past a 16-byte boundary.
 template <typename scalar_t, typename index_t>
@@ -533,9 +533,8 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
   const scalar_t nan = static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN());
   std::vector<scalar_t> grad_offset(gol.size, nan);
   std::vector<scalar_t> grad_mask(s.has_mask ? gml.size : 0, nan);
-  const int64_t image_size = s.H * s.W * s.C, band_rows = (oh * ow + 1) / 2;
-  const int64_t bands = deterministic ? (oh * ow + band_rows - 1) / band_rows : 1;
-  std::vector<acc_t> grad_input(bands * s.N * image_size, acc_t(0));
+  const int64_t image_size = s.H * s.W * s.C;
+  std::vector<acc_t> grad_input(s.N * image_size, acc_t(0));
   std::optional<Misaligned<scalar_t>> shifted_input;
   if (misalign == Misalign::Input) shifted_input.emplace(op.input);
   const scalar_t* input = shifted_input ? shifted_input->data() : op.input.data();
@@ -556,12 +555,12 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
     if (misalign == Misalign::Output) shifted_grad_columns.emplace(aligned_grad_columns);
     const scalar_t* grad_columns = shifted_grad_columns ? shifted_grad_columns->data() : aligned_grad_columns.data();
     const int64_t grid = grid_for(cfg, len * K * G, warps_per_block);
-    // (image, band, channel) planes the rows of this launch touch.
-    const int64_t planes = ((r0 + len - 1) / (oh * ow) - r0 / (oh * ow) + 1) * bands * s.C;
-    const int64_t planes_grid = grid_for(cfg, planes, cfg.block);
+    // Input-gradient elements of the images the rows of this launch touch.
+    const int64_t elements = ((r0 + len - 1) / (oh * ow) - r0 / (oh * ow) + 1) * image_size;
+    const int64_t elements_grid = grid_for(cfg, elements, cfg.block);
     if (launched.empty()) {
       launched = config_name(cfg, grid);
-      if (deterministic) launched += emu::detail::format(", grad_input grid %" PRId64, planes_grid);
+      if (deterministic) launched += emu::detail::format(", grad_input grid %" PRId64, elements_grid);
     }
     emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
                 rcm_fsad::kernels::deform_col2im_kernel<scalar_t, acc_t, index_t>, g, input, op.offset.data(),
@@ -573,20 +572,28 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
       emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid_for(cfg, len * K * G, cfg.block))), dim3(cfg.block), 0,
                   rcm_fsad::kernels::deform_sample_table_kernel<scalar_t, acc_t, index_t>, g, op.offset.data(),
                   op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), table.data());
-      emu::launch(cfg.mode, dim3(static_cast<unsigned>(planes_grid)), dim3(cfg.block), 0,
-                  rcm_fsad::kernels::deform_col2im_input_deterministic_kernel<scalar_t, acc_t, index_t>, g,
-                  table.data(), r0, static_cast<index_t>(len), band_rows, grad_columns, grad_input_ptr);
+      std::vector<int64_t> keys(4 * table.size());
+      emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid_for(cfg, 4 * len * K * G, cfg.block))), dim3(cfg.block),
+                  0, rcm_fsad::kernels::deform_sample_keys_kernel<acc_t, index_t>, g, table.data(),
+                  static_cast<index_t>(table.size()), keys.data());
+      std::vector<int64_t> order(keys.size()), sorted(keys.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[a] < keys[b]; });
+      for (size_t i = 0; i < order.size(); ++i) sorted[i] = keys[order[i]];
+      std::vector<int64_t> starts(s.N * s.H * s.W * G + 1);
+      for (size_t key = 0; key < starts.size(); ++key) {
+        starts[key] = std::lower_bound(sorted.begin(), sorted.end(), static_cast<int64_t>(key)) - sorted.begin();
+      }
+      emu::launch(cfg.mode, dim3(static_cast<unsigned>(elements_grid)), dim3(cfg.block), 0,
+                  rcm_fsad::kernels::deform_col2im_input_gather_kernel<scalar_t, acc_t, index_t>, g, table.data(),
+                  order.data(), starts.data(), r0, static_cast<index_t>(len), grad_columns, grad_input_ptr);
     }
   }
   if (shifted_grad_input) std::copy(grad_input_ptr, grad_input_ptr + grad_input.size(), grad_input.begin());
   int bad = 0;
   {
     std::vector<double> got(s.N * image_size);
-    for (size_t i = 0; i < got.size(); ++i) {
-      acc_t sum = grad_input[i];
-      for (int64_t b = 1; b < bands; ++b) sum += grad_input[b * s.N * image_size + i];
-      got[i] = to_double(sum);
-    }
+    for (size_t i = 0; i < got.size(); ++i) got[i] = to_double(grad_input[i]);
     bad += compare("grad_input", got, ref.grad_input, Traits<scalar_t>::tol, [&](size_t i) {
       const int64_t c = static_cast<int64_t>(i) % s.C, pix = static_cast<int64_t>(i) / s.C;
       return emu::detail::format("n %" PRId64 " y %" PRId64 " x %" PRId64 " c %" PRId64, pix / (s.H * s.W),
