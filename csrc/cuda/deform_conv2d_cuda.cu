@@ -432,13 +432,13 @@ void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkA
   Corners* entries = reinterpret_cast<Corners*>(table.mutable_data_ptr<uint8_t>());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const at::TensorOptions index_options = table.options().dtype(at::kLong);
-  // Every key, none included (deform_sample_keys_kernel), for searchsorted.
-  const at::Tensor all_keys = at::arange(g.batch * g.height * g.width * g.offset_groups + 1, index_options);
+  const int64_t image_keys = g.height * g.width * g.offset_groups;
   for (int64_t p0 = first_row; p0 < first_row + rows; p0 += table_rows) {
     const int64_t len = std::min(table_rows, first_row + rows - p0);
     const scalar_t* gc = grad_columns + (p0 - first_row) * g.column_width();
     const int64_t entries_total = sample_count(g, len);
-    const int64_t images = (p0 + len - 1) / g.out_pixels() - p0 / g.out_pixels() + 1;
+    const int64_t first_image = p0 / g.out_pixels();
+    const int64_t images = (p0 + len - 1) / g.out_pixels() - first_image + 1;
     const int64_t elements = images * g.height * g.width * g.channels;
     at::Tensor keys = at::empty({4 * entries_total}, index_options);
     const bool small = fits_int32(std::max(4 * entries_total, elements));
@@ -459,7 +459,9 @@ void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkA
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const auto [sorted, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-    const at::Tensor starts = at::searchsorted(sorted, all_keys);
+    // Where the run of each key of these images begins, and where the last one ends.
+    const at::Tensor starts = at::searchsorted(
+        sorted, at::arange(first_image * image_keys, (first_image + images) * image_keys + 1, index_options));
     if (small) {
       kernels::deform_col2im_input_gather_kernel<scalar_t, acc_t, int32_t>
           <<<blocks_for(elements, kThreads), kThreads, 0, stream>>>(

@@ -248,12 +248,13 @@ __global__ void deform_sample_keys_kernel(DeformConvGeometry g, const MaskedCorn
 
 // The deterministic input gradient, step 2, after the keys are sorted stably (by the caller): for the
 // rows first_row .. first_row+rows-1 of `table`, one thread per (input pixel, channel) of the images
-// those rows belong to adds every corner that lands there to grad_input, without atomics. `order`: the
-// corners (4 * entry + i) in the stable order of their keys, so a key's corners come in the order of
-// their rows, kernel points and corners; starts[key] .. starts[key + 1]: where its run lies in `order`
-// (N*H*W*G + 1 values). Each thread starts from the element's gradient and adds its corners one by
-// one in that order, so the sums are the same bits whatever the launch configuration, and whatever
-// the chunking of the rows (chunks being taken in row order). Consecutive threads take consecutive
+// those rows belong to adds every corner that lands there to grad_input, without atomics. `order`:
+// the corners (4 * entry + i) in the stable order of their keys, so a key's corners come in the order
+// of their rows, kernel points and corners. starts: where each key's run lies in `order`, for the keys
+// of those images, from key0 = first image * H*W*G: run key - key0 is starts[key - key0] ..
+// starts[key - key0 + 1] (images * H*W*G + 1 values). Each thread starts from the element's gradient
+// and adds its corners one by one in that order, so the sums are the same bits whatever the launch
+// configuration, and whatever the chunking of the rows (chunks being taken in row order). Consecutive threads take consecutive
 // channels: the grad_columns reads and the grad_input update coalesce, and the threads of a warp
 // read the same corners (when they share an offset group).
 // grad_input: NHWC (N, H, W, C) in acc_t.
@@ -273,11 +274,12 @@ __global__ void deform_col2im_input_gather_kernel(DeformConvGeometry g, const Ma
   const int64_t points = g.kernel_points();
   for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
     const index_t c = idx % channels;
-    const int64_t pixel = first_image * image_pixels + idx / channels;
-    const int64_t key = pixel * g.offset_groups + c / cpog;
+    const int64_t local_pixel = idx / channels;  // of the images from first_image on
+    const int64_t pixel = first_image * image_pixels + local_pixel;
+    const int64_t run = local_pixel * g.offset_groups + c / cpog;
     acc_t* element = grad_input + pixel * g.channels + c;
     acc_t sum = *element;
-    for (int64_t j = starts[key]; j < starts[key + 1]; ++j) {
+    for (int64_t j = starts[run]; j < starts[run + 1]; ++j) {
       const int64_t corner = order[j];
       const int64_t entry = corner / 4;
       const int64_t k = entry / g.offset_groups % points;

@@ -580,9 +580,12 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
       for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
       std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[a] < keys[b]; });
       for (size_t i = 0; i < order.size(); ++i) sorted[i] = keys[order[i]];
-      std::vector<int64_t> starts(s.N * s.H * s.W * G + 1);
-      for (size_t key = 0; key < starts.size(); ++key) {
-        starts[key] = std::lower_bound(sorted.begin(), sorted.end(), static_cast<int64_t>(key)) - sorted.begin();
+      // The keys of the images this launch's rows belong to, and one past them.
+      const int64_t image_keys = s.H * s.W * G, key0 = r0 / (oh * ow) * image_keys;
+      std::vector<int64_t> starts(elements / s.C * G + 1);
+      for (size_t run = 0; run < starts.size(); ++run) {
+        const int64_t key = key0 + static_cast<int64_t>(run);
+        starts[run] = std::lower_bound(sorted.begin(), sorted.end(), key) - sorted.begin();
       }
       emu::launch(cfg.mode, dim3(static_cast<unsigned>(elements_grid)), dim3(cfg.block), 0,
                   rcm_fsad::kernels::deform_col2im_input_gather_kernel<scalar_t, acc_t, index_t>, g, table.data(),
