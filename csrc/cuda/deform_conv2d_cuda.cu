@@ -67,7 +67,9 @@ using kernels::FieldStrides;
 
 constexpr int kThreads = 256;
 // The deterministic input gradient's sample table (deform_sample_table_kernel) covers at most this
-// many bytes of rows at a time.
+// many bytes of rows at a time. Each piece also takes its corners' keys (32 bytes an entry), their
+// sort (about as much again, PyTorch's) and the runs' starts (16 bytes per (input pixel, offset group)
+// of the piece's images): about 4 times this in all.
 constexpr int64_t kDeterministicTableBytes = int64_t(64) << 20;
 // Columns elements per chunk: 64M elements keeps the buffer at 256 MB in float32.
 constexpr int64_t kChunkElements = int64_t(1) << 26;

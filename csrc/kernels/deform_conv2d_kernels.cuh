@@ -254,12 +254,14 @@ __global__ void deform_sample_keys_kernel(DeformConvGeometry g, const MaskedCorn
 // of those images, from key0 = first image * H*W*G: run key - key0 is starts[key - key0] ..
 // starts[key - key0 + 1] (images * H*W*G + 1 values). Each thread starts from the element's gradient
 // and adds its corners one by one in that order, so the sums are the same bits whatever the launch
-// configuration, and whatever the chunking of the rows (chunks being taken in row order). Consecutive threads take consecutive
+// configuration, and whatever the chunking of the rows (chunks being taken in row order); an element
+// no corner of these rows lands on is left alone. Consecutive threads take consecutive
 // channels: the grad_columns reads and the grad_input update coalesce, and the threads of a warp
 // read the same corners (when they share an offset group).
 // grad_input: NHWC (N, H, W, C) in acc_t.
 template <typename scalar_t, typename acc_t, typename index_t>
-__global__ void deform_col2im_input_gather_kernel(DeformConvGeometry g, const MaskedCorners<acc_t>* __restrict__ table,
+__global__ void deform_col2im_input_gather_kernel(DeformConvGeometry g,
+                                                  const MaskedCorners<acc_t>* __restrict__ table,
                                                   const int64_t* __restrict__ order,
                                                   const int64_t* __restrict__ starts, int64_t first_row,
                                                   index_t rows, const scalar_t* __restrict__ grad_columns,
@@ -271,20 +273,24 @@ __global__ void deform_col2im_input_gather_kernel(DeformConvGeometry g, const Ma
   const index_t total = static_cast<index_t>(images * image_pixels) * channels;
   const index_t step = static_cast<index_t>(blockDim.x) * gridDim.x;
   const int64_t cpog = g.channels_per_offset_group();
-  const int64_t points = g.kernel_points();
+  // The corners' indices fit index_t (the launcher's choice), so they are decoded in it.
+  const index_t groups = static_cast<index_t>(g.offset_groups);
+  const index_t points = static_cast<index_t>(g.kernel_points());
   for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
     const index_t c = idx % channels;
     const int64_t local_pixel = idx / channels;  // of the images from first_image on
-    const int64_t pixel = first_image * image_pixels + local_pixel;
     const int64_t run = local_pixel * g.offset_groups + c / cpog;
-    acc_t* element = grad_input + pixel * g.channels + c;
+    const int64_t begin = starts[run], end = starts[run + 1];
+    if (begin == end) continue;  // no corner lands here: the element keeps its bits
+    acc_t* element = grad_input + (first_image * image_pixels + local_pixel) * g.channels + c;
     acc_t sum = *element;
-    for (int64_t j = starts[run]; j < starts[run + 1]; ++j) {
-      const int64_t corner = order[j];
-      const int64_t entry = corner / 4;
-      const int64_t k = entry / g.offset_groups % points;
-      const int64_t r = entry / g.offset_groups / points;
-      const acc_t gcol = static_cast<acc_t>(grad_columns[r * g.column_width() + g.column_index(c, k)]);
+    for (int64_t j = begin; j < end; ++j) {
+      const index_t corner = static_cast<index_t>(order[j]);
+      const index_t entry = corner / 4;
+      const index_t k = entry / groups % points;
+      const index_t r = entry / groups / points;
+      const acc_t gcol = static_cast<acc_t>(grad_columns[static_cast<int64_t>(r) * g.column_width() +
+                                                         g.column_index(c, k)]);
       sum += table[entry].weight[corner % 4] * gcol;
     }
     *element = sum;

@@ -89,8 +89,8 @@ __device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
 // store16 to global memory as one st.global.v4 instruction, spelled out. Assigned as a whole, im2col's
 // vector of 16-bit elements went out as four st.global.v2.u16, and its vector of floats as four
 // st.global.f32 in the first unrolled iteration (session 13's PTX): partial-sector writes, four times
-// the store instructions. For data the kernel does not read back: without a memory clobber the
-// compiler may move other loads across it (a barrier still orders it).
+// the store instructions. Only for stores the kernel never reads back: without a memory clobber the
+// compiler does not know the asm writes memory, and may move other accesses across it.
 template <typename T>
 __device__ __forceinline__ void store16_global(T* p, const Vector16<T>& x) {
 #if defined(__CUDA_ARCH__)

@@ -94,8 +94,8 @@ def deform_conv2d(
     gradient with float atomics by default (run-to-run differences in the last bits); under
     ``torch.use_deterministic_algorithms(True)`` it does not raise but switches to a deterministic
     backward instead: the input gradient is gathered without atomics, the samples' corners sorted
-    stably by the input element they land on, then one thread per input element adding its corners
-    in the order of their output pixels; bitwise reproducible and slower. The weight gradient comes
+    stably by the input pixel and offset group they land on, then one thread per input element adding
+    its corners in the order of their output pixels; bitwise reproducible and slower. The weight gradient comes
     from cuBLAS GEMMs on one stream, deterministic under PyTorch's own rules: versions of PyTorch that check
     ``CUBLAS_WORKSPACE_CONFIG`` raise their own error until it is set (e.g. to ``:4096:8``).
     """

@@ -24,8 +24,8 @@
 // backward (deform_col2im_kernel with the grad_input scatter off, then deform_sample_table_kernel,
 // deform_sample_keys_kernel, the keys' stable sort (std::stable_sort here) and
 // deform_col2im_input_gather_kernel) under the same configurations plus one warp in launches of 5
-// rows; its input gradient must also be the same bit for bit under all of them. The implicit GEMMs have one launch shape each (the grid is
-// the tiling; BlockByBlock: their blocks write disjoint outputs, each in its own dynamic shared
+// rows; its input gradient must also be the same bit for bit under all of them. The implicit GEMMs
+// have one launch shape each (the grid is the tiling; BlockByBlock: their blocks write disjoint outputs, each in its own dynamic shared
 // memory, which starts poisoned): they run on every problem plus five that span several row and column
 // tiles of either tile size, several reduction steps, and the tensor-core kernels' 16-byte-load
 // paths and block widths; unsplit and split over kernel points. The cp.async tensor-core kernel
@@ -545,6 +545,7 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
   const int64_t chunk = rows_per_launch(p, cfg);
   const int64_t warps_per_block = cfg.block / 32;
   std::string launched;
+  int unwritten_keys = 0;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t len = std::min(chunk, rows - r0);
     std::vector<scalar_t> aligned_grad_columns(len * width);
@@ -572,10 +573,16 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
       emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid_for(cfg, len * K * G, cfg.block))), dim3(cfg.block), 0,
                   rcm_fsad::kernels::deform_sample_table_kernel<scalar_t, acc_t, index_t>, g, op.offset.data(),
                   op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), table.data());
-      std::vector<int64_t> keys(4 * table.size());
+      // Poisoned: a key the kernel leaves unwritten would read as a corner of pixel 0.
+      constexpr int64_t kPoison = std::numeric_limits<int64_t>::min();
+      std::vector<int64_t> keys(4 * table.size(), kPoison);
       emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid_for(cfg, 4 * len * K * G, cfg.block))), dim3(cfg.block),
                   0, rcm_fsad::kernels::deform_sample_keys_kernel<acc_t, index_t>, g, table.data(),
                   static_cast<index_t>(table.size()), keys.data());
+      if (std::count(keys.begin(), keys.end(), kPoison) != 0) {
+        std::printf("    MISMATCH %s: deform_sample_keys_kernel left keys unwritten\n", p.name);
+        ++unwritten_keys;
+      }
       std::vector<int64_t> order(keys.size()), sorted(keys.size());
       for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
       std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[a] < keys[b]; });
@@ -593,7 +600,7 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
     }
   }
   if (shifted_grad_input) std::copy(grad_input_ptr, grad_input_ptr + grad_input.size(), grad_input.begin());
-  int bad = 0;
+  int bad = unwritten_keys;
   {
     std::vector<double> got(s.N * image_size);
     for (size_t i = 0; i < got.size(); ++i) got[i] = to_double(grad_input[i]);
