@@ -49,7 +49,7 @@ test-cpp: cmake
 test-kernels:
 	bash tests/kernels/run_kernel_tests.sh
 
-# Each barrier and async-copy wait of the implicit-GEMM kernels removed on its own must fail the
+# Each barrier and async-copy wait of the implicit-GEMM and transpose kernels removed on its own must fail the
 # kernel tests (tools/barrier_audit.py; about 10 minutes, so not part of `make test`).
 audit-barriers:
 	python3 tools/barrier_audit.py

@@ -90,6 +90,17 @@ bool fits_int32(int64_t total) {
   return total + kMaxBlocks * kThreads < std::numeric_limits<int32_t>::max();
 }
 
+// Calls f with a value of the index type of grid-stride kernels over `total` items: int32_t where
+// fits_int32, int64_t otherwise.
+template <typename F>
+void with_index_type(int64_t total, F&& f) {
+  if (fits_int32(total)) {
+    f(int32_t{});
+  } else {
+    f(int64_t{});
+  }
+}
+
 template <typename scalar_t>
 struct ChunkArgs {
   const scalar_t* input;
@@ -381,14 +392,12 @@ void launch_im2col(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
   const int64_t warps = sample_count(g, rows);
   const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  if (fits_int32(warps * kernels::kWarpSize)) {
-    kernels::deform_im2col_kernel<scalar_t, acc_t, int32_t><<<blocks, kThreads, 0, stream>>>(
-        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, static_cast<int32_t>(rows),
+  with_index_type(warps * kernels::kWarpSize, [&](auto index) {
+    using index_t = decltype(index);
+    kernels::deform_im2col_kernel<scalar_t, acc_t, index_t><<<blocks, kThreads, 0, stream>>>(
+        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, static_cast<index_t>(rows),
         columns);
-  } else {
-    kernels::deform_im2col_kernel<scalar_t, acc_t, int64_t><<<blocks, kThreads, 0, stream>>>(
-        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows, columns);
-  }
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -400,15 +409,12 @@ void launch_col2im(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
   const int64_t warps = sample_count(g, rows);
   const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  if (fits_int32(warps * kernels::kWarpSize)) {
-    kernels::deform_col2im_kernel<scalar_t, acc_t, int32_t><<<blocks, kThreads, 0, stream>>>(
-        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, static_cast<int32_t>(rows),
+  with_index_type(warps * kernels::kWarpSize, [&](auto index) {
+    using index_t = decltype(index);
+    kernels::deform_col2im_kernel<scalar_t, acc_t, index_t><<<blocks, kThreads, 0, stream>>>(
+        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, static_cast<index_t>(rows),
         grad_columns, grad_input, grad_offset, gos, grad_mask, gms);
-  } else {
-    kernels::deform_col2im_kernel<scalar_t, acc_t, int64_t><<<blocks, kThreads, 0, stream>>>(
-        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, rows, grad_columns,
-        grad_input, grad_offset, gos, grad_mask, gms);
-  }
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -443,38 +449,25 @@ void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkA
     const int64_t images = (p0 + len - 1) / g.out_pixels() - first_image + 1;
     const int64_t elements = images * g.height * g.width * g.channels;
     at::Tensor keys = at::empty({4 * entries_total}, index_options);
-    const bool small = fits_int32(std::max(4 * entries_total, elements));
-    if (small) {
-      kernels::deform_sample_table_kernel<scalar_t, acc_t, int32_t><<<blocks_for(entries_total, kThreads), kThreads,
+    with_index_type(std::max(4 * entries_total, elements), [&](auto index) {
+      using index_t = decltype(index);
+      kernels::deform_sample_table_kernel<scalar_t, acc_t, index_t><<<blocks_for(entries_total, kThreads), kThreads,
                                                                        0, stream>>>(
-          g, a.offset, a.offset_strides, a.mask, a.mask_strides, p0, static_cast<int32_t>(len), entries);
-      kernels::deform_sample_keys_kernel<acc_t, int32_t><<<blocks_for(4 * entries_total, kThreads), kThreads, 0,
-                                                           stream>>>(g, entries, static_cast<int32_t>(entries_total),
+          g, a.offset, a.offset_strides, a.mask, a.mask_strides, p0, static_cast<index_t>(len), entries);
+      kernels::deform_sample_keys_kernel<acc_t, index_t><<<blocks_for(4 * entries_total, kThreads), kThreads, 0,
+                                                           stream>>>(g, entries, static_cast<index_t>(entries_total),
                                                                      keys.mutable_data_ptr<int64_t>());
-    } else {
-      kernels::deform_sample_table_kernel<scalar_t, acc_t, int64_t><<<blocks_for(entries_total, kThreads), kThreads,
-                                                                       0, stream>>>(
-          g, a.offset, a.offset_strides, a.mask, a.mask_strides, p0, len, entries);
-      kernels::deform_sample_keys_kernel<acc_t, int64_t><<<blocks_for(4 * entries_total, kThreads), kThreads, 0,
-                                                           stream>>>(g, entries, entries_total,
-                                                                     keys.mutable_data_ptr<int64_t>());
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const auto [sorted, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-    // Where the run of each key of these images begins, and where the last one ends.
-    const at::Tensor starts = at::searchsorted(
-        sorted, at::arange(first_image * image_keys, (first_image + images) * image_keys + 1, index_options));
-    if (small) {
-      kernels::deform_col2im_input_gather_kernel<scalar_t, acc_t, int32_t>
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const auto [sorted, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+      // Where the run of each key of these images begins, and where the last one ends.
+      const at::Tensor starts = at::searchsorted(
+          sorted, at::arange(first_image * image_keys, (first_image + images) * image_keys + 1, index_options));
+      kernels::deform_col2im_input_gather_kernel<scalar_t, acc_t, index_t>
           <<<blocks_for(elements, kThreads), kThreads, 0, stream>>>(
               g, entries, order.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(), p0,
-              static_cast<int32_t>(len), gc, grad_input);
-    } else {
-      kernels::deform_col2im_input_gather_kernel<scalar_t, acc_t, int64_t>
-          <<<blocks_for(elements, kThreads), kThreads, 0, stream>>>(
-              g, entries, order.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(), p0, len, gc, grad_input);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+              static_cast<index_t>(len), gc, grad_input);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   }
 }
 
@@ -693,15 +686,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       }
     });
   }
-  const at::MemoryFormat format = output_memory_format(input);
-  at::Tensor grad_input_nchw;
-  if (format == at::MemoryFormat::ChannelsLast) {
-    grad_input_nchw = from_nhwc(grad_input, input.scalar_type(), format);  // the same order: no transpose
-  } else {
-    grad_input_nchw = at::empty(input.sizes(), input.options());
-    nhwc_into_nchw_cuda(grad_input, grad_input_nchw);
-  }
-  return {grad_input_nchw, grad_offset, weight_from_matrix(grad_wmat, weight), grad_mask};
+  return {from_nhwc_cuda(grad_input, input.scalar_type(), output_memory_format(input)), grad_offset,
+          weight_from_matrix(grad_wmat, weight), grad_mask};
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <type_traits>
 
+#include "../deform_conv2d_args.h"
 #include "../kernels/layout_transpose.cuh"
 
 namespace rcm_fsad {
@@ -61,6 +62,13 @@ void nhwc_into_nchw_cuda(const at::Tensor& nhwc, const at::Tensor& nchw) {
       TORCH_CHECK(false, "nhwc_into_nchw_cuda: expected ", nchw.scalar_type(), " input, got ", nhwc.scalar_type());
     }
   });
+}
+
+at::Tensor from_nhwc_cuda(const at::Tensor& nhwc, at::ScalarType dtype, at::MemoryFormat format) {
+  if (format == at::MemoryFormat::ChannelsLast) return from_nhwc(nhwc, dtype, format);  // the same order
+  at::Tensor nchw = at::empty({nhwc.size(0), nhwc.size(3), nhwc.size(1), nhwc.size(2)}, nhwc.options().dtype(dtype));
+  nhwc_into_nchw_cuda(nhwc, nchw);
+  return nchw;
 }
 
 }  // namespace rcm_fsad

@@ -14,4 +14,8 @@ at::Tensor channels_last_cuda(const at::Tensor& t);
 // as nhwc's, or a 16-bit type from float (an input gradient summed in float).
 void nhwc_into_nchw_cuda(const at::Tensor& nhwc, const at::Tensor& nchw);
 
+// from_nhwc (deform_conv2d_args.h) on CUDA: nhwc (N, H, W, C), contiguous, as an (N, C, H, W) tensor of
+// `dtype` in `format`; a contiguous one by the transpose kernel.
+at::Tensor from_nhwc_cuda(const at::Tensor& nhwc, at::ScalarType dtype, at::MemoryFormat format);
+
 }  // namespace rcm_fsad
