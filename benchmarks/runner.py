@@ -20,10 +20,12 @@ host's work for a call hidden behind the flush before it (where it takes less th
 one before left.
 
 The TF32 switches (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``) are
-set once per run, so they are the same for every implementation; default off, so fp32 means IEEE fp32.
+set once per run, so they are the same for every implementation; default off, so fp32 means float32's
+accuracy: IEEE fp32 for torchvision's GEMM, and for ``ours`` on CUDA the mma.sync kernel on operands split
+in two TF32 parts (three TF32 MMAs a product, its error tested against float32's).
 
 On CUDA, ``ours`` is the default forward path (in tensor-core types the mma.sync kernel, its sampled
-operand in registers, where it applies), and ``ours[implicit_gemm_wmma]`` (the WMMA kernel with cp.async
+operand in registers, where it applies; in fp32 with TF32 off the same on split operands), and ``ours[implicit_gemm_wmma]`` (the WMMA kernel with cp.async
 copies), ``ours[implicit_gemm_sync]`` (the WMMA kernel without them), ``ours[implicit_gemm_simt]`` and
 ``ours[columns]`` (forward only) are the other four, so
 the tensor-core, CUDA-core and columns paths sit side by side, with ``ours[autotune]`` (forward only),
@@ -106,8 +108,10 @@ CUDA_VARIANTS = {
     OURS_AUTOTUNE: Variant("autotune", False, (FWD,)),
     OURS_DETERMINISTIC: Variant(None, True, (FWD_BWD,)),
 }
-# The variants that differ from ``ours`` only where it takes tensor cores: in fp64, and in fp32 with TF32
-# off, they run the CUDA-core kernel that ``ours`` runs, and are not timed again under another name.
+# The variants that differ from ``ours`` only where it takes tensor cores. In fp64 they run the CUDA-core
+# kernel that ``ours`` runs. In fp32 with TF32 off ``ours`` splits its operands over TF32 tensor cores and
+# implicit_gemm_simt is the CUDA-core kernel, while the WMMA variants, which do not split, run that same
+# CUDA-core kernel. Those are not timed again under another name.
 TENSOR_CORE_VARIANTS = (OURS_WMMA, OURS_SYNC, OURS_SIMT)
 
 
@@ -122,7 +126,16 @@ def variant_of(impl: str, default: Variant) -> Variant:
 
 def variant_applies(impl: str, dtype_name: str, tf32_matmul: bool) -> bool:
     """Whether timing ``impl`` in this dtype measures a kernel of its own (see TENSOR_CORE_VARIANTS)."""
-    return impl not in TENSOR_CORE_VARIANTS or dtype_name in ("fp16", "bf16") or (dtype_name == "fp32" and tf32_matmul)
+    if impl not in TENSOR_CORE_VARIANTS or dtype_name in ("fp16", "bf16"):
+        return True
+    return dtype_name == "fp32" and (tf32_matmul or impl == OURS_SIMT)
+
+
+def variant_skip_reason(impl: str, dtype_name: str) -> str:
+    """Why ``impl`` is not timed in this dtype (variant_applies is false): the kernel it would time."""
+    if dtype_name == "fp32":
+        return f"no WMMA kernel in fp32 without TF32: the CUDA-core kernel of {OURS_SIMT}"
+    return "no tensor cores in this dtype: the CUDA-core kernel of ours"
 
 # The eager reference materialises several N * C_in * kh*kw * H_out*W_out intermediates (and keeps
 # them for backward); above this many elements per intermediate it is skipped.
@@ -808,7 +821,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
             continue
         if not variant_applies(impl, dtype_name, tf32["torch.backends.cuda.matmul.allow_tf32"]):
             skipped.append({"case": case.name, "dtype": dtype_name, "impl": impl,
-                            "reason": "no tensor cores in this dtype and TF32 setting: the CUDA-core kernel of ours"})
+                            "reason": variant_skip_reason(impl, dtype_name)})
             continue
         if impl in (REFERENCE, COMPILED) and case.reference_elements() > REFERENCE_MAX_ELEMENTS:
             reason = (f"eager reference needs N·C·kh·kw·H_out·W_out = {case.reference_elements() / 1e6:.0f}M "
@@ -942,7 +955,8 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
     impls = compared_impls(device.type)
     notes = []
     if device.type == "cuda":
-        notes.append(f"ours = the default path (tensor cores for fp16/bf16, and for fp32 under TF32) on the "
+        notes.append(f"ours = the default path (tensor cores for fp16/bf16, for fp32 under TF32, and for fp32 "
+                     f"without TF32 on operands split in two TF32 parts, float32's accuracy) on the "
                      f"contiguous NCHW tensors every implementation gets; {OURS_CHANNELS_LAST}: the same on "
                      f"channels_last input, offset, mask and grad_output (no layout conversion in the op); "
                      f"{OURS_WMMA}, {OURS_SYNC}, {OURS_SIMT}, {OURS_COLUMNS}: our other CUDA forward paths "

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-# (test id, device, CUDA forward algorithm): every CUDA parity test runs each forward path (the
-# default one takes tensor cores for float16/bfloat16, and for float32 under TF32, on sm_80+).
+# (test id, device, CUDA forward algorithm): every CUDA parity test runs each forward path (on sm_80+
+# the default one takes tensor cores for float16/bfloat16, for float32 under TF32, and for float32
+# without TF32 on operands split in two TF32 parts; cuda-simt is the CUDA-core kernel).
 BACKENDS = [("cpu", "cpu", None)]
 if torch.cuda.is_available():
     BACKENDS += [("cuda", "cuda", "implicit_gemm"), ("cuda-wmma", "cuda", "implicit_gemm_wmma"),

@@ -54,10 +54,11 @@ TENSOR_CORE_TYPES = (("Half", "__half", "64"), ("Half", "__half", "128"), ("BFlo
                      ("BFloat16", "__nv_bfloat16", "128"), ("float", "Tf32", "64"))
 
 # (scalar_t, mma_t, warp width, warps along the columns) of the mma.sync kernel
-# (kernels::mma_warp_cols, kernels::mma_warps_along_cols), TF32 included.
-MMA_INPUT_TYPES = (("Half", "__half"), ("BFloat16", "__nv_bfloat16"), ("float", "Tf32"))
+# (kernels::mma_warp_cols, kernels::mma_warps_along_cols), TF32 and split TF32 included.
+MMA_INPUT_TYPES = (("Half", "__half"), ("BFloat16", "__nv_bfloat16"), ("float", "Tf32"), ("float", "Tf32Split"))
 MMA_TYPES = tuple((scalar, mma, *layout) for scalar, mma in MMA_INPUT_TYPES
-                  for layout in (("64", "1"), ("128", "1"), ("128", "2")))
+                  for layout in ((("64", "1"), ("64", "2")) if mma == "Tf32Split"
+                                 else (("64", "1"), ("128", "1"), ("128", "2"))))
 
 # (in_t, out_t) of the layout transpose (csrc/cuda/layout_cuda.cu): each dtype to itself, and float to the
 # 16-bit types (input gradients summed in float).
@@ -88,7 +89,7 @@ KERNELS = {
     "batched_transpose_kernel": ("layout_transpose.cuh", TRANSPOSE_TYPES),
 }
 # Template arguments: this tool's spelling -> the C++ spelling in the generated source.
-_SOURCE_SPELLING = {"Tf32": "rcm_fsad::kernels::Tf32"}
+_SOURCE_SPELLING = {"Tf32": "rcm_fsad::kernels::Tf32", "Tf32Split": "rcm_fsad::kernels::Tf32Split"}
 
 ARCH = "sm_90"
 # The device flags of the extension build (torch's cpp_extension + setup.py), plus what ptxas needs; in

@@ -1,12 +1,16 @@
 // CUDA launchers of deform_conv2d. Forward, by RCM_FSAD_DEFORM_CONV_ALGO:
 //   implicit_gemm (default)  no columns buffer: on sm_80+ a tensor-core kernel for float16 and
 //                            bfloat16, and for float32 when TF32 matmuls are allowed
-//                            (torch.backends.cuda.matmul.allow_tf32, as for torchvision's GEMM):
+//                            (torch.backends.cuda.matmul.allow_tf32, as for torchvision's GEMM).
+//                            For float32 without TF32, the mma.sync kernel below on operands split
+//                            in two TF32 parts (kernels::Tf32Split, "3xTF32": float32's accuracy
+//                            at three MMAs a product) where it applies, the CUDA-core kernel
+//                            elsewhere. The tensor-core kernels:
 //                            deform_conv2d_implicit_gemm_mma_kernel (mma.sync, the sampled operand
 //                            in registers, each element sampled once, on weights repacked by
 //                            deform_conv2d_mma_weight_fragments_kernel) where every run of channels
-//                            is whole 16-byte vectors and kernels::mma_kernel_applies (its 56 KB of
-//                            shared memory fit every sm_80+ device); else, where the runs are whole
+//                            is whole 16-byte vectors and kernels::mma_kernel_applies (its shared
+//                            memory fits every sm_80+ device); else, where the runs are whole
 //                            vectors, deform_conv2d_implicit_gemm_wmma_async_kernel (WMMA, loads in
 //                            flight with cp.async) where it fits the device; else
 //                            deform_conv2d_implicit_gemm_wmma_kernel. Without tensor cores the
@@ -14,7 +18,8 @@
 //                            16 bytes at a time where vector_loads_apply). Any of them split over
 //                            kernel points when its tiles would not fill one wave (launch_implicit_gemm);
 //   implicit_gemm_wmma       the same, but never the mma.sync kernel (the default until an H200 run
-//                            timed the two: benchmarks/NOTES.md);
+//                            timed the two: benchmarks/NOTES.md), so float32 without TF32 takes
+//                            the CUDA-core kernel, as it does under implicit_gemm_sync;
 //   implicit_gemm_sync       the same, but only the WMMA kernel with synchronous loads (to measure
 //                            what cp.async gains);
 //   implicit_gemm_simt       the CUDA-core implicit GEMM for every dtype;
@@ -205,12 +210,17 @@ bool tensor_core_code_loaded() {
   });
 }
 
-// For a dtype with a tensor-core input type: sm_80+ with code built for it, and for float32 only
-// where TF32 is allowed.
+// Whether the input's device runs the tensor-core kernels: sm_80+ with code built for it.
+bool tensor_cores_present(const at::Tensor& input) {
+  return at::cuda::getDeviceProperties(input.get_device())->major >= 8 && tensor_core_code_loaded();
+}
+
+// For a dtype with a tensor-core input type: tensor cores present, and for float32 only where TF32 is
+// allowed (without TF32 see use_split_tf32).
 template <typename scalar_t>
 bool use_tensor_cores(const at::Tensor& input) {
   if (std::is_same_v<scalar_t, float> && !tf32_matmuls_allowed()) return false;
-  return at::cuda::getDeviceProperties(input.get_device())->major >= 8 && tensor_core_code_loaded();
+  return tensor_cores_present(input);
 }
 
 // How many blocks of `threads` threads and `shared_bytes` of dynamic shared memory of `kernel` one
@@ -281,6 +291,17 @@ bool vector_loads_apply(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& 
          kernels::aligned16(wmat.const_data_ptr());
 }
 
+// Whether the default forward of float32 with TF32 off takes the mma.sync kernel on operands split in
+// two TF32 parts (kernels::Tf32Split): float32's accuracy from three TF32 MMAs per product, where
+// that kernel applies. Elsewhere it takes the CUDA-core kernel, as every forced implicit-GEMM path
+// does without TF32.
+template <typename scalar_t>
+bool use_split_tf32(const at::Tensor& input, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
+                    const at::Tensor& wmat) {
+  return std::is_same_v<scalar_t, float> && !tf32_matmuls_allowed() && vector_loads_apply(g, a, wmat) &&
+         kernels::mma_kernel_applies<scalar_t>(g) && tensor_cores_present(input);
+}
+
 // Whether the current device gives a block of the cp.async tensor-core kernel kCols wide its shared
 // memory: 102 KB 64 wide, 112 KB 128 wide. sm_80 and sm_90 give 163 and 227 KB, while sm_86, sm_89
 // and sm_120 give 99 KB and so always take the kernel with synchronous loads.
@@ -313,35 +334,26 @@ void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const C
   }
 }
 
-// The mma.sync forward, its warps laid out as kernels::mma_warp_cols and mma_warps_along_cols pick,
-// on the weights repacked as its lanes read them (kernels::mma_weight_fragment_elements).
-template <int kWarpCols, int kWarpsAlongCols, typename mma_t, typename scalar_t>
-void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& fragments,
-                        const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
-  using Tiles = kernels::MmaTiles<kWarpCols, kWarpsAlongCols>;
-  launch_implicit_gemm<Tiles, float>(
-      kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kWarpCols, kWarpsAlongCols>, g, a,
-      fragments, bias, out_rows, kernels::mma_shared_bytes<Tiles>());
-}
-
+// The mma.sync forward, its warps laid out as kernels::with_mma_tiles picks, on the weights repacked
+// as its lanes read them (kernels::mma_weight_fragment_elements). mma_t: the tensor-core input type,
+// or kernels::Tf32Split for float32 at float32's accuracy. Its shared memory fits every sm_80+
+// device (kernels::kMmaMaxSharedBytes).
 template <typename mma_t, typename scalar_t>
 void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
                         const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
-  const int64_t elements = kernels::mma_weight_fragment_elements<scalar_t>(g);
+  const int64_t elements = kernels::mma_weight_fragment_elements<scalar_t, mma_t>(g);
   at::Tensor fragments = at::empty({elements}, wmat.options());
   const int64_t vectors = elements / kernels::Vector16<scalar_t>::kSize;
   kernels::deform_conv2d_mma_weight_fragments_kernel<scalar_t, mma_t>
       <<<blocks_for(vectors, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           g, wmat.const_data_ptr<scalar_t>(), fragments.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const int64_t cog = g.out_channels / g.groups;
-  if (kernels::mma_warps_along_cols(cog) == 2) {
-    launch_mma_forward<128, 2, mma_t>(g, a, fragments, bias, out_rows);
-  } else if (kernels::mma_warp_cols(cog) == 128) {
-    launch_mma_forward<128, 1, mma_t>(g, a, fragments, bias, out_rows);
-  } else {
-    launch_mma_forward<64, 1, mma_t>(g, a, fragments, bias, out_rows);
-  }
+  kernels::with_mma_tiles<mma_t>(g.out_channels / g.groups, [&](auto tiles) {
+    using Tiles = decltype(tiles);
+    launch_implicit_gemm<Tiles, float>(
+        kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, Tiles::kWarpCols, Tiles::kWarpsAlongCols>,
+        g, a, fragments, bias, out_rows, kernels::mma_shared_bytes<Tiles, mma_t>());
+  });
 }
 
 template <typename scalar_t>
@@ -350,6 +362,12 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
                            const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
   const std::optional<at::Tensor> bias_c =
       bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (algo == ForwardAlgorithm::ImplicitGemm && use_split_tf32<scalar_t>(input, g, a, wmat)) {
+      launch_mma_forward<kernels::Tf32Split>(g, a, wmat, bias_c, out_rows);
+      return;
+    }
+  }
   if constexpr (!std::is_void_v<typename TensorCoreInput<scalar_t>::type>) {
     if (algo != ForwardAlgorithm::ImplicitGemmSimt && use_tensor_cores<scalar_t>(input)) {
       using mma_t = typename TensorCoreInput<scalar_t>::type;
@@ -503,7 +521,8 @@ void forward_by(ForwardAlgorithm algo, const at::Tensor& input, const DeformConv
 // takes a tensor-core kernel: the CUDA-core kernel, and where the 16-byte loads apply, also the WMMA
 // kernels that differ from the default's: the cp.async one where the default's is the mma.sync kernel
 // and the cp.async one fits the device, the synchronous-load one where the default's is either of the
-// others. Elsewhere these paths run the default's own kernel. The columns path always.
+// others. Elsewhere these paths run the default's own kernel. In float32 without TF32 only the
+// CUDA-core kernel differs, where the default splits its operands. The columns path always.
 template <typename scalar_t>
 std::vector<ForwardAlgorithm> forward_candidates(const at::Tensor& input, const DeformConvGeometry& g,
                                                  const ChunkArgs<scalar_t>& a, const at::Tensor& wmat) {
@@ -520,6 +539,7 @@ std::vector<ForwardAlgorithm> forward_candidates(const at::Tensor& input, const 
       candidates.push_back(ForwardAlgorithm::ImplicitGemmSimt);
     }
   }
+  if (use_split_tf32<scalar_t>(input, g, a, wmat)) candidates.push_back(ForwardAlgorithm::ImplicitGemmSimt);
   candidates.push_back(ForwardAlgorithm::Columns);
   return candidates;
 }

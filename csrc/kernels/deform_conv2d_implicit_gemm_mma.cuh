@@ -25,6 +25,8 @@
 //     columns and blends them after, so that the loads are in flight while the tensor cores work
 //     (one block per SM: the accumulators and all this take up to the whole register file).
 // Same reduction steps (64 bytes of channels) and grid as the cp.async WMMA kernel.
+// For float32 with TF32 off it keeps float32's accuracy on TF32 tensor cores (Tf32Split, "3xTF32"):
+// every operand as the sum of two TF32 numbers, and three MMAs where TF32 takes one.
 // Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness.
 #pragma once
 
@@ -37,6 +39,28 @@
 
 namespace rcm_fsad {
 namespace kernels {
+
+// Selects float32 at float32's accuracy on TF32 tensor cores: an operand x is split as big + small,
+// big = x rounded to TF32 and small = the remainder rounded to TF32 (x to about 2^-22 of itself),
+// and a product as small x big + big x small + big x big, three TF32 MMAs into the same float sums;
+// small x small (about 2^-22 of the product) is dropped. A non-finite x is carried whole by its
+// small part (big = 0), so that an infinite sample times a finite weight stays infinite, as in
+// float32, instead of meeting a zero small part (inf x 0 = NaN); only a product of two non-finite
+// operands differs from float32 (NaN for inf).
+struct Tf32Split {};
+
+// What the kernel below multiplies for its mma_t: the MMA's input type, and in how many parts an
+// operand goes (Tf32Split: two TF32 ones; else one, the operand rounded to the input type).
+template <typename mma_t>
+struct MmaParts {
+  using input_t = mma_t;
+  static constexpr int kParts = 1;
+};
+template <>
+struct MmaParts<Tf32Split> {
+  using input_t = Tf32;
+  static constexpr int kParts = 2;
+};
 
 // kWarpCols_: a warp's output channels, 64 or 128 (8 or 16 MMA tiles of 8 columns);
 // kWarpsAlongCols_: 1 or 2. Eight warps, each 32 rows.
@@ -61,9 +85,31 @@ struct MmaTiles {
 };
 
 // The warps for a conv group of `cog` output channels: as wide as the group up to 128 columns, so
-// that no warp multiplies only zeros; two along the columns above that.
-RCM_HD int mma_warp_cols(int64_t cog) { return cog > 64 ? 128 : 64; }
-RCM_HD int mma_warps_along_cols(int64_t cog) { return cog > 128 ? 2 : 1; }
+// that no warp multiplies only zeros; two along the columns above that. With two parts (Tf32Split)
+// at most 64 wide: the second part's fragments do not fit beside 128 accumulators a thread
+// (ptxas spills; 64 wide it takes 220 registers).
+template <typename mma_t>
+RCM_HD int mma_warp_cols(int64_t cog) {
+  return cog > 64 && MmaParts<mma_t>::kParts == 1 ? 128 : 64;
+}
+template <typename mma_t>
+RCM_HD int mma_warps_along_cols(int64_t cog) {
+  return cog > mma_warp_cols<mma_t>(cog) ? 2 : 1;
+}
+
+// f(MmaTiles<mma_warp_cols, mma_warps_along_cols>{}) for a conv group of `cog` output channels:
+// the one place that turns the layout into the kernel's template arguments.
+template <typename mma_t, typename F>
+decltype(auto) with_mma_tiles(int64_t cog, F&& f) {
+  if constexpr (MmaParts<mma_t>::kParts == 1) {
+    if (mma_warp_cols<mma_t>(cog) == 128) {
+      if (mma_warps_along_cols<mma_t>(cog) == 2) return f(MmaTiles<128, 2>{});
+      return f(MmaTiles<128, 1>{});
+    }
+  }
+  if (mma_warps_along_cols<mma_t>(cog) == 2) return f(MmaTiles<64, 2>{});
+  return f(MmaTiles<64, 1>{});
+}
 
 // A reduction step: 64 bytes of channels, 16 per thread of a quad, two MMAs deep.
 template <typename scalar_t>
@@ -87,21 +133,23 @@ RCM_HD int64_t mma_steps_per_point(const DeformConvGeometry& g) {
 // Column tiles of 8 output channels of a conv group in the weight fragments: the group's output
 // channels padded to whole blocks, so that a block copies and multiplies without checking which of
 // its columns exist.
+template <typename mma_t>
 RCM_HD int64_t mma_column_tiles(int64_t cog) {
-  const int64_t block = mma_warp_cols(cog) * mma_warps_along_cols(cog);
+  const int64_t block = mma_warp_cols<mma_t>(cog) * mma_warps_along_cols<mma_t>(cog);
   return (cog + block - 1) / block * block / 8;
 }
 
 // The weights in the order the kernel's lanes read them, so that a warp reads one column tile of a
-// step as 512 contiguous bytes, with no bounds to check: for conv group G, kernel point k, step s
-// of the point, column tile j and lane 4 q + t, the 16 bytes of output channel 8 j + q at the
-// step's channels [c0 + t V, c0 + (t + 1) V) (V = Vector16<scalar_t>::kSize), zeros past the
-// step's depth and the group's output channels; TF32 weights already rounded.
-// Shape (G, K, mma_steps_per_point, mma_column_tiles(C_out / G), 32, V).
-template <typename scalar_t>
+// step as 512 contiguous bytes a part, with no bounds to check: for conv group G, kernel point k,
+// step s of the point, column tile j, part p (MmaParts) and lane 4 q + t, the 16 bytes of output
+// channel 8 j + q at the step's channels [c0 + t V, c0 + (t + 1) V) (V = Vector16<scalar_t>::kSize),
+// zeros past the step's depth and the group's output channels; TF32 weights already rounded
+// (Tf32Split: part 0 big, part 1 small).
+// Shape (G, K, mma_steps_per_point, mma_column_tiles(C_out / G), kParts, 32, V).
+template <typename scalar_t, typename mma_t>
 RCM_HD int64_t mma_weight_fragment_elements(const DeformConvGeometry& g) {
   return g.groups * g.kernel_points() * mma_steps_per_point<scalar_t>(g) *
-         mma_column_tiles(g.out_channels / g.groups) * 32 * Vector16<scalar_t>::kSize;
+         mma_column_tiles<mma_t>(g.out_channels / g.groups) * MmaParts<mma_t>::kParts * 32 * Vector16<scalar_t>::kSize;
 }
 
 // The corners of one of a warp's rows, for the run being multiplied: its four pixel indices (-1
@@ -122,22 +170,27 @@ struct alignas(16) RowCorners {
 // Dynamic shared memory of the kernel below: each warp's corners of its rows, with 32-bit pixel
 // indices (one wide multiply-add per corner load instead of 64-bit arithmetic); two stages of the
 // block's weight fragments (the step being multiplied, and the next one in flight), lane l's 16
-// bytes of the block's column tile j at [j][l]; and, with two warps along the columns, two
-// buffers of each warp's words of the rows it sampled, [row tile][row h][lane] (a warp writes one
-// while its partner may still read the other). 56 KB for 128 x 256 blocks, 28 KB for 256 x 128.
-template <typename Tiles>
+// bytes of part p of the block's column tile j at [j][p][l]; and, with two warps along the columns,
+// two buffers of each warp's words of the rows it sampled, [row tile][row h][part][lane] (a warp
+// writes one while its partner may still read the other). 56 KB for 128 x 256 blocks, 28 KB for
+// 256 x 128; with two parts (Tf32Split) 72 KB for 128 x 128 and 32 KB for 256 x 64.
+template <typename Tiles, int kParts>
 struct MmaShared {
   static constexpr int kStages = 2;
   static constexpr int kTradingWarps = Tiles::kWarpsAlongCols > 1 ? Tiles::kWarps : 1;  // 1: unused
   RowCorners corners[Tiles::kWarps][32];
-  Vector16<uint32_t> weights[kStages][Tiles::kCols / 8][32];
-  Vector16<uint32_t> sampled[2][kTradingWarps][Tiles::kSampledRowTiles][2][32];
+  Vector16<uint32_t> weights[kStages][Tiles::kCols / 8][kParts][32];
+  Vector16<uint32_t> sampled[2][kTradingWarps][Tiles::kSampledRowTiles][2][kParts][32];
 };
 
-template <typename Tiles>
+template <typename Tiles, typename mma_t>
 constexpr size_t mma_shared_bytes() {
-  return sizeof(MmaShared<Tiles>);
+  return sizeof(MmaShared<Tiles, MmaParts<mma_t>::kParts>);
 }
+
+// What every layout with_mma_tiles picks stays within: every sm_80+ device gives a block at least
+// 99 KB (sm_86, sm_89, sm_120), so the launcher needs no check.
+constexpr size_t kMmaMaxSharedBytes = 72 * 1024;
 
 // Whether the kernel below takes a forward of tensors of scalar_t (with 16-byte aligned input and
 // weights): every run of channels whole 16-byte vectors, its steps alike in every conv group, and
@@ -150,6 +203,21 @@ RCM_HD bool mma_kernel_applies(const DeformConvGeometry& g) {
 }
 
 #if defined(RCM_WMMA_AVAILABLE)
+// x in the parts of mma_t (MmaParts): rounded to its input type, or for Tf32Split as big + small
+// (see there; a non-finite x in the small part).
+template <typename mma_t, typename In = MmaInput<typename MmaParts<mma_t>::input_t>>
+__device__ __forceinline__ void to_parts(float x, typename In::smem_t (&parts)[MmaParts<mma_t>::kParts]) {
+  parts[0] = In::from_float(x);
+  if constexpr (MmaParts<mma_t>::kParts == 2) {
+    if (fabsf(parts[0]) <= 3.40282347e+38f) {  // FLT_MAX: false for inf and NaN
+      parts[1] = In::from_float(x - parts[0]);
+    } else {
+      parts[0] = 0.0f;
+      parts[1] = x;  // the MMA reads its TF32 bits
+    }
+  }
+}
+
 // 16 bytes as the four 32-bit words that MMA fragments are made of.
 template <typename T>
 __device__ __forceinline__ void to_words(const Vector16<T>& x, uint32_t (&w)[4]) {
@@ -167,19 +235,21 @@ __global__ void deform_conv2d_mma_weight_fragments_kernel(DeformConvGeometry g, 
                                                           scalar_t* __restrict__ fragments) {
 #if defined(RCM_WMMA_AVAILABLE)
   constexpr int kVector = Vector16<scalar_t>::kSize;
+  constexpr int kParts = MmaParts<mma_t>::kParts;
   const int64_t steps = mma_steps_per_point<scalar_t>(g);
   const int64_t cog = g.out_channels / g.groups;
   const int64_t cg = g.channels_per_group();
   const int64_t points = g.kernel_points();
-  const int64_t column_tiles = mma_column_tiles(cog);
-  const int64_t vectors = mma_weight_fragment_elements<scalar_t>(g) / kVector;
+  const int64_t column_tiles = mma_column_tiles<mma_t>(cog);
+  const int64_t vectors = mma_weight_fragment_elements<scalar_t, mma_t>(g) / kVector;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < vectors; v += stride) {
     const int lane = static_cast<int>(v % 32);
-    const int64_t tile = v / 32 % column_tiles;
-    const int64_t step = v / (32 * column_tiles) % steps;
-    const int64_t k = v / (32 * column_tiles * steps) % points;
-    const int64_t group = v / (32 * column_tiles * steps * points);
+    const int part = static_cast<int>(v / 32 % kParts);
+    const int64_t tile = v / (32 * kParts) % column_tiles;
+    const int64_t step = v / (32 * kParts * column_tiles) % steps;
+    const int64_t k = v / (32 * kParts * column_tiles * steps) % points;
+    const int64_t group = v / (32 * kParts * column_tiles * steps * points);
     ReductionSteps<mma_step_depth<scalar_t>()> s(g, group, {static_cast<int>(k), static_cast<int>(k) + 1});
     for (int64_t i = 0; i < step; ++i) s.next();
     const int64_t co = 8 * tile + lane / 4;
@@ -190,8 +260,10 @@ __global__ void deform_conv2d_mma_weight_fragments_kernel(DeformConvGeometry g, 
       const scalar_t* w = wmat + ((group * cog + co) * points + k) * cg + (c - group * cg);
       RCM_UNROLL
       for (int e = 0; e < kVector; ++e) {
-        if constexpr (std::is_same_v<mma_t, Tf32>) {
-          x.v[e] = MmaInput<Tf32>::from_float(w[e]);
+        if constexpr (std::is_same_v<typename MmaParts<mma_t>::input_t, Tf32>) {
+          float parts[kParts];
+          to_parts<mma_t>(w[e], parts);
+          x.v[e] = part == 0 ? parts[0] : parts[kParts - 1];
         } else {
           x.v[e] = w[e];
         }
@@ -203,10 +275,11 @@ __global__ void deform_conv2d_mma_weight_fragments_kernel(DeformConvGeometry g, 
 }
 
 // Grid: (gemm_grid_x<BM, BN>(g), splits, groups) with T = MmaTiles<kWarpCols, kWarpsAlongCols>;
-// block: T::kThreads; dynamic shared memory: mma_shared_bytes<T>().
+// block: T::kThreads; dynamic shared memory: mma_shared_bytes<T, mma_t>().
 // scalar_t and mma_t as for deform_conv2d_implicit_gemm_wmma_kernel (c10::Half with __half,
-// c10::BFloat16 with __nv_bfloat16, float with Tf32), and so are the arguments, except that the
-// weights come as fragments (deform_conv2d_mma_weight_fragments_kernel). The launcher guarantees
+// c10::BFloat16 with __nv_bfloat16, float with Tf32), or float with Tf32Split, and so are the
+// arguments, except that the weights come as fragments (deform_conv2d_mma_weight_fragments_kernel,
+// with the same mma_t). The launcher guarantees
 // input and fragments 16-byte aligned and mma_kernel_applies<scalar_t>(g).
 template <typename scalar_t, typename mma_t, int kWarpCols, int kWarpsAlongCols>
 __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads,
@@ -218,13 +291,16 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
                                            scalar_t* __restrict__ out, float* __restrict__ partials) {
 #if defined(RCM_WMMA_AVAILABLE)
   using T = MmaTiles<kWarpCols, kWarpsAlongCols>;
-  using In = MmaInput<mma_t>;
-  using smem_t = typename In::smem_t;
+  using input_t = typename MmaParts<mma_t>::input_t;  // what the MMAs take
+  using smem_t = typename MmaInput<input_t>::smem_t;
   using Steps = ReductionSteps<mma_step_depth<scalar_t>()>;
   static_assert(sizeof(smem_t) == sizeof(scalar_t), "weights are read as the MMA's words");
   constexpr int kVector = Vector16<scalar_t>::kSize;
+  constexpr int kParts = MmaParts<mma_t>::kParts;
 
-  RCM_DYNAMIC_SHARED(MmaShared<T>, shared);
+  using Shared = MmaShared<T, kParts>;
+  static_assert(sizeof(Shared) <= kMmaMaxSharedBytes, "every sm_80+ device gives a block kMmaMaxSharedBytes");
+  RCM_DYNAMIC_SHARED(Shared, shared);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int quad = lane / 4;  // q of mma_sync.cuh: the fragment row (of A and D) or column (of B)
@@ -277,12 +353,12 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
                                    live_in(s) && pixel.v[c] >= 0);
     }
   };
-  // Row r's sample from its corner vectors, in float, rounded to the MMA's input: thread t's words
-  // 0 and 1 of the row are its words t and t + 4 of the step's first MMA, words 2 and 3 those of
-  // the second. Past the step's depth the words are zeros without a blend: an infinite mask's
+  // Row r's sample from its corner vectors, in float, in the MMA's parts (w[p]: part p): thread t's
+  // words 0 and 1 of the row are its words t and t + 4 of the step's first MMA, words 2 and 3 those
+  // of the second. Past the step's depth the words are zeros without a blend: an infinite mask's
   // weight times those zeros would be NaN, and its MMAs would spread it over the row (the other
   // kernels blend only within the depth too).
-  auto blend_row = [&](const Steps& s, const CornerVectors& raw, int r, uint32_t (&w)[4]) {
+  auto blend_row = [&](const Steps& s, const CornerVectors& raw, int r, uint32_t (&w)[kParts][4]) {
     const Vector16<float> weight = load16<float>(corners[r].weight);
     float v[kVector];
     RCM_UNROLL
@@ -291,48 +367,68 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
       RCM_UNROLL
       for (int c = 0; c < 4; ++c) add_weighted<std::is_same_v<mma_t, __nv_bfloat16>>(v, weight.v[c], raw[c]);
     }
-    Vector16<smem_t> rounded;
+    Vector16<smem_t> parts[kParts];
     RCM_UNROLL
-    for (int j = 0; j < kVector; ++j) rounded.v[j] = In::from_float(v[j]);
-    to_words(rounded, w);
+    for (int j = 0; j < kVector; ++j) {
+      smem_t x[kParts];
+      to_parts<mma_t>(v[j], x);
+      RCM_UNROLL
+      for (int p = 0; p < kParts; ++p) parts[p].v[j] = x[p];
+    }
+    RCM_UNROLL
+    for (int p = 0; p < kParts; ++p) to_words(parts[p], w[p]);
   };
-  // A row tile's fragments of the step's two MMAs (a[m]) from the words of its rows quad (w[0])
-  // and quad + 8 (w[1]).
-  auto to_fragments = [](const uint32_t (&w)[2][4], uint32_t (&a)[2][4]) {
+  // A row tile's fragments of the step's two MMAs (a[p][m], part p) from the words of its rows
+  // quad (w[0]) and quad + 8 (w[1]).
+  auto to_fragments = [](const uint32_t (&w)[2][kParts][4], uint32_t (&a)[kParts][2][4]) {
     RCM_UNROLL
-    for (int m = 0; m < 2; ++m) {
-      a[m][0] = w[0][2 * m];
-      a[m][1] = w[1][2 * m];
-      a[m][2] = w[0][2 * m + 1];
-      a[m][3] = w[1][2 * m + 1];
+    for (int p = 0; p < kParts; ++p) {
+      RCM_UNROLL
+      for (int m = 0; m < 2; ++m) {
+        a[p][m][0] = w[0][p][2 * m];
+        a[p][m][1] = w[1][p][2 * m];
+        a[p][m][2] = w[0][p][2 * m + 1];
+        a[p][m][3] = w[1][p][2 * m + 1];
+      }
     }
   };
-  // The block's weights of a step: its column tiles at b, 512 contiguous bytes each (lane l's 16
+  // The block's weights of a step: its column tiles at b, 512 contiguous bytes a part (lane l's 16
   // at l), copied flat into stage `stage` by all its threads, 16 bytes at a time.
-  constexpr int kTileStride = 32 * kVector;
-  constexpr int kCopies = T::kCols / 8 * 32 / T::kThreads;  // per thread and step
-  static_assert(kCopies * T::kThreads == T::kCols / 8 * 32, "the block's threads share its weight copies evenly");
-  const int64_t column_tiles = mma_column_tiles(cog);
+  constexpr int kTileStride = kParts * 32 * kVector;
+  constexpr int kCopies = T::kCols / 8 * kParts * 32 / T::kThreads;  // per thread and step
+  static_assert(kCopies * T::kThreads == T::kCols / 8 * kParts * 32, "the block's threads share its weight copies evenly");
+  const int64_t column_tiles = mma_column_tiles<mma_t>(cog);
   const int64_t step_stride = column_tiles * kTileStride;
   auto copy_weights = [&](const scalar_t* b, int stage) {
     RCM_UNROLL
     for (int n = 0; n < kCopies; ++n) {
       const int chunk = threadIdx.x + n * T::kThreads;
-      copy16_async(&shared->weights[stage][chunk / 32][chunk % 32], b + chunk * kVector, true);
+      copy16_async(&shared->weights[stage][chunk / (32 * kParts)][chunk / 32 % kParts][chunk % 32], b + chunk * kVector,
+                   true);
     }
     commit_async_copies();
   };
   // acc[.][j] += the step's A fragments x its weights (in stage `stage`), for the warp's column
-  // tiles [j0, j1).
-  auto multiply = [&](int stage, const uint32_t (&a)[T::kRowTiles][2][4], int j0, int j1) {
+  // tiles [j0, j1). With two parts, the small products first: they are the smaller terms.
+  auto multiply = [&](int stage, const uint32_t (&a)[T::kRowTiles][kParts][2][4], int j0, int j1) {
     RCM_UNROLL
     for (int j = j0; j < j1; ++j) {
-      const Vector16<uint32_t> words = shared->weights[stage][column_warp * T::kColTiles + j][lane];
+      Vector16<uint32_t> words[kParts];
+      RCM_UNROLL
+      for (int p = 0; p < kParts; ++p) words[p] = shared->weights[stage][column_warp * T::kColTiles + j][p][lane];
       RCM_UNROLL
       for (int m = 0; m < 2; ++m) {
-        const uint32_t bm[2] = {words.v[2 * m], words.v[2 * m + 1]};
+        const uint32_t big[2] = {words[0].v[2 * m], words[0].v[2 * m + 1]};
+        if constexpr (kParts == 2) {
+          const uint32_t small[2] = {words[1].v[2 * m], words[1].v[2 * m + 1]};
+          RCM_UNROLL
+          for (int i = 0; i < T::kRowTiles; ++i) {
+            mma_m16n8<input_t>(acc[i][j], a[i][1][m], big);
+            mma_m16n8<input_t>(acc[i][j], a[i][0][m], small);
+          }
+        }
         RCM_UNROLL
-        for (int i = 0; i < T::kRowTiles; ++i) mma_m16n8<mma_t>(acc[i][j], a[i][m], bm);
+        for (int i = 0; i < T::kRowTiles; ++i) mma_m16n8<input_t>(acc[i][j], a[i][0][m], big);
       }
     }
   };
@@ -357,20 +453,25 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
     const typename Steps::Run after = s.following_run();
     if (row_live && after.k < s.points) field = load_field(after.k, after.og);
   };
-  // The words of a step's rows that this warp samples (w[i][h]: row h of register row tile i).
-  using SampledWords = uint32_t[T::kSampledRowTiles][2][4];
+  // The words of a step's rows that this warp samples (w[i][h][p]: part p of row h of register row
+  // tile i).
+  using SampledWords = uint32_t[T::kSampledRowTiles][2][kParts][4];
   // A step's A fragments of all the warp's row tiles from the words it sampled: with a partner,
   // its own words are published first and the partner's read after the step's barrier, which also
   // makes the block's copies of the step's weights visible (every thread waits for its own first).
   // The words trade through the buffer numbered as the step's weight stage: consecutive steps
   // alternate, so a warp never overwrites words its partner may still be reading.
-  auto gather = [&](const SampledWords& w, int stage, uint32_t (&a)[T::kRowTiles][2][4]) {
+  auto gather = [&](const SampledWords& w, int stage, uint32_t (&a)[T::kRowTiles][kParts][2][4]) {
     if constexpr (T::kWarpsAlongCols > 1) {
       RCM_UNROLL
       for (int i = 0; i < T::kSampledRowTiles; ++i) {
         RCM_UNROLL
         for (int h = 0; h < 2; ++h) {
-          shared->sampled[stage][warp][i][h][lane] = Vector16<uint32_t>{{w[i][h][0], w[i][h][1], w[i][h][2], w[i][h][3]}};
+          RCM_UNROLL
+          for (int p = 0; p < kParts; ++p) {
+            const uint32_t(&x)[4] = w[i][h][p];
+            shared->sampled[stage][warp][i][h][p][lane] = Vector16<uint32_t>{{x[0], x[1], x[2], x[3]}};
+          }
         }
       }
     }
@@ -381,12 +482,15 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
     if constexpr (T::kWarpsAlongCols > 1) {
       RCM_UNROLL
       for (int i = 0; i < T::kSampledRowTiles; ++i) {
-        uint32_t theirs[2][4];
+        uint32_t theirs[2][kParts][4];
         RCM_UNROLL
         for (int h = 0; h < 2; ++h) {
-          const Vector16<uint32_t> x = shared->sampled[stage][warp ^ 1][i][h][lane];
           RCM_UNROLL
-          for (int e = 0; e < 4; ++e) theirs[h][e] = x.v[e];
+          for (int p = 0; p < kParts; ++p) {
+            const Vector16<uint32_t> x = shared->sampled[stage][warp ^ 1][i][h][p][lane];
+            RCM_UNROLL
+            for (int e = 0; e < 4; ++e) theirs[h][p][e] = x.v[e];
+          }
         }
         to_fragments(theirs, a[T::kSampledRowTiles + i]);
       }
@@ -407,7 +511,7 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
                          tile.co0 / 8) * kTileStride;
     int stage = 0;
     copy_weights(b, stage);
-    uint32_t a[T::kRowTiles][2][4];
+    uint32_t a[T::kRowTiles][kParts][2][4];
     if (row_live) field = load_field(s.k, s.og);
     start_run(s);
     {

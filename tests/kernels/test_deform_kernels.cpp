@@ -7,8 +7,9 @@
 //   test_deform_kernels wmma/<half|bfloat16|tf32>  the tensor-core implicit-GEMM forward (float
 //                                                  tensors for tf32)
 //   test_deform_kernels wmma_async/<half|bfloat16|tf32>  the tensor-core forward with cp.async copies
-//   test_deform_kernels mma/<half|bfloat16|tf32>   the mma.sync forward (operands in registers), on
-//                                                  weights repacked by its fragments kernel
+//   test_deform_kernels mma/<half|bfloat16|tf32|tf32_split>  the mma.sync forward (operands in
+//                                                  registers), on weights repacked by its fragments
+//                                                  kernel; tf32_split: float32 on split TF32
 //   test_deform_kernels reference                  checks the reference's gradients by finite differences
 //   test_deform_kernels splits                     the launcher's kernel-point split count (forward_splits)
 //   test_deform_kernels mma_steps                  the mma.sync kernel's steps per kernel point
@@ -855,11 +856,15 @@ int check_igemm(const Problem& p, bool infinite_mask = false) {
   return bad;
 }
 
-// The value the MMA reads for x in the tensor-core input type mma_t.
+// The value the MMAs read for x in the tensor-core input type mma_t: for Tf32Split the sum of its
+// two TF32 parts, x rounded to TF32 and the remainder rounded to TF32.
 template <typename mma_t>
 double mma_rounded(double x) {
   if constexpr (std::is_same_v<mma_t, rcm_fsad::kernels::Tf32>) {
     return nvcuda::wmma::__float_to_tf32(static_cast<float>(x));
+  } else if constexpr (std::is_same_v<mma_t, rcm_fsad::kernels::Tf32Split>) {
+    const float big = nvcuda::wmma::__float_to_tf32(static_cast<float>(x));
+    return static_cast<double>(big) + nvcuda::wmma::__float_to_tf32(static_cast<float>(x) - big);
   } else {
     return static_cast<float>(static_cast<mma_t>(static_cast<float>(x)));
   }
@@ -871,7 +876,7 @@ template <typename scalar_t, typename mma_t>
 std::vector<scalar_t> mma_weight_fragments(const Problem& p, const ForwardOperands<scalar_t>& op) {
   namespace kernels = rcm_fsad::kernels;  // spelled kernels:: for check_coverage.cmake
   const DeformConvGeometry g = geometry(p);
-  std::vector<scalar_t> fragments(kernels::mma_weight_fragment_elements<scalar_t>(g),
+  std::vector<scalar_t> fragments(kernels::mma_weight_fragment_elements<scalar_t, mma_t>(g),
                                   static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
   emu::launch(emu::Mode::BlockByBlock, dim3(3), dim3(64), 0,
               kernels::deform_conv2d_mma_weight_fragments_kernel<scalar_t, mma_t>, g, op.wmat.data(), fragments.data());
@@ -888,10 +893,65 @@ std::vector<scalar_t> mma_weight_fragments(const Problem& p, const ForwardOperan
 // The tensor-core kernels, each launched as the launcher does.
 enum class TensorCoreKernel { Wmma, WmmaAsync, Mma };
 
-// The tolerance of a tensor-core forward against the float64 reference.
+// The tolerance of a tensor-core forward against the float64 reference (split TF32: float's).
 template <typename scalar_t, typename mma_t>
 double tensor_core_tolerance() {
   return std::is_same_v<mma_t, rcm_fsad::kernels::Tf32> ? 2e-3 : Traits<scalar_t>::tol;
+}
+
+// The forward computed as a float32 GEMM would: the columns rounded to float, and each output's sum
+// of float products in float (one rounding per multiply-add, in the reference's order). Also the
+// largest sum of the terms' magnitudes, sum |w x column| + |bias|, over the finite outputs: what a
+// float32 error bound is a multiple of.
+struct Float32Forward {
+  std::vector<double> out;
+  double magnitude = 0.0;
+};
+Float32Forward float32_forward(const reference::Inputs& in, const reference::Outputs& o, int64_t out_channels,
+                               const std::vector<double>& weight, const std::vector<double>& bias) {
+  const Shape& s = in.s;
+  const int64_t K = s.points(), cg = s.C / s.groups, cog = out_channels / s.groups;
+  Float32Forward f{std::vector<double>(s.rows() * out_channels), 0.0};
+  for (int64_t row = 0; row < s.rows(); ++row) {
+    for (int64_t co = 0; co < out_channels; ++co) {
+      const int64_t group = co / cog;
+      float sum = bias.empty() ? 0.0f : static_cast<float>(bias[co]);
+      double magnitude = std::abs(sum);
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t cl = 0; cl < cg; ++cl) {
+          const float w = static_cast<float>(weight[((co * cg + cl) * s.kh + k / s.kw) * s.kw + k % s.kw]);
+          const float c = static_cast<float>(o.columns[row * s.row_width() + s.column(group * cg + cl, k)]);
+          sum = std::fma(w, c, sum);
+          magnitude += std::abs(static_cast<double>(w) * c);
+        }
+      }
+      f.out[row * out_channels + co] = sum;
+      if (std::isfinite(magnitude)) f.magnitude = std::max(f.magnitude, magnitude);
+    }
+  }
+  return f;
+}
+
+// Split TF32 must be as accurate as float32: its error against the float64 result at most twice
+// that of float32_forward, plus 4 float32 unit roundoffs (2^-24) of the terms' magnitude for the
+// sampling's float arithmetic, which float32_forward leaves out (its columns are rounded once).
+// One TF32 part alone, or a cross term left out, is off by about 2^-12 of the terms: hundreds of
+// times that.
+int check_float32_accuracy(const ForwardOperands<float>& op, const Problem& p, const std::vector<double>& got,
+                           std::string& note) {
+  const Float32Forward in_float = float32_forward(op.in, reference::compute(op.in), p.out_channels, op.weight, op.bias);
+  double kernel_error = 0.0, float_error = 0.0;
+  for (size_t i = 0; i < op.want.size(); ++i) {
+    if (!std::isfinite(op.want[i])) continue;
+    kernel_error = std::max(kernel_error, std::abs(got[i] - op.want[i]));
+    float_error = std::max(float_error, std::abs(in_float.out[i] - op.want[i]));
+  }
+  const double sampling = 4.0 * std::ldexp(in_float.magnitude, -24);
+  note += emu::detail::format(", float32's error %.2g", float_error);
+  if (kernel_error <= 2.0 * float_error + sampling) return 0;
+  std::printf("    kernel error %.3g exceeds 2 x float32's error %.3g + the sampling's %.3g\n", kernel_error, float_error,
+              sampling);
+  return 1;
 }
 
 // kCols: the block width (WMMA kernels) or the warp width (the mma.sync kernel, with
@@ -914,7 +974,7 @@ int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = 
     const std::vector<scalar_t> fragments = mma_weight_fragments<scalar_t, mma_t>(p, op);
     got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), fragments.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kCols, kWarpsAlongCols>,
-                                       kernels::mma_shared_bytes<Tiles>());
+                                       kernels::mma_shared_bytes<Tiles, mma_t>());
   } else {
     got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), op.wmat.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>,
@@ -942,8 +1002,9 @@ int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = 
                 rounding_error, scale);
     ++bad;
   }
-  const std::string errors = emu::detail::format(", error %.2g vs rounding %.2g", kernel_error, rounding_error) +
-                             infinity_note(infinite_mask, op.want);
+  std::string errors = emu::detail::format(", error %.2g vs rounding %.2g", kernel_error, rounding_error);
+  if constexpr (std::is_same_v<mma_t, rcm_fsad::kernels::Tf32Split>) bad += check_float32_accuracy(op, p, got, errors);
+  errors += infinity_note(infinite_mask, op.want);
   report_forward(bad, p, grid, Tiles::kThreads, errors.c_str(), start);
   return bad;
 }
@@ -1143,13 +1204,11 @@ int run_tensor_core_case() {
     namespace kernels = rcm_fsad::kernels;
     const int64_t cog = p.out_channels / p.shape.groups;
     if constexpr (kKernel == TensorCoreKernel::Mma) {
-      if (kernels::mma_warps_along_cols(cog) == 2) {
-        return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel, 2>(p, split, infinite_mask);
-      }
-      if (kernels::mma_warp_cols(cog) == 128) {
-        return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split, infinite_mask);
-      }
-      return check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split, infinite_mask);
+      return kernels::with_mma_tiles<mma_t>(cog, [&](auto tiles) {
+        using Tiles = decltype(tiles);
+        return check_igemm_tensor_cores<scalar_t, mma_t, Tiles::kWarpCols, kKernel, Tiles::kWarpsAlongCols>(
+            p, split, infinite_mask);
+      });
     } else {
       if (kernels::wmma_tile_cols<mma_t>(cog) == 128) {
         return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split, infinite_mask);
@@ -1210,6 +1269,9 @@ template <TensorCoreKernel kKernel>
 int run_tensor_core_dtype(const std::string& dtype) {
   if (dtype == "half") return run_tensor_core_case<__half, __half, kKernel>();
   if (dtype == "bfloat16") return run_tensor_core_case<__nv_bfloat16, __nv_bfloat16, kKernel>();
+  if constexpr (kKernel == TensorCoreKernel::Mma) {
+    if (dtype == "tf32_split") return run_tensor_core_case<float, rcm_fsad::kernels::Tf32Split, kKernel>();
+  }
   return run_tensor_core_case<float, rcm_fsad::kernels::Tf32, kKernel>();
 }
 
@@ -1403,7 +1465,7 @@ std::vector<std::string> case_names() {
   for (const char* dtype : {"float", "double", "half", "bfloat16"}) names.push_back(std::string("igemm/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma_async/") + dtype);
-  for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("mma/") + dtype);
+  for (const char* dtype : {"half", "bfloat16", "tf32", "tf32_split"}) names.push_back(std::string("mma/") + dtype);
   for (const char* types : {"float", "double", "half", "bfloat16", "float_to_half", "float_to_bfloat16"}) {
     names.push_back(std::string("transpose/") + types);
   }
