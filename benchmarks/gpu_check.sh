@@ -25,8 +25,9 @@
 #   9 racecheck  the first five sanitizer cases in float32/float16                  -> checks.log
 #  10 synccheck  the same                                                           -> checks.log
 #   extra, only while the time budget lasts (optional: their failure is reported, not a FAIL):
-#  11 ncu        Nsight Compute on one launch of each tensor-core forward kernel (cp.async WMMA and
-#                mma.sync) at N32 C256 56x56 bf16: throughput, issue slots, warp stalls and where -> bench.log
+#  11 ncu        Nsight Compute on one launch of each tensor-core forward kernel (cp.async WMMA,
+#                mma.sync and wgmma) at N32 C256 56x56 bf16: throughput, issue slots, warp stalls and
+#                where                                                                -> bench.log
 #  12 profile    per-kernel device time of each implementation (python -m benchmarks.profile_kernels
 #                --device cuda --repeats 5; tables only)                            -> bench.log
 #  13 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log
@@ -333,7 +334,7 @@ from benchmarks.shapes import CASES_BY_NAME
 case = CASES_BY_NAME["n32_c256_56x56"]
 t = case.make_inputs("cuda", torch.bfloat16)
 with torch.no_grad():
-    for algo in ("implicit_gemm", "implicit_gemm_wmma"):
+    for algo in ("implicit_gemm", "implicit_gemm_wgmma", "implicit_gemm_wmma"):
         os.environ["RCM_FSAD_DEFORM_CONV_ALGO"] = algo
         rcm_fsad_ops.deform_conv2d(t["input"], t["offset"], t["weight"], t.get("bias"), mask=t.get("mask"),
                                    **case.kwargs())
@@ -343,7 +344,7 @@ PYEOF
 if [[ -z "$NCU" ]]; then
     skip_step ncu "$BENCH_LOG" 0 "ncu not found (PATH, /usr/local/cuda*/bin, /opt/nvidia/nsight-compute)"
 elif (( $(remaining) >= 90 )); then
-    gpu_step ncu "$BENCH_LOG" 90 0 "'$NCU' --clock-control none --print-details all --kernel-name regex:'implicit_gemm_(wmma_async|mma)_kernel' --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats --section InstructionStats --section SourceCounters --section Occupancy --section LaunchStats $PY $NCU_PY 2>&1 | tee /tmp/rcm_fsad_ncu.txt; rc=\${PIPESTATUS[0]}; grep -q 'No kernels were profiled' /tmp/rcm_fsad_ncu.txt && exit 3; exit \$rc"
+    gpu_step ncu "$BENCH_LOG" 90 0 "'$NCU' --clock-control none --print-details all --kernel-name regex:'implicit_gemm_(wmma_async|mma|wgmma)_kernel' --launch-count 3 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats --section InstructionStats --section SourceCounters --section Occupancy --section LaunchStats $PY $NCU_PY 2>&1 | tee /tmp/rcm_fsad_ncu.txt; rc=\${PIPESTATUS[0]}; grep -q 'No kernels were profiled' /tmp/rcm_fsad_ncu.txt && exit 3; exit \$rc"
 else
     skip_step ncu "$BENCH_LOG" 0 "not enough time left for Nsight Compute"
 fi

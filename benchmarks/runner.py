@@ -25,9 +25,11 @@ accuracy: IEEE fp32 for torchvision's GEMM, and for ``ours`` on CUDA the mma.syn
 in two TF32 parts (three TF32 MMAs a product, its error tested against float32's).
 
 On CUDA, ``ours`` is the default forward path (in tensor-core types the mma.sync kernel, its sampled
-operand in registers, where it applies; in fp32 with TF32 off the same on split operands), and ``ours[implicit_gemm_wmma]`` (the WMMA kernel with cp.async
-copies), ``ours[implicit_gemm_sync]`` (the WMMA kernel without them), ``ours[implicit_gemm_simt]`` and
-``ours[columns]`` (forward only) are the other four, so
+operand in registers, where it applies; in fp32 with TF32 off the same on split operands), and
+``ours[implicit_gemm_wgmma]`` (fp16 and bf16: Hopper's wgmma, on sm_90 with the build's sm_90a code),
+``ours[implicit_gemm_wmma]`` (the WMMA kernel with cp.async copies), ``ours[implicit_gemm_sync]`` (the
+WMMA kernel without them), ``ours[implicit_gemm_simt]`` and ``ours[columns]`` (forward only) are the
+other five, so
 the tensor-core, CUDA-core and columns paths sit side by side, with ``ours[autotune]`` (forward only),
 the fastest of them as timed on its first call; ``ours[channels_last]`` runs what ``ours`` runs on
 channels_last input, offset, mask and grad_output (what a channels_last model hands it), where the op
@@ -71,6 +73,7 @@ from benchmarks.shapes import (
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 
 OURS = "ours"
+OURS_WGMMA = "ours[implicit_gemm_wgmma]"
 OURS_WMMA = "ours[implicit_gemm_wmma]"
 OURS_SYNC = "ours[implicit_gemm_sync]"
 OURS_SIMT = "ours[implicit_gemm_simt]"
@@ -81,7 +84,7 @@ OURS_DETERMINISTIC = "ours[deterministic]"
 TORCHVISION = "torchvision"
 REFERENCE = "reference"
 COMPILED = "reference+compile"
-IMPL_ORDER = (OURS, OURS_CHANNELS_LAST, OURS_WMMA, OURS_SYNC, OURS_SIMT, OURS_COLUMNS, OURS_AUTOTUNE,
+IMPL_ORDER = (OURS, OURS_CHANNELS_LAST, OURS_WGMMA, OURS_WMMA, OURS_SYNC, OURS_SIMT, OURS_COLUMNS, OURS_AUTOTUNE,
               OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED)
 ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
 
@@ -101,6 +104,7 @@ class Variant(NamedTuple):
 # backward is the same for all) and the deterministic backward (forward+backward).
 CUDA_VARIANTS = {
     OURS_CHANNELS_LAST: Variant(None, False, PASSES, channels_last=True),  # with the caller's settings: variant_of
+    OURS_WGMMA: Variant("implicit_gemm_wgmma", False, (FWD,)),
     OURS_WMMA: Variant("implicit_gemm_wmma", False, (FWD,)),
     OURS_SYNC: Variant("implicit_gemm_sync", False, (FWD,)),
     OURS_SIMT: Variant("implicit_gemm_simt", False, (FWD,)),
@@ -111,8 +115,9 @@ CUDA_VARIANTS = {
 # The variants that differ from ``ours`` only where it takes tensor cores. In fp64 they run the CUDA-core
 # kernel that ``ours`` runs. In fp32 with TF32 off ``ours`` splits its operands over TF32 tensor cores and
 # implicit_gemm_simt is the CUDA-core kernel, while the WMMA variants, which do not split, run that same
-# CUDA-core kernel. Those are not timed again under another name.
-TENSOR_CORE_VARIANTS = (OURS_WMMA, OURS_SYNC, OURS_SIMT)
+# CUDA-core kernel. Those are not timed again under another name; nor is the wgmma one outside fp16 and
+# bf16, where it runs ours' own path.
+TENSOR_CORE_VARIANTS = (OURS_WGMMA, OURS_WMMA, OURS_SYNC, OURS_SIMT)
 
 
 def variant_of(impl: str, default: Variant) -> Variant:
@@ -128,11 +133,13 @@ def variant_applies(impl: str, dtype_name: str, tf32_matmul: bool) -> bool:
     """Whether timing ``impl`` in this dtype measures a kernel of its own (see TENSOR_CORE_VARIANTS)."""
     if impl not in TENSOR_CORE_VARIANTS or dtype_name in ("fp16", "bf16"):
         return True
-    return dtype_name == "fp32" and (tf32_matmul or impl == OURS_SIMT)
+    return dtype_name == "fp32" and impl != OURS_WGMMA and (tf32_matmul or impl == OURS_SIMT)
 
 
 def variant_skip_reason(impl: str, dtype_name: str) -> str:
     """Why ``impl`` is not timed in this dtype (variant_applies is false): the kernel it would time."""
+    if impl == OURS_WGMMA and dtype_name != "fp64":
+        return "the wgmma kernel takes fp16 and bf16 only: the default path of ours"
     if dtype_name == "fp32":
         return f"no WMMA kernel in fp32 without TF32: the CUDA-core kernel of {OURS_SIMT}"
     return "no tensor cores in this dtype: the CUDA-core kernel of ours"
@@ -959,7 +966,7 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
                      f"without TF32 on operands split in two TF32 parts, float32's accuracy) on the "
                      f"contiguous NCHW tensors every implementation gets; {OURS_CHANNELS_LAST}: the same on "
                      f"channels_last input, offset, mask and grad_output (no layout conversion in the op); "
-                     f"{OURS_WMMA}, {OURS_SYNC}, {OURS_SIMT}, {OURS_COLUMNS}: our other CUDA forward paths "
+                     f"{OURS_WGMMA}, {OURS_WMMA}, {OURS_SYNC}, {OURS_SIMT}, {OURS_COLUMNS}: our other CUDA forward paths "
                      f"({ALGORITHM_ENV}), forward only, and {OURS_AUTOTUNE} the fastest of them as timed on its "
                      f"first call; {OURS_DETERMINISTIC}: forward+backward under "
                      f"torch.use_deterministic_algorithms(True)")

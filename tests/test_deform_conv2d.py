@@ -591,9 +591,11 @@ def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
     kernel where the reduction steps are the same in every conv group, the cp.async WMMA kernel
     elsewhere, and that one always with RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wmma;
     RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_sync, or an input whose data does not start on a
-    16-byte boundary, takes the WMMA kernel with synchronous loads. Each is judged like
-    test_low_precision_error_is_that_of_its_rounding: its error against the float64 result at most
-    twice that of a reference rounding the same operands."""
+    16-byte boundary, takes the WMMA kernel with synchronous loads. RCM_FSAD_DEFORM_CONV_ALGO=
+    implicit_gemm_wgmma takes the wgmma kernel in 16-bit types where the mma.sync kernel would run, on a
+    compute capability 9.0 device with the build's sm_90a code; the default's kernel elsewhere. Each is
+    judged like test_low_precision_error_is_that_of_its_rounding: its error against the float64 result
+    at most twice that of a reference rounding the same operands."""
     dtype, mma_input, _ = LOW_PRECISIONS[precision]
     case = ASYNC_CASES[name]
     low = {k: None if v is None else v.to(dtype) for k, v in case.tensors(torch.float64, "cuda").items()}
@@ -613,11 +615,15 @@ def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
                                           exact_inputs["bias"], exact.shape[-2:]).to(dtype).double()
     same_err = (same - exact).abs().max().item()
     scale = exact.abs().max().item()
-    kernels = ("implicit_gemm_wmma_async_kernel", "implicit_gemm_mma_kernel", "implicit_gemm_wmma_kernel")
+    kernels = ("implicit_gemm_wmma_async_kernel", "implicit_gemm_mma_kernel", "implicit_gemm_wmma_kernel",
+               "implicit_gemm_wgmma_kernel")
     sync = "implicit_gemm_wmma_kernel"
-    for algorithm, want in (("implicit_gemm", sync if misaligned
-                             else "implicit_gemm_wmma_async_kernel" if name == MIXED_RUNS
-                             else "implicit_gemm_mma_kernel"),
+    default = (sync if misaligned else "implicit_gemm_wmma_async_kernel" if name == MIXED_RUNS
+               else "implicit_gemm_mma_kernel")
+    wgmma = (default == "implicit_gemm_mma_kernel" and precision != "tf32"
+             and torch.cuda.get_device_capability() == (9, 0) and "9.0a" in rcm_fsad_ops.info()["cuda_arch_list"])
+    for algorithm, want in (("implicit_gemm", default),
+                            ("implicit_gemm_wgmma", "implicit_gemm_wgmma_kernel" if wgmma else default),
                             ("implicit_gemm_wmma", sync if misaligned else "implicit_gemm_wmma_async_kernel"),
                             ("implicit_gemm_sync", sync)):
         monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", algorithm)

@@ -278,7 +278,8 @@ def test_cuda_rejects_an_unknown_forward_algorithm(monkeypatch):
     monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", "fastest")
     t = CASES["basic"].tensors(torch.float32, "cuda")
     with pytest.raises(RuntimeError, match="RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', "
-                                           "'implicit_gemm_wmma', 'implicit_gemm_sync', 'implicit_gemm_simt', "
+                                           "'implicit_gemm_wgmma', 'implicit_gemm_wmma', 'implicit_gemm_sync', "
+                                           "'implicit_gemm_simt', "
                                            "'columns' or 'autotune', got 'fastest'"):
         rcm_fsad_ops.deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], padding=1, mask=t["mask"])
 

@@ -13,21 +13,23 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-# Hopper (H100/H200): the target when no GPU is visible to pick an arch from; with its PTX, which the
-# driver compiles for newer GPUs (Blackwell) where a module built here is run.
-DEFAULT_ARCH_LIST = "9.0+PTX"
+# Hopper (H100/H200): the target when no GPU is visible to pick an arch from, with its arch-specific
+# features (9.0a: the wgmma kernel) and without them, with the latter's PTX, which the driver compiles
+# for newer GPUs (Blackwell) where a module built here is run.
+DEFAULT_ARCH_LIST = "9.0a;9.0+PTX"
 
 
 def cuda_arch_list() -> str:
     """The archs to build for, separated by ';': TORCH_CUDA_ARCH_LIST (torch also takes spaces there), else
-    those of the visible GPUs, else DEFAULT_ARCH_LIST. (Imports torch only here.)"""
+    those of the visible GPUs (Hopper's as 9.0a, with its wgmma), else DEFAULT_ARCH_LIST. (Imports torch
+    only here.)"""
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         return ";".join(os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", " ").split())
     import torch
 
     if torch.cuda.is_available():
         archs = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-        return ";".join(f"{major}.{minor}" for major, minor in archs)
+        return ";".join(f"{major}.{minor}" + ("a" if (major, minor) == (9, 0) else "") for major, minor in archs)
     return DEFAULT_ARCH_LIST
 
 

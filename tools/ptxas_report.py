@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Registers, spills, shared and local memory of every CUDA kernel, for sm_90, from `ptxas -v`.
+"""Registers, spills, shared and local memory of every CUDA kernel, for sm_90a (Hopper with its wgmma),
+from `ptxas -v`.
 
 Compiles the torch-free kernel headers (csrc/kernels/) in a generated .cu that instantiates every
 __global__ kernel for each dtype and index type the CUDA backend launches, and parses ptxas' report.
@@ -34,6 +35,7 @@ HOT_KERNELS = (
     "deform_conv2d_implicit_gemm_wmma_kernel",
     "deform_conv2d_implicit_gemm_wmma_async_kernel",
     "deform_conv2d_implicit_gemm_mma_kernel",
+    "deform_conv2d_implicit_gemm_wgmma_kernel",
     "batched_transpose_kernel",
 )
 
@@ -60,6 +62,10 @@ MMA_TYPES = tuple((scalar, mma, *layout) for scalar, mma in MMA_INPUT_TYPES
                   for layout in ((("64", "1"), ("64", "2")) if mma == "Tf32Split"
                                  else (("64", "1"), ("128", "1"), ("128", "2"))))
 
+# (scalar_t, mma_t, block width) of the wgmma kernel (kernels::wgmma_tile_cols).
+WGMMA_TYPES = tuple((scalar, mma, cols) for scalar, mma in (("Half", "__half"), ("BFloat16", "__nv_bfloat16"))
+                    for cols in ("64", "128", "256"))
+
 # (in_t, out_t) of the layout transpose (csrc/cuda/layout_cuda.cu): each dtype to itself, and float to the
 # 16-bit types (input gradients summed in float).
 TRANSPOSE_TYPES = (("float", "float"), ("double", "double"), ("Half", "Half"), ("BFloat16", "BFloat16"),
@@ -85,13 +91,15 @@ KERNELS = {
                                                       TENSOR_CORE_TYPES),
     "deform_conv2d_implicit_gemm_mma_kernel": ("deform_conv2d_implicit_gemm_mma.cuh", MMA_TYPES),
     "deform_conv2d_mma_weight_fragments_kernel": ("deform_conv2d_implicit_gemm_mma.cuh", MMA_INPUT_TYPES),
+    "deform_conv2d_implicit_gemm_wgmma_kernel": ("deform_conv2d_implicit_gemm_wgmma.cuh", WGMMA_TYPES),
+    "deform_conv2d_wgmma_weight_tiles_kernel": ("deform_conv2d_implicit_gemm_wgmma.cuh", (("Half",), ("BFloat16",))),
     "deform_conv2d_split_sum_kernel": ("deform_conv2d_tile_corners.cuh", DTYPES),
     "batched_transpose_kernel": ("layout_transpose.cuh", TRANSPOSE_TYPES),
 }
 # Template arguments: this tool's spelling -> the C++ spelling in the generated source.
 _SOURCE_SPELLING = {"Tf32": "rcm_fsad::kernels::Tf32", "Tf32Split": "rcm_fsad::kernels::Tf32Split"}
 
-ARCH = "sm_90"
+ARCH = "sm_90a"  # Hopper with its arch-specific features (wgmma); the same code as sm_90 for the rest
 # The device flags of the extension build (torch's cpp_extension + setup.py), plus what ptxas needs; in
 # C++17, the standard torch 2.11 (the GPU machine's) builds extensions in, so that the kernel headers are
 # checked in it here (torch 2.14 builds in C++20).

@@ -17,9 +17,15 @@
 //                            CUDA-core kernel (deform_conv2d_implicit_gemm_kernel, filling its tiles
 //                            16 bytes at a time where vector_loads_apply). Any of them split over
 //                            kernel points when its tiles would not fill one wave (launch_implicit_gemm);
-//   implicit_gemm_wmma       the same, but never the mma.sync kernel (the default until an H200 run
-//                            timed the two: benchmarks/NOTES.md), so float32 without TF32 takes
-//                            the CUDA-core kernel, as it does under implicit_gemm_sync;
+//   implicit_gemm_wgmma      16-bit types on an sm_90 device with the build's sm_90a code, where the
+//                            mma.sync kernel applies: deform_conv2d_implicit_gemm_wgmma_kernel
+//                            (Hopper's asynchronous warpgroup MMA, B from shared memory). Opt-in
+//                            and not among autotune's candidates until a GPU run has checked and
+//                            timed it (benchmarks/NOTES.md); elsewhere the default path;
+//   implicit_gemm_wmma       the same as the default, but never the mma.sync kernel (the default
+//                            until an H200 run timed the two: benchmarks/NOTES.md), so float32
+//                            without TF32 takes the CUDA-core kernel, as it does under
+//                            implicit_gemm_sync;
 //   implicit_gemm_sync       the same, but only the WMMA kernel with synchronous loads (to measure
 //                            what cp.async gains);
 //   implicit_gemm_simt       the CUDA-core implicit GEMM for every dtype;
@@ -58,6 +64,7 @@
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_implicit_gemm.cuh"
 #include "../kernels/deform_conv2d_implicit_gemm_mma.cuh"
+#include "../kernels/deform_conv2d_implicit_gemm_wgmma.cuh"
 #include "../kernels/deform_conv2d_implicit_gemm_wmma.cuh"
 #include "../kernels/deform_conv2d_implicit_gemm_wmma_async.cuh"
 #include "../kernels/deform_conv2d_kernels.cuh"
@@ -123,18 +130,27 @@ ChunkArgs<scalar_t> chunk_args(const at::Tensor& input_nhwc, const at::Tensor& o
           mask.has_value() ? field_strides(*mask) : FieldStrides{0, 0, 0, 0}};
 }
 
-enum class ForwardAlgorithm { ImplicitGemm, ImplicitGemmWmma, ImplicitGemmSync, ImplicitGemmSimt, Columns, Autotune };
+enum class ForwardAlgorithm {
+  ImplicitGemm,
+  ImplicitGemmWgmma,
+  ImplicitGemmWmma,
+  ImplicitGemmSync,
+  ImplicitGemmSimt,
+  Columns,
+  Autotune
+};
 
 ForwardAlgorithm forward_algorithm() {
   const char* algo = std::getenv("RCM_FSAD_DEFORM_CONV_ALGO");
   if (algo == nullptr || std::strcmp(algo, "implicit_gemm") == 0) return ForwardAlgorithm::ImplicitGemm;
+  if (std::strcmp(algo, "implicit_gemm_wgmma") == 0) return ForwardAlgorithm::ImplicitGemmWgmma;
   if (std::strcmp(algo, "implicit_gemm_wmma") == 0) return ForwardAlgorithm::ImplicitGemmWmma;
   if (std::strcmp(algo, "implicit_gemm_sync") == 0) return ForwardAlgorithm::ImplicitGemmSync;
   if (std::strcmp(algo, "implicit_gemm_simt") == 0) return ForwardAlgorithm::ImplicitGemmSimt;
   if (std::strcmp(algo, "autotune") == 0) return ForwardAlgorithm::Autotune;
   TORCH_CHECK(std::strcmp(algo, "columns") == 0,
-              "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', 'implicit_gemm_wmma', 'implicit_gemm_sync', "
-              "'implicit_gemm_simt', 'columns' or 'autotune', got '", algo, "'");
+              "RCM_FSAD_DEFORM_CONV_ALGO must be 'implicit_gemm', 'implicit_gemm_wgmma', 'implicit_gemm_wmma', "
+              "'implicit_gemm_sync', 'implicit_gemm_simt', 'columns' or 'autotune', got '", algo, "'");
   return ForwardAlgorithm::Columns;
 }
 
@@ -207,6 +223,26 @@ bool tensor_core_code_loaded() {
     C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes,
                                          kernels::deform_conv2d_implicit_gemm_wmma_kernel<at::Half, __half, 64>));
     return attributes.ptxVersion >= 80;
+  });
+}
+
+// 1 in the code compiled for sm_90a, where the wgmma kernel has its body, 0 in any other: read back
+// from the module the device loaded (wgmma_code_loaded), which a fat binary picks by itself.
+__device__ int wgmma_compiled_flag =
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    1;
+#else
+    0;
+#endif
+
+// Whether the code the current device runs has the wgmma kernel's body (built for sm_90a, which only
+// compute capability 9.0 runs).
+bool wgmma_code_loaded() {
+  static QueryCache<c10::DeviceIndex, bool> cache;
+  return cache.get(c10::cuda::current_device(), [] {
+    int flag = 0;
+    C10_CUDA_CHECK(cudaMemcpyFromSymbol(&flag, wgmma_compiled_flag, sizeof flag));
+    return flag == 1;
   });
 }
 
@@ -302,6 +338,17 @@ bool use_split_tf32(const at::Tensor& input, const DeformConvGeometry& g, const 
          kernels::mma_kernel_applies<scalar_t>(g) && tensor_cores_present(input);
 }
 
+// Whether RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wgmma takes the wgmma kernel: 16-bit types where the
+// mma.sync kernel applies, on a device that runs its sm_90a code (68 KB of shared memory at most,
+// which sm_90 gives). Elsewhere it is the default path.
+template <typename scalar_t>
+bool wgmma_applies(const at::Tensor& input, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
+                   const at::Tensor& wmat) {
+  return (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) &&
+         vector_loads_apply(g, a, wmat) && kernels::mma_kernel_applies<scalar_t>(g) &&
+         tensor_cores_present(input) && wgmma_code_loaded();
+}
+
 // Whether the current device gives a block of the cp.async tensor-core kernel kCols wide its shared
 // memory: 102 KB 64 wide, 112 KB 128 wide. sm_80 and sm_90 give 163 and 227 KB, while sm_86, sm_89
 // and sm_120 give 99 KB and so always take the kernel with synchronous loads.
@@ -356,12 +403,49 @@ void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& 
   });
 }
 
+// The wgmma forward (where wgmma_applies), its block as wide as kernels::wgmma_tile_cols picks, on the
+// weights repacked as the image of a block's step in shared memory.
+template <typename scalar_t>
+void launch_wgmma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
+                          const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
+  if constexpr (!std::is_same_v<scalar_t, at::Half> && !std::is_same_v<scalar_t, at::BFloat16>) {
+    TORCH_INTERNAL_ASSERT(false, "the wgmma kernel takes 16-bit types only");
+  } else {
+    using mma_t = typename TensorCoreInput<scalar_t>::type;
+    const int64_t elements = kernels::wgmma_weight_tile_elements<scalar_t>(g);
+    at::Tensor tiles = at::empty({elements}, wmat.options());
+    const int64_t vectors = elements / kernels::Vector16<scalar_t>::kSize;
+    kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t>
+        <<<blocks_for(vectors, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            g, wmat.const_data_ptr<scalar_t>(), tiles.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto launch = [&](auto cols) {
+      constexpr int kCols = decltype(cols)::value;
+      launch_implicit_gemm<kernels::WgmmaTiles<kCols>, float>(
+          kernels::deform_conv2d_implicit_gemm_wgmma_kernel<scalar_t, mma_t, kCols>, g, a, tiles, bias, out_rows,
+          kernels::wgmma_shared_bytes<kCols>());
+    };
+    switch (kernels::wgmma_tile_cols(g.out_channels / g.groups)) {
+      case 256: launch(std::integral_constant<int, 256>{}); break;
+      case 128: launch(std::integral_constant<int, 128>{}); break;
+      default: launch(std::integral_constant<int, 64>{}); break;
+    }
+  }
+}
+
 template <typename scalar_t>
 void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const DeformConvGeometry& g,
                            const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
                            const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
   const std::optional<at::Tensor> bias_c =
       bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  if (algo == ForwardAlgorithm::ImplicitGemmWgmma) {
+    if (wgmma_applies<scalar_t>(input, g, a, wmat)) {
+      launch_wgmma_forward<scalar_t>(g, a, wmat, bias_c, out_rows);
+      return;
+    }
+    algo = ForwardAlgorithm::ImplicitGemm;
+  }
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (algo == ForwardAlgorithm::ImplicitGemm && use_split_tf32<scalar_t>(input, g, a, wmat)) {
       launch_mma_forward<kernels::Tf32Split>(g, a, wmat, bias_c, out_rows);
@@ -517,8 +601,9 @@ void forward_by(ForwardAlgorithm algo, const at::Tensor& input, const DeformConv
   }
 }
 
-// The forward paths that run different kernels for this problem, the default first. Where the default
-// takes a tensor-core kernel: the CUDA-core kernel, and where the 16-byte loads apply, also the WMMA
+// The forward paths that run different kernels for this problem, the default first (not the wgmma
+// kernel, until a GPU run has checked it). Where the default takes a tensor-core kernel: the
+// CUDA-core kernel, and where the 16-byte loads apply, also the WMMA
 // kernels that differ from the default's: the cp.async one where the default's is the mma.sync kernel
 // and the cp.async one fits the device, the synchronous-load one where the default's is either of the
 // others. Elsewhere these paths run the default's own kernel. In float32 without TF32 only the

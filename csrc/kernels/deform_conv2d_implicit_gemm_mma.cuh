@@ -225,6 +225,68 @@ __device__ __forceinline__ void to_words(const Vector16<T>& x, uint32_t (&w)[4])
   RCM_UNROLL
   for (int j = 0; j < 4; ++j) w[j] = u.v[j];
 }
+
+// A row's four corner vectors at a thread's 16 bytes of a step's channels, `at` (the input's
+// address of those channels in pixel 0): raw[c] from pixel.v[c] (-1 outside the image), zeros where
+// the corner is outside or the thread's bytes are past the step's depth (!live), whose loads do not
+// happen (so the address may be formed from the pixel index as unsigned, one wide multiply-add,
+// even for -1).
+template <typename scalar_t>
+__device__ __forceinline__ void fetch_corner_vectors(const char* at, const Vector16<int32_t>& pixel, uint32_t pixel_bytes,
+                                                     bool live, Vector16<scalar_t> (&raw)[4]) {
+  RCM_UNROLL
+  for (int c = 0; c < 4; ++c) {
+    raw[c] = load16_if<scalar_t>(at + static_cast<uint64_t>(static_cast<uint32_t>(pixel.v[c])) * pixel_bytes,
+                                 live && pixel.v[c] >= 0);
+  }
+}
+
+// A row's sample from its corner vectors and their weights, in float, as the MMA's words in its parts
+// (w[p]: part p of MMA type mma_t, MmaParts). Past the step's depth (!live) the words are zeros
+// without a blend: an infinite mask's weight times those zeros would be NaN, and the MMAs would
+// spread it over the row (the other kernels blend only within the depth too).
+template <typename mma_t, typename scalar_t>
+__device__ __forceinline__ void blend_corner_vectors(const Vector16<float>& weight, const Vector16<scalar_t> (&raw)[4],
+                                                     bool live, uint32_t (&w)[MmaParts<mma_t>::kParts][4]) {
+  using smem_t = typename MmaInput<typename MmaParts<mma_t>::input_t>::smem_t;
+  constexpr int kVector = Vector16<scalar_t>::kSize;
+  constexpr int kParts = MmaParts<mma_t>::kParts;
+  float v[kVector];
+  RCM_UNROLL
+  for (int j = 0; j < kVector; ++j) v[j] = 0.0f;
+  if (live) {
+    RCM_UNROLL
+    for (int c = 0; c < 4; ++c) add_weighted<std::is_same_v<mma_t, __nv_bfloat16>>(v, weight.v[c], raw[c]);
+  }
+  Vector16<smem_t> parts[kParts];
+  RCM_UNROLL
+  for (int j = 0; j < kVector; ++j) {
+    smem_t x[kParts];
+    to_parts<mma_t>(v[j], x);
+    RCM_UNROLL
+    for (int p = 0; p < kParts; ++p) parts[p].v[j] = x[p];
+  }
+  RCM_UNROLL
+  for (int p = 0; p < kParts; ++p) to_words(parts[p], w[p]);
+}
+
+// A row tile's A fragments of a step's two 16-deep MMAs (a[p][m]: part p, MMA m) from the words of
+// its rows q (w[0]) and q + 8 (w[1]), thread t's 16 bytes of the step's channels each: its words 0
+// and 1 are its words t and t + 4 of the first MMA, words 2 and 3 those of the second (the
+// reduction's order, which the weights follow).
+template <int kParts>
+__device__ __forceinline__ void to_a_fragments(const uint32_t (&w)[2][kParts][4], uint32_t (&a)[kParts][2][4]) {
+  RCM_UNROLL
+  for (int p = 0; p < kParts; ++p) {
+    RCM_UNROLL
+    for (int m = 0; m < 2; ++m) {
+      a[p][m][0] = w[0][p][2 * m];
+      a[p][m][1] = w[1][p][2 * m];
+      a[p][m][2] = w[0][p][2 * m + 1];
+      a[p][m][3] = w[1][p][2 * m + 1];
+    }
+  }
+}
 #endif  // RCM_WMMA_AVAILABLE
 
 // The weight fragments above from wmat: (C_out, K, C_g), weight_matrix()'s layout, into
@@ -337,60 +399,17 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   // Row h of register row tile i: row quad + 8 h of that tile, of the warp's 32.
   auto tile_row = [&](int i, int h) { return 16 * row_tile(i) + quad + 8 * h; };
 
-  // The corner vectors of row r (of the warp's 32) for a step, to be blended into its A fragments:
-  // raw[c] is corner c at thread t's 16 bytes of the step's channels, [c0 + t kVector, ...); zeros
-  // for a corner outside the image and past the step's depth, whose loads do not happen (so the
-  // address may be formed from the pixel index as unsigned, one wide multiply-add, even for -1).
+  // The corner vectors of row r (of the warp's 32) for a step, at thread t's 16 bytes of its
+  // channels, [c0 + t kVector, ...), to be blended into its A fragments after its share of MMAs.
   using CornerVectors = Vector16<scalar_t>[4];
   // Whether thread t's 16 bytes of a step's channels are within its depth (else it samples zeros).
   auto live_in = [t](const Steps& s) { return t * kVector < s.depth; };
   auto fetch_row = [&](const Steps& s, int r, CornerVectors& raw) {
-    const char* at = reinterpret_cast<const char*>(input + (s.c0 + t * kVector));
-    const Vector16<int32_t> pixel = load16<int32_t>(corners[r].pixel);
-    RCM_UNROLL
-    for (int c = 0; c < 4; ++c) {
-      raw[c] = load16_if<scalar_t>(at + static_cast<uint64_t>(static_cast<uint32_t>(pixel.v[c])) * pixel_bytes,
-                                   live_in(s) && pixel.v[c] >= 0);
-    }
+    fetch_corner_vectors(reinterpret_cast<const char*>(input + (s.c0 + t * kVector)), load16<int32_t>(corners[r].pixel),
+                         pixel_bytes, live_in(s), raw);
   };
-  // Row r's sample from its corner vectors, in float, in the MMA's parts (w[p]: part p): thread t's
-  // words 0 and 1 of the row are its words t and t + 4 of the step's first MMA, words 2 and 3 those
-  // of the second. Past the step's depth the words are zeros without a blend: an infinite mask's
-  // weight times those zeros would be NaN, and its MMAs would spread it over the row (the other
-  // kernels blend only within the depth too).
   auto blend_row = [&](const Steps& s, const CornerVectors& raw, int r, uint32_t (&w)[kParts][4]) {
-    const Vector16<float> weight = load16<float>(corners[r].weight);
-    float v[kVector];
-    RCM_UNROLL
-    for (int j = 0; j < kVector; ++j) v[j] = 0.0f;
-    if (live_in(s)) {
-      RCM_UNROLL
-      for (int c = 0; c < 4; ++c) add_weighted<std::is_same_v<mma_t, __nv_bfloat16>>(v, weight.v[c], raw[c]);
-    }
-    Vector16<smem_t> parts[kParts];
-    RCM_UNROLL
-    for (int j = 0; j < kVector; ++j) {
-      smem_t x[kParts];
-      to_parts<mma_t>(v[j], x);
-      RCM_UNROLL
-      for (int p = 0; p < kParts; ++p) parts[p].v[j] = x[p];
-    }
-    RCM_UNROLL
-    for (int p = 0; p < kParts; ++p) to_words(parts[p], w[p]);
-  };
-  // A row tile's fragments of the step's two MMAs (a[p][m], part p) from the words of its rows
-  // quad (w[0]) and quad + 8 (w[1]).
-  auto to_fragments = [](const uint32_t (&w)[2][kParts][4], uint32_t (&a)[kParts][2][4]) {
-    RCM_UNROLL
-    for (int p = 0; p < kParts; ++p) {
-      RCM_UNROLL
-      for (int m = 0; m < 2; ++m) {
-        a[p][m][0] = w[0][p][2 * m];
-        a[p][m][1] = w[1][p][2 * m];
-        a[p][m][2] = w[0][p][2 * m + 1];
-        a[p][m][3] = w[1][p][2 * m + 1];
-      }
-    }
+    blend_corner_vectors<mma_t>(load16<float>(corners[r].weight), raw, live_in(s), w);
   };
   // The block's weights of a step: its column tiles at b, 512 contiguous bytes a part (lane l's 16
   // at l), copied flat into stage `stage` by all its threads, 16 bytes at a time.
@@ -478,7 +497,7 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
     wait_async_copies<0>();
     __syncthreads();
     RCM_UNROLL
-    for (int i = 0; i < T::kSampledRowTiles; ++i) to_fragments(w[i], a[i]);
+    for (int i = 0; i < T::kSampledRowTiles; ++i) to_a_fragments(w[i], a[i]);
     if constexpr (T::kWarpsAlongCols > 1) {
       RCM_UNROLL
       for (int i = 0; i < T::kSampledRowTiles; ++i) {
@@ -492,7 +511,7 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
             for (int e = 0; e < 4; ++e) theirs[h][p][e] = x.v[e];
           }
         }
-        to_fragments(theirs, a[T::kSampledRowTiles + i]);
+        to_a_fragments(theirs, a[T::kSampledRowTiles + i]);
       }
     }
   };
@@ -553,10 +572,8 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   }
 
   // D: rows quad and quad + 8 (h) of each row tile, output channels 2t and 2t + 1 of each column
-  // tile: both in one store where every conv group's output channels are even in number (then so
-  // is row * C_out + group * cog + 2t), one by one otherwise.
+  // tile.
   const GemmTile origin = warp_origin(gemm_tile_recomputed<T::kRows, T::kCols>(g));
-  const bool pairs = cog % 2 == 0;
   RCM_UNROLL
   for (int i = 0; i < T::kRowTiles; ++i) {
     RCM_UNROLL
@@ -568,12 +585,7 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
         const int64_t row = origin.row0 + tile_row(i, h);
         if (row >= rows) continue;
         const float d[2] = {acc[i][j][2 * h], acc[i][j][2 * h + 1]};
-        if (pairs) {
-          store_gemm_outputs<2>(g, rows, row, group * cog + co, d, bias, out, partials);
-        } else {
-          store_gemm_output(g, rows, row, group * cog + co, d[0], bias, out, partials);
-          if (co + 1 < cog) store_gemm_output(g, rows, row, group * cog + co + 1, d[1], bias, out, partials);
-        }
+        store_gemm_output_pair(g, rows, row, group, cog, co, d, bias, out, partials);
       }
     }
   }

@@ -213,6 +213,21 @@ __device__ __forceinline__ void store_gemm_output(const DeformConvGeometry& g, i
   store_gemm_outputs<1>(g, rows, row, channel, sums, bias, out, partials);
 }
 
+// An MMA accumulator pair of output pixel `row`: output channels co and co + 1 of conv group `group`
+// (cog output channels, co < cog, co even): both in one store where cog is even (then so is
+// row * C_out + group * cog + co), one by one otherwise (the second only where it exists).
+template <typename scalar_t>
+__device__ __forceinline__ void store_gemm_output_pair(const DeformConvGeometry& g, int64_t rows, int64_t row,
+                                                       int64_t group, int64_t cog, int64_t co, const float (&d)[2],
+                                                       const scalar_t* bias, scalar_t* out, float* partials) {
+  if (cog % 2 == 0) {
+    store_gemm_outputs<2>(g, rows, row, group * cog + co, d, bias, out, partials);
+  } else {
+    store_gemm_output(g, rows, row, group * cog + co, d[0], bias, out, partials);
+    if (co + 1 < cog) store_gemm_output(g, rows, row, group * cog + co + 1, d[1], bias, out, partials);
+  }
+}
+
 // The output of a split forward: out[row, co] = sum over splits of partials[split, row, co] (in
 // split order), plus bias[co]. One thread per output element.
 // partials: (splits, rows, C_out) in acc_t; bias: (C_out) or null; out: (rows, C_out).

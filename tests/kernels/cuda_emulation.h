@@ -63,6 +63,15 @@
 //   * mma.sync through emu::mma_m16n8_sync (the m16n8k16 and TF32 m16n8k8 shapes with float
 //     accumulators), which csrc/kernels/mma_sync.cuh calls in place of the PTX instruction: a
 //     whole-warp collective that multiplies the fragments of every lane as the PTX ISA lays them out;
+//   * sm_90a's wgmma (m64nNk16, f16/bf16 into float, A in registers, B K-major and unswizzled in
+//     shared memory by its descriptor) through emu::wgmma_mma_async, emu::wgmma_fence,
+//     emu::wgmma_commit_group and emu::wgmma_wait_group, which csrc/kernels/wgmma.cuh calls in place
+//     of the instructions: a call is a whole-warp collective that takes the A rows its lane's
+//     accumulators need; the multiply happens at the wait that completes its group, reading B from
+//     shared memory then (so that B overwritten before the wait, or the accumulators read before it,
+//     show); not modelled: the warpgroup's four warps calling together, A registers changed before the
+//     wait, swizzled layouts. __cvta_generic_to_shared gives a pointer's offset in the block's dynamic
+//     shared memory (the shared window of the descriptors);
 //   * emu::launch(mode, grid, block, shared_bytes, kernel, args...): every GPU thread of a block
 //     runs on its own OS thread (a pool of threads, reused between launches), so ThreadSanitizer
 //     sees races between the threads of a block.
@@ -345,7 +354,7 @@ inline std::string lanes_of(std::uint32_t mask) {
   return s + "}";
 }
 
-enum class WarpOp { Syncwarp, Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All, WmmaLoad, WmmaStore, WmmaMma, MmaSync };
+enum class WarpOp { Syncwarp, Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All, WmmaLoad, WmmaStore, WmmaMma, MmaSync, Wgmma };
 
 inline const char* op_name(WarpOp op) {
   switch (op) {
@@ -361,6 +370,7 @@ inline const char* op_name(WarpOp op) {
     case WarpOp::WmmaStore: return "wmma::store_matrix_sync";
     case WarpOp::WmmaMma: return "wmma::mma_sync";
     case WarpOp::MmaSync: return "mma.sync";
+    case WarpOp::Wgmma: return "wgmma.mma_async";
   }
   return "?";
 }
@@ -510,6 +520,39 @@ struct AsyncCopies {
 };
 
 inline thread_local AsyncCopies async_copies;
+
+// One lane's share of a wgmma.mma_async, waiting for the wgmma.wait_group that completes it: its
+// accumulators, the A rows its accumulators take (gathered from its warp's registers at the call),
+// and B's shared-memory descriptor, read at the wait.
+struct WgmmaOp {
+  float* d = nullptr;
+  int n = 0;              // columns: d holds n / 2 sums
+  bool bf16 = false;      // else f16
+  std::uint64_t desc = 0;
+  float a[2][16] = {};    // rows q and q + 8 of the warp's 16, the 16 deep reduction
+  Site site;
+};
+
+// A lane's wgmma.mma_async calls not yet completed: the committed groups, oldest first (possibly
+// empty ones), then the open batch (as AsyncCopies).
+struct WgmmaQueue {
+  std::vector<WgmmaOp> open;
+  std::deque<std::vector<WgmmaOp>> groups;
+
+  // The oldest call not completed; null when none is (empty groups left are fine).
+  const WgmmaOp* oldest() const {
+    for (const std::vector<WgmmaOp>& group : groups) {
+      if (!group.empty()) return &group.front();
+    }
+    return open.empty() ? nullptr : &open.front();
+  }
+  void reset() {
+    open.clear();
+    groups.clear();
+  }
+};
+
+inline thread_local WgmmaQueue wgmma_queue;
 
 inline ThreadContext& current(const char* what) {
   if (tls.block == nullptr) fatal(format("%s called outside a kernel launched with emu::launch", what));
@@ -764,6 +807,10 @@ inline void thread_exit() {
                  "issued at %s: no __pipeline_wait_prior completed them", thread_name(t).c_str(),
                  q.copies.size(), q.copies.size() - q.committed, q.copies.front().site.str().c_str()));
   }
+  if (const WgmmaOp* oldest = wgmma_queue.oldest()) {
+    fatal(format("%s exited with wgmma.mma_async calls pending, the oldest issued at %s: no "
+                 "wgmma.wait_group completed them", thread_name(t).c_str(), oldest->site.str().c_str()));
+  }
   {
     WarpState& w = *t.warp;
     w.exited.fetch_or(1u << t.lane, std::memory_order_seq_cst);
@@ -978,6 +1025,7 @@ inline void add_block_jobs(std::vector<std::function<void()>>& jobs, BlockState*
           t.block_dim = block;
           t.grid_dim = grid;
           async_copies.reset();  // an empty group may be left from this pool thread's previous job
+          wgmma_queue.reset();
           body();
           thread_exit();
           t = ThreadContext{};
@@ -1470,6 +1518,20 @@ namespace emu {
 
 enum class MmaOperand { F16, BF16, TF32 };
 
+namespace detail {
+// The value of a bf16 (else f16) element from its bits.
+inline float float_of_16_bits(bool bf16, std::uint16_t bits) {
+  if (bf16) {
+    __nv_bfloat16 h;
+    h.__x = bits;
+    return static_cast<float>(h);
+  }
+  __half h;
+  h.__x = bits;
+  return static_cast<float>(h);
+}
+}  // namespace detail
+
 // d += a x b for the whole warp: every lane passes its fragment registers, laid out as the PTX ISA
 // gives them (summarised in mma_sync.cuh), and gets its own four sums. A whole-warp collective
 // (a lane missing is a divergence error). Products are exact in float (16-bit and TF32 operands
@@ -1500,15 +1562,7 @@ inline void mma_m16n8_sync(MmaOperand kind, float (&d)[4], const std::uint32_t (
       const int w = k / per_word;  // 0..7
       const std::uint32_t bits = word(lane_q * 4 + w % 4, reg_low + reg_high_step * (w / 4));
       if (kind == MmaOperand::TF32) return std::bit_cast<float>(bits & 0xffffe000u);
-      const std::uint16_t half_bits = static_cast<std::uint16_t>(bits >> (16 * (k % 2)));
-      if (kind == MmaOperand::F16) {
-        __half h;
-        h.__x = half_bits;
-        return static_cast<float>(h);
-      }
-      __nv_bfloat16 h;
-      h.__x = half_bits;
-      return static_cast<float>(h);
+      return float_of_16_bits(kind == MmaOperand::BF16, static_cast<std::uint16_t>(bits >> (16 * (k % 2))));
     };
     for (int r = 0; r < 4; ++r) {
       const int row_half = r / 2;             // rows q (0) and q + 8 (1)
@@ -1525,5 +1579,135 @@ inline void mma_m16n8_sync(MmaOperand kind, float (&d)[4], const std::uint32_t (
 }
 
 }  // namespace emu
+
+// ---------------------------------------------------------------------------------------------
+// wgmma (PTX, sm_90a), which kernels reach through csrc/kernels/wgmma.cuh: m64nNk16 with float
+// accumulators, f16 or bf16 operands, A in registers, B K-major in shared memory without swizzle.
+namespace emu {
+namespace detail {
+
+// B's element (k, n) of a K-major, unswizzled operand in the block's shared memory, by its
+// descriptor: core matrices of 8 rows (n) x 16 bytes (8 k), rows 16 bytes apart, core matrices
+// LBO apart along k and SBO apart along n (PTX ISA, "Matrix Descriptor Format" and the canonical
+// K-major layout ((8,m),(T,2k)):((1T,SBO),(1,LBO))).
+inline float wgmma_b_element(const WgmmaOp& op, int k, int n) {
+  const BlockState& b = *tls.block;
+  const std::size_t start = (op.desc & 0x3fffu) << 4;
+  const std::size_t lbo = ((op.desc >> 16) & 0x3fffu) << 4;
+  const std::size_t sbo = ((op.desc >> 32) & 0x3fffu) << 4;
+  const std::size_t at = start + static_cast<std::size_t>(n / 8) * sbo + static_cast<std::size_t>(n % 8) * 16 +
+                         static_cast<std::size_t>(k / 8) * lbo + static_cast<std::size_t>(k % 8) * 2;
+  if (at + 2 > b.shared_bytes) {
+    fatal(format("wgmma.mma_async at %s: B's element (k %d, n %d) at shared byte %zu is past the block's %zu bytes "
+                 "(descriptor 0x%016llx)", op.site.str().c_str(), k, n, at, b.shared_bytes,
+                 static_cast<unsigned long long>(op.desc)));
+  }
+  std::uint16_t bits;
+  std::memcpy(&bits, b.shared + at, sizeof bits);
+  return float_of_16_bits(op.bf16, bits);
+}
+
+// d += A x B for one lane's accumulators (D's layout: the m16n8 one of the warp's 16 rows, once per
+// 8 columns: d[4 j + r] is row q + 8 (r / 2), column 8 j + 2 t + r % 2), products exact in float,
+// added in k order.
+inline void wgmma_complete(const WgmmaOp& op) {
+  const unsigned t = tls.lane % 4;
+  for (int j = 0; j < op.n / 8; ++j) {
+    for (int r = 0; r < 4; ++r) {
+      const int column = 8 * j + 2 * static_cast<int>(t) + r % 2;
+      float sum = op.d[4 * j + r];
+      for (int k = 0; k < 16; ++k) sum += op.a[r / 2][k] * wgmma_b_element(op, k, column);
+      op.d[4 * j + r] = sum;
+    }
+  }
+}
+
+}  // namespace detail
+
+// wgmma.fence: orders the registers' earlier accesses before the wgmma.mma_async calls after it.
+// Nothing to do here, where a call reads its A registers at once.
+inline void wgmma_fence() { detail::current("wgmma.fence"); }
+
+// One lane's wgmma.mma_async.m64nNk16 (n columns, 8 to 256): every lane of the warp calls it (a
+// whole-warp collective; the warpgroup's other warps are not checked), with A's fragment of the
+// warp's 16 rows as the PTX ISA lays it out (the same as mma.m16n8k16's: a[0] word t of row q,
+// a[1] of row q + 8, a[2] and a[3] words t + 4) and B's descriptor, the same in every lane. The
+// call takes the A rows its lane's accumulators need; d += A x B happens at the wgmma.wait_group
+// that completes it, reading B from shared memory then, so that B overwritten before that wait,
+// or d read before it, shows. (A registers changed before the wait do not: A is read at the call.)
+// Only K-major B without swizzle; anything else in the descriptor is an error.
+inline void wgmma_mma_async(bool bf16, int n, float* d, const std::uint32_t (&a)[4], std::uint64_t desc,
+                            std::source_location loc = std::source_location::current()) {
+  using namespace detail;
+  ThreadContext& t = current("wgmma.mma_async");
+  const Site site = Site::of(loc);
+  if (t.warp->lanes != 32) {
+    fatal(format("wgmma.mma_async at %s: warp %u of %s has %u lanes; it needs whole warps", site.str().c_str(),
+                 t.warp->index, t.block->name().c_str(), t.warp->lanes));
+  }
+  if (n < 8 || n > 256 || n % 8 != 0) fatal(format("wgmma.mma_async at %s: n = %d", site.str().c_str(), n));
+  if ((desc >> 62) != 0 || ((desc >> 49) & 7u) != 0) {
+    fatal(format("wgmma.mma_async at %s: descriptor 0x%016llx asks for a swizzle or a base offset, which the "
+                 "emulator does not model", site.str().c_str(), static_cast<unsigned long long>(desc)));
+  }
+  unsigned char deposit[24];
+  std::memcpy(deposit, a, 16);
+  std::memcpy(deposit + 16, &desc, 8);
+  WgmmaOp op;
+  op.d = d;
+  op.n = n;
+  op.bf16 = bf16;
+  op.desc = desc;
+  op.site = site;
+  const unsigned q = t.lane / 4;
+  bool uniform = true;
+  warp_collective(WarpOp::Wgmma, 0xffffffffu, deposit, sizeof deposit, loc, [&](std::uint32_t, auto&& value_of) {
+    for (unsigned lane = 0; lane < 32; ++lane) uniform = uniform && std::memcmp(value_of(lane) + 16, &desc, 8) == 0;
+    for (int h = 0; h < 2; ++h) {
+      for (int k = 0; k < 16; ++k) {
+        const int word = k / 2;  // of the row's 8: lane 4 q + word % 4, register h + 2 (word / 4)
+        std::uint32_t bits;
+        std::memcpy(&bits, value_of(4 * q + word % 4) + 4 * (h + 2 * (word / 4)), sizeof bits);
+        op.a[h][k] = float_of_16_bits(bf16, static_cast<std::uint16_t>(bits >> (16 * (k % 2))));
+      }
+    }
+  });
+  if (!uniform) {
+    fatal(format("wgmma.mma_async at %s: the lanes of warp %u of %s pass different descriptors", site.str().c_str(),
+                 t.warp->index, t.block->name().c_str()));
+  }
+  wgmma_queue.open.push_back(op);
+}
+
+// wgmma.commit_group: the calls since the last commit become a group (possibly empty).
+inline void wgmma_commit_group() {
+  detail::current("wgmma.commit_group");
+  detail::WgmmaQueue& q = detail::wgmma_queue;
+  q.groups.push_back(std::move(q.open));
+  q.open.clear();
+}
+
+// wgmma.wait_group N: completes every committed group but the N most recent.
+inline void wgmma_wait_group(int pending) {
+  detail::current("wgmma.wait_group");
+  detail::WgmmaQueue& q = detail::wgmma_queue;
+  while (q.groups.size() > static_cast<std::size_t>(pending)) {
+    for (const detail::WgmmaOp& op : q.groups.front()) detail::wgmma_complete(op);
+    q.groups.pop_front();
+  }
+}
+
+}  // namespace emu
+
+// The shared-window address of p, in the block's dynamic shared memory: its offset there.
+inline std::size_t __cvta_generic_to_shared(const void* p, std::source_location loc = std::source_location::current()) {
+  const ::emu::detail::BlockState& b = *::emu::detail::current("__cvta_generic_to_shared").block;
+  const auto* byte = static_cast<const unsigned char*>(p);
+  if (byte < b.shared || byte >= b.shared + b.shared_bytes) {
+    ::emu::detail::fatal(::emu::detail::format("__cvta_generic_to_shared at %s: the pointer is not in the block's "
+                                               "dynamic shared memory", ::emu::detail::Site::of(loc).str().c_str()));
+  }
+  return static_cast<std::size_t>(byte - b.shared);
+}
 
 #endif  // host emulation

@@ -12,6 +12,8 @@
 //                                                  kernel; tf32_split: float32 on split TF32
 //   test_deform_kernels reference                  checks the reference's gradients by finite differences
 //   test_deform_kernels splits                     the launcher's kernel-point split count (forward_splits)
+//   test_deform_kernels wgmma/<half|bfloat16>      the wgmma forward (sm_90a), on weights repacked by its
+//                                                  tiles kernel
 //   test_deform_kernels mma_steps                  the mma.sync kernel's steps per kernel point
 //   test_deform_kernels transpose/<in>[_to_<out>]  the layout transpose (batched_transpose_kernel),
 //                                                  e.g. transpose/bfloat16, transpose/float_to_half
@@ -38,6 +40,7 @@
 // The kernel headers come after the harness.
 #include "kernels/deform_conv2d_implicit_gemm.cuh"
 #include "kernels/deform_conv2d_implicit_gemm_mma.cuh"
+#include "kernels/deform_conv2d_implicit_gemm_wgmma.cuh"
 #include "kernels/deform_conv2d_implicit_gemm_wmma.cuh"
 #include "kernels/deform_conv2d_implicit_gemm_wmma_async.cuh"
 #include "kernels/deform_conv2d_kernels.cuh"
@@ -883,6 +886,19 @@ std::vector<scalar_t> mma_weight_fragments(const Problem& p, const ForwardOperan
   return fragments;
 }
 
+// The wgmma kernel's weights as the launcher repacks them, into a NaN-filled buffer (as
+// mma_weight_fragments).
+template <typename scalar_t>
+std::vector<scalar_t> wgmma_weight_tiles(const Problem& p, const ForwardOperands<scalar_t>& op) {
+  namespace kernels = rcm_fsad::kernels;  // spelled kernels:: for check_coverage.cmake
+  const DeformConvGeometry g = geometry(p);
+  std::vector<scalar_t> tiles(kernels::wgmma_weight_tile_elements<scalar_t>(g),
+                              static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+  emu::launch(emu::Mode::BlockByBlock, dim3(3), dim3(64), 0, kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t>,
+              g, op.wmat.data(), tiles.data());
+  return tiles;
+}
+
 // The tensor-core forward, judged like a low-precision kernel should be: against the float64
 // reference with the dtype's tolerance, and its error against the error of a reference that rounds
 // what the kernel rounds (the sampled columns and the weights to mma_t, the output to scalar_t) and
@@ -891,7 +907,7 @@ std::vector<scalar_t> mma_weight_fragments(const Problem& p, const ForwardOperan
 // latter plus 1e-5 of the output's scale. (The GPU tests allow twice; here the MMA's products are
 // exact and its sums in float, and 1.25 still catches operands truncated instead of rounded.)
 // The tensor-core kernels, each launched as the launcher does.
-enum class TensorCoreKernel { Wmma, WmmaAsync, Mma };
+enum class TensorCoreKernel { Wmma, WmmaAsync, Mma, Wgmma };
 
 // The tolerance of a tensor-core forward against the float64 reference (split TF32: float's).
 template <typename scalar_t, typename mma_t>
@@ -954,15 +970,16 @@ int check_float32_accuracy(const ForwardOperands<float>& op, const Problem& p, c
   return 1;
 }
 
-// kCols: the block width (WMMA kernels) or the warp width (the mma.sync kernel, with
+// kCols: the block width (WMMA and wgmma kernels) or the warp width (the mma.sync kernel, with
 // kWarpsAlongCols warps along the columns). infinite_mask: on with_infinite_mask's inputs, whose
 // infinite outputs are left out of the error statistics.
 template <typename scalar_t, typename mma_t, int kCols, TensorCoreKernel kKernel, int kWarpsAlongCols = 1>
 int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = false) {
   namespace kernels = rcm_fsad::kernels;  // spelled kernels:: for check_coverage.cmake
   const auto start = std::chrono::steady_clock::now();
-  using Tiles = std::conditional_t<kKernel == TensorCoreKernel::Mma, kernels::MmaTiles<kCols, kWarpsAlongCols>,
-                                   kernels::WmmaTiles<kCols>>;
+  using Tiles = std::conditional_t<
+      kKernel == TensorCoreKernel::Mma, kernels::MmaTiles<kCols, kWarpsAlongCols>,
+      std::conditional_t<kKernel == TensorCoreKernel::Wgmma, kernels::WgmmaTiles<kCols>, kernels::WmmaTiles<kCols>>>;
   const ForwardOperands<scalar_t> op(p, infinite_mask);
   const dim3 grid = forward_grid<Tiles>(p, splits);
   std::vector<double> got;
@@ -975,6 +992,11 @@ int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = 
     got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), fragments.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kCols, kWarpsAlongCols>,
                                        kernels::mma_shared_bytes<Tiles, mma_t>());
+  } else if constexpr (kKernel == TensorCoreKernel::Wgmma) {
+    const std::vector<scalar_t> tiles = wgmma_weight_tiles<scalar_t>(p, op);
+    got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), tiles.data(), grid, Tiles::kThreads,
+                                       kernels::deform_conv2d_implicit_gemm_wgmma_kernel<scalar_t, mma_t, kCols>,
+                                       kernels::wgmma_shared_bytes<kCols>());
   } else {
     got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), op.wmat.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>,
@@ -1189,13 +1211,13 @@ template <typename scalar_t, typename mma_t, TensorCoreKernel kKernel = TensorCo
 int run_tensor_core_case() {
   constexpr bool kVectorsOnly = kKernel != TensorCoreKernel::Wmma;
   int bad = 0;
-  const std::vector<Problem>& all = kKernel == TensorCoreKernel::Mma ? mma_problems() : igemm_problems();
+  constexpr bool kMmaProblems = kKernel == TensorCoreKernel::Mma || kKernel == TensorCoreKernel::Wgmma;
+  const std::vector<Problem>& all = kMmaProblems ? mma_problems() : igemm_problems();
   auto applies = [](const Problem& p) {
-    return kKernel == TensorCoreKernel::Mma
-               ? rcm_fsad::kernels::mma_kernel_applies<scalar_t>(geometry(p))
-               : geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize);
+    return kMmaProblems ? rcm_fsad::kernels::mma_kernel_applies<scalar_t>(geometry(p))
+                        : geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize);
   };
-  const bool light = kKernel == TensorCoreKernel::Mma && kThreadSanitizer;
+  const bool light = kMmaProblems && kThreadSanitizer;
   // Under light checking, the last three problems the kernel applies to.
   size_t light_from = all.size();
   for (int found = 0; light && found < 3 && light_from > 0;) found += applies(all[--light_from]) ? 1 : 0;
@@ -1209,6 +1231,12 @@ int run_tensor_core_case() {
         return check_igemm_tensor_cores<scalar_t, mma_t, Tiles::kWarpCols, kKernel, Tiles::kWarpsAlongCols>(
             p, split, infinite_mask);
       });
+    } else if constexpr (kKernel == TensorCoreKernel::Wgmma) {
+      switch (kernels::wgmma_tile_cols(cog)) {
+        case 256: return check_igemm_tensor_cores<scalar_t, mma_t, 256, kKernel>(p, split, infinite_mask);
+        case 128: return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split, infinite_mask);
+        default: return check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split, infinite_mask);
+      }
     } else {
       if (kernels::wmma_tile_cols<mma_t>(cog) == 128) {
         return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split, infinite_mask);
@@ -1269,10 +1297,14 @@ template <TensorCoreKernel kKernel>
 int run_tensor_core_dtype(const std::string& dtype) {
   if (dtype == "half") return run_tensor_core_case<__half, __half, kKernel>();
   if (dtype == "bfloat16") return run_tensor_core_case<__nv_bfloat16, __nv_bfloat16, kKernel>();
-  if constexpr (kKernel == TensorCoreKernel::Mma) {
-    if (dtype == "tf32_split") return run_tensor_core_case<float, rcm_fsad::kernels::Tf32Split, kKernel>();
+  if constexpr (kKernel == TensorCoreKernel::Wgmma) {
+    std::abort();  // 16-bit types only (case_names)
+  } else {
+    if constexpr (kKernel == TensorCoreKernel::Mma) {
+      if (dtype == "tf32_split") return run_tensor_core_case<float, rcm_fsad::kernels::Tf32Split, kKernel>();
+    }
+    return run_tensor_core_case<float, rcm_fsad::kernels::Tf32, kKernel>();
   }
-  return run_tensor_core_case<float, rcm_fsad::kernels::Tf32, kKernel>();
 }
 
 // kernels::forward_splits against hand-derived cases (mostly 132 SMs, 2 blocks each: 264 slots, and
@@ -1466,6 +1498,7 @@ std::vector<std::string> case_names() {
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma_async/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32", "tf32_split"}) names.push_back(std::string("mma/") + dtype);
+  for (const char* dtype : {"half", "bfloat16"}) names.push_back(std::string("wgmma/") + dtype);
   for (const char* types : {"float", "double", "half", "bfloat16", "float_to_half", "float_to_bfloat16"}) {
     names.push_back(std::string("transpose/") + types);
   }
@@ -1517,11 +1550,13 @@ int main(int argc, char** argv) {
     if (dtype == "double") bad = run_igemm_case<double>();
     if (dtype == "half") bad = run_igemm_case<__half>();
     if (dtype == "bfloat16") bad = run_igemm_case<__nv_bfloat16>();
-  } else if (name.rfind("wmma_async/", 0) == 0 || name.rfind("wmma/", 0) == 0 || name.rfind("mma/", 0) == 0) {
+  } else if (name.rfind("wmma_async/", 0) == 0 || name.rfind("wmma/", 0) == 0 || name.rfind("mma/", 0) == 0 ||
+             name.rfind("wgmma/", 0) == 0) {
     const std::string family = name.substr(0, name.find('/'));
     const std::string dtype = name.substr(name.find('/') + 1);
     bad = family == "wmma_async" ? run_tensor_core_dtype<TensorCoreKernel::WmmaAsync>(dtype)
           : family == "mma"      ? run_tensor_core_dtype<TensorCoreKernel::Mma>(dtype)
+          : family == "wgmma"    ? run_tensor_core_dtype<TensorCoreKernel::Wgmma>(dtype)
                                  : run_tensor_core_dtype<TensorCoreKernel::Wmma>(dtype);
   } else {
     const std::string kernel = name.substr(0, name.find('/'));

@@ -29,6 +29,8 @@
 //       wmma_misaligned        load_matrix_sync from a pointer that is not 256-bit aligned -> the harness
 //       wmma_divergent         mma_sync called by half a warp      -> the harness
 //       mma_sync_divergent     emu::mma_m16n8_sync called by half a warp -> the harness
+//       wgmma_pending_at_exit  a committed wgmma never waited for    -> the harness
+//       wgmma_swizzled         a descriptor asking for a swizzle      -> the harness
 //       async_copy_unwaited_race  cp.async data read by another thread after a __syncthreads that
 //                              the issuer reached before its __pipeline_wait_prior
 //                                                                  -> ThreadSanitizer; elsewhere the
@@ -757,6 +759,124 @@ void case_mma_sync() {
   check_mma_sync<float, 8>("tf32");
 }
 
+// One warpgroup's d = c + A x B, 64 x 16, 32 deep (two wgmma k16 calls, one commit, one wait), A
+// in registers laid out as the PTX ISA's figure for m64nNk16 (warp w: rows 16 w .. 16 w + 15, as
+// mma.m16n8k16's A), B K-major in shared memory as core matrices of 8 n x 8 k, those along k kLbo
+// bytes apart and those along n kSbo bytes apart (offsets unlike the kernels', so that a swap
+// shows). overwrite_b: B's shared memory changed between the calls and the wait, which the result
+// must show (the emulator reads B at the wait).
+constexpr int kWgmmaN = 16, kWgmmaK = 32;
+constexpr std::uint32_t kLbo = 384, kSbo = 128;  // 8 k 384 bytes apart, 8 n 128 bytes apart
+constexpr std::size_t kWgmmaB = kLbo + 2 * kSbo;  // one MMA's B: [0, 256) and [384, 640), a gap between
+constexpr std::size_t kWgmmaShared = 2 * kWgmmaB;
+
+std::size_t wgmma_b_offset(int k, int n) {  // of element (k, n), k < 32: MMA k / 16's B at kWgmmaB (k / 16)
+  const int m = k / 16, kk = k % 16;
+  return m * kWgmmaB + (n / 8) * kSbo + (n % 8) * 16 + (kk / 8) * kLbo + (kk % 8) * 2;
+}
+
+template <typename Elem>
+__global__ void wgmma_kernel(const Elem* a, const Elem* b, const float* c, float* d, bool overwrite_b) {
+  RCM_DYNAMIC_SHARED(unsigned char, shared);
+  const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32, q = lane / 4, t = lane % 4;
+  if (threadIdx.x == 0) {
+    for (int k = 0; k < kWgmmaK; ++k) {
+      for (int n = 0; n < kWgmmaN; ++n) std::memcpy(shared + wgmma_b_offset(k, n), &b[n * kWgmmaK + k], 2);
+    }
+  }
+  __syncthreads();
+  float acc[kWgmmaN / 2];
+  for (int j = 0; j < kWgmmaN / 8; ++j) {
+    for (int r = 0; r < 4; ++r) acc[4 * j + r] = c[(16 * warp + q + 8 * (r / 2)) * kWgmmaN + 8 * j + 2 * t + r % 2];
+  }
+  auto bits = [](Elem v) { return static_cast<std::uint32_t>(v.__x); };
+  emu::wgmma_fence();
+  for (int m = 0; m < 2; ++m) {
+    std::uint32_t fa[4];
+    for (int reg = 0; reg < 4; ++reg) {  // row q + 8 (reg % 2), word t + 4 (reg / 2)
+      const unsigned row = 16 * warp + q + 8 * (reg % 2), col = 16 * m + 2 * (t + 4 * (reg / 2));
+      fa[reg] = bits(a[row * kWgmmaK + col]) | bits(a[row * kWgmmaK + col + 1]) << 16;
+    }
+    const std::uint64_t desc = (__cvta_generic_to_shared(shared + m * kWgmmaB) >> 4) |
+                               (static_cast<std::uint64_t>(kLbo >> 4) << 16) |
+                               (static_cast<std::uint64_t>(kSbo >> 4) << 32);
+    emu::wgmma_mma_async(std::is_same_v<Elem, __nv_bfloat16>, kWgmmaN, acc, fa, desc);
+  }
+  emu::wgmma_commit_group();
+  if (overwrite_b) {
+    __syncthreads();
+    if (threadIdx.x == 0) std::memset(shared, 0, kWgmmaShared);  // B = 0: d must come out as c
+    __syncthreads();
+  }
+  emu::wgmma_wait_group(0);
+  for (int j = 0; j < kWgmmaN / 8; ++j) {
+    for (int r = 0; r < 4; ++r) d[(16 * warp + q + 8 * (r / 2)) * kWgmmaN + 8 * j + 2 * t + r % 2] = acc[4 * j + r];
+  }
+}
+
+template <typename Elem>
+void check_wgmma(const char* what, bool overwrite_b) {
+  std::vector<Elem> a(64 * kWgmmaK), b(kWgmmaN * kWgmmaK);
+  std::vector<float> c(64 * kWgmmaN), d(64 * kWgmmaN);
+  MatrixValues next(13);
+  for (auto& v : a) v = static_cast<Elem>(next());
+  for (auto& v : b) v = static_cast<Elem>(next());
+  for (auto& v : c) v = next();
+  emu::launch(emu::Mode::BlockByBlock, 1, 128, kWgmmaShared, wgmma_kernel<Elem>, a.data(), b.data(), c.data(), d.data(),
+              overwrite_b);
+  for (int r = 0; r < 64; ++r) {
+    for (int n = 0; n < kWgmmaN; ++n) {
+      double want = c[r * kWgmmaN + n];
+      for (int k = 0; k < kWgmmaK && !overwrite_b; ++k) {
+        want += static_cast<double>(a[r * kWgmmaK + k]) * static_cast<double>(b[n * kWgmmaK + k]);
+      }
+      if (!(std::abs(d[r * kWgmmaN + n] - want) <= 1e-5 * (1 + std::abs(want)))) {
+        std::fprintf(stderr, "%s: d[%d][%d] = %.9g, want %.9g\n", what, r, n, static_cast<double>(d[r * kWgmmaN + n]),
+                     want);
+        ++g_failures;
+        return;
+      }
+    }
+  }
+}
+
+void case_wgmma() {
+  check_wgmma<__half>("half", false);
+  check_wgmma<__nv_bfloat16>("bfloat16", false);
+  check_wgmma<__nv_bfloat16>("bfloat16, B overwritten before the wait", true);
+}
+
+// A committed wgmma whose group no wait completes.
+__global__ void wgmma_pending_at_exit_kernel(float* out) {
+  RCM_DYNAMIC_SHARED(unsigned char, shared);
+  float acc[4] = {};
+  const std::uint32_t fa[4] = {};
+  emu::wgmma_mma_async(true, 8, acc, fa, __cvta_generic_to_shared(shared) >> 4);
+  emu::wgmma_commit_group();
+  out[threadIdx.x] = 0.0f;
+}
+
+void case_wgmma_pending_at_exit() {
+  std::vector<float> out(128);
+  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_pending_at_exit_kernel, out.data());
+}
+
+// A descriptor with the 128-byte swizzle (mode 1 in bits 62-63), which the emulator does not model.
+__global__ void wgmma_swizzled_kernel(float* out) {
+  RCM_DYNAMIC_SHARED(unsigned char, shared);
+  float acc[4] = {};
+  const std::uint32_t fa[4] = {};
+  emu::wgmma_mma_async(true, 8, acc, fa, (__cvta_generic_to_shared(shared) >> 4) | (std::uint64_t{1} << 62));
+  emu::wgmma_commit_group();
+  emu::wgmma_wait_group(0);
+  out[threadIdx.x] = acc[0];
+}
+
+void case_wgmma_swizzled() {
+  std::vector<float> out(128);
+  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_swizzled_kernel, out.data());
+}
+
 // mma.sync from half of the warp only.
 __global__ void mma_sync_divergent_kernel(float* out) {
   float acc[4] = {};
@@ -1023,6 +1143,9 @@ const std::map<std::string, void (*)()>& cases() {
       {"wmma_divergent", case_wmma_divergent},
       {"mma_sync", case_mma_sync},
       {"mma_sync_divergent", case_mma_sync_divergent},
+      {"wgmma", case_wgmma},
+      {"wgmma_pending_at_exit", case_wgmma_pending_at_exit},
+      {"wgmma_swizzled", case_wgmma_swizzled},
       {"shuffle_orders_nothing", case_neighbour_across_warp_step<WarpStep::Shuffle>},
       {"mma_sync_orders_nothing", case_neighbour_across_warp_step<WarpStep::MmaSync>},
       {"syncwarp_orders", case_neighbour_across_warp_step<WarpStep::Syncwarp>},
