@@ -7,8 +7,9 @@ usage: python -m benchmarks.goals RESULT.json [RESULT.json ...]
   CUDA (fp32, geometric mean over the cases)  forward >= 3x torchvision, per TF32 setting (the same on
                                               both sides: one result file each)
   CUDA (bf16, N32 C256 56x56)                 forward at >= 40% of the bf16 tensor-core roofline (ours on
-                                              the contiguous tensors, and where the run has it
-                                              ours[channels_last], which converts no layout)
+                                              the contiguous tensors, and where the run has them
+                                              ours[channels_last], which converts no layout, and
+                                              ours[implicit_gemm_wgmma], the opt-in Hopper kernel)
 
 A goal whose rows are missing from a file is not listed for it; a speed-up goal of a run that covered
 only some of the device's cases (--cases, or cut short) is listed as not met, with the count. Prints one
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence
 
-from benchmarks.runner import OURS, OURS_CHANNELS_LAST, TORCHVISION
+from benchmarks.runner import OURS, OURS_CHANNELS_LAST, OURS_WGMMA, TORCHVISION
 from benchmarks.shapes import FWD, FWD_BWD, cases_for
 
 GOAL_CASE = "n32_c256_56x56"
@@ -68,7 +69,7 @@ def goals_of(result: dict, source: str) -> List[GoalResult]:
         out.append(GoalResult(f"{device} fp32 {pass_name} vs torchvision", setting, f"{value:.2f}x",
                               f">= {target:g}x", complete and value >= target, source))
     ceilings = result["meta"].get("ceilings")  # none for a GPU whose ceilings are not known
-    for impl in (OURS, OURS_CHANNELS_LAST):
+    for impl in (OURS, OURS_CHANNELS_LAST, OURS_WGMMA):
         ours = _row(result, GOAL_CASE, "bf16", FWD, impl) if device == "cuda" and ceilings else None
         if ours is None:
             continue

@@ -226,23 +226,29 @@ bool tensor_core_code_loaded() {
   });
 }
 
-// 1 in the code compiled for sm_90a, where the wgmma kernel has its body, 0 in any other: read back
-// from the module the device loaded (wgmma_code_loaded), which a fat binary picks by itself.
-__device__ int wgmma_compiled_flag =
+// Never launched: its static shared memory says which code the device loaded, the fat binary's
+// choice. 16 bytes in the code compiled for sm_90a, where the wgmma kernel has its body; none in any
+// other. (Read with cudaFuncGetAttributes, which a stream being captured into a CUDA graph allows,
+// unlike a copy from a symbol.)
+__global__ void wgmma_code_probe_kernel(int* out) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    1;
+  __shared__ int marker[4];
+  marker[threadIdx.x % 4] = static_cast<int>(threadIdx.x);
+  __syncthreads();
+  out[threadIdx.x] = marker[(threadIdx.x + 1) % 4];
 #else
-    0;
+  out[threadIdx.x] = 0;
 #endif
+}
 
 // Whether the code the current device runs has the wgmma kernel's body (built for sm_90a, which only
 // compute capability 9.0 runs).
 bool wgmma_code_loaded() {
   static QueryCache<c10::DeviceIndex, bool> cache;
   return cache.get(c10::cuda::current_device(), [] {
-    int flag = 0;
-    C10_CUDA_CHECK(cudaMemcpyFromSymbol(&flag, wgmma_compiled_flag, sizeof flag));
-    return flag == 1;
+    cudaFuncAttributes attributes{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, wgmma_code_probe_kernel));
+    return attributes.sharedSizeBytes > 0;
   });
 }
 
@@ -339,8 +345,8 @@ bool use_split_tf32(const at::Tensor& input, const DeformConvGeometry& g, const 
 }
 
 // Whether RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wgmma takes the wgmma kernel: 16-bit types where the
-// mma.sync kernel applies, on a device that runs its sm_90a code (68 KB of shared memory at most,
-// which sm_90 gives). Elsewhere it is the default path.
+// mma.sync kernel applies, on a device that runs its sm_90a code (36 KB of shared memory at most).
+// Elsewhere it is the default path.
 template <typename scalar_t>
 bool wgmma_applies(const at::Tensor& input, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                    const at::Tensor& wmat) {

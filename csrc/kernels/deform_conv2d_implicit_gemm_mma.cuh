@@ -213,7 +213,8 @@ __device__ __forceinline__ void to_parts(float x, typename In::smem_t (&parts)[M
       parts[1] = In::from_float(x - parts[0]);
     } else {
       parts[0] = 0.0f;
-      parts[1] = x;  // the MMA reads its TF32 bits
+      // The MMA reads its TF32 bits: a NaN whose payload is all in the low 13 would read as inf.
+      parts[1] = x == x ? x : float_from_bits(0x7fffffffu);
     }
   }
 }

@@ -15,8 +15,9 @@
 //   * the weights are repacked beforehand as the image of a block's step in shared memory
 //     (deform_conv2d_wgmma_weight_tiles_kernel: B K-major, core matrices of 8 output channels x 16
 //     bytes), which the block copies with cp.async into the stage that the MMAs do not read;
-//   * one barrier per step: the next step's weights have landed, and every warpgroup has finished
-//     the MMAs that read the stage they overwrite.
+//   * one barrier per step: the next step's weights have landed (each thread fences its copies for
+//     the tensor cores' reads, fence.proxy.async), and every warpgroup has finished the MMAs that
+//     read the stage they overwrite.
 // Two warpgroups a block, one block per SM (accumulators: kCols / 2 registers a thread).
 // Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness; its
 // body is empty where wgmma is not compiled (RCM_WGMMA_AVAILABLE: sm_90a), which the launcher
@@ -72,7 +73,7 @@ RCM_HD int64_t wgmma_weight_tile_elements(const DeformConvGeometry& g) {
 // Dynamic shared memory of the kernel below: each warp's corners of its 16 rows; two stages of the
 // block's weights (the step being multiplied, and the next one in flight), [stage][m][h][n]: for
 // MMA m, B's two core matrices along k kCols x 16 bytes apart, those along n 128 bytes apart.
-// 68 KB 256 wide.
+// 36 KB 256 wide.
 template <int kCols>
 struct WgmmaShared {
   static constexpr int kStages = 2;
@@ -234,10 +235,23 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
     }
     wgmma_commit_group();
   };
-  auto wait_multiply = [&] {
+  // Waits for the step's MMAs; a, their A fragments, stays live until then (else the compiler may
+  // give the next step's fragments its registers while the tensor cores still read them).
+  auto wait_multiply = [&](uint32_t (&a)[2][4]) {
     wgmma_wait_group<0>();
     RCM_UNROLL
     for (int i = 0; i < kCols / 2; ++i) wgmma_fence_operand(acc[i]);
+    RCM_UNROLL
+    for (int m = 0; m < 2; ++m) {
+      RCM_UNROLL
+      for (int i = 0; i < 4; ++i) wgmma_fence_operand(a[m][i]);
+    }
+  };
+  // The step's weights, copied by every thread, landed and visible to the tensor cores' reads.
+  auto weights_landed = [] {
+    wait_async_copies<0>();
+    wgmma_fence_shared_writes();
+    __syncthreads();
   };
 
   Steps s(g, group, kernel_point_range(g, blockIdx.y, gridDim.y));
@@ -259,8 +273,7 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
       if (next.first_of_run) start_run(next);
       fetch(next, f);
     }
-    wait_async_copies<0>();
-    __syncthreads();
+    weights_landed();
     for (;;) {
       multiply(a, stage);
       const bool more = !next.done();
@@ -277,7 +290,7 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
           fetch(after, f);
         }
       }
-      wait_multiply();
+      wait_multiply(a);
       if (!more) break;
       RCM_UNROLL
       for (int m = 0; m < 2; ++m) {
@@ -286,8 +299,7 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
       }
       next = after;
       stage ^= 1;
-      wait_async_copies<0>();
-      __syncthreads();
+      weights_landed();
     }
   }
 

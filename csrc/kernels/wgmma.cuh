@@ -3,8 +3,10 @@
 // tile of float sums, 16 deep, f16 or bf16 operands: A from registers, B from shared memory through
 // a matrix descriptor. The call returns at once; the tensor cores read A's registers and B's shared
 // memory, and write d, until a wgmma.wait_group completes the group the call was committed in.
-// Until then none of them may be touched; wgmma_fence() orders the registers' earlier writes (A's
-// fragments, a reset of d) before the calls after it.
+// Until then none of them may be touched (wgmma_fence_operand keeps the compiler from reusing their
+// registers); wgmma_fence() orders the registers' earlier writes (A's fragments, a reset of d) before
+// the calls after it, and wgmma_fence_shared_writes() a thread's earlier writes to B's shared memory
+// (stores, landed cp.async copies: the generic proxy) before the tensor cores' reads (the async proxy).
 //
 // Fragments, for lane = 4 q + t of warp w of the warpgroup (PTX ISA, "Matrix Fragments for
 // wgmma.mma_async.m64nNk16"), in 32-bit words of two 16-bit elements (the lower k in the low half):
@@ -105,11 +107,28 @@ __device__ __forceinline__ void wgmma_wait_group() {
 #endif
 }
 
-// Keeps the compiler from moving accesses to x across this point (the accumulators of a wgmma in
-// flight are written behind its back).
+// Orders the calling thread's earlier writes to shared memory before the tensor cores' reads of it
+// in the wgmma calls after a barrier that follows (fence.proxy.async: the calls read through the async
+// proxy, which the generic proxy's writes, cp.async's included, do not reach without it).
+__device__ __forceinline__ void wgmma_fence_shared_writes() {
+#if defined(__CUDACC__)
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// Keeps the compiler from moving accesses to x across this point, and x's register from being reused
+// before it: the accumulators of a wgmma in flight are written behind the compiler's back, and its A
+// registers read (so they must stay live until its wait).
 __device__ __forceinline__ void wgmma_fence_operand(float& x) {
 #if defined(__CUDACC__)
   asm volatile("" : "+f"(x)::"memory");
+#else
+  (void)x;
+#endif
+}
+__device__ __forceinline__ void wgmma_fence_operand(uint32_t& x) {
+#if defined(__CUDACC__)
+  asm volatile("" : "+r"(x)::"memory");
 #else
   (void)x;
 #endif

@@ -84,7 +84,7 @@ for sanitizer in address thread; do
   echo "==== $label build: $((total - bad)) passed, $bad failed ($((SECONDS - start))s)"
 done
 
-echo "==== ptxas resource gate (sm_90)"
+echo "==== ptxas resource gate (sm_90a)"
 if out=$(python3 tools/ptxas_report.py --check 2>&1); then
   echo "$out"
   if grep -q "ptxas check skipped" <<<"$out"; then
