@@ -16,8 +16,9 @@
 #                that the time is left for a fix and a rerun (as they are when the build fails) -> checks.log
 #   5 tests      python -m pytest tests -k cuda --maxfail=15 (CUDA parity tests; a per-test timeout
 #                where pytest-timeout is installed; fails when no GPU is visible)  -> checks.log
-#   6 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, five CUDA
-#                forward algorithms and the deterministic backward, four dtypes (every CUDA kernel)
+#   6 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, six CUDA
+#                forward algorithms (the default with TF32 and without: split TF32) and the
+#                deterministic backward, four dtypes (every CUDA kernel)
 #                                                                                   -> checks.log
 #   7 bench      python -m benchmarks --device cuda --out $OUT                      -> bench.log, cuda-*.json/.md
 #   8 bench-tf32 the fp32 benchmark with TF32 allowed on both sides                 -> bench.log, cuda-tf32-*.md
@@ -203,9 +204,10 @@ gpu_step errors "$CHECKS_LOG" 240 1 "PYTHON='$PY' bash benchmarks/error_paths.sh
 SMALL_PY=/tmp/rcm_fsad_sanitizer_small.py
 cat > "$SMALL_PY" <<'PYEOF'
 """Small deform_conv2d forward+backward cases on CUDA, for compute-sanitizer: every CUDA kernel
-(tensor-core (cp.async WMMA, WMMA with synchronous loads, mma.sync) and CUDA-core implicit-GEMM forward,
-columns forward, im2col, col2im, and the deterministic backward's input-gradient kernel). The
-tensor-core runs allow TF32, so that float32 takes those kernels too. 160 output channels: the mma.sync
+(tensor-core (cp.async WMMA, WMMA with synchronous loads, mma.sync, wgmma on sm_90) and CUDA-core
+implicit-GEMM forward, columns forward, im2col, col2im, and the deterministic backward's input-gradient
+kernel). The tensor-core runs allow TF32, so that float32 takes those kernels too, but for one run of
+the default path without it: float32 on split TF32. 160 output channels: the mma.sync
 kernel's 128 x 256 blocks, whose warps trade sampled rows through shared memory. 6 channels (no whole
 16-byte vectors) with 70 output channels: the 128-wide WMMA kernel with synchronous loads, float32
 included; 40 channels in offset groups of 10: channel runs off 16-byte boundaries, which must not be
@@ -236,14 +238,15 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 if os.environ.get("RCM_SANITIZER_QUICK") == "1":
     DTYPES = DTYPES[:2]
     CASES = CASES[:5]
-# (forward algorithm, deterministic backward)
-MODES = [("implicit_gemm", False), ("implicit_gemm_wmma", False), ("implicit_gemm_sync", False),
-         ("implicit_gemm_simt", False), ("columns", False), ("implicit_gemm", True)]
+# (forward algorithm, deterministic backward, TF32 allowed)
+MODES = [("implicit_gemm", False, True), ("implicit_gemm", False, False), ("implicit_gemm_wgmma", False, True),
+         ("implicit_gemm_wmma", False, True), ("implicit_gemm_sync", False, True), ("implicit_gemm_simt", False, False),
+         ("columns", False, False), ("implicit_gemm", True, True)]
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # for PyTorch versions that ask for it
 RUNS = [(case, mode) for case in CASES for mode in MODES]
-for (n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels_last), (algo, det) in RUNS:
+for (n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels_last), (algo, det, tf32) in RUNS:
     os.environ["RCM_FSAD_DEFORM_CONV_ALGO"] = algo  # read by the CUDA forward at each call
-    torch.backends.cuda.matmul.allow_tf32 = algo.startswith("implicit_gemm") and algo != "implicit_gemm_simt"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.use_deterministic_algorithms(det)
     h_out = (h + 2 * p - d * (k - 1) - 1) // s + 1
     w_out = (w + 2 * p - d * (k - 1) - 1) // s + 1
@@ -264,8 +267,8 @@ for (n, c_in, c_out, h, w, k, s, p, d, groups, offset_groups, use_mask, channels
                                          dilation=d, mask=t["mask"] if use_mask else None)
         out.backward(torch.randn_like(out))
         torch.cuda.synchronize()
-        print("ok", algo, "deterministic" if det else "", (n, c_in, c_out, h, w, s, p, d, groups, offset_groups,
-              use_mask, channels_last), dtype,
+        print("ok", algo, "deterministic" if det else "", "tf32" if tf32 else "",
+              (n, c_in, c_out, h, w, s, p, d, groups, offset_groups, use_mask, channels_last), dtype,
               tuple(out.shape), flush=True)
 print("sanitizer small cases: done")
 PYEOF

@@ -520,6 +520,45 @@ def test_cuda_backward_is_deterministic_under_deterministic_algorithms(dtype, mo
     assert_matches(as_float64, exact, rtol=tol, atol=tol)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_deterministic_backward_is_the_same_in_any_chunking(dtype, monkeypatch):
+    """The deterministic input gradient adds each input element's samples in row order, however the
+    backward cuts the rows: RCM_FSAD_CHUNK_ROWS and RCM_FSAD_TABLE_ROWS cut a problem of 189 rows
+    (three images of 63) into chunks and sample-table pieces that straddle the images' edges. The
+    input, offset and mask gradients are then bitwise those of one chunk; the weight and bias
+    gradients, whose GEMMs add chunk after chunk, match the float64 reference. A limit that is not a
+    positive number raises, naming its variable."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what some PyTorch versions ask for cuBLAS
+    case = DeformCase(batch=3, in_channels=16, out_channels=8, height=7, width=9, offset_scale=2.0, seed=6)
+    tensors = case.tensors(dtype, "cuda")
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    runs = {}
+    try:
+        for chunk, table in ((None, None), ("50", None), ("64", "13"), ("1000", "7")):
+            for name, value in (("RCM_FSAD_CHUNK_ROWS", chunk), ("RCM_FSAD_TABLE_ROWS", table)):
+                if value is None:
+                    monkeypatch.delenv(name, raising=False)
+                else:
+                    monkeypatch.setenv(name, value)
+            runs[(chunk, table)] = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+        monkeypatch.setenv("RCM_FSAD_CHUNK_ROWS", "0")
+        with pytest.raises(RuntimeError, match="RCM_FSAD_CHUNK_ROWS must be a positive number of rows, got '0'"):
+            run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    whole = runs.pop((None, None))
+    exact = run_with_grads(reference.deform_conv2d, case,
+                           {k: None if v is None else v.double() for k, v in tensors.items()})
+    tol = 1e-10 if dtype == torch.float64 else 1e-3
+    for limits, (out, grads) in runs.items():
+        for name in ("input", "offset", "mask"):
+            assert torch.equal(grads[name], whole[1][name]), (limits, name)
+        assert_matches((out.double(), {k: v.double() for k, v in grads.items()}), exact, rtol=tol, atol=tol)
+
+
 def cuda_kernel_names(fn) -> list:
     """The CUDA kernels that fn() launches."""
     # CPU activity too: without it some versions of the profiler miss CUDA kernel events

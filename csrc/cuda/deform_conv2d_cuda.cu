@@ -89,8 +89,24 @@ constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 // The largest y and z extents of a grid.
 constexpr int64_t kMaxGridYZ = 65535;
 
+// At most as many rows as the environment variable `name` says, for tests of the chunked paths on
+// problems small enough to be one chunk otherwise (unset: no limit): a positive integer, or an
+// error naming the variable.
+int64_t rows_limit(const char* name) {
+  const char* text = std::getenv(name);
+  if (text == nullptr) return std::numeric_limits<int64_t>::max();
+  char* end = nullptr;
+  const long long value = std::strtoll(text, &end, 10);
+  TORCH_CHECK(end != text && *end == '\0' && value > 0, name, " must be a positive number of rows, got '", text,
+              "'");
+  return static_cast<int64_t>(value);
+}
+
+// Rows of the columns buffer (the columns path, the backward): at most kChunkElements elements, or
+// RCM_FSAD_CHUNK_ROWS rows.
 int64_t chunk_rows(const DeformConvGeometry& g) {
-  return std::max<int64_t>(1, std::min(g.batch * g.out_pixels(), kChunkElements / g.column_width()));
+  const int64_t rows = std::min(kChunkElements / g.column_width(), rows_limit("RCM_FSAD_CHUNK_ROWS"));
+  return std::max<int64_t>(1, std::min(g.batch * g.out_pixels(), rows));
 }
 
 int blocks_for(int64_t work_items, int64_t items_per_block) {
@@ -527,10 +543,12 @@ void launch_col2im(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
 }
 
 // Rows per piece of the deterministic input gradient: its sample table (one MaskedCorners per
-// (row, kernel point, offset group)) stays within kDeterministicTableBytes.
+// (row, kernel point, offset group)) stays within kDeterministicTableBytes, or RCM_FSAD_TABLE_ROWS
+// rows.
 int64_t deterministic_table_rows(const DeformConvGeometry& g, int64_t chunk, int64_t entry_bytes) {
   const int64_t row_bytes = g.kernel_points() * g.offset_groups * entry_bytes;
-  return std::clamp<int64_t>(kDeterministicTableBytes / row_bytes, 1, chunk);
+  return std::clamp<int64_t>(std::min(kDeterministicTableBytes / row_bytes, rows_limit("RCM_FSAD_TABLE_ROWS")), 1,
+                             chunk);
 }
 
 // The deterministic input gradient of rows [first_row, first_row + rows), whose columns gradient
