@@ -280,11 +280,12 @@ gpu_step smoke "$CHECKS_LOG" 120 1 "$PY -c '$CUDA_VISIBLE' && $PY $SMALL_PY"
 
 # ---- 5 CUDA parity tests ----------------------------------------------------------------------------
 # Not -x: one failure would hide every CUDA test after it. A per-test timeout (thread method: a kernel
-# that never returns blocks signals) where pytest-timeout is installed.
+# that never returns blocks signals) where pytest-timeout is installed. 240 s: six CUDA backends since
+# session 14 (cuda-wgmma), none of them timed on the GPU machine yet.
 if $PY -c 'import pytest' >/dev/null 2>&1; then
     TEST_TIMEOUT=""
     $PY -c 'import pytest_timeout' >/dev/null 2>&1 && TEST_TIMEOUT="--timeout=60 --timeout_method=thread"
-    gpu_step tests "$CHECKS_LOG" 180 1 "$PY -c '$CUDA_VISIBLE' && $PY -m pytest tests -q -rfEs -k cuda --maxfail=15 --tb=short --durations=10 $TEST_TIMEOUT -p no:cacheprovider"
+    gpu_step tests "$CHECKS_LOG" 240 1 "$PY -c '$CUDA_VISIBLE' && $PY -m pytest tests -q -rfEs -k cuda --maxfail=15 --tb=short --durations=10 $TEST_TIMEOUT -p no:cacheprovider"
 else
     skip_step tests "$CHECKS_LOG" 1 "pytest is not installed for $PY"
 fi
