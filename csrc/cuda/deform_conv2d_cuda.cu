@@ -360,15 +360,14 @@ bool use_split_tf32(const at::Tensor& input, const DeformConvGeometry& g, const 
          kernels::mma_kernel_applies<scalar_t>(g) && tensor_cores_present(input);
 }
 
-// Whether RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wgmma takes the wgmma kernel: 16-bit types where the
-// mma.sync kernel applies, on a device that runs its sm_90a code (36 KB of shared memory at most).
+// Whether RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wgmma takes the wgmma kernel for a 16-bit type: where
+// the mma.sync kernel applies, on a device that runs its sm_90a code (36 KB of shared memory at most).
 // Elsewhere it is the default path.
 template <typename scalar_t>
 bool wgmma_applies(const at::Tensor& input, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                    const at::Tensor& wmat) {
-  return (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) &&
-         vector_loads_apply(g, a, wmat) && kernels::mma_kernel_applies<scalar_t>(g) &&
-         tensor_cores_present(input) && wgmma_code_loaded();
+  return vector_loads_apply(g, a, wmat) && kernels::mma_kernel_applies<scalar_t>(g) && tensor_cores_present(input) &&
+         wgmma_code_loaded();
 }
 
 // Whether the current device gives a block of the cp.async tensor-core kernel kCols wide its shared
@@ -430,29 +429,20 @@ void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& 
 template <typename scalar_t>
 void launch_wgmma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
                           const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
-  if constexpr (!std::is_same_v<scalar_t, at::Half> && !std::is_same_v<scalar_t, at::BFloat16>) {
-    TORCH_INTERNAL_ASSERT(false, "the wgmma kernel takes 16-bit types only");
-  } else {
-    using mma_t = typename TensorCoreInput<scalar_t>::type;
-    const int64_t elements = kernels::wgmma_weight_tile_elements<scalar_t>(g);
-    at::Tensor tiles = at::empty({elements}, wmat.options());
-    const int64_t vectors = elements / kernels::Vector16<scalar_t>::kSize;
-    kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t>
-        <<<blocks_for(vectors, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            g, wmat.const_data_ptr<scalar_t>(), tiles.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    auto launch = [&](auto cols) {
-      constexpr int kCols = decltype(cols)::value;
-      launch_implicit_gemm<kernels::WgmmaTiles<kCols>, float>(
-          kernels::deform_conv2d_implicit_gemm_wgmma_kernel<scalar_t, mma_t, kCols>, g, a, tiles, bias, out_rows,
-          kernels::wgmma_shared_bytes<kCols>());
-    };
-    switch (kernels::wgmma_tile_cols(g.out_channels / g.groups)) {
-      case 256: launch(std::integral_constant<int, 256>{}); break;
-      case 128: launch(std::integral_constant<int, 128>{}); break;
-      default: launch(std::integral_constant<int, 64>{}); break;
-    }
-  }
+  using mma_t = typename TensorCoreInput<scalar_t>::type;
+  static_assert(std::is_same_v<mma_t, __half> || std::is_same_v<mma_t, __nv_bfloat16>, "16-bit types only");
+  const int64_t elements = kernels::wgmma_weight_tile_elements<scalar_t>(g);
+  at::Tensor tiles = at::empty({elements}, wmat.options());
+  const int64_t vectors = elements / kernels::Vector16<scalar_t>::kSize;
+  kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t>
+      <<<blocks_for(vectors, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          g, wmat.const_data_ptr<scalar_t>(), tiles.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  kernels::with_wgmma_tiles(g.out_channels / g.groups, [&](auto tiles_type) {
+    using Tiles = decltype(tiles_type);
+    launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_wgmma_kernel<scalar_t, mma_t, Tiles::kCols>,
+                                       g, a, tiles, bias, out_rows, kernels::wgmma_shared_bytes<Tiles::kCols>());
+  });
 }
 
 template <typename scalar_t>
@@ -462,9 +452,11 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
   const std::optional<at::Tensor> bias_c =
       bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
   if (algo == ForwardAlgorithm::ImplicitGemmWgmma) {
-    if (wgmma_applies<scalar_t>(input, g, a, wmat)) {
-      launch_wgmma_forward<scalar_t>(g, a, wmat, bias_c, out_rows);
-      return;
+    if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+      if (wgmma_applies<scalar_t>(input, g, a, wmat)) {
+        launch_wgmma_forward<scalar_t>(g, a, wmat, bias_c, out_rows);
+        return;
+      }
     }
     algo = ForwardAlgorithm::ImplicitGemm;
   }

@@ -50,6 +50,17 @@ struct WgmmaTiles {
 // The block width for a conv group of `cog` output channels: as wide as the group, up to 256.
 RCM_HD int wgmma_tile_cols(int64_t cog) { return cog > 128 ? 256 : cog > 64 ? 128 : 64; }
 
+// f(WgmmaTiles<wgmma_tile_cols(cog)>{}): the one place that turns the width into the kernel's
+// template argument.
+template <typename F>
+decltype(auto) with_wgmma_tiles(int64_t cog, F&& f) {
+  switch (wgmma_tile_cols(cog)) {
+    case 256: return f(WgmmaTiles<256>{});
+    case 128: return f(WgmmaTiles<128>{});
+    default: return f(WgmmaTiles<64>{});
+  }
+}
+
 // The column blocks of a conv group of `cog` output channels.
 RCM_HD int64_t wgmma_column_blocks(int64_t cog) {
   const int64_t cols = wgmma_tile_cols(cog);

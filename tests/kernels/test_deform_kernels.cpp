@@ -1234,11 +1234,9 @@ int run_tensor_core_case() {
             p, split, infinite_mask);
       });
     } else if constexpr (kKernel == TensorCoreKernel::Wgmma) {
-      switch (kernels::wgmma_tile_cols(cog)) {
-        case 256: return check_igemm_tensor_cores<scalar_t, mma_t, 256, kKernel>(p, split, infinite_mask);
-        case 128: return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split, infinite_mask);
-        default: return check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split, infinite_mask);
-      }
+      return kernels::with_wgmma_tiles(cog, [&](auto tiles) {
+        return check_igemm_tensor_cores<scalar_t, mma_t, decltype(tiles)::kCols, kKernel>(p, split, infinite_mask);
+      });
     } else {
       if (kernels::wmma_tile_cols<mma_t>(cog) == 128) {
         return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split, infinite_mask);
