@@ -5,7 +5,8 @@ usage: python -m benchmarks.goals RESULT.json [RESULT.json ...]
 
   CPU (fp32, geometric mean over the cases)   forward >= 5x torchvision, forward+backward >= 10x
   CUDA (fp32, geometric mean over the cases)  forward >= 3x torchvision, per TF32 setting (the same on
-                                              both sides: one result file each)
+                                              both sides: one result file each); ours, and where the
+                                              run has it ours[implicit_gemm_wgmma]
   CUDA (bf16, N32 C256 56x56)                 forward at >= 40% of the bf16 tensor-core roofline (ours on
                                               the contiguous tensors, and where the run has them
                                               ours[channels_last], which converts no layout, and
@@ -40,8 +41,8 @@ class GoalResult(NamedTuple):
     source: str
 
 
-def _geomean(result: dict, dtype: str, pass_name: str) -> Optional[dict]:
-    return next((g for g in result["geomean"] if g["impl"] == OURS and g["dtype"] == dtype
+def _geomean(result: dict, dtype: str, pass_name: str, impl: str) -> Optional[dict]:
+    return next((g for g in result["geomean"] if g["impl"] == impl and g["dtype"] == dtype
                  and g["pass"] == pass_name), None)
 
 
@@ -56,18 +57,20 @@ def goals_of(result: dict, source: str) -> List[GoalResult]:
     tf32 = result["meta"]["tf32"]["torch.backends.cuda.matmul.allow_tf32"]
     out: List[GoalResult] = []
     speedup_targets = {"cpu": ((FWD, 5.0), (FWD_BWD, 10.0)), "cuda": ((FWD, 3.0),)}[device]
-    for pass_name, target in speedup_targets:
-        mean = _geomean(result, "fp32", pass_name)
-        if mean is None:
-            continue
-        value = mean["geomean_speedup_vs_torchvision"]
-        expected = len(cases_for(device))
-        complete = mean["cases"] >= expected
-        setting = f"geomean of {mean['cases']} cases" + ("" if complete else f" (partial run: of {expected})")
-        if device == "cuda":
-            setting += f", TF32 {'on' if tf32 else 'off'}"
-        out.append(GoalResult(f"{device} fp32 {pass_name} vs torchvision", setting, f"{value:.2f}x",
-                              f">= {target:g}x", complete and value >= target, source))
+    for impl in {"cpu": (OURS,), "cuda": (OURS, OURS_WGMMA)}[device]:
+        for pass_name, target in speedup_targets:
+            mean = _geomean(result, "fp32", pass_name, impl)
+            if mean is None:
+                continue
+            value = mean["geomean_speedup_vs_torchvision"]
+            expected = len(cases_for(device))
+            complete = mean["cases"] >= expected
+            setting = f"geomean of {mean['cases']} cases" + ("" if complete else f" (partial run: of {expected})")
+            if device == "cuda":
+                setting += f", TF32 {'on' if tf32 else 'off'}"
+            name = "" if impl == OURS else f" {impl}"
+            out.append(GoalResult(f"{device} fp32 {pass_name}{name} vs torchvision", setting, f"{value:.2f}x",
+                                  f">= {target:g}x", complete and value >= target, source))
     ceilings = result["meta"].get("ceilings")  # none for a GPU whose ceilings are not known
     for impl in (OURS, OURS_CHANNELS_LAST, OURS_WGMMA):
         ours = _row(result, GOAL_CASE, "bf16", FWD, impl) if device == "cuda" and ceilings else None

@@ -207,7 +207,7 @@ cat > "$SMALL_PY" <<'PYEOF'
 (tensor-core (cp.async WMMA, WMMA with synchronous loads, mma.sync, wgmma on sm_90) and CUDA-core
 implicit-GEMM forward, columns forward, im2col, col2im, and the deterministic backward's input-gradient
 kernel). The tensor-core runs allow TF32, so that float32 takes those kernels too, but for one run of
-the default path without it: float32 on split TF32. 160 output channels: the mma.sync
+the default path and one of wgmma without it: float32 on split TF32. 160 output channels: the mma.sync
 kernel's 128 x 256 blocks, whose warps trade sampled rows through shared memory. 6 channels (no whole
 16-byte vectors) with 70 output channels: the 128-wide WMMA kernel with synchronous loads, float32
 included; 40 channels in offset groups of 10: channel runs off 16-byte boundaries, which must not be
@@ -240,7 +240,7 @@ if os.environ.get("RCM_SANITIZER_QUICK") == "1":
     CASES = CASES[:5]
 # (forward algorithm, deterministic backward, TF32 allowed)
 MODES = [("implicit_gemm", False, True), ("implicit_gemm", False, False), ("implicit_gemm_wgmma", False, True),
-         ("implicit_gemm_wmma", False, True), ("implicit_gemm_sync", False, True), ("implicit_gemm_simt", False, False),
+         ("implicit_gemm_wgmma", False, False), ("implicit_gemm_wmma", False, True), ("implicit_gemm_sync", False, True), ("implicit_gemm_simt", False, False),
          ("columns", False, False), ("implicit_gemm", True, True)]
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # for PyTorch versions that ask for it
 RUNS = [(case, mode) for case in CASES for mode in MODES]

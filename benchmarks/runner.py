@@ -26,7 +26,7 @@ in two TF32 parts (three TF32 MMAs a product, its error tested against float32's
 
 On CUDA, ``ours`` is the default forward path (in tensor-core types the mma.sync kernel, its sampled
 operand in registers, where it applies; in fp32 with TF32 off the same on split operands), and
-``ours[implicit_gemm_wgmma]`` (fp16 and bf16: Hopper's wgmma, on sm_90 with the build's sm_90a code),
+``ours[implicit_gemm_wgmma]`` (Hopper's wgmma, on sm_90 with the build's sm_90a code; fp32 split as ours),
 ``ours[implicit_gemm_wmma]`` (the WMMA kernel with cp.async copies), ``ours[implicit_gemm_sync]`` (the
 WMMA kernel without them), ``ours[implicit_gemm_simt]`` and ``ours[columns]`` (forward only) are the
 other five, so
@@ -115,8 +115,7 @@ CUDA_VARIANTS = {
 # The variants that differ from ``ours`` only where it takes tensor cores. In fp64 they run the CUDA-core
 # kernel that ``ours`` runs. In fp32 with TF32 off ``ours`` splits its operands over TF32 tensor cores and
 # implicit_gemm_simt is the CUDA-core kernel, while the WMMA variants, which do not split, run that same
-# CUDA-core kernel. Those are not timed again under another name; nor is the wgmma one outside fp16 and
-# bf16, where it runs ours' own path.
+# CUDA-core kernel. Those are not timed again under another name. (The wgmma one splits as ours does.)
 TENSOR_CORE_VARIANTS = (OURS_WGMMA, OURS_WMMA, OURS_SYNC, OURS_SIMT)
 
 
@@ -133,13 +132,11 @@ def variant_applies(impl: str, dtype_name: str, tf32_matmul: bool) -> bool:
     """Whether timing ``impl`` in this dtype measures a kernel of its own (see TENSOR_CORE_VARIANTS)."""
     if impl not in TENSOR_CORE_VARIANTS or dtype_name in ("fp16", "bf16"):
         return True
-    return dtype_name == "fp32" and impl != OURS_WGMMA and (tf32_matmul or impl == OURS_SIMT)
+    return dtype_name == "fp32" and (tf32_matmul or impl in (OURS_WGMMA, OURS_SIMT))
 
 
 def variant_skip_reason(impl: str, dtype_name: str) -> str:
     """Why ``impl`` is not timed in this dtype (variant_applies is false): the kernel it would time."""
-    if impl == OURS_WGMMA and dtype_name != "fp64":
-        return "the wgmma kernel takes fp16 and bf16 only: the default path of ours"
     if dtype_name == "fp32":
         return f"no WMMA kernel in fp32 without TF32: the CUDA-core kernel of {OURS_SIMT}"
     return "no tensor cores in this dtype: the CUDA-core kernel of ours"

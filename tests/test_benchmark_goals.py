@@ -92,3 +92,16 @@ def test_the_roofline_goal_is_judged_for_the_other_rows_too_where_the_run_has_th
     assert not lines["cuda bf16 fwd, n32_c256_56x56, share of 790 TFLOP/s"].met
     other = lines[f"cuda bf16 fwd {impl}, n32_c256_56x56, share of 790 TFLOP/s"]
     assert other.met and other.measured == "42.8%"
+
+
+def test_the_fp32_goal_is_judged_for_the_wgmma_row_too_where_the_run_has_it():
+    """ours[implicit_gemm_wgmma] runs fp32 too (split TF32 with TF32 off): its geometric mean gets a
+    line of its own, judged the same way; a CPU run has no such row to judge."""
+    result = hand_made(tf32=False, fp32_geomean=1.5, bf16_ms=0.40)
+    result["geomean"].append(dict(result["geomean"][0], impl=OURS_WGMMA, geomean_speedup_vs_torchvision=3.2))
+    lines = {g.goal: g for g in goals.goals_of(result, "e")}
+    assert not lines["cuda fp32 fwd vs torchvision"].met
+    wgmma = lines[f"cuda fp32 fwd {OURS_WGMMA} vs torchvision"]
+    assert wgmma.met and wgmma.measured == "3.20x" and "TF32 off" in wgmma.setting
+    cpu = dict(result, meta=dict(result["meta"], device_type="cpu"))
+    assert not any(OURS_WGMMA in g.goal for g in goals.goals_of(cpu, "f"))

@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 KERNELS = Path("csrc/kernels")
 
 # Each audited header and the test cases that run its kernel (tests/kernels/test_deform_kernels.cpp):
-# a 16-bit type and TF32 (or float), whose tiles differ (wgmma: 16-bit types only).
+# a 16-bit type and TF32 (or float), whose tiles differ.
 CASES = {
     "deform_conv2d_implicit_gemm.cuh": ("igemm/float", "igemm/half"),
     "deform_conv2d_implicit_gemm_wmma.cuh": ("wmma/half", "wmma/tf32"),
     "deform_conv2d_implicit_gemm_wmma_async.cuh": ("wmma_async/half", "wmma_async/tf32"),
     "deform_conv2d_implicit_gemm_mma.cuh": ("mma/half", "mma/tf32"),
-    "deform_conv2d_implicit_gemm_wgmma.cuh": ("wgmma/half", "wgmma/bfloat16"),
+    "deform_conv2d_implicit_gemm_wgmma.cuh": ("wgmma/half", "wgmma/tf32"),
     "layout_transpose.cuh": ("transpose/float", "transpose/half"),
 }
 

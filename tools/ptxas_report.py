@@ -62,9 +62,11 @@ MMA_TYPES = tuple((scalar, mma, *layout) for scalar, mma in MMA_INPUT_TYPES
                   for layout in ((("64", "1"), ("64", "2")) if mma == "Tf32Split"
                                  else (("64", "1"), ("128", "1"), ("128", "2"))))
 
-# (scalar_t, mma_t, block width) of the wgmma kernel (kernels::wgmma_tile_cols).
-WGMMA_TYPES = tuple((scalar, mma, cols) for scalar, mma in (("Half", "__half"), ("BFloat16", "__nv_bfloat16"))
-                    for cols in ("64", "128", "256"))
+# (scalar_t, mma_t, block width) of the wgmma kernel (kernels::wgmma_tile_cols: split TF32 at most 128
+# wide), and (scalar_t, mma_t) of its weight tiles.
+WGMMA_INPUT_TYPES = MMA_INPUT_TYPES
+WGMMA_TYPES = tuple((scalar, mma, cols) for scalar, mma in WGMMA_INPUT_TYPES
+                    for cols in (("64", "128") if mma == "Tf32Split" else ("64", "128", "256")))
 
 # (in_t, out_t) of the layout transpose (csrc/cuda/layout_cuda.cu): each dtype to itself, and float to the
 # 16-bit types (input gradients summed in float).
@@ -92,7 +94,7 @@ KERNELS = {
     "deform_conv2d_implicit_gemm_mma_kernel": ("deform_conv2d_implicit_gemm_mma.cuh", MMA_TYPES),
     "deform_conv2d_mma_weight_fragments_kernel": ("deform_conv2d_implicit_gemm_mma.cuh", MMA_INPUT_TYPES),
     "deform_conv2d_implicit_gemm_wgmma_kernel": ("deform_conv2d_implicit_gemm_wgmma.cuh", WGMMA_TYPES),
-    "deform_conv2d_wgmma_weight_tiles_kernel": ("deform_conv2d_implicit_gemm_wgmma.cuh", (("Half",), ("BFloat16",))),
+    "deform_conv2d_wgmma_weight_tiles_kernel": ("deform_conv2d_implicit_gemm_wgmma.cuh", WGMMA_INPUT_TYPES),
     "deform_conv2d_split_sum_kernel": ("deform_conv2d_tile_corners.cuh", DTYPES),
     "batched_transpose_kernel": ("layout_transpose.cuh", TRANSPOSE_TYPES),
 }

@@ -17,9 +17,10 @@
 //                            CUDA-core kernel (deform_conv2d_implicit_gemm_kernel, filling its tiles
 //                            16 bytes at a time where vector_loads_apply). Any of them split over
 //                            kernel points when its tiles would not fill one wave (launch_implicit_gemm);
-//   implicit_gemm_wgmma      16-bit types on an sm_90 device with the build's sm_90a code, where the
-//                            mma.sync kernel applies: deform_conv2d_implicit_gemm_wgmma_kernel
-//                            (Hopper's asynchronous warpgroup MMA, B from shared memory). Opt-in
+//   implicit_gemm_wgmma      float16, bfloat16 and float32 (TF32 where allowed, else split TF32) on
+//                            an sm_90 device with the build's sm_90a code, where the mma.sync kernel
+//                            applies: deform_conv2d_implicit_gemm_wgmma_kernel (Hopper's
+//                            asynchronous warpgroup MMA, B from shared memory). Opt-in
 //                            and not among autotune's candidates until a GPU run has checked and
 //                            timed it (benchmarks/NOTES.md); elsewhere the default path;
 //   implicit_gemm_wmma       the same as the default, but never the mma.sync kernel (the default
@@ -360,9 +361,9 @@ bool use_split_tf32(const at::Tensor& input, const DeformConvGeometry& g, const 
          kernels::mma_kernel_applies<scalar_t>(g) && tensor_cores_present(input);
 }
 
-// Whether RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wgmma takes the wgmma kernel for a 16-bit type: where
-// the mma.sync kernel applies, on a device that runs its sm_90a code (36 KB of shared memory at most).
-// Elsewhere it is the default path.
+// Whether RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wgmma takes the wgmma kernel for a type with tensor
+// cores (float32: TF32 where allowed, else split TF32): where the mma.sync kernel applies, on a device
+// that runs its sm_90a code (36 KB of shared memory at most). Elsewhere it is the default path.
 template <typename scalar_t>
 bool wgmma_applies(const at::Tensor& input, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                    const at::Tensor& wmat) {
@@ -425,23 +426,22 @@ void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& 
 }
 
 // The wgmma forward (where wgmma_applies), its block as wide as kernels::wgmma_tile_cols picks, on the
-// weights repacked as the image of a block's step in shared memory.
-template <typename scalar_t>
+// weights repacked as the image of a block's step in shared memory. mma_t: the tensor-core input
+// type, or kernels::Tf32Split for float32 at float32's accuracy.
+template <typename mma_t, typename scalar_t>
 void launch_wgmma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
                           const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
-  using mma_t = typename TensorCoreInput<scalar_t>::type;
-  static_assert(std::is_same_v<mma_t, __half> || std::is_same_v<mma_t, __nv_bfloat16>, "16-bit types only");
-  const int64_t elements = kernels::wgmma_weight_tile_elements<scalar_t>(g);
+  const int64_t elements = kernels::wgmma_weight_tile_elements<scalar_t, mma_t>(g);
   at::Tensor tiles = at::empty({elements}, wmat.options());
   const int64_t vectors = elements / kernels::Vector16<scalar_t>::kSize;
-  kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t>
+  kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t, mma_t>
       <<<blocks_for(vectors, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           g, wmat.const_data_ptr<scalar_t>(), tiles.mutable_data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  kernels::with_wgmma_tiles(g.out_channels / g.groups, [&](auto tiles_type) {
+  kernels::with_wgmma_tiles<mma_t>(g.out_channels / g.groups, [&](auto tiles_type) {
     using Tiles = decltype(tiles_type);
     launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_wgmma_kernel<scalar_t, mma_t, Tiles::kCols>,
-                                       g, a, tiles, bias, out_rows, kernels::wgmma_shared_bytes<Tiles::kCols>());
+                                       g, a, tiles, bias, out_rows, kernels::wgmma_shared_bytes<Tiles::kCols, mma_t>());
   });
 }
 
@@ -452,9 +452,15 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
   const std::optional<at::Tensor> bias_c =
       bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
   if (algo == ForwardAlgorithm::ImplicitGemmWgmma) {
-    if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+    if constexpr (!std::is_void_v<typename TensorCoreInput<scalar_t>::type>) {
       if (wgmma_applies<scalar_t>(input, g, a, wmat)) {
-        launch_wgmma_forward<scalar_t>(g, a, wmat, bias_c, out_rows);
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (!tf32_matmuls_allowed()) {
+            launch_wgmma_forward<kernels::Tf32Split>(g, a, wmat, bias_c, out_rows);
+            return;
+          }
+        }
+        launch_wgmma_forward<typename TensorCoreInput<scalar_t>::type>(g, a, wmat, bias_c, out_rows);
         return;
       }
     }

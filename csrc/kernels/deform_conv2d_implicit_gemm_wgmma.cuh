@@ -1,27 +1,33 @@
 // Hopper's asynchronous warpgroup MMA (wgmma, sm_90a) for the implicit-GEMM forward of DCNv2 in
-// float16 and bfloat16, where the mma.sync kernel applies (mma_kernel_applies). It keeps that
-// kernel's sampling (each thread blends its 16 bytes of channels of two rows into the A fragment
-// words, which wgmma takes from registers in mma.m16n8k16's layout) and changes how it multiplies:
+// float16, bfloat16 and float32 (TF32, or split TF32 for float32's accuracy: Tf32Split), where the
+// mma.sync kernel applies (mma_kernel_applies). It keeps that kernel's sampling (each thread blends
+// its 16 bytes of channels of two rows into the A fragment words, which wgmma takes from registers
+// in mma.m16n8k16's or m16n8k8's layout) and changes how it multiplies:
 //   * a warpgroup (4 warps, 64 rows) multiplies its rows by all the block's columns (64, 128 or 256:
-//     the conv group's output channels up to 256) with wgmma, B read by the tensor cores straight
-//     from shared memory: no weight fragments in registers, no shared-memory loads of them, and one
-//     instruction per 16 x kCols x 64 multiply-adds instead of kCols / 8 mma.sync;
+//     the conv group's output channels up to 256, or 128 with split TF32) with wgmma, B read by the
+//     tensor cores straight from shared memory: no weight fragments in registers, no shared-memory
+//     loads of them, and one instruction per 16 x kCols x 64 multiply-adds (16-bit) instead of
+//     kCols / 8 mma.sync;
 //   * the MMAs run asynchronously: a step's two wgmma are issued, then the warps blend the next
 //     step's A fragments and issue the loads of the step after it, then wait for the MMAs. Corner
 //     vectors are loaded a whole step before they are blended, so the loads' latency hides behind a
 //     step of MMAs and sampling instead of stalling the warp;
-//   * each element is sampled once (the block spans the group's columns up to 256), with no trading
-//     of rows between warps;
+//   * each element is sampled once where the block spans the group's columns, with no trading of
+//     rows between warps (split TF32 above 128 columns samples each element once per block along
+//     them: the second part's fragments do not fit beside 128 accumulators a thread);
 //   * the weights are repacked beforehand as the image of a block's step in shared memory
 //     (deform_conv2d_wgmma_weight_tiles_kernel: B K-major, core matrices of 8 output channels x 16
-//     bytes), which the block copies with cp.async into the stage that the MMAs do not read;
+//     bytes; with split TF32 both parts), which the block copies with cp.async into the stage that
+//     the MMAs do not read;
 //   * one barrier per step: the next step's weights have landed (each thread fences its copies for
 //     the tensor cores' reads, fence.proxy.async), and every warpgroup has finished the MMAs that
 //     read the stage they overwrite.
 // Two warpgroups a block, one block per SM (accumulators: kCols / 2 registers a thread).
+// Split TF32 takes three MMAs a product, as the mma.sync kernel does (Tf32Split): A's small part times
+// B's big, A's big times B's small, then big times big.
 // Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness; its
-// body is empty where wgmma is not compiled (RCM_WGMMA_AVAILABLE: sm_90a), which the launcher
-// checks at run time (wgmma_code_loaded).
+// body and its weight repack's are empty where wgmma is not compiled (RCM_WGMMA_AVAILABLE: sm_90a),
+// which the launcher checks at run time (wgmma_code_loaded).
 #pragma once
 
 #include <type_traits>
@@ -47,80 +53,102 @@ struct WgmmaTiles {
   static constexpr int kBlocksPerSM = 1;
 };
 
-// The block width for a conv group of `cog` output channels: as wide as the group, up to 256.
-RCM_HD int wgmma_tile_cols(int64_t cog) { return cog > 128 ? 256 : cog > 64 ? 128 : 64; }
+// The block width for a conv group of `cog` output channels and mma_t (MmaParts): as wide as the
+// group, up to 256, or 128 with two parts (at 256 the second part's fragments spill).
+template <typename mma_t>
+RCM_HD int wgmma_tile_cols(int64_t cog) {
+  return cog > 128 && MmaParts<mma_t>::kParts == 1 ? 256 : cog > 64 ? 128 : 64;
+}
 
-// f(WgmmaTiles<wgmma_tile_cols(cog)>{}): the one place that turns the width into the kernel's
+// f(WgmmaTiles<wgmma_tile_cols<mma_t>(cog)>{}): the one place that turns the width into the kernel's
 // template argument.
-template <typename F>
+template <typename mma_t, typename F>
 decltype(auto) with_wgmma_tiles(int64_t cog, F&& f) {
-  switch (wgmma_tile_cols(cog)) {
-    case 256: return f(WgmmaTiles<256>{});
+  switch (wgmma_tile_cols<mma_t>(cog)) {
+    case 256:
+      if constexpr (MmaParts<mma_t>::kParts == 1) return f(WgmmaTiles<256>{});
+      [[fallthrough]];  // not reached: two parts are at most 128 wide
     case 128: return f(WgmmaTiles<128>{});
     default: return f(WgmmaTiles<64>{});
   }
 }
 
 // The column blocks of a conv group of `cog` output channels.
+template <typename mma_t>
 RCM_HD int64_t wgmma_column_blocks(int64_t cog) {
-  const int64_t cols = wgmma_tile_cols(cog);
+  const int64_t cols = wgmma_tile_cols<mma_t>(cog);
   return (cog + cols - 1) / cols;
 }
 
+// The step's channel that element e of a core matrix row holds, for MMA m of the step's two and
+// half h of its reduction: the MMA's k follows the A fragments' order (to_a_fragments), where
+// thread t's 16 bytes (kVector channels, in 4 words of kVector / 4) give its fragment words t
+// (word 2 m of the thread's) and t + 4 (word 2 m + 1). A row holds 16 bytes of k: words 4 h ..
+// 4 h + 3, so element e is in thread e / W's word 2 m + h, at e % W (W = kVector / 4 elements a word).
+template <int kVector>
+RCM_HD int wgmma_step_channel(int m, int h, int e) {
+  constexpr int kPerWord = kVector / 4;
+  return kVector * (e / kPerWord) + kPerWord * (2 * m + h) + e % kPerWord;
+}
+
 // The weights as the image of each block's step in shared memory: for conv group G, kernel point k,
-// step s of the point (mma_steps_per_point), column block b, MMA m of the step's two, half h of its
-// 16-deep reduction and output channel n of the block (kCols = wgmma_tile_cols), 8 elements: those
-// of the MMA's k = 8 h .. 8 h + 7 for output channel kCols b + n. The MMA's k follows the A
-// fragments' order (to_a_fragments): k = 8 h + e is channel c0 + 8 (e / 2) + 4 m + 2 h + e % 2 of
-// the step; zeros past its depth and the group's output channels.
-// Shape (G, K, mma_steps_per_point, wgmma_column_blocks, 2, 2, kCols, 8).
-template <typename scalar_t>
+// step s of the point (mma_steps_per_point), column block b, part p (MmaParts), MMA m of the step's
+// two, half h of its reduction and output channel n of the block (kCols = wgmma_tile_cols), 16
+// bytes (V = Vector16<scalar_t>::kSize elements): those of the MMA's k = V h .. V h + V - 1 for output
+// channel kCols b + n, element e being the step's channel c0 + wgmma_step_channel<V>(m, h, e); zeros
+// past its depth and the group's output channels; TF32 weights already rounded (Tf32Split: part 0
+// big, part 1 small).
+// Shape (G, K, mma_steps_per_point, wgmma_column_blocks, kParts, 2, 2, kCols, V).
+template <typename scalar_t, typename mma_t>
 RCM_HD int64_t wgmma_weight_tile_elements(const DeformConvGeometry& g) {
   const int64_t cog = g.out_channels / g.groups;
-  return g.groups * g.kernel_points() * mma_steps_per_point<scalar_t>(g) * wgmma_column_blocks(cog) * 4 *
-         wgmma_tile_cols(cog) * Vector16<scalar_t>::kSize;
+  return g.groups * g.kernel_points() * mma_steps_per_point<scalar_t>(g) * wgmma_column_blocks<mma_t>(cog) *
+         MmaParts<mma_t>::kParts * 4 * wgmma_tile_cols<mma_t>(cog) * Vector16<scalar_t>::kSize;
 }
 
 // Dynamic shared memory of the kernel below: each warp's corners of its 16 rows; two stages of the
-// block's weights (the step being multiplied, and the next one in flight), [stage][m][h][n]: for
-// MMA m, B's two core matrices along k kCols x 16 bytes apart, those along n 128 bytes apart.
-// 36 KB 256 wide.
-template <int kCols>
+// block's weights (the step being multiplied, and the next one in flight), [stage][p][m][h][n]: for
+// part p and MMA m, B's two core matrices along k kCols x 16 bytes apart, those along n 128 bytes
+// apart. 36 KB 256 wide, and 128 wide with two parts.
+template <int kCols, int kParts>
 struct WgmmaShared {
   static constexpr int kStages = 2;
   RowCorners corners[WgmmaTiles<kCols>::kWarps][WgmmaTiles<kCols>::kWarpRows];
-  Vector16<uint32_t> weights[kStages][2][2][kCols];
+  Vector16<uint32_t> weights[kStages][kParts][2][2][kCols];
 };
 
-template <int kCols>
+template <int kCols, typename mma_t>
 constexpr size_t wgmma_shared_bytes() {
-  return sizeof(WgmmaShared<kCols>);
+  return sizeof(WgmmaShared<kCols, MmaParts<mma_t>::kParts>);
 }
 
 // The weight tiles above from wmat: (C_out, K, C_g), weight_matrix()'s layout, into `tiles`
-// (wgmma_weight_tile_elements<scalar_t>(g) elements), one 16-byte vector per thread of a
-// grid-stride loop. For geometries with mma_steps_per_point<scalar_t>(g) > 0; 16-bit types.
-template <typename scalar_t>
+// (wgmma_weight_tile_elements<scalar_t, mma_t>(g) elements), one 16-byte vector per thread of a
+// grid-stride loop. For geometries with mma_steps_per_point<scalar_t>(g) > 0; scalar_t and mma_t as
+// for the kernel below.
+template <typename scalar_t, typename mma_t>
 __global__ void deform_conv2d_wgmma_weight_tiles_kernel(DeformConvGeometry g, const scalar_t* __restrict__ wmat,
                                                         scalar_t* __restrict__ tiles) {
+#if defined(RCM_WGMMA_AVAILABLE)
   constexpr int kVector = Vector16<scalar_t>::kSize;
-  static_assert(kVector == 8, "16-bit types: a core matrix row is 8 of the MMA's k");
+  constexpr int kParts = MmaParts<mma_t>::kParts;
   const int64_t steps = mma_steps_per_point<scalar_t>(g);
   const int64_t cog = g.out_channels / g.groups;
   const int64_t cg = g.channels_per_group();
   const int64_t points = g.kernel_points();
-  const int64_t cols = wgmma_tile_cols(cog);
-  const int64_t blocks = wgmma_column_blocks(cog);
-  const int64_t vectors = wgmma_weight_tile_elements<scalar_t>(g) / kVector;
+  const int64_t cols = wgmma_tile_cols<mma_t>(cog);
+  const int64_t blocks = wgmma_column_blocks<mma_t>(cog);
+  const int64_t vectors = wgmma_weight_tile_elements<scalar_t, mma_t>(g) / kVector;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < vectors; v += stride) {
     const int64_t n = v % cols;
     const int h = static_cast<int>(v / cols % 2);
     const int m = static_cast<int>(v / (2 * cols) % 2);
-    const int64_t block = v / (4 * cols) % blocks;
-    const int64_t step = v / (4 * cols * blocks) % steps;
-    const int64_t k = v / (4 * cols * blocks * steps) % points;
-    const int64_t group = v / (4 * cols * blocks * steps * points);
+    const int part = static_cast<int>(v / (4 * cols) % kParts);
+    const int64_t block = v / (4 * cols * kParts) % blocks;
+    const int64_t step = v / (4 * cols * kParts * blocks) % steps;
+    const int64_t k = v / (4 * cols * kParts * blocks * steps) % points;
+    const int64_t group = v / (4 * cols * kParts * blocks * steps * points);
     ReductionSteps<mma_step_depth<scalar_t>()> s(g, group, {static_cast<int>(k), static_cast<int>(k) + 1});
     for (int64_t i = 0; i < step; ++i) s.next();
     const int64_t co = block * cols + n;
@@ -128,18 +156,28 @@ __global__ void deform_conv2d_wgmma_weight_tiles_kernel(DeformConvGeometry g, co
     Vector16<scalar_t> x = load16<scalar_t>(&zeros);
     RCM_UNROLL
     for (int e = 0; e < kVector; ++e) {
-      const int c = 8 * (e / 2) + 4 * m + 2 * h + e % 2;  // of the step's channels
-      if (co < cog && c < s.depth) x.v[e] = wmat[((group * cog + co) * points + k) * cg + (s.c0 + c - group * cg)];
+      const int c = wgmma_step_channel<kVector>(m, h, e);
+      if (co >= cog || c >= s.depth) continue;
+      const scalar_t w = wmat[((group * cog + co) * points + k) * cg + (s.c0 + c - group * cg)];
+      if constexpr (std::is_same_v<typename MmaParts<mma_t>::input_t, Tf32>) {
+        float parts[kParts];
+        to_parts<mma_t>(w, parts);
+        x.v[e] = part == 0 ? parts[0] : parts[kParts - 1];
+      } else {
+        x.v[e] = w;
+      }
     }
     store16(tiles + v * kVector, x);
   }
+#endif  // RCM_WGMMA_AVAILABLE
 }
 
 // Grid: (gemm_grid_x<T::kRows, kCols>(g), splits, groups) with T = WgmmaTiles<kCols>; block:
-// T::kThreads; dynamic shared memory: wgmma_shared_bytes<kCols>(). scalar_t and mma_t: c10::Half
-// with __half, c10::BFloat16 with __nv_bfloat16; the arguments as for the mma.sync kernel, but the
-// weights come as tiles (deform_conv2d_wgmma_weight_tiles_kernel). The launcher guarantees input
-// and tiles 16-byte aligned, mma_kernel_applies<scalar_t>(g) and kCols = wgmma_tile_cols(C_out / G).
+// T::kThreads; dynamic shared memory: wgmma_shared_bytes<kCols, mma_t>(). scalar_t and mma_t:
+// c10::Half with __half, c10::BFloat16 with __nv_bfloat16, float with Tf32 or Tf32Split; the
+// arguments as for the mma.sync kernel, but the weights come as tiles
+// (deform_conv2d_wgmma_weight_tiles_kernel, with the same mma_t). The launcher guarantees input and
+// tiles 16-byte aligned, mma_kernel_applies<scalar_t>(g) and kCols = wgmma_tile_cols<mma_t>(C_out / G).
 template <typename scalar_t, typename mma_t, int kCols>
 __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>::kBlocksPerSM)
     deform_conv2d_implicit_gemm_wgmma_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
@@ -150,10 +188,13 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
 #if defined(RCM_WGMMA_AVAILABLE)
   using T = WgmmaTiles<kCols>;
   using Steps = ReductionSteps<mma_step_depth<scalar_t>()>;
+  using input_t = typename MmaParts<mma_t>::input_t;  // what the MMAs take
   constexpr int kVector = Vector16<scalar_t>::kSize;
-  static_assert(kVector == 8, "16-bit types");
+  constexpr int kParts = MmaParts<mma_t>::kParts;
+  static_assert(sizeof(typename MmaInput<input_t>::smem_t) == sizeof(scalar_t), "weights are read as the MMA's words");
 
-  RCM_DYNAMIC_SHARED(WgmmaShared<kCols>, shared);
+  using Shared = WgmmaShared<kCols, kParts>;
+  RCM_DYNAMIC_SHARED(Shared, shared);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int quad = lane / 4;  // the thread's rows of the warp's 16: quad and quad + 8
@@ -206,56 +247,61 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
       fetch_corner_vectors(at, load16<int32_t>(c.pixel), pixel_bytes, f.live, f.raw[h]);
     }
   };
-  // The step's A fragments (a[m]: its MMA m) from the fetched corner vectors.
-  auto blend = [&](const Fetched& f, uint32_t (&a)[2][4]) {
-    uint32_t w[2][1][4];
+  // The step's A fragments (a[p][m]: part p of its MMA m) from the fetched corner vectors.
+  using Fragments = uint32_t[kParts][2][4];
+  auto blend = [&](const Fetched& f, Fragments& a) {
+    uint32_t w[2][kParts][4];
     RCM_UNROLL
     for (int h = 0; h < 2; ++h) blend_corner_vectors<mma_t>(f.weight[h], f.raw[h], f.live, w[h]);
-    uint32_t fragments[1][2][4];
-    to_a_fragments(w, fragments);
-    RCM_UNROLL
-    for (int m = 0; m < 2; ++m) {
-      RCM_UNROLL
-      for (int i = 0; i < 4; ++i) a[m][i] = fragments[0][m][i];
-    }
+    to_a_fragments(w, a);
   };
 
-  // The block's weights of a step: its image at b (kVector-element vectors), copied flat into stage
-  // `stage` by all its threads, 16 bytes at a time.
-  constexpr int kStepVectors = 4 * kCols;
+  // The block's weights of a step: its image at b (kVector-element vectors, [p][m][h][n] as a stage),
+  // copied flat into stage `stage` by all its threads, 16 bytes at a time.
+  constexpr int kStepVectors = kParts * 4 * kCols;
   constexpr int kCopies = kStepVectors / T::kThreads;  // per thread and step
   static_assert(kCopies * T::kThreads == kStepVectors, "the block's threads share its weight copies evenly");
-  const int64_t step_stride = wgmma_column_blocks(cog) * kStepVectors * kVector;
+  const int64_t step_stride = wgmma_column_blocks<mma_t>(cog) * kStepVectors * kVector;
   auto copy_weights = [&](const scalar_t* b, int stage) {
     RCM_UNROLL
     for (int n = 0; n < kCopies; ++n) {
       const int chunk = threadIdx.x + n * T::kThreads;
-      copy16_async(&shared->weights[stage][chunk / (2 * kCols)][chunk / kCols % 2][chunk % kCols], b + chunk * kVector,
-                   true);
+      copy16_async(&shared->weights[stage][0][0][0][0] + chunk, b + chunk * kVector, true);
     }
     commit_async_copies();
   };
-  // The step's MMAs on stage `stage`, issued for the warpgroup: its two 16-deep ones.
-  auto multiply = [&](const uint32_t (&a)[2][4], int stage) {
+  // The step's MMAs on stage `stage`, issued for the warpgroup: its two MMAs; with two parts each as
+  // A's small part times B's big, A's big times B's small (the smaller terms first), then big times big.
+  auto multiply = [&](const Fragments& a, int stage) {
     RCM_UNROLL
     for (int i = 0; i < kCols / 2; ++i) wgmma_fence_operand(acc[i]);
     wgmma_fence();
     RCM_UNROLL
     for (int m = 0; m < 2; ++m) {
-      wgmma_m64k16<kCols, mma_t>(acc, a[m], wgmma_descriptor(&shared->weights[stage][m][0][0], kCols * 16, 128));
+      uint64_t b[kParts];  // B's parts
+      RCM_UNROLL
+      for (int p = 0; p < kParts; ++p) b[p] = wgmma_descriptor(&shared->weights[stage][p][m][0][0], kCols * 16, 128);
+      if constexpr (kParts == 2) {
+        wgmma_m64<kCols, input_t>(acc, a[1][m], b[0]);
+        wgmma_m64<kCols, input_t>(acc, a[0][m], b[1]);
+      }
+      wgmma_m64<kCols, input_t>(acc, a[0][m], b[0]);
     }
     wgmma_commit_group();
   };
   // Waits for the step's MMAs; a, their A fragments, stays live until then (else the compiler may
   // give the next step's fragments its registers while the tensor cores still read them).
-  auto wait_multiply = [&](uint32_t (&a)[2][4]) {
+  auto wait_multiply = [&](Fragments& a) {
     wgmma_wait_group<0>();
     RCM_UNROLL
     for (int i = 0; i < kCols / 2; ++i) wgmma_fence_operand(acc[i]);
     RCM_UNROLL
-    for (int m = 0; m < 2; ++m) {
+    for (int p = 0; p < kParts; ++p) {
       RCM_UNROLL
-      for (int i = 0; i < 4; ++i) wgmma_fence_operand(a[m][i]);
+      for (int m = 0; m < 2; ++m) {
+        RCM_UNROLL
+        for (int i = 0; i < 4; ++i) wgmma_fence_operand(a[p][m][i]);
+      }
     }
   };
   // The step's weights, copied by every thread, landed and visible to the tensor cores' reads.
@@ -268,7 +314,7 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
   Steps s(g, group, kernel_point_range(g, blockIdx.y, gridDim.y));
   if (!s.done()) {  // the same for the whole block, as every barrier below
     const scalar_t* b =
-        tiles + ((group * g.kernel_points() + s.k) * mma_steps_per_point<scalar_t>(g) * wgmma_column_blocks(cog) +
+        tiles + ((group * g.kernel_points() + s.k) * mma_steps_per_point<scalar_t>(g) * wgmma_column_blocks<mma_t>(cog) +
                  tile.co0 / kCols) * kStepVectors * kVector;
     int stage = 0;
     copy_weights(b, stage);
@@ -276,7 +322,7 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
     start_run(s);
     Fetched f;
     fetch(s, f);
-    uint32_t a[2][4];
+    Fragments a;
     blend(f, a);
     Steps next = s;
     next.next();
@@ -289,7 +335,7 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
       multiply(a, stage);
       const bool more = !next.done();
       Steps after = next;
-      uint32_t a_next[2][4];
+      Fragments a_next;
       if (more) {
         // Every warpgroup has waited for the MMAs of the step before, the last to read this stage.
         b += step_stride;
@@ -304,9 +350,12 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
       wait_multiply(a);
       if (!more) break;
       RCM_UNROLL
-      for (int m = 0; m < 2; ++m) {
+      for (int p = 0; p < kParts; ++p) {
         RCM_UNROLL
-        for (int i = 0; i < 4; ++i) a[m][i] = a_next[m][i];
+        for (int m = 0; m < 2; ++m) {
+          RCM_UNROLL
+          for (int i = 0; i < 4; ++i) a[p][m][i] = a_next[p][m][i];
+        }
       }
       next = after;
       stage ^= 1;

@@ -25,6 +25,16 @@ namespace rcm_fsad {
 namespace kernels {
 
 #if defined(RCM_WMMA_AVAILABLE)
+#if !defined(__CUDACC__)
+// The emulator's name for the tensor-core input type mma_t (__half, __nv_bfloat16 or Tf32).
+template <typename mma_t>
+constexpr ::emu::MmaOperand emulated_operand() {
+  return std::is_same_v<mma_t, __half>          ? ::emu::MmaOperand::F16
+         : std::is_same_v<mma_t, __nv_bfloat16> ? ::emu::MmaOperand::BF16
+                                                : ::emu::MmaOperand::TF32;
+}
+#endif
+
 // d += a x b for the whole warp (every lane calls it, with its own fragments), mma_t: __half,
 // __nv_bfloat16 or Tf32 (operands already rounded to TF32: the tensor cores ignore the low bits).
 template <typename mma_t>
@@ -51,10 +61,7 @@ __device__ __forceinline__ void mma_m16n8(float (&d)[4], const uint32_t (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
 #else
-  constexpr ::emu::MmaOperand kind = std::is_same_v<mma_t, __half>          ? ::emu::MmaOperand::F16
-                                     : std::is_same_v<mma_t, __nv_bfloat16> ? ::emu::MmaOperand::BF16
-                                                                            : ::emu::MmaOperand::TF32;
-  ::emu::mma_m16n8_sync(kind, d, a, b);
+  ::emu::mma_m16n8_sync(emulated_operand<mma_t>(), d, a, b);
 #endif
 }
 #endif  // RCM_WMMA_AVAILABLE

@@ -63,8 +63,8 @@
 //   * mma.sync through emu::mma_m16n8_sync (the m16n8k16 and TF32 m16n8k8 shapes with float
 //     accumulators), which csrc/kernels/mma_sync.cuh calls in place of the PTX instruction: a
 //     whole-warp collective that multiplies the fragments of every lane as the PTX ISA lays them out;
-//   * sm_90a's wgmma (m64nNk16, f16/bf16 into float, A in registers, B K-major and unswizzled in
-//     shared memory by its descriptor) through emu::wgmma_mma_async, emu::wgmma_fence,
+//   * sm_90a's wgmma (m64nNk16 f16/bf16 and m64nNk8 TF32 into float, A in registers, B K-major and
+//     unswizzled in shared memory by its descriptor) through emu::wgmma_mma_async, emu::wgmma_fence,
 //     emu::wgmma_commit_group and emu::wgmma_wait_group, which csrc/kernels/wgmma.cuh calls in place
 //     of the instructions: a call is a whole-warp collective that takes the A rows its lane's
 //     accumulators need; the multiply happens at the wait that completes its group, reading B from
@@ -301,6 +301,9 @@ enum class Mode {
 
 inline const char* mode_name(Mode m) { return m == Mode::BlockByBlock ? "BlockByBlock" : "AllBlocks"; }
 
+// The tensor cores' input types, of mma.sync and wgmma.
+enum class MmaOperand { F16, BF16, TF32 };
+
 namespace detail {
 
 inline std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -526,10 +529,10 @@ inline thread_local AsyncCopies async_copies;
 // and B's shared-memory descriptor, read at the wait.
 struct WgmmaOp {
   float* d = nullptr;
-  int n = 0;              // columns: d holds n / 2 sums
-  bool bf16 = false;      // else f16
+  int n = 0;  // columns: d holds n / 2 sums
+  MmaOperand kind = MmaOperand::F16;
   std::uint64_t desc = 0;
-  float a[2][16] = {};    // rows q and q + 8 of the warp's 16, the 16 deep reduction
+  float a[2][16] = {};  // rows q and q + 8 of the warp's 16, the reduction (16 deep, or 8 for TF32)
   Site site;
 };
 
@@ -1515,9 +1518,6 @@ void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a,
 // mma.sync (PTX), which kernels reach through csrc/kernels/mma_sync.cuh: the m16n8k16 shape for
 // 16-bit operands and m16n8k8 for TF32, row-major A, column-major B, float accumulators.
 namespace emu {
-
-enum class MmaOperand { F16, BF16, TF32 };
-
 namespace detail {
 // The value of a bf16 (else f16) element from its bits.
 inline float float_of_16_bits(bool bf16, std::uint16_t bits) {
@@ -1529,6 +1529,17 @@ inline float float_of_16_bits(bool bf16, std::uint16_t bits) {
   __half h;
   h.__x = bits;
   return static_cast<float>(h);
+}
+
+// An MMA's depth (k) for its input type, and the elements of its operands a 32-bit word holds.
+inline int mma_depth(MmaOperand kind) { return kind == MmaOperand::TF32 ? 8 : 16; }
+inline int elements_per_word(MmaOperand kind) { return kind == MmaOperand::TF32 ? 1 : 2; }
+
+// Element k of an operand (in k order, elements_per_word to a word) from the word that holds it. TF32
+// operands lose their low 13 mantissa bits, as the hardware ignores them.
+inline float operand_element(MmaOperand kind, std::uint32_t word, int k) {
+  if (kind == MmaOperand::TF32) return std::bit_cast<float>(word & 0xffffe000u);
+  return float_of_16_bits(kind == MmaOperand::BF16, static_cast<std::uint16_t>(word >> (16 * (k % 2))));
 }
 }  // namespace detail
 
@@ -1556,13 +1567,10 @@ inline void mma_m16n8_sync(MmaOperand kind, float (&d)[4], const std::uint32_t (
     };
     // Element k of a row of A or a column of B, whose word w (of 8) lane 4 * lane_q + w % 4 holds
     // in register reg_low (w < 4) or reg_low + reg_high_step (w >= 4).
-    const int depth = kind == MmaOperand::TF32 ? 8 : 16;
+    const int depth = mma_depth(kind);
     auto element = [&](unsigned lane_q, int reg_low, int reg_high_step, int k) {
-      const int per_word = kind == MmaOperand::TF32 ? 1 : 2;
-      const int w = k / per_word;  // 0..7
-      const std::uint32_t bits = word(lane_q * 4 + w % 4, reg_low + reg_high_step * (w / 4));
-      if (kind == MmaOperand::TF32) return std::bit_cast<float>(bits & 0xffffe000u);
-      return float_of_16_bits(kind == MmaOperand::BF16, static_cast<std::uint16_t>(bits >> (16 * (k % 2))));
+      const int w = k / elements_per_word(kind);  // 0..7
+      return operand_element(kind, word(lane_q * 4 + w % 4, reg_low + reg_high_step * (w / 4)), k);
     };
     for (int r = 0; r < 4; ++r) {
       const int row_half = r / 2;             // rows q (0) and q + 8 (1)
@@ -1581,30 +1589,33 @@ inline void mma_m16n8_sync(MmaOperand kind, float (&d)[4], const std::uint32_t (
 }  // namespace emu
 
 // ---------------------------------------------------------------------------------------------
-// wgmma (PTX, sm_90a), which kernels reach through csrc/kernels/wgmma.cuh: m64nNk16 with float
-// accumulators, f16 or bf16 operands, A in registers, B K-major in shared memory without swizzle.
+// wgmma (PTX, sm_90a), which kernels reach through csrc/kernels/wgmma.cuh: m64nNk16 with f16 or bf16
+// operands and m64nNk8 with TF32 ones, float accumulators, A in registers, B K-major in shared memory
+// without swizzle.
 namespace emu {
 namespace detail {
 
 // B's element (k, n) of a K-major, unswizzled operand in the block's shared memory, by its
-// descriptor: core matrices of 8 rows (n) x 16 bytes (8 k), rows 16 bytes apart, core matrices
-// LBO apart along k and SBO apart along n (PTX ISA, "Matrix Descriptor Format" and the canonical
-// K-major layout ((8,m),(T,2k)):((1T,SBO),(1,LBO))).
+// descriptor: core matrices of 8 rows (n) x 16 bytes (8 16-bit k or 4 TF32 k), rows 16 bytes apart,
+// core matrices LBO apart along k and SBO apart along n (PTX ISA, "Matrix Descriptor Format" and the
+// canonical K-major layout ((8,m),(T,2k)):((1T,SBO),(1,LBO))).
 inline float wgmma_b_element(const WgmmaOp& op, int k, int n) {
   const BlockState& b = *tls.block;
   const std::size_t start = (op.desc & 0x3fffu) << 4;
   const std::size_t lbo = ((op.desc >> 16) & 0x3fffu) << 4;
   const std::size_t sbo = ((op.desc >> 32) & 0x3fffu) << 4;
+  const std::size_t bytes = 4 / static_cast<std::size_t>(elements_per_word(op.kind));  // an element's
+  const std::size_t per_row = 16 / bytes;  // k of a core matrix row
   const std::size_t at = start + static_cast<std::size_t>(n / 8) * sbo + static_cast<std::size_t>(n % 8) * 16 +
-                         static_cast<std::size_t>(k / 8) * lbo + static_cast<std::size_t>(k % 8) * 2;
-  if (at + 2 > b.shared_bytes) {
+                         static_cast<std::size_t>(k) / per_row * lbo + static_cast<std::size_t>(k) % per_row * bytes;
+  if (at + bytes > b.shared_bytes) {
     fatal(format("wgmma.mma_async at %s: B's element (k %d, n %d) at shared byte %zu is past the block's %zu bytes "
                  "(descriptor 0x%016llx)", op.site.str().c_str(), k, n, at, b.shared_bytes,
                  static_cast<unsigned long long>(op.desc)));
   }
-  std::uint16_t bits;
-  std::memcpy(&bits, b.shared + at, sizeof bits);
-  return float_of_16_bits(op.bf16, bits);
+  std::uint32_t word = 0;  // the element in its place in a word: a 16-bit one of even k in the low half
+  std::memcpy(reinterpret_cast<unsigned char*>(&word) + (bytes == 2 ? 2 * (k % 2) : 0), b.shared + at, bytes);
+  return operand_element(op.kind, word, k);
 }
 
 // d += A x B for one lane's accumulators (D's layout: the m16n8 one of the warp's 16 rows, once per
@@ -1616,7 +1627,7 @@ inline void wgmma_complete(const WgmmaOp& op) {
     for (int r = 0; r < 4; ++r) {
       const int column = 8 * j + 2 * static_cast<int>(t) + r % 2;
       float sum = op.d[4 * j + r];
-      for (int k = 0; k < 16; ++k) sum += op.a[r / 2][k] * wgmma_b_element(op, k, column);
+      for (int k = 0; k < mma_depth(op.kind); ++k) sum += op.a[r / 2][k] * wgmma_b_element(op, k, column);
       op.d[4 * j + r] = sum;
     }
   }
@@ -1628,15 +1639,16 @@ inline void wgmma_complete(const WgmmaOp& op) {
 // Nothing to do here, where a call reads its A registers at once.
 inline void wgmma_fence() { detail::current("wgmma.fence"); }
 
-// One lane's wgmma.mma_async.m64nNk16 (n columns, 8 to 256): every lane of the warp calls it (a
-// whole-warp collective; the warpgroup's other warps are not checked), with A's fragment of the
-// warp's 16 rows as the PTX ISA lays it out (the same as mma.m16n8k16's: a[0] word t of row q,
-// a[1] of row q + 8, a[2] and a[3] words t + 4) and B's descriptor, the same in every lane. The
+// One lane's wgmma.mma_async.m64nNk16 (f16, bf16) or m64nNk8 (TF32), n columns (8 to 256): every lane
+// of the warp calls it (a whole-warp collective; the warpgroup's other warps are not checked), with
+// A's fragment of the warp's 16 rows as the PTX ISA lays it out (the same as mma.m16n8k16's and
+// m16n8k8's: a[0] word t of row q, a[1] of row q + 8, a[2] and a[3] words t + 4) and B's
+// descriptor, the same in every lane. The
 // call takes the A rows its lane's accumulators need; d += A x B happens at the wgmma.wait_group
 // that completes it, reading B from shared memory then, so that B overwritten before that wait,
 // or d read before it, shows. (A registers changed before the wait do not: A is read at the call.)
 // Only K-major B without swizzle; anything else in the descriptor is an error.
-inline void wgmma_mma_async(bool bf16, int n, float* d, const std::uint32_t (&a)[4], std::uint64_t desc,
+inline void wgmma_mma_async(MmaOperand kind, int n, float* d, const std::uint32_t (&a)[4], std::uint64_t desc,
                             std::source_location loc = std::source_location::current()) {
   using namespace detail;
   ThreadContext& t = current("wgmma.mma_async");
@@ -1656,7 +1668,7 @@ inline void wgmma_mma_async(bool bf16, int n, float* d, const std::uint32_t (&a)
   WgmmaOp op;
   op.d = d;
   op.n = n;
-  op.bf16 = bf16;
+  op.kind = kind;
   op.desc = desc;
   op.site = site;
   const unsigned q = t.lane / 4;
@@ -1664,11 +1676,11 @@ inline void wgmma_mma_async(bool bf16, int n, float* d, const std::uint32_t (&a)
   warp_collective(WarpOp::Wgmma, 0xffffffffu, deposit, sizeof deposit, loc, [&](std::uint32_t, auto&& value_of) {
     for (unsigned lane = 0; lane < 32; ++lane) uniform = uniform && std::memcmp(value_of(lane) + 16, &desc, 8) == 0;
     for (int h = 0; h < 2; ++h) {
-      for (int k = 0; k < 16; ++k) {
-        const int word = k / 2;  // of the row's 8: lane 4 q + word % 4, register h + 2 (word / 4)
+      for (int k = 0; k < mma_depth(kind); ++k) {
+        const int word = k / elements_per_word(kind);  // of the row's 8: lane 4 q + word % 4, register h + 2 (word / 4)
         std::uint32_t bits;
         std::memcpy(&bits, value_of(4 * q + word % 4) + 4 * (h + 2 * (word / 4)), sizeof bits);
-        op.a[h][k] = float_of_16_bits(bf16, static_cast<std::uint16_t>(bits >> (16 * (k % 2))));
+        op.a[h][k] = operand_element(kind, bits, k);
       }
     }
   });

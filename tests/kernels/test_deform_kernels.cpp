@@ -12,8 +12,8 @@
 //                                                  kernel; tf32_split: float32 on split TF32
 //   test_deform_kernels reference                  checks the reference's gradients by finite differences
 //   test_deform_kernels splits                     the launcher's kernel-point split count (forward_splits)
-//   test_deform_kernels wgmma/<half|bfloat16>      the wgmma forward (sm_90a), on weights repacked by its
-//                                                  tiles kernel
+//   test_deform_kernels wgmma/<half|bfloat16|tf32|tf32_split>  the wgmma forward (sm_90a), on weights
+//                                                  repacked by its tiles kernel
 //   test_deform_kernels mma_steps                  the mma.sync kernel's steps per kernel point
 //   test_deform_kernels transpose/<in>[_to_<out>]  the layout transpose (batched_transpose_kernel),
 //                                                  e.g. transpose/bfloat16, transpose/float_to_half
@@ -888,14 +888,14 @@ std::vector<scalar_t> mma_weight_fragments(const Problem& p, const ForwardOperan
 
 // The wgmma kernel's weights as the launcher repacks them, into a NaN-filled buffer (as
 // mma_weight_fragments).
-template <typename scalar_t>
+template <typename scalar_t, typename mma_t>
 std::vector<scalar_t> wgmma_weight_tiles(const Problem& p, const ForwardOperands<scalar_t>& op) {
   namespace kernels = rcm_fsad::kernels;  // spelled kernels:: for check_coverage.cmake
   const DeformConvGeometry g = geometry(p);
-  std::vector<scalar_t> tiles(kernels::wgmma_weight_tile_elements<scalar_t>(g),
+  std::vector<scalar_t> tiles(kernels::wgmma_weight_tile_elements<scalar_t, mma_t>(g),
                               static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
-  emu::launch(emu::Mode::BlockByBlock, dim3(3), dim3(64), 0, kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t>,
-              g, op.wmat.data(), tiles.data());
+  emu::launch(emu::Mode::BlockByBlock, dim3(3), dim3(64), 0,
+              kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t, mma_t>, g, op.wmat.data(), tiles.data());
   return tiles;
 }
 
@@ -995,10 +995,10 @@ int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = 
                                        kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kCols, kWarpsAlongCols>,
                                        kernels::mma_shared_bytes<Tiles, mma_t>());
   } else if constexpr (kKernel == TensorCoreKernel::Wgmma) {
-    const std::vector<scalar_t> tiles = wgmma_weight_tiles<scalar_t>(p, op);
+    const std::vector<scalar_t> tiles = wgmma_weight_tiles<scalar_t, mma_t>(p, op);
     got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), tiles.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_wgmma_kernel<scalar_t, mma_t, kCols>,
-                                       kernels::wgmma_shared_bytes<kCols>());
+                                       kernels::wgmma_shared_bytes<kCols, mma_t>());
   } else {
     got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), op.wmat.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_wmma_kernel<scalar_t, mma_t, kCols>,
@@ -1234,7 +1234,7 @@ int run_tensor_core_case() {
             p, split, infinite_mask);
       });
     } else if constexpr (kKernel == TensorCoreKernel::Wgmma) {
-      return kernels::with_wgmma_tiles(cog, [&](auto tiles) {
+      return kernels::with_wgmma_tiles<mma_t>(cog, [&](auto tiles) {
         return check_igemm_tensor_cores<scalar_t, mma_t, decltype(tiles)::kCols, kKernel>(p, split, infinite_mask);
       });
     } else {
@@ -1297,14 +1297,10 @@ template <TensorCoreKernel kKernel>
 int run_tensor_core_dtype(const std::string& dtype) {
   if (dtype == "half") return run_tensor_core_case<__half, __half, kKernel>();
   if (dtype == "bfloat16") return run_tensor_core_case<__nv_bfloat16, __nv_bfloat16, kKernel>();
-  if constexpr (kKernel == TensorCoreKernel::Wgmma) {
-    std::abort();  // 16-bit types only (case_names)
-  } else {
-    if constexpr (kKernel == TensorCoreKernel::Mma) {
-      if (dtype == "tf32_split") return run_tensor_core_case<float, rcm_fsad::kernels::Tf32Split, kKernel>();
-    }
-    return run_tensor_core_case<float, rcm_fsad::kernels::Tf32, kKernel>();
+  if constexpr (kKernel == TensorCoreKernel::Mma || kKernel == TensorCoreKernel::Wgmma) {
+    if (dtype == "tf32_split") return run_tensor_core_case<float, rcm_fsad::kernels::Tf32Split, kKernel>();
   }
+  return run_tensor_core_case<float, rcm_fsad::kernels::Tf32, kKernel>();
 }
 
 // kernels::forward_splits against hand-derived cases (mostly 132 SMs, 2 blocks each: 264 slots, and
@@ -1498,7 +1494,7 @@ std::vector<std::string> case_names() {
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma_async/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32", "tf32_split"}) names.push_back(std::string("mma/") + dtype);
-  for (const char* dtype : {"half", "bfloat16"}) names.push_back(std::string("wgmma/") + dtype);
+  for (const char* dtype : {"half", "bfloat16", "tf32", "tf32_split"}) names.push_back(std::string("wgmma/") + dtype);
   for (const char* types : {"float", "double", "half", "bfloat16", "float_to_half", "float_to_bfloat16"}) {
     names.push_back(std::string("transpose/") + types);
   }

@@ -680,27 +680,45 @@ void case_wmma_divergent() {
 // ---------------------------------------------------------------------------------------------
 // mma.sync (emu::mma_m16n8_sync).
 
+// The tensor cores' input type for a matrix of Elem (float: TF32).
+template <typename Elem>
+constexpr emu::MmaOperand operand_kind() {
+  return std::is_same_v<Elem, __half>          ? emu::MmaOperand::F16
+         : std::is_same_v<Elem, __nv_bfloat16> ? emu::MmaOperand::BF16
+                                               : emu::MmaOperand::TF32;
+}
+
+// An element's bits, as a fragment register holds them.
+template <typename Elem>
+std::uint32_t bits_of(Elem v) {
+  if constexpr (std::is_same_v<Elem, float>) {
+    return std::bit_cast<std::uint32_t>(v);
+  } else {
+    return v.__x;
+  }
+}
+
+// What the tensor cores multiply for an element: for TF32, the float without the bits below its
+// 10-bit mantissa, which they ignore.
+template <typename Elem>
+double operand_value(Elem v) {
+  const float f = static_cast<float>(v);
+  return std::is_same_v<Elem, float> ? std::bit_cast<float>(std::bit_cast<std::uint32_t>(f) & 0xffffe000u) : f;
+}
+
 // One warp: d (16 x 8, row-major) = c + a (16 x 2 kDepth, row-major) x b (2 kDepth x 8, stored
 // [n][k]) in two MMAs of depth kDepth, each lane's fragments gathered element by element with the
 // PTX ISA's formulas for element i of a fragment (not the word view of the harness's model).
 template <typename Elem, int kDepth>
 __global__ void mma_sync_kernel(const Elem* a, const Elem* b, const float* c, float* d) {
   const unsigned q = threadIdx.x / 4, t = threadIdx.x % 4;  // groupID, threadID_in_group
-  constexpr emu::MmaOperand kind = std::is_same_v<Elem, __half>          ? emu::MmaOperand::F16
-                                   : std::is_same_v<Elem, __nv_bfloat16> ? emu::MmaOperand::BF16
-                                                                         : emu::MmaOperand::TF32;
+  constexpr emu::MmaOperand kind = operand_kind<Elem>();
   float acc[4];
   for (int i = 0; i < 4; ++i) acc[i] = c[(q + 8 * (i / 2)) * 8 + 2 * t + i % 2];
   for (int k0 = 0; k0 < 2 * kDepth; k0 += kDepth) {
     std::uint32_t fa[4] = {}, fb[2] = {};
     auto put = [](std::uint32_t* regs, int i, Elem v, int per_reg) {
-      std::uint32_t bits;
-      if constexpr (std::is_same_v<Elem, float>) {
-        bits = std::bit_cast<std::uint32_t>(v);
-      } else {
-        bits = v.__x;
-      }
-      regs[i / per_reg] |= bits << (32 / per_reg * (i % per_reg));
+      regs[i / per_reg] |= bits_of(v) << (32 / per_reg * (i % per_reg));
     };
     if constexpr (kDepth == 16) {  // m16n8k16: a0..a7, b0..b3, two per register
       for (int i = 0; i < 8; ++i) {
@@ -730,18 +748,13 @@ void check_mma_sync(const char* what) {
   for (auto& v : a) v = static_cast<Elem>(next());
   for (auto& v : b) v = static_cast<Elem>(next());
   for (auto& v : c) v = next();
-  // TF32: operands with bits below the 10-bit mantissa, which the tensor cores ignore.
-  auto value = [](Elem v) {
-    const float f = static_cast<float>(v);
-    return std::is_same_v<Elem, float> ? std::bit_cast<float>(std::bit_cast<std::uint32_t>(f) & 0xffffe000u) : f;
-  };
   emu::launch(emu::Mode::BlockByBlock, 1, 32, 0, mma_sync_kernel<Elem, kDepth>, a.data(), b.data(), c.data(),
               d.data());
   for (int r = 0; r < 16; ++r) {
     for (int n = 0; n < 8; ++n) {
       double want = c[r * 8 + n];
       for (int k = 0; k < 2 * kDepth; ++k) {
-        want += static_cast<double>(value(a[r * 2 * kDepth + k])) * value(b[n * 2 * kDepth + k]);
+        want += operand_value(a[r * 2 * kDepth + k]) * operand_value(b[n * 2 * kDepth + k]);
       }
       if (!(std::abs(d[r * 8 + n] - want) <= 1e-5 * (1 + std::abs(want)))) {
         std::fprintf(stderr, "%s: d[%d][%d] = %.9g, want %.9g\n", what, r, n, static_cast<double>(d[r * 8 + n]),
@@ -759,29 +772,39 @@ void case_mma_sync() {
   check_mma_sync<float, 8>("tf32");
 }
 
-// One warpgroup's d = c + A x B, 64 x 16, 32 deep (two wgmma k16 calls, one commit, one wait), A
-// in registers laid out as the PTX ISA's figure for m64nNk16 (warp w: rows 16 w .. 16 w + 15, as
-// mma.m16n8k16's A), B K-major in shared memory as core matrices of 8 n x 8 k, those along k kLbo
-// bytes apart and those along n kSbo bytes apart (offsets unlike the kernels', so that a swap
-// shows). overwrite_b: B's shared memory changed between the calls and the wait, which the result
-// must show (the emulator reads B at the wait).
-constexpr int kWgmmaN = 16, kWgmmaK = 32;
-constexpr std::uint32_t kLbo = 384, kSbo = 128;  // 8 k 384 bytes apart, 8 n 128 bytes apart
+// One warpgroup's d = c + A x B, 64 x 16, two MMAs deep (two wgmma calls, k16 for 16-bit Elem, k8
+// for float as TF32; one commit, one wait), A in registers laid out as the PTX ISA's figures for
+// m64nNk16 and m64nNk8 (warp w: rows 16 w .. 16 w + 15, as mma.m16n8k16's and m16n8k8's A), B K-major
+// in shared memory as core matrices of 8 n x 16 bytes of k, those along k kLbo bytes apart and those
+// along n kSbo bytes apart (offsets unlike the kernels', so that a swap shows). overwrite_b: B's
+// shared memory changed between the calls and the wait, which the result must show (the emulator
+// reads B at the wait).
+constexpr int kWgmmaN = 16;
+constexpr std::uint32_t kLbo = 384, kSbo = 128;  // core matrices along k 384 bytes apart, along n 128
 constexpr std::size_t kWgmmaB = kLbo + 2 * kSbo;  // one MMA's B: [0, 256) and [384, 640), a gap between
 constexpr std::size_t kWgmmaShared = 2 * kWgmmaB;
 
-std::size_t wgmma_b_offset(int k, int n) {  // of element (k, n), k < 32: MMA k / 16's B at kWgmmaB (k / 16)
-  const int m = k / 16, kk = k % 16;
-  return m * kWgmmaB + (n / 8) * kSbo + (n % 8) * 16 + (kk / 8) * kLbo + (kk % 8) * 2;
+template <typename Elem>
+constexpr int wgmma_depth() {  // of one call
+  return std::is_same_v<Elem, float> ? 8 : 16;
+}
+
+template <typename Elem>
+std::size_t wgmma_b_offset(int k, int n) {  // of element (k, n): MMA k / depth's B at kWgmmaB (k / depth)
+  constexpr int kPerRow = 16 / sizeof(Elem);  // k of a core matrix row
+  const int m = k / wgmma_depth<Elem>(), kk = k % wgmma_depth<Elem>();
+  return m * kWgmmaB + (n / 8) * kSbo + (n % 8) * 16 + (kk / kPerRow) * kLbo + (kk % kPerRow) * sizeof(Elem);
 }
 
 template <typename Elem>
 __global__ void wgmma_kernel(const Elem* a, const Elem* b, const float* c, float* d, bool overwrite_b) {
+  constexpr int kDepth = wgmma_depth<Elem>(), kK = 2 * kDepth;
+  constexpr int kPerWord = 4 / sizeof(Elem);
   RCM_DYNAMIC_SHARED(unsigned char, shared);
   const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32, q = lane / 4, t = lane % 4;
   if (threadIdx.x == 0) {
-    for (int k = 0; k < kWgmmaK; ++k) {
-      for (int n = 0; n < kWgmmaN; ++n) std::memcpy(shared + wgmma_b_offset(k, n), &b[n * kWgmmaK + k], 2);
+    for (int k = 0; k < kK; ++k) {
+      for (int n = 0; n < kWgmmaN; ++n) std::memcpy(shared + wgmma_b_offset<Elem>(k, n), &b[n * kK + k], sizeof(Elem));
     }
   }
   __syncthreads();
@@ -789,18 +812,17 @@ __global__ void wgmma_kernel(const Elem* a, const Elem* b, const float* c, float
   for (int j = 0; j < kWgmmaN / 8; ++j) {
     for (int r = 0; r < 4; ++r) acc[4 * j + r] = c[(16 * warp + q + 8 * (r / 2)) * kWgmmaN + 8 * j + 2 * t + r % 2];
   }
-  auto bits = [](Elem v) { return static_cast<std::uint32_t>(v.__x); };
   emu::wgmma_fence();
   for (int m = 0; m < 2; ++m) {
-    std::uint32_t fa[4];
+    std::uint32_t fa[4] = {};
     for (int reg = 0; reg < 4; ++reg) {  // row q + 8 (reg % 2), word t + 4 (reg / 2)
-      const unsigned row = 16 * warp + q + 8 * (reg % 2), col = 16 * m + 2 * (t + 4 * (reg / 2));
-      fa[reg] = bits(a[row * kWgmmaK + col]) | bits(a[row * kWgmmaK + col + 1]) << 16;
+      const unsigned row = 16 * warp + q + 8 * (reg % 2), col = kDepth * m + kPerWord * (t + 4 * (reg / 2));
+      for (int e = 0; e < kPerWord; ++e) fa[reg] |= bits_of(a[row * kK + col + e]) << (16 * e);
     }
     const std::uint64_t desc = (__cvta_generic_to_shared(shared + m * kWgmmaB) >> 4) |
                                (static_cast<std::uint64_t>(kLbo >> 4) << 16) |
                                (static_cast<std::uint64_t>(kSbo >> 4) << 32);
-    emu::wgmma_mma_async(std::is_same_v<Elem, __nv_bfloat16>, kWgmmaN, acc, fa, desc);
+    emu::wgmma_mma_async(operand_kind<Elem>(), kWgmmaN, acc, fa, desc);
   }
   emu::wgmma_commit_group();
   if (overwrite_b) {
@@ -816,7 +838,8 @@ __global__ void wgmma_kernel(const Elem* a, const Elem* b, const float* c, float
 
 template <typename Elem>
 void check_wgmma(const char* what, bool overwrite_b) {
-  std::vector<Elem> a(64 * kWgmmaK), b(kWgmmaN * kWgmmaK);
+  constexpr int kK = 2 * wgmma_depth<Elem>();
+  std::vector<Elem> a(64 * kK), b(kWgmmaN * kK);
   std::vector<float> c(64 * kWgmmaN), d(64 * kWgmmaN);
   MatrixValues next(13);
   for (auto& v : a) v = static_cast<Elem>(next());
@@ -827,8 +850,8 @@ void check_wgmma(const char* what, bool overwrite_b) {
   for (int r = 0; r < 64; ++r) {
     for (int n = 0; n < kWgmmaN; ++n) {
       double want = c[r * kWgmmaN + n];
-      for (int k = 0; k < kWgmmaK && !overwrite_b; ++k) {
-        want += static_cast<double>(a[r * kWgmmaK + k]) * static_cast<double>(b[n * kWgmmaK + k]);
+      for (int k = 0; k < kK && !overwrite_b; ++k) {
+        want += operand_value(a[r * kK + k]) * operand_value(b[n * kK + k]);
       }
       if (!(std::abs(d[r * kWgmmaN + n] - want) <= 1e-5 * (1 + std::abs(want)))) {
         std::fprintf(stderr, "%s: d[%d][%d] = %.9g, want %.9g\n", what, r, n, static_cast<double>(d[r * kWgmmaN + n]),
@@ -843,6 +866,7 @@ void check_wgmma(const char* what, bool overwrite_b) {
 void case_wgmma() {
   check_wgmma<__half>("half", false);
   check_wgmma<__nv_bfloat16>("bfloat16", false);
+  check_wgmma<float>("tf32", false);
   check_wgmma<__nv_bfloat16>("bfloat16, B overwritten before the wait", true);
 }
 
@@ -851,7 +875,7 @@ __global__ void wgmma_pending_at_exit_kernel(float* out) {
   RCM_DYNAMIC_SHARED(unsigned char, shared);
   float acc[4] = {};
   const std::uint32_t fa[4] = {};
-  emu::wgmma_mma_async(true, 8, acc, fa, __cvta_generic_to_shared(shared) >> 4);
+  emu::wgmma_mma_async(emu::MmaOperand::BF16, 8, acc, fa, __cvta_generic_to_shared(shared) >> 4);
   emu::wgmma_commit_group();
   out[threadIdx.x] = 0.0f;
 }
@@ -866,7 +890,8 @@ __global__ void wgmma_swizzled_kernel(float* out) {
   RCM_DYNAMIC_SHARED(unsigned char, shared);
   float acc[4] = {};
   const std::uint32_t fa[4] = {};
-  emu::wgmma_mma_async(true, 8, acc, fa, (__cvta_generic_to_shared(shared) >> 4) | (std::uint64_t{1} << 62));
+  const std::uint64_t desc = (__cvta_generic_to_shared(shared) >> 4) | (std::uint64_t{1} << 62);
+  emu::wgmma_mma_async(emu::MmaOperand::BF16, 8, acc, fa, desc);
   emu::wgmma_commit_group();
   emu::wgmma_wait_group(0);
   out[threadIdx.x] = acc[0];
