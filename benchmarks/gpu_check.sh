@@ -7,8 +7,14 @@
 # Steps, in order (each one's output is tee'd into a log under $OUT; a failing step does not stop the
 # ones after it):
 #   1 env        nvidia-smi, nvcc, python/torch/torchvision/pytest/ninja versions   -> build.log
-#   2 build      MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace -> build.log
+#   2 build      MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0a python setup.py build_ext --inplace (Hopper
+#                with its arch-specific features: the wgmma kernel's code)         -> build.log
 #   3 info       python -m rcm_fsad_ops info                                        -> build.log
+#     wgmma      the wgmma kernel's first runs: implicit_gemm_wgmma against the default path in bf16,
+#                fp16, TF32 and fp32 (split TF32) on the benchmark's shapes, before any other GPU step;
+#                where it fails (a fault, a hang, a disagreement, or not running at all), the later
+#                steps run with RCM_FSAD_DISABLE_WGMMA=1, so that a broken new kernel does not take
+#                their results with it                                              -> checks.log
 #     errors     bad arguments raise, each in a process of its own, CPU and CUDA; where one crashes, what
 #                tells a toolchain fault from ours (benchmarks/error_paths.sh)       -> checks.log
 #   4 smoke      every sanitizer case below, without a sanitizer: a kernel that hangs shows here
@@ -59,9 +65,10 @@ CHECKS_LOG="$OUT/checks.log"
 BENCH_LOG="$OUT/bench.log"
 BUDGET_S="${BUDGET_S:-480}"
 export PYTHONUNBUFFERED=1
-# Settings of the caller's shell that would change what is measured: the forward path of "ours", cuBLAS's
-# workspace, PyTorch's caching allocator (the steps that need one of them set it themselves).
-unset RCM_FSAD_DEFORM_CONV_ALGO CUBLAS_WORKSPACE_CONFIG PYTORCH_NO_CUDA_MEMORY_CACHING
+# Settings of the caller's shell that would change what is measured: the forward path of "ours" and the
+# wgmma kernel's switch, cuBLAS's workspace, PyTorch's caching allocator (the steps that need one of them
+# set it themselves).
+unset RCM_FSAD_DEFORM_CONV_ALGO RCM_FSAD_DISABLE_WGMMA CUBLAS_WORKSPACE_CONFIG PYTORCH_NO_CUDA_MEMORY_CACHING
 # The extension is built in place, not installed: scripts run from elsewhere (/tmp) must find it.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -188,7 +195,7 @@ PYEOF
 "
 
 # ---- 2 build ----------------------------------------------------------------------------------------
-step build "$BUILD_LOG" 330 1 "MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 $PY setup.py build_ext --inplace"
+step build "$BUILD_LOG" 330 1 "MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0a $PY setup.py build_ext --inplace"
 [[ $LAST_STATUS == OK ]] || NO_GPU_STEPS="the build failed"
 
 # ---- 3 info -----------------------------------------------------------------------------------------
@@ -199,6 +206,56 @@ $PY -c 'import json, rcm_fsad_ops; print(json.dumps(rcm_fsad_ops.info(), indent=
 
 # ---- errors: bad input raises (session 12 found it killing the process on this machine) -------------------
 gpu_step errors "$CHECKS_LOG" 240 1 "PYTHON='$PY' bash benchmarks/error_paths.sh"
+
+# ---- wgmma: the new kernel alone first ---------------------------------------------------------------
+WGMMA_PY=/tmp/rcm_fsad_wgmma_first_runs.py
+cat > "$WGMMA_PY" <<'PYEOF'
+"""RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wgmma against the default path (the mma.sync kernel) on the
+benchmark's CUDA shapes, in bf16, fp16, fp32 with TF32 and fp32 without (split TF32): the largest
+difference relative to the largest output, which a wrong operand layout makes of order 1 and the two
+kernels' different sums leave near the dtype's rounding. Exit 0: all within tolerance; 1: not; 2: the
+kernel does not run here (rcm_fsad_ops.info()["wgmma"])."""
+import os
+import sys
+
+import torch
+
+import rcm_fsad_ops
+from benchmarks.shapes import CASES
+
+if not rcm_fsad_ops.info()["wgmma"]:
+    print("the wgmma kernel does not run here:", rcm_fsad_ops.info())
+    sys.exit(2)
+# (dtype, TF32 allowed, tolerance of the difference relative to the largest output)
+SETTINGS = {"bf16": (torch.bfloat16, False, 2e-2), "fp16": (torch.float16, False, 4e-3),
+            "tf32": (torch.float32, True, 4e-3), "fp32": (torch.float32, False, 1e-5)}
+bad = 0
+for name, (dtype, tf32, tolerance) in SETTINGS.items():
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    for case in CASES:
+        t = case.make_inputs("cuda", dtype)
+        outs = {}
+        for algo in ("implicit_gemm", "implicit_gemm_wgmma"):
+            os.environ["RCM_FSAD_DEFORM_CONV_ALGO"] = algo
+            with torch.no_grad():
+                outs[algo] = rcm_fsad_ops.deform_conv2d(t["input"], t["offset"], t["weight"], t.get("bias"),
+                                                        mask=t.get("mask"), **case.kwargs()).double()
+            torch.cuda.synchronize()
+        diff = (outs["implicit_gemm_wgmma"] - outs["implicit_gemm"]).abs().max().item()
+        relative = diff / max(outs["implicit_gemm"].abs().max().item(), 1e-30)
+        ok = relative <= tolerance
+        bad += not ok
+        print(f"{name:5} {case.name:15} max |wgmma - default| / max |default| = {relative:.3g} "
+              f"(tolerance {tolerance:g}) {'ok' if ok else 'DIFFERENT'}", flush=True)
+sys.exit(1 if bad else 0)
+PYEOF
+gpu_step wgmma "$CHECKS_LOG" 90 1 "$PY $WGMMA_PY"
+if [[ -z $NO_GPU_STEPS && $LAST_STATUS != OK ]]; then
+    export RCM_FSAD_DISABLE_WGMMA=1
+    echo "===== the wgmma kernel failed its first runs: the later steps run with RCM_FSAD_DISABLE_WGMMA=1" |
+        tee -a "$CHECKS_LOG"
+    printf '%-10s %-6s %5s %7s  %s\n' wgmma-off - - 0 "RCM_FSAD_DISABLE_WGMMA=1 for the later steps" >> "$SUMMARY"
+fi
 
 # ---- 4 smoke: the sanitizer's cases without it ---------------------------------------------------------
 SMALL_PY=/tmp/rcm_fsad_sanitizer_small.py

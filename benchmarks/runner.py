@@ -288,6 +288,7 @@ def machine_info(device: str) -> dict:
             built = rcm_fsad_ops.info()
             info["rcm_fsad_ops_backends"] = built.get("backends")
             info["rcm_fsad_ops_cuda_arch_list"] = built.get("cuda_arch_list")
+            info["rcm_fsad_ops_wgmma"] = built.get("wgmma")
         except Exception:  # noqa: BLE001
             pass
     except Exception as exc:  # noqa: BLE001
@@ -320,6 +321,14 @@ def _ours() -> Callable:
     import rcm_fsad_ops
 
     return rcm_fsad_ops.deform_conv2d
+
+
+def _wgmma_runs() -> bool:
+    """Whether ours[implicit_gemm_wgmma] runs the wgmma kernel here (else it would time ours' default path
+    under another name)."""
+    import rcm_fsad_ops
+
+    return rcm_fsad_ops.info()["wgmma"]
 
 
 def _torchvision(mode: str) -> Callable:
@@ -826,6 +835,11 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
         if not variant_applies(impl, dtype_name, tf32["torch.backends.cuda.matmul.allow_tf32"]):
             skipped.append({"case": case.name, "dtype": dtype_name, "impl": impl,
                             "reason": variant_skip_reason(impl, dtype_name)})
+            continue
+        if impl == OURS_WGMMA and not _wgmma_runs():
+            skipped.append({"case": case.name, "dtype": dtype_name, "impl": impl,
+                            "reason": "the wgmma kernel does not run here (rcm_fsad_ops.info()['wgmma']): "
+                                      "the default path of ours"})
             continue
         if impl in (REFERENCE, COMPILED) and case.reference_elements() > REFERENCE_MAX_ELEMENTS:
             reason = (f"eager reference needs N·C·kh·kw·H_out·W_out = {case.reference_elements() / 1e6:.0f}M "

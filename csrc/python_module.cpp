@@ -1,18 +1,40 @@
 // The package's extension module: loading it runs the TORCH_LIBRARY registrations, and its
-// constants and its one function tell rcm_fsad_ops.info() how it was built and what it runs.
+// constants and functions tell rcm_fsad_ops.info() how it was built and what it runs.
 #include <Python.h>
 
 #include <ATen/Parallel.h>
 
+#include <exception>
+
 #include "cpu/cpu_capability.h"
 #include "rcm_fsad_build_config.h"
+#ifdef RCM_FSAD_WITH_CUDA
+#include "cuda/wgmma_runs.h"
+#endif
 
 namespace {
 
 PyObject* cpu_capability(PyObject*, PyObject*) { return PyUnicode_FromString(rcm_fsad::cpu_capability()); }
 
+// rcm_fsad::wgmma_kernel_runs() for the current CUDA device (False in a build without CUDA); its errors
+// as RuntimeError.
+PyObject* wgmma_runs(PyObject*, PyObject*) {
+#ifdef RCM_FSAD_WITH_CUDA
+  try {
+    return PyBool_FromLong(rcm_fsad::wgmma_kernel_runs());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
 PyMethodDef methods[] = {
     {"cpu_capability", cpu_capability, METH_NOARGS, "The CPU build of the hot loops that runs: avx2+fma or default."},
+    {"wgmma_runs", wgmma_runs, METH_NOARGS,
+     "Whether implicit_gemm_wgmma takes the wgmma kernel on the current CUDA device (needs one)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

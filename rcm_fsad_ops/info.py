@@ -13,8 +13,9 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 def info() -> dict:
-    """Package and torch versions, compiled backends and CUDA arch list, the visible GPUs' archs,
-    registered kernels, threads, whether the CPU kernels use them, and which build of their hot loops runs."""
+    """Package and torch versions, compiled backends and CUDA arch list, the visible GPUs' archs, whether
+    the current GPU runs the wgmma kernel, registered kernels, threads, whether the CPU kernels use them,
+    and which build of their hot loops runs."""
     from rcm_fsad_ops import __version__
 
     built_with_cuda = bool(_C.built_with_cuda)
@@ -28,6 +29,9 @@ def info() -> dict:
         # each visible GPU's arch, to read against cuda_arch_list (a missing one runs only from PTX, if any)
         "gpu_archs": [f"{major}.{minor}" for major, minor in
                       (torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))],
+        # whether RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wgmma takes the wgmma kernel on the current GPU (its
+        # sm_90a code loaded, RCM_FSAD_DISABLE_WGMMA not 1), or falls back to the default path
+        "wgmma": bool(_C.wgmma_runs()) if built_with_cuda and torch.cuda.is_available() else False,
         "kernels": {op: [key for key in ("CPU", "CUDA", "AutocastCPU", "AutocastCUDA") if _has_kernel(op, key)] for op in OPS},
         "threads": torch.get_num_threads(),
         # the CPU kernels' at::parallel_for runs on those threads (built with OpenMP), or serially

@@ -3,8 +3,8 @@ import torch
 
 # (test id, device, CUDA forward algorithm): every CUDA parity test runs each forward path (on sm_80+
 # the default one takes tensor cores for float16/bfloat16, for float32 under TF32, and for float32
-# without TF32 on operands split in two TF32 parts; cuda-wgmma takes the wgmma kernel in 16-bit types
-# on sm_90, cuda-simt the CUDA-core kernel).
+# without TF32 on operands split in two TF32 parts; cuda-wgmma takes the wgmma kernel where
+# rcm_fsad_ops.info()["wgmma"] says it runs, cuda-simt the CUDA-core kernel).
 BACKENDS = [("cpu", "cpu", None)]
 if torch.cuda.is_available():
     BACKENDS += [("cuda", "cuda", "implicit_gemm"), ("cuda-wgmma", "cuda", "implicit_gemm_wgmma"),

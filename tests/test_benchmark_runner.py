@@ -48,13 +48,14 @@ def test_variants_run_under_their_own_forward_algorithm_and_determinism(monkeypa
     assert seen == {None: {False, True}, "columns": {False}, "autotune": {False}}
 
 
-def test_tensor_core_variants_are_timed_only_where_they_have_a_kernel_of_their_own():
+def test_tensor_core_variants_are_timed_only_where_they_have_a_kernel_of_their_own(monkeypatch):
     """implicit_gemm_wmma, implicit_gemm_sync and implicit_gemm_simt differ from ours only where it takes
     tensor cores. In fp32 with TF32 off ours splits its operands over TF32 tensor cores, so
-    implicit_gemm_simt (the CUDA-core kernel) and implicit_gemm_wgmma (which splits too, on wgmma) are
-    timed, while the WMMA variants, which would time that same CUDA-core kernel under another name, are
-    skipped with the reason; in fp64 all of them would time ours' own kernel. With TF32 on and in 16-bit
-    types all four are timed. The columns path and autotune always are."""
+    implicit_gemm_simt (the CUDA-core kernel) and implicit_gemm_wgmma (which splits too, on wgmma, where
+    its kernel runs) are timed, while the WMMA variants, which would time that same CUDA-core kernel under
+    another name, are skipped with the reason; in fp64 all of them would time ours' own kernel. With TF32
+    on and in 16-bit types all four are timed. The columns path and autotune always are."""
+    monkeypatch.setattr(runner, "_wgmma_runs", lambda: True)
     impls = [runner.OURS, runner.OURS_WGMMA, runner.OURS_WMMA, runner.OURS_SYNC, runner.OURS_SIMT,
              runner.OURS_AUTOTUNE]
     skipped = []
@@ -70,6 +71,17 @@ def test_tensor_core_variants_are_timed_only_where_they_have_a_kernel_of_their_o
         assert "ours" in runner.variant_skip_reason(impl, "fp64")
     for impl in (runner.OURS_COLUMNS, runner.OURS_AUTOTUNE):
         assert runner.variant_applies(impl, "fp64", tf32_matmul=False)
+
+
+def test_the_wgmma_variant_is_skipped_where_its_kernel_does_not_run():
+    """Where rcm_fsad_ops.info()["wgmma"] is false (no GPU here; on a GPU other than compute capability 9.0,
+    a build without sm_90a, or RCM_FSAD_DISABLE_WGMMA=1) ours[implicit_gemm_wgmma] would time ours' default
+    path under another name: it is skipped, with the reason."""
+    skipped = []
+    rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", [runner.OURS, runner.OURS_WGMMA], SETTINGS,
+                                      runner.tf32_state(), skipped)
+    assert {r["impl"] for r in rows} == {runner.OURS}
+    assert [s["impl"] for s in skipped] == [runner.OURS_WGMMA] and "info()['wgmma']" in skipped[0]["reason"]
 
 
 def test_differences_are_reported_absolute_and_relative():

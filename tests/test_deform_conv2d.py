@@ -608,12 +608,6 @@ def test_cuda_forward_splits_small_problems_over_kernel_points(dtype, algorithm,
 # no mask, no bias; and conv groups of 24 channels over offset groups of 16, whose runs of channels
 # differ from group to group (16 + 8, then 8 + 16), which the mma.sync kernel leaves to the default's
 # cp.async kernel.
-def wgmma_code_runs() -> bool:
-    """Whether RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wgmma can take the wgmma kernel here: a compute
-    capability 9.0 device and a build with sm_90a code."""
-    return torch.cuda.get_device_capability() == (9, 0) and "9.0a" in rcm_fsad_ops.info()["cuda_arch_list"]
-
-
 MIXED_RUNS = "c48_groups2_og3"
 ASYNC_CASES = {
     "c16_cout24": DeformCase(in_channels=16, out_channels=24, height=9, width=11),
@@ -638,7 +632,7 @@ def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
     RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_sync, or an input whose data does not start on a
     16-byte boundary, takes the WMMA kernel with synchronous loads. RCM_FSAD_DEFORM_CONV_ALGO=
     implicit_gemm_wgmma takes the wgmma kernel where the mma.sync kernel would run, on a compute
-    capability 9.0 device with the build's sm_90a code (wgmma_code_runs); the default's kernel
+    capability 9.0 device that loaded the build's sm_90a code (info()["wgmma"]); the default's kernel
     elsewhere. Each is
     judged like test_low_precision_error_is_that_of_its_rounding: its error against the float64 result
     at most twice that of a reference rounding the same operands."""
@@ -666,7 +660,7 @@ def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
     sync = "implicit_gemm_wmma_kernel"
     default = (sync if misaligned else "implicit_gemm_wmma_async_kernel" if name == MIXED_RUNS
                else "implicit_gemm_mma_kernel")
-    wgmma = default == "implicit_gemm_mma_kernel" and wgmma_code_runs()
+    wgmma = default == "implicit_gemm_mma_kernel" and rcm_fsad_ops.info()["wgmma"]
     for algorithm, want in (("implicit_gemm", default),
                             ("implicit_gemm_wgmma", "implicit_gemm_wgmma_kernel" if wgmma else default),
                             ("implicit_gemm_wmma", sync if misaligned else "implicit_gemm_wmma_async_kernel"),
@@ -683,12 +677,40 @@ def test_cuda_vector_load_forward(precision, name, misaligned, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_wgmma_switched_off_takes_the_default_path(monkeypatch):
+    """RCM_FSAD_DISABLE_WGMMA=1 keeps implicit_gemm_wgmma off the wgmma kernel on any GPU: info() says it
+    does not run, and the forward takes the default path's kernel, with its bits. A value other than 0
+    or 1 is an error naming the variable, from the forward and from info()."""
+    case = ASYNC_CASES["c48_og2_cout70"]
+    t = {k: None if v is None else v.to(torch.bfloat16) for k, v in case.tensors(torch.float64, "cuda").items()}
+
+    def forward():
+        with torch.no_grad():
+            return rcm_fsad_ops.deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], mask=t["mask"],
+                                              **case.kwargs())
+
+    monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", "implicit_gemm")
+    default = forward()
+    monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", "implicit_gemm_wgmma")
+    monkeypatch.setenv("RCM_FSAD_DISABLE_WGMMA", "1")
+    assert not rcm_fsad_ops.info()["wgmma"]
+    outs = []
+    names = cuda_kernel_names(lambda: outs.append(forward()))
+    assert any("implicit_gemm_mma_kernel" in n for n in names) and not any("wgmma" in n for n in names), names
+    assert torch.equal(outs[0], default)
+    monkeypatch.setenv("RCM_FSAD_DISABLE_WGMMA", "yes")
+    for call in (forward, rcm_fsad_ops.info):
+        with pytest.raises(RuntimeError, match="RCM_FSAD_DISABLE_WGMMA must be 0 or 1, got 'yes'"):
+            call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("name", sorted(ASYNC_CASES))
 def test_cuda_float32_forward_without_tf32_is_as_accurate_as_float32(name, monkeypatch):
     """With TF32 off the default float32 forward is the mma.sync kernel on operands split in two TF32
     parts where that kernel applies (not MIXED_RUNS), the CUDA-core kernel elsewhere and under
     implicit_gemm_simt; implicit_gemm_wgmma takes the wgmma kernel on split operands where the mma.sync
-    one would run and wgmma_code_runs, the default's kernel elsewhere. Each is judged as flash-attention judges a low-precision kernel: its error
+    one would run and info()["wgmma"], the default's kernel elsewhere. Each is judged as flash-attention judges a low-precision kernel: its error
     against the float64 result at most twice that of the reference computed in float32 (IEEE, TF32
     off), plus the split's own bound, 12 float32 roundoffs of the terms' magnitude (sum |weight| x
     |column|: two TF32 parts hold an operand to 2^-22 of itself, a product without small x small is
@@ -708,8 +730,8 @@ def test_cuda_float32_forward_without_tf32_is_as_accurate_as_float32(name, monke
     # What the kernel's name contains.
     simt = ("deform_conv2d_implicit_gemm_kernel<",)
     default_kernel = ("implicit_gemm_mma_kernel", "Tf32Split") if name != MIXED_RUNS else simt
-    wgmma_kernel = (("implicit_gemm_wgmma_kernel", "Tf32Split") if name != MIXED_RUNS and wgmma_code_runs()
-                    else default_kernel)
+    wgmma_runs = name != MIXED_RUNS and rcm_fsad_ops.info()["wgmma"]
+    wgmma_kernel = ("implicit_gemm_wgmma_kernel", "Tf32Split") if wgmma_runs else default_kernel
     with tf32_set_to(False), torch.no_grad():
         in_float32 = reference.deform_conv2d(*(single[k] for k in args), mask=single["mask"], **case.kwargs())
         float32_err = (in_float32.double() - exact).abs().max().item()

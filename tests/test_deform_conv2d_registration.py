@@ -383,6 +383,9 @@ def test_info_reports_build():
     assert values["backends"] == [k for k in values["kernels"]["deform_conv2d"] if k in ("CPU", "CUDA")]
     flags = cpu_flags()
     assert values["cpu_capability"] == ("avx2+fma" if {"avx2", "fma"} <= flags else "default"), flags
+    # the wgmma kernel runs only on a GPU of compute capability 9.0 (whose code the launcher probes)
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        assert values["wgmma"] is False
 
 
 def cpu_flags() -> set:

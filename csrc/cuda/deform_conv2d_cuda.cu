@@ -71,6 +71,7 @@
 #include "../kernels/deform_conv2d_kernels.cuh"
 #include "layout_cuda.h"
 #include "stream_timer.h"
+#include "wgmma_runs.h"
 
 namespace rcm_fsad {
 namespace {
@@ -269,6 +270,16 @@ bool wgmma_code_loaded() {
   });
 }
 
+// RCM_FSAD_DISABLE_WGMMA=1 keeps the wgmma kernel from running (implicit_gemm_wgmma then takes the
+// default path): a switch for a device or driver where it misbehaves, read at each call. Unset or 0:
+// it runs where its code is loaded.
+bool wgmma_disabled() {
+  const char* text = std::getenv("RCM_FSAD_DISABLE_WGMMA");
+  if (text == nullptr || std::strcmp(text, "0") == 0) return false;
+  TORCH_CHECK(std::strcmp(text, "1") == 0, "RCM_FSAD_DISABLE_WGMMA must be 0 or 1, got '", text, "'");
+  return true;
+}
+
 // Whether the input's device runs the tensor-core kernels: sm_80+ with code built for it.
 bool tensor_cores_present(const at::Tensor& input) {
   return at::cuda::getDeviceProperties(input.get_device())->major >= 8 && tensor_core_code_loaded();
@@ -368,7 +379,7 @@ template <typename scalar_t>
 bool wgmma_applies(const at::Tensor& input, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                    const at::Tensor& wmat) {
   return vector_loads_apply(g, a, wmat) && kernels::mma_kernel_applies<scalar_t>(g) && tensor_cores_present(input) &&
-         wgmma_code_loaded();
+         wgmma_kernel_runs();
 }
 
 // Whether the current device gives a block of the cp.async tensor-core kernel kCols wide its shared
@@ -818,6 +829,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
 }
 
 }  // namespace
+
+bool wgmma_kernel_runs() { return !wgmma_disabled() && wgmma_code_loaded(); }
 
 TORCH_LIBRARY_IMPL(rcm_fsad, CUDA, m) {
   m.impl("deform_conv2d", &deform_conv2d_cuda);
