@@ -18,7 +18,8 @@
 // B (k x N) is K-major without swizzle (PTX ISA, "Shared Memory Matrix Layout", canonical layout
 // ((8,m),(T,2k)):((1T,SBO),(1,LBO))): core matrices of 8 columns n x 16 bytes (8 16-bit k or 4 TF32
 // k, rows 16 bytes apart), the two along k LBO bytes apart, those along n SBO bytes apart
-// (wgmma_descriptor).
+// (wgmma_descriptor); CUTLASS's GmmaDescriptor reads the same fields the same way (its K-major
+// INTERLEAVE layout, ((8,n),2):((1,SBO),LBO) in units of 16 bytes).
 // Under nvcc (sm_90a, where __CUDA_ARCH_FEAT_SM90_ALL is defined) the instructions; under the CPU
 // emulation harness (tests/kernels/cuda_emulation.h) its model of them. The CPU backend does not
 // include this header.
