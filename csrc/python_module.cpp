@@ -3,6 +3,7 @@
 #include <Python.h>
 
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <exception>
 
@@ -22,6 +23,9 @@ PyObject* wgmma_runs(PyObject*, PyObject*) {
 #ifdef RCM_FSAD_WITH_CUDA
   try {
     return PyBool_FromLong(rcm_fsad::wgmma_kernel_runs());
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    return nullptr;
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;

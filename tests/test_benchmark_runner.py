@@ -73,10 +73,11 @@ def test_tensor_core_variants_are_timed_only_where_they_have_a_kernel_of_their_o
         assert runner.variant_applies(impl, "fp64", tf32_matmul=False)
 
 
-def test_the_wgmma_variant_is_skipped_where_its_kernel_does_not_run():
-    """Where rcm_fsad_ops.info()["wgmma"] is false (no GPU here; on a GPU other than compute capability 9.0,
-    a build without sm_90a, or RCM_FSAD_DISABLE_WGMMA=1) ours[implicit_gemm_wgmma] would time ours' default
-    path under another name: it is skipped, with the reason."""
+def test_the_wgmma_variant_is_skipped_where_its_kernel_does_not_run(monkeypatch):
+    """Where rcm_fsad_ops.info()["wgmma"] is false (no GPU; a GPU other than compute capability 9.0, a build
+    without sm_90a, or RCM_FSAD_DISABLE_WGMMA=1) ours[implicit_gemm_wgmma] would time ours' default path
+    under another name: it is skipped, with the reason."""
+    monkeypatch.setattr(runner, "_wgmma_runs", lambda: False)
     skipped = []
     rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", [runner.OURS, runner.OURS_WGMMA], SETTINGS,
                                       runner.tf32_state(), skipped)

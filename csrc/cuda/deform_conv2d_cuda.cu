@@ -260,10 +260,13 @@ __global__ void wgmma_code_probe_kernel(int* out) {
 }
 
 // Whether the code the current device runs has the wgmma kernel's body (built for sm_90a, which only
-// compute capability 9.0 runs).
+// compute capability 9.0 runs). False, without asking, on any other device, where the build may have no
+// code at all (a 9.0a-only build on an sm_80 card: the query would fail).
 bool wgmma_code_loaded() {
   static QueryCache<c10::DeviceIndex, bool> cache;
   return cache.get(c10::cuda::current_device(), [] {
+    const cudaDeviceProp* properties = at::cuda::getCurrentDeviceProperties();
+    if (properties->major != 9 || properties->minor != 0) return false;
     cudaFuncAttributes attributes{};
     C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, wgmma_code_probe_kernel));
     return attributes.sharedSizeBytes > 0;
@@ -271,11 +274,11 @@ bool wgmma_code_loaded() {
 }
 
 // RCM_FSAD_DISABLE_WGMMA=1 keeps the wgmma kernel from running (implicit_gemm_wgmma then takes the
-// default path): a switch for a device or driver where it misbehaves, read at each call. Unset or 0:
-// it runs where its code is loaded.
+// default path): a switch for a device or driver where it misbehaves, read at each call. Unset, empty
+// or 0: it runs where its code is loaded.
 bool wgmma_disabled() {
   const char* text = std::getenv("RCM_FSAD_DISABLE_WGMMA");
-  if (text == nullptr || std::strcmp(text, "0") == 0) return false;
+  if (text == nullptr || *text == '\0' || std::strcmp(text, "0") == 0) return false;
   TORCH_CHECK(std::strcmp(text, "1") == 0, "RCM_FSAD_DISABLE_WGMMA must be 0 or 1, got '", text, "'");
   return true;
 }
