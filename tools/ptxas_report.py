@@ -7,7 +7,8 @@ __global__ kernel for each dtype and index type the CUDA backend launches, and p
 
     python tools/ptxas_report.py            print the table
     python tools/ptxas_report.py --write    refresh benchmarks/results/ptxas_sm90.md
-    python tools/ptxas_report.py --check    exit 1 when a HOT kernel spills or uses local memory
+    python tools/ptxas_report.py --check    exit 1 when a HOT kernel spills, uses local memory or has
+                                            its wgmma serialized by ptxas
 
 --write and --check combine. The CUDA toolkit is found like the build finds it
 (tools/build_env.py: CUDA_HOME, CUDA_PATH, the nvcc on PATH, /usr/local/cuda); without one, --check
@@ -128,6 +129,7 @@ class KernelResources:
     shared: int = 0
     local: int = 0
     barriers: int = 0
+    serialized: str = ""  # ptxas's reason for issuing the kernel's wgmma one at a time, if it does
 
     @property
     def label(self) -> str:
@@ -145,6 +147,8 @@ class KernelResources:
             parts = [f"{self.stack_frame} bytes stack frame"] if self.stack_frame else []
             parts += [f"{self.local} bytes lmem"] if self.local else []
             found.append(", ".join(parts) + " (local memory)")
+        if self.serialized:
+            found.append(f"wgmma serialized: {self.serialized}")
         return found
 
 
@@ -215,10 +219,18 @@ _CANONICAL = {"int": "int32_t", "long": "int64_t", "long long": "int64_t",
 
 
 def parse(ptxas_output: str) -> list[KernelResources]:
-    """The resources of every entry function in `ptxas -v` output."""
+    """The resources of every entry function in `ptxas -v` output, and ptxas's note where it serializes a
+    function's wgmma ("Potential Performance Loss: wgmma.mma_async instructions are serialized due to
+    <reason> in the function '<name>'": each then waits for the one before, and the kernel loses the
+    overlap it is built for)."""
     entries: dict[str, dict[str, int]] = {}
+    serialized: dict[str, str] = {}
     current = None
     for line in ptxas_output.splitlines():
+        m = re.search(r"wgmma\.mma_async instructions are serialized (.*?)\s*in the function '([^']+)'", line)
+        if m:
+            serialized[m.group(2)] = m.group(1)
+            continue
         m = re.search(r"Compiling entry function '([^']+)'", line)
         if m:
             current = m.group(1)
@@ -250,7 +262,7 @@ def parse(ptxas_output: str) -> list[KernelResources]:
             args = tuple(_CANONICAL.get(a.strip(), a.strip()) for a in m.group(2).split(","))
         else:
             kernel, args = mangled, ()
-        result.append(KernelResources(kernel, args, **stats))
+        result.append(KernelResources(kernel, args, **stats, serialized=serialized.get(mangled, "")))
     order = {instance: n for n, instance in enumerate(instances())}
     result.sort(key=lambda r: order.get((r.kernel, r.args), len(order)))
     return result
@@ -303,7 +315,8 @@ def markdown(results: list[KernelResources], version: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help=f"write {TABLE.relative_to(ROOT)}")
-    parser.add_argument("--check", action="store_true", help="fail when a hot kernel spills or uses local memory")
+    parser.add_argument("--check", action="store_true",
+                        help="fail when a hot kernel spills, uses local memory or has its wgmma serialized")
     args = parser.parse_args(argv)
 
     cuda_home = find_cuda_home()
@@ -335,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
     offenders = [(r, p) for r in results if r.hot for p in r.problems()]
     if offenders:
-        print(f"ptxas check FAILED ({ARCH}): hot kernels spill or use local memory:")
+        print(f"ptxas check FAILED ({ARCH}): hot kernels spill, use local memory or serialize their wgmma:")
         for r, problem in offenders:
             print(f"  {r.label}: {problem} ({r.registers} registers)")
         print("Keep them in registers (fewer live values, smaller types, no dynamically indexed local arrays), "
@@ -343,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     hot = [r for r in results if r.hot]
     print(f"ptxas check passed ({ARCH}, nvcc {version}): {len(hot)} hot kernel instantiations, no spills, "
-          f"no local memory (registers {min(r.registers for r in hot)}..{max(r.registers for r in hot)})")
+          f"no local memory, no serialized wgmma (registers {min(r.registers for r in hot)}.."
+          f"{max(r.registers for r in hot)})")
     if TABLE.exists() and TABLE.read_text() != table:
         print(f"note: {TABLE.relative_to(ROOT)} is out of date: python tools/ptxas_report.py --write")
     return 0
