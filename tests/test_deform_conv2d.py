@@ -713,12 +713,13 @@ def test_cuda_float32_forward_without_tf32_is_as_accurate_as_float32(name, monke
     """With TF32 off the default float32 forward is the mma.sync kernel on operands split in two TF32
     parts where that kernel applies (not MIXED_RUNS), the CUDA-core kernel elsewhere and under
     implicit_gemm_simt; implicit_gemm_wgmma takes the wgmma kernel on split operands where the mma.sync
-    one would run and info()["wgmma"], the default's kernel elsewhere. Each is judged as flash-attention judges a low-precision kernel: its error
-    against the float64 result at most twice that of the reference computed in float32 (IEEE, TF32
-    off), plus the split's own bound, 12 float32 roundoffs of the terms' magnitude (sum |weight| x
-    |column|: two TF32 parts hold an operand to 2^-22 of itself, a product without small x small is
-    off by at most 3 x 2^-22 of itself). The factor 2 is calibrated against float32's own error, not
-    derived. TF32 alone, or a cross term left out, is off by about 2^-12 of the magnitude."""
+    one would run and info()["wgmma"], the default's kernel elsewhere. Each is judged as flash-attention
+    judges a low-precision kernel: its error against the float64 result at most twice that of the
+    reference computed in float32 (IEEE, TF32 off), plus the split's own bound, 12 float32 roundoffs of
+    the terms' magnitude (sum |weight| x |column|: two TF32 parts hold an operand to 2^-22 of itself, a
+    product without small x small is off by at most 3 x 2^-22 of itself). The factor 2 is calibrated
+    against float32's own error, not derived. TF32 alone, or a cross term left out, is off by about 2^-12
+    of the magnitude."""
     case = ASYNC_CASES[name]
     single = {k: None if v is None else v.float() for k, v in case.tensors(torch.float64, "cuda").items()}
     exact_inputs = {k: None if v is None else v.double() for k, v in single.items()}

@@ -383,14 +383,26 @@ def test_info_reports_build():
     assert values["backends"] == [k for k in values["kernels"]["deform_conv2d"] if k in ("CPU", "CUDA")]
     flags = cpu_flags()
     assert values["cpu_capability"] == ("avx2+fma" if {"avx2", "fma"} <= flags else "default"), flags
-    # The wgmma kernel runs only on a GPU of compute capability 9.0, and there surely where the build
-    # has sm_90a code and no plain sm_90 code the driver might load instead (the GPU machine's 9.0a).
-    hopper = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
-    only_90a = "9.0a" in values["cuda_arch_list"] and not {"9.0", "9.0+PTX"} & set(values["cuda_arch_list"])
+    # the wgmma kernel runs only on a GPU of compute capability 9.0 (test_cuda_info_says_where_wgmma_runs)
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        assert values["wgmma"] is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_info_says_where_wgmma_runs(monkeypatch):
+    """info()["wgmma"]: never on a GPU other than compute capability 9.0; surely on one, where the build has
+    sm_90a code and no plain sm_90 code the driver might load instead (the GPU machine's 9.0a build); never
+    with RCM_FSAD_DISABLE_WGMMA=1."""
+    values = rcm_fsad_ops.info()
+    archs = set(values["cuda_arch_list"])
+    hopper = torch.cuda.get_device_capability() == (9, 0)
+    switched_off = os.environ.get("RCM_FSAD_DISABLE_WGMMA", "") not in ("", "0")
     if not hopper:
         assert values["wgmma"] is False
-    elif only_90a and os.environ.get("RCM_FSAD_DISABLE_WGMMA", "0") in ("", "0"):
+    elif "9.0a" in archs and not {"9.0", "9.0+PTX"} & archs and not switched_off:
         assert values["wgmma"] is True
+    monkeypatch.setenv("RCM_FSAD_DISABLE_WGMMA", "1")
+    assert rcm_fsad_ops.info()["wgmma"] is False
 
 
 def cpu_flags() -> set:
