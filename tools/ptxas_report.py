@@ -81,7 +81,8 @@ WITH_INDEX_TYPES = tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)
 # instantiation the backend launches). --check fails when the headers declare a kernel that is not
 # listed here.
 KERNELS = {
-    "deform_im2col_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
+    "deform_im2col_kernel": ("deform_conv2d_kernels.cuh",
+                             tuple(t + (lanes,) for t in WITH_INDEX_TYPES for lanes in ("8", "16", "32"))),
     "deform_col2im_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
     "deform_sample_table_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
     "deform_sample_keys_kernel": ("deform_conv2d_kernels.cuh",

@@ -516,7 +516,8 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
 }
 
 // Samples of `rows` rows, one per (row, kernel point, offset group): the warps of
-// deform_im2col_kernel and deform_col2im_kernel, the entries of deform_sample_table_kernel.
+// deform_col2im_kernel, the entries of deform_sample_table_kernel (deform_im2col_kernel gives a
+// sample 8, 16 or 32 lanes: kernels::im2col_warps).
 int64_t sample_count(const DeformConvGeometry& g, int64_t rows) {
   return rows * g.kernel_points() * g.offset_groups;
 }
@@ -525,14 +526,17 @@ template <typename scalar_t>
 void launch_im2col(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, int64_t first_row,
                    int64_t rows, scalar_t* columns) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t warps = sample_count(g, rows);
+  const int lanes = kernels::im2col_lanes_per_sample(g, a.input, columns);
+  const int64_t warps = kernels::im2col_warps(g, rows, lanes);
   const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   with_index_type(warps * kernels::kWarpSize, [&](auto index) {
     using index_t = decltype(index);
-    kernels::deform_im2col_kernel<scalar_t, acc_t, index_t><<<blocks, kThreads, 0, stream>>>(
-        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, static_cast<index_t>(rows),
-        columns);
+    kernels::with_im2col_lanes(lanes, [&](auto lanes_type) {
+      kernels::deform_im2col_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>
+          <<<blocks, kThreads, 0, stream>>>(g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides,
+                                            first_row, static_cast<index_t>(rows), columns);
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

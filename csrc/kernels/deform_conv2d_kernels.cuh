@@ -2,6 +2,8 @@
 // csrc/cuda/deform_conv2d_cuda.cu, and by the CPU emulation harness.
 #pragma once
 
+#include <type_traits>
+
 #include "deform_conv2d_math.cuh"
 #include "vector16.cuh"
 
@@ -42,27 +44,64 @@ RCM_HD SampleIndex<index_t> sample_index(const DeformConvGeometry& g, index_t w)
 template <typename acc_t>
 constexpr int kIm2colBlocksPerSM = sizeof(acc_t) == 4 ? 4 : 2;
 
+// Whether deform_im2col_kernel moves 16-byte vectors of channels: every run of channels is whole
+// vectors and the bases are aligned (a columns row, C*K wide, then starts on a vector too).
+template <typename scalar_t>
+RCM_HD bool im2col_vectors(const DeformConvGeometry& g, const scalar_t* input, const scalar_t* columns) {
+  return g.channel_runs_are_multiples_of(Vector16<scalar_t>::kSize) && aligned16(input) && aligned16(columns);
+}
+
+// The lanes of deform_im2col_kernel that share a sample: as many as an offset group's channels take
+// (16-byte vectors of them where im2col_vectors, else single channels), rounded up to 8, 16 or 32. With
+// few channels (64 in float: 16 vectors) the warp's other lanes take other samples instead of idling,
+// and a sample's index arithmetic and field loads are shared by fewer lanes.
+template <typename scalar_t>
+RCM_HD int im2col_lanes_per_sample(const DeformConvGeometry& g, const scalar_t* input, const scalar_t* columns) {
+  const int64_t per_lane = im2col_vectors(g, input, columns) ? Vector16<scalar_t>::kSize : 1;
+  const int64_t needed = (g.channels_per_offset_group() + per_lane - 1) / per_lane;
+  return needed > 16 ? 32 : needed > 8 ? 16 : 8;
+}
+
+// f(std::integral_constant<int, lanes>{}) for im2col_lanes_per_sample's answer: the one place that
+// turns it into the kernel's template argument.
+template <typename F>
+decltype(auto) with_im2col_lanes(int lanes, F&& f) {
+  switch (lanes) {
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 16: return f(std::integral_constant<int, 16>{});
+    default: return f(std::integral_constant<int, 32>{});
+  }
+}
+
+// The warps of deform_im2col_kernel with `lanes` lanes a sample, for `rows` rows (a grid of fewer
+// loops over them).
+RCM_HD int64_t im2col_warps(const DeformConvGeometry& g, int64_t rows, int lanes) {
+  const int64_t samples = rows * g.kernel_points() * g.offset_groups;
+  return (samples * lanes + kWarpSize - 1) / kWarpSize;
+}
+
 // columns[r, column_index(c, k)] = mask * bilinear sample, for rows first_row .. first_row+rows-1.
-// One warp per (row, kernel point, offset group) (sample_index): its lanes walk the group's
-// channels, so the NHWC corner reads and the column writes are coalesced; 16 bytes of channels per
-// lane and access when every run of channels is whole vectors and the bases are aligned (a
-// columns row, C*K wide, then starts on a vector too), one channel otherwise.
-// Grid: enough warps for rows * kh*kw * offset_groups (a grid-stride loop covers the rest).
+// kLanes lanes (8, 16 or 32: im2col_lanes_per_sample) per (row, kernel point, offset group)
+// (sample_index), a warp's samples consecutive: they walk the group's channels, so the NHWC corner
+// reads and the column writes are coalesced; 16 bytes of channels per lane and access where
+// im2col_vectors, one channel otherwise.
+// Grid: im2col_warps warps (a grid-stride loop covers the rest).
 // input: NHWC (N, H, W, C); columns: (rows, C*K).
-template <typename scalar_t, typename acc_t, typename index_t>
+template <typename scalar_t, typename acc_t, typename index_t, int kLanes>
 __global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
     deform_im2col_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                          const scalar_t* __restrict__ offset, FieldStrides offset_strides,
                          const scalar_t* __restrict__ mask, FieldStrides mask_strides, int64_t first_row,
                          index_t rows, scalar_t* __restrict__ columns) {
-  const int lane = threadIdx.x % kWarpSize;
-  const index_t warps_per_block = blockDim.x / kWarpSize;
+  static_assert(kLanes == 8 || kLanes == 16 || kLanes == 32, "kLanes: 8, 16 or 32");
+  const int lane = threadIdx.x % kLanes;  // of the sample's
+  const index_t samples_per_block = blockDim.x / kLanes;
   const index_t total = rows * static_cast<index_t>(g.kernel_points()) * static_cast<index_t>(g.offset_groups);
-  const index_t step = warps_per_block * gridDim.x;
+  const index_t step = samples_per_block * gridDim.x;
   const int64_t cpog = g.channels_per_offset_group();
   constexpr int kVector = Vector16<scalar_t>::kSize;
-  const bool vectors = g.channel_runs_are_multiples_of(kVector) && aligned16(input) && aligned16(columns);
-  for (index_t w = static_cast<index_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; w < total;
+  const bool vectors = im2col_vectors(g, input, columns);
+  for (index_t w = static_cast<index_t>(blockIdx.x) * samples_per_block + threadIdx.x / kLanes; w < total;
        w += step) {
     const SampleIndex<index_t> item = sample_index(g, w);
     const MaskedCorners<acc_t> s = masked_corners<acc_t>(g, first_row + item.r, item.k, item.og, offset,
@@ -74,7 +113,7 @@ __global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
       c1 = g.column_run_end(item.og, c0);
       scalar_t* dst = col_row + g.column_index(c0, item.k) - c0;
       if (vectors) {
-        for (int64_t c = c0 + lane * kVector; c < c1; c += kWarpSize * kVector) {
+        for (int64_t c = c0 + lane * kVector; c < c1; c += kLanes * kVector) {
           acc_t v[kVector];
           RCM_UNROLL
           for (int j = 0; j < kVector; ++j) v[j] = acc_t(0);
@@ -88,7 +127,7 @@ __global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
           store16_global(dst + c, sample);
         }
       } else {
-        for (int64_t c = c0 + lane; c < c1; c += kWarpSize) {
+        for (int64_t c = c0 + lane; c < c1; c += kLanes) {
           acc_t v = acc_t(0);
           for (int i = 0; i < 4; ++i) {
             if (corner[i] != nullptr) v += s.weight[i] * static_cast<acc_t>(corner[i][c]);

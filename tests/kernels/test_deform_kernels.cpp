@@ -21,9 +21,9 @@
 //
 // dtype: float | double | half | bfloat16 (16-bit types accumulate in float, as the CUDA backend
 // does for c10::Half/BFloat16); index: int32 | int64.
-// im2col and col2im run each problem below with several launch configurations: the production one
-// (256 threads, grid from the work size, capped), all blocks at once (AllBlocks: races between
-// blocks), and a small odd grid (grid-stride loops). col2im_deterministic is the deterministic
+// im2col (with 8, 16 and 32 lanes a sample) and col2im run each problem below with several launch
+// configurations: the production one (256 threads, grid from the work size, capped), all blocks at
+// once (AllBlocks: races between blocks), and a small odd grid (grid-stride loops). col2im_deterministic is the deterministic
 // backward (deform_col2im_kernel with the grad_input scatter off, then deform_sample_table_kernel,
 // deform_sample_keys_kernel, the keys' stable sort (std::stable_sort here) and
 // deform_col2im_input_gather_kernel) under the same configurations plus one warp in launches of 5
@@ -476,30 +476,39 @@ int check_im2col(const Problem& p, const Config& cfg, Misalign misalign = Misali
   const int64_t chunk = rows_per_launch(p, cfg);
   int bad = 0;
   std::string launched;
+  int chosen_lanes = 0;  // the launcher's choice (kernels::im2col_lanes_per_sample)
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t len = std::min(chunk, rows - r0);
-    std::vector<scalar_t> aligned_columns(len * width, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
-    std::optional<Misaligned<scalar_t>> shifted_columns;
-    if (misalign == Misalign::Output) shifted_columns.emplace(aligned_columns);
-    scalar_t* columns = shifted_columns ? shifted_columns->data() : aligned_columns.data();
-    const int64_t grid = grid_for(cfg, len * s.points() * s.offset_groups, cfg.block / 32);
-    if (launched.empty()) launched = config_name(cfg, grid);
-    emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
-                rcm_fsad::kernels::deform_im2col_kernel<scalar_t, acc_t, index_t>, g, input, op.offset.data(),
-                op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), columns);
-    std::vector<double> got(len * width), want(len * width);
-    for (int64_t i = 0; i < len * width; ++i) {
-      got[i] = to_double(columns[i]);
-      want[i] = ref.columns[r0 * width + i];
+    // Every lane count a sample may get, whatever the launcher would choose here.
+    for (const int lanes : {8, 16, 32}) {
+      std::vector<scalar_t> aligned_columns(len * width,
+                                            static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+      std::optional<Misaligned<scalar_t>> shifted_columns;
+      if (misalign == Misalign::Output) shifted_columns.emplace(aligned_columns);
+      scalar_t* columns = shifted_columns ? shifted_columns->data() : aligned_columns.data();
+      chosen_lanes = rcm_fsad::kernels::im2col_lanes_per_sample(g, input, columns);
+      const int64_t grid = grid_for(cfg, rcm_fsad::kernels::im2col_warps(g, len, lanes), cfg.block / 32);
+      if (launched.empty()) launched = config_name(cfg, grid);
+      rcm_fsad::kernels::with_im2col_lanes(lanes, [&](auto lanes_type) {
+        emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
+                    rcm_fsad::kernels::deform_im2col_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>, g,
+                    input, op.offset.data(), op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), columns);
+      });
+      std::vector<double> got(len * width), want(len * width);
+      for (int64_t i = 0; i < len * width; ++i) {
+        got[i] = to_double(columns[i]);
+        want[i] = ref.columns[r0 * width + i];
+      }
+      bad += compare("columns", got, want, Traits<scalar_t>::tol, [&](size_t i) {
+        return emu::detail::format("row %" PRId64 " col %" PRId64 " [%s, %d lanes a sample]",
+                                   r0 + static_cast<int64_t>(i) / width, static_cast<int64_t>(i) % width,
+                                   config_name(cfg, grid).c_str(), lanes);
+      });
     }
-    bad += compare("columns", got, want, Traits<scalar_t>::tol, [&](size_t i) {
-      return emu::detail::format("row %" PRId64 " col %" PRId64 " [%s]", r0 + static_cast<int64_t>(i) / width,
-                                 static_cast<int64_t>(i) % width, config_name(cfg, grid).c_str());
-    });
   }
   const char* shifted = misalign == Misalign::Input ? ", input misaligned" : misalign == Misalign::Output ? ", columns misaligned" : "";
-  std::printf("  %s %-32s [%s, chunk %" PRId64 "%s] %.2fs\n", bad ? "FAIL" : "ok  ", p.name, launched.c_str(), chunk,
-              shifted, seconds_since(start));
+  std::printf("  %s %-32s [%s, chunk %" PRId64 "%s; 8, 16 and 32 lanes a sample, the launcher's %d] %.2fs\n",
+              bad ? "FAIL" : "ok  ", p.name, launched.c_str(), chunk, shifted, chosen_lanes, seconds_since(start));
   return bad;
 }
 
