@@ -417,6 +417,18 @@ void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const C
   }
 }
 
+// The weights repacked for a tensor-core kernel: `elements` of them, written by `repack` (a grid-stride
+// kernel of one 16-byte vector a thread, taking g and wmat).
+template <typename scalar_t, typename Repack>
+at::Tensor repacked_weights(Repack repack, const DeformConvGeometry& g, const at::Tensor& wmat, int64_t elements) {
+  at::Tensor out = at::empty({elements}, wmat.options());
+  const int64_t vectors = elements / kernels::Vector16<scalar_t>::kSize;
+  repack<<<blocks_for(vectors, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      g, wmat.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 // The mma.sync forward, its warps laid out as kernels::with_mma_tiles picks, on the weights repacked
 // as its lanes read them (kernels::mma_weight_fragment_elements). mma_t: the tensor-core input type,
 // or kernels::Tf32Split for float32 at float32's accuracy. Its shared memory fits every sm_80+
@@ -424,13 +436,9 @@ void launch_tensor_core_forward(bool async, const DeformConvGeometry& g, const C
 template <typename mma_t, typename scalar_t>
 void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
                         const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
-  const int64_t elements = kernels::mma_weight_fragment_elements<scalar_t, mma_t>(g);
-  at::Tensor fragments = at::empty({elements}, wmat.options());
-  const int64_t vectors = elements / kernels::Vector16<scalar_t>::kSize;
-  kernels::deform_conv2d_mma_weight_fragments_kernel<scalar_t, mma_t>
-      <<<blocks_for(vectors, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          g, wmat.const_data_ptr<scalar_t>(), fragments.mutable_data_ptr<scalar_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor fragments =
+      repacked_weights<scalar_t>(kernels::deform_conv2d_mma_weight_fragments_kernel<scalar_t, mma_t>, g, wmat,
+                                 kernels::mma_weight_fragment_elements<scalar_t, mma_t>(g));
   kernels::with_mma_tiles<mma_t>(g.out_channels / g.groups, [&](auto tiles) {
     using Tiles = decltype(tiles);
     launch_implicit_gemm<Tiles, float>(
@@ -445,13 +453,9 @@ void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& 
 template <typename mma_t, typename scalar_t>
 void launch_wgmma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
                           const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
-  const int64_t elements = kernels::wgmma_weight_tile_elements<scalar_t, mma_t>(g);
-  at::Tensor tiles = at::empty({elements}, wmat.options());
-  const int64_t vectors = elements / kernels::Vector16<scalar_t>::kSize;
-  kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t, mma_t>
-      <<<blocks_for(vectors, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          g, wmat.const_data_ptr<scalar_t>(), tiles.mutable_data_ptr<scalar_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor tiles =
+      repacked_weights<scalar_t>(kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t, mma_t>, g, wmat,
+                                 kernels::wgmma_weight_tile_elements<scalar_t, mma_t>(g));
   kernels::with_wgmma_tiles<mma_t>(g.out_channels / g.groups, [&](auto tiles_type) {
     using Tiles = decltype(tiles_type);
     launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_wgmma_kernel<scalar_t, mma_t, Tiles::kCols>,

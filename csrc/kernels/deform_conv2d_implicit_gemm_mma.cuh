@@ -219,6 +219,19 @@ __device__ __forceinline__ void to_parts(float x, typename In::smem_t (&parts)[M
   }
 }
 
+// Part `part` (MmaParts) of weight w as the weights repacked for the MMAs hold it: for TF32, w rounded
+// to TF32 (one part) or its big (0) or small (1) part; for the 16-bit types w itself.
+template <typename mma_t, typename scalar_t>
+__device__ __forceinline__ scalar_t weight_part(scalar_t w, int part) {
+  if constexpr (std::is_same_v<typename MmaParts<mma_t>::input_t, Tf32>) {
+    float parts[MmaParts<mma_t>::kParts];
+    to_parts<mma_t>(w, parts);
+    return part == 0 ? parts[0] : parts[MmaParts<mma_t>::kParts - 1];
+  } else {
+    return w;
+  }
+}
+
 // 16 bytes as the four 32-bit words that MMA fragments are made of.
 template <typename T>
 __device__ __forceinline__ void to_words(const Vector16<T>& x, uint32_t (&w)[4]) {
@@ -322,15 +335,7 @@ __global__ void deform_conv2d_mma_weight_fragments_kernel(DeformConvGeometry g, 
     if (co < cog && c < s.c0 + s.depth) {
       const scalar_t* w = wmat + ((group * cog + co) * points + k) * cg + (c - group * cg);
       RCM_UNROLL
-      for (int e = 0; e < kVector; ++e) {
-        if constexpr (std::is_same_v<typename MmaParts<mma_t>::input_t, Tf32>) {
-          float parts[kParts];
-          to_parts<mma_t>(w[e], parts);
-          x.v[e] = part == 0 ? parts[0] : parts[kParts - 1];
-        } else {
-          x.v[e] = w[e];
-        }
-      }
+      for (int e = 0; e < kVector; ++e) x.v[e] = weight_part<mma_t>(w[e], part);
     }
     store16(fragments + v * kVector, x);
   }

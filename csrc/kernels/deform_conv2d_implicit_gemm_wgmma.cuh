@@ -158,14 +158,7 @@ __global__ void deform_conv2d_wgmma_weight_tiles_kernel(DeformConvGeometry g, co
     for (int e = 0; e < kVector; ++e) {
       const int c = wgmma_step_channel<kVector>(m, h, e);
       if (co >= cog || c >= s.depth) continue;
-      const scalar_t w = wmat[((group * cog + co) * points + k) * cg + (s.c0 + c - group * cg)];
-      if constexpr (std::is_same_v<typename MmaParts<mma_t>::input_t, Tf32>) {
-        float parts[kParts];
-        to_parts<mma_t>(w, parts);
-        x.v[e] = part == 0 ? parts[0] : parts[kParts - 1];
-      } else {
-        x.v[e] = w;
-      }
+      x.v[e] = weight_part<mma_t>(wmat[((group * cog + co) * points + k) * cg + (s.c0 + c - group * cg)], part);
     }
     store16(tiles + v * kVector, x);
   }

@@ -882,30 +882,15 @@ double mma_rounded(double x) {
   }
 }
 
-// The mma.sync kernel's weights as the launcher repacks them (a small grid: several grid-stride
-// rounds), into a NaN-filled buffer, so that an element the repacking misses poisons the output.
-template <typename scalar_t, typename mma_t>
-std::vector<scalar_t> mma_weight_fragments(const Problem& p, const ForwardOperands<scalar_t>& op) {
-  namespace kernels = rcm_fsad::kernels;  // spelled kernels:: for check_coverage.cmake
-  const DeformConvGeometry g = geometry(p);
-  std::vector<scalar_t> fragments(kernels::mma_weight_fragment_elements<scalar_t, mma_t>(g),
-                                  static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
-  emu::launch(emu::Mode::BlockByBlock, dim3(3), dim3(64), 0,
-              kernels::deform_conv2d_mma_weight_fragments_kernel<scalar_t, mma_t>, g, op.wmat.data(), fragments.data());
-  return fragments;
-}
-
-// The wgmma kernel's weights as the launcher repacks them, into a NaN-filled buffer (as
-// mma_weight_fragments).
-template <typename scalar_t, typename mma_t>
-std::vector<scalar_t> wgmma_weight_tiles(const Problem& p, const ForwardOperands<scalar_t>& op) {
-  namespace kernels = rcm_fsad::kernels;  // spelled kernels:: for check_coverage.cmake
-  const DeformConvGeometry g = geometry(p);
-  std::vector<scalar_t> tiles(kernels::wgmma_weight_tile_elements<scalar_t, mma_t>(g),
-                              static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
-  emu::launch(emu::Mode::BlockByBlock, dim3(3), dim3(64), 0,
-              kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t, mma_t>, g, op.wmat.data(), tiles.data());
-  return tiles;
+// A tensor-core kernel's weights as the launcher repacks them, `elements` of them by `repack` (a small
+// grid: several grid-stride rounds), into a NaN-filled buffer, so that an element the repacking misses
+// poisons the output.
+template <typename scalar_t, typename Repack>
+std::vector<scalar_t> repacked_weights(Repack repack, const Problem& p, const ForwardOperands<scalar_t>& op,
+                                       int64_t elements) {
+  std::vector<scalar_t> out(elements, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+  emu::launch(emu::Mode::BlockByBlock, dim3(3), dim3(64), 0, repack, geometry(p), op.wmat.data(), out.data());
+  return out;
 }
 
 // The tensor-core forward, judged like a low-precision kernel should be: against the float64
@@ -999,12 +984,16 @@ int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = 
                                        kernels::deform_conv2d_implicit_gemm_wmma_async_kernel<scalar_t, mma_t, kCols>,
                                        kernels::wmma_async_shared_bytes<scalar_t, kCols>());
   } else if constexpr (kKernel == TensorCoreKernel::Mma) {
-    const std::vector<scalar_t> fragments = mma_weight_fragments<scalar_t, mma_t>(p, op);
+    const std::vector<scalar_t> fragments =
+        repacked_weights<scalar_t>(kernels::deform_conv2d_mma_weight_fragments_kernel<scalar_t, mma_t>, p, op,
+                                   kernels::mma_weight_fragment_elements<scalar_t, mma_t>(geometry(p)));
     got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), fragments.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kCols, kWarpsAlongCols>,
                                        kernels::mma_shared_bytes<Tiles, mma_t>());
   } else if constexpr (kKernel == TensorCoreKernel::Wgmma) {
-    const std::vector<scalar_t> tiles = wgmma_weight_tiles<scalar_t, mma_t>(p, op);
+    const std::vector<scalar_t> tiles =
+        repacked_weights<scalar_t>(kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t, mma_t>, p, op,
+                                   kernels::wgmma_weight_tile_elements<scalar_t, mma_t>(geometry(p)));
     got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), tiles.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_wgmma_kernel<scalar_t, mma_t, kCols>,
                                        kernels::wgmma_shared_bytes<kCols, mma_t>());
