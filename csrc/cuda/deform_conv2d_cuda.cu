@@ -377,7 +377,7 @@ bool use_split_tf32(const at::Tensor& input, const DeformConvGeometry& g, const 
 
 // Whether RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wgmma takes the wgmma kernel for a type with tensor
 // cores (float32: TF32 where allowed, else split TF32): where the mma.sync kernel applies, on a device
-// that runs its sm_90a code (36 KB of shared memory at most). Elsewhere it is the default path.
+// that runs its sm_90a code (52 KB of shared memory at most). Elsewhere it is the default path.
 template <typename scalar_t>
 bool wgmma_applies(const at::Tensor& input, const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a,
                    const at::Tensor& wmat) {

@@ -8,20 +8,23 @@
 //     tensor cores straight from shared memory: no weight fragments in registers, no shared-memory
 //     loads of them, and one instruction per 16 x kCols x 64 multiply-adds (16-bit) instead of
 //     kCols / 8 mma.sync;
-//   * the MMAs run asynchronously: a step's two wgmma are issued, then the warps blend the next
-//     step's A fragments and issue the loads of the step after it, then wait for the MMAs. Corner
-//     vectors are loaded a whole step before they are blended, so the loads' latency hides behind a
-//     step of MMAs and sampling instead of stalling the warp;
+//   * the MMAs run asynchronously, and a step's are queued before the step before it is waited for:
+//     a step issues its wgmma, waits for the previous step's (wgmma.wait_group 1), then blends the
+//     next step's A fragments into the registers those freed and issues the loads of the step after
+//     it, so the tensor cores have a step queued while the warps sample, through the barrier and the
+//     next issue. Corner vectors are loaded a whole step before they are blended, so the loads'
+//     latency hides behind a step of MMAs and sampling instead of stalling the warp;
 //   * each element is sampled once where the block spans the group's columns, with no trading of
 //     rows between warps (split TF32 above 128 columns samples each element once per block along
 //     them: the second part's fragments do not fit beside 128 accumulators a thread);
 //   * the weights are repacked beforehand as the image of a block's step in shared memory
 //     (deform_conv2d_wgmma_weight_tiles_kernel: B K-major, core matrices of 8 output channels x 16
-//     bytes; with split TF32 both parts), which the block copies with cp.async into the stage that
-//     the MMAs do not read;
+//     bytes; with split TF32 both parts), which the block copies with cp.async into one of three
+//     stages: the step's MMAs read one, the previous step's may still read another, the next step's
+//     weights land in the third;
 //   * one barrier per step: the next step's weights have landed (each thread fences its copies for
-//     the tensor cores' reads, fence.proxy.async), and every warpgroup has finished the MMAs that
-//     read the stage they overwrite.
+//     the tensor cores' reads, fence.proxy.async), and every warpgroup has finished the MMAs of the
+//     step before, which read the stage the next step's copies overwrite.
 // Two warpgroups a block, one block per SM (accumulators: kCols / 2 registers a thread).
 // Split TF32 takes three MMAs a product, as the mma.sync kernel does (Tf32Split): A's small part times
 // B's big, A's big times B's small, then big times big.
@@ -106,13 +109,13 @@ RCM_HD int64_t wgmma_weight_tile_elements(const DeformConvGeometry& g) {
          MmaParts<mma_t>::kParts * 4 * wgmma_tile_cols<mma_t>(cog) * Vector16<scalar_t>::kSize;
 }
 
-// Dynamic shared memory of the kernel below: each warp's corners of its 16 rows; two stages of the
-// block's weights (the step being multiplied, and the next one in flight), [stage][p][m][h][n]: for
-// part p and MMA m, B's two core matrices along k kCols x 16 bytes apart, those along n 128 bytes
-// apart. 36 KB 256 wide, and 128 wide with two parts.
+// Dynamic shared memory of the kernel below: each warp's corners of its 16 rows; three stages of the
+// block's weights (the step being multiplied, the step before, whose MMAs may still run, and the
+// next one in flight), [stage][p][m][h][n]: for part p and MMA m, B's two core matrices along k
+// kCols x 16 bytes apart, those along n 128 bytes apart. 52 KB 256 wide, and 128 wide with two parts.
 template <int kCols, int kParts>
 struct WgmmaShared {
-  static constexpr int kStages = 2;
+  static constexpr int kStages = 3;
   RowCorners corners[WgmmaTiles<kCols>::kWarps][WgmmaTiles<kCols>::kWarpRows];
   Vector16<uint32_t> weights[kStages][kParts][2][2][kCols];
 };
@@ -240,8 +243,20 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
       fetch_corner_vectors(at, load16<int32_t>(c.pixel), pixel_bytes, f.live, f.raw[h]);
     }
   };
-  // The step's A fragments (a[p][m]: part p of its MMA m) from the fetched corner vectors.
+  // A step's A fragments: a[p][m], part p of its MMA m.
   using Fragments = uint32_t[kParts][2][4];
+  // Keeps the compiler from moving accesses to a's registers across this point (wgmma_fence_operand).
+  auto fence_fragments = [](Fragments& a) {
+    RCM_UNROLL
+    for (int p = 0; p < kParts; ++p) {
+      RCM_UNROLL
+      for (int m = 0; m < 2; ++m) {
+        RCM_UNROLL
+        for (int i = 0; i < 4; ++i) wgmma_fence_operand(a[p][m][i]);
+      }
+    }
+  };
+  // The step's A fragments from the fetched corner vectors.
   auto blend = [&](const Fetched& f, Fragments& a) {
     uint32_t w[2][kParts][4];
     RCM_UNROLL
@@ -265,9 +280,12 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
   };
   // The step's MMAs on stage `stage`, issued for the warpgroup: its two MMAs; with two parts each as
   // A's small part times B's big, A's big times B's small (the smaller terms first), then big times big.
-  auto multiply = [&](const Fragments& a, int stage) {
+  auto multiply = [&](Fragments& a, int stage) {
     RCM_UNROLL
     for (int i = 0; i < kCols / 2; ++i) wgmma_fence_operand(acc[i]);
+    // A's words in their registers before wgmma.fence: nvcc put the moves of TF32 words from float
+    // registers between it and the wgmma, where they define the wgmma's inputs.
+    fence_fragments(a);
     wgmma_fence();
     RCM_UNROLL
     for (int m = 0; m < 2; ++m) {
@@ -282,20 +300,14 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
     }
     wgmma_commit_group();
   };
-  // Waits for the step's MMAs; a, their A fragments, stays live until then (else the compiler may
-  // give the next step's fragments its registers while the tensor cores still read them).
-  auto wait_multiply = [&](Fragments& a) {
-    wgmma_wait_group<0>();
+  // Waits until at most `pending` (a std::integral_constant) of the warpgroup's committed steps of
+  // MMAs are unfinished; a, the A fragments of the last step it completes, stays live until then
+  // (else the compiler may give other values its registers while the tensor cores still read them).
+  auto wait_multiply = [&](auto pending, Fragments& a) {
+    wgmma_wait_group<decltype(pending)::value>();
     RCM_UNROLL
     for (int i = 0; i < kCols / 2; ++i) wgmma_fence_operand(acc[i]);
-    RCM_UNROLL
-    for (int p = 0; p < kParts; ++p) {
-      RCM_UNROLL
-      for (int m = 0; m < 2; ++m) {
-        RCM_UNROLL
-        for (int i = 0; i < 4; ++i) wgmma_fence_operand(a[p][m][i]);
-      }
-    }
+    fence_fragments(a);
   };
   // The step's weights, copied by every thread, landed and visible to the tensor cores' reads.
   auto weights_landed = [] {
@@ -304,7 +316,8 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
     __syncthreads();
   };
 
-  Steps s(g, group, kernel_point_range(g, blockIdx.y, gridDim.y));
+  const KernelPointRange points = kernel_point_range(g, blockIdx.y, gridDim.y);
+  Steps s(g, group, points);
   if (!s.done()) {  // the same for the whole block, as every barrier below
     const scalar_t* b =
         tiles + ((group * g.kernel_points() + s.k) * mma_steps_per_point<scalar_t>(g) * wgmma_column_blocks<mma_t>(cog) +
@@ -315,44 +328,56 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
     start_run(s);
     Fetched f;
     fetch(s, f);
-    Fragments a;
-    blend(f, a);
-    Steps next = s;
+    // The A fragments of two consecutive steps, in turns: the step being multiplied, and the one
+    // before it, whose MMAs may run until the step's wait, then the next step's. Zeros: the first
+    // step's wait keeps a[1] live before anything is blended into it.
+    Fragments a[2] = {};
+    blend(f, a[0]);
+    Steps next = s;  // the step after the one being multiplied, whose corners f holds
     next.next();
     if (!next.done()) {
       if (next.first_of_run) start_run(next);
       fetch(next, f);
     }
     weights_landed();
-    for (;;) {
-      multiply(a, stage);
-      const bool more = !next.done();
-      Steps after = next;
-      Fragments a_next;
-      if (more) {
-        // Every warpgroup has waited for the MMAs of the step before, the last to read this stage.
-        b += step_stride;
-        copy_weights(b, stage ^ 1);
-        blend(f, a_next);
-        after.next();
-        if (!after.done()) {
-          if (after.first_of_run) start_run(after);
-          fetch(after, f);
-        }
+    // Step k: its A in x, its B in `stage`, f holding the corners of step k + 1 (`next`, which must
+    // exist). Issues k's MMAs, waits for k - 1's (y's), blends k + 1's A into y and fetches the
+    // corners of k + 2.
+    auto step = [&](Fragments& x, Fragments& y) {
+      multiply(x, stage);
+      // The stage after this one was last read by the MMAs of two steps before, which every
+      // warpgroup waited for before the last barrier.
+      const int following = stage == WgmmaShared<kCols, kParts>::kStages - 1 ? 0 : stage + 1;
+      b += step_stride;
+      copy_weights(b, following);
+      wait_multiply(std::integral_constant<int, 1>{}, y);  // k - 1's MMAs: y is free
+      blend(f, y);
+      next.next();
+      if (!next.done()) {
+        if (next.first_of_run) start_run(next);
+        fetch(next, f);
       }
-      wait_multiply(a);
-      if (!more) break;
-      RCM_UNROLL
-      for (int p = 0; p < kParts; ++p) {
-        RCM_UNROLL
-        for (int m = 0; m < 2; ++m) {
-          RCM_UNROLL
-          for (int i = 0; i < 4; ++i) a[p][m][i] = a_next[p][m][i];
-        }
-      }
-      next = after;
-      stage ^= 1;
+      stage = following;
+      // Also: every warpgroup has finished the MMAs of step k - 1.
       weights_landed();
+    };
+    // The last step, its A in x.
+    auto last_step = [&](Fragments& x) {
+      multiply(x, stage);
+      wait_multiply(std::integral_constant<int, 0>{}, x);
+    };
+    // Unrolled by two, so that which registers hold which step's fragments is fixed at compile time,
+    // and leaving the loop only between pairs (ptxas serializes the MMAs where a step can leave it).
+    int left = (points.end - points.begin) * static_cast<int>(mma_steps_per_point<scalar_t>(g));  // from k on
+    for (; left > 2; left -= 2) {
+      step(a[0], a[1]);
+      step(a[1], a[0]);
+    }
+    if (left == 2) {
+      step(a[0], a[1]);
+      last_step(a[1]);
+    } else {
+      last_step(a[0]);
     }
   }
 

@@ -69,8 +69,9 @@
 //     of the instructions: a call is a whole-warp collective that takes the A rows its lane's
 //     accumulators need; the multiply happens at the wait that completes its group, reading B from
 //     shared memory then (so that B overwritten before the wait, or the accumulators read before it,
-//     show); not modelled: the warpgroup's four warps calling together, A registers changed before the
-//     wait, swizzled layouts. __cvta_generic_to_shared gives a pointer's offset in the block's dynamic
+//     show), and checking there that the caller's A registers (the array it passed) still hold what
+//     they held at the call; not modelled: the warpgroup's four warps calling together, swizzled
+//     layouts. __cvta_generic_to_shared gives a pointer's offset in the block's dynamic
 //     shared memory (the shared window of the descriptors);
 //   * emu::launch(mode, grid, block, shared_bytes, kernel, args...): every GPU thread of a block
 //     runs on its own OS thread (a pool of threads, reused between launches), so ThreadSanitizer
@@ -526,13 +527,16 @@ inline thread_local AsyncCopies async_copies;
 
 // One lane's share of a wgmma.mma_async, waiting for the wgmma.wait_group that completes it: its
 // accumulators, the A rows its accumulators take (gathered from its warp's registers at the call),
-// and B's shared-memory descriptor, read at the wait.
+// B's shared-memory descriptor, read at the wait, and the lane's A registers with what they held at
+// the call, which must still hold it at the wait.
 struct WgmmaOp {
   float* d = nullptr;
   int n = 0;  // columns: d holds n / 2 sums
   MmaOperand kind = MmaOperand::F16;
   std::uint64_t desc = 0;
   float a[2][16] = {};  // rows q and q + 8 of the warp's 16, the reduction (16 deep, or 8 for TF32)
+  const std::uint32_t* a_registers = nullptr;
+  std::uint32_t a_at_call[4] = {};
   Site site;
 };
 
@@ -1622,6 +1626,11 @@ inline float wgmma_b_element(const WgmmaOp& op, int k, int n) {
 // 8 columns: d[4 j + r] is row q + 8 (r / 2), column 8 j + 2 t + r % 2), products exact in float,
 // added in k order.
 inline void wgmma_complete(const WgmmaOp& op) {
+  if (std::memcmp(op.a_registers, op.a_at_call, sizeof op.a_at_call) != 0) {
+    fatal(format("wgmma.mma_async at %s: %s changed its A registers before the wgmma.wait_group that "
+                 "completes the call (the tensor cores read them until then)",
+                 op.site.str().c_str(), thread_name(tls).c_str()));
+  }
   const unsigned t = tls.lane % 4;
   for (int j = 0; j < op.n / 8; ++j) {
     for (int r = 0; r < 4; ++r) {
@@ -1646,7 +1655,7 @@ inline void wgmma_fence() { detail::current("wgmma.fence"); }
 // descriptor, the same in every lane. The
 // call takes the A rows its lane's accumulators need; d += A x B happens at the wgmma.wait_group
 // that completes it, reading B from shared memory then, so that B overwritten before that wait,
-// or d read before it, shows. (A registers changed before the wait do not: A is read at the call.)
+// or d read before it, shows; so does a change to `a` (the caller's registers) before that wait.
 // Only K-major B without swizzle; anything else in the descriptor is an error.
 inline void wgmma_mma_async(MmaOperand kind, int n, float* d, const std::uint32_t (&a)[4], std::uint64_t desc,
                             std::source_location loc = std::source_location::current()) {
@@ -1670,6 +1679,8 @@ inline void wgmma_mma_async(MmaOperand kind, int n, float* d, const std::uint32_
   op.n = n;
   op.kind = kind;
   op.desc = desc;
+  op.a_registers = a;
+  std::memcpy(op.a_at_call, a, sizeof op.a_at_call);
   op.site = site;
   const unsigned q = t.lane / 4;
   bool uniform = true;

@@ -31,6 +31,8 @@
 //       mma_sync_divergent     emu::mma_m16n8_sync called by half a warp -> the harness
 //       wgmma_pending_at_exit  a committed wgmma never waited for    -> the harness
 //       wgmma_swizzled         a descriptor asking for a swizzle      -> the harness
+//       wgmma_a_changed        a wgmma's A registers changed before its wait (twin: wgmma)
+//                                                                  -> the harness
 //       async_copy_unwaited_race  cp.async data read by another thread after a __syncthreads that
 //                              the issuer reached before its __pipeline_wait_prior
 //                                                                  -> ThreadSanitizer; elsewhere the
@@ -813,16 +815,16 @@ __global__ void wgmma_kernel(const Elem* a, const Elem* b, const float* c, float
     for (int r = 0; r < 4; ++r) acc[4 * j + r] = c[(16 * warp + q + 8 * (r / 2)) * kWgmmaN + 8 * j + 2 * t + r % 2];
   }
   emu::wgmma_fence();
+  std::uint32_t fa[2][4] = {};  // each call's A, unchanged until the wait
   for (int m = 0; m < 2; ++m) {
-    std::uint32_t fa[4] = {};
     for (int reg = 0; reg < 4; ++reg) {  // row q + 8 (reg % 2), word t + 4 (reg / 2)
       const unsigned row = 16 * warp + q + 8 * (reg % 2), col = kDepth * m + kPerWord * (t + 4 * (reg / 2));
-      for (int e = 0; e < kPerWord; ++e) fa[reg] |= bits_of(a[row * kK + col + e]) << (16 * e);
+      for (int e = 0; e < kPerWord; ++e) fa[m][reg] |= bits_of(a[row * kK + col + e]) << (16 * e);
     }
     const std::uint64_t desc = (__cvta_generic_to_shared(shared + m * kWgmmaB) >> 4) |
                                (static_cast<std::uint64_t>(kLbo >> 4) << 16) |
                                (static_cast<std::uint64_t>(kSbo >> 4) << 32);
-    emu::wgmma_mma_async(operand_kind<Elem>(), kWgmmaN, acc, fa, desc);
+    emu::wgmma_mma_async(operand_kind<Elem>(), kWgmmaN, acc, fa[m], desc);
   }
   emu::wgmma_commit_group();
   if (overwrite_b) {
@@ -883,6 +885,23 @@ __global__ void wgmma_pending_at_exit_kernel(float* out) {
 void case_wgmma_pending_at_exit() {
   std::vector<float> out(128);
   emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_pending_at_exit_kernel, out.data());
+}
+
+// A registers of a committed wgmma changed before the wait that completes it.
+__global__ void wgmma_a_changed_kernel(float* out) {
+  RCM_DYNAMIC_SHARED(unsigned char, shared);
+  float acc[4] = {};
+  std::uint32_t fa[4] = {};
+  emu::wgmma_mma_async(emu::MmaOperand::BF16, 8, acc, fa, __cvta_generic_to_shared(shared) >> 4);
+  emu::wgmma_commit_group();
+  fa[threadIdx.x % 4] = 0x3f803f80u;  // the next step's fragments, written too early
+  emu::wgmma_wait_group(0);
+  out[threadIdx.x] = acc[0];
+}
+
+void case_wgmma_a_changed() {
+  std::vector<float> out(128);
+  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_a_changed_kernel, out.data());
 }
 
 // A descriptor with the 128-byte swizzle (mode 1 in bits 62-63), which the emulator does not model.
@@ -1171,6 +1190,7 @@ const std::map<std::string, void (*)()>& cases() {
       {"wgmma", case_wgmma},
       {"wgmma_pending_at_exit", case_wgmma_pending_at_exit},
       {"wgmma_swizzled", case_wgmma_swizzled},
+      {"wgmma_a_changed", case_wgmma_a_changed},
       {"shuffle_orders_nothing", case_neighbour_across_warp_step<WarpStep::Shuffle>},
       {"mma_sync_orders_nothing", case_neighbour_across_warp_step<WarpStep::MmaSync>},
       {"syncwarp_orders", case_neighbour_across_warp_step<WarpStep::Syncwarp>},
