@@ -76,14 +76,15 @@ TRANSPOSE_TYPES = (("float", "float"), ("double", "double"), ("Half", "Half"), (
 
 # (scalar_t, acc_t, index_t) of the grid-stride kernels.
 WITH_INDEX_TYPES = tuple(d + (i,) for d in DTYPES for i in INDEX_TYPES)
+# The same with the sampling kernels' lanes a sample (kernels::lanes_per_sample).
+WITH_SAMPLE_LANES = tuple(t + (lanes,) for t in WITH_INDEX_TYPES for lanes in ("8", "16", "32"))
 
 # Every __global__ kernel of csrc/kernels/: name -> (header, the template arguments of each
 # instantiation the backend launches). --check fails when the headers declare a kernel that is not
 # listed here.
 KERNELS = {
-    "deform_im2col_kernel": ("deform_conv2d_kernels.cuh",
-                             tuple(t + (lanes,) for t in WITH_INDEX_TYPES for lanes in ("8", "16", "32"))),
-    "deform_col2im_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
+    "deform_im2col_kernel": ("deform_conv2d_kernels.cuh", WITH_SAMPLE_LANES),
+    "deform_col2im_kernel": ("deform_conv2d_kernels.cuh", WITH_SAMPLE_LANES),
     "deform_sample_table_kernel": ("deform_conv2d_kernels.cuh", WITH_INDEX_TYPES),
     "deform_sample_keys_kernel": ("deform_conv2d_kernels.cuh",
                                   tuple((acc, i) for acc in ("float", "double") for i in INDEX_TYPES)),

@@ -519,9 +519,9 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
   }
 }
 
-// Samples of `rows` rows, one per (row, kernel point, offset group): the warps of
-// deform_col2im_kernel, the entries of deform_sample_table_kernel (deform_im2col_kernel gives a
-// sample 8, 16 or 32 lanes: kernels::im2col_warps).
+// Samples of `rows` rows, one per (row, kernel point, offset group): the entries of
+// deform_sample_table_kernel (deform_im2col_kernel and deform_col2im_kernel give a sample 8, 16 or 32
+// lanes: kernels::sample_warps).
 int64_t sample_count(const DeformConvGeometry& g, int64_t rows) {
   return rows * g.kernel_points() * g.offset_groups;
 }
@@ -530,13 +530,13 @@ template <typename scalar_t>
 void launch_im2col(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, int64_t first_row,
                    int64_t rows, scalar_t* columns) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int lanes = kernels::im2col_lanes_per_sample(g, a.input, columns);
-  const int64_t warps = kernels::im2col_warps(g, rows, lanes);
+  const int lanes = kernels::lanes_per_sample<scalar_t>(g, kernels::im2col_vectors(g, a.input, columns));
+  const int64_t warps = kernels::sample_warps(g, rows, lanes);
   const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   with_index_type(warps * kernels::kWarpSize, [&](auto index) {
     using index_t = decltype(index);
-    kernels::with_im2col_lanes(lanes, [&](auto lanes_type) {
+    kernels::with_sample_lanes(lanes, [&](auto lanes_type) {
       kernels::deform_im2col_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>
           <<<blocks, kThreads, 0, stream>>>(g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides,
                                             first_row, static_cast<index_t>(rows), columns);
@@ -550,14 +550,19 @@ void launch_col2im(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
                    int64_t rows, const scalar_t* grad_columns, at::opmath_type<scalar_t>* grad_input,
                    scalar_t* grad_offset, FieldStrides gos, scalar_t* grad_mask, FieldStrides gms) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t warps = sample_count(g, rows);
+  const int lanes =
+      kernels::lanes_per_sample<scalar_t>(g, kernels::col2im_vectors(g, a.input, grad_columns, grad_input));
+  const int64_t warps = kernels::sample_warps(g, rows, lanes);
   const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   with_index_type(warps * kernels::kWarpSize, [&](auto index) {
     using index_t = decltype(index);
-    kernels::deform_col2im_kernel<scalar_t, acc_t, index_t><<<blocks, kThreads, 0, stream>>>(
-        g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, static_cast<index_t>(rows),
-        grad_columns, grad_input, grad_offset, gos, grad_mask, gms);
+    kernels::with_sample_lanes(lanes, [&](auto lanes_type) {
+      kernels::deform_col2im_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>
+          <<<blocks, kThreads, 0, stream>>>(g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row,
+                                            static_cast<index_t>(rows), grad_columns, grad_input, grad_offset, gos,
+                                            grad_mask, gms);
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

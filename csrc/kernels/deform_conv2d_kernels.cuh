@@ -12,9 +12,11 @@ namespace kernels {
 
 constexpr int kWarpSize = 32;
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-  for (int delta = kWarpSize / 2; delta > 0; delta /= 2) {
+// The sum of v over each aligned group of kLanes lanes (8, 16 or 32), in every lane of the group: the
+// shuffles' lane masks stay within a group. Every lane of the warp must call it.
+template <int kLanes, typename acc_t>
+__device__ __forceinline__ acc_t lane_group_sum(acc_t v) {
+  for (int delta = kLanes / 2; delta > 0; delta /= 2) {
     v += __shfl_xor_sync(0xffffffffu, v, delta);
   }
   return v;
@@ -51,21 +53,22 @@ RCM_HD bool im2col_vectors(const DeformConvGeometry& g, const scalar_t* input, c
   return g.channel_runs_are_multiples_of(Vector16<scalar_t>::kSize) && aligned16(input) && aligned16(columns);
 }
 
-// The lanes of deform_im2col_kernel that share a sample: as many as an offset group's channels take
-// (16-byte vectors of them where im2col_vectors, else single channels), rounded up to 8, 16 or 32. With
-// few channels (64 in float: 16 vectors) the warp's other lanes take other samples instead of idling,
-// and a sample's index arithmetic and field loads are shared by fewer lanes.
+// The lanes of the sampling kernels (deform_im2col_kernel, deform_col2im_kernel) that share a sample:
+// as many as an offset group's channels take (16-byte vectors of them where `vectors`, else single
+// channels), rounded up to 8, 16 or 32. With few channels (64 in float: 16 vectors) the warp's other
+// lanes take other samples instead of idling, and a sample's index arithmetic and field loads are
+// shared by fewer lanes.
 template <typename scalar_t>
-RCM_HD int im2col_lanes_per_sample(const DeformConvGeometry& g, const scalar_t* input, const scalar_t* columns) {
-  const int64_t per_lane = im2col_vectors(g, input, columns) ? Vector16<scalar_t>::kSize : 1;
+RCM_HD int lanes_per_sample(const DeformConvGeometry& g, bool vectors) {
+  const int64_t per_lane = vectors ? Vector16<scalar_t>::kSize : 1;
   const int64_t needed = (g.channels_per_offset_group() + per_lane - 1) / per_lane;
   return needed > 16 ? 32 : needed > 8 ? 16 : 8;
 }
 
-// f(std::integral_constant<int, lanes>{}) for im2col_lanes_per_sample's answer: the one place that
-// turns it into the kernel's template argument.
+// f(std::integral_constant<int, lanes>{}) for lanes_per_sample's answer: the one place that turns it
+// into the kernels' template argument.
 template <typename F>
-decltype(auto) with_im2col_lanes(int lanes, F&& f) {
+decltype(auto) with_sample_lanes(int lanes, F&& f) {
   switch (lanes) {
     case 8: return f(std::integral_constant<int, 8>{});
     case 16: return f(std::integral_constant<int, 16>{});
@@ -73,19 +76,19 @@ decltype(auto) with_im2col_lanes(int lanes, F&& f) {
   }
 }
 
-// The warps of deform_im2col_kernel with `lanes` lanes a sample, for `rows` rows (a grid of fewer
-// loops over them).
-RCM_HD int64_t im2col_warps(const DeformConvGeometry& g, int64_t rows, int lanes) {
+// The warps of a sampling kernel with `lanes` lanes a sample, for `rows` rows (a grid of fewer loops
+// over them).
+RCM_HD int64_t sample_warps(const DeformConvGeometry& g, int64_t rows, int lanes) {
   const int64_t samples = rows * g.kernel_points() * g.offset_groups;
   return (samples * lanes + kWarpSize - 1) / kWarpSize;
 }
 
 // columns[r, column_index(c, k)] = mask * bilinear sample, for rows first_row .. first_row+rows-1.
-// kLanes lanes (8, 16 or 32: im2col_lanes_per_sample) per (row, kernel point, offset group)
+// kLanes lanes (8, 16 or 32: lanes_per_sample) per (row, kernel point, offset group)
 // (sample_index), a warp's samples consecutive: they walk the group's channels, so the NHWC corner
 // reads and the column writes are coalesced; 16 bytes of channels per lane and access where
 // im2col_vectors, one channel otherwise.
-// Grid: im2col_warps warps (a grid-stride loop covers the rest).
+// Grid: sample_warps warps (a grid-stride loop covers the rest).
 // input: NHWC (N, H, W, C); columns: (rows, C*K).
 template <typename scalar_t, typename acc_t, typename index_t, int kLanes>
 __global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
@@ -139,24 +142,35 @@ __global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
   }
 }
 
+// Whether deform_col2im_kernel moves 16-byte vectors of channels: every run of channels is whole
+// vectors and the bases are aligned.
+template <typename scalar_t, typename acc_t>
+RCM_HD bool col2im_vectors(const DeformConvGeometry& g, const scalar_t* input, const scalar_t* grad_columns,
+                           const acc_t* grad_input) {
+  return g.channel_runs_are_multiples_of(Vector16<scalar_t>::kSize) && aligned16(input) && aligned16(grad_columns) &&
+         aligned16(grad_input);
+}
+
 // deform_col2im_kernel's blocks of (at most) 256 threads per SM. Its 16-byte path keeps four corner
-// vectors and their gradients live: 112-126 registers on sm_90, which 3 blocks (80 registers) would
+// vectors and their gradients live: 111-128 registers on sm_90, which 3 blocks (80 registers) would
 // spill. Each of its warps has 5 vector loads in flight where the element path had 5 elements.
 constexpr int kCol2imBlocksPerSM = 2;
 
 // Backward of the sampling step for rows first_row .. first_row+rows-1, given the gradient of the
-// columns. One warp per (row, kernel point, offset group) (sample_index): the lanes walk the group's
-// channels, scatter into grad_input (atomics: samples of different rows share pixels) and sum the
-// offset and mask gradients, which the warp then reduces and writes without atomics (each warp
-// owns them). Where every run of channels is whole 16-byte vectors from 16-byte aligned bases, a lane
-// takes a vector of channels at a time: one load of the columns gradient and of each corner, and
-// vector atomics (atomic_add_elements: in float on sm_90, one per four channels); a channel at a time
-// otherwise. The two paths give each lane other channels, so the offset and mask gradients' sums
-// differ between them in the last bits; each is reproducible.
+// columns. kLanes lanes (8, 16 or 32: lanes_per_sample) per (row, kernel point, offset group)
+// (sample_index), a warp's samples consecutive: the lanes walk the group's channels, scatter into
+// grad_input (atomics: samples of different rows share pixels) and sum the offset and mask
+// gradients, which the sample's lanes then reduce and write without atomics (each sample's lanes
+// own them). Where col2im_vectors, a lane takes a vector of channels at a time: one load of the
+// columns gradient and of each corner, and vector atomics (atomic_add_elements: in float on sm_90,
+// one per four channels); a channel at a time otherwise. The two paths, and the lane counts, give
+// each lane other channels, so the offset and mask gradients' sums differ between them in the last
+// bits; each is reproducible.
+// Grid: sample_warps warps (a grid-stride loop covers the rest).
 // grad_input: NHWC, accumulated in acc_t; null skips the scatter (the deterministic backward
 // computes it with deform_sample_keys_kernel and deform_col2im_input_gather_kernel instead). grad_mask
 // may be null (DCNv1).
-template <typename scalar_t, typename acc_t, typename index_t>
+template <typename scalar_t, typename acc_t, typename index_t, int kLanes>
 __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
     deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                          const scalar_t* __restrict__ offset, FieldStrides offset_strides,
@@ -164,18 +178,24 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
                          index_t rows, const scalar_t* __restrict__ grad_columns, acc_t* __restrict__ grad_input,
                          scalar_t* __restrict__ grad_offset, FieldStrides grad_offset_strides,
                          scalar_t* __restrict__ grad_mask, FieldStrides grad_mask_strides) {
-  const int lane = threadIdx.x % kWarpSize;
+  static_assert(kLanes == 8 || kLanes == 16 || kLanes == 32, "kLanes: 8, 16 or 32");
+  constexpr int kSamplesPerWarp = kWarpSize / kLanes;
+  const int lane = threadIdx.x % kLanes;  // of the sample's
   const index_t warps_per_block = blockDim.x / kWarpSize;
   const index_t points = static_cast<index_t>(g.kernel_points());
   const index_t total = rows * points * static_cast<index_t>(g.offset_groups);
-  const index_t step = warps_per_block * gridDim.x;
+  const index_t step = warps_per_block * gridDim.x * kSamplesPerWarp;
   const int64_t cpog = g.channels_per_offset_group();
   constexpr int kVector = Vector16<scalar_t>::kSize;
-  const bool vectors = g.channel_runs_are_multiples_of(kVector) && aligned16(input) && aligned16(grad_columns) &&
-                       aligned16(grad_input);
-  for (index_t w = static_cast<index_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; w < total;
-       w += step) {
-    const SampleIndex<index_t> s = sample_index(g, w);
+  const bool vectors = col2im_vectors(g, input, grad_columns, grad_input);
+  // The loop runs over the warp's first sample, so that all its lanes take the same trips to the
+  // reductions; a sample past the last (in the last warp) takes the last one's indices and does
+  // nothing with them.
+  for (index_t w0 = (static_cast<index_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize) * kSamplesPerWarp;
+       w0 < total; w0 += step) {
+    const index_t w = w0 + static_cast<index_t>(threadIdx.x % kWarpSize / kLanes);
+    const bool live = w < total;
+    const SampleIndex<index_t> s = sample_index(g, live ? w : total - 1);
     const OutputPixel px = output_pixel(g, first_row + s.r);
     const SamplePoint<acc_t> p = deform_sample_point<acc_t>(g, offset, offset_strides, px.n, s.og, s.k, px.oy, px.ox);
     const acc_t m = modulation<acc_t>(g, mask, mask_strides, px.n, s.og, s.k, px.oy, px.ox);
@@ -187,11 +207,11 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
     acc_t* grad_image = scatter ? grad_input + image_base : nullptr;
     const scalar_t* grad_row = grad_columns + static_cast<int64_t>(s.r) * g.column_width();
     acc_t sum_dy = 0, sum_dx = 0, sum_value = 0;
-    for (int64_t c0 = s.og * cpog, c1; c0 < (s.og + 1) * cpog; c0 = c1) {
+    for (int64_t c0 = s.og * cpog, c1; live && c0 < (s.og + 1) * cpog; c0 = c1) {
       c1 = g.column_run_end(s.og, c0);
       const scalar_t* gcol_run = grad_row + g.column_index(c0, s.k) - c0;
       if (vectors) {
-        for (int64_t c = c0 + lane * kVector; c < c1; c += kWarpSize * kVector) {
+        for (int64_t c = c0 + lane * kVector; c < c1; c += kLanes * kVector) {
           const Vector16<scalar_t> gcol = load16<scalar_t>(gcol_run + c);
           Vector16<scalar_t> corner[4];
           RCM_UNROLL
@@ -222,7 +242,7 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
         }
         continue;
       }
-      for (int64_t c = c0 + lane; c < c1; c += kWarpSize) {
+      for (int64_t c = c0 + lane; c < c1; c += kLanes) {
         const acc_t gcol = static_cast<acc_t>(gcol_run[c]);
         const acc_t v00 = corner_value(p, 0, image, g.channels, c);
         const acc_t v01 = corner_value(p, 1, image, g.channels, c);
@@ -238,10 +258,10 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
         }
       }
     }
-    sum_dy = warp_sum(sum_dy);
-    sum_dx = warp_sum(sum_dx);
-    sum_value = warp_sum(sum_value);
-    if (lane == 0) {
+    sum_dy = lane_group_sum<kLanes>(sum_dy);
+    sum_dx = lane_group_sum<kLanes>(sum_dx);
+    sum_value = lane_group_sum<kLanes>(sum_value);
+    if (live && lane == 0) {
       const int64_t ch = 2 * (s.og * points + s.k);
       grad_offset[grad_offset_strides.at(px.n, ch, px.oy, px.ox)] = static_cast<scalar_t>(m * sum_dy);
       grad_offset[grad_offset_strides.at(px.n, ch + 1, px.oy, px.ox)] = static_cast<scalar_t>(m * sum_dx);

@@ -5,7 +5,7 @@
 //   #include "cuda_emulation.h"
 //   #include "kernels/deform_conv2d_kernels.cuh"
 //   emu::launch(emu::Mode::AllBlocks, dim3(4), dim3(256), /*shared_bytes=*/0,
-//               rcm_fsad::kernels::deform_col2im_kernel<float, float, int32_t>, g, input, ...);
+//               rcm_fsad::kernels::deform_col2im_kernel<float, float, int32_t, 32>, g, input, ...);
 //
 // What it provides
 //   * the qualifiers __global__, __device__, __host__, __forceinline__, __noinline__,

@@ -21,7 +21,7 @@
 //
 // dtype: float | double | half | bfloat16 (16-bit types accumulate in float, as the CUDA backend
 // does for c10::Half/BFloat16); index: int32 | int64.
-// im2col (with 8, 16 and 32 lanes a sample) and col2im run each problem below with several launch
+// im2col and col2im (each with 8, 16 and 32 lanes a sample) run each problem below with several launch
 // configurations: the production one (256 threads, grid from the work size, capped), all blocks at
 // once (AllBlocks: races between blocks), and a small odd grid (grid-stride loops). col2im_deterministic is the deterministic
 // backward (deform_col2im_kernel with the grad_input scatter off, then deform_sample_table_kernel,
@@ -476,7 +476,7 @@ int check_im2col(const Problem& p, const Config& cfg, Misalign misalign = Misali
   const int64_t chunk = rows_per_launch(p, cfg);
   int bad = 0;
   std::string launched;
-  int chosen_lanes = 0;  // the launcher's choice (kernels::im2col_lanes_per_sample)
+  int chosen_lanes = 0;  // the launcher's choice (kernels::lanes_per_sample)
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t len = std::min(chunk, rows - r0);
     // Every lane count a sample may get, whatever the launcher would choose here.
@@ -486,10 +486,11 @@ int check_im2col(const Problem& p, const Config& cfg, Misalign misalign = Misali
       std::optional<Misaligned<scalar_t>> shifted_columns;
       if (misalign == Misalign::Output) shifted_columns.emplace(aligned_columns);
       scalar_t* columns = shifted_columns ? shifted_columns->data() : aligned_columns.data();
-      chosen_lanes = rcm_fsad::kernels::im2col_lanes_per_sample(g, input, columns);
-      const int64_t grid = grid_for(cfg, rcm_fsad::kernels::im2col_warps(g, len, lanes), cfg.block / 32);
+      chosen_lanes =
+          rcm_fsad::kernels::lanes_per_sample<scalar_t>(g, rcm_fsad::kernels::im2col_vectors(g, input, columns));
+      const int64_t grid = grid_for(cfg, rcm_fsad::kernels::sample_warps(g, len, lanes), cfg.block / 32);
       if (launched.empty()) launched = config_name(cfg, grid);
-      rcm_fsad::kernels::with_im2col_lanes(lanes, [&](auto lanes_type) {
+      rcm_fsad::kernels::with_sample_lanes(lanes, [&](auto lanes_type) {
         emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
                     rcm_fsad::kernels::deform_im2col_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>, g,
                     input, op.offset.data(), op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), columns);
@@ -528,10 +529,11 @@ struct Col2imRun {
 // searchsorted) and deform_col2im_input_gather_kernel, as the CUDA backend does under
 // torch.use_deterministic_algorithms.
 // misalign: Input, Output (the columns gradient) or Gradient (grad_input, with the scatter) passes
-// that base one element past a 16-byte boundary.
+// that base one element past a 16-byte boundary. lanes: deform_col2im_kernel's lanes a sample (8, 16
+// or 32), or 0 for the launcher's choice (kernels::lanes_per_sample).
 template <typename scalar_t, typename index_t>
-Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const Config& cfg,
-                                                         bool deterministic, Misalign misalign = Misalign::None) {
+Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const Config& cfg, bool deterministic,
+                                                         int lanes = 0, Misalign misalign = Misalign::None) {
   const auto start = std::chrono::steady_clock::now();
   using acc_t = typename Traits<scalar_t>::acc_t;
   const Shape& s = p.shape;
@@ -556,7 +558,6 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
   acc_t* grad_input_ptr = shifted_grad_input ? shifted_grad_input->data() : grad_input.data();
   const int64_t rows = s.rows(), width = s.row_width();
   const int64_t chunk = rows_per_launch(p, cfg);
-  const int64_t warps_per_block = cfg.block / 32;
   std::string launched;
   int unwritten_keys = 0;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
@@ -568,7 +569,12 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
     std::optional<Misaligned<scalar_t>> shifted_grad_columns;
     if (misalign == Misalign::Output) shifted_grad_columns.emplace(aligned_grad_columns);
     const scalar_t* grad_columns = shifted_grad_columns ? shifted_grad_columns->data() : aligned_grad_columns.data();
-    const int64_t grid = grid_for(cfg, len * K * G, warps_per_block);
+    acc_t* scatter = deterministic ? nullptr : grad_input_ptr;
+    if (lanes == 0) {
+      lanes = rcm_fsad::kernels::lanes_per_sample<scalar_t>(
+          g, rcm_fsad::kernels::col2im_vectors(g, input, grad_columns, scatter));
+    }
+    const int64_t grid = grid_for(cfg, rcm_fsad::kernels::sample_warps(g, len, lanes), cfg.block / 32);
     // Input-gradient elements of the images the rows of this launch touch.
     const int64_t elements = ((r0 + len - 1) / (oh * ow) - r0 / (oh * ow) + 1) * image_size;
     const int64_t elements_grid = grid_for(cfg, elements, cfg.block);
@@ -576,11 +582,13 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
       launched = config_name(cfg, grid);
       if (deterministic) launched += emu::detail::format(", grad_input grid %" PRId64, elements_grid);
     }
-    emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
-                rcm_fsad::kernels::deform_col2im_kernel<scalar_t, acc_t, index_t>, g, input, op.offset.data(),
-                op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), grad_columns,
-                deterministic ? nullptr : grad_input_ptr, grad_offset.data(), gol.strides,
-                s.has_mask ? grad_mask.data() : nullptr, s.has_mask ? gml.strides : FieldStrides{0, 0, 0, 0});
+    rcm_fsad::kernels::with_sample_lanes(lanes, [&](auto lanes_type) {
+      emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
+                  rcm_fsad::kernels::deform_col2im_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>, g,
+                  input, op.offset.data(), op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), grad_columns,
+                  scatter, grad_offset.data(), gol.strides, s.has_mask ? grad_mask.data() : nullptr,
+                  s.has_mask ? gml.strides : FieldStrides{0, 0, 0, 0});
+    });
     if (deterministic) {
       std::vector<rcm_fsad::kernels::MaskedCorners<acc_t>> table(len * K * G);
       emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid_for(cfg, len * K * G, cfg.block))), dim3(cfg.block), 0,
@@ -666,8 +674,8 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
                         : misalign == Misalign::Output   ? ", columns gradient misaligned"
                         : misalign == Misalign::Gradient ? ", grad_input misaligned"
                                                          : "";
-  std::printf("  %s %-32s [%s, chunk %" PRId64 ", %s fields%s] %.2fs\n", bad ? "FAIL" : "ok  ", p.name,
-              launched.c_str(), chunk, layout_name(p.layout), shifted, seconds_since(start));
+  std::printf("  %s %-32s [%s, %d lanes a sample, chunk %" PRId64 ", %s fields%s] %.2fs\n", bad ? "FAIL" : "ok  ",
+              p.name, launched.c_str(), lanes, chunk, layout_name(p.layout), shifted, seconds_since(start));
   return {bad, std::move(grad_input)};
 }
 
@@ -1091,9 +1099,13 @@ int run_kernel_case(const std::string& kernel) {
     return bad;
   }
   const bool im2col = kernel == "im2col";
+  // col2im with every lane count a sample may get, whatever the launcher would choose (im2col runs
+  // them all itself).
   auto check = [&](const Problem& p, const Config& c) {
-    return im2col ? check_im2col<scalar_t, index_t>(p, c)
-                  : check_col2im<scalar_t, index_t>(p, c, /*deterministic=*/false).bad;
+    if (im2col) return check_im2col<scalar_t, index_t>(p, c);
+    int bad_lanes = 0;
+    for (const int lanes : {8, 16, 32}) bad_lanes += check_col2im<scalar_t, index_t>(p, c, false, lanes).bad;
+    return bad_lanes;
   };
   if (kThreadSanitizer) {
     constexpr bool primary = (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>) ||
@@ -1119,7 +1131,7 @@ int run_kernel_case(const std::string& kernel) {
     for (const Misalign m : {Misalign::Input, Misalign::Output}) bad += check_im2col<scalar_t, index_t>(p, kSmallIm2col, m);
   } else {
     for (const Misalign m : {Misalign::Input, Misalign::Output, Misalign::Gradient}) {
-      bad += check_col2im<scalar_t, index_t>(p, kSmallCol2im, /*deterministic=*/false, m).bad;
+      bad += check_col2im<scalar_t, index_t>(p, kSmallCol2im, /*deterministic=*/false, /*lanes=*/0, m).bad;
     }
   }
   return bad;
