@@ -519,11 +519,17 @@ void implicit_gemm_forward(ForwardAlgorithm algo, const at::Tensor& input, const
   }
 }
 
-// Samples of `rows` rows, one per (row, kernel point, offset group): the entries of
-// deform_sample_table_kernel (deform_im2col_kernel and deform_col2im_kernel give a sample 8, 16 or 32
-// lanes: kernels::sample_warps).
-int64_t sample_count(const DeformConvGeometry& g, int64_t rows) {
-  return rows * g.kernel_points() * g.offset_groups;
+// A sampling kernel (deform_im2col_kernel, deform_col2im_kernel) over `rows` rows with `lanes` lanes a
+// sample (kernels::lanes_per_sample): launch(index, lanes_type, blocks) launches it with index_t =
+// decltype(index), kLanes = decltype(lanes_type)::value and `blocks` blocks of kThreads.
+template <typename Launch>
+void launch_sampling(const DeformConvGeometry& g, int64_t rows, int lanes, Launch&& launch) {
+  const int64_t warps = kernels::sample_warps(g, rows, lanes);
+  const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
+  with_index_type(warps * kernels::kWarpSize, [&](auto index) {
+    kernels::with_sample_lanes(lanes, [&](auto lanes_type) { launch(index, lanes_type, blocks); });
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t>
@@ -531,18 +537,13 @@ void launch_im2col(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
                    int64_t rows, scalar_t* columns) {
   using acc_t = at::opmath_type<scalar_t>;
   const int lanes = kernels::lanes_per_sample<scalar_t>(g, kernels::im2col_vectors(g, a.input, columns));
-  const int64_t warps = kernels::sample_warps(g, rows, lanes);
-  const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_index_type(warps * kernels::kWarpSize, [&](auto index) {
+  launch_sampling(g, rows, lanes, [&](auto index, auto lanes_type, int blocks) {
     using index_t = decltype(index);
-    kernels::with_sample_lanes(lanes, [&](auto lanes_type) {
-      kernels::deform_im2col_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>
-          <<<blocks, kThreads, 0, stream>>>(g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides,
-                                            first_row, static_cast<index_t>(rows), columns);
-    });
+    kernels::deform_im2col_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>
+        <<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, static_cast<index_t>(rows),
+            columns);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t>
@@ -552,19 +553,13 @@ void launch_col2im(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
   using acc_t = at::opmath_type<scalar_t>;
   const int lanes =
       kernels::lanes_per_sample<scalar_t>(g, kernels::col2im_vectors(g, a.input, grad_columns, grad_input));
-  const int64_t warps = kernels::sample_warps(g, rows, lanes);
-  const int blocks = blocks_for(warps, kThreads / kernels::kWarpSize);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  with_index_type(warps * kernels::kWarpSize, [&](auto index) {
+  launch_sampling(g, rows, lanes, [&](auto index, auto lanes_type, int blocks) {
     using index_t = decltype(index);
-    kernels::with_sample_lanes(lanes, [&](auto lanes_type) {
-      kernels::deform_col2im_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>
-          <<<blocks, kThreads, 0, stream>>>(g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row,
-                                            static_cast<index_t>(rows), grad_columns, grad_input, grad_offset, gos,
-                                            grad_mask, gms);
-    });
+    kernels::deform_col2im_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>
+        <<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, static_cast<index_t>(rows),
+            grad_columns, grad_input, grad_offset, gos, grad_mask, gms);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Rows per piece of the deterministic input gradient: its sample table (one MaskedCorners per
@@ -595,7 +590,7 @@ void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkA
   for (int64_t p0 = first_row; p0 < first_row + rows; p0 += table_rows) {
     const int64_t len = std::min(table_rows, first_row + rows - p0);
     const scalar_t* gc = grad_columns + (p0 - first_row) * g.column_width();
-    const int64_t entries_total = sample_count(g, len);
+    const int64_t entries_total = kernels::sample_count(g, len);
     const int64_t first_image = p0 / g.out_pixels();
     const int64_t images = (p0 + len - 1) / g.out_pixels() - first_image + 1;
     const int64_t elements = images * g.height * g.width * g.channels;

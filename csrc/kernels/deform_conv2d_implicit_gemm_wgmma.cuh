@@ -24,7 +24,7 @@
 //     weights land in the third;
 //   * one barrier per step: the next step's weights have landed (each thread fences its copies for
 //     the tensor cores' reads, fence.proxy.async), and every warpgroup has finished the MMAs of the
-//     step before, which read the stage the next step's copies overwrite.
+//     step before, whose stage the copies that the next step issues overwrite.
 // Two warpgroups a block, one block per SM (accumulators: kCols / 2 registers a thread).
 // Split TF32 takes three MMAs a product, as the mma.sync kernel does (Tf32Split): A's small part times
 // B's big, A's big times B's small, then big times big.
@@ -243,6 +243,12 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
       fetch_corner_vectors(at, load16<int32_t>(c.pixel), pixel_bytes, f.live, f.raw[h]);
     }
   };
+  // Keeps the compiler from moving accesses to the accumulators across this point
+  // (wgmma_fence_operand): the MMAs in flight write them behind its back.
+  auto fence_accumulators = [&] {
+    RCM_UNROLL
+    for (int i = 0; i < kCols / 2; ++i) wgmma_fence_operand(acc[i]);
+  };
   // A step's A fragments: a[p][m], part p of its MMA m.
   using Fragments = uint32_t[kParts][2][4];
   // Keeps the compiler from moving accesses to a's registers across this point (wgmma_fence_operand).
@@ -281,8 +287,7 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
   // The step's MMAs on stage `stage`, issued for the warpgroup: its two MMAs; with two parts each as
   // A's small part times B's big, A's big times B's small (the smaller terms first), then big times big.
   auto multiply = [&](Fragments& a, int stage) {
-    RCM_UNROLL
-    for (int i = 0; i < kCols / 2; ++i) wgmma_fence_operand(acc[i]);
+    fence_accumulators();
     // A's words in their registers before wgmma.fence: nvcc put the moves of TF32 words from float
     // registers between it and the wgmma, where they define the wgmma's inputs.
     fence_fragments(a);
@@ -305,8 +310,7 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
   // (else the compiler may give other values its registers while the tensor cores still read them).
   auto wait_multiply = [&](auto pending, Fragments& a) {
     wgmma_wait_group<decltype(pending)::value>();
-    RCM_UNROLL
-    for (int i = 0; i < kCols / 2; ++i) wgmma_fence_operand(acc[i]);
+    fence_accumulators();
     fence_fragments(a);
   };
   // The step's weights, copied by every thread, landed and visible to the tensor cores' reads.
@@ -334,50 +338,53 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
     Fragments a[2] = {};
     blend(f, a[0]);
     Steps next = s;  // the step after the one being multiplied, whose corners f holds
-    next.next();
-    if (!next.done()) {
-      if (next.first_of_run) start_run(next);
-      fetch(next, f);
-    }
-    weights_landed();
-    // Step k: its A in x, its B in `stage`, f holding the corners of step k + 1 (`next`, which must
-    // exist). Issues k's MMAs, waits for k - 1's (y's), blends k + 1's A into y and fetches the
-    // corners of k + 2.
-    auto step = [&](Fragments& x, Fragments& y) {
-      multiply(x, stage);
-      // The stage after this one was last read by the MMAs of two steps before, which every
-      // warpgroup waited for before the last barrier.
-      const int following = stage == WgmmaShared<kCols, kParts>::kStages - 1 ? 0 : stage + 1;
-      b += step_stride;
-      copy_weights(b, following);
-      wait_multiply(std::integral_constant<int, 1>{}, y);  // k - 1's MMAs: y is free
-      blend(f, y);
+    // Moves `next` on by a step and fetches its corners into f.
+    auto advance = [&] {
       next.next();
       if (!next.done()) {
         if (next.first_of_run) start_run(next);
         fetch(next, f);
       }
+    };
+    advance();
+    weights_landed();
+    // Step k: its A in x, its B in `stage`, f holding the corners of step k + 1 (`next`, which must
+    // exist). Issues k's MMAs, copies k + 1's weights, waits for k - 1's MMAs (y's), blends k + 1's A
+    // into y and fetches the corners of k + 2.
+    auto step = [&](Fragments& x, Fragments& y) {
+      multiply(x, stage);
+      // The stage after this one was last read by the MMAs of two steps before, which every
+      // warpgroup waited for before the last barrier.
+      const int following = stage == Shared::kStages - 1 ? 0 : stage + 1;
+      b += step_stride;
+      copy_weights(b, following);
+      wait_multiply(std::integral_constant<int, 1>{}, y);  // k - 1's MMAs: y is free
+      blend(f, y);
+      advance();
       stage = following;
       // Also: every warpgroup has finished the MMAs of step k - 1.
       weights_landed();
     };
-    // The last step, its A in x.
-    auto last_step = [&](Fragments& x) {
+    // The last step, its A in x, the step before's in y: waits for both.
+    auto last_step = [&](Fragments& x, Fragments& y) {
       multiply(x, stage);
       wait_multiply(std::integral_constant<int, 0>{}, x);
+      fence_fragments(y);
     };
     // Unrolled by two, so that which registers hold which step's fragments is fixed at compile time,
     // and leaving the loop only between pairs (ptxas serializes the MMAs where a step can leave it).
-    int left = (points.end - points.begin) * static_cast<int>(mma_steps_per_point<scalar_t>(g));  // from k on
+    // The steps are counted, not read from `next`: mma_steps_per_point is the steps ReductionSteps
+    // takes at each kernel point (the emulator's test mma_steps checks it in every conv group).
+    int left = (points.end - points.begin) * static_cast<int>(mma_steps_per_point<scalar_t>(g));
     for (; left > 2; left -= 2) {
       step(a[0], a[1]);
       step(a[1], a[0]);
     }
     if (left == 2) {
       step(a[0], a[1]);
-      last_step(a[1]);
+      last_step(a[1], a[0]);
     } else {
-      last_step(a[0]);
+      last_step(a[0], a[1]);
     }
   }
 

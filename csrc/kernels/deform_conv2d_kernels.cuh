@@ -22,9 +22,9 @@ __device__ __forceinline__ acc_t lane_group_sum(acc_t v) {
   return v;
 }
 
-// Work item w of the sampling kernels, which give a warp (or, for the sample table, a thread) to
-// each (row, kernel point, offset group), offset group fastest: the sample point, with its 64-bit
-// divisions, is computed once per item and serves every channel of the offset group.
+// Work item w of the sampling kernels, which give 8, 16 or 32 lanes (or, for the sample table, a
+// thread) to each (row, kernel point, offset group), offset group fastest: the sample point, with its
+// 64-bit divisions, is computed once per item and serves every channel of the offset group.
 template <typename index_t>
 struct SampleIndex {
   index_t r;  // row, relative to first_row
@@ -76,11 +76,15 @@ decltype(auto) with_sample_lanes(int lanes, F&& f) {
   }
 }
 
+// The samples of `rows` rows, one per (row, kernel point, offset group).
+RCM_HD int64_t sample_count(const DeformConvGeometry& g, int64_t rows) {
+  return rows * g.kernel_points() * g.offset_groups;
+}
+
 // The warps of a sampling kernel with `lanes` lanes a sample, for `rows` rows (a grid of fewer loops
 // over them).
 RCM_HD int64_t sample_warps(const DeformConvGeometry& g, int64_t rows, int lanes) {
-  const int64_t samples = rows * g.kernel_points() * g.offset_groups;
-  return (samples * lanes + kWarpSize - 1) / kWarpSize;
+  return (sample_count(g, rows) * lanes + kWarpSize - 1) / kWarpSize;
 }
 
 // columns[r, column_index(c, k)] = mask * bilinear sample, for rows first_row .. first_row+rows-1.
@@ -142,13 +146,12 @@ __global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
   }
 }
 
-// Whether deform_col2im_kernel moves 16-byte vectors of channels: every run of channels is whole
-// vectors and the bases are aligned.
+// Whether deform_col2im_kernel moves 16-byte vectors of channels: as im2col_vectors (its columns
+// gradient laid out as the columns), and the input gradient aligned too.
 template <typename scalar_t, typename acc_t>
 RCM_HD bool col2im_vectors(const DeformConvGeometry& g, const scalar_t* input, const scalar_t* grad_columns,
                            const acc_t* grad_input) {
-  return g.channel_runs_are_multiples_of(Vector16<scalar_t>::kSize) && aligned16(input) && aligned16(grad_columns) &&
-         aligned16(grad_input);
+  return im2col_vectors(g, input, grad_columns) && aligned16(grad_input);
 }
 
 // deform_col2im_kernel's blocks of (at most) 256 threads per SM. Its 16-byte path keeps four corner

@@ -1645,7 +1645,7 @@ inline void wgmma_complete(const WgmmaOp& op) {
 }  // namespace detail
 
 // wgmma.fence: orders the registers' earlier accesses before the wgmma.mma_async calls after it.
-// Nothing to do here, where a call reads its A registers at once.
+// Nothing to do here, where a call copies its A registers at once (and checks them at its wait).
 inline void wgmma_fence() { detail::current("wgmma.fence"); }
 
 // One lane's wgmma.mma_async.m64nNk16 (f16, bf16) or m64nNk8 (TF32), n columns (8 to 256): every lane
@@ -1655,7 +1655,8 @@ inline void wgmma_fence() { detail::current("wgmma.fence"); }
 // descriptor, the same in every lane. The
 // call takes the A rows its lane's accumulators need; d += A x B happens at the wgmma.wait_group
 // that completes it, reading B from shared memory then, so that B overwritten before that wait,
-// or d read before it, shows; so does a change to `a` (the caller's registers) before that wait.
+// or d read before it, shows; so does a change to `a` (the caller's registers) before that wait,
+// which `a` must therefore outlive (a temporary array reads as freed stack at the wait).
 // Only K-major B without swizzle; anything else in the descriptor is an error.
 inline void wgmma_mma_async(MmaOperand kind, int n, float* d, const std::uint32_t (&a)[4], std::uint64_t desc,
                             std::source_location loc = std::source_location::current()) {

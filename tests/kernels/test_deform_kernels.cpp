@@ -559,6 +559,7 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
   const int64_t rows = s.rows(), width = s.row_width();
   const int64_t chunk = rows_per_launch(p, cfg);
   std::string launched;
+  std::string lanes_taken;  // by the first launch
   int unwritten_keys = 0;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t len = std::min(chunk, rows - r0);
@@ -570,11 +571,12 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
     if (misalign == Misalign::Output) shifted_grad_columns.emplace(aligned_grad_columns);
     const scalar_t* grad_columns = shifted_grad_columns ? shifted_grad_columns->data() : aligned_grad_columns.data();
     acc_t* scatter = deterministic ? nullptr : grad_input_ptr;
-    if (lanes == 0) {
-      lanes = rcm_fsad::kernels::lanes_per_sample<scalar_t>(
-          g, rcm_fsad::kernels::col2im_vectors(g, input, grad_columns, scatter));
-    }
-    const int64_t grid = grid_for(cfg, rcm_fsad::kernels::sample_warps(g, len, lanes), cfg.block / 32);
+    const int launch_lanes =
+        lanes != 0 ? lanes
+                   : rcm_fsad::kernels::lanes_per_sample<scalar_t>(
+                         g, rcm_fsad::kernels::col2im_vectors(g, input, grad_columns, scatter));
+    if (lanes_taken.empty()) lanes_taken = std::to_string(launch_lanes);
+    const int64_t grid = grid_for(cfg, rcm_fsad::kernels::sample_warps(g, len, launch_lanes), cfg.block / 32);
     // Input-gradient elements of the images the rows of this launch touch.
     const int64_t elements = ((r0 + len - 1) / (oh * ow) - r0 / (oh * ow) + 1) * image_size;
     const int64_t elements_grid = grid_for(cfg, elements, cfg.block);
@@ -582,7 +584,7 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
       launched = config_name(cfg, grid);
       if (deterministic) launched += emu::detail::format(", grad_input grid %" PRId64, elements_grid);
     }
-    rcm_fsad::kernels::with_sample_lanes(lanes, [&](auto lanes_type) {
+    rcm_fsad::kernels::with_sample_lanes(launch_lanes, [&](auto lanes_type) {
       emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid)), dim3(cfg.block), 0,
                   rcm_fsad::kernels::deform_col2im_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>, g,
                   input, op.offset.data(), op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), grad_columns,
@@ -674,8 +676,9 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
                         : misalign == Misalign::Output   ? ", columns gradient misaligned"
                         : misalign == Misalign::Gradient ? ", grad_input misaligned"
                                                          : "";
-  std::printf("  %s %-32s [%s, %d lanes a sample, chunk %" PRId64 ", %s fields%s] %.2fs\n", bad ? "FAIL" : "ok  ",
-              p.name, launched.c_str(), lanes, chunk, layout_name(p.layout), shifted, seconds_since(start));
+  std::printf("  %s %-32s [%s, %s lanes a sample, chunk %" PRId64 ", %s fields%s] %.2fs\n", bad ? "FAIL" : "ok  ",
+              p.name, launched.c_str(), lanes_taken.c_str(), chunk, layout_name(p.layout), shifted,
+              seconds_since(start));
   return {bad, std::move(grad_input)};
 }
 
