@@ -323,8 +323,9 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
   const KernelPointRange points = kernel_point_range(g, blockIdx.y, gridDim.y);
   Steps s(g, group, points);
   if (!s.done()) {  // the same for the whole block, as every barrier below
+    const int steps_per_point = static_cast<int>(mma_steps_per_point<scalar_t>(g));
     const scalar_t* b =
-        tiles + ((group * g.kernel_points() + s.k) * mma_steps_per_point<scalar_t>(g) * wgmma_column_blocks<mma_t>(cog) +
+        tiles + ((group * g.kernel_points() + s.k) * steps_per_point * wgmma_column_blocks<mma_t>(cog) +
                  tile.co0 / kCols) * kStepVectors * kVector;
     int stage = 0;
     copy_weights(b, stage);
@@ -375,7 +376,7 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
     // and leaving the loop only between pairs (ptxas serializes the MMAs where a step can leave it).
     // The steps are counted, not read from `next`: mma_steps_per_point is the steps ReductionSteps
     // takes at each kernel point (the emulator's test mma_steps checks it in every conv group).
-    int left = (points.end - points.begin) * static_cast<int>(mma_steps_per_point<scalar_t>(g));
+    int left = (points.end - points.begin) * steps_per_point;
     for (; left > 2; left -= 2) {
       step(a[0], a[1]);
       step(a[1], a[0]);
