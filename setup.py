@@ -10,8 +10,8 @@ Environment:
   CUDA_HOME, CUDA_PATH    the CUDA toolkit root; otherwise found from the nvcc on PATH (following a
                           wrapper script to the compiler it execs) or /usr/local/cuda.
   TORCH_CUDA_ARCH_LIST    target architectures; default: the visible GPU's (Hopper's as 9.0a, with
-                          wgmma), or 9.0a;9.0+PTX (Hopper with and without its arch-specific
-                          features, and PTX for newer GPUs) when no GPU is visible.
+                          wgmma), or 9.0a (Hopper with its arch-specific features) when no GPU is
+                          visible.
   MAX_JOBS                parallel compile jobs (ninja).
 """
 from __future__ import annotations

@@ -82,13 +82,13 @@ def test_cpu_only_switch_rejects_what_it_cannot_read(clean_env, monkeypatch):
 
 def test_arch_list(monkeypatch):
     """TORCH_CUDA_ARCH_LIST with ';' or spaces comes out ';'-separated (what info() splits on); without
-    it, and without a GPU, Hopper with its arch-specific features (wgmma) and without (with its PTX, for
-    newer GPUs); a visible Hopper GPU as 9.0a."""
+    it, and without a GPU, Hopper with its arch-specific features (wgmma) alone, so that no plain sm_90
+    cubin competes with the sm_90a one; a visible Hopper GPU as 9.0a."""
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", " 8.0  8.6;9.0+PTX ")
     assert cuda_arch_list() == "8.0;8.6;9.0+PTX"
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cuda_arch_list() == "9.0a;9.0+PTX"
+    assert cuda_arch_list() == "9.0a"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: ((9, 0), (8, 6))[i])

@@ -391,7 +391,7 @@ def test_info_reports_build():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_info_says_where_wgmma_runs(monkeypatch):
     """info()["wgmma"]: never on a GPU other than compute capability 9.0; surely on one, where the build has
-    sm_90a code and no plain sm_90 code the driver might load instead (the GPU machine's 9.0a build); never
+    sm_90a code and no plain sm_90 code the driver might load instead (the default 9.0a build); never
     with RCM_FSAD_DISABLE_WGMMA=1."""
     values = rcm_fsad_ops.info()
     archs = set(values["cuda_arch_list"])
