@@ -277,6 +277,25 @@ def test_reference_takes_empty_problems(case):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_image_of_no_pixels_padded_samples_zeros(deterministic, device, monkeypatch):
+    """An input of height 0 padded to an output of 2 rows: torchvision's output (the bias alone) and
+    gradients, in the deterministic backward too (whose gather over the input's elements has none to
+    gather into: it must not launch an empty grid)."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what some PyTorch versions ask for cuBLAS
+    case = DeformCase(batch=2, in_channels=3, out_channels=4, height=0, width=5, kernel=(1, 1), padding=(1, 1))
+    tensors = case.tensors(torch.float64, device)
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    assert ours[0].shape == (2, 4, 2, 7)
+    assert_matches(ours, run_with_grads(torchvision.ops.deform_conv2d, case, tensors), rtol=0, atol=0)
+
+
 def test_no_input_channels_is_an_error(device):
     """An input of 0 channels is rejected by name (torchvision divides by zero there and kills the process)."""
     case = DeformCase(batch=1)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Mutation audit of the kernels' synchronisation: each barrier (__syncthreads,
-__syncwarp) and each wait for asynchronous copies (wait_async_copies<N>) removed on its own must make
-its kernel's CPU-emulation tests (tests/kernels, ThreadSanitizer build) fail.
+__syncwarp), each wait for asynchronous copies (wait_async_copies<N>) and each fence of the wgmma kernel
+(wgmma_fence, wgmma_fence_shared_writes) removed on its own must make its kernel's CPU-emulation tests
+(tests/kernels, ThreadSanitizer build) fail.
 
     python tools/barrier_audit.py          run the audit: one line per point, exit 1 when a removal
                                            passes that its source does not mark as redundant
@@ -41,8 +42,10 @@ CASES = {
     "layout_transpose.cuh": ("transpose/float", "transpose/half"),
 }
 
-# A statement of its own line: a barrier, or a wait for this thread's asynchronous copies.
-STATEMENT = re.compile(r"^(\s*)((?:__syncthreads|__syncwarp)\(\)|wait_async_copies<\d+>\(\));(.*)$")
+# A statement of its own line: a barrier, a wait for this thread's asynchronous copies, or a fence that
+# orders registers (wgmma.fence) or shared memory (fence.proxy.async) before the tensor cores' reads.
+STATEMENT = re.compile(
+    r"^(\s*)((?:__syncthreads|__syncwarp|wgmma_fence|wgmma_fence_shared_writes)\(\)|wait_async_copies<\d+>\(\));(.*)$")
 REDUNDANT_MARK = "barrier audit: redundant"
 
 

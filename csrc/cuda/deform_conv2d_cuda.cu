@@ -581,6 +581,9 @@ void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkA
                                        int64_t first_row, int64_t rows, int64_t table_rows,
                                        const scalar_t* grad_columns, at::Tensor& table,
                                        at::opmath_type<scalar_t>* grad_input) {
+  // An image of no pixels (its output all padding) has no input gradient to gather, and the gather's
+  // grid would have no blocks, which CUDA refuses.
+  if (g.height * g.width == 0) return;
   using acc_t = at::opmath_type<scalar_t>;
   using Corners = kernels::MaskedCorners<acc_t>;
   Corners* entries = reinterpret_cast<Corners*>(table.mutable_data_ptr<uint8_t>());

@@ -127,6 +127,8 @@ __device__ __forceinline__ void wgmma_wait_group() {
 __device__ __forceinline__ void wgmma_fence_shared_writes() {
 #if defined(__CUDACC__)
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#else
+  ::emu::fence_proxy_async_shared();
 #endif
 }
 

@@ -70,8 +70,13 @@
 //     accumulators need; the multiply happens at the wait that completes its group, reading B from
 //     shared memory then (so that B overwritten before the wait, or the accumulators read before it,
 //     show), and checking there that the caller's A registers (the array it passed) still hold what
-//     they held at the call; not modelled: the warpgroup's four warps calling together, swizzled
-//     layouts. __cvta_generic_to_shared gives a pointer's offset in the block's dynamic
+//     they held at the call. A call also fails without a wgmma.fence by its thread since that
+//     thread's last wgmma.commit_group (stricter than the PTX ISA, which asks for one only where the
+//     calls' registers were written since), or when a byte of its B was written by a cp.async that
+//     the writing thread has not fenced since for the async proxy, through which the tensor cores
+//     read (fence.proxy.async, emu::fence_proxy_async_shared, after the copy's wait; plain stores to
+//     shared memory are not tracked). Not modelled: the warpgroup's four warps calling together,
+//     swizzled layouts. __cvta_generic_to_shared gives a pointer's offset in the block's dynamic
 //     shared memory (the shared window of the descriptors);
 //   * emu::launch(mode, grid, block, shared_bytes, kernel, args...): every GPU thread of a block
 //     runs on its own OS thread (a pool of threads, reused between launches), so ThreadSanitizer
@@ -151,6 +156,7 @@
 #include <climits>
 #include <ctime>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <bit>
@@ -473,6 +479,9 @@ struct BlockState {
   std::atomic<unsigned> waiting_line{0};
   unsigned char* shared = nullptr;
   std::size_t shared_bytes = 0;
+  // Per byte of shared memory: 1 + the linear index of the thread whose cp.async landed there and
+  // which has not fenced it for the async proxy since (fence.proxy.async); 0 when none has.
+  std::vector<std::uint16_t> unfenced_writer;
   std::vector<std::unique_ptr<WarpState>> warps;
 
   BlockState() = default;
@@ -515,11 +524,14 @@ struct AsyncCopies {
   std::deque<AsyncCopy> copies;
   std::deque<std::size_t> groups;
   std::size_t committed = 0;
+  // (offset, size) in shared memory of the copies landed since the thread's last fence.proxy.async.
+  std::vector<std::pair<std::size_t, std::size_t>> unfenced;
 
   void reset() {
     copies.clear();
     groups.clear();
     committed = 0;
+    unfenced.clear();
   }
 };
 
@@ -545,6 +557,7 @@ struct WgmmaOp {
 struct WgmmaQueue {
   std::vector<WgmmaOp> open;
   std::deque<std::vector<WgmmaOp>> groups;
+  bool fenced = false;  // a wgmma.fence since the last wgmma.commit_group (or the thread's start)
 
   // The oldest call not completed; null when none is (empty groups left are fine).
   const WgmmaOp* oldest() const {
@@ -556,6 +569,7 @@ struct WgmmaQueue {
   void reset() {
     open.clear();
     groups.clear();
+    fenced = false;
   }
 };
 
@@ -1004,6 +1018,7 @@ inline std::unique_ptr<BlockState> make_block(uint3 index, dim3 block, std::size
   b->shared_bytes = shared_bytes;
   b->shared = static_cast<unsigned char*>(::operator new(shared_bytes, std::align_val_t{128}));
   std::memset(b->shared, 0xff, shared_bytes);
+  b->unfenced_writer.assign(shared_bytes, 0);
   const unsigned warps = (b->size + 31u) / 32u;
   for (unsigned i = 0; i < warps; ++i) {
     auto w = std::make_unique<WarpState>();
@@ -1225,13 +1240,18 @@ inline void async_commit() {
 }
 
 inline void async_wait(std::size_t prior) {
-  current("__pipeline_wait_prior");
+  const ThreadContext& t = current("__pipeline_wait_prior");
+  BlockState& b = *t.block;
   AsyncCopies& q = async_copies;
   while (q.groups.size() > prior) {
     const std::size_t group = q.groups.front();
     for (std::size_t i = 0; i < group; ++i) {
       const AsyncCopy& c = q.copies.front();
       std::memcpy(c.dst, c.bytes.data(), c.size);
+      const std::size_t at = static_cast<std::size_t>(c.dst - b.shared);
+      std::fill_n(b.unfenced_writer.begin() + static_cast<std::ptrdiff_t>(at), c.size,
+                  static_cast<std::uint16_t>(t.linear + 1));
+      q.unfenced.emplace_back(at, c.size);
       q.copies.pop_front();
     }
     q.committed -= group;
@@ -1240,6 +1260,25 @@ inline void async_wait(std::size_t prior) {
 }
 
 }  // namespace detail
+
+// fence.proxy.async.shared::cta: the calling thread's cp.async writes to shared memory that have
+// landed (at its __pipeline_wait_prior) become visible to the async proxy, through which a wgmma
+// reads B, once a barrier orders the fence before the wgmma's issue. Without it the tensor cores may
+// read what the bytes held before (emu::wgmma_mma_async checks that every byte of B it will read is
+// fenced). Writes by plain stores are not tracked.
+inline void fence_proxy_async_shared() {
+  const detail::ThreadContext& t = detail::current("fence.proxy.async");
+  detail::BlockState& b = *t.block;
+  const auto me = static_cast<std::uint16_t>(t.linear + 1);
+  detail::AsyncCopies& q = detail::async_copies;
+  for (const auto& [at, size] : q.unfenced) {
+    for (std::size_t i = at; i < at + size; ++i) {
+      if (b.unfenced_writer[i] == me) b.unfenced_writer[i] = 0;
+    }
+  }
+  q.unfenced.clear();
+}
+
 }  // namespace emu
 
 inline void __pipeline_memcpy_async(void* dst_shared, const void* src_global, std::size_t size_and_align,
@@ -1599,19 +1638,29 @@ inline void mma_m16n8_sync(MmaOperand kind, float (&d)[4], const std::uint32_t (
 namespace emu {
 namespace detail {
 
-// B's element (k, n) of a K-major, unswizzled operand in the block's shared memory, by its
-// descriptor: core matrices of 8 rows (n) x 16 bytes (8 16-bit k or 4 TF32 k), rows 16 bytes apart,
-// core matrices LBO apart along k and SBO apart along n (PTX ISA, "Matrix Descriptor Format" and the
+inline std::size_t wgmma_b_bytes(MmaOperand kind) {  // of an element of B
+  return 4 / static_cast<std::size_t>(elements_per_word(kind));
+}
+
+// The shared-memory offset of B's element (k, n) of a K-major, unswizzled operand, by its descriptor:
+// core matrices of 8 rows (n) x 16 bytes (8 16-bit k or 4 TF32 k), rows 16 bytes apart, core
+// matrices LBO apart along k and SBO apart along n (PTX ISA, "Matrix Descriptor Format" and the
 // canonical K-major layout ((8,m),(T,2k)):((1T,SBO),(1,LBO))).
+inline std::size_t wgmma_b_offset(std::uint64_t desc, MmaOperand kind, int k, int n) {
+  const std::size_t start = (desc & 0x3fffu) << 4;
+  const std::size_t lbo = ((desc >> 16) & 0x3fffu) << 4;
+  const std::size_t sbo = ((desc >> 32) & 0x3fffu) << 4;
+  const std::size_t bytes = wgmma_b_bytes(kind);
+  const std::size_t per_row = 16 / bytes;  // k of a core matrix row
+  return start + static_cast<std::size_t>(n / 8) * sbo + static_cast<std::size_t>(n % 8) * 16 +
+         static_cast<std::size_t>(k) / per_row * lbo + static_cast<std::size_t>(k) % per_row * bytes;
+}
+
+// B's element (k, n), as the block's shared memory holds it now.
 inline float wgmma_b_element(const WgmmaOp& op, int k, int n) {
   const BlockState& b = *tls.block;
-  const std::size_t start = (op.desc & 0x3fffu) << 4;
-  const std::size_t lbo = ((op.desc >> 16) & 0x3fffu) << 4;
-  const std::size_t sbo = ((op.desc >> 32) & 0x3fffu) << 4;
-  const std::size_t bytes = 4 / static_cast<std::size_t>(elements_per_word(op.kind));  // an element's
-  const std::size_t per_row = 16 / bytes;  // k of a core matrix row
-  const std::size_t at = start + static_cast<std::size_t>(n / 8) * sbo + static_cast<std::size_t>(n % 8) * 16 +
-                         static_cast<std::size_t>(k) / per_row * lbo + static_cast<std::size_t>(k) % per_row * bytes;
+  const std::size_t bytes = wgmma_b_bytes(op.kind);
+  const std::size_t at = wgmma_b_offset(op.desc, op.kind, k, n);
   if (at + bytes > b.shared_bytes) {
     fatal(format("wgmma.mma_async at %s: B's element (k %d, n %d) at shared byte %zu is past the block's %zu bytes "
                  "(descriptor 0x%016llx)", op.site.str().c_str(), k, n, at, b.shared_bytes,
@@ -1620,6 +1669,27 @@ inline float wgmma_b_element(const WgmmaOp& op, int k, int n) {
   std::uint32_t word = 0;  // the element in its place in a word: a 16-bit one of even k in the low half
   std::memcpy(reinterpret_cast<unsigned char*>(&word) + (bytes == 2 ? 2 * (k % 2) : 0), b.shared + at, bytes);
   return operand_element(op.kind, word, k);
+}
+
+// At the issue of a wgmma that reads B through its descriptor: every byte of B that a cp.async wrote
+// has been fenced for the async proxy by the thread that wrote it (emu::fence_proxy_async_shared).
+// (Bytes past the block's shared memory are the wait's error.)
+inline void check_b_fenced(const WgmmaOp& op) {
+  const BlockState& b = *tls.block;
+  const std::size_t bytes = wgmma_b_bytes(op.kind);
+  for (int n = 0; n < op.n; ++n) {
+    for (int k = 0; k < mma_depth(op.kind); ++k) {
+      const std::size_t at = wgmma_b_offset(op.desc, op.kind, k, n);
+      for (std::size_t i = at; i < at + bytes && i < b.shared_bytes; ++i) {
+        if (const std::uint16_t writer = b.unfenced_writer[i]) {
+          fatal(format("wgmma.mma_async at %s: B's element (k %d, n %d) at shared byte %zu was written by the "
+                       "cp.async of thread %u of %s, which did not fence it for the async proxy "
+                       "(fence.proxy.async) before this call: the tensor cores may read what it held before",
+                       op.site.str().c_str(), k, n, i, writer - 1u, b.name().c_str()));
+        }
+      }
+    }
+  }
 }
 
 // d += A x B for one lane's accumulators (D's layout: the m16n8 one of the warp's 16 rows, once per
@@ -1644,9 +1714,14 @@ inline void wgmma_complete(const WgmmaOp& op) {
 
 }  // namespace detail
 
-// wgmma.fence: orders the registers' earlier accesses before the wgmma.mma_async calls after it.
-// Nothing to do here, where a call copies its A registers at once (and checks them at its wait).
-inline void wgmma_fence() { detail::current("wgmma.fence"); }
+// wgmma.fence: orders the registers' earlier accesses before the wgmma.mma_async calls after it. A
+// call copies its A registers at once (and checks them at its wait), so all there is to check is that
+// a thread fences before the first call of each group (emu::wgmma_mma_async): stricter than the PTX
+// ISA, which asks for it only where registers the calls use were written since the last fence.
+inline void wgmma_fence() {
+  detail::current("wgmma.fence");
+  detail::wgmma_queue.fenced = true;
+}
 
 // One lane's wgmma.mma_async.m64nNk16 (f16, bf16) or m64nNk8 (TF32), n columns (8 to 256): every lane
 // of the warp calls it (a whole-warp collective; the warpgroup's other warps are not checked), with
@@ -1663,6 +1738,11 @@ inline void wgmma_mma_async(MmaOperand kind, int n, float* d, const std::uint32_
   using namespace detail;
   ThreadContext& t = current("wgmma.mma_async");
   const Site site = Site::of(loc);
+  if (!wgmma_queue.fenced) {
+    fatal(format("wgmma.mma_async at %s: %s called it with no wgmma.fence since its last wgmma.commit_group (or "
+                 "its start): its writes to the A fragments and the accumulators are not ordered before the "
+                 "tensor cores read them", site.str().c_str(), thread_name(t).c_str()));
+  }
   if (t.warp->lanes != 32) {
     fatal(format("wgmma.mma_async at %s: warp %u of %s has %u lanes; it needs whole warps", site.str().c_str(),
                  t.warp->index, t.block->name().c_str(), t.warp->lanes));
@@ -1700,6 +1780,7 @@ inline void wgmma_mma_async(MmaOperand kind, int n, float* d, const std::uint32_
     fatal(format("wgmma.mma_async at %s: the lanes of warp %u of %s pass different descriptors", site.str().c_str(),
                  t.warp->index, t.block->name().c_str()));
   }
+  if (t.lane == 0) check_b_fenced(op);  // B is the warp's, the same in every lane
   wgmma_queue.open.push_back(op);
 }
 
@@ -1707,6 +1788,7 @@ inline void wgmma_mma_async(MmaOperand kind, int n, float* d, const std::uint32_
 inline void wgmma_commit_group() {
   detail::current("wgmma.commit_group");
   detail::WgmmaQueue& q = detail::wgmma_queue;
+  q.fenced = false;
   q.groups.push_back(std::move(q.open));
   q.open.clear();
 }

@@ -33,6 +33,9 @@
 //       wgmma_swizzled         a descriptor asking for a swizzle      -> the harness
 //       wgmma_a_changed        a wgmma's A registers changed before its wait (twin: wgmma)
 //                                                                  -> the harness
+//       wgmma_unfenced         a wgmma with no wgmma.fence before it (twin: wgmma) -> the harness
+//       wgmma_b_unfenced       a wgmma reading B that cp.async wrote, which its writers did not fence
+//                              for the async proxy (twin: wgmma_b_fenced) -> the harness
 //       async_copy_unwaited_race  cp.async data read by another thread after a __syncthreads that
 //                              the issuer reached before its __pipeline_wait_prior
 //                                                                  -> ThreadSanitizer; elsewhere the
@@ -808,6 +811,9 @@ __global__ void wgmma_kernel(const Elem* a, const Elem* b, const float* c, float
     for (int k = 0; k < kK; ++k) {
       for (int n = 0; n < kWgmmaN; ++n) std::memcpy(shared + wgmma_b_offset<Elem>(k, n), &b[n * kK + k], sizeof(Elem));
     }
+    // As on the GPU, where plain stores reach the tensor cores' reads only through this fence (the
+    // emulator tracks cp.async's writes only).
+    emu::fence_proxy_async_shared();
   }
   __syncthreads();
   float acc[kWgmmaN / 2];
@@ -877,6 +883,7 @@ __global__ void wgmma_pending_at_exit_kernel(float* out) {
   RCM_DYNAMIC_SHARED(unsigned char, shared);
   float acc[4] = {};
   const std::uint32_t fa[4] = {};
+  emu::wgmma_fence();
   emu::wgmma_mma_async(emu::MmaOperand::BF16, 8, acc, fa, __cvta_generic_to_shared(shared) >> 4);
   emu::wgmma_commit_group();
   out[threadIdx.x] = 0.0f;
@@ -892,6 +899,7 @@ __global__ void wgmma_a_changed_kernel(float* out) {
   RCM_DYNAMIC_SHARED(unsigned char, shared);
   float acc[4] = {};
   std::uint32_t fa[4] = {};
+  emu::wgmma_fence();
   emu::wgmma_mma_async(emu::MmaOperand::BF16, 8, acc, fa, __cvta_generic_to_shared(shared) >> 4);
   emu::wgmma_commit_group();
   fa[threadIdx.x % 4] = 0x3f803f80u;  // the next step's fragments, written too early
@@ -910,6 +918,7 @@ __global__ void wgmma_swizzled_kernel(float* out) {
   float acc[4] = {};
   const std::uint32_t fa[4] = {};
   const std::uint64_t desc = (__cvta_generic_to_shared(shared) >> 4) | (std::uint64_t{1} << 62);
+  emu::wgmma_fence();
   emu::wgmma_mma_async(emu::MmaOperand::BF16, 8, acc, fa, desc);
   emu::wgmma_commit_group();
   emu::wgmma_wait_group(0);
@@ -919,6 +928,57 @@ __global__ void wgmma_swizzled_kernel(float* out) {
 void case_wgmma_swizzled() {
   std::vector<float> out(128);
   emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_swizzled_kernel, out.data());
+}
+
+// A wgmma with no wgmma.fence before it: the accumulators' zeros, written just before, are not ordered
+// before the tensor cores' reads.
+__global__ void wgmma_unfenced_kernel(float* out) {
+  RCM_DYNAMIC_SHARED(unsigned char, shared);
+  float acc[4] = {};
+  const std::uint32_t fa[4] = {};
+  emu::wgmma_mma_async(emu::MmaOperand::BF16, 8, acc, fa, __cvta_generic_to_shared(shared) >> 4);
+  emu::wgmma_commit_group();
+  emu::wgmma_wait_group(0);
+  out[threadIdx.x] = acc[0];
+}
+
+void case_wgmma_unfenced() {
+  std::vector<float> out(128);
+  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_unfenced_kernel, out.data());
+}
+
+// B of a bf16 m64n8k16 wgmma (256 bytes: two core matrices along k, LBO 128) copied into shared memory
+// with cp.async by 16 threads, 16 bytes each, waited for, fenced for the async proxy when `fence`, then
+// a barrier and the wgmma of A = 1: every accumulator is the sum of its column of B.
+__global__ void wgmma_async_b_kernel(const std::uint16_t* b_image, bool fence, float* out) {
+  RCM_DYNAMIC_SHARED(unsigned char, shared);
+  if (threadIdx.x < 16) __pipeline_memcpy_async(shared + 16 * threadIdx.x, b_image + 8 * threadIdx.x, 16);
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+  if (fence) emu::fence_proxy_async_shared();
+  __syncthreads();
+  float acc[4] = {};
+  const std::uint32_t ones[4] = {0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u};  // bf16 1.0 pairs
+  emu::wgmma_fence();
+  emu::wgmma_mma_async(emu::MmaOperand::BF16, 8, acc, ones,
+                       (__cvta_generic_to_shared(shared) >> 4) | (std::uint64_t{128 >> 4} << 16) |
+                           (std::uint64_t{256 >> 4} << 32));
+  emu::wgmma_commit_group();
+  emu::wgmma_wait_group(0);
+  for (int r = 0; r < 4; ++r) out[4 * threadIdx.x + r] = acc[r];
+}
+
+void check_wgmma_async_b(bool fence) {
+  const std::vector<std::uint16_t> b_image(128, 0x3f80);  // B = 1 (bf16): every column sums to 16
+  std::vector<float> out(4 * 128);
+  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_async_b_kernel, b_image.data(), fence, out.data());
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (out[i] != 16.0f) {
+      std::fprintf(stderr, "wgmma_b_fenced: accumulator %zu = %g, want 16\n", i, static_cast<double>(out[i]));
+      ++g_failures;
+      return;
+    }
+  }
 }
 
 // mma.sync from half of the warp only.
@@ -1191,6 +1251,9 @@ const std::map<std::string, void (*)()>& cases() {
       {"wgmma_pending_at_exit", case_wgmma_pending_at_exit},
       {"wgmma_swizzled", case_wgmma_swizzled},
       {"wgmma_a_changed", case_wgmma_a_changed},
+      {"wgmma_unfenced", case_wgmma_unfenced},
+      {"wgmma_b_fenced", [] { check_wgmma_async_b(true); }},
+      {"wgmma_b_unfenced", [] { check_wgmma_async_b(false); }},
       {"shuffle_orders_nothing", case_neighbour_across_warp_step<WarpStep::Shuffle>},
       {"mma_sync_orders_nothing", case_neighbour_across_warp_step<WarpStep::MmaSync>},
       {"syncwarp_orders", case_neighbour_across_warp_step<WarpStep::Syncwarp>},
