@@ -75,9 +75,11 @@
 //     calls' registers were written since), or when a byte of its B was written by a cp.async that
 //     the writing thread has not fenced since for the async proxy, through which the tensor cores
 //     read (fence.proxy.async, emu::fence_proxy_async_shared, after the copy's wait; plain stores to
-//     shared memory are not tracked). Not modelled: the warpgroup's four warps calling together,
-//     swizzled layouts. __cvta_generic_to_shared gives a pointer's offset in the block's dynamic
-//     shared memory (the shared window of the descriptors);
+//     shared memory are not tracked). When a block has finished, the threads of each warpgroup (4
+//     warps) must have executed the same wgmma instructions (fences, calls with their shapes and
+//     descriptors, commits, waits) in the same order, and a warpgroup that is not whole none. Not
+//     modelled: swizzled layouts. __cvta_generic_to_shared gives a pointer's offset in the block's
+//     dynamic shared memory (the shared window of the descriptors);
 //   * emu::launch(mode, grid, block, shared_bytes, kernel, args...): every GPU thread of a block
 //     runs on its own OS thread (a pool of threads, reused between launches), so ThreadSanitizer
 //     sees races between the threads of a block.
@@ -482,6 +484,8 @@ struct BlockState {
   // Per byte of shared memory: 1 + the linear index of the thread whose cp.async landed there and
   // which has not fenced it for the async proxy since (fence.proxy.async); 0 when none has.
   std::vector<std::uint16_t> unfenced_writer;
+  // Per thread, at its exit: the wgmma instructions it executed (WgmmaQueue::trace, executed).
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> wgmma_traces;
   std::vector<std::unique_ptr<WarpState>> warps;
 
   BlockState() = default;
@@ -558,6 +562,15 @@ struct WgmmaQueue {
   std::vector<WgmmaOp> open;
   std::deque<std::vector<WgmmaOp>> groups;
   bool fenced = false;  // a wgmma.fence since the last wgmma.commit_group (or the thread's start)
+  // The thread's wgmma instructions so far, in order (each one's kind and operands folded into a hash),
+  // and how many: every thread of a warpgroup must execute the same ones (.sync.aligned).
+  std::uint64_t trace = 0;
+  std::uint32_t executed = 0;
+
+  void record(std::uint64_t what, std::uint64_t operand = 0) {
+    for (const std::uint64_t v : {what, operand}) trace = (trace ^ v) * 0x100000001b3ull;
+    ++executed;
+  }
 
   // The oldest call not completed; null when none is (empty groups left are fine).
   const WgmmaOp* oldest() const {
@@ -570,6 +583,8 @@ struct WgmmaQueue {
     open.clear();
     groups.clear();
     fenced = false;
+    trace = 0;
+    executed = 0;
   }
 };
 
@@ -832,6 +847,7 @@ inline void thread_exit() {
     fatal(format("%s exited with wgmma.mma_async calls pending, the oldest issued at %s: no "
                  "wgmma.wait_group completed them", thread_name(t).c_str(), oldest->site.str().c_str()));
   }
+  t.block->wgmma_traces[t.linear] = {wgmma_queue.trace, wgmma_queue.executed};
   {
     WarpState& w = *t.warp;
     w.exited.fetch_or(1u << t.lane, std::memory_order_seq_cst);
@@ -1019,6 +1035,7 @@ inline std::unique_ptr<BlockState> make_block(uint3 index, dim3 block, std::size
   b->shared = static_cast<unsigned char*>(::operator new(shared_bytes, std::align_val_t{128}));
   std::memset(b->shared, 0xff, shared_bytes);
   b->unfenced_writer.assign(shared_bytes, 0);
+  b->wgmma_traces.resize(b->size);
   const unsigned warps = (b->size + 31u) / 32u;
   for (unsigned i = 0; i < warps; ++i) {
     auto w = std::make_unique<WarpState>();
@@ -1052,6 +1069,28 @@ inline void add_block_jobs(std::vector<std::function<void()>>& jobs, BlockState*
           thread_exit();
           t = ThreadContext{};
         });
+      }
+    }
+  }
+}
+
+// After every thread of block b has exited: the threads of each warpgroup (4 warps, 128 threads)
+// executed the same wgmma instructions with the same operands, in the same order, as .sync.aligned
+// asks (a warp that skips one hangs or corrupts the warpgroup's MMA on the GPU); a warpgroup that is
+// not whole executed none.
+inline void check_warpgroups(const BlockState& b) {
+  for (unsigned first = 0; first < b.size; first += 128) {
+    const unsigned end = std::min(first + 128, b.size);
+    for (unsigned i = first; i < end; ++i) {
+      const auto& [hash, executed] = b.wgmma_traces[i];
+      if (executed != 0 && end - first < 128) {
+        fatal(format("thread %u of %s executed wgmma instructions in a warpgroup of %u threads: wgmma needs "
+                     "whole warpgroups of 4 warps", i, b.name().c_str(), end - first));
+      }
+      if (b.wgmma_traces[i] != b.wgmma_traces[first]) {
+        fatal(format("the threads of warpgroup %u of %s did not execute the same wgmma instructions, as they must "
+                     "(.aligned): thread %u executed %u of them, thread %u %u, or different ones",
+                     first / 128, b.name().c_str(), first, b.wgmma_traces[first].second, i, executed));
       }
     }
   }
@@ -1094,6 +1133,7 @@ inline void run_launch(Mode mode, dim3 grid, dim3 block, std::size_t shared_byte
       }
     }
     pool.run(jobs);
+    for (const std::unique_ptr<BlockState>& state : states) check_warpgroups(*state);
     return;
   }
   for (unsigned z = 0; z < grid.z; ++z) {
@@ -1104,6 +1144,7 @@ inline void run_launch(Mode mode, dim3 grid, dim3 block, std::size_t shared_byte
         jobs.reserve(threads);
         add_block_jobs(jobs, state.get(), mode, grid, block, body);
         pool.run(jobs);
+        check_warpgroups(*state);
       }
     }
   }
@@ -1721,6 +1762,7 @@ inline void wgmma_complete(const WgmmaOp& op) {
 inline void wgmma_fence() {
   detail::current("wgmma.fence");
   detail::wgmma_queue.fenced = true;
+  detail::wgmma_queue.record(1);
 }
 
 // One lane's wgmma.mma_async.m64nNk16 (f16, bf16) or m64nNk8 (TF32), n columns (8 to 256): every lane
@@ -1781,6 +1823,7 @@ inline void wgmma_mma_async(MmaOperand kind, int n, float* d, const std::uint32_
                  t.warp->index, t.block->name().c_str()));
   }
   if (t.lane == 0) check_b_fenced(op);  // B is the warp's, the same in every lane
+  wgmma_queue.record(2 | static_cast<std::uint64_t>(n) << 8 | static_cast<std::uint64_t>(kind) << 24, desc);
   wgmma_queue.open.push_back(op);
 }
 
@@ -1789,6 +1832,7 @@ inline void wgmma_commit_group() {
   detail::current("wgmma.commit_group");
   detail::WgmmaQueue& q = detail::wgmma_queue;
   q.fenced = false;
+  q.record(3);
   q.groups.push_back(std::move(q.open));
   q.open.clear();
 }
@@ -1797,6 +1841,7 @@ inline void wgmma_commit_group() {
 inline void wgmma_wait_group(int pending) {
   detail::current("wgmma.wait_group");
   detail::WgmmaQueue& q = detail::wgmma_queue;
+  q.record(4 | static_cast<std::uint64_t>(pending) << 8);
   while (q.groups.size() > static_cast<std::size_t>(pending)) {
     for (const detail::WgmmaOp& op : q.groups.front()) detail::wgmma_complete(op);
     q.groups.pop_front();

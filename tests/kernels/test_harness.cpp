@@ -36,6 +36,8 @@
 //       wgmma_unfenced         a wgmma with no wgmma.fence before it (twin: wgmma) -> the harness
 //       wgmma_b_unfenced       a wgmma reading B that cp.async wrote, which its writers did not fence
 //                              for the async proxy (twin: wgmma_b_fenced) -> the harness
+//       wgmma_warpgroup_divergent  one warp of a warpgroup skipping the wgmma the others issue
+//                              (twin: wgmma)                      -> the harness
 //       async_copy_unwaited_race  cp.async data read by another thread after a __syncthreads that
 //                              the issuer reached before its __pipeline_wait_prior
 //                                                                  -> ThreadSanitizer; elsewhere the
@@ -947,6 +949,26 @@ void case_wgmma_unfenced() {
   emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_unfenced_kernel, out.data());
 }
 
+// Warp 3 of the warpgroup skips the wgmma that the other three issue (it still fences, commits and
+// waits): on the GPU the warpgroup's MMA would hang or read garbage.
+__global__ void wgmma_warpgroup_divergent_kernel(float* out) {
+  RCM_DYNAMIC_SHARED(unsigned char, shared);
+  float acc[4] = {};
+  const std::uint32_t fa[4] = {};
+  emu::wgmma_fence();
+  if (threadIdx.x / 32 != 3) {
+    emu::wgmma_mma_async(emu::MmaOperand::BF16, 8, acc, fa, __cvta_generic_to_shared(shared) >> 4);
+  }
+  emu::wgmma_commit_group();
+  emu::wgmma_wait_group(0);
+  out[threadIdx.x] = acc[0];
+}
+
+void case_wgmma_warpgroup_divergent() {
+  std::vector<float> out(128);
+  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_warpgroup_divergent_kernel, out.data());
+}
+
 // B of a bf16 m64n8k16 wgmma (256 bytes: two core matrices along k, LBO 128) copied into shared memory
 // with cp.async by 16 threads, 16 bytes each, waited for, fenced for the async proxy when `fence`, then
 // a barrier and the wgmma of A = 1: every accumulator is the sum of its column of B.
@@ -1252,6 +1274,7 @@ const std::map<std::string, void (*)()>& cases() {
       {"wgmma_swizzled", case_wgmma_swizzled},
       {"wgmma_a_changed", case_wgmma_a_changed},
       {"wgmma_unfenced", case_wgmma_unfenced},
+      {"wgmma_warpgroup_divergent", case_wgmma_warpgroup_divergent},
       {"wgmma_b_fenced", [] { check_wgmma_async_b(true); }},
       {"wgmma_b_unfenced", [] { check_wgmma_async_b(false); }},
       {"shuffle_orders_nothing", case_neighbour_across_warp_step<WarpStep::Shuffle>},
