@@ -370,6 +370,61 @@ def test_infinite_mask_gives_torchvision_infinities(device):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def outputs_and_gradients(fn, case: DeformCase, tensors: dict, cotangent: torch.Tensor):
+    """fn's output and the gradients of <output, cotangent> for every tensor argument."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in tensors.items() if v is not None}
+    out = fn(leaves["input"], leaves["offset"], leaves["weight"], leaves.get("bias"), mask=leaves.get("mask"),
+             **case.kwargs())
+    grads = torch.autograd.grad(out, list(leaves.values()), cotangent)
+    return out.detach(), dict(zip(leaves, grads))
+
+
+@pytest.mark.parametrize("use_mask", [True, False])
+def test_non_finite_inputs_and_gradients_as_torchvision(use_mask, device):
+    """Every sample on an integer coordinate, on the -1 border, on the last row or column, inside or
+    beyond the image, with infinities and a NaN in the input's first row and column and inside it,
+    and infinities in the output's gradient: the output and every gradient are torchvision's, NaN for
+    NaN and each infinity with its sign. A sample exactly on the -1 border reads nothing (0, where
+    its inside corners, of weight 0, hold an infinity: 0 x inf would be NaN), and the input gradient
+    reaches no corner of weight 0 (0 x an infinite gradient would be NaN)."""
+    case = DeformCase(height=5, width=6, use_mask=use_mask)
+    tensors = {k: None if v is None else v.to(device) for k, v in border_case_offsets(case).items()}
+    image = tensors["input"]
+    image[0, 0, 0, 2] = float("inf")
+    image[0, 1, 3, 0] = float("-inf")
+    image[1, 0, 0, 0] = float("nan")
+    image[1, 1, 2, 3] = float("inf")
+    out = torchvision.ops.deform_conv2d(image, tensors["offset"], tensors["weight"], tensors["bias"],
+                                        mask=tensors["mask"], **case.kwargs())
+    cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(out)
+    cotangent[0, 1, 2, 2] = float("inf")
+    cotangent[1, 0, 0, 1] = float("-inf")
+    ours = outputs_and_gradients(rcm_fsad_ops.deform_conv2d, case, tensors, cotangent)
+    theirs = outputs_and_gradients(torchvision.ops.deform_conv2d, case, tensors, cotangent)
+    assert not torch.isfinite(theirs[0]).all() and not torch.isfinite(theirs[1]["input"]).all()
+    for name, got, want in [("output", ours[0], theirs[0])] + [(k, ours[1][k], theirs[1][k]) for k in theirs[1]]:
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, equal_nan=True, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_infinite_mask_on_an_integer_coordinate_reaches_one_input_pixel(device):
+    """An infinite mask at a sample on an integer coordinate: its input gradient is infinite at the
+    one corner of weight 1, as torchvision's, and reaches none of the three of weight 0 (0 x inf would
+    make them NaN)."""
+    case = DeformCase(batch=1, in_channels=1, out_channels=1, height=4, width=4, kernel=(1, 1), padding=(0, 0))
+    t = case.tensors(torch.float64, device)
+    t["offset"] = torch.zeros_like(t["offset"])  # every sample on its own pixel
+    t["mask"] = torch.ones_like(t["mask"])
+    t["mask"][0, 0, 1, 1] = float("inf")
+    cotangent = torch.ones(1, 1, 4, 4, dtype=torch.float64, device=device)
+    grads = {}
+    for name, fn in (("ours", rcm_fsad_ops.deform_conv2d), ("torchvision", torchvision.ops.deform_conv2d)):
+        grads[name] = outputs_and_gradients(fn, case, t, cotangent)[1]["input"]
+    infinite = torch.zeros(1, 1, 4, 4, dtype=torch.bool, device=device)
+    infinite[0, 0, 1, 1] = True
+    assert torch.equal(~torch.isfinite(grads["torchvision"]), infinite)
+    torch.testing.assert_close(grads["ours"], grads["torchvision"], rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
 def test_gradcheck(device):
     case = DeformCase(batch=2, in_channels=4, out_channels=2, height=4, width=5, groups=2, offset_groups=2,
                       offset_scale=0.7)

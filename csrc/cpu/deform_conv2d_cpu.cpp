@@ -73,11 +73,13 @@ struct Sampling {
 
   // The sample of kernel point k of offset group og at output pixel (oy, ox) of image n: its
   // bilinear point, its modulation, the four corners' NHWC rows (the zeros row for a corner outside
-  // the image) and their weights times the modulation (kernels::masked_weight).
+  // the image), the same for the value (the zeros row too for a corner the value does not read:
+  // kernels::value_reads) and their weights times the modulation (kernels::masked_weight).
   struct Tap {
     SamplePoint<scalar_t> point;
     scalar_t m;
     const scalar_t* corner[4];
+    const scalar_t* value_corner[4];
     scalar_t weight[4];
   };
   Tap tap(int64_t n, int64_t og, int64_t k, int64_t oy, int64_t ox) const {
@@ -86,6 +88,7 @@ struct Sampling {
     t.m = kernels::modulation<scalar_t>(g, mask, mask_strides, n, og, k, oy, ox);
     for (int i = 0; i < 4; ++i) {
       t.corner[i] = t.point.valid[i] ? image(n) + t.point.pixel[i] * g.channels : zeros;
+      t.value_corner[i] = kernels::value_reads(t.point, i) ? t.corner[i] : zeros;
       t.weight[i] = kernels::masked_weight(t.point, i, t.m);
     }
     return t;
@@ -103,7 +106,7 @@ template <typename scalar_t>
     for (int64_t og = 0; og < g.offset_groups; ++og) {
       for (int64_t k = 0; k < g.kernel_points(); ++k) {
         const auto t = s.tap(n, og, k, oy, ox);
-        const auto& corner = t.corner;
+        const auto& corner = t.value_corner;
         const auto& w = t.weight;
         for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
              c0 = c1) {
@@ -124,9 +127,10 @@ template <typename scalar_t>
 
 // Backward of sample_columns for rows [row_begin, row_end) of one image: scatters into that
 // image's NHWC grad_input (the caller owns it, so no atomics) and writes the offset and mask
-// gradients of every (row, offset group, kernel point). sink: 4 x C zeros, a row per corner, that
-// absorb the (zero-weighted) scatter of corners outside the image, so one branch-free loop does
-// everything; a row each keeps the four targets distinct, as their __restrict__ promises.
+// gradients of every (row, offset group, kernel point). sink: 4 x C values, a row per corner, that
+// absorb the scatter of corners the input gradient does not reach (kernels::gradient_reaches), so
+// one branch-free loop does everything; a row each keeps the four targets distinct, as their
+// __restrict__ promises.
 template <typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_backward_body(
     const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const scalar_t* grad_cols,
@@ -145,7 +149,9 @@ template <typename scalar_t>
         const auto& corner = t.corner;
         const auto& w = t.weight;
         scalar_t* target[4];
-        for (int i = 0; i < 4; ++i) target[i] = p.valid[i] ? grad_image + p.pixel[i] * g.channels : sink + i * g.channels;
+        for (int i = 0; i < 4; ++i) {
+          target[i] = kernels::gradient_reaches(p, i) ? grad_image + p.pixel[i] * g.channels : sink + i * g.channels;
+        }
         scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
         for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
              c0 = c1) {

@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
           }
           RCM_UNROLL
           for (int i = 0; i < 4; ++i) {
-            if (scatter && p.valid[i]) {
+            if (scatter && gradient_reaches(p, i)) {
               acc_t add[kVector];
               RCM_UNROLL
               for (int j = 0; j < kVector; ++j) add[j] = p.weight[i] * gm[j];
@@ -257,7 +257,7 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
         sum_value += gcol * interpolate(p, v00, v01, v10, v11);
         const acc_t gm = gcol * m;
         for (int i = 0; i < 4; ++i) {
-          if (scatter && p.valid[i]) atomicAdd(grad_image + p.pixel[i] * g.channels + c, p.weight[i] * gm);
+          if (scatter && gradient_reaches(p, i)) atomicAdd(grad_image + p.pixel[i] * g.channels + c, p.weight[i] * gm);
         }
       }
     }
@@ -275,7 +275,7 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
   }
 }
 
-// table[(r * K + k) * G + og] = masked_corners of that sample, for rows first_row ..
+// table[(r * K + k) * G + og] = masked_corners of that sample that its input gradient reaches, for rows first_row ..
 // first_row+rows-1 (r relative to first_row): computed once here, then read by deform_sample_keys_kernel
 // and by every channel's thread of deform_col2im_input_gather_kernel. One thread per entry.
 template <typename scalar_t, typename acc_t, typename index_t>
@@ -288,7 +288,7 @@ __global__ void deform_sample_table_kernel(DeformConvGeometry g, const scalar_t*
   for (index_t e = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
     const SampleIndex<index_t> item = sample_index(g, e);
     table[e] = masked_corners<acc_t>(g, first_row + item.r, item.k, item.og, offset, offset_strides, mask,
-                                     mask_strides);
+                                     mask_strides, /*input_gradient=*/true);
   }
 }
 

@@ -9,10 +9,12 @@
 //     within the conv group), so one conv group's columns are a contiguous K*C_g block and the
 //     weight in (C_out, kh, kw, C_g) order is the matching GEMM operand.
 //   * a sample at (y, x) is the bilinear interpolation of its four corner pixels, a corner outside
-//     the image reading zero. The offset gradient uses the same corners even when the sample value
-//     itself is zero, so a sample exactly on the -1 border gets the gradient of its inside corners
-//     (torchvision's convention; mmcv zeroes it, see pytorch/vision#6885). On an integer coordinate
-//     the gradient is one-sided, taken from the floor cell.
+//     the image reading zero, and a sample outside -1 < y < H, -1 < x < W reading nothing at all.
+//     The offset gradient uses the corners of a sample exactly on the -1 border all the same, so
+//     that sample gets the gradient of its inside corners (torchvision's convention; mmcv zeroes
+//     it, see pytorch/vision#6885). On an integer coordinate the gradient is one-sided, taken from
+//     the floor cell. The input gradient reaches only corners of non-zero weight.
+//     These rules are torchvision's even for non-finite values (value_reads, gradient_reaches).
 #pragma once
 
 #include <cmath>
@@ -128,6 +130,9 @@ struct SamplePoint {
   acc_t weight[4];
   acc_t ly;  // y - y0
   acc_t lx;  // x - x0
+  // y == -1 or x == -1: the value reads no corner (torchvision's sample is 0 there, even where its
+  // inside corners, all of weight 0, hold an infinity), while the offset gradient takes them.
+  bool on_border;
 };
 
 // Every corner of a sample with y < -1, y >= H, x < -1 or x >= W lies outside the image; the same
@@ -144,6 +149,7 @@ RCM_HD SamplePoint<acc_t> make_sample_point(acc_t y, acc_t x, int64_t height, in
     }
     p.ly = acc_t(0);
     p.lx = acc_t(0);
+    p.on_border = false;
     return p;
   }
   const acc_t yf = floor_of(y);
@@ -152,6 +158,7 @@ RCM_HD SamplePoint<acc_t> make_sample_point(acc_t y, acc_t x, int64_t height, in
   const int64_t x0 = static_cast<int64_t>(xf);
   p.ly = y - yf;
   p.lx = x - xf;
+  p.on_border = y == acc_t(-1) || x == acc_t(-1);
   const acc_t hy = acc_t(1) - p.ly;
   const acc_t hx = acc_t(1) - p.lx;
   const bool in_y0 = y0 >= 0;
@@ -216,7 +223,7 @@ RCM_HD acc_t modulation(const DeformConvGeometry& g, const scalar_t* mask,
 // A sample reduced to what a kernel that scatters or gathers channels needs: its four corners as
 // NHWC pixel indices in the whole batch (-1 outside the image) and their bilinear weights times
 // the mask (0 outside the image, so that a kernel may blend zero-filled corners with them
-// unconditionally: a NaN or infinite offset gives non-finite weights).
+// unconditionally, even where an infinite mask makes the other weights non-finite).
 template <typename acc_t>
 struct MaskedCorners {
   int64_t pixel[4];
@@ -239,23 +246,42 @@ RCM_HD SampleField<acc_t> sample_field(const DeformConvGeometry& g, const Output
           modulation<acc_t>(g, mask, mask_strides, px.n, og, k, px.oy, px.ox)};
 }
 
-// Corner i's bilinear weight times the modulation m; zero for a corner outside the image, whatever m
-// is: an infinite m must not meet the zero that corner reads (0 * inf = NaN).
+// Whether corner i counts in the sample's value (the forward, the mask gradient): inside the image,
+// of a sample not on the -1 border. Inside corners of zero weight count, as in torchvision, where a
+// sample on an integer coordinate next to an infinity is NaN (0 x inf).
 template <typename acc_t>
-RCM_HD acc_t masked_weight(const SamplePoint<acc_t>& p, int i, acc_t m) {
-  return p.valid[i] ? p.weight[i] * m : acc_t(0);
+RCM_HD bool value_reads(const SamplePoint<acc_t>& p, int i) {
+  return p.valid[i] && !p.on_border;
 }
 
-// The masked corners of kernel point k of output pixel px, whose field is f.
+// Whether corner i receives the sample's input gradient: inside the image, of non-zero weight.
+// torchvision's backward skips the others; adding 0 x their share would spread a non-finite output
+// gradient or mask (0 x inf = NaN) to the neighbours of a sample on an integer coordinate.
+template <typename acc_t>
+RCM_HD bool gradient_reaches(const SamplePoint<acc_t>& p, int i) {
+  return p.valid[i] && p.weight[i] != acc_t(0);
+}
+
+// Corner i's bilinear weight times the modulation m where value_reads, else zero whatever m is: an
+// infinite m must not meet the zero that corner reads (0 * inf = NaN).
+template <typename acc_t>
+RCM_HD acc_t masked_weight(const SamplePoint<acc_t>& p, int i, acc_t m) {
+  return value_reads(p, i) ? p.weight[i] * m : acc_t(0);
+}
+
+// The masked corners of kernel point k of output pixel px, whose field is f: those the sample's value
+// reads (value_reads), or with input_gradient those its input gradient reaches (gradient_reaches);
+// the others as outside the image.
 template <typename acc_t>
 RCM_HD MaskedCorners<acc_t> masked_corners_of(const DeformConvGeometry& g, const OutputPixel& px, int64_t k,
-                                              const SampleField<acc_t>& f) {
+                                              const SampleField<acc_t>& f, bool input_gradient = false) {
   const SamplePoint<acc_t> p = displaced_sample_point<acc_t>(g, k, px.oy, px.ox, f.offset);
   const int64_t image_pixel0 = px.n * g.height * g.width;
   MaskedCorners<acc_t> corners;
   for (int i = 0; i < 4; ++i) {
-    corners.pixel[i] = p.valid[i] ? image_pixel0 + p.pixel[i] : -1;
-    corners.weight[i] = masked_weight(p, i, f.m);
+    const bool taken = input_gradient ? gradient_reaches(p, i) : value_reads(p, i);
+    corners.pixel[i] = taken ? image_pixel0 + p.pixel[i] : -1;
+    corners.weight[i] = taken ? p.weight[i] * f.m : acc_t(0);
   }
   return corners;
 }
@@ -272,19 +298,23 @@ RCM_HD MaskedCorners<acc_t> no_corners() {
 }
 
 // The masked corners of kernel point k, offset group og of row `row` (an output pixel of the whole
-// batch); a row past the last one has no corners.
+// batch), as masked_corners_of; a row past the last one has no corners.
 template <typename acc_t, typename scalar_t>
 RCM_HD MaskedCorners<acc_t> masked_corners(const DeformConvGeometry& g, int64_t row, int64_t k, int64_t og,
                                            const scalar_t* offset, const FieldStrides& offset_strides,
-                                           const scalar_t* mask, const FieldStrides& mask_strides) {
+                                           const scalar_t* mask, const FieldStrides& mask_strides,
+                                           bool input_gradient = false) {
   if (row >= g.batch * g.out_pixels()) return no_corners<acc_t>();
   const OutputPixel px = output_pixel(g, row);
   return masked_corners_of<acc_t>(
-      g, px, k, sample_field<acc_t>(g, px, k, og, offset, offset_strides, mask, mask_strides));
+      g, px, k, sample_field<acc_t>(g, px, k, og, offset, offset_strides, mask, mask_strides), input_gradient);
 }
 
+// The sample's value from its corner values (zero for a corner outside the image); zero on the -1
+// border (value_reads).
 template <typename acc_t>
 RCM_HD acc_t interpolate(const SamplePoint<acc_t>& p, acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
+  if (p.on_border) return acc_t(0);
   return p.weight[0] * v00 + p.weight[1] * v01 + p.weight[2] * v10 + p.weight[3] * v11;
 }
 

@@ -3,7 +3,10 @@
 Gradients come from autograd. Because the value is a sum of bilinear weights times corner values,
 with corners outside the image contributing zero (and ``floor`` having zero derivative), autograd
 yields torchvision's conventions by itself: one-sided offset gradients on integer coordinates (the
-floor cell) and a non-zero offset gradient exactly on the -1 border. Run it in float64 for an oracle.
+floor cell) and a non-zero offset gradient exactly on the -1 border. Run it in float64 for an oracle of
+finite values: with an infinity in the input or the output's gradient it differs from torchvision (and
+the op) where a corner of weight 0 meets it, e.g. a sample exactly on the -1 border next to an infinite
+first row, which is NaN here and 0 there.
 Memory is O(N * C_in * kh * kw * H_out * W_out): meant for tests, not for speed.
 """
 from __future__ import annotations
