@@ -2,8 +2,9 @@
 # make test   set up .venv, build the extension and the C++ library, run every test
 # make test-kernels   run the CUDA kernels on the CPU (ASan+UBSan and TSan builds) + the ptxas gate;
 #                     needs no venv, no torch and no GPU
-# make audit-barriers   remove each barrier of the implicit-GEMM and transpose kernels in turn: the kernel tests must fail
-# Both are idempotent and quick once set up.
+# make audit-barriers   remove each barrier, async-copy wait and wgmma fence of the implicit-GEMM and transpose
+#                       kernels in turn: the kernel tests must fail (10-15 minutes)
+# demo and test are idempotent and quick once set up.
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -50,7 +51,7 @@ test-kernels:
 	bash tests/kernels/run_kernel_tests.sh
 
 # Each barrier and async-copy wait of the implicit-GEMM and transpose kernels removed on its own must fail the
-# kernel tests (tools/barrier_audit.py; about 10 minutes, so not part of `make test`).
+# kernel tests (tools/barrier_audit.py; 10-15 minutes, so not part of `make test`).
 audit-barriers:
 	python3 tools/barrier_audit.py
 

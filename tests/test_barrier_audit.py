@@ -1,4 +1,4 @@
-"""tools/barrier_audit.py's reading of the kernels (the audit itself, about 10 minutes of rebuilds, runs
+"""tools/barrier_audit.py's reading of the kernels (the audit itself, 10-15 minutes of rebuilds, runs
 by `make audit-barriers`): the synchronisation points it finds, the redundancy mark, the mutation it
 makes, and the refusal to skip a header whose kernel synchronises."""
 from __future__ import annotations

@@ -13,7 +13,7 @@ expected to pass, and the comment must say what orders those accesses instead; t
 such a point turns out to be needed after all.
 
 The tree is never edited: csrc/kernels/ and tests/kernels/ are copied to a temporary directory, where
-one ThreadSanitizer build of test_deform_kernels is rebuilt for each mutation. About 10 minutes on
+one ThreadSanitizer build of test_deform_kernels is rebuilt for each mutation. 10-15 minutes on
 2 cores (`make audit-barriers`); not part of `make test`. Needs g++ >= 12, cmake and ninja; no torch,
 no GPU. tests/kernels/README.md records the last audit.
 """

@@ -295,11 +295,15 @@ def markdown(results: list[KernelResources], version: str) -> str:
         f"nvcc {version}, `{' '.join(NVCC_FLAGS)}`.",
         "Every `__global__` kernel of `csrc/kernels/`, instantiated for the dtypes and index types the CUDA "
         "backend launches. Hot kernels "
-        f"({', '.join(f'`{k}`' for k in HOT_KERNELS)}) must not spill or use local memory: "
-        "`python tools/ptxas_report.py --check` (run by `make test-kernels`) fails otherwise.",
+        f"({', '.join(f'`{k}`' for k in HOT_KERNELS)}) must not spill, use local memory or have their "
+        "wgmma serialized: `python tools/ptxas_report.py --check` (run by `make test-kernels`) fails "
+        "otherwise.",
         "`Half` / `BFloat16` arguments are stand-ins for the backend's `c10::Half` / `c10::BFloat16` "
         "(16-bit storage, conversions through the CUDA intrinsics). Template arguments: (scalar_t, acc_t"
-        "[, index_t]), or (scalar_t, mma_t, block width) for the tensor-core kernel.",
+        "[, index_t][, lanes a sample]) for the grid-stride kernels; (scalar_t, acc_t, whole 16-byte "
+        "vectors) for the CUDA-core implicit GEMM; (scalar_t, mma_t, block width) for the WMMA and wgmma "
+        "kernels; (scalar_t, mma_t, warp width, warps along the columns) for the mma.sync kernel; "
+        "(in_t, out_t) for the transpose.",
         "The kernels' shared memory is dynamic (`RCM_DYNAMIC_SHARED`, sized by the launcher), which ptxas "
         "does not count: the static column stays 0.",
         "",

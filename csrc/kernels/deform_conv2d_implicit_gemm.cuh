@@ -1,4 +1,5 @@
-// Implicit-GEMM forward of DCNv2 (CUDA fast path): the columns matrix is never materialised.
+// Implicit-GEMM forward of DCNv2 on CUDA cores (float64, float32 where no tensor-core kernel applies,
+// and implicit_gemm_simt): the columns matrix is never materialised.
 // Each block computes a BM x BN tile of out (rows x C_out of one conv group), walking the
 // reduction dimension (kernel point k, channel c) in BK-channel steps; the A tile is sampled
 // straight into shared memory from the NHWC input, with the bilinear corners and weights of each

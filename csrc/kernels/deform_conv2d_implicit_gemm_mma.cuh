@@ -9,8 +9,8 @@
 //     from the four corner vectors, in float, and its words are, unchanged, the A fragment words
 //     of the step's two MMAs: the reduction is ordered so that thread t's channels are the words
 //     t and t + 4 of both (see blend_row), and the weights are read in the same order;
-//   * where two warps multiply the same rows (a 256-channel layer: 128 rows x 256 columns per
-//     block), each samples one of the two row tiles and they trade their words through shared
+//   * where two warps multiply the same rows (blocks of 128 rows x 256 columns above 128 output
+//     channels a group; with split TF32, 128 x 128 above 64), each samples one of the two row tiles and they trade their words through shared
 //     memory, so that every element is sampled once: half the loads and the blending per MMA of
 //     a warp that samples all its rows, and twice the MMAs between a row's loads and its blend;
 //   * the weights are repacked beforehand in the order the lanes read them
@@ -24,7 +24,8 @@
 //   * a warp loads the next step's corner vectors of a row before multiplying a share of the
 //     columns and blends them after, so that the loads are in flight while the tensor cores work
 //     (one block per SM: the accumulators and all this take up to the whole register file).
-// Same reduction steps (64 bytes of channels) and grid as the cp.async WMMA kernel.
+// Same reduction steps (64 bytes of channels) and grid layout (launch_implicit_gemm's) as the cp.async
+// WMMA kernel, with tiles of its own (MmaTiles).
 // For float32 with TF32 off it keeps float32's accuracy on TF32 tensor cores (Tf32Split, "3xTF32"):
 // every operand as the sum of two TF32 numbers, and three MMAs where TF32 takes one.
 // Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness.

@@ -6,8 +6,8 @@
 //   * a warpgroup (4 warps, 64 rows) multiplies its rows by all the block's columns (64, 128 or 256:
 //     the conv group's output channels up to 256, or 128 with split TF32) with wgmma, B read by the
 //     tensor cores straight from shared memory: no weight fragments in registers, no shared-memory
-//     loads of them, and one instruction per 16 x kCols x 64 multiply-adds (16-bit) instead of
-//     kCols / 8 mma.sync;
+//     loads of them, and for a warp's share of 16 x kCols x 16 multiply-adds (16-bit) one instruction
+//     instead of kCols / 8 mma.sync;
 //   * the MMAs run asynchronously, and a step's are queued before the step before it is waited for:
 //     a step issues its wgmma, waits for the previous step's (wgmma.wait_group 1), then blends the
 //     next step's A fragments into the registers those freed and issues the loads of the step after

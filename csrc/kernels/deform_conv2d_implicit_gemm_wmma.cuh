@@ -1,5 +1,5 @@
-// Implicit-GEMM forward of DCNv2 on tensor cores (WMMA): the CUDA fast path for float16 and
-// bfloat16, and for float32 when TF32 is allowed. Same scheme as deform_conv2d_implicit_gemm.cuh
+// Implicit-GEMM forward of DCNv2 on tensor cores (WMMA), for float16 and bfloat16, and for float32
+// when TF32 is allowed, where the mma.sync kernel does not apply (or implicit_gemm_wmma forces it). Same scheme as deform_conv2d_implicit_gemm.cuh
 // (no columns buffer; the corners of each (row, kernel point, offset group) computed once and
 // shared by its channels), with bigger tiles: the A tile is sampled in float, rounded once to the
 // MMA input type and stored in shared memory; the weight tile is copied as is; each warp multiplies

@@ -1,5 +1,5 @@
-// Tensor-core implicit-GEMM forward of DCNv2 with its loads in flight while it multiplies: the CUDA
-// fast path for float16, bfloat16 and TF32 when every run of channels is whole 16-byte vectors.
+// Tensor-core implicit-GEMM forward of DCNv2 with its loads in flight while it multiplies: the WMMA
+// path for float16, bfloat16 and TF32 when every run of channels is whole 16-byte vectors.
 // Same tiles, warps and MMAs as deform_conv2d_implicit_gemm_wmma_kernel (with 64 bytes of channels
 // per reduction step: 32 16-bit ones, 16 floats), whose steps each waited for their global loads
 // (four corner vectors per sampled element, the weight tile) before the tensor cores could start.

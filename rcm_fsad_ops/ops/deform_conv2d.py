@@ -85,10 +85,11 @@ def deform_conv2d(
     sample exactly on y = -1 or x = -1 is not zeroed, unlike mmcv). Double backward and forward-mode AD
     are not supported (both raise).
     Float32/float64 on CPU, and float16/bfloat16 computed there in float32 (converted on entry, the
-    results rounded back); float32/float64/float16/bfloat16 on CUDA (float32 accumulation); under
-    CUDA autocast the op runs in the autocast dtype, under CPU autocast in float32. On sm_80+ the CUDA
-    forward uses tensor cores for float16/bfloat16, and for float32 only when
-    ``torch.backends.cuda.matmul.allow_tf32`` is set.
+    results rounded back); float32/float64/float16/bfloat16 on CUDA (16-bit types accumulate in
+    float32); under CUDA autocast the op runs in the autocast dtype, under CPU autocast in float32. On
+    sm_80+ the CUDA forward uses tensor cores for float16/bfloat16; for float32 in TF32 when
+    ``torch.backends.cuda.matmul.allow_tf32`` is set, and otherwise, where its kernel applies, on
+    operands split in two TF32 parts, which keeps float32's accuracy.
 
     Determinism: the CPU backward is always deterministic. The CUDA backward scatters the input
     gradient with float atomics by default (run-to-run differences in the last bits); under
