@@ -15,26 +15,39 @@ from tests.deform_cases import CASES, DeformCase
 GRAD_NAMES = ("input", "offset", "weight", "bias", "mask")
 
 
-def run_with_grads(fn, case: DeformCase, tensors: dict, grad_seed: int = 1, cotangent_dtype=None):
-    """Output and the gradients of <output, random cotangent> for every tensor argument; the cotangent
-    rounded to cotangent_dtype first, when given (so that a float64 run can share a 16-bit one's)."""
+def run_with_grads(fn, case: DeformCase, tensors: dict, grad_seed: int = 1, cotangent_dtype=None, cotangent=None):
+    """Output and the gradients of <output, cotangent> for every tensor argument: the given cotangent, or a
+    random one, rounded to cotangent_dtype first when given (so that a float64 run can share a 16-bit
+    one's)."""
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in tensors.items() if v is not None}
     args = {k: leaves.get(k) for k in tensors}
     out = fn(args["input"], args["offset"], args["weight"], args["bias"], mask=args["mask"], **case.kwargs())
-    g = torch.Generator().manual_seed(grad_seed)
-    cotangent = torch.randn(out.shape, generator=g, dtype=torch.float64).to(cotangent_dtype or out.dtype).to(out)
+    if cotangent is None:
+        g = torch.Generator().manual_seed(grad_seed)
+        cotangent = torch.randn(out.shape, generator=g, dtype=torch.float64).to(cotangent_dtype or out.dtype).to(out)
     out.backward(cotangent)
     return out.detach(), {k: v.grad for k, v in leaves.items()}
 
 
-def assert_matches(ours, theirs, rtol, atol):
+def assert_matches(ours, theirs, rtol, atol, equal_nan=False):
     out, grads = ours
     out_ref, grads_ref = theirs
-    torch.testing.assert_close(out, out_ref, rtol=rtol, atol=atol, msg=lambda m: f"output: {m}")
+    torch.testing.assert_close(out, out_ref, rtol=rtol, atol=atol, equal_nan=equal_nan, msg=lambda m: f"output: {m}")
     assert grads.keys() == grads_ref.keys()
     for name in grads:
-        torch.testing.assert_close(grads[name], grads_ref[name], rtol=rtol, atol=atol,
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=rtol, atol=atol, equal_nan=equal_nan,
                                    msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+def runs_as(deterministic: bool, fn, *args, **kwargs):
+    """fn(*args, **kwargs) with torch.use_deterministic_algorithms(deterministic), restored after."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -285,13 +298,7 @@ def test_image_of_no_pixels_padded_samples_zeros(deterministic, device, monkeypa
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what some PyTorch versions ask for cuBLAS
     case = DeformCase(batch=2, in_channels=3, out_channels=4, height=0, width=5, kernel=(1, 1), padding=(1, 1))
     tensors = case.tensors(torch.float64, device)
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
-        ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
-    finally:
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    ours = runs_as(deterministic, run_with_grads, rcm_fsad_ops.deform_conv2d, case, tensors)
     assert ours[0].shape == (2, 4, 2, 7)
     assert_matches(ours, run_with_grads(torchvision.ops.deform_conv2d, case, tensors), rtol=0, atol=0)
 
@@ -370,59 +377,72 @@ def test_infinite_mask_gives_torchvision_infinities(device):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def outputs_and_gradients(fn, case: DeformCase, tensors: dict, cotangent: torch.Tensor):
-    """fn's output and the gradients of <output, cotangent> for every tensor argument."""
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in tensors.items() if v is not None}
-    out = fn(leaves["input"], leaves["offset"], leaves["weight"], leaves.get("bias"), mask=leaves.get("mask"),
-             **case.kwargs())
-    grads = torch.autograd.grad(out, list(leaves.values()), cotangent)
-    return out.detach(), dict(zip(leaves, grads))
-
-
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("use_mask", [True, False])
-def test_non_finite_inputs_and_gradients_as_torchvision(use_mask, device):
+def test_non_finite_inputs_and_gradients_as_torchvision(use_mask, dtype, deterministic, device, monkeypatch):
     """Every sample on an integer coordinate, on the -1 border, on the last row or column, inside or
     beyond the image, with infinities and a NaN in the input's first row and column and inside it,
     and infinities in the output's gradient: the output and every gradient are torchvision's, NaN for
-    NaN and each infinity with its sign. A sample exactly on the -1 border reads nothing (0, where
-    its inside corners, of weight 0, hold an infinity: 0 x inf would be NaN), and the input gradient
-    reaches no corner of weight 0 (0 x an infinite gradient would be NaN)."""
+    NaN and each infinity with its sign, by the default path (float32: split TF32 on sm_80+) and the
+    deterministic backward. A sample exactly on the -1 border reads nothing (0, where its inside
+    corners, of weight 0, hold an infinity: 0 x inf would be NaN), and the input gradient reaches no
+    corner of weight 0 (0 x an infinite gradient would be NaN)."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what some PyTorch versions ask for cuBLAS
     case = DeformCase(height=5, width=6, use_mask=use_mask)
-    tensors = {k: None if v is None else v.to(device) for k, v in border_case_offsets(case).items()}
+    tensors = {k: None if v is None else v.to(device, dtype) for k, v in border_case_offsets(case).items()}
     image = tensors["input"]
     image[0, 0, 0, 2] = float("inf")
     image[0, 1, 3, 0] = float("-inf")
     image[1, 0, 0, 0] = float("nan")
     image[1, 1, 2, 3] = float("inf")
-    out = torchvision.ops.deform_conv2d(image, tensors["offset"], tensors["weight"], tensors["bias"],
-                                        mask=tensors["mask"], **case.kwargs())
-    cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(out)
+    cotangent = torch.randn(case.batch, case.out_channels, *case.out_size, generator=torch.Generator().manual_seed(3),
+                            dtype=torch.float64).to(device, dtype)
     cotangent[0, 1, 2, 2] = float("inf")
     cotangent[1, 0, 0, 1] = float("-inf")
-    ours = outputs_and_gradients(rcm_fsad_ops.deform_conv2d, case, tensors, cotangent)
-    theirs = outputs_and_gradients(torchvision.ops.deform_conv2d, case, tensors, cotangent)
+    ours = runs_as(deterministic, run_with_grads, rcm_fsad_ops.deform_conv2d, case, tensors, cotangent=cotangent)
+    theirs = run_with_grads(torchvision.ops.deform_conv2d, case, tensors, cotangent=cotangent)
     assert not torch.isfinite(theirs[0]).all() and not torch.isfinite(theirs[1]["input"]).all()
-    for name, got, want in [("output", ours[0], theirs[0])] + [(k, ours[1][k], theirs[1][k]) for k in theirs[1]]:
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, equal_nan=True, msg=lambda m, n=name: f"{n}: {m}")
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert_matches(ours, theirs, rtol=tol, atol=tol, equal_nan=True)
 
 
-def test_infinite_mask_on_an_integer_coordinate_reaches_one_input_pixel(device):
-    """An infinite mask at a sample on an integer coordinate: its input gradient is infinite at the
-    one corner of weight 1, as torchvision's, and reaches none of the three of weight 0 (0 x inf would
-    make them NaN)."""
+def test_infinite_mask_on_an_integer_coordinate_as_torchvision(device):
+    """An infinite mask at a sample on an integer coordinate: the output there is infinite, as
+    torchvision's (the three corners of weight 0 do not meet the infinity: 0 x inf would be NaN),
+    and its input gradient is infinite at the one corner of weight 1 and reaches none of the others.
+    The other gradients as torchvision's too."""
     case = DeformCase(batch=1, in_channels=1, out_channels=1, height=4, width=4, kernel=(1, 1), padding=(0, 0))
     t = case.tensors(torch.float64, device)
+    t["input"] = t["input"].abs() + 0.5  # no zero where the infinity is
     t["offset"] = torch.zeros_like(t["offset"])  # every sample on its own pixel
     t["mask"] = torch.ones_like(t["mask"])
     t["mask"][0, 0, 1, 1] = float("inf")
     cotangent = torch.ones(1, 1, 4, 4, dtype=torch.float64, device=device)
-    grads = {}
-    for name, fn in (("ours", rcm_fsad_ops.deform_conv2d), ("torchvision", torchvision.ops.deform_conv2d)):
-        grads[name] = outputs_and_gradients(fn, case, t, cotangent)[1]["input"]
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, t, cotangent=cotangent)
+    theirs = run_with_grads(torchvision.ops.deform_conv2d, case, t, cotangent=cotangent)
     infinite = torch.zeros(1, 1, 4, 4, dtype=torch.bool, device=device)
     infinite[0, 0, 1, 1] = True
-    assert torch.equal(~torch.isfinite(grads["torchvision"]), infinite)
-    torch.testing.assert_close(grads["ours"], grads["torchvision"], rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.equal(~torch.isfinite(theirs[0]), infinite) and torch.equal(~torch.isfinite(theirs[1]["input"]), infinite)
+    assert_matches(ours, theirs, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+def test_input_gradient_skips_the_next_row_within_a_rounding_of_the_sample(device):
+    """A sample at y = 1e-20 (x half-way between two pixels) whose output gradient is infinite: the
+    input gradient reaches the two pixels of row 0 and, as torchvision's (whose |y - 1| rounds to 1),
+    none of row 1, though its weight 1e-20 x 0.5 is not zero."""
+    case = DeformCase(batch=1, in_channels=1, out_channels=1, height=3, width=3, kernel=(1, 1), padding=(0, 0))
+    t = case.tensors(torch.float64, device)
+    t["offset"] = torch.zeros_like(t["offset"])
+    t["offset"][0, :, 0, 1] = torch.tensor([1e-20, 0.5])  # output (0, 1) samples (1e-20, 1.5)
+    cotangent = torch.ones(1, 1, 3, 3, dtype=torch.float64, device=device)
+    cotangent[0, 0, 0, 1] = float("inf")
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, t, cotangent=cotangent)
+    theirs = run_with_grads(torchvision.ops.deform_conv2d, case, t, cotangent=cotangent)
+    infinite = torch.zeros(1, 1, 3, 3, dtype=torch.bool, device=device)
+    infinite[0, 0, 0, 1:] = True
+    assert torch.equal(~torch.isfinite(theirs[1]["input"]), infinite)
+    assert_matches(ours, theirs, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
 def test_gradcheck(device):

@@ -10,8 +10,8 @@
 //     of the step's two MMAs: the reduction is ordered so that thread t's channels are the words
 //     t and t + 4 of both (see blend_row), and the weights are read in the same order;
 //   * where two warps multiply the same rows (blocks of 128 rows x 256 columns above 128 output
-//     channels a group; with split TF32, 128 x 128 above 64), each samples one of the two row tiles and they trade their words through shared
-//     memory, so that every element is sampled once: half the loads and the blending per MMA of
+//     channels a group; with split TF32, 128 x 128 above 64), each samples one of the two row tiles
+//     and they trade their words through shared memory, so that every element is sampled once: half the loads and the blending per MMA of
 //     a warp that samples all its rows, and twice the MMAs between a row's loads and its blend;
 //   * the weights are repacked beforehand in the order the lanes read them
 //     (deform_conv2d_mma_weight_fragments_kernel): the block's column tiles of a step are

@@ -1,11 +1,12 @@
 // Implicit-GEMM forward of DCNv2 on tensor cores (WMMA), for float16 and bfloat16, and for float32
-// when TF32 is allowed, where the mma.sync kernel does not apply (or implicit_gemm_wmma forces it). Same scheme as deform_conv2d_implicit_gemm.cuh
-// (no columns buffer; the corners of each (row, kernel point, offset group) computed once and
-// shared by its channels), with bigger tiles: the A tile is sampled in float, rounded once to the
-// MMA input type and stored in shared memory; the weight tile is copied as is; each warp multiplies
-// 32 rows x BN/2 columns of the block tile with 16x16 fragments and float accumulators. 16-byte loads of the NHWC
-// input and the weight when channels and pointers allow (channels a multiple of 8 for 16-bit types,
-// of 4 for float), element loads otherwise.
+// when TF32 is allowed, where the mma.sync kernel does not apply (or implicit_gemm_wmma forces it).
+// Same scheme as deform_conv2d_implicit_gemm.cuh (no columns buffer; the corners of each (row,
+// kernel point, offset group) computed once and shared by its channels), with bigger tiles: the A
+// tile is sampled in float, rounded once to the MMA input type and stored in shared memory; the
+// weight tile is copied as is; each warp multiplies 32 rows x BN/2 columns of the block tile with
+// 16x16 fragments and float accumulators. 16-byte loads of the NHWC input and the weight when
+// channels and pointers allow (channels a multiple of 8 for 16-bit types, of 4 for float), element
+// loads otherwise.
 // Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness, which
 // models the WMMA API (tests/kernels/cuda_emulation.h).
 #pragma once

@@ -257,7 +257,9 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
         sum_value += gcol * interpolate(p, v00, v01, v10, v11);
         const acc_t gm = gcol * m;
         for (int i = 0; i < 4; ++i) {
-          if (scatter && gradient_reaches(p, i)) atomicAdd(grad_image + p.pixel[i] * g.channels + c, p.weight[i] * gm);
+          if (scatter && gradient_reaches(p, i)) {
+            atomicAdd(grad_image + p.pixel[i] * g.channels + c, p.weight[i] * gm);
+          }
         }
       }
     }
@@ -275,9 +277,10 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
   }
 }
 
-// table[(r * K + k) * G + og] = masked_corners of that sample that its input gradient reaches, for rows first_row ..
-// first_row+rows-1 (r relative to first_row): computed once here, then read by deform_sample_keys_kernel
-// and by every channel's thread of deform_col2im_input_gather_kernel. One thread per entry.
+// table[(r * K + k) * G + og] = the masked corners of that sample that its input gradient reaches, for
+// rows first_row .. first_row+rows-1 (r relative to first_row): computed once here, then read by
+// deform_sample_keys_kernel and by every channel's thread of deform_col2im_input_gather_kernel. One
+// thread per entry.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void deform_sample_table_kernel(DeformConvGeometry g, const scalar_t* __restrict__ offset,
                                            FieldStrides offset_strides, const scalar_t* __restrict__ mask,

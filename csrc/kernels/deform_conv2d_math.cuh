@@ -13,8 +13,9 @@
 //     The offset gradient uses the corners of a sample exactly on the -1 border all the same, so
 //     that sample gets the gradient of its inside corners (torchvision's convention; mmcv zeroes
 //     it, see pytorch/vision#6885). On an integer coordinate the gradient is one-sided, taken from
-//     the floor cell. The input gradient reaches only corners of non-zero weight.
-//     These rules are torchvision's even for non-finite values (value_reads, gradient_reaches).
+//     the floor cell. The input gradient reaches only the corners torchvision's does.
+//     These rules are torchvision's even for non-finite inputs and output gradients (value_reads,
+//     gradient_reaches); a non-finite mask is another matter (masked_weight).
 #pragma once
 
 #include <cmath>
@@ -254,19 +255,27 @@ RCM_HD bool value_reads(const SamplePoint<acc_t>& p, int i) {
   return p.valid[i] && !p.on_border;
 }
 
-// Whether corner i receives the sample's input gradient: inside the image, of non-zero weight.
-// torchvision's backward skips the others; adding 0 x their share would spread a non-finite output
-// gradient or mask (0 x inf = NaN) to the neighbours of a sample on an integer coordinate.
+// Whether corner i receives the sample's input gradient: inside the image, and within a pixel of the
+// sample in both directions as torchvision's backward asks (|y - yp| < 1, |x - xp| < 1): always true
+// of the floor row and column, and of the next ones where 1 - ly and 1 - lx, rounded as torchvision
+// rounds them, stay below 1 (not for a sample on an integer coordinate, nor within a rounding of one).
+// Adding 0 x the share of a corner it skips would spread a non-finite output gradient or mask
+// (0 x inf = NaN) to the neighbours of that sample.
 template <typename acc_t>
 RCM_HD bool gradient_reaches(const SamplePoint<acc_t>& p, int i) {
-  return p.valid[i] && p.weight[i] != acc_t(0);
+  const bool row = i < 2 || acc_t(1) - p.ly < acc_t(1);
+  const bool column = i % 2 == 0 || acc_t(1) - p.lx < acc_t(1);
+  return p.valid[i] && row && column;
 }
 
-// Corner i's bilinear weight times the modulation m where value_reads, else zero whatever m is: an
-// infinite m must not meet the zero that corner reads (0 * inf = NaN).
+// Corner i's bilinear weight times the modulation m where value_reads and the weight is not zero,
+// else zero whatever m is: an infinite m must not meet the zero weight of a corner on an integer
+// coordinate or the zero that a corner outside reads (0 x inf = NaN). torchvision multiplies the
+// interpolated sample by m instead, so with an infinite m the two still differ where the sample
+// reads no corner (0 here, inf x 0 = NaN there) or a corner of non-zero weight holds 0.
 template <typename acc_t>
 RCM_HD acc_t masked_weight(const SamplePoint<acc_t>& p, int i, acc_t m) {
-  return value_reads(p, i) ? p.weight[i] * m : acc_t(0);
+  return value_reads(p, i) && p.weight[i] != acc_t(0) ? p.weight[i] * m : acc_t(0);
 }
 
 // The masked corners of kernel point k of output pixel px, whose field is f: those the sample's value
@@ -281,7 +290,8 @@ RCM_HD MaskedCorners<acc_t> masked_corners_of(const DeformConvGeometry& g, const
   for (int i = 0; i < 4; ++i) {
     const bool taken = input_gradient ? gradient_reaches(p, i) : value_reads(p, i);
     corners.pixel[i] = taken ? image_pixel0 + p.pixel[i] : -1;
-    corners.weight[i] = taken ? p.weight[i] * f.m : acc_t(0);
+    // The value's weights as masked_weight has them; the input gradient's corners' own (never 0).
+    corners.weight[i] = !input_gradient ? masked_weight(p, i, f.m) : taken ? p.weight[i] * f.m : acc_t(0);
   }
   return corners;
 }

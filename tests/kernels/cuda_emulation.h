@@ -528,7 +528,8 @@ struct AsyncCopies {
   std::deque<AsyncCopy> copies;
   std::deque<std::size_t> groups;
   std::size_t committed = 0;
-  // (offset, size) in shared memory of the copies landed since the thread's last fence.proxy.async.
+  // (offset, size) in shared memory of the copies landed since the thread's last fence.proxy.async,
+  // each range once.
   std::vector<std::pair<std::size_t, std::size_t>> unfenced;
 
   void reset() {
@@ -1292,7 +1293,12 @@ inline void async_wait(std::size_t prior) {
       const std::size_t at = static_cast<std::size_t>(c.dst - b.shared);
       std::fill_n(b.unfenced_writer.begin() + static_cast<std::ptrdiff_t>(at), c.size,
                   static_cast<std::uint16_t>(t.linear + 1));
-      q.unfenced.emplace_back(at, c.size);
+      // Kept once: a kernel that never fences (its shared memory read by plain loads) copies to the same
+      // places step after step.
+      if (const std::pair<std::size_t, std::size_t> range{at, c.size};
+          std::find(q.unfenced.begin(), q.unfenced.end(), range) == q.unfenced.end()) {
+        q.unfenced.push_back(range);
+      }
       q.copies.pop_front();
     }
     q.committed -= group;
@@ -1766,7 +1772,7 @@ inline void wgmma_fence() {
 }
 
 // One lane's wgmma.mma_async.m64nNk16 (f16, bf16) or m64nNk8 (TF32), n columns (8 to 256): every lane
-// of the warp calls it (a whole-warp collective; the warpgroup's other warps are not checked), with
+// of the warp calls it (a whole-warp collective; the warpgroup's other warps, when the block ends), with
 // A's fragment of the warp's 16 rows as the PTX ISA lays it out (the same as mma.m16n8k16's and
 // m16n8k8's: a[0] word t of row q, a[1] of row q + 8, a[2] and a[3] words t + 4) and B's
 // descriptor, the same in every lane. The
