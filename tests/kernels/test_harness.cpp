@@ -880,6 +880,14 @@ void case_wgmma() {
   check_wgmma<__nv_bfloat16>("bfloat16, B overwritten before the wait", true);
 }
 
+// Runs kernel(out) on one warpgroup (one block of 128 threads) with 256 bytes of shared memory: the
+// planted wgmma cases below.
+template <void (*kKernel)(float*)>
+void case_one_warpgroup() {
+  std::vector<float> out(128);
+  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, kKernel, out.data());
+}
+
 // A committed wgmma whose group no wait completes.
 __global__ void wgmma_pending_at_exit_kernel(float* out) {
   RCM_DYNAMIC_SHARED(unsigned char, shared);
@@ -889,11 +897,6 @@ __global__ void wgmma_pending_at_exit_kernel(float* out) {
   emu::wgmma_mma_async(emu::MmaOperand::BF16, 8, acc, fa, __cvta_generic_to_shared(shared) >> 4);
   emu::wgmma_commit_group();
   out[threadIdx.x] = 0.0f;
-}
-
-void case_wgmma_pending_at_exit() {
-  std::vector<float> out(128);
-  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_pending_at_exit_kernel, out.data());
 }
 
 // A registers of a committed wgmma changed before the wait that completes it.
@@ -909,11 +912,6 @@ __global__ void wgmma_a_changed_kernel(float* out) {
   out[threadIdx.x] = acc[0];
 }
 
-void case_wgmma_a_changed() {
-  std::vector<float> out(128);
-  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_a_changed_kernel, out.data());
-}
-
 // A descriptor with the 128-byte swizzle (mode 1 in bits 62-63), which the emulator does not model.
 __global__ void wgmma_swizzled_kernel(float* out) {
   RCM_DYNAMIC_SHARED(unsigned char, shared);
@@ -927,11 +925,6 @@ __global__ void wgmma_swizzled_kernel(float* out) {
   out[threadIdx.x] = acc[0];
 }
 
-void case_wgmma_swizzled() {
-  std::vector<float> out(128);
-  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_swizzled_kernel, out.data());
-}
-
 // A wgmma with no wgmma.fence before it: the accumulators' zeros, written just before, are not ordered
 // before the tensor cores' reads.
 __global__ void wgmma_unfenced_kernel(float* out) {
@@ -942,11 +935,6 @@ __global__ void wgmma_unfenced_kernel(float* out) {
   emu::wgmma_commit_group();
   emu::wgmma_wait_group(0);
   out[threadIdx.x] = acc[0];
-}
-
-void case_wgmma_unfenced() {
-  std::vector<float> out(128);
-  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_unfenced_kernel, out.data());
 }
 
 // Warp 3 of the warpgroup skips the wgmma that the other three issue (it still fences, commits and
@@ -962,11 +950,6 @@ __global__ void wgmma_warpgroup_divergent_kernel(float* out) {
   emu::wgmma_commit_group();
   emu::wgmma_wait_group(0);
   out[threadIdx.x] = acc[0];
-}
-
-void case_wgmma_warpgroup_divergent() {
-  std::vector<float> out(128);
-  emu::launch(emu::Mode::BlockByBlock, 1, 128, 256, wgmma_warpgroup_divergent_kernel, out.data());
 }
 
 // B of a bf16 m64n8k16 wgmma (256 bytes: two core matrices along k, LBO 128) copied into shared memory
@@ -1270,11 +1253,11 @@ const std::map<std::string, void (*)()>& cases() {
       {"mma_sync", case_mma_sync},
       {"mma_sync_divergent", case_mma_sync_divergent},
       {"wgmma", case_wgmma},
-      {"wgmma_pending_at_exit", case_wgmma_pending_at_exit},
-      {"wgmma_swizzled", case_wgmma_swizzled},
-      {"wgmma_a_changed", case_wgmma_a_changed},
-      {"wgmma_unfenced", case_wgmma_unfenced},
-      {"wgmma_warpgroup_divergent", case_wgmma_warpgroup_divergent},
+      {"wgmma_pending_at_exit", case_one_warpgroup<wgmma_pending_at_exit_kernel>},
+      {"wgmma_swizzled", case_one_warpgroup<wgmma_swizzled_kernel>},
+      {"wgmma_a_changed", case_one_warpgroup<wgmma_a_changed_kernel>},
+      {"wgmma_unfenced", case_one_warpgroup<wgmma_unfenced_kernel>},
+      {"wgmma_warpgroup_divergent", case_one_warpgroup<wgmma_warpgroup_divergent_kernel>},
       {"wgmma_b_fenced", [] { check_wgmma_async_b(true); }},
       {"wgmma_b_unfenced", [] { check_wgmma_async_b(false); }},
       {"shuffle_orders_nothing", case_neighbour_across_warp_step<WarpStep::Shuffle>},
