@@ -20,8 +20,10 @@
 #   4 smoke      every sanitizer case below, without a sanitizer: a kernel that hangs shows here
 #                within 120 s, and then every later GPU step is skipped (each would hang to its cap) so
 #                that the time is left for a fix and a rerun (as they are when the build fails) -> checks.log
-#   5 tests      python -m pytest tests -k cuda --maxfail=15 (CUDA parity tests; a per-test timeout
-#                where pytest-timeout is installed; fails when no GPU is visible)  -> checks.log
+#   5 tests      python -m benchmarks.resuming_pytest tests -k cuda --maxfail=15 (CUDA parity tests;
+#                a test that kills the process or loses the CUDA context costs itself only: a fresh
+#                pytest resumes after it; a per-test timeout where pytest-timeout is installed; fails
+#                when no GPU is visible)                                             -> checks.log
 #   6 memcheck   compute-sanitizer --tool memcheck on small forward+backward cases, six CUDA
 #                forward algorithms (the default with TF32 and without: split TF32) and the
 #                deterministic backward, four dtypes (every CUDA kernel)
@@ -353,13 +355,15 @@ gpu_step smoke "$CHECKS_LOG" 120 1 "$PY -c '$CUDA_VISIBLE' && $PY $SMALL_PY"
     NO_GPU_STEPS="a kernel hung in the smoke step"
 
 # ---- 5 CUDA parity tests ----------------------------------------------------------------------------
-# Not -x: one failure would hide every CUDA test after it. A per-test timeout (thread method: a kernel
-# that never returns blocks signals) where pytest-timeout is installed. 240 s: six CUDA backends since
-# session 14 (cuda-wgmma), none of them timed on the GPU machine yet.
+# Not -x: one failure would hide every CUDA test after it; nor would one that kills the process or the CUDA
+# context (session 12 lost the tests after the first bad-input check), with benchmarks.resuming_pytest.
+# A per-test timeout (thread method: a kernel that never returns blocks signals) where pytest-timeout is
+# installed. 240 s: six CUDA backends since session 14 (cuda-wgmma), none of them timed on the GPU
+# machine yet.
 if $PY -c 'import pytest' >/dev/null 2>&1; then
     TEST_TIMEOUT=""
     $PY -c 'import pytest_timeout' >/dev/null 2>&1 && TEST_TIMEOUT="--timeout=60 --timeout_method=thread"
-    gpu_step tests "$CHECKS_LOG" 240 1 "$PY -c '$CUDA_VISIBLE' && $PY -m pytest tests -q -rfEs -k cuda --maxfail=15 --tb=short --durations=10 $TEST_TIMEOUT -p no:cacheprovider"
+    gpu_step tests "$CHECKS_LOG" 240 1 "$PY -c '$CUDA_VISIBLE' && $PY -m benchmarks.resuming_pytest tests -q -rfEs -k cuda --maxfail=15 --tb=short --durations=10 $TEST_TIMEOUT -p no:cacheprovider"
 else
     skip_step tests "$CHECKS_LOG" 1 "pytest is not installed for $PY"
 fi
