@@ -273,6 +273,32 @@ bool wgmma_code_loaded() {
   });
 }
 
+// A clear error where the build has no code the current device runs: a build made where no GPU is
+// visible is for Hopper only (sm_90a), and on another GPU every launch would fail with CUDA's bare "no
+// kernel image" error. Any kernel of this file answers for all (the same architectures build every
+// one); the probe is the smallest. An error of another kind is raised as it is, and not remembered.
+void check_build_runs_on_device() {
+  static QueryCache<c10::DeviceIndex, bool> cache;
+  const bool runs = cache.get(c10::cuda::current_device(), [] {
+    cudaFuncAttributes attributes{};
+    const cudaError_t status = cudaFuncGetAttributes(&attributes, wgmma_code_probe_kernel);
+    if (status == cudaErrorNoKernelImageForDevice || status == cudaErrorInvalidDeviceFunction) {
+      (void)cudaGetLastError();  // not sticky: cleared, so that no later check reports it
+      return false;
+    }
+    C10_CUDA_CHECK(status);
+    return true;
+  });
+  if (!runs) {
+    const cudaDeviceProp* properties = at::cuda::getCurrentDeviceProperties();
+    TORCH_CHECK(false, "deform_conv2d: this build of rcm_fsad_ops has no CUDA code that ", properties->name,
+                " (compute capability ", properties->major, ".", properties->minor,
+                ") can run. Rebuild it where this GPU is visible, or with TORCH_CUDA_ARCH_LIST=\"",
+                properties->major, ".", properties->minor,
+                "\" (README: Build); `python -m rcm_fsad_ops info` lists the architectures it was built for.");
+  }
+}
+
 // RCM_FSAD_DISABLE_WGMMA=1 keeps the wgmma kernel from running (implicit_gemm_wgmma then takes the
 // default path): a switch for a device or driver where it misbehaves, read at each call. Unset, empty
 // or 0: it runs where its code is loaded.
@@ -767,6 +793,7 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset,
   const DeformConvGeometry g =
       check_deform_conv2d_args(input, offset, weight, mask, bias, stride, padding, dilation);
   const c10::cuda::CUDAGuard guard(input.device());
+  check_build_runs_on_device();
   const int64_t rows = g.batch * g.out_pixels();
   const ForwardOutput out = forward_output(input, g);
   if (rows > 0 && g.out_channels > 0) {
@@ -795,6 +822,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   // atomics land in): so nothing here calls alertNotDeterministic.
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const c10::cuda::CUDAGuard guard(input.device());
+  check_build_runs_on_device();
   const at::ScalarType acc_type = at::toOpMathType(input.scalar_type());
   at::Tensor grad_input = at::zeros({g.batch, g.height, g.width, g.channels}, input.options().dtype(acc_type));
   OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset, mask, g);
