@@ -189,14 +189,23 @@ void columns_times_weight(const at::Tensor& columns, const at::Tensor& wmat,
   }
 }
 
+void columns_gradient(const at::Tensor& grad_rows, const at::Tensor& wmat, at::Tensor& grad_columns,
+                      const kernels::DeformConvGeometry& g) {
+  const int64_t in_cols = g.kernel_points() * g.channels_per_group();
+  const int64_t out_cols = g.out_channels / g.groups;
+  for (int64_t group = 0; group < g.groups; ++group) {
+    at::Tensor gc = grad_columns.narrow(1, group * in_cols, in_cols);
+    at::mm_out(gc, grad_rows.narrow(1, group * out_cols, out_cols), wmat.narrow(0, group * out_cols, out_cols));
+  }
+}
+
 void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, const at::Tensor& wmat,
                     at::Tensor& grad_columns, at::Tensor& grad_wmat, const kernels::DeformConvGeometry& g) {
+  columns_gradient(grad_rows, wmat, grad_columns, g);
   const int64_t in_cols = g.kernel_points() * g.channels_per_group();
   const int64_t out_cols = g.out_channels / g.groups;
   for (int64_t group = 0; group < g.groups; ++group) {
     const at::Tensor go = grad_rows.narrow(1, group * out_cols, out_cols);
-    at::Tensor gc = grad_columns.narrow(1, group * in_cols, in_cols);
-    at::mm_out(gc, go, wmat.narrow(0, group * out_cols, out_cols));
     at::Tensor gw = grad_wmat.narrow(0, group * out_cols, out_cols);
     const at::Tensor cols = columns.narrow(1, group * in_cols, in_cols);
     if (gw.scalar_type() == cols.scalar_type()) {

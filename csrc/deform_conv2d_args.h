@@ -71,7 +71,11 @@ void columns_times_weight(const at::Tensor& columns, const at::Tensor& wmat,
                           const std::optional<at::Tensor>& bias, at::Tensor& out_rows,
                           const kernels::DeformConvGeometry& g);
 
-// The two backward GEMMs of a block of rows, per conv group: grad_columns = grad_rows x wmat and
+// grad_columns = grad_rows x wmat, per conv group, for a block of rows.
+void columns_gradient(const at::Tensor& grad_rows, const at::Tensor& wmat, at::Tensor& grad_columns,
+                      const kernels::DeformConvGeometry& g);
+
+// The two backward GEMMs of a block of rows, per conv group: columns_gradient and
 // grad_wmat += grad_rows^T x columns. grad_wmat is in the operands' dtype, or in float32 for float16
 // and bfloat16 operands.
 void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, const at::Tensor& wmat,

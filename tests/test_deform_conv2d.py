@@ -534,24 +534,46 @@ def test_cpu_backward_is_deterministic():
     assert_matches(first, second, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("batch", [1, 2, 3])
-def test_cpu_threads_split_the_work_without_changing_it(batch):
-    """The CPU kernels' parallel loops (forward: tiles of output pixels, sized for the thread count;
-    backward: images, or bands of an image's rows with a copy of the input gradient each when there
-    are fewer images than threads: 3 bands at batch 1 and 2, 1 at batch 3; each thread with its own
-    weight-gradient sum) give what one thread gives, to rounding: the tiles' GEMMs and the sums of the
-    threads' weight gradients and of the bands' input gradients change with the count."""
-    case = DeformCase(batch=batch, in_channels=8, out_channels=6, height=20, width=20, offset_scale=3.0)
+# Bytes of one copy of the weight gradient of the case below at one conv group, in float64.
+ONE_WEIGHT_COPY = 6 * 8 * 9 * 8
+
+
+@pytest.mark.parametrize("copy_bytes", [None, "0", str(ONE_WEIGHT_COPY)], ids=["default", "no-copies", "one-copy"])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cpu_threads_split_the_work_without_changing_it(batch, groups, copy_bytes, monkeypatch):
+    """The CPU kernels' parallel loops give what one thread gives, to rounding (the tiles' GEMMs and the
+    sums of the copies change with the count). Forward: tiles of output pixels, sized for the thread
+    count. Backward on 4 threads: images, or bands of an image's rows, a copy of the input gradient each,
+    when there are fewer images than threads and the copies fit (RCM_FSAD_CPU_COPY_BYTES); the weight
+    gradient in ranges of rows, a copy each, times runs of each conv group's kernel points. With the
+    default budget, 4 ranges (2 at two conv groups) of whole groups; with no copies, 3 runs of kernel
+    points (9 at two conv groups) in one range; with one copy beyond the first at one conv group, 9 runs
+    in 2 ranges."""
+    case = DeformCase(batch=batch, in_channels=8, out_channels=6, height=20, width=20, groups=groups,
+                      offset_groups=2, offset_scale=3.0)
     tensors = case.tensors(torch.float64)
+    if copy_bytes is not None:
+        monkeypatch.setenv("RCM_FSAD_CPU_COPY_BYTES", copy_bytes)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         single = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
-        torch.set_num_threads(3)
+        torch.set_num_threads(4)
         several = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
     finally:
         torch.set_num_threads(threads)
     assert_matches(several, single, rtol=1e-12, atol=1e-12)
+    assert_matches(several, run_with_grads(reference.deform_conv2d, case, tensors), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", ""])
+def test_cpu_copy_budget_that_is_not_a_number_of_bytes_is_an_error(value, monkeypatch):
+    case = DeformCase()
+    tensors = case.tensors(torch.float64)
+    monkeypatch.setenv("RCM_FSAD_CPU_COPY_BYTES", value)
+    with pytest.raises(RuntimeError, match=f"RCM_FSAD_CPU_COPY_BYTES must be a number of bytes \\(0 or more\\), got '{value}'"):
+        run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -33,24 +33,72 @@ int64_t forward_tile_rows(int64_t rows, int64_t threads) {
   return std::max<int64_t>(1, (rows + rounds * threads - 1) / (rounds * threads));
 }
 
-// The backward's tasks are (image, band of its output rows); each band scatters into a private copy
-// of the input gradient, and the copies are summed at the end. Bands per image: the fewest that give
-// every thread at least 7/8 of an even share of the tasks (batch 1 on 2 threads: 2 bands; batch 8:
-// 1, so no copy), with the copies beyond the first within kBandCopyBytes.
-constexpr int64_t kBandCopyBytes = int64_t(256) << 20;
+// Copies that let threads split a sum (the input gradient's, one per band of rows; the weight
+// gradient's, one per range of rows) take at most this many bytes beyond the first, each kind:
+// RCM_FSAD_CPU_COPY_BYTES (a number of bytes, 0 for no copies), else 256 MiB. Read once per backward.
+int64_t split_copy_bytes() {
+  const char* text = std::getenv("RCM_FSAD_CPU_COPY_BYTES");
+  if (text == nullptr) return int64_t(256) << 20;
+  char* end = nullptr;
+  const long long value = std::strtoll(text, &end, 10);
+  TORCH_CHECK(end != text && *end == '\0' && value >= 0,
+              "RCM_FSAD_CPU_COPY_BYTES must be a number of bytes (0 or more), got '", text, "'");
+  return std::min<int64_t>(value, int64_t(1) << 60);  // beyond any memory; no overflow in the counts below
+}
 
-int64_t backward_bands(int64_t batch, int64_t out_pixels, int64_t threads, int64_t grad_input_bytes) {
-  if (batch <= 0) return 1;
-  const int64_t affordable = kBandCopyBytes / std::max<int64_t>(1, grad_input_bytes) + 1;
-  const int64_t most = std::max<int64_t>(1, std::min({threads, affordable, out_pixels}));
+// The share of `threads` threads' time that `tasks` equal tasks keep busy.
+double busy_share(int64_t tasks, int64_t threads) {
+  const int64_t rounds = (tasks + threads - 1) / threads;
+  return double(tasks) / double(rounds * threads);
+}
+
+// The fewest splits of each of `units` units of work, at most `most`, that give every one of `threads`
+// threads at least 7/8 of an even share of the units x splits tasks; else the split with the largest.
+int64_t fewest_splits(int64_t units, int64_t threads, int64_t most) {
   int64_t best = 1;
   double best_share = 0;
-  for (int64_t bands = 1; bands <= most; ++bands) {
-    const int64_t tasks = batch * bands;
-    const int64_t rounds = (tasks + threads - 1) / threads;
-    const double share = double(tasks) / double(rounds * threads);  // of the threads' time, busy
-    if (share >= 0.875) return bands;
-    if (share > best_share) best = bands, best_share = share;
+  for (int64_t splits = 1; splits <= std::max<int64_t>(1, most); ++splits) {
+    const double share = busy_share(units * splits, threads);
+    if (share >= 0.875) return splits;
+    if (share > best_share) best = splits, best_share = share;
+  }
+  return best;
+}
+
+// The input gradient's tasks are (image, band of its output rows); each band scatters into a private
+// copy of the input gradient, and the copies are summed at the end. Batch 1 on 2 threads: 2 bands;
+// batch 8: 1, so no copy.
+int64_t backward_bands(int64_t batch, int64_t out_pixels, int64_t threads, int64_t grad_input_bytes,
+                       int64_t copy_bytes) {
+  if (batch <= 0) return 1;
+  const int64_t affordable = copy_bytes / std::max<int64_t>(1, grad_input_bytes) + 1;
+  return fewest_splits(batch, threads, std::min({threads, affordable, out_pixels}));
+}
+
+// The weight gradient's tasks: each conv group's kernel points in `kernel_point_runs` equal runs (a block
+// of columns each: ColumnWindow::group_kernel_points), times `row_ranges` ranges of the rows, each range
+// adding into a copy of its own. The split that keeps the threads busiest with copies that fit in
+// split_copy_bytes(), and of those the one with the fewest runs, then the fewest copies: whole groups are
+// the faster blocks (sampled a row at a time, as the forward does; a kernel point a block took 4-8%
+// longer at 64 channels on 2 threads). 2 threads: 1 run, 2 ranges; 64 threads and a 512-channel 3x3
+// layer in float32: 3 runs, 21 ranges (189 MiB, where a copy per thread took 576 MiB).
+struct WeightGradientSplit {
+  int64_t kernel_point_runs;
+  int64_t row_ranges;
+};
+
+WeightGradientSplit weight_gradient_split(const DeformConvGeometry& g, int64_t rows, int64_t threads,
+                                          int64_t grad_weight_bytes, int64_t copy_bytes) {
+  const int64_t affordable = copy_bytes / std::max<int64_t>(1, grad_weight_bytes) + 1;
+  const int64_t most_ranges = std::max<int64_t>(1, std::min({threads, affordable, rows}));
+  WeightGradientSplit best{1, 1};
+  double best_share = 0;
+  for (int64_t runs = 1; runs <= g.kernel_points(); ++runs) {
+    if (g.kernel_points() % runs != 0) continue;
+    for (int64_t ranges = 1; ranges <= most_ranges; ++ranges) {
+      const double share = busy_share(g.groups * runs * ranges, threads);
+      if (share > best_share) best = {runs, ranges}, best_share = share;
+    }
   }
   return best;
 }
@@ -95,29 +143,49 @@ struct Sampling {
   }
 };
 
-// cols[r - row_begin, :] for rows [row_begin, row_end).
+// A window of the columns matrix's rows: kernel points [k_begin, k_end) of channels [c_begin, c_end),
+// whose columns are [first, first + width) of a row: every column, or one conv group's of a run of
+// kernel points (contiguous, by DeformConvGeometry::column_index).
+struct ColumnWindow {
+  int64_t k_begin, k_end, c_begin, c_end, first, width;
+
+  static ColumnWindow every_column(const DeformConvGeometry& g) {
+    return {0, g.kernel_points(), 0, g.channels, 0, g.column_width()};
+  }
+  // Kernel points [k_begin, k_end) of conv group `group`.
+  static ColumnWindow group_kernel_points(const DeformConvGeometry& g, int64_t group, int64_t k_begin,
+                                          int64_t k_end) {
+    const int64_t cg = g.channels_per_group();
+    return {k_begin, k_end, group * cg, (group + 1) * cg, g.column_index(group * cg, k_begin), (k_end - k_begin) * cg};
+  }
+};
+
+// cols[r - row_begin, :] = the window's columns of rows [row_begin, row_end).
 template <typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_body(const Sampling<scalar_t>& s, int64_t row_begin,
-                                                       int64_t row_end, scalar_t* cols) {
+                                                       int64_t row_end, const ColumnWindow& window,
+                                                       scalar_t* cols) {
   const DeformConvGeometry& g = s.g;
+  const int64_t per_og = g.channels_per_offset_group();
   for (int64_t r = row_begin; r < row_end; ++r) {
     const auto [n, oy, ox] = kernels::output_pixel(g, r);
-    scalar_t* col_row = cols + (r - row_begin) * g.column_width();
-    for (int64_t og = 0; og < g.offset_groups; ++og) {
-      for (int64_t k = 0; k < g.kernel_points(); ++k) {
+    scalar_t* col_row = cols + (r - row_begin) * window.width;
+    for (int64_t og = window.c_begin / per_og; og * per_og < window.c_end; ++og) {
+      const int64_t og_end = std::min((og + 1) * per_og, window.c_end);
+      for (int64_t k = window.k_begin; k < window.k_end; ++k) {
         const auto t = s.tap(n, og, k, oy, ox);
         const auto& corner = t.value_corner;
         const auto& w = t.weight;
-        for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
-             c0 = c1) {
+        // A run ends at its offset group's end or its conv group's, neither past the window's.
+        for (int64_t c0 = std::max(og * per_og, window.c_begin), c1; c0 < og_end; c0 = c1) {
           c1 = g.column_run_end(og, c0);
-          scalar_t* __restrict__ dst = col_row + g.column_index(c0, k) - c0;
-          const scalar_t* __restrict__ a = corner[0];
-          const scalar_t* __restrict__ b = corner[1];
-          const scalar_t* __restrict__ c = corner[2];
-          const scalar_t* __restrict__ d = corner[3];
-          for (int64_t ch = c0; ch < c1; ++ch) {
-            dst[ch] = w[0] * a[ch] + w[1] * b[ch] + w[2] * c[ch] + w[3] * d[ch];
+          scalar_t* __restrict__ dst = col_row + (g.column_index(c0, k) - window.first);
+          const scalar_t* __restrict__ a = corner[0] + c0;
+          const scalar_t* __restrict__ b = corner[1] + c0;
+          const scalar_t* __restrict__ c = corner[2] + c0;
+          const scalar_t* __restrict__ d = corner[3] + c0;
+          for (int64_t i = 0; i < c1 - c0; ++i) {
+            dst[i] = w[0] * a[i] + w[1] * b[i] + w[2] * c[i] + w[3] * d[i];
           }
         }
       }
@@ -218,8 +286,9 @@ bool use_avx2_fma() {
 }
 
 template <typename scalar_t>
-void sample_columns_baseline(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, scalar_t* cols) {
-  sample_columns_body(s, row_begin, row_end, cols);
+void sample_columns_baseline(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end,
+                             const ColumnWindow& window, scalar_t* cols) {
+  sample_columns_body(s, row_begin, row_end, window, cols);
 }
 
 template <typename scalar_t, typename... Args>
@@ -230,8 +299,9 @@ void sample_columns_backward_baseline(Args... args) {
 #ifdef RCM_FSAD_AVX2_DISPATCH
 template <typename scalar_t>
 [[gnu::target("avx2,fma")]] void sample_columns_avx2(const Sampling<scalar_t>& s, int64_t row_begin,
-                                                     int64_t row_end, scalar_t* cols) {
-  sample_columns_body(s, row_begin, row_end, cols);
+                                                     int64_t row_end, const ColumnWindow& window,
+                                                     scalar_t* cols) {
+  sample_columns_body(s, row_begin, row_end, window, cols);
 }
 
 template <typename scalar_t, typename... Args>
@@ -241,11 +311,12 @@ template <typename scalar_t, typename... Args>
 #endif
 
 template <typename scalar_t>
-void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, scalar_t* cols) {
+void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
+                    scalar_t* cols) {
 #ifdef RCM_FSAD_AVX2_DISPATCH
-  if (s.avx2_fma) return sample_columns_avx2(s, row_begin, row_end, cols);
+  if (s.avx2_fma) return sample_columns_avx2(s, row_begin, row_end, window, cols);
 #endif
-  sample_columns_baseline(s, row_begin, row_end, cols);
+  sample_columns_baseline(s, row_begin, row_end, window, cols);
 }
 
 template <typename scalar_t>
@@ -332,7 +403,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t r0 = t * tile_rows;
           const int64_t len = std::min(tile_rows, rows - r0);
-          sample_columns(s, r0, r0 + len, cols.mutable_data_ptr<scalar_t>());
+          sample_columns(s, r0, r0 + len, ColumnWindow::every_column(g), cols.mutable_data_ptr<scalar_t>());
           at::Tensor out_tile = out_rows.narrow(0, r0, len);
           columns_times_weight(cols.narrow(0, 0, len), wmat, bias, out_tile, g);
         }
@@ -357,18 +428,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   }
   check_cpu_dtype(input);
   const int64_t threads = at::get_num_threads();
+  const int64_t rows = g.batch * g.out_pixels();
   const int64_t image_size = g.height * g.width * g.channels;
+  const int64_t copy_bytes = split_copy_bytes();
   const int64_t bands =
-      backward_bands(g.batch, g.out_pixels(), threads, g.batch * image_size * input.element_size());
+      backward_bands(g.batch, g.out_pixels(), threads, g.batch * image_size * input.element_size(), copy_bytes);
   const int64_t band_rows = (g.out_pixels() + bands - 1) / bands;
+  const WeightGradientSplit split =
+      weight_gradient_split(g, rows, threads, weight.numel() * weight.element_size(), copy_bytes);
+  const int64_t blocks = g.groups * split.kernel_point_runs;
+  const int64_t range_rows = (rows + split.row_ranges - 1) / split.row_ranges;
   at::Tensor grad_input_bands = at::zeros({bands, g.batch, g.height, g.width, g.channels}, input.options());
   OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset, mask, g);
   at::Tensor grad_offset = sample_gradients.offset;
   at::Tensor grad_mask = sample_gradients.mask;
   const at::Tensor wmat = weight_matrix(weight);
-  // One weight-gradient accumulator per thread; summed once at the end, in thread order.
-  at::Tensor grad_wmat_parts = at::zeros({threads, wmat.size(0), wmat.size(1)}, weight.options());
-  if (g.batch > 0 && g.out_channels > 0) {
+  at::Tensor grad_wmat_ranges = at::zeros({split.row_ranges, wmat.size(0), wmat.size(1)}, weight.options());
+  if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor grad_rows =
         grad_output.permute({0, 2, 3, 1}).contiguous().view({-1, g.out_channels});
@@ -378,12 +454,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       const FieldStrides gos = field_strides(grad_offset);
       const FieldStrides gms = mask.has_value() ? field_strides(grad_mask) : FieldStrides{0, 0, 0, 0};
       scalar_t* gm_ptr = mask.has_value() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr;
-      // Task t is band t % bands of image t / bands: the only writer of its copy of that image's
-      // input gradient.
+      // The input, offset and mask gradients. Task t is band t % bands of image t / bands: the only
+      // writer of its copy of that image's input gradient.
       parallel_for_calling_ops(0, g.batch * bands, [&](int64_t t0, int64_t t1) {
-        at::Tensor cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, input.options());
-        at::Tensor grad_wmat = grad_wmat_parts[at::get_thread_num()];
         at::Tensor sink = at::zeros({4, g.channels}, input.options());
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t image_row = (t / bands) * g.out_pixels();
@@ -392,21 +466,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           scalar_t* grad_input = grad_input_bands.mutable_data_ptr<scalar_t>() + (t % bands) * g.batch * image_size;
           for (int64_t r0 = begin; r0 < end; r0 += kRowTile) {
             const int64_t len = std::min(kRowTile, end - r0);
-            sample_columns(s, r0, r0 + len, cols.mutable_data_ptr<scalar_t>());
             at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
-            backward_gemms(grad_rows.narrow(0, r0, len), cols.narrow(0, 0, len), wmat, grad_cols_tile,
-                           grad_wmat, g);
+            columns_gradient(grad_rows.narrow(0, r0, len), wmat, grad_cols_tile, g);
             sample_columns_backward(s, r0, r0 + len, grad_cols.const_data_ptr<scalar_t>(), grad_input,
                                     sink.mutable_data_ptr<scalar_t>(), grad_offset.mutable_data_ptr<scalar_t>(),
                                     gos, gm_ptr, gms);
           }
         }
       });
+      // The weight gradient. Task t is block t % blocks (a conv group's run of kernel points) of range
+      // t / blocks of the rows: it samples that block's columns and adds grad_rows^T x them to the range's
+      // copy, a tile of rows at a time. No two tasks write the same block of a copy.
+      const int64_t out_cols = g.out_channels / g.groups;
+      const int64_t cg = g.channels_per_group();
+      const int64_t run = g.kernel_points() / split.kernel_point_runs;
+      const int64_t tile_rows = kRowTile * blocks;  // as many elements as a tile of kRowTile whole rows
+      parallel_for_calling_ops(0, split.row_ranges * blocks, [&](int64_t t0, int64_t t1) {
+        at::Tensor cols = at::empty({tile_rows, run * cg}, input.options());
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t range = t / blocks, group = t % blocks / split.kernel_point_runs;
+          const int64_t k0 = t % split.kernel_point_runs * run;
+          const ColumnWindow window = ColumnWindow::group_kernel_points(g, group, k0, k0 + run);
+          at::Tensor grad_block =
+              grad_wmat_ranges[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, run * cg);
+          const int64_t end = std::min(rows, (range + 1) * range_rows);
+          for (int64_t r0 = range * range_rows; r0 < end; r0 += tile_rows) {
+            const int64_t len = std::min(tile_rows, end - r0);
+            sample_columns(s, r0, r0 + len, window, cols.mutable_data_ptr<scalar_t>());
+            grad_block.addmm_(grad_rows.narrow(0, r0, len).narrow(1, group * out_cols, out_cols).t(),
+                              cols.narrow(0, 0, len));
+          }
+        }
+      });
     });
   }
   const at::Tensor grad_input = bands > 1 ? grad_input_bands.sum(0) : grad_input_bands.squeeze(0);
+  const at::Tensor grad_wmat = split.row_ranges > 1 ? grad_wmat_ranges.sum(0) : grad_wmat_ranges.squeeze(0);
   return {from_nhwc(grad_input, input.scalar_type(), output_memory_format(input)), grad_offset,
-          weight_from_matrix(grad_wmat_parts.sum(0), weight), grad_mask};
+          weight_from_matrix(grad_wmat, weight), grad_mask};
 }
 
 }  // namespace
