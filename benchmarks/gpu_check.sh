@@ -356,7 +356,8 @@ gpu_step smoke "$CHECKS_LOG" 120 1 "$PY -c '$CUDA_VISIBLE' && $PY $SMALL_PY"
 
 # ---- 5 CUDA parity tests ----------------------------------------------------------------------------
 # Not -x: one failure would hide every CUDA test after it; nor would one that kills the process or the CUDA
-# context (session 12 lost the tests after the first bad-input check), with benchmarks.resuming_pytest.
+# context (session 12 lost the tests after the first bad-input check), with benchmarks.resuming_pytest
+# (whose rounds count --maxfail each).
 # A per-test timeout (thread method: a kernel that never returns blocks signals) where pytest-timeout is
 # installed. 240 s: six CUDA backends since session 14 (cuda-wgmma), none of them timed on the GPU
 # machine yet.

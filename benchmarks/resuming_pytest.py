@@ -17,12 +17,14 @@ test unfinished, or with a lost context, is followed by another, at most MAX_ROU
 process died, the failures it had not yet printed are printed from the journal.
 
 Exit status: 0 when every round passed (pytest's 0, or 5 for a round with nothing left to run), 1
-otherwise; each test that died or broke the context is listed at the end.
+otherwise; each test that died or broke the context is listed at the end, as is a death outside any test
+and a stop from outside (SIGTERM: gpu_check's timeout). --maxfail counts within a round.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,8 +99,10 @@ def pytest_runtest_logfinish(nodeid, location):
     (printing its reports as usual), and the next round goes on in a fresh process."""
     if not _journal():
         return
-    _append("end", nodeid)
+    # Before "end": a process that dies or hangs (until pytest-timeout ends it) in the synchronisation
+    # died in this test.
     error = cuda_context_error()
+    _append("end", nodeid)
     if error is not None:
         _append("lost", nodeid, error)
         _session.shouldstop = f"resuming_pytest: the CUDA context is lost after {nodeid}: {error}"
@@ -117,12 +121,16 @@ class JournalEntry:
     lost: Optional[str] = None
 
 
-def read_journal(path: Path) -> List[JournalEntry]:
-    """The tests of the journal at path, in the order they started."""
+def journal_lines(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines()) if path.exists() else 0
+
+
+def read_journal(path: Path, first_line: int = 0) -> List[JournalEntry]:
+    """The tests the journal at path saw start from its line first_line on, in the order they started."""
     entries: Dict[str, JournalEntry] = {}
     if not path.exists():
         return []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines()[first_line:]:
         record = json.loads(line)
         nodeid = record["nodeid"]
         if record["event"] == "start":
@@ -138,39 +146,65 @@ def read_journal(path: Path) -> List[JournalEntry]:
     return list(entries.values())
 
 
+def print_unreported_failures(entries: List[JournalEntry]) -> None:
+    """The failures of a round whose process never reached the end of its session, which prints them."""
+    for entry in entries:
+        for failure in entry.failures:
+            print(f"\nresuming_pytest: FAILED {entry.nodeid}\n{failure}", flush=True)
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     pytest_args = list(sys.argv[1:] if argv is None else argv)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     casualties: List[str] = []
     passed = True
+    # gpu_check's timeout ends the step with SIGTERM: what the journal holds is still reported.
+    previous_handler = signal.signal(signal.SIGTERM, _stop)
     with tempfile.TemporaryDirectory(prefix="resuming_pytest.") as work:
         journal = Path(work) / "journal"
         env[JOURNAL_ENV] = str(journal)
-        for round_ in range(1, MAX_ROUNDS + 1):
-            seen = len(read_journal(journal))
-            command = [sys.executable, "-m", "pytest", "-p", "benchmarks.resuming_pytest", *pytest_args]
-            returncode = subprocess.run(command, env=env).returncode
-            new = read_journal(journal)[seen:]
-            died = [e for e in new if not e.finished]
-            lost = [e for e in new if e.lost is not None]
-            if died:
-                # The session never printed this round's failures: they are in the journal.
-                for entry in new:
-                    for failure in entry.failures:
-                        print(f"\nresuming_pytest: FAILED {entry.nodeid} ({failure}", flush=True)
-            casualties += [f"{e.nodeid}: the process died in it (exit {returncode})" for e in died]
-            casualties += [f"{e.nodeid}: the CUDA context was lost after it: {e.lost}" for e in lost]
-            nothing_left = round_ > 1 and returncode == pytest.ExitCode.NO_TESTS_COLLECTED
-            passed &= returncode == 0 or nothing_left
-            if not (died or lost) or nothing_left:
-                break
-            print(f"\nresuming_pytest: round {round_} ended early (exit {returncode}); "
-                  "the next resumes after the tests it ran", flush=True)
-        else:
-            casualties.append(f"stopped after {MAX_ROUNDS} rounds: tests after the last one may not have run")
+        first = 0
+        try:
+            for round_ in range(1, MAX_ROUNDS + 1):
+                first = journal_lines(journal)
+                command = [sys.executable, "-m", "pytest", "-p", "benchmarks.resuming_pytest", *pytest_args]
+                returncode = subprocess.run(command, env=env).returncode
+                new = read_journal(journal, first)
+                died = [e for e in new if not e.finished]
+                lost = [e for e in new if e.lost is not None]
+                casualties += [f"{e.nodeid}: the process died in it (exit {returncode})" for e in died]
+                casualties += [f"{e.nodeid}: the CUDA context was lost after it: {e.lost}" for e in lost]
+                # pytest's own exit codes are 0 to 5; another one, with no test unfinished, is a death
+                # outside any test (a fixture's teardown at the session's end, an exit handler)
+                outside = not died and returncode not in range(6)
+                if outside:
+                    after = f"after {new[-1].nodeid}" if new else "before any test"
+                    casualties.append(f"pytest exited {returncode} outside any test, {after}")
+                if died or outside:
+                    print_unreported_failures(new)
+                nothing_left = round_ > 1 and returncode == pytest.ExitCode.NO_TESTS_COLLECTED
+                passed &= returncode == 0 or nothing_left
+                if not (died or lost or (outside and new)) or nothing_left:
+                    break
+                print(f"\nresuming_pytest: round {round_} ended early (exit {returncode}); "
+                      "the next resumes after the tests it ran", flush=True)
+            else:
+                casualties.append(f"stopped after {MAX_ROUNDS} rounds: tests after the last one may not have run")
+        except KeyboardInterrupt:
+            new = read_journal(journal, first)
+            print_unreported_failures(new)
+            running = [e.nodeid for e in new if not e.finished]
+            casualties.append(f"stopped from outside (SIGTERM or Ctrl-C) in {running[0] if running else 'no test'}")
+            passed = False
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
     if casualties:
-        print("\nresuming_pytest: tests that killed their process or its CUDA context:")
-        print("\n".join(f"  {c}" for c in casualties))
+        print("\nresuming_pytest: tests that killed their process or its CUDA context, and other stops:")
+        print("\n".join(f"  {c}" for c in casualties), flush=True)
     return 0 if passed and not casualties else 1
 
 
