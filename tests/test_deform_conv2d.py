@@ -534,27 +534,27 @@ def test_cpu_backward_is_deterministic():
     assert_matches(first, second, rtol=0, atol=0)
 
 
-# Bytes of one copy of the weight gradient of the case below at one conv group, in float64.
-ONE_WEIGHT_COPY = 6 * 8 * 9 * 8
-
-
-@pytest.mark.parametrize("copy_bytes", [None, "0", str(ONE_WEIGHT_COPY)], ids=["default", "no-copies", "one-copy"])
-@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("copies", ["default", "none", "one"])
+@pytest.mark.parametrize("groups,offset_groups,in_channels,out_channels",
+                         [(1, 2, 8, 6), (2, 2, 8, 6), (2, 3, 6, 6), (4, 1, 8, 8)])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_cpu_threads_split_the_work_without_changing_it(batch, groups, copy_bytes, monkeypatch):
+def test_cpu_threads_split_the_work_without_changing_it(batch, groups, offset_groups, in_channels, out_channels,
+                                                        copies, monkeypatch):
     """The CPU kernels' parallel loops give what one thread gives, to rounding (the tiles' GEMMs and the
     sums of the copies change with the count). Forward: tiles of output pixels, sized for the thread
     count. Backward on 4 threads: images, or bands of an image's rows, a copy of the input gradient each,
-    when there are fewer images than threads and the copies fit (RCM_FSAD_CPU_COPY_BYTES); the weight
-    gradient in ranges of rows, a copy each, times runs of each conv group's kernel points. With the
-    default budget, 4 ranges (2 at two conv groups) of whole groups; with no copies, 3 runs of kernel
-    points (9 at two conv groups) in one range; with one copy beyond the first at one conv group, 9 runs
-    in 2 ranges."""
-    case = DeformCase(batch=batch, in_channels=8, out_channels=6, height=20, width=20, groups=groups,
-                      offset_groups=2, offset_scale=3.0)
+    when there are fewer images than threads and the copies fit (RCM_FSAD_CPU_COPY_BYTES: its default, 0,
+    or one copy of the weight gradient beyond the first); the weight gradient in ranges of rows, a copy
+    each, times blocks of columns: runs of conv groups covering whole offset groups (two groups for
+    offset groups that straddle them, all four at one offset group), or, where the copies do not fit,
+    one conv group's runs of kernel points (at one conv group 3 runs with no copy, 9 runs in 2 ranges
+    with one; at two, 9 runs with no copy)."""
+    case = DeformCase(batch=batch, in_channels=in_channels, out_channels=out_channels, height=20, width=20,
+                      groups=groups, offset_groups=offset_groups, offset_scale=3.0)
     tensors = case.tensors(torch.float64)
-    if copy_bytes is not None:
-        monkeypatch.setenv("RCM_FSAD_CPU_COPY_BYTES", copy_bytes)
+    one_copy = tensors["weight"].numel() * tensors["weight"].element_size()
+    if copies != "default":
+        monkeypatch.setenv("RCM_FSAD_CPU_COPY_BYTES", str(one_copy if copies == "one" else 0))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -567,7 +567,7 @@ def test_cpu_threads_split_the_work_without_changing_it(batch, groups, copy_byte
     assert_matches(several, run_with_grads(reference.deform_conv2d, case, tensors), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("value", ["-1", "lots", ""])
+@pytest.mark.parametrize("value", ["-1", "lots", "", " 5", "5 "])
 def test_cpu_copy_budget_that_is_not_a_number_of_bytes_is_an_error(value, monkeypatch):
     case = DeformCase()
     tensors = case.tensors(torch.float64)

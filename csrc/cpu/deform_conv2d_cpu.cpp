@@ -7,8 +7,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_math.cuh"
@@ -41,7 +43,8 @@ int64_t split_copy_bytes() {
   if (text == nullptr) return int64_t(256) << 20;
   char* end = nullptr;
   const long long value = std::strtoll(text, &end, 10);
-  TORCH_CHECK(end != text && *end == '\0' && value >= 0,
+  // Digits only: strtoll would also take leading spaces and a sign.
+  TORCH_CHECK(std::isdigit(static_cast<unsigned char>(*text)) && *end == '\0',
               "RCM_FSAD_CPU_COPY_BYTES must be a number of bytes (0 or more), got '", text, "'");
   return std::min<int64_t>(value, int64_t(1) << 60);  // beyond any memory; no overflow in the counts below
 }
@@ -75,32 +78,52 @@ int64_t backward_bands(int64_t batch, int64_t out_pixels, int64_t threads, int64
   return fewest_splits(batch, threads, std::min({threads, affordable, out_pixels}));
 }
 
-// The weight gradient's tasks: each conv group's kernel points in `kernel_point_runs` equal runs (a block
-// of columns each: ColumnWindow::group_kernel_points), times `row_ranges` ranges of the rows, each range
-// adding into a copy of its own. The split that keeps the threads busiest with copies that fit in
-// split_copy_bytes(), and of those the one with the fewest runs, then the fewest copies: whole groups are
-// the faster blocks (sampled a row at a time, as the forward does; a kernel point a block took 4-8%
-// longer at 64 channels on 2 threads). 2 threads: 1 run, 2 ranges; 64 threads and a 512-channel 3x3
-// layer in float32: 3 runs, 21 ranges (189 MiB, where a copy per thread took 576 MiB).
+// The weight gradient's tasks: blocks of columns times `row_ranges` ranges of the rows, each range adding
+// into a copy of its own. A block is `conv_groups` consecutive conv groups' columns, or, where that is
+// one group, a run of its kernel points (`kernel_point_runs` a group): contiguous columns either way
+// (ColumnWindow::conv_groups). A block of whole offset groups samples each point once, as the forward
+// does; a block inside an offset group repeats its points' sampling (offsets, weights, corners) once
+// for each block, which costs most where a conv group has few channels (a depthwise layer's backward
+// took 1.65x as long with a block a conv group, on 2 threads). So blocks of whole offset groups, split
+// to keep the threads busiest with the copies that fit in split_copy_bytes(), with the fewest runs,
+// then the fewest copies (whole conv groups sample a row at a time, as the forward does: a kernel point
+// a block took 4-8% longer at 64 channels on 2 threads); single conv groups with their kernel-point
+// runs only where those keep fewer than 7/8 of the threads busy and single groups keep more. 2 threads:
+// 1 run, 2 ranges; 64 threads and a 512-channel 3x3 layer in float32: 3 runs, 21 ranges (189 MiB,
+// where a copy per thread took 576 MiB).
 struct WeightGradientSplit {
+  int64_t conv_groups;  // a block's; 1 wherever kernel_point_runs > 1
   int64_t kernel_point_runs;
   int64_t row_ranges;
+  double share;  // of the threads' time busy (busy_share)
 };
+
+// The busiest split into blocks of `conv_groups` conv groups (kernel-point runs where that is 1) and at
+// most `most_ranges` ranges.
+WeightGradientSplit busiest_split(const DeformConvGeometry& g, int64_t conv_groups, int64_t threads,
+                                  int64_t most_ranges) {
+  WeightGradientSplit best{conv_groups, 1, 1, 0.0};
+  const int64_t most_runs = conv_groups == 1 ? g.kernel_points() : 1;
+  for (int64_t runs = 1; runs <= most_runs; ++runs) {
+    if (g.kernel_points() % runs != 0) continue;
+    for (int64_t ranges = 1; ranges <= most_ranges; ++ranges) {
+      const double share = busy_share(g.groups / conv_groups * runs * ranges, threads);
+      if (share > best.share) best = {conv_groups, runs, ranges, share};
+    }
+  }
+  return best;
+}
 
 WeightGradientSplit weight_gradient_split(const DeformConvGeometry& g, int64_t rows, int64_t threads,
                                           int64_t grad_weight_bytes, int64_t copy_bytes) {
   const int64_t affordable = copy_bytes / std::max<int64_t>(1, grad_weight_bytes) + 1;
   const int64_t most_ranges = std::max<int64_t>(1, std::min({threads, affordable, rows}));
-  WeightGradientSplit best{1, 1};
-  double best_share = 0;
-  for (int64_t runs = 1; runs <= g.kernel_points(); ++runs) {
-    if (g.kernel_points() % runs != 0) continue;
-    for (int64_t ranges = 1; ranges <= most_ranges; ++ranges) {
-      const double share = busy_share(g.groups * runs * ranges, threads);
-      if (share > best_share) best = {runs, ranges}, best_share = share;
-    }
-  }
-  return best;
+  // The fewest consecutive conv groups whose channels are whole offset groups.
+  const int64_t whole = g.groups / std::gcd(g.groups, g.offset_groups);
+  const WeightGradientSplit blocks_of_whole = busiest_split(g, whole, threads, most_ranges);
+  if (whole == 1 || blocks_of_whole.share >= 0.875) return blocks_of_whole;
+  const WeightGradientSplit single_groups = busiest_split(g, 1, threads, most_ranges);
+  return single_groups.share > blocks_of_whole.share ? single_groups : blocks_of_whole;
 }
 
 // Channels per inner step of the backward sums; fixed so that the lane loop vectorises.
@@ -144,19 +167,21 @@ struct Sampling {
 };
 
 // A window of the columns matrix's rows: kernel points [k_begin, k_end) of channels [c_begin, c_end),
-// whose columns are [first, first + width) of a row: every column, or one conv group's of a run of
-// kernel points (contiguous, by DeformConvGeometry::column_index).
+// whose columns are [first, first + width) of a row: every column, a run of conv groups' or a run of
+// one conv group's kernel points (contiguous, by DeformConvGeometry::column_index).
 struct ColumnWindow {
   int64_t k_begin, k_end, c_begin, c_end, first, width;
 
   static ColumnWindow every_column(const DeformConvGeometry& g) {
     return {0, g.kernel_points(), 0, g.channels, 0, g.column_width()};
   }
-  // Kernel points [k_begin, k_end) of conv group `group`.
-  static ColumnWindow group_kernel_points(const DeformConvGeometry& g, int64_t group, int64_t k_begin,
-                                          int64_t k_end) {
+  // Kernel points [k_begin, k_end) of conv groups [group_begin, group_end): every kernel point, or one
+  // group's.
+  static ColumnWindow conv_groups(const DeformConvGeometry& g, int64_t group_begin, int64_t group_end,
+                                  int64_t k_begin, int64_t k_end) {
     const int64_t cg = g.channels_per_group();
-    return {k_begin, k_end, group * cg, (group + 1) * cg, g.column_index(group * cg, k_begin), (k_end - k_begin) * cg};
+    return {k_begin, k_end, group_begin * cg, group_end * cg, g.column_index(group_begin * cg, k_begin),
+            (group_end - group_begin) * (k_end - k_begin) * cg};
   }
 };
 
@@ -436,7 +461,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const int64_t band_rows = (g.out_pixels() + bands - 1) / bands;
   const WeightGradientSplit split =
       weight_gradient_split(g, rows, threads, weight.numel() * weight.element_size(), copy_bytes);
-  const int64_t blocks = g.groups * split.kernel_point_runs;
+  const int64_t blocks = g.groups / split.conv_groups * split.kernel_point_runs;
   const int64_t range_rows = (rows + split.row_ranges - 1) / split.row_ranges;
   at::Tensor grad_input_bands = at::zeros({bands, g.batch, g.height, g.width, g.channels}, input.options());
   OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset, mask, g);
@@ -474,27 +499,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           }
         }
       });
-      // The weight gradient. Task t is block t % blocks (a conv group's run of kernel points) of range
-      // t / blocks of the rows: it samples that block's columns and adds grad_rows^T x them to the range's
-      // copy, a tile of rows at a time. No two tasks write the same block of a copy.
+      // The weight gradient. Task t is block t % blocks (a run of conv groups, or of one group's kernel
+      // points) of range t / blocks of the rows: it samples that block's columns and adds, group by group,
+      // grad_rows^T x them to the range's copy, a tile of rows at a time. No two tasks write the same block
+      // of a copy.
       const int64_t out_cols = g.out_channels / g.groups;
       const int64_t cg = g.channels_per_group();
       const int64_t run = g.kernel_points() / split.kernel_point_runs;
+      const int64_t group_width = run * cg;  // a group's columns in a block
       const int64_t tile_rows = kRowTile * blocks;  // as many elements as a tile of kRowTile whole rows
       parallel_for_calling_ops(0, split.row_ranges * blocks, [&](int64_t t0, int64_t t1) {
-        at::Tensor cols = at::empty({tile_rows, run * cg}, input.options());
+        at::Tensor cols = at::empty({tile_rows, split.conv_groups * group_width}, input.options());
         for (int64_t t = t0; t < t1; ++t) {
-          const int64_t range = t / blocks, group = t % blocks / split.kernel_point_runs;
+          const int64_t range = t / blocks;
+          const int64_t group0 = t % blocks / split.kernel_point_runs * split.conv_groups;
           const int64_t k0 = t % split.kernel_point_runs * run;
-          const ColumnWindow window = ColumnWindow::group_kernel_points(g, group, k0, k0 + run);
-          at::Tensor grad_block =
-              grad_wmat_ranges[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, run * cg);
+          const ColumnWindow window = ColumnWindow::conv_groups(g, group0, group0 + split.conv_groups, k0, k0 + run);
           const int64_t end = std::min(rows, (range + 1) * range_rows);
           for (int64_t r0 = range * range_rows; r0 < end; r0 += tile_rows) {
             const int64_t len = std::min(tile_rows, end - r0);
             sample_columns(s, r0, r0 + len, window, cols.mutable_data_ptr<scalar_t>());
-            grad_block.addmm_(grad_rows.narrow(0, r0, len).narrow(1, group * out_cols, out_cols).t(),
-                              cols.narrow(0, 0, len));
+            for (int64_t group = group0; group < group0 + split.conv_groups; ++group) {
+              grad_wmat_ranges[range]
+                  .narrow(0, group * out_cols, out_cols)
+                  .narrow(1, k0 * cg, group_width)
+                  .addmm_(grad_rows.narrow(0, r0, len).narrow(1, group * out_cols, out_cols).t(),
+                          cols.narrow(0, 0, len).narrow(1, (group - group0) * group_width, group_width));
+            }
           }
         }
       });

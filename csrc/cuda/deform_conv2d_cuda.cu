@@ -275,28 +275,37 @@ bool wgmma_code_loaded() {
 
 // A clear error where the build has no code the current device runs: a build made where no GPU is
 // visible is for Hopper only (sm_90a), and on another GPU every launch would fail with CUDA's bare "no
-// kernel image" error. Any kernel of this file answers for all (the same architectures build every
-// one); the probe is the smallest. An error of another kind is raised as it is, and not remembered.
+// kernel image" error; likewise where the build's code is PTX newer than the driver. Any kernel of this
+// file answers for all (the same architectures build every one); the probe is the smallest. An error of
+// another kind is raised as it is, and not remembered.
 void check_build_runs_on_device() {
-  static QueryCache<c10::DeviceIndex, bool> cache;
-  const bool runs = cache.get(c10::cuda::current_device(), [] {
+  static QueryCache<c10::DeviceIndex, cudaError_t> cache;
+  const cudaError_t status = cache.get(c10::cuda::current_device(), [] {
     cudaFuncAttributes attributes{};
-    const cudaError_t status = cudaFuncGetAttributes(&attributes, wgmma_code_probe_kernel);
-    if (status == cudaErrorNoKernelImageForDevice || status == cudaErrorInvalidDeviceFunction) {
-      (void)cudaGetLastError();  // not sticky: cleared, so that no later check reports it
-      return false;
+    const cudaError_t error = cudaFuncGetAttributes(&attributes, wgmma_code_probe_kernel);
+    switch (error) {
+      case cudaSuccess:
+        return error;
+      case cudaErrorNoKernelImageForDevice:
+      case cudaErrorInvalidDeviceFunction:
+      case cudaErrorUnsupportedPtxVersion:
+        (void)cudaGetLastError();  // not sticky: cleared, so that no later check reports it
+        return error;
+      default:
+        C10_CUDA_CHECK(error);
+        return error;
     }
-    C10_CUDA_CHECK(status);
-    return true;
   });
-  if (!runs) {
-    const cudaDeviceProp* properties = at::cuda::getCurrentDeviceProperties();
-    TORCH_CHECK(false, "deform_conv2d: this build of rcm_fsad_ops has no CUDA code that ", properties->name,
-                " (compute capability ", properties->major, ".", properties->minor,
-                ") can run. Rebuild it where this GPU is visible, or with TORCH_CUDA_ARCH_LIST=\"",
-                properties->major, ".", properties->minor,
-                "\" (README: Build); `python -m rcm_fsad_ops info` lists the architectures it was built for.");
-  }
+  if (status == cudaSuccess) return;
+  const cudaDeviceProp* properties = at::cuda::getCurrentDeviceProperties();
+  TORCH_CHECK(status != cudaErrorUnsupportedPtxVersion, "deform_conv2d: this build of rcm_fsad_ops runs on ",
+              properties->name, " only from PTX newer than its driver takes (", cudaGetErrorString(status),
+              "). Update the driver, or rebuild where this GPU is visible (README: Building).");
+  TORCH_CHECK(false, "deform_conv2d: this build of rcm_fsad_ops has no CUDA code that ", properties->name,
+              " (compute capability ", properties->major, ".", properties->minor,
+              ") can run. Rebuild it where this GPU is visible, or with TORCH_CUDA_ARCH_LIST=\"",
+              properties->major, ".", properties->minor,
+              "\" (README: Building); `python -m rcm_fsad_ops info` lists the architectures it was built for.");
 }
 
 // RCM_FSAD_DISABLE_WGMMA=1 keeps the wgmma kernel from running (implicit_gemm_wgmma then takes the
