@@ -4,6 +4,8 @@
 #include <c10/core/MemoryFormat.h>
 #include <c10/util/Exception.h>
 
+#include "torch_compat.h"
+
 namespace rcm_fsad {
 namespace {
 
@@ -211,9 +213,9 @@ void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, cons
     if (gw.scalar_type() == cols.scalar_type()) {
       gw.addmm_(go.t(), cols);
     } else {
-      // 16-bit operands: the GEMM hands back its float32 sums (mm with out_dtype), so that the weight
+      // 16-bit operands: the GEMM hands back its float32 sums (gw is float32), so that the weight
       // gradient, summed over every block of rows, is rounded to 16 bits once, by the caller.
-      gw.add_(at::mm(go.t(), cols, gw.scalar_type()));
+      gw.add_(mm_in_float(go.t(), cols));
     }
   }
 }

@@ -496,7 +496,8 @@ def test_forward_mode_ad_raises(name, device):
 def test_vmap_matches_a_loop_over_torchvision(in_dims, device):
     """torch.vmap over any of input, offset, weight and mask (dims as given, None: shared) gives the
     stack of torchvision's per-index results, with gradients through it; vmapped weights aside, the
-    batch folds into N: the op runs once, not once per index."""
+    batch folds into N: the op runs once, not once per index (from torch 2.5, which takes batching
+    rules of custom ops)."""
     vmapped = 4
     g = torch.Generator().manual_seed(0)
     full = [torch.randn(vmapped, 2, 4, 6, 6, generator=g, dtype=torch.float64),
@@ -512,7 +513,8 @@ def test_vmap_matches_a_loop_over_torchvision(in_dims, device):
     with torch.profiler.profile() as prof:
         out = torch.vmap(ours, in_dims=in_dims)(*args)
     calls = sum(e.name == "rcm_fsad::deform_conv2d" for e in prof.events())
-    assert (calls < vmapped) == (in_dims[2] is None), calls
+    if hasattr(torch.library, "register_vmap"):  # the batching rule (torch 2.5 and later) folds the batch
+        assert (calls < vmapped) == (in_dims[2] is None), calls
     out.square().sum().backward()
     grads = [a.grad for a in args]
     for a in args:

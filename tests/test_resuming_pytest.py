@@ -73,7 +73,9 @@ def run(tmp_path, monkeypatch, source):
     (tmp_path / "planted" / "test_planted.py").write_text(source)
     (tmp_path / "planted" / "conftest.py").write_text(CONFTEST)
     monkeypatch.setenv("RAN_LOG", str(tmp_path / "ran.log"))
-    status = resuming_pytest.main([str(tmp_path / "planted"), "-q", "-p", "no:cacheprovider"])
+    # --rootdir: node ids relative to the planted folder, wherever pytest runs from
+    status = resuming_pytest.main([str(tmp_path / "planted"), "-q", "-p", "no:cacheprovider",
+                                   f"--rootdir={tmp_path / 'planted'}"])
     return status, (tmp_path / "ran.log").read_text().split()
 
 

@@ -69,6 +69,7 @@
 #include "../kernels/deform_conv2d_implicit_gemm_wmma.cuh"
 #include "../kernels/deform_conv2d_implicit_gemm_wmma_async.cuh"
 #include "../kernels/deform_conv2d_kernels.cuh"
+#include "../torch_compat.h"
 #include "layout_cuda.h"
 #include "stream_timer.h"
 #include "wgmma_runs.h"
@@ -221,12 +222,9 @@ class QueryCache {
 };
 
 // Whether float32 matmuls may use TF32, as torch's own cuBLAS calls decide (torchvision's GEMM among
-// them): the precision of CUDA matmuls, set by torch.backends.cuda.matmul.allow_tf32 or fp32_precision,
-// unless a NoTF32Guard is active. (Context::allowTF32CuBLAS would raise where both APIs were used.)
+// them): the precision of CUDA matmuls, unless a NoTF32Guard is active.
 bool tf32_matmuls_allowed() {
-  return !at::NoTF32Guard::should_disable_tf32() &&
-         at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
-             at::Float32Precision::TF32;
+  return !at::NoTF32Guard::should_disable_tf32() && cuda_matmul_tf32_allowed();
 }
 
 // Whether the code the current device runs for the tensor-core kernels was compiled for sm_80 or later.
@@ -761,9 +759,8 @@ std::optional<ForwardAlgorithm> fastest_candidate(const at::Tensor& input, const
       ms = timer.milliseconds(stream, [&] {
         for (int i = 0; i < kAutotuneTimedRuns; ++i) run();
       });
-    } catch (const c10::AcceleratorError&) {
-      throw;
-    } catch (const c10::Error&) {
+    } catch (const c10::Error& error) {
+      if (is_cuda_error(error)) throw;
       continue;
     }
     if (ms < best_ms) {

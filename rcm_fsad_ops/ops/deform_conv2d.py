@@ -241,7 +241,6 @@ def _backward(ctx, grad_output):
 torch.library.register_autograd("rcm_fsad::deform_conv2d", _backward, setup_context=_setup_context)
 
 
-@torch.library.register_vmap("rcm_fsad::deform_conv2d")
 def _deform_conv2d_vmap(info, in_dims, input, offset, weight, mask, bias, stride, padding, dilation):
     """torch.vmap's batching rule: when only input, offset and mask are vmapped (one layer over many
     batches), the vmapped dimension folds into N and the op runs once; a vmapped weight or bias runs
@@ -268,6 +267,11 @@ def _deform_conv2d_vmap(info, in_dims, input, offset, weight, mask, bias, stride
             pick(mask, mask_dim, i), pick(bias, bias_dim, i), stride, padding, dilation)
         for i in range(size)
     ]), 0
+
+
+# register_vmap is new in torch 2.5: before it, vmap runs the op once per index (PyTorch's fallback).
+if hasattr(torch.library, "register_vmap"):
+    torch.library.register_vmap("rcm_fsad::deform_conv2d", _deform_conv2d_vmap)
 
 
 def _double_backward(ctx, *grads):
