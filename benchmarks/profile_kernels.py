@@ -88,8 +88,8 @@ def _kernel_rows(averages, device_type: str, repeats: int) -> List[dict]:
     launches_per_call and share (of the listed rows' total, so the shares sum to 1)."""
     rows = []
     for event in averages:
-        # record_function ranges span kernels and ops: their time would count twice. (Before the profiler
-        # marked them, in torch 2.4, an annotation on the CPU adds only its self time.)
+        # record_function ranges span kernels and ops: their time would count twice. (Torch 2.4's profiler
+        # does not mark them: there a range counts, with its self time on the CPU and as a row on CUDA.)
         if getattr(event, "is_user_annotation", False):
             continue
         if device_type == "cuda":

@@ -18,7 +18,8 @@ process died, the failures it had not yet printed are printed from the journal.
 
 Exit status: 0 when every round passed (pytest's 0, or 5 for a round with nothing left to run), 1
 otherwise; each test that died or broke the context is listed at the end, as is a death outside any test
-and a stop from outside (SIGTERM: gpu_check's timeout). --maxfail counts within a round.
+(after which another round starts, if the round ran tests) and a stop from outside (SIGTERM: gpu_check's
+timeout). --maxfail counts within a round.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -48,9 +50,10 @@ def _journal() -> Optional[str]:
 
 
 def _append(event: str, nodeid: str, text: str = "") -> None:
-    """One journal line, on disk before the test goes on: the process may die in its next instruction."""
+    """One journal line, on disk before the test goes on: the process may die in its next instruction.
+    Between newlines, so that a line cut by a death mid-write stands alone (read_journal skips it)."""
     with open(_journal(), "a", encoding="utf-8") as journal:
-        journal.write(json.dumps({"event": event, "nodeid": nodeid, "text": text}) + "\n")
+        journal.write("\n" + json.dumps({"event": event, "nodeid": nodeid, "text": text}) + "\n")
         journal.flush()
         os.fsync(journal.fileno())
 
@@ -131,7 +134,10 @@ def read_journal(path: Path, first_line: int = 0) -> List[JournalEntry]:
     if not path.exists():
         return []
     for line in path.read_text(encoding="utf-8").splitlines()[first_line:]:
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the blank lines between records, or one cut by a death
+            continue
         nodeid = record["nodeid"]
         if record["event"] == "start":
             entries[nodeid] = JournalEntry(nodeid)
@@ -162,46 +168,52 @@ def main(argv: Optional[List[str]] = None) -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     casualties: List[str] = []
     passed = True
-    # gpu_check's timeout ends the step with SIGTERM: what the journal holds is still reported.
-    previous_handler = signal.signal(signal.SIGTERM, _stop)
-    with tempfile.TemporaryDirectory(prefix="resuming_pytest.") as work:
-        journal = Path(work) / "journal"
-        env[JOURNAL_ENV] = str(journal)
-        first = 0
-        try:
-            for round_ in range(1, MAX_ROUNDS + 1):
-                first = journal_lines(journal)
-                command = [sys.executable, "-m", "pytest", "-p", "benchmarks.resuming_pytest", *pytest_args]
-                returncode = subprocess.run(command, env=env).returncode
-                new = read_journal(journal, first)
-                died = [e for e in new if not e.finished]
-                lost = [e for e in new if e.lost is not None]
-                casualties += [f"{e.nodeid}: the process died in it (exit {returncode})" for e in died]
-                casualties += [f"{e.nodeid}: the CUDA context was lost after it: {e.lost}" for e in lost]
-                # pytest's own exit codes are 0 to 5; another one, with no test unfinished, is a death
-                # outside any test (a fixture's teardown at the session's end, an exit handler)
-                outside = not died and returncode not in range(6)
-                if outside:
-                    after = f"after {new[-1].nodeid}" if new else "before any test"
-                    casualties.append(f"pytest exited {returncode} outside any test, {after}")
-                if died or outside:
-                    print_unreported_failures(new)
-                nothing_left = round_ > 1 and returncode == pytest.ExitCode.NO_TESTS_COLLECTED
-                passed &= returncode == 0 or nothing_left
-                if not (died or lost or (outside and new)) or nothing_left:
-                    break
-                print(f"\nresuming_pytest: round {round_} ended early (exit {returncode}); "
-                      "the next resumes after the tests it ran", flush=True)
-            else:
-                casualties.append(f"stopped after {MAX_ROUNDS} rounds: tests after the last one may not have run")
-        except KeyboardInterrupt:
-            new = read_journal(journal, first)
-            print_unreported_failures(new)
-            running = [e.nodeid for e in new if not e.finished]
-            casualties.append(f"stopped from outside (SIGTERM or Ctrl-C) in {running[0] if running else 'no test'}")
-            passed = False
-        finally:
-            signal.signal(signal.SIGTERM, previous_handler)
+    # gpu_check's timeout ends the step with SIGTERM: what the journal holds is still reported. (Only the
+    # main thread may set a handler.)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _stop) if on_main_thread else None
+    round_start: Optional[int] = None  # the journal line where the running round began
+    try:
+        with tempfile.TemporaryDirectory(prefix="resuming_pytest.") as work:
+            journal = Path(work) / "journal"
+            env[JOURNAL_ENV] = str(journal)
+            try:
+                for round_ in range(1, MAX_ROUNDS + 1):
+                    round_start = journal_lines(journal)
+                    command = [sys.executable, "-m", "pytest", "-p", "benchmarks.resuming_pytest", *pytest_args]
+                    returncode = subprocess.run(command, env=env).returncode
+                    new = read_journal(journal, round_start)
+                    round_start = None
+                    died = [e for e in new if not e.finished]
+                    lost = [e for e in new if e.lost is not None]
+                    casualties += [f"{e.nodeid}: the process died in it (exit {returncode})" for e in died]
+                    casualties += [f"{e.nodeid}: the CUDA context was lost after it: {e.lost}" for e in lost]
+                    # pytest's own exit codes are 0 to 5; another one, with no test unfinished, is a death
+                    # outside any test (a fixture's teardown at the session's end, an exit handler)
+                    outside = not died and returncode not in range(6)
+                    if outside:
+                        after = f"after {new[-1].nodeid}" if new else "in a round that ran no test"
+                        casualties.append(f"pytest exited {returncode} outside any test, {after}")
+                    if died or outside:
+                        print_unreported_failures(new)
+                    nothing_left = round_ > 1 and returncode == pytest.ExitCode.NO_TESTS_COLLECTED
+                    passed &= returncode == 0 or nothing_left
+                    if not (died or lost or (outside and new)) or nothing_left:
+                        break
+                    print(f"\nresuming_pytest: round {round_} ended early (exit {returncode}); "
+                          "the next resumes after the tests it ran", flush=True)
+                else:
+                    casualties.append(f"stopped after {MAX_ROUNDS} rounds: tests after the last one may not have run")
+            except KeyboardInterrupt:
+                new = read_journal(journal, round_start) if round_start is not None else []
+                print_unreported_failures(new)
+                running = [e.nodeid for e in new if not e.finished]
+                casualties.append("stopped from outside (SIGTERM or Ctrl-C) "
+                                  + (f"in {running[0]}" if running else "between tests"))
+                passed = False
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None else signal.SIG_DFL)
     if casualties:
         print("\nresuming_pytest: tests that killed their process or its CUDA context, and other stops:")
         print("\n".join(f"  {c}" for c in casualties), flush=True)

@@ -8,7 +8,7 @@
 #include <c10/util/Exception.h>
 #include <torch/version.h>
 
-#include <cstring>
+#include <string_view>
 
 #define RCM_FSAD_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
@@ -17,7 +17,8 @@ namespace rcm_fsad {
 
 // a x b with float32 sums handed back as float32, for 16-bit a and b: mm with out_dtype from torch 2.8;
 // before it, mm of the operands converted to float32 (16-bit values and their products are exact in
-// float32, so only the order of the sums may differ).
+// float32, so only the order of the sums may differ), copies that the callers' memory budgets do not
+// count.
 inline at::Tensor mm_in_float(const at::Tensor& a, const at::Tensor& b) {
 #if RCM_FSAD_TORCH_AT_LEAST(2, 8)
   return at::mm(a, b, at::kFloat);
@@ -40,13 +41,18 @@ inline bool cuda_matmul_tf32_allowed() {
 #endif
 }
 
-// Whether an error is CUDA's (C10_CUDA_CHECK's): a c10::AcceleratorError from torch 2.8; before it a
-// plain c10::Error whose message says so.
+// Whether an error is the CUDA runtime's (C10_CUDA_CHECK's): a c10::AcceleratorError from torch 2.8;
+// before it a plain c10::Error whose message starts "CUDA error: " and then names no library status
+// (cuBLAS's checks also start so, "CUDA error: CUBLAS_STATUS_...", and are no runtime error).
 inline bool is_cuda_error(const c10::Error& error) {
 #if RCM_FSAD_TORCH_AT_LEAST(2, 8)
   return dynamic_cast<const c10::AcceleratorError*>(&error) != nullptr;
 #else
-  return std::strncmp(error.what_without_backtrace(), "CUDA error", 10) == 0;
+  constexpr std::string_view kPrefix = "CUDA error: ";
+  const std::string_view text = error.what_without_backtrace();
+  if (text.substr(0, kPrefix.size()) != kPrefix) return false;
+  const std::string_view rest = text.substr(kPrefix.size());
+  return rest.substr(0, rest.find(' ')).find("_STATUS_") == std::string_view::npos;
 #endif
 }
 

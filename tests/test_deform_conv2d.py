@@ -538,7 +538,7 @@ def test_cpu_backward_is_deterministic():
 
 @pytest.mark.parametrize("copies", ["default", "none", "one"])
 @pytest.mark.parametrize("groups,offset_groups,in_channels,out_channels",
-                         [(1, 2, 8, 6), (2, 2, 8, 6), (2, 3, 6, 6), (4, 1, 8, 8)])
+                         [(1, 2, 8, 6), (2, 2, 8, 6), (2, 3, 6, 6), (4, 1, 8, 8), (4, 2, 8, 8)])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_cpu_threads_split_the_work_without_changing_it(batch, groups, offset_groups, in_channels, out_channels,
                                                         copies, monkeypatch):
@@ -548,7 +548,8 @@ def test_cpu_threads_split_the_work_without_changing_it(batch, groups, offset_gr
     when there are fewer images than threads and the copies fit (RCM_FSAD_CPU_COPY_BYTES: its default, 0,
     or one copy of the weight gradient beyond the first); the weight gradient in ranges of rows, a copy
     each, times blocks of columns: runs of conv groups covering whole offset groups (two groups for
-    offset groups that straddle them, all four at one offset group), or, where the copies do not fit,
+    offset groups that straddle them, all four at one offset group, two blocks of two at two), or,
+    where the copies do not fit,
     one conv group's runs of kernel points (at one conv group 3 runs with no copy, 9 runs in 2 ranges
     with one; at two, 9 runs with no copy)."""
     case = DeformCase(batch=batch, in_channels=in_channels, out_channels=out_channels, height=20, width=20,

@@ -4,6 +4,7 @@ shown."""
 from __future__ import annotations
 
 import textwrap
+import threading
 
 from benchmarks import resuming_pytest
 
@@ -125,7 +126,7 @@ def test_a_death_outside_any_test_is_reported_and_the_run_resumes(tmp_path, monk
     assert status == 1 and ran == ["1", "2"]
     out = capfd.readouterr().out
     assert "pytest exited 9 outside any test, after test_planted.py::test_2_fails" in out
-    assert "pytest exited 9 outside any test, before any test" in out
+    assert "pytest exited 9 outside any test, in a round that ran no test" in out
     assert "resuming_pytest: FAILED test_planted.py::test_2_fails" in out  # never printed by its session
 
 
@@ -144,3 +145,17 @@ def test_a_stop_from_outside_reports_the_journal(tmp_path, monkeypatch, capfd):
     out = capfd.readouterr().out
     assert "resuming_pytest: FAILED test_planted.py::test_2_fails" in out
     assert "stopped from outside (SIGTERM or Ctrl-C) in test_planted.py::test_3_outlives_the_budget" in out
+
+
+def test_the_runner_runs_from_a_thread_and_reads_past_a_cut_line(tmp_path, monkeypatch, capfd):
+    """Off the main thread (where no signal handler may be set) the runner still runs; a journal line
+    cut by a death mid-write is skipped, and the next record still reads."""
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(run=run(tmp_path, monkeypatch, PLANTED.split(
+        "def test_3_segfaults")[0])))
+    worker.start()
+    worker.join()
+    assert result["run"] == (1, ["1", "2"])
+    journal = tmp_path / "journal"
+    journal.write_text('\n{"event": "start", "nodeid": "a"}\n\n{"event": "end", "nod\n{"event": "start", "nodeid": "b"}\n')
+    assert [(e.nodeid, e.finished) for e in resuming_pytest.read_journal(journal)] == [("a", False), ("b", False)]

@@ -179,6 +179,8 @@ struct ColumnWindow {
   // group's.
   static ColumnWindow conv_groups(const DeformConvGeometry& g, int64_t group_begin, int64_t group_end,
                                   int64_t k_begin, int64_t k_end) {
+    // Elsewhere the columns would not be contiguous.
+    TORCH_INTERNAL_ASSERT(group_end - group_begin == 1 || (k_begin == 0 && k_end == g.kernel_points()));
     const int64_t cg = g.channels_per_group();
     return {k_begin, k_end, group_begin * cg, group_end * cg, g.column_index(group_begin * cg, k_begin),
             (group_end - group_begin) * (k_end - k_begin) * cg};
