@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <vector>
 
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_math.cuh"
@@ -517,16 +518,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           const int64_t group0 = t % blocks / split.kernel_point_runs * split.conv_groups;
           const int64_t k0 = t % split.kernel_point_runs * run;
           const ColumnWindow window = ColumnWindow::conv_groups(g, group0, group0 + split.conv_groups, k0, k0 + run);
+          // Each group's block of the range's copy and its columns of grad_rows, made once per task.
+          std::vector<at::Tensor> grad_blocks, grad_row_blocks;
+          for (int64_t group = group0; group < group0 + split.conv_groups; ++group) {
+            grad_blocks.push_back(
+                grad_wmat_ranges[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, group_width));
+            grad_row_blocks.push_back(grad_rows.narrow(1, group * out_cols, out_cols));
+          }
           const int64_t end = std::min(rows, (range + 1) * range_rows);
           for (int64_t r0 = range * range_rows; r0 < end; r0 += tile_rows) {
             const int64_t len = std::min(tile_rows, end - r0);
             sample_columns(s, r0, r0 + len, window, cols.mutable_data_ptr<scalar_t>());
-            for (int64_t group = group0; group < group0 + split.conv_groups; ++group) {
-              grad_wmat_ranges[range]
-                  .narrow(0, group * out_cols, out_cols)
-                  .narrow(1, k0 * cg, group_width)
-                  .addmm_(grad_rows.narrow(0, r0, len).narrow(1, group * out_cols, out_cols).t(),
-                          cols.narrow(0, 0, len).narrow(1, (group - group0) * group_width, group_width));
+            const at::Tensor tile = cols.narrow(0, 0, len);
+            for (int64_t i = 0; i < split.conv_groups; ++i) {
+              grad_blocks[i].addmm_(grad_row_blocks[i].narrow(0, r0, len).t(),
+                                    tile.narrow(1, i * group_width, group_width));
             }
           }
         }
