@@ -62,6 +62,7 @@ import torch
 
 from benchmarks.shapes import (
     DTYPE_NAMES,
+    EXTRA_CASES,
     FWD,
     FWD_BWD,
     PASSES,
@@ -71,6 +72,7 @@ from benchmarks.shapes import (
 )
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
+EXTRA_CASE_NAMES = {case.name for case in EXTRA_CASES}
 
 OURS = "ours"
 OURS_WGMMA = "ours[implicit_gemm_wgmma]"
@@ -660,11 +662,12 @@ def _finish_rows(rows: List[dict], ceilings: Optional[dict]) -> None:
 
 
 def geomean_speedups(rows: List[dict]) -> List[dict]:
-    """Geometric mean over cases of the speed-up vs torchvision, per device/dtype/pass/impl."""
+    """Geometric mean over cases of the speed-up vs torchvision, per device/dtype/pass/impl; the rows of
+    shapes.EXTRA_CASES stand alone."""
     groups: Dict[tuple, List[float]] = {}
     for row in rows:
         speedup = row.get("speedup_vs_torchvision")
-        if row["status"] != "ok" or row["impl"] == TORCHVISION or not speedup:
+        if row["status"] != "ok" or row["impl"] == TORCHVISION or not speedup or row["case"] in EXTRA_CASE_NAMES:
             continue
         groups.setdefault((row["device"], row["dtype"], row["pass"], row["impl"]), []).append(speedup)
     out = []

@@ -174,18 +174,24 @@ CASES: List[Case] = [
     Case("n32_c256_56x56", n=32, c_in=256, h=56, w=56, dtypes={"cuda": ("fp32", "bf16")}),
 ]
 
-CASES_BY_NAME = {case.name: case for case in CASES}
+# Cases that run only when named (--cases), outside the geometric means and the goals, which stay those
+# of the stage shapes above: a depthwise layer (a conv group a channel) of the first stage's shape.
+EXTRA_CASES: List[Case] = [
+    Case("n8_c64_56x56_depthwise", n=8, c_in=64, h=56, w=56, groups=64,
+         dtypes={"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES}),
+]
+
+CASES_BY_NAME = {case.name: case for case in CASES + EXTRA_CASES}
 
 
 def cases_for(device_type: str, names: Optional[List[str]] = None) -> List[Case]:
-    """Cases that run on a device type ("cpu" or "cuda"), optionally restricted to given names."""
-    selected = [case for case in CASES if device_type in case.dtypes]
-    if names:
-        unknown = [name for name in names if name not in CASES_BY_NAME]
-        if unknown:
-            raise ValueError(f"unknown benchmark case(s) {unknown}; known: {sorted(CASES_BY_NAME)}")
-        selected = [case for case in selected if case.name in names]
-    return selected
+    """Cases that run on a device type ("cpu" or "cuda"): CASES, or the named ones of CASES and EXTRA_CASES."""
+    if not names:
+        return [case for case in CASES if device_type in case.dtypes]
+    unknown = [name for name in names if name not in CASES_BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown benchmark case(s) {unknown}; known: {sorted(CASES_BY_NAME)}")
+    return [case for case in CASES + EXTRA_CASES if device_type in case.dtypes and case.name in names]
 
 
 def dtype_of(name: str) -> torch.dtype:

@@ -60,8 +60,8 @@ class DeformCase:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
 
 
-# Kernel sizes (square and not), stride, padding, dilation, groups, offset groups, offsets far out of
-# the image, no mask, no bias, batch 1, channel runs off 16-byte boundaries.
+# Kernel sizes (square and not), stride, padding, dilation, groups (depthwise too), offset groups,
+# offsets far out of the image, no mask, no bias, batch 1, channel runs off 16-byte boundaries.
 CASES = {
     "basic": DeformCase(),
     "k1x1": DeformCase(kernel=(1, 1), padding=(0, 0)),
@@ -80,6 +80,9 @@ CASES = {
     "kernel_overhangs_by_less_than_stride": DeformCase(height=2, width=5, stride=(2, 2), padding=(0, 1)),
     "no_mask": DeformCase(use_mask=False),
     "no_bias": DeformCase(use_bias=False),
+    # one channel a conv group (the CPU's group loops along contiguous groups), and three outputs a group
+    "depthwise": DeformCase(in_channels=8, out_channels=8, groups=8, offset_groups=2),
+    "depthwise_multiplier": DeformCase(in_channels=4, out_channels=12, groups=4),
     "no_mask_no_bias_groups": DeformCase(use_mask=False, use_bias=False, in_channels=6, groups=3, offset_groups=2,
                                          out_channels=3),
     "batch1": DeformCase(batch=1, in_channels=3, out_channels=5),

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import profile_kernels, runner
+from benchmarks import profile_kernels, runner, shapes
 from benchmarks.shapes import FWD, FWD_BWD, Case
 
 TINY = Case("tiny", n=1, c_in=4, h=5, w=5, dtypes={"cpu": ("fp32",)})
@@ -161,6 +161,20 @@ def test_speedups_throughput_roofline_and_their_geometric_mean_on_hand_made_rows
     (geomean,) = runner.geomean_speedups(rows)
     assert (geomean["impl"], geomean["cases"]) == (runner.OURS, 2)
     assert geomean["geomean_speedup_vs_torchvision"] == pytest.approx(4.0)
+
+
+def test_extra_cases_run_only_when_named_and_stay_out_of_the_geometric_means():
+    """The depthwise case is not among a device's default cases, runs when named, and its rows, however
+    fast, leave the geometric mean (and so the goals) to the stage shapes."""
+    (extra,) = shapes.EXTRA_CASES
+    assert extra.name not in {case.name for case in shapes.cases_for("cpu")}
+    assert shapes.cases_for("cpu", [extra.name, "n8_c64_56x56"]) == [shapes.CASES_BY_NAME["n8_c64_56x56"], extra]
+    rows = [_timed_row(runner.TORCHVISION, "a", 8.0), _timed_row(runner.OURS, "a", 4.0),
+            _timed_row(runner.TORCHVISION, extra.name, 100.0), _timed_row(runner.OURS, extra.name, 1.0)]
+    runner._finish_rows(rows, None)
+    assert rows[3]["speedup_vs_torchvision"] == pytest.approx(100.0)
+    (geomean,) = runner.geomean_speedups(rows)
+    assert geomean["cases"] == 1 and geomean["geomean_speedup_vs_torchvision"] == pytest.approx(2.0)
 
 
 def test_the_parity_check_measures_ours_against_torchvision(monkeypatch):

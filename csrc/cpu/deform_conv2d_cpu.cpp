@@ -16,6 +16,7 @@
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_math.cuh"
 #include "cpu_capability.h"
+#include "group_loops.h"
 
 namespace rcm_fsad {
 namespace {
@@ -127,6 +128,21 @@ WeightGradientSplit weight_gradient_split(const DeformConvGeometry& g, int64_t r
   return single_groups.share > blocks_of_whole.share ? single_groups : blocks_of_whole;
 }
 
+// Whether a layer's products with its weights go through group_loops.h instead of a GEMM per conv group
+// and tile of rows: where it has several groups, each of at most kGroupLoopsMaxProducts multiply-adds a
+// row (kernel points x input channels x output channels). Measured on 2 threads (N=8, 3x3, 64 channels
+// at 56x56 and 256 at 14x14, each way on the same inputs): the loops took 0.06-0.87x the GEMMs' time
+// up to 72 products a group (a depthwise forward 0.16x and 0.06x), 0.89-1.68x at 144, 1.3-2.5x beyond.
+constexpr int64_t kGroupLoopsMaxProducts = 96;
+bool use_group_loops(const DeformConvGeometry& g) {
+  return g.groups > 1 &&
+         g.kernel_points() * g.channels_per_group() * (g.out_channels / g.groups) <= kGroupLoopsMaxProducts;
+}
+
+GroupBlock group_block(const DeformConvGeometry& g) {
+  return {g.groups, g.channels_per_group(), g.out_channels / g.groups, g.kernel_points()};
+}
+
 // Channels per inner step of the backward sums; fixed so that the lane loop vectorises.
 constexpr int64_t kLanes = 8;
 
@@ -167,25 +183,38 @@ struct Sampling {
   }
 };
 
-// A window of the columns matrix's rows: kernel points [k_begin, k_end) of channels [c_begin, c_end),
-// whose columns are [first, first + width) of a row: every column, a run of conv groups' or a run of
-// one conv group's kernel points (contiguous, by DeformConvGeometry::column_index).
-struct ColumnWindow {
-  int64_t k_begin, k_end, c_begin, c_end, first, width;
+// How a window's columns follow one another along a row. GroupMajor: conv group after conv group, each
+// kernel point after kernel point (DeformConvGeometry::column_index's order for a whole row), so that
+// a group's columns are one matrix for its GEMM. PointMajor: kernel point after kernel point, each with
+// all the window's channels (group_loops.h's order), so that a sample's run of channels is as long as
+// its offset group.
+enum class ColumnLayout { GroupMajor, PointMajor };
 
-  static ColumnWindow every_column(const DeformConvGeometry& g) {
-    return {0, g.kernel_points(), 0, g.channels, 0, g.column_width()};
-  }
-  // Kernel points [k_begin, k_end) of conv groups [group_begin, group_end): every kernel point, or one
-  // group's.
+// A window of the columns matrix's rows: kernel points [k_begin, k_end) of channels [c_begin, c_end),
+// whose columns of one kernel point come in blocks of `block` consecutive channels: a conv group's
+// (GroupMajor) or all of them (PointMajor).
+struct ColumnWindow {
+  int64_t k_begin, k_end, c_begin, c_end, block;
+
+  // Kernel points [k_begin, k_end) of conv groups [group_begin, group_end).
   static ColumnWindow conv_groups(const DeformConvGeometry& g, int64_t group_begin, int64_t group_end,
-                                  int64_t k_begin, int64_t k_end) {
-    // Elsewhere the columns would not be contiguous.
-    TORCH_INTERNAL_ASSERT(group_end - group_begin == 1 || (k_begin == 0 && k_end == g.kernel_points()));
+                                  int64_t k_begin, int64_t k_end, ColumnLayout layout) {
     const int64_t cg = g.channels_per_group();
-    return {k_begin, k_end, group_begin * cg, group_end * cg, g.column_index(group_begin * cg, k_begin),
-            (group_end - group_begin) * (k_end - k_begin) * cg};
+    return {k_begin, k_end, group_begin * cg, group_end * cg,
+            layout == ColumnLayout::GroupMajor ? cg : (group_end - group_begin) * cg};
   }
+  static ColumnWindow every_column(const DeformConvGeometry& g, ColumnLayout layout) {
+    return conv_groups(g, 0, g.groups, 0, g.kernel_points(), layout);
+  }
+
+  int64_t width() const { return (k_end - k_begin) * (c_end - c_begin); }
+  // Position of channel c of kernel point k in a row of the window.
+  int64_t index(int64_t c, int64_t k) const {
+    const int64_t b = (c - c_begin) / block;
+    return (b * (k_end - k_begin) + (k - k_begin)) * block + (c - c_begin - b * block);
+  }
+  // The end of c's block: channels [c, block_end(c)) of a kernel point have consecutive columns.
+  int64_t block_end(int64_t c) const { return c_begin + ((c - c_begin) / block + 1) * block; }
 };
 
 // cols[r - row_begin, :] = the window's columns of rows [row_begin, row_end).
@@ -197,17 +226,17 @@ template <typename scalar_t>
   const int64_t per_og = g.channels_per_offset_group();
   for (int64_t r = row_begin; r < row_end; ++r) {
     const auto [n, oy, ox] = kernels::output_pixel(g, r);
-    scalar_t* col_row = cols + (r - row_begin) * window.width;
+    scalar_t* col_row = cols + (r - row_begin) * window.width();
     for (int64_t og = window.c_begin / per_og; og * per_og < window.c_end; ++og) {
       const int64_t og_end = std::min((og + 1) * per_og, window.c_end);
       for (int64_t k = window.k_begin; k < window.k_end; ++k) {
         const auto t = s.tap(n, og, k, oy, ox);
         const auto& corner = t.value_corner;
         const auto& w = t.weight;
-        // A run ends at its offset group's end or its conv group's, neither past the window's.
+        // A run ends at its offset group's end or its block's, neither past the window's.
         for (int64_t c0 = std::max(og * per_og, window.c_begin), c1; c0 < og_end; c0 = c1) {
-          c1 = g.column_run_end(og, c0);
-          scalar_t* __restrict__ dst = col_row + (g.column_index(c0, k) - window.first);
+          c1 = std::min(og_end, window.block_end(c0));
+          scalar_t* __restrict__ dst = col_row + window.index(c0, k);
           const scalar_t* __restrict__ a = corner[0] + c0;
           const scalar_t* __restrict__ b = corner[1] + c0;
           const scalar_t* __restrict__ c = corner[2] + c0;
@@ -221,22 +250,22 @@ template <typename scalar_t>
   }
 }
 
-// Backward of sample_columns for rows [row_begin, row_end) of one image: scatters into that
-// image's NHWC grad_input (the caller owns it, so no atomics) and writes the offset and mask
-// gradients of every (row, offset group, kernel point). sink: 4 x C values, a row per corner, that
-// absorb the scatter of corners the input gradient does not reach (kernels::gradient_reaches), so
-// one branch-free loop does everything; a row each keeps the four targets distinct, as their
-// __restrict__ promises.
+// Backward of sample_columns for rows [row_begin, row_end) of one image, whose columns' gradient
+// grad_cols has every column, laid out as `window`: scatters into that image's NHWC grad_input (the
+// caller owns it, so no atomics) and writes the offset and mask gradients of every (row, offset group,
+// kernel point). sink: 4 x C values, a row per corner, that absorb the scatter of corners the input
+// gradient does not reach (kernels::gradient_reaches), so one branch-free loop does everything; a row
+// each keeps the four targets distinct, as their __restrict__ promises.
 template <typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_backward_body(
-    const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const scalar_t* grad_cols,
-    scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset, FieldStrides grad_offset_strides,
-    scalar_t* grad_mask, FieldStrides grad_mask_strides) {
+    const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
+    const scalar_t* grad_cols, scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
+    FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
   const DeformConvGeometry& g = s.g;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const auto [n, oy, ox] = kernels::output_pixel(g, r);
     scalar_t* grad_image = grad_input + n * g.height * g.width * g.channels;
-    const scalar_t* grad_row = grad_cols + (r - row_begin) * g.column_width();
+    const scalar_t* grad_row = grad_cols + (r - row_begin) * window.width();
     for (int64_t og = 0; og < g.offset_groups; ++og) {
       for (int64_t k = 0; k < g.kernel_points(); ++k) {
         const auto t = s.tap(n, og, k, oy, ox);
@@ -251,8 +280,8 @@ template <typename scalar_t>
         scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
         for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
              c0 = c1) {
-          c1 = g.column_run_end(og, c0);
-          const scalar_t* __restrict__ gcol = grad_row + g.column_index(c0, k) - c0;
+          c1 = std::min((og + 1) * g.channels_per_offset_group(), window.block_end(c0));
+          const scalar_t* __restrict__ gcol = grad_row + window.index(c0, k) - c0;
           const scalar_t* __restrict__ v00 = corner[0];
           const scalar_t* __restrict__ v01 = corner[1];
           const scalar_t* __restrict__ v10 = corner[2];
@@ -294,12 +323,12 @@ template <typename scalar_t>
   }
 }
 
-// The two hot loops are compiled for the baseline ISA and, on x86, again for AVX2+FMA (what the
-// bodies gain most from: 8-wide vectors and registers enough for the lane sums); the CPU picks at
-// run time, as ATen's own kernels do. RCM_FSAD_CPU_CAPABILITY=default forces the baseline build
-// (like ATEN_CPU_CAPABILITY), so that the tests cover both. An op asks once, on the calling thread
-// (make_sampling), not once per tile on the workers: one read of the environment per op, and one
-// build for all of an op's tiles.
+// The hot loops (the sampling, its backward, group_loops.h) are compiled for the baseline ISA and, on
+// x86, again for AVX2+FMA (what they gain most from: 8-wide vectors and registers enough for the lane
+// sums); the CPU picks at run time, as ATen's own kernels do. RCM_FSAD_CPU_CAPABILITY=default forces
+// the baseline build (like ATEN_CPU_CAPABILITY), so that the tests cover both. An op asks once, on the
+// calling thread (make_sampling), not once per tile on the workers: one read of the environment per
+// op, and one build for all of an op's tiles.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define RCM_FSAD_AVX2_DISPATCH 1
 #endif
@@ -313,54 +342,45 @@ bool use_avx2_fma() {
 #endif
 }
 
-template <typename scalar_t>
-void sample_columns_baseline(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end,
-                             const ColumnWindow& window, scalar_t* cols) {
-  sample_columns_body(s, row_begin, row_end, window, cols);
-}
+// run_hot_loop(avx2_fma, loop) runs loop() in the build that avx2_fma picks. loop: a lambda marked
+// RCM_FSAD_HOT_LOOP, so that each build inlines, and compiles, a copy of its body.
+#define RCM_FSAD_HOT_LOOP __attribute__((always_inline))
 
-template <typename scalar_t, typename... Args>
-void sample_columns_backward_baseline(Args... args) {
-  sample_columns_backward_body<scalar_t>(args...);
+template <typename Loop>
+void baseline_build(const Loop& loop) {
+  loop();
 }
 
 #ifdef RCM_FSAD_AVX2_DISPATCH
-template <typename scalar_t>
-[[gnu::target("avx2,fma")]] void sample_columns_avx2(const Sampling<scalar_t>& s, int64_t row_begin,
-                                                     int64_t row_end, const ColumnWindow& window,
-                                                     scalar_t* cols) {
-  sample_columns_body(s, row_begin, row_end, window, cols);
-}
-
-template <typename scalar_t, typename... Args>
-[[gnu::target("avx2,fma")]] void sample_columns_backward_avx2(Args... args) {
-  sample_columns_backward_body<scalar_t>(args...);
+template <typename Loop>
+[[gnu::target("avx2,fma")]] void avx2_build(const Loop& loop) {
+  loop();
 }
 #endif
+
+template <typename Loop>
+void run_hot_loop(bool avx2_fma, const Loop& loop) {
+#ifdef RCM_FSAD_AVX2_DISPATCH
+  if (avx2_fma) return avx2_build(loop);
+#endif
+  baseline_build(loop);
+}
 
 template <typename scalar_t>
 void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
                     scalar_t* cols) {
-#ifdef RCM_FSAD_AVX2_DISPATCH
-  if (s.avx2_fma) return sample_columns_avx2(s, row_begin, row_end, window, cols);
-#endif
-  sample_columns_baseline(s, row_begin, row_end, window, cols);
+  run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP { sample_columns_body(s, row_begin, row_end, window, cols); });
 }
 
 template <typename scalar_t>
 void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end,
-                             const scalar_t* grad_cols, scalar_t* grad_input, scalar_t* sink,
-                             scalar_t* grad_offset, FieldStrides grad_offset_strides, scalar_t* grad_mask,
-                             FieldStrides grad_mask_strides) {
-#ifdef RCM_FSAD_AVX2_DISPATCH
-  if (s.avx2_fma) {
-    return sample_columns_backward_avx2<scalar_t>(s, row_begin, row_end, grad_cols, grad_input, sink,
-                                                  grad_offset, grad_offset_strides, grad_mask,
-                                                  grad_mask_strides);
-  }
-#endif
-  sample_columns_backward_baseline<scalar_t>(s, row_begin, row_end, grad_cols, grad_input, sink, grad_offset,
-                                             grad_offset_strides, grad_mask, grad_mask_strides);
+                             const ColumnWindow& window, const scalar_t* grad_cols, scalar_t* grad_input,
+                             scalar_t* sink, scalar_t* grad_offset, FieldStrides grad_offset_strides,
+                             scalar_t* grad_mask, FieldStrides grad_mask_strides) {
+  run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+    sample_columns_backward_body(s, row_begin, row_end, window, grad_cols, grad_input, sink, grad_offset,
+                                 grad_offset_strides, grad_mask, grad_mask_strides);
+  });
 }
 
 template <typename scalar_t>
@@ -422,18 +442,33 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     const at::Tensor wmat = weight_matrix(weight);
     const at::Tensor zeros = at::zeros({g.channels}, input.options());
     const at::Tensor out_rows = out.nhwc.view({rows, g.out_channels});
+    const bool loops = use_group_loops(g);
+    const ColumnWindow window =
+        ColumnWindow::every_column(g, loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor);
+    const at::Tensor weight_t = loops ? wmat.t().contiguous() : at::Tensor();
+    const std::optional<at::Tensor> bias_c = bias.has_value() ? std::optional(bias->contiguous()) : std::nullopt;
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
       const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset, mask, zeros);
       const int64_t tile_rows = forward_tile_rows(rows, at::get_num_threads());
       const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
       parallel_for_calling_ops(0, tiles, [&](int64_t t0, int64_t t1) {
         at::Tensor cols = at::empty({tile_rows, g.column_width()}, input.options());
+        scalar_t* cols_ptr = cols.mutable_data_ptr<scalar_t>();
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t r0 = t * tile_rows;
           const int64_t len = std::min(tile_rows, rows - r0);
-          sample_columns(s, r0, r0 + len, ColumnWindow::every_column(g), cols.mutable_data_ptr<scalar_t>());
-          at::Tensor out_tile = out_rows.narrow(0, r0, len);
-          columns_times_weight(cols.narrow(0, 0, len), wmat, bias, out_tile, g);
+          sample_columns(s, r0, r0 + len, window, cols_ptr);
+          if (loops) {
+            const scalar_t* w = weight_t.const_data_ptr<scalar_t>();
+            const scalar_t* b = bias_c.has_value() ? bias_c->const_data_ptr<scalar_t>() : nullptr;
+            scalar_t* o = out_rows.mutable_data_ptr<scalar_t>() + r0 * g.out_channels;
+            run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+              group_loops_forward(group_block(g), len, cols_ptr, w, b, o, g.out_channels);
+            });
+          } else {
+            at::Tensor out_tile = out_rows.narrow(0, r0, len);
+            columns_times_weight(cols.narrow(0, 0, len), wmat, bias_c, out_tile, g);
+          }
         }
       });
     });
@@ -472,6 +507,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   at::Tensor grad_mask = sample_gradients.mask;
   const at::Tensor wmat = weight_matrix(weight);
   at::Tensor grad_wmat_ranges = at::zeros({split.row_ranges, wmat.size(0), wmat.size(1)}, weight.options());
+  const bool loops = use_group_loops(g);
+  const ColumnLayout layout = loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor;
+  const at::Tensor weight_t = loops ? wmat.t().contiguous() : at::Tensor();
   if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor grad_rows =
@@ -494,9 +532,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           scalar_t* grad_input = grad_input_bands.mutable_data_ptr<scalar_t>() + (t % bands) * g.batch * image_size;
           for (int64_t r0 = begin; r0 < end; r0 += kRowTile) {
             const int64_t len = std::min(kRowTile, end - r0);
-            at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
-            columns_gradient(grad_rows.narrow(0, r0, len), wmat, grad_cols_tile, g);
-            sample_columns_backward(s, r0, r0 + len, grad_cols.const_data_ptr<scalar_t>(), grad_input,
+            if (loops) {
+              const scalar_t* go = grad_rows.const_data_ptr<scalar_t>() + r0 * g.out_channels;
+              const scalar_t* w = weight_t.const_data_ptr<scalar_t>();
+              scalar_t* gc = grad_cols.mutable_data_ptr<scalar_t>();
+              run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+                group_loops_columns_gradient(group_block(g), len, go, g.out_channels, w, gc);
+              });
+            } else {
+              at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
+              columns_gradient(grad_rows.narrow(0, r0, len), wmat, grad_cols_tile, g);
+            }
+            sample_columns_backward(s, r0, r0 + len, ColumnWindow::every_column(g, layout),
+                                    grad_cols.const_data_ptr<scalar_t>(), grad_input,
                                     sink.mutable_data_ptr<scalar_t>(), grad_offset.mutable_data_ptr<scalar_t>(),
                                     gos, gm_ptr, gms);
           }
@@ -504,31 +552,55 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       });
       // The weight gradient. Task t is block t % blocks (a run of conv groups, or of one group's kernel
       // points) of range t / blocks of the rows: it samples that block's columns and adds, group by group,
-      // grad_rows^T x them to the range's copy, a tile of rows at a time. No two tasks write the same block
-      // of a copy.
+      // grad_rows^T x them to the range's copy, a tile of rows at a time (with the group loops, each tile's
+      // sum apart first, as a GEMM per tile sums it). No two tasks write the same block of a copy.
       const int64_t out_cols = g.out_channels / g.groups;
       const int64_t cg = g.channels_per_group();
       const int64_t run = g.kernel_points() / split.kernel_point_runs;
       const int64_t group_width = run * cg;  // a group's columns in a block
+      const int64_t weight_row = wmat.size(1);
       const int64_t tile_rows = kRowTile * blocks;  // as many elements as a tile of kRowTile whole rows
       parallel_for_calling_ops(0, split.row_ranges * blocks, [&](int64_t t0, int64_t t1) {
         at::Tensor cols = at::empty({tile_rows, split.conv_groups * group_width}, input.options());
+        scalar_t* cols_ptr = cols.mutable_data_ptr<scalar_t>();
+        const GroupBlock block{split.conv_groups, cg, out_cols, run};
+        at::Tensor tile_sums = loops ? at::empty({group_width, block.outputs()}, input.options()) : at::Tensor();
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t range = t / blocks;
           const int64_t group0 = t % blocks / split.kernel_point_runs * split.conv_groups;
           const int64_t k0 = t % split.kernel_point_runs * run;
-          const ColumnWindow window = ColumnWindow::conv_groups(g, group0, group0 + split.conv_groups, k0, k0 + run);
-          // Each group's block of the range's copy and its columns of grad_rows, made once per task.
+          const ColumnWindow window =
+              ColumnWindow::conv_groups(g, group0, group0 + split.conv_groups, k0, k0 + run, layout);
+          // The GEMMs': each group's block of the range's copy and its columns of grad_rows, made once per task.
           std::vector<at::Tensor> grad_blocks, grad_row_blocks;
-          for (int64_t group = group0; group < group0 + split.conv_groups; ++group) {
+          for (int64_t group = group0; !loops && group < group0 + split.conv_groups; ++group) {
             grad_blocks.push_back(
                 grad_wmat_ranges[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, group_width));
             grad_row_blocks.push_back(grad_rows.narrow(1, group * out_cols, out_cols));
           }
+          // The group loops': the block of the range's copy, grad_wmat[oc, k * cg + c'] for the block's
+          // output channels oc and kernel points k, and its columns of grad_rows.
+          scalar_t* grad_block =
+              grad_wmat_ranges[range].mutable_data_ptr<scalar_t>() + group0 * out_cols * weight_row + k0 * cg;
+          const scalar_t* grad_row_block = grad_rows.const_data_ptr<scalar_t>() + group0 * out_cols;
           const int64_t end = std::min(rows, (range + 1) * range_rows);
           for (int64_t r0 = range * range_rows; r0 < end; r0 += tile_rows) {
             const int64_t len = std::min(tile_rows, end - r0);
-            sample_columns(s, r0, r0 + len, window, cols.mutable_data_ptr<scalar_t>());
+            sample_columns(s, r0, r0 + len, window, cols_ptr);
+            if (loops) {
+              scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
+              run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+                std::fill(sums, sums + group_width * block.outputs(), scalar_t(0));
+                group_loops_weight_gradient(block, len, grad_row_block + r0 * g.out_channels, g.out_channels,
+                                            cols_ptr, sums);
+                for (int64_t oc = 0; oc < block.outputs(); ++oc) {
+                  for (int64_t j = 0; j < group_width; ++j) {
+                    grad_block[oc * weight_row + j] += sums[j * block.outputs() + oc];
+                  }
+                }
+              });
+              continue;
+            }
             const at::Tensor tile = cols.narrow(0, 0, len);
             for (int64_t i = 0; i < split.conv_groups; ++i) {
               grad_blocks[i].addmm_(grad_row_blocks[i].narrow(0, r0, len).t(),
