@@ -718,7 +718,7 @@ def markdown_table(rows: List[dict], gpu: bool) -> str:
 
 def markdown_geomeans(geomeans: List[dict]) -> str:
     if not geomeans:
-        return "(no speed-ups: torchvision rows missing)"
+        return "(none: no torchvision rows of the stage shapes; an extra case has its speed-ups in its rows)"
     lines = ["| dtype | pass | impl | cases | geomean speed-up vs torchvision |", "|---|---|---|---|---|"]
     for g in geomeans:
         lines.append(f"| {g['dtype']} | {g['pass']} | {g['impl']} | {g['cases']} | "
