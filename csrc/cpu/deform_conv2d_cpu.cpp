@@ -82,17 +82,16 @@ int64_t backward_bands(int64_t batch, int64_t out_pixels, int64_t threads, int64
 
 // The weight gradient's tasks: blocks of columns times `row_ranges` ranges of the rows, each range adding
 // into a copy of its own. A block is `conv_groups` consecutive conv groups' columns, or, where that is
-// one group, a run of its kernel points (`kernel_point_runs` a group): contiguous columns either way
-// (ColumnWindow::conv_groups). A block of whole offset groups samples each point once, as the forward
-// does; a block inside an offset group repeats its points' sampling (offsets, weights, corners) once
-// for each block, which costs most where a conv group has few channels (a depthwise layer's backward
-// took 1.65x as long with a block a conv group, on 2 threads). So blocks of whole offset groups, split
-// to keep the threads busiest with the copies that fit in split_copy_bytes(), with the fewest runs,
-// then the fewest copies (whole conv groups sample a row at a time, as the forward does: a kernel point
-// a block took 4-8% longer at 64 channels on 2 threads); single conv groups with their kernel-point
-// runs only where those keep fewer than 7/8 of the threads busy and single groups keep more. 2 threads:
-// 1 run, 2 ranges; 64 threads and a 512-channel 3x3 layer in float32: 3 runs, 21 ranges (189 MiB,
-// where a copy per thread took 576 MiB).
+// one group, a run of its kernel points (`kernel_point_runs` a group): a ColumnWindow either way. A block
+// of whole offset groups samples each point once, as the forward does; a block inside an offset group
+// repeats its points' sampling (offsets, weights, corners) once for each block, which costs most where a
+// conv group has few channels (a depthwise layer's backward took 1.65x as long with a block a conv group,
+// on 2 threads). So blocks of whole offset groups, split to keep the threads busiest with the copies that
+// fit in split_copy_bytes(), with the fewest runs, then the fewest copies (whole conv groups sample a row
+// at a time, as the forward does: a kernel point a block took 4-8% longer at 64 channels on 2 threads);
+// single conv groups with their kernel-point runs only where those keep fewer than 7/8 of the threads
+// busy and single groups keep more. 2 threads: 1 run, 2 ranges; 64 threads and a 512-channel 3x3 layer in
+// float32: 3 runs, 21 ranges (189 MiB, where a copy per thread took 576 MiB).
 struct WeightGradientSplit {
   int64_t conv_groups;  // a block's; 1 wherever kernel_point_runs > 1
   int64_t kernel_point_runs;
@@ -251,7 +250,7 @@ template <typename scalar_t>
 }
 
 // Backward of sample_columns for rows [row_begin, row_end) of one image, whose columns' gradient
-// grad_cols has every column, laid out as `window`: scatters into that image's NHWC grad_input (the
+// grad_cols has every column, laid out as `window` (ColumnWindow::every_column, in either layout): scatters into that image's NHWC grad_input (the
 // caller owns it, so no atomics) and writes the offset and mask gradients of every (row, offset group,
 // kernel point). sink: 4 x C values, a row per corner, that absorb the scatter of corners the input
 // gradient does not reach (kernels::gradient_reaches), so one branch-free loop does everything; a row
@@ -571,24 +570,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           const int64_t k0 = t % split.kernel_point_runs * run;
           const ColumnWindow window =
               ColumnWindow::conv_groups(g, group0, group0 + split.conv_groups, k0, k0 + run, layout);
-          // The GEMMs': each group's block of the range's copy and its columns of grad_rows, made once per task.
-          std::vector<at::Tensor> grad_blocks, grad_row_blocks;
-          for (int64_t group = group0; !loops && group < group0 + split.conv_groups; ++group) {
-            grad_blocks.push_back(
-                grad_wmat_ranges[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, group_width));
-            grad_row_blocks.push_back(grad_rows.narrow(1, group * out_cols, out_cols));
-          }
-          // The group loops': the block of the range's copy, grad_wmat[oc, k * cg + c'] for the block's
-          // output channels oc and kernel points k, and its columns of grad_rows.
-          scalar_t* grad_block =
-              grad_wmat_ranges[range].mutable_data_ptr<scalar_t>() + group0 * out_cols * weight_row + k0 * cg;
-          const scalar_t* grad_row_block = grad_rows.const_data_ptr<scalar_t>() + group0 * out_cols;
-          const int64_t end = std::min(rows, (range + 1) * range_rows);
-          for (int64_t r0 = range * range_rows; r0 < end; r0 += tile_rows) {
-            const int64_t len = std::min(tile_rows, end - r0);
-            sample_columns(s, r0, r0 + len, window, cols_ptr);
-            if (loops) {
-              scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
+          // Samples the tiles of the range's rows in turn and hands each to add(r0, len).
+          const auto for_each_tile = [&](const auto& add) {
+            const int64_t end = std::min(rows, (range + 1) * range_rows);
+            for (int64_t r0 = range * range_rows; r0 < end; r0 += tile_rows) {
+              const int64_t len = std::min(tile_rows, end - r0);
+              sample_columns(s, r0, r0 + len, window, cols_ptr);
+              add(r0, len);
+            }
+          };
+          if (loops) {
+            // The block of the range's copy, grad_wmat[oc, k * cg + c'] for the block's output channels
+            // oc and kernel points k, and its columns of grad_rows.
+            scalar_t* grad_block =
+                grad_wmat_ranges[range].mutable_data_ptr<scalar_t>() + group0 * out_cols * weight_row + k0 * cg;
+            const scalar_t* grad_row_block = grad_rows.const_data_ptr<scalar_t>() + group0 * out_cols;
+            scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
+            for_each_tile([&](int64_t r0, int64_t len) {
               run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
                 std::fill(sums, sums + group_width * block.outputs(), scalar_t(0));
                 group_loops_weight_gradient(block, len, grad_row_block + r0 * g.out_channels, g.out_channels,
@@ -599,14 +597,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
                   }
                 }
               });
-              continue;
-            }
+            });
+            continue;
+          }
+          // Each group's block of the range's copy and its columns of grad_rows, made once per task.
+          std::vector<at::Tensor> grad_blocks, grad_row_blocks;
+          for (int64_t group = group0; group < group0 + split.conv_groups; ++group) {
+            grad_blocks.push_back(
+                grad_wmat_ranges[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, group_width));
+            grad_row_blocks.push_back(grad_rows.narrow(1, group * out_cols, out_cols));
+          }
+          for_each_tile([&](int64_t r0, int64_t len) {
             const at::Tensor tile = cols.narrow(0, 0, len);
             for (int64_t i = 0; i < split.conv_groups; ++i) {
               grad_blocks[i].addmm_(grad_row_blocks[i].narrow(0, r0, len).t(),
                                     tile.narrow(1, i * group_width, group_width));
             }
-          }
+          });
         }
       });
     });

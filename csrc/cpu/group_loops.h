@@ -30,8 +30,8 @@ struct GroupBlock {
 
 // out[r, oc] = bias[oc] (0 without bias) + sum over k, c' of cols[r, k * C + gi * cg + c'] *
 // weight_t[(k * cg + c') * C_out + oc], for the len rows of a tile and oc = gi * m + o.
-// cols: len x (points * C). weight_t: (points * cg) x C_out, the weight matrix transposed.
-// out: rows out_stride apart.
+// cols: len x (points * C). weight_t: (points * cg) x C_out, the weight matrix transposed, so the block
+// is the whole layer (C_out = b.outputs()). out: rows out_stride apart.
 template <typename T>
 [[gnu::always_inline]] inline void group_loops_forward(const GroupBlock& b, int64_t len, const T* cols,
                                                        const T* weight_t, const T* bias, T* out,
@@ -58,8 +58,8 @@ template <typename T>
 }
 
 // grad_cols[r, k * C + gi * cg + c'] = sum over o of grad_rows[r, gi * m + o] *
-// weight_t[(k * cg + c') * C_out + gi * m + o]: the columns' gradient, len x (points * C).
-// grad_rows: rows grad_stride apart.
+// weight_t[(k * cg + c') * C_out + gi * m + o]: the columns' gradient, len x (points * C). As in
+// group_loops_forward, the block is the whole layer. grad_rows: rows grad_stride apart.
 template <typename T>
 [[gnu::always_inline]] inline void group_loops_columns_gradient(const GroupBlock& b, int64_t len,
                                                                 const T* grad_rows, int64_t grad_stride,
