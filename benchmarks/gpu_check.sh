@@ -39,7 +39,9 @@
 #                where                                                                -> bench.log
 #  12 profile    per-kernel device time of each implementation (python -m benchmarks.profile_kernels
 #                --device cuda --repeats 5; tables only)                            -> bench.log
-#  13 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log
+#  13 grouped    the benchmark's depthwise case (named, so outside the goals; no reference, no file)
+#                                                                                   -> bench.log
+#  14 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log
 #
 # $OUT/summary.txt lists every step (OK / FAIL / SKIP / TIME, exit code, seconds), a STATUS line, then
 # the goals and the files in $OUT; TIME: cut short by the budget before its own cap (unfinished, not
@@ -439,7 +441,15 @@ else
     skip_step profile "$BENCH_LOG" 0 "not enough time left for the kernel profile"
 fi
 
-# ---- 13 torch.compile of the reference ------------------------------------------------------------------
+# ---- 13 a depthwise layer -------------------------------------------------------------------------------
+# What the CUDA paths make of one channel a conv group (NOTES, session 19): rows in bench.log only.
+if (( $(remaining) >= 60 )); then
+    gpu_step grouped "$BENCH_LOG" 60 0 "$PY -m benchmarks --device cuda --cases n8_c64_56x56_depthwise --no-reference --no-write"
+else
+    skip_step grouped "$BENCH_LOG" 0 "not enough time left for the depthwise case"
+fi
+
+# ---- 14 torch.compile of the reference ------------------------------------------------------------------
 if (( $(remaining) >= 90 )); then
     gpu_step compile "$BENCH_LOG" 200 0 "$PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --no-write"
 else
