@@ -1,7 +1,7 @@
 // The products of a grouped layer's columns with its weights as plain loops over the conv groups,
 // for layers whose groups are too small for a GEMM call each: a depthwise 3x3 layer's group is a
-// 9 x 1 matrix, and a call per group and tile of rows cost a depthwise forward three times its
-// sampling. Torch-free: raw pointers, one tile of rows at a time.
+// 9 x 1 matrix, and its forward spent as long in the calls (one per group and tile of rows) and their
+// views as in its sampling. Torch-free: raw pointers, one tile of rows at a time.
 //
 // The columns these loops read and write are point-major: a row holds kernel point after kernel point,
 // each with all the block's channels in order (ColumnWindow's PointMajor layout), so that the sampling
