@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "../deform_conv2d_args.h"
@@ -289,20 +290,39 @@ template <typename scalar_t>
           scalar_t* __restrict__ t01 = target[1];
           scalar_t* __restrict__ t10 = target[2];
           scalar_t* __restrict__ t11 = target[3];
-          for (int64_t base = c0; base < c1; base += kLanes) {
-            const int64_t lanes = std::min(kLanes, c1 - base);
-            for (int64_t l = 0; l < lanes; ++l) {
-              const int64_t ch = base + l;
+          const auto run = [&](auto on_border) __attribute__((always_inline)) {
+            const auto lane = [&](int64_t l, int64_t ch) __attribute__((always_inline)) {
               const scalar_t gc = gcol[ch];
               const auto d = kernels::coordinate_gradient(p, v00[ch], v01[ch], v10[ch], v11[ch]);
               sum_dy[l] += gc * d.dy;
               sum_dx[l] += gc * d.dx;
-              sum_value[l] += gc * kernels::interpolate(p, v00[ch], v01[ch], v10[ch], v11[ch]);
+              // kernels::interpolate's value, 0 on the border, times gc there too (0 x inf = NaN, as in
+              // torchvision's mask gradient).
+              const scalar_t value = decltype(on_border)::value
+                                         ? scalar_t(0)
+                                         : kernels::interpolate(p, v00[ch], v01[ch], v10[ch], v11[ch]);
+              sum_value[l] += gc * value;
               t00[ch] += w[0] * gc;
               t01[ch] += w[1] * gc;
               t10[ch] += w[2] * gc;
               t11[ch] += w[3] * gc;
+            };
+            // Whole steps of kLanes channels, then the rest. `omp simd` (honoured under -fopenmp, which
+            // both builds add where the compiler has it) vectorises the steps, whose lanes write distinct
+            // channels of four distinct targets and sum into sums of their own.
+            int64_t base = c0;
+            for (; base + kLanes <= c1; base += kLanes) {
+#pragma omp simd
+              for (int64_t l = 0; l < kLanes; ++l) lane(l, base + l);
             }
+            for (int64_t l = 0; base + l < c1; ++l) lane(l, base + l);
+          };
+          // A loop for samples on the -1 border and one for the others, so that neither tests it per
+          // channel: a branch in the loop keeps the compiler from vectorising it.
+          if (p.on_border) {
+            run(std::true_type{});
+          } else {
+            run(std::false_type{});
           }
         }
         scalar_t dy = 0, dx = 0, value = 0;
