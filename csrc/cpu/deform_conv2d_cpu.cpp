@@ -254,8 +254,8 @@ template <typename scalar_t>
 // grad_cols has every column, laid out as `window` (ColumnWindow::every_column, in either layout): scatters into that image's NHWC grad_input (the
 // caller owns it, so no atomics) and writes the offset and mask gradients of every (row, offset group,
 // kernel point). sink: 4 x C values, a row per corner, that absorb the scatter of corners the input
-// gradient does not reach (kernels::gradient_reaches), so one branch-free loop does everything; a row
-// each keeps the four targets distinct, as their __restrict__ promises.
+// gradient does not reach (kernels::gradient_reaches), so that the loop over a sample's channels has no
+// branch; a row each keeps the four targets distinct, as their __restrict__ promises.
 template <typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_backward_body(
     const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
@@ -296,11 +296,11 @@ template <typename scalar_t>
               const auto d = kernels::coordinate_gradient(p, v00[ch], v01[ch], v10[ch], v11[ch]);
               sum_dy[l] += gc * d.dy;
               sum_dx[l] += gc * d.dx;
-              // kernels::interpolate's value, 0 on the border, times gc there too (0 x inf = NaN, as in
+              // kernels::interpolate's value: 0 on the border, times gc there too (0 x inf = NaN, as in
               // torchvision's mask gradient).
               const scalar_t value = decltype(on_border)::value
                                          ? scalar_t(0)
-                                         : kernels::interpolate(p, v00[ch], v01[ch], v10[ch], v11[ch]);
+                                         : kernels::bilinear_blend(p, v00[ch], v01[ch], v10[ch], v11[ch]);
               sum_value[l] += gc * value;
               t00[ch] += w[0] * gc;
               t01[ch] += w[1] * gc;
@@ -308,8 +308,9 @@ template <typename scalar_t>
               t11[ch] += w[3] * gc;
             };
             // Whole steps of kLanes channels, then the rest. `omp simd` (honoured under -fopenmp, which
-            // both builds add where the compiler has it) vectorises the steps, whose lanes write distinct
-            // channels of four distinct targets and sum into sums of their own.
+            // setup.py and CMakeLists.txt add where the compiler has it; without, the same results
+            // unvectorised) vectorises the steps: their lanes write distinct channels of four distinct
+            // targets and sum into sums of their own.
             int64_t base = c0;
             for (; base + kLanes <= c1; base += kLanes) {
 #pragma omp simd
@@ -318,7 +319,7 @@ template <typename scalar_t>
             for (int64_t l = 0; base + l < c1; ++l) lane(l, base + l);
           };
           // A loop for samples on the -1 border and one for the others, so that neither tests it per
-          // channel: a branch in the loop keeps the compiler from vectorising it.
+          // channel (kernels::interpolate does): a branch in the loop keeps it from vectorising.
           if (p.on_border) {
             run(std::true_type{});
           } else {

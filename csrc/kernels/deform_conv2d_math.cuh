@@ -320,12 +320,19 @@ RCM_HD MaskedCorners<acc_t> masked_corners(const DeformConvGeometry& g, int64_t 
       g, px, k, sample_field<acc_t>(g, px, k, og, offset, offset_strides, mask, mask_strides), input_gradient);
 }
 
+// The bilinear blend of a sample's corner values (zero for a corner outside the image): its value
+// unless it is on the -1 border. Branch-free, for loops that vectorise.
+template <typename acc_t>
+RCM_HD acc_t bilinear_blend(const SamplePoint<acc_t>& p, acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
+  return p.weight[0] * v00 + p.weight[1] * v01 + p.weight[2] * v10 + p.weight[3] * v11;
+}
+
 // The sample's value from its corner values (zero for a corner outside the image); zero on the -1
 // border (value_reads).
 template <typename acc_t>
 RCM_HD acc_t interpolate(const SamplePoint<acc_t>& p, acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
   if (p.on_border) return acc_t(0);
-  return p.weight[0] * v00 + p.weight[1] * v01 + p.weight[2] * v10 + p.weight[3] * v11;
+  return bilinear_blend(p, v00, v01, v10, v11);
 }
 
 // Value of channel c at corner i of an NHWC image; zero for a corner outside the image.
