@@ -99,16 +99,25 @@ RCM_HD OutputPixel output_pixel(const DeformConvGeometry& g, int64_t row) {
   return {n, oy, pix - oy * g.out_w};
 }
 
-// Where kernel point k of output pixel (oy, ox) samples before its offset is added.
+// Kernel point k's place in the kernel window, in input pixels from the window's first tap.
+struct KernelPoint {
+  int64_t dy;
+  int64_t dx;
+};
+
+RCM_HD KernelPoint kernel_point(const DeformConvGeometry& g, int64_t k) {
+  const int64_t i = k / g.kernel_w;
+  return {i * g.dil_h, (k - i * g.kernel_w) * g.dil_w};
+}
+
+// Where a kernel point of output pixel (oy, ox) samples before its offset is added.
 struct TapOrigin {
   int64_t y;
   int64_t x;
 };
 
-RCM_HD TapOrigin tap_origin(const DeformConvGeometry& g, int64_t oy, int64_t ox, int64_t k) {
-  const int64_t i = k / g.kernel_w;
-  const int64_t j = k - i * g.kernel_w;
-  return {oy * g.stride_h - g.pad_h + i * g.dil_h, ox * g.stride_w - g.pad_w + j * g.dil_w};
+RCM_HD TapOrigin tap_origin(const DeformConvGeometry& g, int64_t oy, int64_t ox, const KernelPoint& point) {
+  return {oy * g.stride_h - g.pad_h + point.dy, ox * g.stride_w - g.pad_w + point.dx};
 }
 
 template <typename T>
@@ -194,11 +203,11 @@ RCM_HD SampleOffset<acc_t> sample_offset(const DeformConvGeometry& g, const scal
           static_cast<acc_t>(offset[offset_strides.at(n, ch + 1, oy, ox)])};
 }
 
-// Sample point of kernel point k at output pixel (oy, ox) displaced by d.
+// Sample point of a kernel point at output pixel (oy, ox) displaced by d.
 template <typename acc_t>
-RCM_HD SamplePoint<acc_t> displaced_sample_point(const DeformConvGeometry& g, int64_t k, int64_t oy, int64_t ox,
-                                                 const SampleOffset<acc_t>& d) {
-  const TapOrigin o = tap_origin(g, oy, ox, k);
+RCM_HD SamplePoint<acc_t> displaced_sample_point(const DeformConvGeometry& g, const KernelPoint& point, int64_t oy,
+                                                 int64_t ox, const SampleOffset<acc_t>& d) {
+  const TapOrigin o = tap_origin(g, oy, ox, point);
   return make_sample_point<acc_t>(static_cast<acc_t>(o.y) + d.dy, static_cast<acc_t>(o.x) + d.dx, g.height,
                                   g.width);
 }
@@ -209,7 +218,7 @@ template <typename acc_t, typename scalar_t>
 RCM_HD SamplePoint<acc_t> deform_sample_point(const DeformConvGeometry& g, const scalar_t* offset,
                                               const FieldStrides& offset_strides, int64_t n,
                                               int64_t og, int64_t k, int64_t oy, int64_t ox) {
-  return displaced_sample_point<acc_t>(g, k, oy, ox,
+  return displaced_sample_point<acc_t>(g, kernel_point(g, k), oy, ox,
                                        sample_offset<acc_t>(g, offset, offset_strides, n, og, k, oy, ox));
 }
 
@@ -284,7 +293,7 @@ RCM_HD acc_t masked_weight(const SamplePoint<acc_t>& p, int i, acc_t m) {
 template <typename acc_t>
 RCM_HD MaskedCorners<acc_t> masked_corners_of(const DeformConvGeometry& g, const OutputPixel& px, int64_t k,
                                               const SampleField<acc_t>& f, bool input_gradient = false) {
-  const SamplePoint<acc_t> p = displaced_sample_point<acc_t>(g, k, px.oy, px.ox, f.offset);
+  const SamplePoint<acc_t> p = displaced_sample_point<acc_t>(g, kernel_point(g, k), px.oy, px.ox, f.offset);
   const int64_t image_pixel0 = px.n * g.height * g.width;
   MaskedCorners<acc_t> corners;
   for (int i = 0; i < 4; ++i) {
