@@ -212,7 +212,9 @@ struct ColumnWindow {
   }
 
   int64_t width() const { return (k_end - k_begin) * (c_end - c_begin); }
-  // Position of channel c of kernel point k in a row of the window.
+  // Position of channel c of kernel point k in a row of the window: for a GroupMajor window of a whole
+  // row, DeformConvGeometry::column_index. That one keeps its own form: computing it through a shared
+  // function spilled deform_im2col_kernel's registers (tools/ptxas_report.py).
   int64_t index(int64_t c, int64_t k) const {
     const int64_t b = (c - c_begin) / block;
     return (b * (k_end - k_begin) + (k - k_begin)) * block + (c - c_begin - b * block);
@@ -255,11 +257,12 @@ template <typename scalar_t>
 }
 
 // Backward of sample_columns for rows [row_begin, row_end) of one image, whose columns' gradient
-// grad_cols has every column, laid out as `window` (ColumnWindow::every_column, in either layout): scatters into that image's NHWC grad_input (the
-// caller owns it, so no atomics) and writes the offset and mask gradients of every (row, offset group,
-// kernel point). sink: 4 x C values, a row per corner, that absorb the scatter of corners the input
-// gradient does not reach (kernels::gradient_reaches), so that the loop over a sample's channels has no
-// branch; a row each keeps the four targets distinct, as their __restrict__ promises.
+// grad_cols has every column, laid out as `window` (ColumnWindow::every_column, in either layout):
+// scatters into that image's NHWC grad_input (the caller owns it, so no atomics) and writes the offset
+// and mask gradients of every (row, offset group, kernel point). sink: 4 x C values, a row per corner,
+// that absorb the scatter of corners the input gradient does not reach (kernels::gradient_reaches), so
+// that the loop over a sample's channels has no branch; a row each keeps the four targets distinct, as
+// their __restrict__ promises.
 template <typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_backward_body(
     const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
@@ -282,9 +285,9 @@ template <typename scalar_t>
           target[i] = kernels::gradient_reaches(p, i) ? grad_image + p.pixel[i] * g.channels : sink + i * g.channels;
         }
         scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
-        for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < (og + 1) * g.channels_per_offset_group();
-             c0 = c1) {
-          c1 = std::min((og + 1) * g.channels_per_offset_group(), window.block_end(c0));
+        const int64_t og_end = (og + 1) * g.channels_per_offset_group();
+        for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < og_end; c0 = c1) {
+          c1 = std::min(og_end, window.block_end(c0));
           const scalar_t* __restrict__ gcol = grad_row + window.index(c0, k) - c0;
           const scalar_t* __restrict__ v00 = corner[0];
           const scalar_t* __restrict__ v01 = corner[1];
@@ -541,6 +544,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   at::Tensor grad_wmat_ranges = at::zeros({split.row_ranges, wmat.size(0), wmat.size(1)}, weight.options());
   const bool loops = use_group_loops(g);
   const ColumnLayout layout = loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor;
+  const ColumnWindow every_column = ColumnWindow::every_column(g, layout);
   const at::Tensor weight_t = loops ? wmat.t().contiguous() : at::Tensor();
   if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
@@ -576,8 +580,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
               at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
               columns_gradient(grad_rows.narrow(0, r0, len), wmat, grad_cols_tile, g);
             }
-            sample_columns_backward(s, r0, r0 + len, ColumnWindow::every_column(g, layout),
-                                    grad_cols.const_data_ptr<scalar_t>(), grad_input,
+            sample_columns_backward(s, r0, r0 + len, every_column, grad_cols.const_data_ptr<scalar_t>(), grad_input,
                                     sink.mutable_data_ptr<scalar_t>(), grad_offset.mutable_data_ptr<scalar_t>(),
                                     gos, gm_ptr, gms);
           }
