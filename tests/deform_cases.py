@@ -74,15 +74,20 @@ CASES = {
     "groups2": DeformCase(in_channels=6, out_channels=4, groups=2),
     "offset_groups3": DeformCase(in_channels=6, offset_groups=3),
     "groups2_offset_groups3": DeformCase(in_channels=6, out_channels=8, groups=2, offset_groups=3),
+    # conv groups of 8 channels: on the CPU, a GEMM per group (the layers above take the group loops)
+    "groups2_wide": DeformCase(in_channels=16, out_channels=6, groups=2, offset_groups=4, height=6, width=6),
     "groups4_offset_groups2": DeformCase(in_channels=8, out_channels=4, groups=4, offset_groups=2),
     "far_offsets": DeformCase(offset_scale=6.0),
     # 3 rows over 2 with stride 2: one output row whose kernel overhangs the input (torchvision's size)
     "kernel_overhangs_by_less_than_stride": DeformCase(height=2, width=5, stride=(2, 2), padding=(0, 1)),
     "no_mask": DeformCase(use_mask=False),
     "no_bias": DeformCase(use_bias=False),
-    # one channel a conv group (the CPU's group loops along contiguous groups), and three outputs a group
+    # one channel a conv group (the CPU's group loops along contiguous groups), three outputs a group, and
+    # two channels and four outputs a group without bias (the loops' outputs reordered, no bias to start from)
     "depthwise": DeformCase(in_channels=8, out_channels=8, groups=8, offset_groups=2),
-    "depthwise_multiplier": DeformCase(in_channels=4, out_channels=12, groups=4),
+    "depthwise_multiplier": DeformCase(in_channels=8, out_channels=24, groups=8),
+    "grouped_multiplier_no_bias": DeformCase(in_channels=16, out_channels=32, groups=8, offset_groups=2,
+                                             use_bias=False, height=6, width=6),
     "no_mask_no_bias_groups": DeformCase(use_mask=False, use_bias=False, in_channels=6, groups=3, offset_groups=2,
                                          out_channels=3),
     "batch1": DeformCase(batch=1, in_channels=3, out_channels=5),

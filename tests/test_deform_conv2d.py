@@ -68,7 +68,8 @@ def test_matches_reference_float64(name, device):
     assert_matches(ours, oracle, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["basic", "groups2_offset_groups3", "depthwise", "far_offsets", "wide_channels"])
+@pytest.mark.parametrize("name", ["basic", "groups2_offset_groups3", "depthwise", "depthwise_multiplier", "far_offsets",
+                                  "wide_channels"])
 def test_float32_error_is_that_of_float32_arithmetic(name, device):
     """Judged against float64: ours in float32 (IEEE: TF32 off) is no worse than torchvision in float32
     (times 4, or one float32 epsilon of the largest value)."""
@@ -543,8 +544,8 @@ def test_cpu_backward_is_deterministic():
 
 @pytest.mark.parametrize("copies", ["default", "none", "one"])
 @pytest.mark.parametrize("groups,offset_groups,in_channels,out_channels",
-                         [(1, 2, 8, 6), (2, 2, 8, 6), (2, 3, 6, 6), (4, 1, 8, 8), (4, 2, 8, 8), (8, 2, 8, 8),
-                          (2, 2, 2, 2)])
+                         [(1, 2, 8, 6), (2, 2, 16, 6), (2, 3, 6, 6), (4, 1, 8, 8), (4, 2, 8, 8), (8, 2, 8, 8),
+                          (2, 2, 2, 2), (4, 2, 8, 16), (2, 2, 2, 6)])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_cpu_threads_split_the_work_without_changing_it(batch, groups, offset_groups, in_channels, out_channels,
                                                         copies, monkeypatch):
@@ -558,7 +559,8 @@ def test_cpu_threads_split_the_work_without_changing_it(batch, groups, offset_gr
     eight depthwise groups), or, where the copies do not fit, one conv group's runs of kernel points (at
     one conv group 3 runs with no copy, 9 runs in 2 ranges with one; at two, 9 runs with no copy). The
     layers of small groups ((2, 3, 6, 6) on) take the group loops instead of GEMMs, with every column
-    layout: a block of groups, a group's runs of kernel points ((2, 2, 2, 2) without copies)."""
+    layout: a block of groups, a group's runs of kernel points ((2, 2, 2, 2) without copies), and with
+    several outputs a group ((4, 2, 8, 16), (2, 2, 2, 6))."""
     case = DeformCase(batch=batch, in_channels=in_channels, out_channels=out_channels, height=20, width=20,
                       groups=groups, offset_groups=offset_groups, offset_scale=3.0)
     tensors = case.tensors(torch.float64)
@@ -877,7 +879,7 @@ def test_cuda_float32_forward_without_tf32_is_as_accurate_as_float32(name, monke
 
 
 @pytest.mark.parametrize("name", ["groups2_offset_groups3", "wide_channels", "no_mask", "depthwise",
-                                  "groups4_offset_groups2"])
+                                  "groups4_offset_groups2", "depthwise_multiplier", "grouped_multiplier_no_bias"])
 def test_cpu_baseline_build_of_the_hot_loops(name, monkeypatch):
     """The CPU loops are compiled twice (baseline ISA and AVX2+FMA, picked at run time): the build
     this machine does not pick by itself must agree with torchvision too."""

@@ -130,17 +130,37 @@ WeightGradientSplit weight_gradient_split(const DeformConvGeometry& g, int64_t r
 
 // Whether a layer's products with its weights go through group_loops.h instead of a GEMM per conv group
 // and tile of rows: where it has several groups, each of at most kGroupLoopsMaxProducts multiply-adds a
-// row (kernel points x input channels x output channels). Measured on 2 threads (N=8, 3x3, 64 channels
-// at 56x56 and 256 at 14x14, each way on the same inputs): the loops took 0.06-0.87x the GEMMs' time
-// up to 72 products a group (a depthwise forward 0.16x and 0.06x), 0.89-1.68x at 144, 1.3-2.5x beyond.
-constexpr int64_t kGroupLoopsMaxProducts = 96;
+// row (kernel points x input channels x output channels), or of at most kGroupLoopsMaxChannels input
+// channels and kGroupLoopsMaxProductsFewChannels products (the loops vectorise along the groups, and read
+// a group's columns cg apart, so many channels a group leave them few groups to run along). Measured
+// on 2 threads (N=8, 3x3, 64 channels at 56x56 and 256 at 14x14, forward and forward+backward, each
+// way on the same inputs), the loops' time over the GEMMs':
+//   - up to 72 products: 0.15-0.90x (a depthwise forward 0.16x and 0.06x);
+//   - 4 channels a group or fewer, 144 to 288 products: 0.31-1.02x (the most, 2 channels x 16 outputs);
+//   - 8 channels a group: 0.58-1.09x at 144 products, 0.72-1.33x at 216, 0.86-1.52x at 288;
+//     16: 0.84-2.0x at 144, 0.93-2.3x at 288; 32: 1.4-3.0x at 288;
+//   - beyond 288: 0.93-3.2x.
+constexpr int64_t kGroupLoopsMaxProducts = 72;
+constexpr int64_t kGroupLoopsMaxChannels = 4;
+constexpr int64_t kGroupLoopsMaxProductsFewChannels = 288;
 bool use_group_loops(const DeformConvGeometry& g) {
-  return g.groups > 1 &&
-         g.kernel_points() * g.channels_per_group() * (g.out_channels / g.groups) <= kGroupLoopsMaxProducts;
+  const int64_t products = g.kernel_points() * g.channels_per_group() * (g.out_channels / g.groups);
+  return g.groups > 1 && (products <= kGroupLoopsMaxProducts ||
+                          (g.channels_per_group() <= kGroupLoopsMaxChannels &&
+                           products <= kGroupLoopsMaxProductsFewChannels));
 }
 
 GroupBlock group_block(const DeformConvGeometry& g) {
   return {g.groups, g.channels_per_group(), g.out_channels / g.groups, g.kernel_points()};
+}
+
+// The weight matrix (C_out x K * C_g) as group_loops.h takes it: transposed, its output channels in
+// output-major order (GroupBlock::output_major).
+at::Tensor weight_output_major(const at::Tensor& wmat, const DeformConvGeometry& g) {
+  return wmat.view({g.groups, g.out_channels / g.groups, wmat.size(1)})
+      .permute({2, 1, 0})
+      .contiguous()
+      .view({wmat.size(1), g.out_channels});
 }
 
 // Channels per inner step of the backward sums; fixed so that the lane loop vectorises.
@@ -480,7 +500,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     const bool loops = use_group_loops(g);
     const ColumnWindow window =
         ColumnWindow::every_column(g, loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor);
-    const at::Tensor weight_t = loops ? wmat.t().contiguous() : at::Tensor();
+    const at::Tensor weight_om = loops ? weight_output_major(wmat, g) : at::Tensor();
     const std::optional<at::Tensor> bias_c = bias.has_value() ? std::optional(bias->contiguous()) : std::nullopt;
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
       const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset, mask, zeros, points);
@@ -489,16 +509,18 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
       parallel_for_calling_ops(0, tiles, [&](int64_t t0, int64_t t1) {
         at::Tensor cols = at::empty({tile_rows, g.column_width()}, input.options());
         scalar_t* cols_ptr = cols.mutable_data_ptr<scalar_t>();
+        at::Tensor scratch = at::empty({loops ? g.out_channels : 0}, input.options());
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t r0 = t * tile_rows;
           const int64_t len = std::min(tile_rows, rows - r0);
           sample_columns(s, r0, r0 + len, window, cols_ptr);
           if (loops) {
-            const scalar_t* w = weight_t.const_data_ptr<scalar_t>();
+            const scalar_t* w = weight_om.const_data_ptr<scalar_t>();
             const scalar_t* b = bias_c.has_value() ? bias_c->const_data_ptr<scalar_t>() : nullptr;
             scalar_t* o = out_rows.mutable_data_ptr<scalar_t>() + r0 * g.out_channels;
+            scalar_t* row_om = scratch.mutable_data_ptr<scalar_t>();
             run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-              group_loops_forward(group_block(g), len, cols_ptr, w, b, o, g.out_channels);
+              group_loops_forward(group_block(g), len, cols_ptr, w, b, o, g.out_channels, row_om);
             });
           } else {
             at::Tensor out_tile = out_rows.narrow(0, r0, len);
@@ -545,7 +567,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const bool loops = use_group_loops(g);
   const ColumnLayout layout = loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor;
   const ColumnWindow every_column = ColumnWindow::every_column(g, layout);
-  const at::Tensor weight_t = loops ? wmat.t().contiguous() : at::Tensor();
+  const at::Tensor weight_om = loops ? weight_output_major(wmat, g) : at::Tensor();
   if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor grad_rows =
@@ -562,6 +584,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       parallel_for_calling_ops(0, g.batch * bands, [&](int64_t t0, int64_t t1) {
         at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor sink = at::zeros({4, g.channels}, input.options());
+        at::Tensor scratch = at::empty({loops ? g.out_channels : 0}, input.options());
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t image_row = (t / bands) * g.out_pixels();
           const int64_t begin = image_row + std::min(g.out_pixels(), (t % bands) * band_rows);
@@ -571,10 +594,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
             const int64_t len = std::min(kRowTile, end - r0);
             if (loops) {
               const scalar_t* go = grad_rows.const_data_ptr<scalar_t>() + r0 * g.out_channels;
-              const scalar_t* w = weight_t.const_data_ptr<scalar_t>();
+              const scalar_t* w = weight_om.const_data_ptr<scalar_t>();
               scalar_t* gc = grad_cols.mutable_data_ptr<scalar_t>();
+              scalar_t* row_om = scratch.mutable_data_ptr<scalar_t>();
               run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-                group_loops_columns_gradient(group_block(g), len, go, g.out_channels, w, gc);
+                group_loops_columns_gradient(group_block(g), len, go, g.out_channels, w, gc, row_om);
               });
             } else {
               at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
@@ -601,6 +625,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         scalar_t* cols_ptr = cols.mutable_data_ptr<scalar_t>();
         const GroupBlock block{split.conv_groups, cg, out_cols, run};
         at::Tensor tile_sums = loops ? at::empty({group_width, block.outputs()}, input.options()) : at::Tensor();
+        at::Tensor scratch = at::empty({loops ? block.outputs() : 0}, input.options());
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t range = t / blocks;
           const int64_t group0 = t % blocks / split.kernel_point_runs * split.conv_groups;
@@ -623,14 +648,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
                 grad_wmat_ranges[range].mutable_data_ptr<scalar_t>() + group0 * out_cols * weight_row + k0 * cg;
             const scalar_t* grad_row_block = grad_rows.const_data_ptr<scalar_t>() + group0 * out_cols;
             scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
+            scalar_t* row_om = scratch.mutable_data_ptr<scalar_t>();
             for_each_tile([&](int64_t r0, int64_t len) {
               run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
                 std::fill(sums, sums + group_width * block.outputs(), scalar_t(0));
                 group_loops_weight_gradient(block, len, grad_row_block + r0 * g.out_channels, g.out_channels,
-                                            cols_ptr, sums);
-                for (int64_t oc = 0; oc < block.outputs(); ++oc) {
-                  for (int64_t j = 0; j < group_width; ++j) {
-                    grad_block[oc * weight_row + j] += sums[j * block.outputs() + oc];
+                                            cols_ptr, sums, row_om);
+                for (int64_t gi = 0; gi < block.groups; ++gi) {
+                  for (int64_t o = 0; o < block.m; ++o) {
+                    scalar_t* grad_oc = grad_block + (gi * block.m + o) * weight_row;
+                    const scalar_t* sums_oc = sums + block.output_major(gi, o);
+                    for (int64_t j = 0; j < group_width; ++j) grad_oc[j] += sums_oc[j * block.outputs()];
                   }
                 }
               });

@@ -6,9 +6,14 @@
 // The columns these loops read and write are point-major: a row holds kernel point after kernel point,
 // each with all the block's channels in order (ColumnWindow's PointMajor layout), so that the sampling
 // fills and reads them in runs as long as an offset group. Conv group gi's channel c' at point k is
-// column k * C + gi * cg + c' of a row. The innermost loops run along the groups; each function runs
-// them once with literal unit strides where a group has one input and one output channel (a depthwise
-// layer's), where they are contiguous and vectorise, and once with the block's strides elsewhere.
+// column k * C + gi * cg + c' of a row.
+//
+// The innermost loops run along the groups. Outputs are taken output-major (GroupBlock::output_major:
+// output o of every group, then output o + 1), in the weights and, where a group has several outputs,
+// in a row's copy: so the loops read and write outputs and weights with unit strides, and the columns
+// with a stride of cg. Each function runs them once with a literal unit stride where a group has one
+// input channel (a depthwise layer's, with or without a channel multiplier), where they vectorise, and
+// once with the block's stride elsewhere.
 #pragma once
 
 #include <cstdint>
@@ -25,91 +30,131 @@ struct GroupBlock {
 
   int64_t channels() const { return groups * cg; }
   int64_t outputs() const { return groups * m; }
-  bool depthwise() const { return cg == 1 && m == 1; }
+  // Where output o of group gi (output channel gi * m + o of the block) sits in output-major order.
+  int64_t output_major(int64_t gi, int64_t o) const { return o * groups + gi; }
 };
 
+// row_om[b.output_major(gi, o)] = row[gi * m + o]: a row of the block's outputs in output-major order.
+template <typename T>
+[[gnu::always_inline]] inline void to_output_major(const GroupBlock& b, const T* row, T* row_om) {
+  if (b.m == 1) {  // the same order: a copy, which vectorises
+    for (int64_t i = 0; i < b.groups; ++i) row_om[i] = row[i];
+    return;
+  }
+  for (int64_t gi = 0; gi < b.groups; ++gi) {
+    for (int64_t o = 0; o < b.m; ++o) row_om[b.output_major(gi, o)] = row[gi * b.m + o];
+  }
+}
+
 // out[r, oc] = bias[oc] (0 without bias) + sum over k, c' of cols[r, k * C + gi * cg + c'] *
-// weight_t[(k * cg + c') * C_out + oc], for the len rows of a tile and oc = gi * m + o.
-// cols: len x (points * C). weight_t: (points * cg) x C_out, the weight matrix transposed, so the block
-// is the whole layer (C_out = b.outputs()). out: rows out_stride apart.
+// weight_om[(k * cg + c') * C_out + o * groups + gi], for the len rows of a tile and oc = gi * m + o.
+// cols: len x (points * C). weight_om: (points * cg) x C_out, the weight matrix transposed, its columns
+// output-major, so the block is the whole layer (C_out = b.outputs()). out: rows out_stride apart.
+// scratch: C_out values, a row in output-major order where m > 1.
 template <typename T>
 [[gnu::always_inline]] inline void group_loops_forward(const GroupBlock& b, int64_t len, const T* cols,
-                                                       const T* weight_t, const T* bias, T* out,
-                                                       int64_t out_stride) {
+                                                       const T* weight_om, const T* bias, T* out,
+                                                       int64_t out_stride, T* scratch) {
   const int64_t channels = b.channels(), outputs = b.outputs();
-  const auto loops = [&](int64_t cg, int64_t m) __attribute__((always_inline)) {
+  const auto loops = [&](int64_t cg) __attribute__((always_inline)) {
     for (int64_t r = 0; r < len; ++r) {
-      T* __restrict__ out_row = out + r * out_stride;
+      T* out_row = out + r * out_stride;
+      // With one output a group, output-major order is the row's own.
+      T* acc = b.m == 1 ? out_row : scratch;
+      if (bias != nullptr) {
+        to_output_major(b, bias, acc);
+      } else {
+        for (int64_t i = 0; i < outputs; ++i) acc[i] = T(0);
+      }
       const T* col_row = cols + r * b.points * channels;
-      for (int64_t oc = 0; oc < outputs; ++oc) out_row[oc] = bias != nullptr ? bias[oc] : T(0);
       for (int64_t k = 0; k < b.points; ++k) {
         for (int64_t c = 0; c < cg; ++c) {
           const T* __restrict__ a = col_row + k * channels + c;
-          const T* __restrict__ w = weight_t + (k * cg + c) * outputs;
-          for (int64_t o = 0; o < m; ++o) {
-            for (int64_t gi = 0; gi < b.groups; ++gi) out_row[gi * m + o] += a[gi * cg] * w[gi * m + o];
+          for (int64_t o = 0; o < b.m; ++o) {
+            T* __restrict__ acc_o = acc + o * b.groups;
+            const T* __restrict__ w = weight_om + (k * cg + c) * outputs + o * b.groups;
+            for (int64_t gi = 0; gi < b.groups; ++gi) acc_o[gi] += a[gi * cg] * w[gi];
           }
+        }
+      }
+      if (b.m > 1) {
+        for (int64_t gi = 0; gi < b.groups; ++gi) {
+          for (int64_t o = 0; o < b.m; ++o) out_row[gi * b.m + o] = acc[b.output_major(gi, o)];
         }
       }
     }
   };
-  if (b.depthwise()) return loops(1, 1);
-  loops(b.cg, b.m);
+  if (b.cg == 1) return loops(1);
+  loops(b.cg);
 }
 
 // grad_cols[r, k * C + gi * cg + c'] = sum over o of grad_rows[r, gi * m + o] *
-// weight_t[(k * cg + c') * C_out + gi * m + o]: the columns' gradient, len x (points * C). As in
-// group_loops_forward, the block is the whole layer. grad_rows: rows grad_stride apart.
+// weight_om[(k * cg + c') * C_out + o * groups + gi]: the columns' gradient, len x (points * C). As in
+// group_loops_forward, the block is the whole layer, and scratch holds a row output-major where m > 1.
+// grad_rows: rows grad_stride apart.
 template <typename T>
 [[gnu::always_inline]] inline void group_loops_columns_gradient(const GroupBlock& b, int64_t len,
                                                                 const T* grad_rows, int64_t grad_stride,
-                                                                const T* weight_t, T* grad_cols) {
+                                                                const T* weight_om, T* grad_cols, T* scratch) {
   const int64_t channels = b.channels(), outputs = b.outputs();
-  const auto loops = [&](int64_t cg, int64_t m) __attribute__((always_inline)) {
+  const auto loops = [&](int64_t cg) __attribute__((always_inline)) {
     for (int64_t r = 0; r < len; ++r) {
-      const T* __restrict__ grad_row = grad_rows + r * grad_stride;
+      const T* grad_row = grad_rows + r * grad_stride;
+      if (b.m > 1) {
+        to_output_major(b, grad_row, scratch);
+        grad_row = scratch;
+      }
       T* gc_row = grad_cols + r * b.points * channels;
       for (int64_t k = 0; k < b.points; ++k) {
         for (int64_t c = 0; c < cg; ++c) {
           T* __restrict__ gc = gc_row + k * channels + c;
-          const T* __restrict__ w = weight_t + (k * cg + c) * outputs;
-          for (int64_t gi = 0; gi < b.groups; ++gi) gc[gi * cg] = grad_row[gi * m] * w[gi * m];
-          for (int64_t o = 1; o < m; ++o) {
-            for (int64_t gi = 0; gi < b.groups; ++gi) gc[gi * cg] += grad_row[gi * m + o] * w[gi * m + o];
+          const T* __restrict__ w = weight_om + (k * cg + c) * outputs;
+          const T* __restrict__ g0 = grad_row;
+          for (int64_t gi = 0; gi < b.groups; ++gi) gc[gi * cg] = g0[gi] * w[gi];
+          for (int64_t o = 1; o < b.m; ++o) {
+            const T* __restrict__ go = grad_row + o * b.groups;
+            const T* __restrict__ wo = w + o * b.groups;
+            for (int64_t gi = 0; gi < b.groups; ++gi) gc[gi * cg] += go[gi] * wo[gi];
           }
         }
       }
     }
   };
-  if (b.depthwise()) return loops(1, 1);
-  loops(b.cg, b.m);
+  if (b.cg == 1) return loops(1);
+  loops(b.cg);
 }
 
-// sums[(k * cg + c') * C_out + oc] += sum over the len rows of grad_rows[r, oc] * cols[r, k * C + gi * cg + c']
-// for oc = gi * m + o: the block's weight gradient over a tile, transposed. cols: len x (points * C);
-// grad_rows: from the block's first output channel, rows grad_stride apart.
+// sums[(k * cg + c') * C_out + o * groups + gi] += sum over the len rows of grad_rows[r, gi * m + o] *
+// cols[r, k * C + gi * cg + c']: the block's weight gradient over a tile, transposed and output-major.
+// cols: len x (points * C); grad_rows: from the block's first output channel, rows grad_stride apart;
+// scratch: as in group_loops_columns_gradient.
 template <typename T>
 [[gnu::always_inline]] inline void group_loops_weight_gradient(const GroupBlock& b, int64_t len,
                                                                const T* grad_rows, int64_t grad_stride,
-                                                               const T* cols, T* sums) {
+                                                               const T* cols, T* sums, T* scratch) {
   const int64_t channels = b.channels(), outputs = b.outputs();
-  const auto loops = [&](int64_t cg, int64_t m) __attribute__((always_inline)) {
+  const auto loops = [&](int64_t cg) __attribute__((always_inline)) {
     for (int64_t r = 0; r < len; ++r) {
-      const T* __restrict__ grad_row = grad_rows + r * grad_stride;
+      const T* grad_row = grad_rows + r * grad_stride;
+      if (b.m > 1) {
+        to_output_major(b, grad_row, scratch);
+        grad_row = scratch;
+      }
       const T* col_row = cols + r * b.points * channels;
       for (int64_t k = 0; k < b.points; ++k) {
         for (int64_t c = 0; c < cg; ++c) {
           const T* __restrict__ a = col_row + k * channels + c;
-          T* __restrict__ s = sums + (k * cg + c) * outputs;
-          for (int64_t o = 0; o < m; ++o) {
-            for (int64_t gi = 0; gi < b.groups; ++gi) s[gi * m + o] += grad_row[gi * m + o] * a[gi * cg];
+          for (int64_t o = 0; o < b.m; ++o) {
+            T* __restrict__ s = sums + (k * cg + c) * outputs + o * b.groups;
+            const T* __restrict__ go = grad_row + o * b.groups;
+            for (int64_t gi = 0; gi < b.groups; ++gi) s[gi] += go[gi] * a[gi * cg];
           }
         }
       }
     }
   };
-  if (b.depthwise()) return loops(1, 1);
-  loops(b.cg, b.m);
+  if (b.cg == 1) return loops(1);
+  loops(b.cg);
 }
 
 }  // namespace rcm_fsad
