@@ -136,18 +136,17 @@ at::MemoryFormat output_memory_format(const at::Tensor& input) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+at::Tensor empty_output(const at::Tensor& input, const kernels::DeformConvGeometry& g) {
+  return at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                   input.options().memory_format(output_memory_format(input)));
+}
+
 ForwardOutput forward_output(const at::Tensor& input, const kernels::DeformConvGeometry& g) {
-  const at::MemoryFormat format = output_memory_format(input);
-  at::Tensor nchw = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(format));
-  at::Tensor nhwc = format == at::MemoryFormat::ChannelsLast
+  at::Tensor nchw = empty_output(input, g);
+  at::Tensor nhwc = output_memory_format(input) == at::MemoryFormat::ChannelsLast
                         ? nchw.permute({0, 2, 3, 1})
                         : at::empty({g.batch, g.out_h, g.out_w, g.out_channels}, input.options());
   return {nchw, nhwc};
-}
-
-at::Tensor ForwardOutput::finish() const {
-  if (!nhwc.is_alias_of(nchw)) nchw.permute({0, 2, 3, 1}).copy_(nhwc);
-  return nchw;
 }
 
 at::Tensor from_nhwc(const at::Tensor& nhwc, at::ScalarType dtype, at::MemoryFormat format) {

@@ -31,16 +31,17 @@ kernels::FieldStrides field_strides(const at::Tensor& t);
 // Mirrored by rcm_fsad_ops.ops.deform_conv2d._output_memory_format for the fake kernels.
 at::MemoryFormat output_memory_format(const at::Tensor& input);
 
-// A forward's output: `nchw`, the (N, C_out, H_out, W_out) tensor it returns, in the input's layout
-// (output_memory_format) with the strides torch.empty gives it, which the fake kernels report; and
-// `nhwc`, the (N, H_out, W_out, C_out) buffer the kernels write: in channels_last the output itself,
-// otherwise a scratch tensor that finish() copies in (the CUDA forward transposes it in with its own
-// kernel, csrc/cuda/layout_cuda.h). Either way the result is no view, so that autograd lets a caller
-// modify it in place.
+// A forward's output, (N, C_out, H_out, W_out) in the input's layout (output_memory_format) with the
+// strides torch.empty gives it, which the fake kernels report. It is no view, so that autograd lets a
+// caller modify it in place.
+at::Tensor empty_output(const at::Tensor& input, const kernels::DeformConvGeometry& g);
+
+// The CUDA forward's output: `nchw`, empty_output's tensor, which it returns; and `nhwc`, the
+// (N, H_out, W_out, C_out) buffer its kernels write: in channels_last the output itself, otherwise a
+// scratch tensor that it transposes in (csrc/cuda/layout_cuda.h).
 struct ForwardOutput {
   at::Tensor nchw;
   at::Tensor nhwc;
-  at::Tensor finish() const;
 };
 ForwardOutput forward_output(const at::Tensor& input, const kernels::DeformConvGeometry& g);
 

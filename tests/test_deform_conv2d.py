@@ -182,11 +182,14 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("name", ["basic", "output_1x1", "one_output_channel"])
+@pytest.mark.parametrize("name", ["basic", "output_1x1", "output_1x1_depthwise_multiplier", "one_output_channel"])
 def test_output_can_be_modified_in_place_before_backward(name, channels_last, device):
     """y.relu_() on the output, then backward, as an nn.ReLU(inplace=True) after the layer does in
-    training: the output and the gradients are torchvision's."""
+    training: the output and the gradients are torchvision's. Images of one output pixel, whose NCHW
+    strides are also those of NHWC rows, through the CPU's GEMMs and its group loops."""
     case = {"basic": CASES["basic"], "output_1x1": DeformCase(height=3, width=3, padding=(0, 0)),
+            "output_1x1_depthwise_multiplier": DeformCase(height=3, width=3, padding=(0, 0), in_channels=8,
+                                                          out_channels=16, groups=8),
             "one_output_channel": DeformCase(out_channels=1)}[name]
     tensors = case.tensors(torch.float64, device)
     if channels_last:
@@ -315,8 +318,11 @@ def test_no_input_channels_is_an_error(device):
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_offset"])
-def test_memory_layouts(layout, device):
-    case = CASES["groups2_offset_groups3"]
+@pytest.mark.parametrize("name", ["basic", "groups2_offset_groups3", "depthwise_multiplier"])
+def test_memory_layouts(layout, name, device):
+    """Inputs in any layout; the output in the input's (on the CPU: written by the GEMMs, and by the group
+    loops with one and several outputs a group)."""
+    case = CASES[name]
     tensors = case.tensors(torch.float64, device)
     expected = run_with_grads(torchvision.ops.deform_conv2d, case, tensors)
     if layout == "channels_last":

@@ -46,21 +46,23 @@ template <typename T>
   }
 }
 
-// out[r, oc] = bias[oc] (0 without bias) + sum over k, c' of cols[r, k * C + gi * cg + c'] *
-// weight_om[(k * cg + c') * C_out + o * groups + gi], for the len rows of a tile and oc = gi * m + o.
-// cols: len x (points * C). weight_om: (points * cg) x C_out, the weight matrix transposed, its columns
-// output-major, so the block is the whole layer (C_out = b.outputs()). out: rows out_stride apart.
-// scratch: C_out values, a row in output-major order where m > 1.
+// out[r * row_stride + oc * channel_stride] = bias[oc] (0 without bias) + sum over k, c' of
+// cols[r, k * C + gi * cg + c'] * weight_om[(k * cg + c') * C_out + o * groups + gi], for the len rows of
+// a tile and oc = gi * m + o. cols: len x (points * C). weight_om: (points * cg) x C_out, the weight
+// matrix transposed, its columns output-major, so the block is the whole layer (C_out = b.outputs()).
+// out: NHWC rows (channel_stride 1) or NCHW planes (row_stride 1). scratch: C_out values, a row in
+// output-major order where that is not the row's own.
 template <typename T>
 [[gnu::always_inline]] inline void group_loops_forward(const GroupBlock& b, int64_t len, const T* cols,
                                                        const T* weight_om, const T* bias, T* out,
-                                                       int64_t out_stride, T* scratch) {
+                                                       int64_t row_stride, int64_t channel_stride, T* scratch) {
   const int64_t channels = b.channels(), outputs = b.outputs();
+  // With one output a group, output-major order is an NHWC row's own: the sums go there directly.
+  const bool in_place = b.m == 1 && channel_stride == 1;
   const auto loops = [&](int64_t cg) __attribute__((always_inline)) {
     for (int64_t r = 0; r < len; ++r) {
-      T* out_row = out + r * out_stride;
-      // With one output a group, output-major order is the row's own.
-      T* acc = b.m == 1 ? out_row : scratch;
+      T* out_row = out + r * row_stride;
+      T* acc = in_place ? out_row : scratch;
       if (bias != nullptr) {
         to_output_major(b, bias, acc);
       } else {
@@ -77,9 +79,9 @@ template <typename T>
           }
         }
       }
-      if (b.m > 1) {
+      if (!in_place) {
         for (int64_t gi = 0; gi < b.groups; ++gi) {
-          for (int64_t o = 0; o < b.m; ++o) out_row[gi * b.m + o] = acc[b.output_major(gi, o)];
+          for (int64_t o = 0; o < b.m; ++o) out_row[(gi * b.m + o) * channel_stride] = acc[b.output_major(gi, o)];
         }
       }
     }

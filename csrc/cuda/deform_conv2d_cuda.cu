@@ -813,7 +813,7 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset,
       forward_by<scalar_t>(algo, input, g, a, wmat, bias, out_rows);
     });
   }
-  // As ForwardOutput::finish, by the transpose kernel.
+  // The scratch rows into the output, by the transpose kernel.
   if (!out.nhwc.is_alias_of(out.nchw)) nhwc_into_nchw_cuda(out.nhwc, out.nchw);
   return out.nchw;
 }
