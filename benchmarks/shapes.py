@@ -175,9 +175,12 @@ CASES: List[Case] = [
 ]
 
 # Cases that run only when named (--cases), outside the geometric means and the goals, which stay those
-# of the stage shapes above: a depthwise layer (a conv group a channel) of the first stage's shape.
+# of the stage shapes above: a depthwise layer (a conv group a channel) of the first stage's shape, and
+# one of the third stage's with a channel multiplier of 4 (four outputs a group).
 EXTRA_CASES: List[Case] = [
     Case("n8_c64_56x56_depthwise", n=8, c_in=64, h=56, w=56, groups=64,
+         dtypes={"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES}),
+    Case("n8_c256_14x14_depthwise_x4", n=8, c_in=256, c_out=1024, h=14, w=14, groups=256,
          dtypes={"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES}),
 ]
 
