@@ -1,0 +1,268 @@
+// The CPU backend's sampling: a tile of output pixels' columns (the bilinear samples of their kernel
+// points, NHWC gathers shared by all channels of an offset group), and its backward, which scatters the
+// columns' gradient into the input gradient and writes the offset and mask gradients.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+#include "../deform_conv2d_args.h"
+#include "../kernels/deform_conv2d_math.cuh"
+#include "hot_loop.h"
+
+namespace rcm_fsad::cpu {
+
+using kernels::DeformConvGeometry;
+using kernels::FieldStrides;
+using kernels::SamplePoint;
+
+// Channels per inner step of the backward sums; fixed so that the lane loop vectorises.
+constexpr int64_t kLanes = 8;
+
+template <typename scalar_t>
+struct Sampling {
+  const DeformConvGeometry& g;
+  const scalar_t* input;  // NHWC
+  const scalar_t* offset;
+  FieldStrides offset_strides;
+  const scalar_t* mask;  // null without modulation
+  FieldStrides mask_strides;
+  const scalar_t* zeros;  // C zeros, read in place of a corner outside the image
+  bool avx2_fma;          // which build of the hot loops runs (use_avx2_fma, asked once per op)
+  // kernels::kernel_point of every kernel point, made once per op: its integer division per tap took
+  // 11-14% of a forward with 8 to 16 offset groups.
+  const kernels::KernelPoint* points;
+
+  const scalar_t* image(int64_t n) const { return input + n * g.height * g.width * g.channels; }
+
+  // The sample of kernel point k of offset group og at output pixel (oy, ox) of image n: its
+  // bilinear point, its modulation, the four corners' NHWC rows (the zeros row for a corner outside
+  // the image), the same for the value (the zeros row too for a corner the value does not read:
+  // kernels::value_reads) and their weights times the modulation (kernels::masked_weight).
+  struct Tap {
+    SamplePoint<scalar_t> point;
+    scalar_t m;
+    const scalar_t* corner[4];
+    const scalar_t* value_corner[4];
+    scalar_t weight[4];
+  };
+  Tap tap(int64_t n, int64_t og, int64_t k, int64_t oy, int64_t ox) const {
+    Tap t;
+    t.point = kernels::displaced_sample_point<scalar_t>(
+        g, points[k], oy, ox, kernels::sample_offset<scalar_t>(g, offset, offset_strides, n, og, k, oy, ox));
+    t.m = kernels::modulation<scalar_t>(g, mask, mask_strides, n, og, k, oy, ox);
+    for (int i = 0; i < 4; ++i) {
+      t.corner[i] = t.point.valid[i] ? image(n) + t.point.pixel[i] * g.channels : zeros;
+      t.value_corner[i] = kernels::value_reads(t.point, i) ? t.corner[i] : zeros;
+      t.weight[i] = kernels::masked_weight(t.point, i, t.m);
+    }
+    return t;
+  }
+};
+
+// How a window's columns follow one another along a row. GroupMajor: conv group after conv group, each
+// kernel point after kernel point (DeformConvGeometry::column_index's order for a whole row), so that
+// a group's columns are one matrix for its GEMM. PointMajor: kernel point after kernel point, each with
+// all the window's channels (group_loops.h's order), so that a sample's run of channels is as long as
+// its offset group.
+enum class ColumnLayout { GroupMajor, PointMajor };
+
+// A window of the columns matrix's rows: kernel points [k_begin, k_end) of channels [c_begin, c_end),
+// whose columns of one kernel point come in blocks of `block` consecutive channels: a conv group's
+// (GroupMajor) or all of them (PointMajor).
+struct ColumnWindow {
+  int64_t k_begin, k_end, c_begin, c_end, block;
+
+  // Kernel points [k_begin, k_end) of conv groups [group_begin, group_end).
+  static ColumnWindow conv_groups(const DeformConvGeometry& g, int64_t group_begin, int64_t group_end,
+                                  int64_t k_begin, int64_t k_end, ColumnLayout layout) {
+    const int64_t cg = g.channels_per_group();
+    return {k_begin, k_end, group_begin * cg, group_end * cg,
+            layout == ColumnLayout::GroupMajor ? cg : (group_end - group_begin) * cg};
+  }
+  static ColumnWindow every_column(const DeformConvGeometry& g, ColumnLayout layout) {
+    return conv_groups(g, 0, g.groups, 0, g.kernel_points(), layout);
+  }
+
+  int64_t width() const { return (k_end - k_begin) * (c_end - c_begin); }
+  // Position of channel c of kernel point k in a row of the window: for a GroupMajor window of a whole
+  // row, DeformConvGeometry::column_index. That one keeps its own form: computing it through a shared
+  // function spilled deform_im2col_kernel's registers (tools/ptxas_report.py).
+  int64_t index(int64_t c, int64_t k) const {
+    const int64_t b = (c - c_begin) / block;
+    return (b * (k_end - k_begin) + (k - k_begin)) * block + (c - c_begin - b * block);
+  }
+  // The end of c's block: channels [c, block_end(c)) of a kernel point have consecutive columns.
+  int64_t block_end(int64_t c) const { return c_begin + ((c - c_begin) / block + 1) * block; }
+};
+
+// cols[r - row_begin, :] = the window's columns of rows [row_begin, row_end).
+template <typename scalar_t>
+[[gnu::always_inline]] inline void sample_columns_body(const Sampling<scalar_t>& s, int64_t row_begin,
+                                                       int64_t row_end, const ColumnWindow& window,
+                                                       scalar_t* cols) {
+  const DeformConvGeometry& g = s.g;
+  const int64_t per_og = g.channels_per_offset_group();
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const auto [n, oy, ox] = kernels::output_pixel(g, r);
+    scalar_t* col_row = cols + (r - row_begin) * window.width();
+    for (int64_t og = window.c_begin / per_og; og * per_og < window.c_end; ++og) {
+      const int64_t og_end = std::min((og + 1) * per_og, window.c_end);
+      for (int64_t k = window.k_begin; k < window.k_end; ++k) {
+        const auto t = s.tap(n, og, k, oy, ox);
+        const auto& corner = t.value_corner;
+        const auto& w = t.weight;
+        // A run ends at its offset group's end or its block's, neither past the window's.
+        for (int64_t c0 = std::max(og * per_og, window.c_begin), c1; c0 < og_end; c0 = c1) {
+          c1 = std::min(og_end, window.block_end(c0));
+          scalar_t* __restrict__ dst = col_row + window.index(c0, k);
+          const scalar_t* __restrict__ a = corner[0] + c0;
+          const scalar_t* __restrict__ b = corner[1] + c0;
+          const scalar_t* __restrict__ c = corner[2] + c0;
+          const scalar_t* __restrict__ d = corner[3] + c0;
+          for (int64_t i = 0; i < c1 - c0; ++i) {
+            dst[i] = w[0] * a[i] + w[1] * b[i] + w[2] * c[i] + w[3] * d[i];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Backward of sample_columns for rows [row_begin, row_end) of one image, whose columns' gradient
+// grad_cols has every column, laid out as `window` (ColumnWindow::every_column, in either layout):
+// scatters into that image's NHWC grad_input (the caller owns it, so no atomics) and writes the offset
+// and mask gradients of every (row, offset group, kernel point). sink: 4 x C values, a row per corner,
+// that absorb the scatter of corners the input gradient does not reach (kernels::gradient_reaches), so
+// that the loop over a sample's channels has no branch; a row each keeps the four targets distinct, as
+// their __restrict__ promises.
+template <typename scalar_t>
+[[gnu::always_inline]] inline void sample_columns_backward_body(
+    const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
+    const scalar_t* grad_cols, scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
+    FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
+  const DeformConvGeometry& g = s.g;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const auto [n, oy, ox] = kernels::output_pixel(g, r);
+    scalar_t* grad_image = grad_input + n * g.height * g.width * g.channels;
+    const scalar_t* grad_row = grad_cols + (r - row_begin) * window.width();
+    for (int64_t og = 0; og < g.offset_groups; ++og) {
+      for (int64_t k = 0; k < g.kernel_points(); ++k) {
+        const auto t = s.tap(n, og, k, oy, ox);
+        const SamplePoint<scalar_t>& p = t.point;
+        const scalar_t m = t.m;
+        const auto& corner = t.corner;
+        const auto& w = t.weight;
+        scalar_t* target[4];
+        for (int i = 0; i < 4; ++i) {
+          target[i] = kernels::gradient_reaches(p, i) ? grad_image + p.pixel[i] * g.channels : sink + i * g.channels;
+        }
+        scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
+        const int64_t og_end = (og + 1) * g.channels_per_offset_group();
+        for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < og_end; c0 = c1) {
+          c1 = std::min(og_end, window.block_end(c0));
+          const scalar_t* __restrict__ gcol = grad_row + window.index(c0, k) - c0;
+          const scalar_t* __restrict__ v00 = corner[0];
+          const scalar_t* __restrict__ v01 = corner[1];
+          const scalar_t* __restrict__ v10 = corner[2];
+          const scalar_t* __restrict__ v11 = corner[3];
+          scalar_t* __restrict__ t00 = target[0];
+          scalar_t* __restrict__ t01 = target[1];
+          scalar_t* __restrict__ t10 = target[2];
+          scalar_t* __restrict__ t11 = target[3];
+          const auto run = [&](auto on_border) __attribute__((always_inline)) {
+            const auto lane = [&](int64_t l, int64_t ch) __attribute__((always_inline)) {
+              const scalar_t gc = gcol[ch];
+              const auto d = kernels::coordinate_gradient(p, v00[ch], v01[ch], v10[ch], v11[ch]);
+              sum_dy[l] += gc * d.dy;
+              sum_dx[l] += gc * d.dx;
+              // kernels::interpolate's value: 0 on the border, times gc there too (0 x inf = NaN, as in
+              // torchvision's mask gradient).
+              const scalar_t value = decltype(on_border)::value
+                                         ? scalar_t(0)
+                                         : kernels::bilinear_blend(p, v00[ch], v01[ch], v10[ch], v11[ch]);
+              sum_value[l] += gc * value;
+              t00[ch] += w[0] * gc;
+              t01[ch] += w[1] * gc;
+              t10[ch] += w[2] * gc;
+              t11[ch] += w[3] * gc;
+            };
+            // Whole steps of kLanes channels, then the rest. `omp simd` (honoured under -fopenmp, which
+            // setup.py and CMakeLists.txt add where the compiler has it; without, the same results
+            // unvectorised) vectorises the steps: their lanes write distinct channels of four distinct
+            // targets and sum into sums of their own.
+            int64_t base = c0;
+            for (; base + kLanes <= c1; base += kLanes) {
+#pragma omp simd
+              for (int64_t l = 0; l < kLanes; ++l) lane(l, base + l);
+            }
+            for (int64_t l = 0; base + l < c1; ++l) lane(l, base + l);
+          };
+          // A loop for samples on the -1 border and one for the others, so that neither tests it per
+          // channel (kernels::interpolate does): a branch in the loop keeps it from vectorising.
+          if (p.on_border) {
+            run(std::true_type{});
+          } else {
+            run(std::false_type{});
+          }
+        }
+        scalar_t dy = 0, dx = 0, value = 0;
+        for (int64_t l = 0; l < kLanes; ++l) {
+          dy += sum_dy[l];
+          dx += sum_dx[l];
+          value += sum_value[l];
+        }
+        const int64_t ch = 2 * (og * g.kernel_points() + k);
+        grad_offset[grad_offset_strides.at(n, ch, oy, ox)] = m * dy;
+        grad_offset[grad_offset_strides.at(n, ch + 1, oy, ox)] = m * dx;
+        if (grad_mask != nullptr) {
+          grad_mask[grad_mask_strides.at(n, og * g.kernel_points() + k, oy, ox)] = value;
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
+                    scalar_t* cols) {
+  run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP { sample_columns_body(s, row_begin, row_end, window, cols); });
+}
+
+template <typename scalar_t>
+void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end,
+                             const ColumnWindow& window, const scalar_t* grad_cols, scalar_t* grad_input,
+                             scalar_t* sink, scalar_t* grad_offset, FieldStrides grad_offset_strides,
+                             scalar_t* grad_mask, FieldStrides grad_mask_strides) {
+  run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+    sample_columns_backward_body(s, row_begin, row_end, window, grad_cols, grad_input, sink, grad_offset,
+                                 grad_offset_strides, grad_mask, grad_mask_strides);
+  });
+}
+
+template <typename scalar_t>
+Sampling<scalar_t> make_sampling(const DeformConvGeometry& g, const at::Tensor& input_nhwc,
+                                 const at::Tensor& offset, const std::optional<at::Tensor>& mask,
+                                 const at::Tensor& zeros, const std::vector<kernels::KernelPoint>& points) {
+  return {g,
+          input_nhwc.const_data_ptr<scalar_t>(),
+          offset.const_data_ptr<scalar_t>(),
+          field_strides(offset),
+          mask.has_value() ? mask->const_data_ptr<scalar_t>() : nullptr,
+          mask.has_value() ? field_strides(*mask) : FieldStrides{0, 0, 0, 0},
+          zeros.const_data_ptr<scalar_t>(),
+          use_avx2_fma(),
+          points.data()};
+}
+
+inline std::vector<kernels::KernelPoint> kernel_points(const DeformConvGeometry& g) {
+  std::vector<kernels::KernelPoint> points;
+  for (int64_t k = 0; k < g.kernel_points(); ++k) points.push_back(kernels::kernel_point(g, k));
+  return points;
+}
+
+}  // namespace rcm_fsad::cpu
