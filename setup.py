@@ -26,7 +26,8 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tools"))
-from build_env import compiler_does_openmp, cuda_arch_list, find_cuda_home, wheel_cuda_include_dirs  # noqa: E402
+from build_env import (compiler_does_openmp, compiler_does_openmp_simd, cuda_arch_list, find_cuda_home,  # noqa: E402
+                       wheel_cuda_include_dirs)
 
 CUDA_HOME = find_cuda_home()
 if CUDA_HOME:
@@ -67,10 +68,12 @@ def extension():
     # own libgomp (same soname, already loaded by torch). A compiler without OpenMP still builds
     # it, with serial CPU kernels (info() says cpu_parallel: False, and a test fails).
     openmp = ["-fopenmp"] if compiler_does_openmp() else []
+    # Without OpenMP, its simd pragma alone where the compiler takes it: the vectorised loops stay so.
+    simd = [] if openmp else ["-fopenmp-simd"] if compiler_does_openmp_simd() else []
     if not openmp:
         print("warning: the C++ compiler does not build OpenMP programs; the CPU kernels will run on one thread",
               file=sys.stderr)
-    cxx_flags = ["-O3"] + openmp
+    cxx_flags = ["-O3"] + openmp + simd
     link_flags = openmp
     with_cuda = CUDA_HOME is not None
     if with_cuda and torch.version.cuda is None:

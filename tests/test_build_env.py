@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import build_env  # noqa: E402
-from build_env import compiler_does_openmp, cuda_arch_list, find_cuda_home  # noqa: E402
+from build_env import compiler_does_openmp, compiler_does_openmp_simd, cuda_arch_list, find_cuda_home  # noqa: E402
 
 
 def test_openmp_probe_answers_for_the_compiler_it_is_given(tmp_path):
@@ -20,6 +20,13 @@ def test_openmp_probe_answers_for_the_compiler_it_is_given(tmp_path):
     assert compiler_does_openmp("env c++")  # a launcher before the compiler, as CXX="ccache g++" has
     assert not compiler_does_openmp("/bin/false")
     assert not compiler_does_openmp(str(tmp_path / "no-such-compiler"))
+
+
+def test_openmp_simd_probe_answers_for_the_compiler_it_is_given(tmp_path):
+    """The fallback for a compiler without OpenMP's runtime: its simd pragma alone (g++ takes it)."""
+    assert compiler_does_openmp_simd()
+    assert not compiler_does_openmp_simd("/bin/false")
+    assert not compiler_does_openmp_simd(str(tmp_path / "no-such-compiler"))
 
 
 def fake_toolkit(root: Path) -> str:

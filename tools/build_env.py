@@ -1,5 +1,5 @@
-"""Where the build finds CUDA, which archs it builds for, and whether its C++ compiler does OpenMP: shared
-by setup.py and tools/cmake_configure.py (torch-free at import)."""
+"""Where the build finds CUDA, which archs it builds for, and whether its C++ compiler does OpenMP (or at
+least OpenMP's simd pragma): shared by setup.py and tools/cmake_configure.py (torch-free at import)."""
 from __future__ import annotations
 
 import glob
@@ -50,18 +50,31 @@ def _toolkit_root_of(nvcc: str) -> str | None:
     return str(Path(real).parent.parent)
 
 
-def compiler_does_openmp(compiler: str | None = None) -> bool:
-    """Whether the C++ compiler (CXX, else c++) builds and links a program with -fopenmp."""
+def _compiler_builds(flag: str, program: str, compiler: str | None) -> bool:
+    """Whether the C++ compiler (CXX, else c++) builds and links `program` with `flag`."""
     cxx = shlex.split(compiler or os.environ.get("CXX") or "c++")  # CXX may carry a launcher: "ccache g++"
     with tempfile.TemporaryDirectory() as folder:
-        source = Path(folder) / "openmp.cpp"
-        source.write_text("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        source = Path(folder) / "probe.cpp"
+        source.write_text(program)
         try:
-            result = subprocess.run([*cxx, "-fopenmp", str(source), "-o", str(Path(folder) / "openmp")],
+            result = subprocess.run([*cxx, flag, str(source), "-o", str(Path(folder) / "probe")],
                                     capture_output=True, timeout=120)
         except (OSError, subprocess.SubprocessError):
             return False
     return result.returncode == 0
+
+
+def compiler_does_openmp(compiler: str | None = None) -> bool:
+    """Whether the C++ compiler (CXX, else c++) builds and links a program with -fopenmp."""
+    return _compiler_builds("-fopenmp", "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n",
+                            compiler)
+
+
+def compiler_does_openmp_simd(compiler: str | None = None) -> bool:
+    """Whether the C++ compiler takes -fopenmp-simd: `#pragma omp simd` without OpenMP's runtime, for a
+    compiler that lacks it (the CPU kernels' vectorised loops are written with that pragma)."""
+    loop = "int main() {\n  int a[8] = {};\n#pragma omp simd\n  for (int i = 0; i < 8; ++i) a[i] = i;\n"
+    return _compiler_builds("-fopenmp-simd", loop + "  return a[7] - 7;\n}\n", compiler)
 
 
 def find_cuda_home() -> str | None:
