@@ -186,9 +186,10 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
 def test_output_can_be_modified_in_place_before_backward(name, channels_last, device):
     """y.relu_() on the output, then backward, as an nn.ReLU(inplace=True) after the layer does in
     training: the output and the gradients are torchvision's. Images of one output pixel, whose NCHW
-    strides are also those of NHWC rows, through the CPU's GEMMs and its group loops."""
+    strides are also those of NHWC rows, through the CPU's GEMMs and its group loops (nine images: tiles of
+    several images on a few threads)."""
     case = {"basic": CASES["basic"], "output_1x1": DeformCase(height=3, width=3, padding=(0, 0)),
-            "output_1x1_depthwise_multiplier": DeformCase(height=3, width=3, padding=(0, 0), in_channels=8,
+            "output_1x1_depthwise_multiplier": DeformCase(batch=9, height=3, width=3, padding=(0, 0), in_channels=8,
                                                           out_channels=16, groups=8),
             "one_output_channel": DeformCase(out_channels=1)}[name]
     tensors = case.tensors(torch.float64, device)

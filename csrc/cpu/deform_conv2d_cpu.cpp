@@ -26,16 +26,17 @@ namespace {
 // Whether a layer's products with its weights go through group_loops.h instead of a GEMM per conv group
 // and tile of rows: where it has several groups, each of at most kGroupLoopsMaxProducts multiply-adds a
 // row (kernel points x input channels x output channels), or of at most kGroupLoopsMaxChannels input
-// channels and kGroupLoopsMaxProductsFewChannels products (the loops vectorise along the groups, and read
-// a group's columns cg apart, so many channels a group leave them few groups to run along). Measured
-// on 2 threads (N=8, 3x3, 64 channels at 56x56 and 256 at 14x14, forward and forward+backward, each
-// way on the same inputs), the loops' time over the GEMMs':
-//   - up to 72 products: 0.15-0.90x (a depthwise forward 0.16x and 0.06x);
-//   - 4 channels a group or fewer, 144 to 288 products: 0.31-1.02x (the most, 2 channels x 16 outputs);
+// channels and kGroupLoopsMaxProductsFewChannels products. The loops vectorise along the groups and read a
+// group's columns cg apart: many channels a group leave them few groups to run along. Measured on 2
+// threads (N=8, 64-80 channels at 56x56 and 240-256 at 14x14, forward and forward+backward, each way on
+// the same inputs), the loops' time over the GEMMs':
+//   - up to 96 products: 0.06-0.90x (a depthwise forward 0.16x and 0.06x), except 8 channels x 2 outputs
+//     of a 2x3 kernel: 1.15-1.34x at 10 groups, 0.72-0.81x at 30;
+//   - 4 channels a group or fewer, 108 to 288 products: 0.31-1.02x (the most, 2 channels x 16 outputs);
 //   - 8 channels a group: 0.58-1.09x at 144 products, 0.72-1.33x at 216, 0.86-1.52x at 288;
 //     16: 0.84-2.0x at 144, 0.93-2.3x at 288; 32: 1.4-3.0x at 288;
 //   - beyond 288: 0.93-3.2x.
-constexpr int64_t kGroupLoopsMaxProducts = 72;
+constexpr int64_t kGroupLoopsMaxProducts = 96;
 constexpr int64_t kGroupLoopsMaxChannels = 4;
 constexpr int64_t kGroupLoopsMaxProductsFewChannels = 288;
 bool use_group_loops(const DeformConvGeometry& g) {
@@ -116,10 +117,12 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     const at::Tensor zeros = at::zeros({g.channels}, input.options());
     const std::vector<kernels::KernelPoint> points = kernel_points(g);
     const bool loops = use_group_loops(g);
-    // A channels_last output is NHWC rows, which the GEMMs write in place. They write an NCHW output's
-    // tile apart and store it as planes: an output a GEMM per image wrote in place took 1.4-2.9x as long
+    // Channels 1 apart: the output is NHWC rows (channels_last, or images of one pixel), which the GEMMs
+    // write in place and the group loops a tile at a time. They write an NCHW output's tile apart and
+    // store it as planes, image by image: an output a GEMM per image wrote in place took 1.4-2.9x as long
     // at 7x7 and 3x3 pixels, and 5% longer at 14x14 (2 threads).
     const bool nhwc = out.stride(1) == 1;
+    const int64_t row_stride = nhwc ? g.out_channels : out.stride(3);
     const at::Tensor out_rows = nhwc ? out.permute({0, 2, 3, 1}).view({rows, g.out_channels}) : at::Tensor();
     const ColumnWindow window =
         ColumnWindow::every_column(g, loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor);
@@ -129,6 +132,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
       const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset, mask, zeros, points);
       const int64_t tile_rows = forward_tile_rows(rows, at::get_num_threads());
       const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
+      scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
       parallel_for_calling_ops(0, tiles, [&](int64_t t0, int64_t t1) {
         at::Tensor cols = at::empty({tile_rows, g.column_width()}, input.options());
         scalar_t* cols_ptr = cols.mutable_data_ptr<scalar_t>();
@@ -144,18 +148,18 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
             columns_times_weight(cols.narrow(0, 0, len), wmat, bias_c, out_tile, g);
             if (nhwc) continue;
           }
-          // The tile's rows image by image: an image's output pixels are out.stride(3) apart, its
-          // channels out.stride(1).
+          // The tile's rows image by image (NHWC rows all at once): an image's output pixels are
+          // row_stride apart, its channels out.stride(1).
           for (int64_t a = 0, n = r0 / g.out_pixels(); a < len; ++n) {
             const int64_t pixel0 = r0 + a - n * g.out_pixels();
-            const int64_t seg = std::min(len - a, g.out_pixels() - pixel0);
-            scalar_t* o = out.mutable_data_ptr<scalar_t>() + n * out.stride(0) + pixel0 * out.stride(3);
+            const int64_t seg = nhwc ? len - a : std::min(len - a, g.out_pixels() - pixel0);
+            scalar_t* o = out_ptr + n * out.stride(0) + pixel0 * out.stride(3);
             run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
               if (loops) {
                 group_loops_forward(group_block(g), seg, cols_ptr + a * g.column_width(),
                                     weight_om.const_data_ptr<scalar_t>(),
                                     bias_c.has_value() ? bias_c->const_data_ptr<scalar_t>() : nullptr, o,
-                                    out.stride(3), out.stride(1), scratch.mutable_data_ptr<scalar_t>());
+                                    row_stride, out.stride(1), scratch.mutable_data_ptr<scalar_t>());
               } else {
                 store_planes(tile_out.const_data_ptr<scalar_t>() + a * g.out_channels, seg, g.out_channels, o,
                              out.stride(1));

@@ -18,7 +18,7 @@
 
 #include <cstdint>
 
-namespace rcm_fsad {
+namespace rcm_fsad::cpu {
 
 // The conv groups a loop covers: `groups` groups of `cg` input channels and `m` output channels each,
 // over `points` kernel points.
@@ -50,8 +50,8 @@ template <typename T>
 // cols[r, k * C + gi * cg + c'] * weight_om[(k * cg + c') * C_out + o * groups + gi], for the len rows of
 // a tile and oc = gi * m + o. cols: len x (points * C). weight_om: (points * cg) x C_out, the weight
 // matrix transposed, its columns output-major, so the block is the whole layer (C_out = b.outputs()).
-// out: NHWC rows (channel_stride 1) or NCHW planes (row_stride 1). scratch: C_out values, a row in
-// output-major order where that is not the row's own.
+// out: NHWC rows (channel_stride 1; both strides 1 for one row) or NCHW planes (row_stride 1). scratch:
+// C_out values, a row in output-major order where that is not the row's own.
 template <typename T>
 [[gnu::always_inline]] inline void group_loops_forward(const GroupBlock& b, int64_t len, const T* cols,
                                                        const T* weight_om, const T* bias, T* out,
@@ -159,4 +159,4 @@ template <typename T>
   loops(b.cg);
 }
 
-}  // namespace rcm_fsad
+}  // namespace rcm_fsad::cpu

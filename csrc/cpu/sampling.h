@@ -191,10 +191,10 @@ template <typename scalar_t>
               t10[ch] += w[2] * gc;
               t11[ch] += w[3] * gc;
             };
-            // Whole steps of kLanes channels, then the rest. `omp simd` (honoured under -fopenmp, which
-            // setup.py and CMakeLists.txt add where the compiler has it; without, the same results
-            // unvectorised) vectorises the steps: their lanes write distinct channels of four distinct
-            // targets and sum into sums of their own.
+            // Whole steps of kLanes channels, then the rest. `omp simd` (honoured under -fopenmp or
+            // -fopenmp-simd, which setup.py and CMakeLists.txt add where the compiler takes one; without
+            // either, the same results unvectorised) vectorises the steps: their lanes write distinct
+            // channels of four distinct targets and sum into sums of their own.
             int64_t base = c0;
             for (; base + kLanes <= c1; base += kLanes) {
 #pragma omp simd
