@@ -74,7 +74,7 @@ CASES = {
     "groups2": DeformCase(in_channels=6, out_channels=4, groups=2),
     "offset_groups3": DeformCase(in_channels=6, offset_groups=3),
     "groups2_offset_groups3": DeformCase(in_channels=6, out_channels=8, groups=2, offset_groups=3),
-    # conv groups of 8 channels: on the CPU, a GEMM per group (the layers above take the group loops)
+    # conv groups of 8 channels: on the CPU, a GEMM per group (the other grouped layers here take the group loops)
     "groups2_wide": DeformCase(in_channels=16, out_channels=6, groups=2, offset_groups=4, height=6, width=6),
     "groups4_offset_groups2": DeformCase(in_channels=8, out_channels=4, groups=4, offset_groups=2),
     "far_offsets": DeformCase(offset_scale=6.0),

@@ -153,7 +153,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
           for (int64_t a = 0, n = r0 / g.out_pixels(); a < len; ++n) {
             const int64_t pixel0 = r0 + a - n * g.out_pixels();
             const int64_t seg = nhwc ? len - a : std::min(len - a, g.out_pixels() - pixel0);
-            scalar_t* o = out_ptr + n * out.stride(0) + pixel0 * out.stride(3);
+            scalar_t* o = out_ptr + n * out.stride(0) + pixel0 * row_stride;
             run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
               if (loops) {
                 group_loops_forward(group_block(g), seg, cols_ptr + a * g.column_width(),
