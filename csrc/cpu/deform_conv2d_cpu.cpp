@@ -50,13 +50,10 @@ GroupBlock group_block(const DeformConvGeometry& g) {
   return {g.groups, g.channels_per_group(), g.out_channels / g.groups, g.kernel_points()};
 }
 
-// The weight matrix (C_out x K * C_g) as group_loops.h takes it: transposed, its output channels in
-// output-major order (GroupBlock::output_major).
-at::Tensor weight_output_major(const at::Tensor& wmat, const DeformConvGeometry& g) {
-  return wmat.view({g.groups, g.out_channels / g.groups, wmat.size(1)})
-      .permute({2, 1, 0})
-      .contiguous()
-      .view({wmat.size(1), g.out_channels});
+// t with its dimension `dim` of C_out output channels in output-major order (GroupBlock::output_major),
+// as group_loops.h takes the weights, the bias and the output gradient: a view, to make contiguous.
+at::Tensor output_major(const at::Tensor& t, int64_t dim, const DeformConvGeometry& g) {
+  return t.unflatten(dim, {g.groups, g.out_channels / g.groups}).transpose(dim, dim + 1).flatten(dim, dim + 1);
 }
 // planes[oc * plane_stride + r] = rows[r * channels + oc] for the len rows of an NHWC tile: an image's
 // output pixels as NCHW planes.
@@ -126,8 +123,10 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     const at::Tensor out_rows = nhwc ? out.permute({0, 2, 3, 1}).view({rows, g.out_channels}) : at::Tensor();
     const ColumnWindow window =
         ColumnWindow::every_column(g, loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor);
-    const at::Tensor weight_om = loops ? weight_output_major(wmat, g) : at::Tensor();
-    const std::optional<at::Tensor> bias_c = bias.has_value() ? std::optional(bias->contiguous()) : std::nullopt;
+    // The weight matrix transposed for the group loops, its columns output-major (as the bias there).
+    const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
+    const std::optional<at::Tensor> bias_c =
+        bias.has_value() ? std::optional((loops ? output_major(*bias, 0, g) : *bias).contiguous()) : std::nullopt;
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
       const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset, mask, zeros, points);
       const int64_t tile_rows = forward_tile_rows(rows, at::get_num_threads());
@@ -208,11 +207,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const bool loops = use_group_loops(g);
   const ColumnLayout layout = loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor;
   const ColumnWindow every_column = ColumnWindow::every_column(g, layout);
-  const at::Tensor weight_om = loops ? weight_output_major(wmat, g) : at::Tensor();
+  const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
   if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
+    // NHWC rows of the output gradient, their channels output-major for the group loops.
+    const at::Tensor grad_nhwc = grad_output.permute({0, 2, 3, 1});
     const at::Tensor grad_rows =
-        grad_output.permute({0, 2, 3, 1}).contiguous().view({-1, g.out_channels});
+        (loops ? output_major(grad_nhwc, 3, g) : grad_nhwc).contiguous().view({-1, g.out_channels});
     const at::Tensor zeros = at::zeros({g.channels}, input.options());
     const std::vector<kernels::KernelPoint> points = kernel_points(g);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
@@ -225,7 +226,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       parallel_for_calling_ops(0, g.batch * bands, [&](int64_t t0, int64_t t1) {
         at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor sink = at::zeros({4, g.channels}, input.options());
-        at::Tensor scratch = at::empty({loops ? g.out_channels : 0}, input.options());
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t image_row = (t / bands) * g.out_pixels();
           const int64_t begin = image_row + std::min(g.out_pixels(), (t % bands) * band_rows);
@@ -237,9 +237,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
               const scalar_t* go = grad_rows.const_data_ptr<scalar_t>() + r0 * g.out_channels;
               const scalar_t* w = weight_om.const_data_ptr<scalar_t>();
               scalar_t* gc = grad_cols.mutable_data_ptr<scalar_t>();
-              scalar_t* row_om = scratch.mutable_data_ptr<scalar_t>();
               run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-                group_loops_columns_gradient(group_block(g), len, go, g.out_channels, w, gc, row_om);
+                group_loops_columns_gradient(group_block(g), len, go, g.out_channels, w, gc);
               });
             } else {
               at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
@@ -266,7 +265,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         scalar_t* cols_ptr = cols.mutable_data_ptr<scalar_t>();
         const GroupBlock block{split.conv_groups, cg, out_cols, run};
         at::Tensor tile_sums = loops ? at::empty({group_width, block.outputs()}, input.options()) : at::Tensor();
-        at::Tensor scratch = at::empty({loops ? block.outputs() : 0}, input.options());
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t range = t / blocks;
           const int64_t group0 = t % blocks / split.kernel_point_runs * split.conv_groups;
@@ -284,17 +282,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           };
           if (loops) {
             // The block of the range's copy, grad_wmat[oc, k * cg + c'] for the block's output channels
-            // oc and kernel points k, and its columns of grad_rows.
+            // oc and kernel points k, and its first group's output 0 in the (output-major) grad_rows.
             scalar_t* grad_block =
                 grad_wmat_ranges[range].mutable_data_ptr<scalar_t>() + group0 * out_cols * weight_row + k0 * cg;
-            const scalar_t* grad_row_block = grad_rows.const_data_ptr<scalar_t>() + group0 * out_cols;
+            const scalar_t* grad_row_block = grad_rows.const_data_ptr<scalar_t>() + group0;
             scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
-            scalar_t* row_om = scratch.mutable_data_ptr<scalar_t>();
             for_each_tile([&](int64_t r0, int64_t len) {
               run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
                 std::fill(sums, sums + group_width * block.outputs(), scalar_t(0));
                 group_loops_weight_gradient(block, len, grad_row_block + r0 * g.out_channels, g.out_channels,
-                                            cols_ptr, sums, row_om);
+                                            g.groups, cols_ptr, sums);
                 for (int64_t gi = 0; gi < block.groups; ++gi) {
                   for (int64_t o = 0; o < block.m; ++o) {
                     scalar_t* grad_oc = grad_block + (gi * block.m + o) * weight_row;

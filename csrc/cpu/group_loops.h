@@ -9,9 +9,9 @@
 // column k * C + gi * cg + c' of a row.
 //
 // The innermost loops run along the groups. Outputs are taken output-major (GroupBlock::output_major:
-// output o of every group, then output o + 1), in the weights and, where a group has several outputs,
-// in a row's copy: so the loops read and write outputs and weights with unit strides, and the columns
-// with a stride of cg. Each function runs them once with a literal unit stride where a group has one
+// output o of every group, then output o + 1): the weights, the bias and the output gradient come in
+// that order, and the forward sums a row in it (in place in an NHWC row where a group has one output),
+// so the loops read and write outputs and weights with unit strides, and the columns with a stride of cg. Each function runs them once with a literal unit stride where a group has one
 // input channel (a depthwise layer's, with or without a channel multiplier), where they vectorise, and
 // once with the block's stride elsewhere.
 #pragma once
@@ -34,27 +34,15 @@ struct GroupBlock {
   int64_t output_major(int64_t gi, int64_t o) const { return o * groups + gi; }
 };
 
-// row_om[b.output_major(gi, o)] = row[gi * m + o]: a row of the block's outputs in output-major order.
-template <typename T>
-[[gnu::always_inline]] inline void to_output_major(const GroupBlock& b, const T* row, T* row_om) {
-  if (b.m == 1) {  // the same order: a copy, which vectorises
-    for (int64_t i = 0; i < b.groups; ++i) row_om[i] = row[i];
-    return;
-  }
-  for (int64_t gi = 0; gi < b.groups; ++gi) {
-    for (int64_t o = 0; o < b.m; ++o) row_om[b.output_major(gi, o)] = row[gi * b.m + o];
-  }
-}
-
-// out[r * row_stride + oc * channel_stride] = bias[oc] (0 without bias) + sum over k, c' of
-// cols[r, k * C + gi * cg + c'] * weight_om[(k * cg + c') * C_out + o * groups + gi], for the len rows of
-// a tile and oc = gi * m + o. cols: len x (points * C). weight_om: (points * cg) x C_out, the weight
+// out[r * row_stride + oc * channel_stride] = bias_om[o * groups + gi] (0 without bias) + sum over k, c'
+// of cols[r, k * C + gi * cg + c'] * weight_om[(k * cg + c') * C_out + o * groups + gi], for the len rows
+// of a tile and oc = gi * m + o. cols: len x (points * C). weight_om: (points * cg) x C_out, the weight
 // matrix transposed, its columns output-major, so the block is the whole layer (C_out = b.outputs()).
 // out: NHWC rows (channel_stride 1; both strides 1 for one row) or NCHW planes (row_stride 1). scratch:
 // C_out values, a row in output-major order where that is not the row's own.
 template <typename T>
 [[gnu::always_inline]] inline void group_loops_forward(const GroupBlock& b, int64_t len, const T* cols,
-                                                       const T* weight_om, const T* bias, T* out,
+                                                       const T* weight_om, const T* bias_om, T* out,
                                                        int64_t row_stride, int64_t channel_stride, T* scratch) {
   const int64_t channels = b.channels(), outputs = b.outputs();
   // With one output a group, output-major order is an NHWC row's own: the sums go there directly.
@@ -63,11 +51,7 @@ template <typename T>
     for (int64_t r = 0; r < len; ++r) {
       T* out_row = out + r * row_stride;
       T* acc = in_place ? out_row : scratch;
-      if (bias != nullptr) {
-        to_output_major(b, bias, acc);
-      } else {
-        for (int64_t i = 0; i < outputs; ++i) acc[i] = T(0);
-      }
+      for (int64_t i = 0; i < outputs; ++i) acc[i] = bias_om != nullptr ? bias_om[i] : T(0);
       const T* col_row = cols + r * b.points * channels;
       for (int64_t k = 0; k < b.points; ++k) {
         for (int64_t c = 0; c < cg; ++c) {
@@ -90,22 +74,17 @@ template <typename T>
   loops(b.cg);
 }
 
-// grad_cols[r, k * C + gi * cg + c'] = sum over o of grad_rows[r, gi * m + o] *
+// grad_cols[r, k * C + gi * cg + c'] = sum over o of grad_rows[r, o * groups + gi] *
 // weight_om[(k * cg + c') * C_out + o * groups + gi]: the columns' gradient, len x (points * C). As in
-// group_loops_forward, the block is the whole layer, and scratch holds a row output-major where m > 1.
-// grad_rows: rows grad_stride apart.
+// group_loops_forward, the block is the whole layer. grad_rows: output-major, rows grad_stride apart.
 template <typename T>
 [[gnu::always_inline]] inline void group_loops_columns_gradient(const GroupBlock& b, int64_t len,
                                                                 const T* grad_rows, int64_t grad_stride,
-                                                                const T* weight_om, T* grad_cols, T* scratch) {
+                                                                const T* weight_om, T* grad_cols) {
   const int64_t channels = b.channels(), outputs = b.outputs();
   const auto loops = [&](int64_t cg) __attribute__((always_inline)) {
     for (int64_t r = 0; r < len; ++r) {
       const T* grad_row = grad_rows + r * grad_stride;
-      if (b.m > 1) {
-        to_output_major(b, grad_row, scratch);
-        grad_row = scratch;
-      }
       T* gc_row = grad_cols + r * b.points * channels;
       for (int64_t k = 0; k < b.points; ++k) {
         for (int64_t c = 0; c < cg; ++c) {
@@ -126,29 +105,26 @@ template <typename T>
   loops(b.cg);
 }
 
-// sums[(k * cg + c') * C_out + o * groups + gi] += sum over the len rows of grad_rows[r, gi * m + o] *
-// cols[r, k * C + gi * cg + c']: the block's weight gradient over a tile, transposed and output-major.
-// cols: len x (points * C); grad_rows: from the block's first output channel, rows grad_stride apart;
-// scratch: as in group_loops_columns_gradient.
+// sums[(k * cg + c') * C_out + o * groups + gi] += sum over the len rows of
+// grad_rows[r, o * output_stride + gi] * cols[r, k * C + gi * cg + c']: the block's weight gradient over a
+// tile, transposed and output-major. cols: len x (points * C); grad_rows: the layer's output-major rows
+// from the block's first group, rows grad_stride apart, an output output_stride (the layer's groups)
+// after the one before.
 template <typename T>
 [[gnu::always_inline]] inline void group_loops_weight_gradient(const GroupBlock& b, int64_t len,
                                                                const T* grad_rows, int64_t grad_stride,
-                                                               const T* cols, T* sums, T* scratch) {
+                                                               int64_t output_stride, const T* cols, T* sums) {
   const int64_t channels = b.channels(), outputs = b.outputs();
   const auto loops = [&](int64_t cg) __attribute__((always_inline)) {
     for (int64_t r = 0; r < len; ++r) {
       const T* grad_row = grad_rows + r * grad_stride;
-      if (b.m > 1) {
-        to_output_major(b, grad_row, scratch);
-        grad_row = scratch;
-      }
       const T* col_row = cols + r * b.points * channels;
       for (int64_t k = 0; k < b.points; ++k) {
         for (int64_t c = 0; c < cg; ++c) {
           const T* __restrict__ a = col_row + k * channels + c;
           for (int64_t o = 0; o < b.m; ++o) {
             T* __restrict__ s = sums + (k * cg + c) * outputs + o * b.groups;
-            const T* __restrict__ go = grad_row + o * b.groups;
+            const T* __restrict__ go = grad_row + o * output_stride;
             for (int64_t gi = 0; gi < b.groups; ++gi) s[gi] += go[gi] * a[gi * cg];
           }
         }
