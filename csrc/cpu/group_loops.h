@@ -11,9 +11,10 @@
 // The innermost loops run along the groups. Outputs are taken output-major (GroupBlock::output_major:
 // output o of every group, then output o + 1): the weights, the bias and the output gradient come in
 // that order, and the forward sums a row in it (in place in an NHWC row where a group has one output),
-// so the loops read and write outputs and weights with unit strides, and the columns with a stride of cg. Each function runs them once with a literal unit stride where a group has one
-// input channel (a depthwise layer's, with or without a channel multiplier), where they vectorise, and
-// once with the block's stride elsewhere.
+// so the loops read and write outputs and weights with unit strides, and the columns with a stride of cg.
+// Each function runs them once with a literal unit stride where a group has one input channel (a
+// depthwise layer's, with or without a channel multiplier), where they vectorise, and once with the
+// block's stride elsewhere.
 #pragma once
 
 #include <cstdint>
