@@ -1,4 +1,5 @@
-"""Side-by-side benchmark of deform_conv2d: ours vs torchvision vs the eager reference (SPEC section 7).
+"""Side-by-side benchmark of deform_conv2d: ours vs torchvision vs the eager reference (SPEC section 7), with
+a dense conv2d of the same shape as the yardstick of what the sampling costs.
 
 Everything runs in one process on the same inputs: for each device, case and dtype, each
 implementation is first checked against torchvision (max abs difference of the output, and for the
@@ -36,6 +37,11 @@ channels_last input, offset, mask and grad_output (what a channels_last model ha
 converts no layout (on contiguous NCHW tensors it converts the input and grad_output to NHWC and the
 output and input gradient back, and reads offset and mask across their planes);
 ``ours[deterministic]`` times forward+backward under ``torch.use_deterministic_algorithms(True)``.
+
+``dense conv2d`` is ``torch.nn.functional.conv2d`` with the same input, weight, bias and hyper-parameters,
+no offsets and no mask (the backend's own convolution: cuDNN, or oneDNN/MKL on the CPU): the same
+FLOPs without the sampling, so ours' time over its time is what the deformation costs. It is not a
+deformable convolution, so it has no parity check and stays out of the geometric means and goals.
 
 torchvision's deform_conv2d may lack a kernel for a dtype (bf16, say). Then it runs the way a user
 would get it: under ``torch.autocast`` in that dtype, where torchvision upcasts to fp32 and casts the
@@ -86,8 +92,9 @@ OURS_DETERMINISTIC = "ours[deterministic]"
 TORCHVISION = "torchvision"
 REFERENCE = "reference"
 COMPILED = "reference+compile"
+DENSE = "dense conv2d"
 IMPL_ORDER = (OURS, OURS_CHANNELS_LAST, OURS_WGMMA, OURS_WMMA, OURS_SYNC, OURS_SIMT, OURS_COLUMNS, OURS_AUTOTUNE,
-              OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED)
+              OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED, DENSE)
 ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
 
 
@@ -399,6 +406,16 @@ def _reference() -> Callable:
     return deform_conv2d
 
 
+def _dense_conv2d() -> Callable:
+    """conv2d with deform_conv2d's signature: the offsets and the mask are ignored."""
+
+    def dense(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+        return torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation,
+                                          groups=input.shape[1] // weight.shape[1])
+
+    return dense
+
+
 def _compiled_reference() -> Callable:
     import torch._dynamo
 
@@ -636,8 +653,9 @@ def _row_key(row: dict) -> tuple:
 
 
 def _finish_rows(rows: List[dict], ceilings: Optional[dict]) -> None:
-    """Fill in speed-ups vs torchvision, throughput and roofline fractions."""
+    """Fill in speed-ups vs torchvision, times over the dense conv2d's, throughput and roofline fractions."""
     tv_time = {_row_key(r): r["median_ms"] for r in rows if r["impl"] == TORCHVISION and r["status"] == "ok"}
+    dense_time = {_row_key(r): r["median_ms"] for r in rows if r["impl"] == DENSE and r["status"] == "ok"}
     for row in rows:
         if row["status"] != "ok":
             continue
@@ -646,6 +664,8 @@ def _finish_rows(rows: List[dict], ceilings: Optional[dict]) -> None:
         row["gbps"] = row["min_bytes"] / seconds / 1e9
         base = tv_time.get(_row_key(row))
         row["speedup_vs_torchvision"] = base / row["median_ms"] if base else None
+        dense = dense_time.get(_row_key(row))
+        row["time_vs_dense"] = row["median_ms"] / dense if dense else None
         row["roofline_pct"] = None
         row["roofline_bound"] = None
         if ceilings:
@@ -667,7 +687,8 @@ def geomean_speedups(rows: List[dict]) -> List[dict]:
     groups: Dict[tuple, List[float]] = {}
     for row in rows:
         speedup = row.get("speedup_vs_torchvision")
-        if row["status"] != "ok" or row["impl"] == TORCHVISION or not speedup or row["case"] in EXTRA_CASE_NAMES:
+        if (row["status"] != "ok" or row["impl"] in (TORCHVISION, DENSE) or not speedup
+                or row["case"] in EXTRA_CASE_NAMES):
             continue
         groups.setdefault((row["device"], row["dtype"], row["pass"], row["impl"]), []).append(speedup)
     out = []
@@ -679,6 +700,16 @@ def geomean_speedups(rows: List[dict]) -> List[dict]:
     order = {name: i for i, name in enumerate(IMPL_ORDER)}
     out.sort(key=lambda g: (g["device"], g["dtype"], order.get(g["impl"], 9), PASSES.index(g["pass"])))
     return out
+
+
+def markdown_dense_costs(rows: List[dict]) -> str:
+    """Ours' time over the dense conv2d's, per case, dtype and pass: what the sampling costs."""
+    costs = [r for r in rows if r["impl"] == OURS and r["status"] == "ok" and r.get("time_vs_dense")]
+    if not costs:
+        return "(none: no rows of both)"
+    lines = ["| case | dtype | pass | ours / dense conv2d |", "|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['dtype']} | {r['pass']} | {r['time_vs_dense']:.2f}× |" for r in costs]
+    return "\n".join(lines)
 
 
 def _diff_text(row: dict) -> str:
@@ -759,7 +790,9 @@ def markdown_report(result: dict) -> str:
     for name, case_desc in meta["cases"].items():
         lines.append(f"- {name}: {case_desc}")
     lines += ["", markdown_table(result["rows"], gpu), "", "Geometric-mean speed-up vs torchvision over cases:",
-              "", markdown_geomeans(result["geomean"])]
+              "", markdown_geomeans(result["geomean"]), "",
+              "Ours' time over a dense conv2d's of the same shape (1.00× would be a sampling that costs nothing):",
+              "", markdown_dense_costs(result["rows"])]
     from benchmarks.goals import goals_of, markdown as goals_markdown  # here: benchmarks.goals imports this module
 
     goals = goals_of(result, "this run")
@@ -856,6 +889,8 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                 functions[impl] = (_reference(), "")
             elif impl == COMPILED:
                 functions[impl] = (_compiled_reference(), "")
+            elif impl == DENSE:
+                functions[impl] = (_dense_conv2d(), "")
         except Exception as exc:  # noqa: BLE001
             add_error_rows(impl, exc)
 
@@ -875,7 +910,7 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
             continue
         diffs: Dict[str, dict] = {}
         parity_error = None
-        if expected is not None and impl != TORCHVISION:
+        if expected is not None and impl not in (TORCHVISION, DENSE):
             try:
                 t0 = time.perf_counter()
                 evaluated = _evaluate(fn, inputs, case)
@@ -989,6 +1024,7 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
     except Exception as exc:  # noqa: BLE001
         impls.remove(TORCHVISION)
         notes.append(f"torchvision unavailable ({type(exc).__name__}: {exc}): no speed-ups")
+    impls.append(DENSE)
     if reference:
         impls.append(REFERENCE)
     else:
@@ -1001,6 +1037,8 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
     else:
         notes.append("torch.compile of the reference not run (enable with --compile; slow to compile, "
                      "especially on a small CPU)")
+    notes.append(f"{DENSE} = torch.nn.functional.conv2d of the same input, weight and bias, without offsets or "
+                 f"mask: the same FLOPs without the sampling (no parity check, not in the geometric means)")
     notes.append("forward timed under torch.no_grad(); forward+backward = out.backward(grad_output) with "
                  "input, offset, weight, mask, bias requiring grad")
 

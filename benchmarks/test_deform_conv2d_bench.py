@@ -1,8 +1,10 @@
-"""pytest-benchmark suite: rcm_fsad_ops.deform_conv2d vs torchvision.ops.deform_conv2d.
+"""pytest-benchmark suite: rcm_fsad_ops.deform_conv2d vs torchvision.ops.deform_conv2d, beside a dense conv2d of
+the same shape (the runner's yardstick, benchmarks/runner.py).
 
 Same cases and inputs as ``python -m benchmarks`` (benchmarks/shapes.py), forward and forward+backward.
-Each (device, case, dtype, pass) is one pytest-benchmark group, so ``--benchmark-only`` prints ours
-and torchvision next to each other. CUDA cases are skipped without a GPU. TF32 is off on both sides.
+Each (device, case, dtype, pass) is one pytest-benchmark group, so ``--benchmark-only`` prints ours,
+torchvision and the dense conv2d next to each other. CUDA cases are skipped without a GPU. TF32 is off on
+every side.
 
 Run:  pytest benchmarks --benchmark-only
       pytest benchmarks --benchmark-only -k "cpu and fwd_bwd" --benchmark-min-rounds=3
@@ -15,7 +17,7 @@ pytest.importorskip("pytest_benchmark")
 
 import torch  # noqa: E402
 
-from benchmarks.runner import _make_step, _ours, pick_torchvision, tf32_set_to  # noqa: E402
+from benchmarks.runner import DENSE, _dense_conv2d, _make_step, _ours, pick_torchvision, tf32_set_to  # noqa: E402
 from benchmarks.shapes import CASES, FWD, FWD_BWD, dtype_of  # noqa: E402
 
 DEVICE_DTYPE_CASES = [
@@ -27,7 +29,7 @@ DEVICE_DTYPE_CASES = [
     for dtype_name in case.dtypes[device]
 ]
 PASS_PARAMS = [pytest.param(FWD, id="fwd"), pytest.param(FWD_BWD, id="fwd_bwd")]
-IMPL_PARAMS = ["ours", "torchvision"]
+IMPL_PARAMS = ["ours", "torchvision", DENSE]
 
 _INPUTS: dict = {}
 
@@ -60,6 +62,8 @@ def test_deform_conv2d(benchmark, tf32_off, device, case, dtype_name, pass_name,
     note = ""
     if impl == "ours":
         fn = _ours()
+    elif impl == DENSE:
+        fn = _dense_conv2d()
     else:
         fn, note, _ = pick_torchvision(tensors, case)
     prepare, step = _make_step(fn, tensors, case, pass_name)

@@ -177,6 +177,38 @@ def test_extra_cases_run_only_when_named_and_stay_out_of_the_geometric_means():
     assert geomean["cases"] == 1 and geomean["geomean_speedup_vs_torchvision"] == pytest.approx(2.0)
 
 
+def test_the_dense_conv2d_is_a_deformable_one_without_offsets():
+    """The yardstick row computes what torchvision's deform_conv2d computes with zero offsets and a mask
+    of ones (groups, stride, padding and dilation included), whatever offset and mask it is handed."""
+    import torchvision.ops
+
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(2, 6, 9, 8), torch.randn(4, 3, 3, 2), torch.randn(4)
+    kwargs = {"stride": (2, 1), "padding": (1, 2), "dilation": (2, 1)}
+    out_h, out_w = 4, 11
+    offset, mask = torch.randn(2, 12, out_h, out_w), torch.rand(2, 6, out_h, out_w)
+    got = runner._dense_conv2d()(x, offset, weight, bias, mask=mask, **kwargs)
+    expected = torchvision.ops.deform_conv2d(x, torch.zeros_like(offset), weight, bias, mask=torch.ones_like(mask),
+                                             **kwargs)
+    torch.testing.assert_close(got, expected)
+
+
+def test_the_dense_conv2d_is_timed_beside_ours_without_a_parity_check_or_a_geometric_mean():
+    """Its rows are timed in both passes with no difference from torchvision; ours' rows get their time over
+    its time (4/2 = 2 on hand-made rows), and it stays out of the geometric means."""
+    rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", [runner.OURS, runner.TORCHVISION, runner.DENSE],
+                                      SETTINGS, runner.tf32_state(), skipped=[])
+    dense = [r for r in rows if r["impl"] == runner.DENSE]
+    assert {r["pass"] for r in dense} == {FWD, FWD_BWD}
+    assert all(r["status"] == "ok" and r["max_abs_diff_vs_torchvision"] is None for r in dense), dense
+    rows = [_timed_row(runner.TORCHVISION, "a", 8.0), _timed_row(runner.OURS, "a", 4.0),
+            _timed_row(runner.DENSE, "a", 2.0)]
+    runner._finish_rows(rows, None)
+    assert rows[1]["time_vs_dense"] == pytest.approx(2.0)
+    assert [g["impl"] for g in runner.geomean_speedups(rows)] == [runner.OURS]
+    assert "| a | fp32 | fwd | 2.00× |" in runner.markdown_dense_costs(rows)
+
+
 def test_the_parity_check_measures_ours_against_torchvision(monkeypatch):
     """An ours that is off by exactly 1 everywhere is reported 1 off in its forward row."""
     import rcm_fsad_ops
