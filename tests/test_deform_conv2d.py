@@ -634,16 +634,14 @@ def test_cuda_backward_is_deterministic_under_deterministic_algorithms(dtype, mo
     case = DeformCase(batch=3, in_channels=32, out_channels=8, height=6, width=6, kernel=(5, 5),
                       padding=(2, 2), offset_scale=2.0)
     tensors = case.tensors(dtype, "cuda")
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+
+    def two_runs():
         runs = []
         kernels = cuda_kernel_names(lambda: runs.append(run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)))
         runs.append(run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors))
-    finally:
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-    first, second = runs
+        return runs, kernels
+
+    (first, second), kernels = runs_as(True, two_runs)
     assert any("deform_col2im_input_gather_kernel" in k for k in kernels), kernels
     assert_matches(first, second, rtol=0, atol=0)
 
@@ -667,11 +665,9 @@ def test_cuda_deterministic_backward_is_the_same_in_any_chunking(dtype, monkeypa
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what some PyTorch versions ask for cuBLAS
     case = DeformCase(batch=3, in_channels=16, out_channels=8, height=7, width=9, offset_scale=2.0, seed=6)
     tensors = case.tensors(dtype, "cuda")
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True)
-    runs = {}
-    try:
+
+    def chunkings():
+        runs = {}
         for chunk, table in ((None, None), ("50", None), ("64", "13"), ("1000", "7")):
             for name, value in (("RCM_FSAD_CHUNK_ROWS", chunk), ("RCM_FSAD_TABLE_ROWS", table)):
                 if value is None:
@@ -682,8 +678,9 @@ def test_cuda_deterministic_backward_is_the_same_in_any_chunking(dtype, monkeypa
         monkeypatch.setenv("RCM_FSAD_CHUNK_ROWS", "0")
         with pytest.raises(RuntimeError, match="RCM_FSAD_CHUNK_ROWS must be a positive number of rows, got '0'"):
             run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
-    finally:
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        return runs
+
+    runs = runs_as(True, chunkings)
     whole = runs.pop((None, None))
     exact = run_with_grads(reference.deform_conv2d, case,
                            {k: None if v is None else v.double() for k, v in tensors.items()})
