@@ -45,7 +45,8 @@ deformable convolution, so it has no parity check and stays out of the geometric
 
 torchvision's deform_conv2d may lack a kernel for a dtype (bf16, say). Then it runs the way a user
 would get it: under ``torch.autocast`` in that dtype, where torchvision upcasts to fp32 and casts the
-result back; the row's note says "autocast->fp32".
+result back (CUDA; the row's note says "autocast->fp32"), or, where autocast has no policy for it either
+(the CPU), on the arguments cast to fp32 by hand, its results cast back ("cast->fp32").
 """
 from __future__ import annotations
 
@@ -346,6 +347,15 @@ def _torchvision(mode: str) -> Callable:
     native = torchvision.ops.deform_conv2d
     if mode == "native":
         return native
+    if mode == "cast":
+        def via_float32(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+            def cast(t):
+                return None if t is None else t.float()
+
+            return native(cast(input), cast(offset), cast(weight), bias=cast(bias), stride=stride, padding=padding,
+                          dilation=dilation, mask=cast(mask)).to(input.dtype)
+
+        return via_float32
 
     def via_autocast(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
         with torch.autocast(device_type=input.device.type, dtype=input.dtype):
@@ -386,12 +396,13 @@ def _error_text(exc: BaseException) -> str:
 
 
 def pick_torchvision(tensors: Dict[str, torch.Tensor], case: "Case") -> Tuple[Callable, str, Dict[str, torch.Tensor]]:
-    """torchvision's deform_conv2d in the inputs' dtype, or under autocast when it has no kernel for it.
+    """torchvision's deform_conv2d in the inputs' dtype, or under autocast when it has no kernel for it, or
+    on the inputs cast to float32 when autocast has no policy for it either.
 
     Returns (fn, note, results of one forward+backward); raises when neither way runs.
     """
     errors = []
-    for mode, note in (("native", ""), ("autocast", "autocast->fp32")):
+    for mode, note in (("native", ""), ("autocast", "autocast->fp32"), ("cast", "cast->fp32")):
         try:
             fn = _torchvision(mode)
             return fn, note, _evaluate(fn, tensors, case)

@@ -162,7 +162,7 @@ class Case:
         return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
 
 
-CPU_DTYPES = ("fp32",)
+CPU_DTYPES = ("fp32", "bf16")
 CUDA_DTYPES = ("fp32", "fp16", "bf16")
 
 # The three ResNet-18 stage shapes of RCM-FSAD (224x224 input) at batch 8, on both devices.

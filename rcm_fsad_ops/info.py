@@ -15,7 +15,7 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
 def info() -> dict:
     """Package and torch versions, compiled backends and CUDA arch list, the visible GPUs' archs, whether
     the current GPU runs the wgmma kernel, registered kernels, threads, whether the CPU kernels use them,
-    and which build of their hot loops runs."""
+    which build of their hot loops runs, and whether their bfloat16 forwards multiply in bfloat16."""
     from rcm_fsad_ops import __version__
 
     built_with_cuda = bool(_C.built_with_cuda)
@@ -38,6 +38,8 @@ def info() -> dict:
         "cpu_parallel": bool(_C.intra_op_parallel),
         # the build of the CPU hot loops that runs: avx2+fma, or default (RCM_FSAD_CPU_CAPABILITY=default)
         "cpu_capability": _C.cpu_capability(),
+        # a bfloat16 forward's GEMMs in bfloat16 (the CPU has AVX512-BF16, torch.backends.mkldnn is on), else float32
+        "cpu_bfloat16_gemms": bool(_C.cpu_bfloat16_gemms()),
     }
 
 

@@ -209,6 +209,21 @@ def test_the_dense_conv2d_is_timed_beside_ours_without_a_parity_check_or_a_geome
     assert "| a | fp32 | fwd | 2.00× |" in runner.markdown_dense_costs(rows)
 
 
+def test_torchvision_without_a_kernel_or_an_autocast_policy_for_a_dtype_runs_on_float32_casts():
+    """torchvision's CPU deform_conv2d takes no bfloat16, under autocast neither: the runner then casts the
+    arguments to float32 and the results back, as its user would, and says so in the row's note."""
+    import torchvision.ops
+
+    tensors = {k: v.bfloat16() for k, v in TINY.make_inputs("cpu", torch.float32).items()}
+    fn, note, results = runner.pick_torchvision(tensors, TINY)
+    assert note == "cast->fp32"
+    expected = torchvision.ops.deform_conv2d(*(tensors[k].float() for k in ("input", "offset", "weight", "bias")),
+                                             mask=tensors["mask"].float(), **TINY.kwargs())
+    assert results["output"].dtype == torch.bfloat16
+    assert torch.equal(results["output"], expected.bfloat16())
+    assert results["grad_input"].dtype == torch.bfloat16
+
+
 def test_the_parity_check_measures_ours_against_torchvision(monkeypatch):
     """An ours that is off by exactly 1 everywhere is reported 1 off in its forward row."""
     import rcm_fsad_ops

@@ -121,6 +121,43 @@ class _RoundedBuffer(torch.autograd.Function):
         return grad.to(ctx.dtype).to(grad.dtype), None
 
 
+@pytest.mark.skipif(not rcm_fsad_ops.info()["cpu_bfloat16_gemms"],
+                    reason="the CPU does not multiply bfloat16 natively (AVX512-BF16), or oneDNN is off")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name", ["basic", "no_mask", "no_bias", "wide_channels", "one_pixel_images"])
+def test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does(name, layout, monkeypatch):
+    """Where the CPU multiplies bfloat16 natively and oneDNN is on, a bfloat16 forward rounds its sampled
+    columns to bfloat16 for GEMMs that sum in float32, as the CUDA tensor-core kernels do; with oneDNN off it
+    computes in float32 and rounds the output only: the same bits as a float32 call rounded, which the
+    bfloat16 GEMMs' output is not. Their error against the float64 output of the same inputs is at most
+    twice that of a float64 computation that rounds the columns and the weight to bfloat16 (plus float32's
+    summation), in either layout of the input (the output keeps it), with images of one output pixel too
+    (an NCHW output that is NHWC rows)."""
+    case = CASES[name] if name in CASES else DeformCase(batch=5, height=3, width=3, padding=(0, 0), seed=2)
+    low = {k: None if v is None else v.to(torch.bfloat16) for k, v in case.tensors(torch.float64).items()}
+    if layout == "channels_last":
+        low["input"] = low["input"].contiguous(memory_format=torch.channels_last)
+
+    def forward(tensors):
+        return rcm_fsad_ops.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
+                                          mask=tensors["mask"], **case.kwargs())
+
+    ours = forward(low)
+    in_float = forward({k: None if v is None else v.float() for k, v in low.items()}).bfloat16()
+    assert ours.dtype == torch.bfloat16 and not torch.equal(ours, in_float)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert not rcm_fsad_ops.info()["cpu_bfloat16_gemms"]
+    assert torch.equal(forward(low), in_float)
+    assert ours.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+
+    exact_inputs = {k: None if v is None else v.double() for k, v in low.items()}
+    exact = forward(exact_inputs)
+    same = rounded_operands_output(case, exact_inputs, lambda x: x.bfloat16().double(), torch.bfloat16)
+    ours_err = (ours.double() - exact).abs().max().item()
+    same_err = (same - exact).abs().max().item()
+    assert ours_err <= 2 * same_err + 1e-5 * exact.abs().max().item(), (ours_err, same_err)
+
+
 def columns_rounded_to(dtype):
     """The reference (float64) with the columns and their gradient rounded to dtype, as the CUDA
     backward's columns path stores them; the rest exact."""
@@ -133,6 +170,17 @@ def columns_rounded_to(dtype):
     return fn
 
 
+def rounded_operands_output(case: DeformCase, exact_inputs: dict, mma_input, dtype) -> torch.Tensor:
+    """The float64 output of exact_inputs with what a tensor-core kernel (or the CPU's bfloat16 GEMMs) must
+    round rounded: the sampled columns and the weight by mma_input, the output to dtype."""
+    groups = case.in_channels // exact_inputs["weight"].shape[1]
+    columns = reference.sampled_columns(exact_inputs["input"], exact_inputs["offset"], case.kernel, groups,
+                                        mask=exact_inputs["mask"], **case.kwargs())
+    out_size = reference.output_size((case.height, case.width), case.kernel, **case.kwargs())
+    return reference.columns_times_weight(mma_input(columns), mma_input(exact_inputs["weight"]),
+                                          exact_inputs["bias"], out_size).to(dtype).double()
+
+
 @pytest.mark.parametrize("precision", sorted(LOW_PRECISIONS))
 @pytest.mark.parametrize("name", ["basic", "groups2_offset_groups3", "far_offsets", "wide_channels"])
 def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
@@ -140,7 +188,8 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
     rounds what a tensor-core kernel must round (the sampled columns and the weight to the MMA input
     type, the output to the tensor dtype) and computes the rest in float64 are measured against the
     float64 result on the same (rounded) inputs: ours may add float32 accumulation error only. (The
-    CPU computes float16/bfloat16 in float32, rounding only the output.) The 16-bit gradients likewise,
+    CPU computes float16, and bfloat16 where it does not multiply it natively, in float32, rounding only the
+    output: test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does.) The 16-bit gradients likewise,
     against the float64 ones for the same rounded cotangent: the reference rounds what the backward
     must (on CUDA the columns and their gradient, 16-bit buffers; on the CPU nothing), then its results."""
     if device == "cpu" and precision == "tf32":
@@ -153,12 +202,7 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
     with tf32_set_to(precision == "tf32"):
         ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, low)
 
-    groups = case.in_channels // exact_inputs["weight"].shape[1]
-    columns = reference.sampled_columns(exact_inputs["input"], exact_inputs["offset"], case.kernel, groups,
-                                        mask=exact_inputs["mask"], **case.kwargs())
-    out_size = reference.output_size((case.height, case.width), case.kernel, **case.kwargs())
-    same = reference.columns_times_weight(mma_input(columns), mma_input(exact_inputs["weight"]),
-                                          exact_inputs["bias"], out_size).to(dtype).double()
+    same = rounded_operands_output(case, exact_inputs, mma_input, dtype)
     ours_err = (ours[0].double() - exact[0]).abs().max().item()
     same_err = (same - exact[0]).abs().max().item()
     scale = exact[0].abs().max().item()

@@ -375,7 +375,7 @@ def test_cpu_autocast_runs_in_float32(dtype):
     torch.testing.assert_close(y, layer(t["input"]), rtol=0, atol=0)
 
 
-def test_info_reports_build():
+def test_info_reports_build(monkeypatch):
     values = rcm_fsad_ops.info()
     assert values["cpu_parallel"], "built without OpenMP: the CPU kernels' at::parallel_for runs serially"
     assert values["kernels"]["deform_conv2d"][0] == "CPU"
@@ -383,6 +383,10 @@ def test_info_reports_build():
     assert values["backends"] == [k for k in values["kernels"]["deform_conv2d"] if k in ("CPU", "CUDA")]
     flags = cpu_flags()
     assert values["cpu_capability"] == ("avx2+fma" if {"avx2", "fma"} <= flags else "default"), flags
+    assert values["cpu_bfloat16_gemms"] == ("avx512_bf16" in flags and torch.backends.mkldnn.is_available()
+                                            and torch.backends.mkldnn.enabled), flags
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert rcm_fsad_ops.info()["cpu_bfloat16_gemms"] is False
     # the wgmma kernel runs only on a GPU of compute capability 9.0 (test_cuda_info_says_where_wgmma_runs)
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         assert values["wgmma"] is False

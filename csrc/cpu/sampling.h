@@ -100,16 +100,17 @@ struct ColumnWindow {
   int64_t block_end(int64_t c) const { return c_begin + ((c - c_begin) / block + 1) * block; }
 };
 
-// cols[r - row_begin, :] = the window's columns of rows [row_begin, row_end).
-template <typename scalar_t>
+// cols[r - row_begin, :] = the window's columns of rows [row_begin, row_end), blended in scalar_t and
+// stored as col_t (bfloat16 for the CPU's bfloat16 GEMMs, rounded to nearest even).
+template <typename scalar_t, typename col_t>
 [[gnu::always_inline]] inline void sample_columns_body(const Sampling<scalar_t>& s, int64_t row_begin,
                                                        int64_t row_end, const ColumnWindow& window,
-                                                       scalar_t* cols) {
+                                                       col_t* cols) {
   const DeformConvGeometry& g = s.g;
   const int64_t per_og = g.channels_per_offset_group();
   for (int64_t r = row_begin; r < row_end; ++r) {
     const auto [n, oy, ox] = kernels::output_pixel(g, r);
-    scalar_t* col_row = cols + (r - row_begin) * window.width();
+    col_t* col_row = cols + (r - row_begin) * window.width();
     for (int64_t og = window.c_begin / per_og; og * per_og < window.c_end; ++og) {
       const int64_t og_end = std::min((og + 1) * per_og, window.c_end);
       for (int64_t k = window.k_begin; k < window.k_end; ++k) {
@@ -119,13 +120,13 @@ template <typename scalar_t>
         // A run ends at its offset group's end or its block's, neither past the window's.
         for (int64_t c0 = std::max(og * per_og, window.c_begin), c1; c0 < og_end; c0 = c1) {
           c1 = std::min(og_end, window.block_end(c0));
-          scalar_t* __restrict__ dst = col_row + window.index(c0, k);
+          col_t* __restrict__ dst = col_row + window.index(c0, k);
           const scalar_t* __restrict__ a = corner[0] + c0;
           const scalar_t* __restrict__ b = corner[1] + c0;
           const scalar_t* __restrict__ c = corner[2] + c0;
           const scalar_t* __restrict__ d = corner[3] + c0;
           for (int64_t i = 0; i < c1 - c0; ++i) {
-            dst[i] = w[0] * a[i] + w[1] * b[i] + w[2] * c[i] + w[3] * d[i];
+            dst[i] = static_cast<col_t>(w[0] * a[i] + w[1] * b[i] + w[2] * c[i] + w[3] * d[i]);
           }
         }
       }
@@ -227,9 +228,9 @@ template <typename scalar_t>
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename col_t>
 void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
-                    scalar_t* cols) {
+                    col_t* cols) {
   run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP { sample_columns_body(s, row_begin, row_end, window, cols); });
 }
 
