@@ -349,21 +349,28 @@ def test_cuda_autocast_stays_in_low_precision(dtype):
     torch.testing.assert_close(out.double(), exact, rtol=0, atol=16 * torch.finfo(dtype).eps * exact.abs().max().item())
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "no_onednn"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cpu_autocast_runs_in_float32(dtype):
-    """CPU autocast runs the op in float32, where the CPU kernels compute anyway: every argument cast to
-    float32 (the same bits as casting by hand), whatever mix of dtypes it gets, where torchvision has
-    no CPU policy and fails on mixed dtypes. So the layer that predicts its offsets with a conv2d,
-    which autocast runs in 16 bits, works under it, forward and backward: zero-initialised, its 16-bit
-    offsets (0) and mask logits (0) are exact, so its output is the one without autocast."""
+def test_cpu_autocast_runs_in_bfloat16_where_it_multiplies_so_else_in_float32(dtype, onednn, monkeypatch):
+    """CPU autocast runs the op in bfloat16 where a bfloat16 forward multiplies in bfloat16 (the CPU has
+    AVX512-BF16 and oneDNN is on: info()'s cpu_bfloat16_gemms), and otherwise in float32, where the CPU
+    kernels compute anyway: every argument cast to that dtype (the same bits as casting by hand), whatever
+    mix of dtypes it gets, where torchvision has no CPU policy and fails on mixed dtypes. So the layer
+    that predicts its offsets with a conv2d, which autocast runs in 16 bits, works under it, forward and
+    backward: zero-initialised, its 16-bit offsets (0) and mask logits (0) are exact, so its output is the
+    one without autocast (in float32 the same bits; in bfloat16 up to its rounding)."""
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
+    runs_in = torch.bfloat16 if dtype == torch.bfloat16 and rcm_fsad_ops.info()["cpu_bfloat16_gemms"] else torch.float32
+    if runs_in == torch.bfloat16:
+        assert onednn and "avx512_bf16" in cpu_flags()
     t = CASES["basic"].tensors(torch.float32)
     names = ("input", "offset", "weight", "bias", "mask")
     mixed = dict(t, offset=t["offset"].to(dtype), mask=t["mask"].to(dtype))  # as an autocast conv2d gives them
     with torch.autocast("cpu", dtype=dtype):
         out = rcm_fsad_ops.deform_conv2d(*(mixed[k] for k in names[:4]), padding=1, mask=mixed["mask"])
-    by_hand = rcm_fsad_ops.deform_conv2d(*(mixed[k].float() for k in names[:4]), padding=1,
-                                         mask=mixed["mask"].float())
-    assert out.dtype == torch.float32
+    by_hand = rcm_fsad_ops.deform_conv2d(*(mixed[k].to(runs_in) for k in names[:4]), padding=1,
+                                         mask=mixed["mask"].to(runs_in))
+    assert out.dtype == runs_in
     torch.testing.assert_close(out, by_hand, rtol=0, atol=0)
 
     layer = ModulatedDeformConv2dWithOffsetPredictor(4, 6, 3, padding=1)
@@ -371,8 +378,12 @@ def test_cpu_autocast_runs_in_float32(dtype):
     with torch.autocast("cpu", dtype=dtype):
         y = layer(x)
     y.sum().backward()
-    assert y.dtype == torch.float32 and x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
-    torch.testing.assert_close(y, layer(t["input"]), rtol=0, atol=0)
+    assert y.dtype == runs_in and x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
+    exact = layer(t["input"])
+    if runs_in == torch.float32:
+        torch.testing.assert_close(y, exact, rtol=0, atol=0)
+    else:  # inputs, weights and columns rounded to 8 bits, sums of 36 products
+        torch.testing.assert_close(y.float(), exact, rtol=0, atol=16 * torch.finfo(dtype).eps * exact.abs().max().item())
 
 
 def test_info_reports_build(monkeypatch):

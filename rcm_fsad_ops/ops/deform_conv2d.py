@@ -88,7 +88,8 @@ def deform_conv2d(
     results rounded back), except a bfloat16 forward on a CPU with AVX512-BF16 and oneDNN on, whose
     sampled columns are rounded to bfloat16 for GEMMs that sum in float32 (``rcm_fsad_ops.info()
     ["cpu_bfloat16_gemms"]``); float32/float64/float16/bfloat16 on CUDA (16-bit types accumulate in
-    float32); under CUDA autocast the op runs in the autocast dtype, under CPU autocast in float32. On
+    float32); under CUDA autocast the op runs in the autocast dtype, under CPU autocast in bfloat16
+    where a bfloat16 forward multiplies in bfloat16 (``cpu_bfloat16_gemms``), else in float32. On
     sm_80+ the CUDA forward uses tensor cores for float16/bfloat16; for float32 in TF32 when
     ``torch.backends.cuda.matmul.allow_tf32`` is set, and otherwise, where its kernel applies, on
     operands split in two TF32 parts, which keeps float32's accuracy.
