@@ -31,6 +31,12 @@ def test_opcheck(name, device):
     torch.library.opcheck(torch.ops.rcm_fsad.deform_conv2d.default, op_args(case, device))
 
 
+def test_opcheck_bfloat16(device):
+    """bfloat16 too: on the CPU its forward may take the bfloat16 GEMMs (info()'s cpu_bfloat16_gemms), its
+    backward float32; on CUDA the tensor-core kernels."""
+    torch.library.opcheck(torch.ops.rcm_fsad.deform_conv2d.default, op_args(CASES["basic"], device, torch.bfloat16))
+
+
 def test_opcheck_channels_last(device):
     args = list(op_args(CASES["basic"], device, requires_grad=False))
     args[0] = args[0].contiguous(memory_format=torch.channels_last).requires_grad_(True)
