@@ -194,8 +194,8 @@ def test_the_dense_conv2d_is_a_deformable_one_without_offsets():
 
 
 def test_the_dense_conv2d_is_timed_beside_ours_without_a_parity_check_or_a_geometric_mean():
-    """Its rows are timed in both passes with no difference from torchvision; ours' rows get their time over
-    its time (4/2 = 2 on hand-made rows), and it stays out of the geometric means."""
+    """Its rows are timed in both passes and report no difference from torchvision; ours' rows get their time
+    over its time (4/2 = 2 on hand-made rows), and it stays out of the geometric means."""
     rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", [runner.OURS, runner.TORCHVISION, runner.DENSE],
                                       SETTINGS, runner.tf32_state(), skipped=[])
     dense = [r for r in rows if r["impl"] == runner.DENSE]

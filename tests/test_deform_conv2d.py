@@ -121,43 +121,6 @@ class _RoundedBuffer(torch.autograd.Function):
         return grad.to(ctx.dtype).to(grad.dtype), None
 
 
-@pytest.mark.skipif(not rcm_fsad_ops.info()["cpu_bfloat16_gemms"],
-                    reason="the CPU does not multiply bfloat16 natively (AVX512-BF16), or oneDNN is off")
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("name", ["basic", "no_mask", "no_bias", "wide_channels", "one_pixel_images"])
-def test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does(name, layout, monkeypatch):
-    """Where the CPU multiplies bfloat16 natively and oneDNN is on, a bfloat16 forward rounds its sampled
-    columns to bfloat16 for GEMMs that sum in float32, as the CUDA tensor-core kernels do; with oneDNN off it
-    computes in float32 and rounds the output only: the same bits as a float32 call rounded, which the
-    bfloat16 GEMMs' output is not. Their error against the float64 output of the same inputs is at most
-    twice that of a float64 computation that rounds the columns and the weight to bfloat16 (plus float32's
-    summation), in either layout of the input (the output keeps it), with images of one output pixel too
-    (an NCHW output that is NHWC rows)."""
-    case = CASES[name] if name in CASES else DeformCase(batch=5, height=3, width=3, padding=(0, 0), seed=2)
-    low = {k: None if v is None else v.to(torch.bfloat16) for k, v in case.tensors(torch.float64).items()}
-    if layout == "channels_last":
-        low["input"] = low["input"].contiguous(memory_format=torch.channels_last)
-
-    def forward(tensors):
-        return rcm_fsad_ops.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
-                                          mask=tensors["mask"], **case.kwargs())
-
-    ours = forward(low)
-    in_float = forward({k: None if v is None else v.float() for k, v in low.items()}).bfloat16()
-    assert ours.dtype == torch.bfloat16 and not torch.equal(ours, in_float)
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-    assert not rcm_fsad_ops.info()["cpu_bfloat16_gemms"]
-    assert torch.equal(forward(low), in_float)
-    assert ours.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
-
-    exact_inputs = {k: None if v is None else v.double() for k, v in low.items()}
-    exact = forward(exact_inputs)
-    same = rounded_operands_output(case, exact_inputs, lambda x: x.bfloat16().double(), torch.bfloat16)
-    ours_err = (ours.double() - exact).abs().max().item()
-    same_err = (same - exact).abs().max().item()
-    assert ours_err <= 2 * same_err + 1e-5 * exact.abs().max().item(), (ours_err, same_err)
-
-
 def columns_rounded_to(dtype):
     """The reference (float64) with the columns and their gradient rounded to dtype, as the CUDA
     backward's columns path stores them; the rest exact."""
@@ -223,6 +186,43 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
         ours_err = (grad.double() - truth).abs().max().item()
         same_err = (same_grads[key].to(dtype).double() - truth).abs().max().item()
         assert ours_err <= 2 * same_err + 1e-5 * truth.abs().max().item(), (key, ours_err, same_err)
+
+
+@pytest.mark.skipif(not rcm_fsad_ops.info()["cpu_bfloat16_gemms"],
+                    reason="the CPU does not multiply bfloat16 natively (AVX512-BF16), or oneDNN is off")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name", ["basic", "no_mask", "no_bias", "wide_channels", "one_pixel_images"])
+def test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does(name, layout, monkeypatch):
+    """Where the CPU multiplies bfloat16 natively and oneDNN is on, a bfloat16 forward rounds its sampled
+    columns to bfloat16 for GEMMs that sum in float32, as the CUDA tensor-core kernels do; with oneDNN off it
+    computes in float32 and rounds the output only: the same bits as a float32 call rounded, which the
+    bfloat16 GEMMs' output is not. Their error against the float64 output of the same inputs is at most
+    twice that of a float64 computation that rounds the columns and the weight to bfloat16 (plus float32's
+    summation), in either layout of the input (the output keeps it), with images of one output pixel too
+    (an NCHW output that is NHWC rows)."""
+    case = CASES[name] if name in CASES else DeformCase(batch=5, height=3, width=3, padding=(0, 0), seed=2)
+    low = {k: None if v is None else v.to(torch.bfloat16) for k, v in case.tensors(torch.float64).items()}
+    if layout == "channels_last":
+        low["input"] = low["input"].contiguous(memory_format=torch.channels_last)
+
+    def forward(tensors, fn=rcm_fsad_ops.deform_conv2d):
+        return fn(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"], mask=tensors["mask"],
+                  **case.kwargs())
+
+    ours = forward(low)
+    in_float = forward({k: None if v is None else v.float() for k, v in low.items()}).bfloat16()
+    assert ours.dtype == torch.bfloat16 and not torch.equal(ours, in_float)
+    assert ours.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert not rcm_fsad_ops.info()["cpu_bfloat16_gemms"]
+    assert torch.equal(forward(low), in_float)
+
+    exact_inputs = {k: None if v is None else v.double() for k, v in low.items()}
+    exact = forward(exact_inputs, reference.deform_conv2d)
+    same = rounded_operands_output(case, exact_inputs, lambda x: x.bfloat16().double(), torch.bfloat16)
+    ours_err = (ours.double() - exact).abs().max().item()
+    same_err = (same - exact).abs().max().item()
+    assert ours_err <= 2 * same_err + 1e-5 * exact.abs().max().item(), (ours_err, same_err)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
