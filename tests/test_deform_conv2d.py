@@ -464,6 +464,37 @@ def test_non_finite_inputs_and_gradients_as_torchvision(use_mask, in_channels, d
     assert_matches(ours, theirs, rtol=tol, atol=tol, equal_nan=True)
 
 
+@pytest.mark.parametrize("use_mask", [True, False])
+def test_non_finite_bfloat16_inputs_as_torchvision_in_float32(use_mask, device):
+    """The same samples, infinities, NaN and infinite output gradients in bfloat16 (on a CPU with AVX512-BF16
+    through its bfloat16 GEMMs, on CUDA through the tensor-core kernels), against torchvision on the same
+    values in float32: NaN and each infinity where torchvision has them, in the output and every gradient,
+    and the finite values within a few bfloat16 roundings of the largest."""
+    case = DeformCase(height=5, width=6, use_mask=use_mask, in_channels=19)
+    tensors = {k: None if v is None else v.to(device, torch.bfloat16) for k, v in border_case_offsets(case).items()}
+    image = tensors["input"]
+    image[0, 0, 0, 2] = float("inf")
+    image[0, 1, 3, 0] = float("-inf")
+    image[1, 0, 0, 0] = float("nan")
+    image[1, 1, 2, 3] = float("inf")
+    cotangent = torch.randn(case.batch, case.out_channels, *case.out_size, generator=torch.Generator().manual_seed(3),
+                            dtype=torch.float64).to(device, torch.bfloat16)
+    cotangent[0, 1, 2, 2] = float("inf")
+    cotangent[1, 0, 0, 1] = float("-inf")
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors, cotangent=cotangent)
+    theirs = run_with_grads(torchvision.ops.deform_conv2d, case,
+                            {k: None if v is None else v.float() for k, v in tensors.items()}, cotangent=cotangent.float())
+    assert not torch.isfinite(theirs[0]).all() and not torch.isfinite(theirs[1]["input"]).all()
+    for name, got, want in [("output", ours[0], theirs[0])] + [(k, ours[1][k], theirs[1][k]) for k in theirs[1]]:
+        got = got.float()
+        for kind in (torch.isnan, torch.isposinf, torch.isneginf):
+            assert torch.equal(kind(got), kind(want)), (name, kind.__name__)
+        finite = torch.isfinite(want)
+        scale = want[finite].abs().max().item()
+        torch.testing.assert_close(got[finite], want[finite], rtol=0, atol=4 * torch.finfo(torch.bfloat16).eps * scale,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_infinite_mask_on_an_integer_coordinate_as_torchvision(device):
     """An infinite mask at a sample on an integer coordinate: the output there is infinite, as
     torchvision's (the three corners of weight 0 do not meet the infinity: 0 x inf would be NaN),
