@@ -431,6 +431,22 @@ def test_infinite_mask_gives_torchvision_infinities(device):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def non_finite_case(case: DeformCase, device: str, dtype) -> tuple:
+    """border_case_offsets' tensors with infinities and a NaN in the input's first row and column and inside
+    it, and a random cotangent with an infinity of each sign: (tensors, cotangent) in dtype."""
+    tensors = {k: None if v is None else v.to(device, dtype) for k, v in border_case_offsets(case).items()}
+    image = tensors["input"]
+    image[0, 0, 0, 2] = float("inf")
+    image[0, 1, 3, 0] = float("-inf")
+    image[1, 0, 0, 0] = float("nan")
+    image[1, 1, 2, 3] = float("inf")
+    cotangent = torch.randn(case.batch, case.out_channels, *case.out_size, generator=torch.Generator().manual_seed(3),
+                            dtype=torch.float64).to(device, dtype)
+    cotangent[0, 1, 2, 2] = float("inf")
+    cotangent[1, 0, 0, 1] = float("-inf")
+    return tensors, cotangent
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("in_channels", [4, 19])
@@ -447,16 +463,7 @@ def test_non_finite_inputs_and_gradients_as_torchvision(use_mask, in_channels, d
     vectorised steps of 8 channels meet the infinities and the NaN, and its rest of 3 does not."""
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what some PyTorch versions ask for cuBLAS
     case = DeformCase(height=5, width=6, use_mask=use_mask, in_channels=in_channels)
-    tensors = {k: None if v is None else v.to(device, dtype) for k, v in border_case_offsets(case).items()}
-    image = tensors["input"]
-    image[0, 0, 0, 2] = float("inf")
-    image[0, 1, 3, 0] = float("-inf")
-    image[1, 0, 0, 0] = float("nan")
-    image[1, 1, 2, 3] = float("inf")
-    cotangent = torch.randn(case.batch, case.out_channels, *case.out_size, generator=torch.Generator().manual_seed(3),
-                            dtype=torch.float64).to(device, dtype)
-    cotangent[0, 1, 2, 2] = float("inf")
-    cotangent[1, 0, 0, 1] = float("-inf")
+    tensors, cotangent = non_finite_case(case, device, dtype)
     ours = runs_as(deterministic, run_with_grads, rcm_fsad_ops.deform_conv2d, case, tensors, cotangent=cotangent)
     theirs = run_with_grads(torchvision.ops.deform_conv2d, case, tensors, cotangent=cotangent)
     assert not torch.isfinite(theirs[0]).all() and not torch.isfinite(theirs[1]["input"]).all()
@@ -471,16 +478,7 @@ def test_non_finite_bfloat16_inputs_as_torchvision_in_float32(use_mask, device):
     values in float32: NaN and each infinity where torchvision has them, in the output and every gradient,
     and the finite values within a few bfloat16 roundings of the largest."""
     case = DeformCase(height=5, width=6, use_mask=use_mask, in_channels=19)
-    tensors = {k: None if v is None else v.to(device, torch.bfloat16) for k, v in border_case_offsets(case).items()}
-    image = tensors["input"]
-    image[0, 0, 0, 2] = float("inf")
-    image[0, 1, 3, 0] = float("-inf")
-    image[1, 0, 0, 0] = float("nan")
-    image[1, 1, 2, 3] = float("inf")
-    cotangent = torch.randn(case.batch, case.out_channels, *case.out_size, generator=torch.Generator().manual_seed(3),
-                            dtype=torch.float64).to(device, torch.bfloat16)
-    cotangent[0, 1, 2, 2] = float("inf")
-    cotangent[1, 0, 0, 1] = float("-inf")
+    tensors, cotangent = non_finite_case(case, device, torch.bfloat16)
     ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors, cotangent=cotangent)
     theirs = run_with_grads(torchvision.ops.deform_conv2d, case,
                             {k: None if v is None else v.float() for k, v in tensors.items()}, cotangent=cotangent.float())
