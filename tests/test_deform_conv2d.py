@@ -188,19 +188,32 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
         assert ours_err <= 2 * same_err + 1e-5 * truth.abs().max().item(), (key, ours_err, same_err)
 
 
+# Layers of at least 4096 multiply-adds a conv group and output pixel, where a bfloat16 forward on a CPU
+# that multiplies bfloat16 takes bfloat16 GEMMs: 9 x 64 x 8 = 4608 and 9 x 67 x 8 = 4824 (channel runs that
+# are not whole vectors).
+BFLOAT16_GEMM_CASES = {
+    "basic": DeformCase(in_channels=64, out_channels=8, height=6, width=5),
+    "no_mask": DeformCase(in_channels=64, out_channels=8, height=6, width=5, use_mask=False),
+    "no_bias": DeformCase(in_channels=64, out_channels=8, height=6, width=5, use_bias=False),
+    "wide_channels": DeformCase(in_channels=67, out_channels=8, height=5, width=5, seed=3),
+    "one_pixel_images": DeformCase(batch=5, in_channels=64, out_channels=8, height=3, width=3, padding=(0, 0),
+                                   seed=2),
+}
+
+
 @pytest.mark.skipif(not rcm_fsad_ops.info()["cpu_bfloat16_gemms"],
                     reason="the CPU does not multiply bfloat16 natively (AVX512-BF16), or oneDNN is off")
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("name", ["basic", "no_mask", "no_bias", "wide_channels", "one_pixel_images"])
+@pytest.mark.parametrize("name", sorted(BFLOAT16_GEMM_CASES))
 def test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does(name, layout, monkeypatch):
-    """Where the CPU multiplies bfloat16 natively and oneDNN is on, a bfloat16 forward rounds its sampled
-    columns to bfloat16 for GEMMs that sum in float32, as the CUDA tensor-core kernels do; with oneDNN off it
-    computes in float32 and rounds the output only: the same bits as a float32 call rounded, which the
-    bfloat16 GEMMs' output is not. Their error against the float64 output of the same inputs is at most
-    twice that of a float64 computation that rounds the columns and the weight to bfloat16 (plus float32's
-    summation), in either layout of the input (the output keeps it), with images of one output pixel too
-    (an NCHW output that is NHWC rows)."""
-    case = CASES[name] if name in CASES else DeformCase(batch=5, height=3, width=3, padding=(0, 0), seed=2)
+    """Where the CPU multiplies bfloat16 natively and oneDNN is on, a bfloat16 forward of a layer of at least
+    4096 products a group and pixel rounds its sampled columns to bfloat16 for GEMMs that sum in float32, as
+    the CUDA tensor-core kernels do; with oneDNN off it computes in float32 and rounds the output only: the
+    same bits as a float32 call rounded, which the bfloat16 GEMMs' output is not. Their error against the
+    float64 output of the same inputs is at most twice that of a float64 computation that rounds the
+    columns and the weight to bfloat16 (plus float32's summation), in either layout of the input (the output
+    keeps it), with images of one output pixel too (an NCHW output that is NHWC rows)."""
+    case = BFLOAT16_GEMM_CASES[name]
     low = {k: None if v is None else v.to(torch.bfloat16) for k, v in case.tensors(torch.float64).items()}
     if layout == "channels_last":
         low["input"] = low["input"].contiguous(memory_format=torch.channels_last)
@@ -223,6 +236,26 @@ def test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does(name, la
     ours_err = (ours.double() - exact).abs().max().item()
     same_err = (same - exact).abs().max().item()
     assert ours_err <= 2 * same_err + 1e-5 * exact.abs().max().item(), (ours_err, same_err)
+
+
+@pytest.mark.skipif(not rcm_fsad_ops.info()["cpu_bfloat16_gemms"],
+                    reason="the CPU does not multiply bfloat16 natively (AVX512-BF16), or oneDNN is off")
+@pytest.mark.parametrize("channels, products", [((64, 64), 4096), ((63, 65), 4095)])
+def test_cpu_bfloat16_gemms_start_at_4096_products_a_group_and_pixel(channels, products):
+    """Below 4096 multiply-adds a group and output pixel a bfloat16 GEMM's fixed cost outweighs its rate, so
+    a smaller layer computes in float32 (the same bits as a float32 call rounded) and a layer of 4096 takes
+    the bfloat16 GEMMs (not those bits): 1x1 kernels of 64 x 64 and 63 x 65 channels."""
+    in_channels, out_channels = channels
+    assert in_channels * out_channels == products
+    case = DeformCase(in_channels=in_channels, out_channels=out_channels, kernel=(1, 1), padding=(0, 0))
+    low = {k: None if v is None else v.to(torch.bfloat16) for k, v in case.tensors(torch.float64).items()}
+
+    def forward(tensors):
+        return rcm_fsad_ops.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"], tensors["bias"],
+                                          mask=tensors["mask"], **case.kwargs())
+
+    in_float = forward({k: None if v is None else v.float() for k, v in low.items()}).bfloat16()
+    assert torch.equal(forward(low), in_float) == (products < 4096)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -477,7 +510,8 @@ def test_non_finite_bfloat16_inputs_as_torchvision_in_float32(use_mask, device):
     through its bfloat16 GEMMs, on CUDA through the tensor-core kernels), against torchvision on the same
     values in float32: NaN and each infinity where torchvision has them, in the output and every gradient,
     and the finite values within a few bfloat16 roundings of the largest."""
-    case = DeformCase(height=5, width=6, use_mask=use_mask, in_channels=19)
+    # 9 x 19 x 24 = 4104 products a pixel: the CPU's bfloat16 GEMMs where it has them
+    case = DeformCase(height=5, width=6, use_mask=use_mask, in_channels=19, out_channels=24)
     tensors, cotangent = non_finite_case(case, device, torch.bfloat16)
     ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors, cotangent=cotangent)
     theirs = run_with_grads(torchvision.ops.deform_conv2d, case,

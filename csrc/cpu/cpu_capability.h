@@ -9,8 +9,8 @@ namespace rcm_fsad {
 const char* cpu_capability();
 
 // Whether a bfloat16 forward's GEMMs run in bfloat16 now: the CPU multiplies bfloat16 natively
-// (AVX512-BF16) and oneDNN is on (torch.backends.mkldnn.enabled). Layers that take the group loops
-// compute in float32 all the same.
+// (AVX512-BF16) and oneDNN is on (torch.backends.mkldnn.enabled). Small layers, and those that take the
+// group loops, compute in float32 all the same.
 bool cpu_bfloat16_gemms();
 
 }  // namespace rcm_fsad

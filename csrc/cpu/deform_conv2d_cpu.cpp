@@ -84,14 +84,22 @@ bool computed_in_float(const at::Tensor& t) {
 }
 
 // Whether a bfloat16 forward multiplies in bfloat16: where the CPU does so natively and oneDNN is on
-// (torch.backends.mkldnn), for layers that take the GEMMs (the group loops compute in float32). The
-// columns are sampled in float32 and stored rounded to bfloat16, and each GEMM sums in float32 and
-// rounds once, as the CUDA tensor-core kernels do. A 256 x 576 x 64 GEMM, a tile of the first
-// benchmark case, took 0.06 ms against 0.10 ms in float32 on an AVX512-BF16 EPYC (2 threads). Without
-// native bfloat16 a bfloat16 GEMM is emulated (90x slower with oneDNN off), so the forward computes in
+// (torch.backends.mkldnn), for layers that take the GEMMs (the group loops compute in float32) with at
+// least kBfloat16GemmMinProducts multiply-adds a conv group and output pixel (kernel points x input x
+// output channels of a group). The columns are sampled in float32 and stored rounded to bfloat16, and
+// each GEMM sums in float32 and rounds once, as the CUDA tensor-core kernels do. On an AVX512-BF16 EPYC
+// (one thread) oneDNN's bfloat16 GEMM costs about 14 us a call more than float32's, and then runs at
+// about twice its rate: a tile of 64 or 256 rows broke even at 1.1-1.2 million multiply-adds (256 x 72 x
+// 64: 1.08x float32's speed, 256 x 36 x 64: 0.74x) and took 0.5x float32's time from 256 x 576 x 16 up
+// (the first benchmark case's tile, 256 x 576 x 64: 101 us against 192). So the GEMMs take bfloat16 from
+// 4096 products a row, a full tile of 256 rows at about 1 million. Without native bfloat16 a bfloat16
+// GEMM is emulated (90x slower with oneDNN off); there, and for smaller layers, the forward computes in
 // float32 as the backward always does.
+constexpr int64_t kBfloat16GemmMinProducts = 4096;
 bool bfloat16_gemms(const at::Tensor& input, const DeformConvGeometry& g) {
-  return input.scalar_type() == at::kBFloat16 && !use_group_loops(g) && cpu_bfloat16_gemms();
+  const int64_t products = g.kernel_points() * g.channels_per_group() * (g.out_channels / g.groups);
+  return input.scalar_type() == at::kBFloat16 && !use_group_loops(g) && products >= kBfloat16GemmMinProducts &&
+         cpu_bfloat16_gemms();
 }
 
 std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
