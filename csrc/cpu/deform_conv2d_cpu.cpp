@@ -24,13 +24,18 @@ namespace rcm_fsad {
 namespace cpu {
 namespace {
 
+// Multiply-adds a conv group and output pixel: kernel points x input x output channels of a group, what
+// the rules below on the products' path (group loops, bfloat16 GEMMs) weigh.
+int64_t group_products(const DeformConvGeometry& g) {
+  return g.kernel_points() * g.channels_per_group() * (g.out_channels / g.groups);
+}
+
 // Whether a layer's products with its weights go through group_loops.h instead of a GEMM per conv group
-// and tile of rows: where it has several groups, each of at most kGroupLoopsMaxProducts multiply-adds a
-// row (kernel points x input channels x output channels), or of at most kGroupLoopsMaxChannels input
-// channels and kGroupLoopsMaxProductsFewChannels products. The loops vectorise along the groups and read a
-// group's columns cg apart: many channels a group leave them few groups to run along. Measured on 2
-// threads (N=8, 64-80 channels at 56x56 and 240-256 at 14x14, forward and forward+backward, each way on
-// the same inputs), the loops' time over the GEMMs':
+// and tile of rows: where it has several groups, each of at most kGroupLoopsMaxProducts group_products,
+// or of at most kGroupLoopsMaxChannels input channels and kGroupLoopsMaxProductsFewChannels products. The
+// loops vectorise along the groups and read a group's columns cg apart: many channels a group leave them
+// few groups to run along. Measured on 2 threads (N=8, 64-80 channels at 56x56 and 240-256 at 14x14,
+// forward and forward+backward, each way on the same inputs), the loops' time over the GEMMs':
 //   - up to 96 products: 0.06-0.90x (a depthwise forward 0.16x and 0.06x), except 8 channels x 2 outputs
 //     of a 2x3 kernel: 1.15-1.34x at 10 groups, 0.72-0.81x at 30;
 //   - 4 channels a group or fewer, 108 to 288 products: 0.31-1.02x (the most, 2 channels x 16 outputs);
@@ -41,7 +46,7 @@ constexpr int64_t kGroupLoopsMaxProducts = 96;
 constexpr int64_t kGroupLoopsMaxChannels = 4;
 constexpr int64_t kGroupLoopsMaxProductsFewChannels = 288;
 bool use_group_loops(const DeformConvGeometry& g) {
-  const int64_t products = g.kernel_points() * g.channels_per_group() * (g.out_channels / g.groups);
+  const int64_t products = group_products(g);
   return g.groups > 1 && (products <= kGroupLoopsMaxProducts ||
                           (g.channels_per_group() <= kGroupLoopsMaxChannels &&
                            products <= kGroupLoopsMaxProductsFewChannels));
@@ -85,21 +90,19 @@ bool computed_in_float(const at::Tensor& t) {
 
 // Whether a bfloat16 forward multiplies in bfloat16: where the CPU does so natively and oneDNN is on
 // (torch.backends.mkldnn), for layers that take the GEMMs (the group loops compute in float32) with at
-// least kBfloat16GemmMinProducts multiply-adds a conv group and output pixel (kernel points x input x
-// output channels of a group). The columns are sampled in float32 and stored rounded to bfloat16, and
-// each GEMM sums in float32 and rounds once, as the CUDA tensor-core kernels do. On an AVX512-BF16 EPYC
-// (one thread) oneDNN's bfloat16 GEMM costs about 14 us a call more than float32's, and then runs at
-// about twice its rate: a tile of 64 or 256 rows broke even at 1.1-1.2 million multiply-adds (256 x 72 x
-// 64: 1.08x float32's speed, 256 x 36 x 64: 0.74x) and took 0.5x float32's time from 256 x 576 x 16 up
-// (the first benchmark case's tile, 256 x 576 x 64: 101 us against 192). So the GEMMs take bfloat16 from
-// 4096 products a row, a full tile of 256 rows at about 1 million. Without native bfloat16 a bfloat16
-// GEMM is emulated (90x slower with oneDNN off); there, and for smaller layers, the forward computes in
-// float32 as the backward always does.
+// least kBfloat16GemmMinProducts group_products. The columns are sampled in float32 and stored rounded
+// to bfloat16, and each GEMM sums in float32 and rounds once, as the CUDA tensor-core kernels do. On an
+// AVX512-BF16 EPYC (one thread) oneDNN's bfloat16 GEMM costs about 14 us a call more than float32's, and
+// then runs at about twice its rate: a tile of 64 or 256 rows broke even at 1.1-1.2 million multiply-adds
+// (256 x 72 x 64: 1.08x float32's speed, 256 x 36 x 64: 0.74x) and took 0.5x float32's time from
+// 256 x 576 x 16 up (the first benchmark case's tile, 256 x 576 x 64: 101 us against 192). So the GEMMs
+// take bfloat16 from 4096 products a row, a full tile of 256 rows at about 1 million. Without native
+// bfloat16 a bfloat16 GEMM is emulated (90x slower with oneDNN off); there, and for smaller layers, the
+// forward computes in float32 as the backward always does.
 constexpr int64_t kBfloat16GemmMinProducts = 4096;
 bool bfloat16_gemms(const at::Tensor& input, const DeformConvGeometry& g) {
-  const int64_t products = g.kernel_points() * g.channels_per_group() * (g.out_channels / g.groups);
-  return input.scalar_type() == at::kBFloat16 && !use_group_loops(g) && products >= kBfloat16GemmMinProducts &&
-         cpu_bfloat16_gemms();
+  return input.scalar_type() == at::kBFloat16 && !use_group_loops(g) &&
+         group_products(g) >= kBfloat16GemmMinProducts && cpu_bfloat16_gemms();
 }
 
 std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
