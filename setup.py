@@ -114,8 +114,9 @@ setup(
     packages=find_packages(include=["rcm_fsad_ops", "rcm_fsad_ops.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
-    # torchvision: what `rcm-fsad demo` and the benchmarks compare with.
-    extras_require={"demo": ["torchvision"]},
+    # torchvision: what `rcm-fsad demo` and the benchmarks compare with; onnxscript: what rcm_fsad_ops.onnx
+    # (and torch's exporter) needs.
+    extras_require={"demo": ["torchvision"], "onnx": ["onnxscript"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["rcm-fsad=rcm_fsad_ops.cli:main"]},

@@ -1,5 +1,6 @@
-"""Side-by-side benchmark of deform_conv2d: ours vs torchvision vs the eager reference (SPEC section 7), with
-a dense conv2d of the same shape as the yardstick of what the sampling costs.
+"""Side-by-side benchmark of deform_conv2d: ours vs torchvision vs the eager reference (SPEC section 7), on the
+CPU also vs onnxruntime's DeformConv, with a dense conv2d of the same shape as the yardstick of what the
+sampling costs.
 
 Everything runs in one process on the same inputs: for each device, case and dtype, each
 implementation is first checked against torchvision (max abs difference of the output, and for the
@@ -42,6 +43,12 @@ output and input gradient back, and reads offset and mask across their planes);
 no offsets and no mask (the backend's own convolution: cuDNN, or oneDNN/MKL on the CPU): the same
 FLOPs without the sampling, so ours' time over its time is what the deformation costs. It is not a
 deformable convolution, so it has no parity check and stays out of the geometric means and goals.
+
+``onnxruntime`` (CPU, where onnxruntime and onnxscript are installed) is onnxruntime's DeformConv kernel
+running the op as ``rcm_fsad_ops.onnx`` exports it, with the weight and bias as initializers, on as many
+intra-op threads as torch has, its other session options the defaults: what a model exported to ONNX runs
+on. It is an inference engine, so it has forward rows only, and none in bfloat16, which its CPU kernel
+lacks; ours' rows report their speed-up over it.
 
 torchvision's deform_conv2d may lack a kernel for a dtype (bf16, say). Then it runs the way a user
 would get it: under ``torch.autocast`` in that dtype, where torchvision upcasts to fp32 and casts the
@@ -91,11 +98,12 @@ OURS_AUTOTUNE = "ours[autotune]"
 OURS_CHANNELS_LAST = "ours[channels_last]"
 OURS_DETERMINISTIC = "ours[deterministic]"
 TORCHVISION = "torchvision"
+ONNXRUNTIME = "onnxruntime"
 REFERENCE = "reference"
 COMPILED = "reference+compile"
 DENSE = "dense conv2d"
 IMPL_ORDER = (OURS, OURS_CHANNELS_LAST, OURS_WGMMA, OURS_WMMA, OURS_SYNC, OURS_SIMT, OURS_COLUMNS, OURS_AUTOTUNE,
-              OURS_DETERMINISTIC, TORCHVISION, REFERENCE, COMPILED, DENSE)
+              OURS_DETERMINISTIC, TORCHVISION, ONNXRUNTIME, REFERENCE, COMPILED, DENSE)
 ALGORITHM_ENV = "RCM_FSAD_DEFORM_CONV_ALGO"
 
 
@@ -135,6 +143,8 @@ def variant_of(impl: str, default: Variant) -> Variant:
     caller's."""
     if impl == OURS_CHANNELS_LAST:
         return default._replace(channels_last=True)
+    if impl == ONNXRUNTIME:  # inference only
+        return default._replace(passes=(FWD,))
     return CUDA_VARIANTS.get(impl, default)
 
 
@@ -427,6 +437,46 @@ def _dense_conv2d() -> Callable:
     return dense
 
 
+# The dtypes of onnxruntime's CPU DeformConv kernel (not bfloat16).
+ONNXRUNTIME_DTYPES = ("fp16", "fp32", "fp64")
+
+
+def _onnxruntime(tensors: Dict[str, torch.Tensor], case: Case) -> Callable:
+    """onnxruntime's DeformConv on the CPU, forward only: the op exported by rcm_fsad_ops.onnx with this
+    case's weight and bias as the graph's initializers (as in an exported model), run on as many threads
+    as torch's. Returns deform_conv2d's signature; the weight, bias and hyper-parameters it is given are
+    those it was exported with."""
+    import onnxruntime
+
+    import rcm_fsad_ops
+    import rcm_fsad_ops.onnx
+
+    class Layer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(tensors["weight"].detach().clone())
+            self.bias = torch.nn.Parameter(tensors["bias"].detach().clone()) if "bias" in tensors else None
+
+        def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor] = None):
+            return rcm_fsad_ops.deform_conv2d(input, offset, self.weight, self.bias, mask=mask, **case.kwargs())
+
+    names = [name for name in ("input", "offset", "mask") if name in tensors]
+    program = rcm_fsad_ops.onnx.export(Layer().eval(), tuple(tensors[name].detach() for name in names),
+                                       verbose=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
+    graph_inputs = [arg.name for arg in session.get_inputs()]
+
+    def run(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+        arrays = [t.numpy() for t in (input, offset, mask) if t is not None]
+        return torch.from_numpy(session.run(None, dict(zip(graph_inputs, arrays)))[0])
+
+    return run
+
+
 def _compiled_reference() -> Callable:
     import torch._dynamo
 
@@ -666,6 +716,7 @@ def _row_key(row: dict) -> tuple:
 def _finish_rows(rows: List[dict], ceilings: Optional[dict]) -> None:
     """Fill in speed-ups vs torchvision, times over the dense conv2d's, throughput and roofline fractions."""
     tv_time = {_row_key(r): r["median_ms"] for r in rows if r["impl"] == TORCHVISION and r["status"] == "ok"}
+    ort_time = {_row_key(r): r["median_ms"] for r in rows if r["impl"] == ONNXRUNTIME and r["status"] == "ok"}
     dense_time = {_row_key(r): r["median_ms"] for r in rows if r["impl"] == DENSE and r["status"] == "ok"}
     for row in rows:
         if row["status"] != "ok":
@@ -675,6 +726,8 @@ def _finish_rows(rows: List[dict], ceilings: Optional[dict]) -> None:
         row["gbps"] = row["min_bytes"] / seconds / 1e9
         base = tv_time.get(_row_key(row))
         row["speedup_vs_torchvision"] = base / row["median_ms"] if base else None
+        ort = ort_time.get(_row_key(row))
+        row["speedup_vs_onnxruntime"] = ort / row["median_ms"] if ort else None
         dense = dense_time.get(_row_key(row))
         row["time_vs_dense"] = row["median_ms"] / dense if dense else None
         row["roofline_pct"] = None
@@ -713,13 +766,14 @@ def geomean_speedups(rows: List[dict]) -> List[dict]:
     return out
 
 
-def markdown_dense_costs(rows: List[dict]) -> str:
-    """Ours' time over the dense conv2d's, per case, dtype and pass: what the sampling costs."""
-    costs = [r for r in rows if r["impl"] == OURS and r["status"] == "ok" and r.get("time_vs_dense")]
-    if not costs:
+def markdown_ours_column(rows: List[dict], field: str, heading: str) -> str:
+    """One value of ours' rows (``field``: time_vs_dense, what the sampling costs, or speedup_vs_onnxruntime)
+    per case, dtype and pass, under ``heading``."""
+    values = [r for r in rows if r["impl"] == OURS and r["status"] == "ok" and r.get(field)]
+    if not values:
         return "(none: no rows of both)"
-    lines = ["| case | dtype | pass | ours / dense conv2d |", "|---|---|---|---|"]
-    lines += [f"| {r['case']} | {r['dtype']} | {r['pass']} | {r['time_vs_dense']:.2f}× |" for r in costs]
+    lines = [f"| case | dtype | pass | {heading} |", "|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['dtype']} | {r['pass']} | {r[field]:.2f}× |" for r in values]
     return "\n".join(lines)
 
 
@@ -803,7 +857,10 @@ def markdown_report(result: dict) -> str:
     lines += ["", markdown_table(result["rows"], gpu), "", "Geometric-mean speed-up vs torchvision over cases:",
               "", markdown_geomeans(result["geomean"]), "",
               "Ours' time over a dense conv2d's of the same shape (1.00× would be a sampling that costs nothing):",
-              "", markdown_dense_costs(result["rows"])]
+              "", markdown_ours_column(result["rows"], "time_vs_dense", "ours / dense conv2d")]
+    if ONNXRUNTIME in meta.get("impls", ()):
+        lines += ["", "Ours' speed-up over onnxruntime's DeformConv (the op as rcm_fsad_ops.onnx exports it):", "",
+                  markdown_ours_column(result["rows"], "speedup_vs_onnxruntime", "onnxruntime / ours")]
     from benchmarks.goals import goals_of, markdown as goals_markdown  # here: benchmarks.goals imports this module
 
     goals = goals_of(result, "this run")
@@ -888,6 +945,10 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                             "reason": "the wgmma kernel does not run here (rcm_fsad_ops.info()['wgmma']): "
                                       "the default path of ours"})
             continue
+        if impl == ONNXRUNTIME and dtype_name not in ONNXRUNTIME_DTYPES:
+            skipped.append({"case": case.name, "dtype": dtype_name, "impl": impl,
+                            "reason": f"onnxruntime's CPU DeformConv runs {', '.join(ONNXRUNTIME_DTYPES)} only"})
+            continue
         if impl in (REFERENCE, COMPILED) and case.reference_elements() > REFERENCE_MAX_ELEMENTS:
             reason = (f"eager reference needs N·C·kh·kw·H_out·W_out = {case.reference_elements() / 1e6:.0f}M "
                       f"elements per intermediate (limit {REFERENCE_MAX_ELEMENTS / 1e6:.0f}M)")
@@ -902,6 +963,8 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
                 functions[impl] = (_compiled_reference(), "")
             elif impl == DENSE:
                 functions[impl] = (_dense_conv2d(), "")
+            elif impl == ONNXRUNTIME:
+                functions[impl] = (_onnxruntime(tensors, case), "")
         except Exception as exc:  # noqa: BLE001
             add_error_rows(impl, exc)
 
@@ -924,10 +987,14 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
         if expected is not None and impl not in (TORCHVISION, DENSE):
             try:
                 t0 = time.perf_counter()
-                evaluated = _evaluate(fn, inputs, case)
-                if is_cuda:
-                    torch.cuda.synchronize(device)
-                first_fwd_bwd_ms[impl] = (time.perf_counter() - t0) * 1e3
+                if FWD_BWD in variant.passes:
+                    evaluated = _evaluate(fn, inputs, case)
+                    if is_cuda:
+                        torch.cuda.synchronize(device)
+                    first_fwd_bwd_ms[impl] = (time.perf_counter() - t0) * 1e3
+                else:  # an inference engine's: no backward to check
+                    with torch.no_grad():
+                        evaluated = {"output": _call(fn, _leaves(inputs, requires_grad=False), case)}
                 diffs = _differences(evaluated, expected)
                 del evaluated
             except Exception as exc:  # noqa: BLE001
@@ -1035,6 +1102,16 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
     except Exception as exc:  # noqa: BLE001
         impls.remove(TORCHVISION)
         notes.append(f"torchvision unavailable ({type(exc).__name__}: {exc}): no speed-ups")
+    if device.type == "cpu":
+        try:
+            import onnxruntime
+            import rcm_fsad_ops.onnx  # noqa: F401
+            impls.append(ONNXRUNTIME)
+            notes.append(f"{ONNXRUNTIME} = onnxruntime {onnxruntime.__version__}'s DeformConv (CPU execution "
+                         f"provider, as many threads as torch's), forward only: the op exported by "
+                         f"rcm_fsad_ops.onnx, weight and bias as initializers")
+        except ImportError as exc:
+            notes.append(f"onnxruntime unavailable ({exc}): no {ONNXRUNTIME} rows")
     impls.append(DENSE)
     if reference:
         impls.append(REFERENCE)

@@ -1,10 +1,10 @@
-"""pytest-benchmark suite: rcm_fsad_ops.deform_conv2d vs torchvision.ops.deform_conv2d, beside a dense conv2d of
-the same shape (the runner's yardstick, benchmarks/runner.py).
+"""pytest-benchmark suite: rcm_fsad_ops.deform_conv2d vs torchvision.ops.deform_conv2d and, on the CPU forward,
+onnxruntime's DeformConv, beside a dense conv2d of the same shape (the runner's yardstick, benchmarks/runner.py).
 
 Same cases and inputs as ``python -m benchmarks`` (benchmarks/shapes.py), forward and forward+backward.
 Each (device, case, dtype, pass) is one pytest-benchmark group, so ``--benchmark-only`` prints ours,
-torchvision and the dense conv2d next to each other. CUDA cases are skipped without a GPU. TF32 is off on
-every side.
+torchvision, onnxruntime and the dense conv2d next to each other. CUDA cases are skipped without a GPU, and
+onnxruntime where the runner skips it (backward, bfloat16, CUDA, not installed). TF32 is off on every side.
 
 Run:  pytest benchmarks --benchmark-only
       pytest benchmarks --benchmark-only -k "cpu and fwd_bwd" --benchmark-min-rounds=3
@@ -17,7 +17,8 @@ pytest.importorskip("pytest_benchmark")
 
 import torch  # noqa: E402
 
-from benchmarks.runner import DENSE, _dense_conv2d, _make_step, _ours, pick_torchvision, tf32_set_to  # noqa: E402
+from benchmarks.runner import (DENSE, ONNXRUNTIME, ONNXRUNTIME_DTYPES, _dense_conv2d, _make_step,  # noqa: E402
+                               _onnxruntime, _ours, pick_torchvision, tf32_set_to)
 from benchmarks.shapes import CASES, FWD, FWD_BWD, dtype_of  # noqa: E402
 
 DEVICE_DTYPE_CASES = [
@@ -29,7 +30,7 @@ DEVICE_DTYPE_CASES = [
     for dtype_name in case.dtypes[device]
 ]
 PASS_PARAMS = [pytest.param(FWD, id="fwd"), pytest.param(FWD_BWD, id="fwd_bwd")]
-IMPL_PARAMS = ["ours", "torchvision", DENSE]
+IMPL_PARAMS = ["ours", "torchvision", ONNXRUNTIME, DENSE]
 
 _INPUTS: dict = {}
 
@@ -58,12 +59,18 @@ def tf32_off():
 def test_deform_conv2d(benchmark, tf32_off, device, case, dtype_name, pass_name, impl):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    if impl == ONNXRUNTIME:
+        if device != "cpu" or pass_name != FWD or dtype_name not in ONNXRUNTIME_DTYPES:
+            pytest.skip("onnxruntime runs the CPU forward in fp16, fp32 and fp64 only")
+        pytest.importorskip("onnxruntime")
     tensors = _inputs(case, device, dtype_name)
     note = ""
     if impl == "ours":
         fn = _ours()
     elif impl == DENSE:
         fn = _dense_conv2d()
+    elif impl == ONNXRUNTIME:
+        fn = _onnxruntime(tensors, case)
     else:
         fn, note, _ = pick_torchvision(tensors, case)
     prepare, step = _make_step(fn, tensors, case, pass_name)

@@ -206,7 +206,33 @@ def test_the_dense_conv2d_is_timed_beside_ours_without_a_parity_check_or_a_geome
     runner._finish_rows(rows, None)
     assert rows[1]["time_vs_dense"] == pytest.approx(2.0)
     assert [g["impl"] for g in runner.geomean_speedups(rows)] == [runner.OURS]
-    assert "| a | fp32 | fwd | 2.00× |" in runner.markdown_dense_costs(rows)
+    assert "| a | fp32 | fwd | 2.00× |" in runner.markdown_ours_column(rows, "time_vs_dense", "ours / dense conv2d")
+
+
+def test_onnxruntime_is_timed_forward_only_on_the_exported_op_and_skipped_in_bfloat16():
+    """Its one row (forward) reports its difference from torchvision, which is that of a float32 kernel;
+    bfloat16, which its CPU DeformConv lacks, is skipped with the reason."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    skipped = []
+    rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", [runner.TORCHVISION, runner.ONNXRUNTIME],
+                                      SETTINGS, runner.tf32_state(), skipped=skipped)
+    (row,) = [r for r in rows if r["impl"] == runner.ONNXRUNTIME]
+    assert row["pass"] == FWD and row["status"] == "ok", row
+    assert row["max_abs_diff_vs_torchvision"] < 1e-5
+    bf16 = Case("tiny_bf16", n=1, c_in=4, h=5, w=5, dtypes={"cpu": ("bf16",)})
+    rows = runner._measure_case_dtype(torch.device("cpu"), bf16, "bf16", [runner.ONNXRUNTIME], SETTINGS,
+                                      runner.tf32_state(), skipped=skipped)
+    assert rows == [] and skipped[-1]["impl"] == runner.ONNXRUNTIME
+    assert skipped[-1]["reason"].endswith("runs fp16, fp32, fp64 only")
+
+
+def test_ours_speedup_over_onnxruntime_is_its_time_over_ours():
+    rows = [_timed_row(runner.TORCHVISION, "a", 8.0), _timed_row(runner.OURS, "a", 4.0),
+            _timed_row(runner.ONNXRUNTIME, "a", 6.0)]
+    runner._finish_rows(rows, None)
+    assert rows[1]["speedup_vs_onnxruntime"] == pytest.approx(1.5)
+    assert "| a | fp32 | fwd | 1.50× |" in runner.markdown_ours_column(rows, "speedup_vs_onnxruntime", "x")
 
 
 def test_torchvision_without_a_kernel_or_an_autocast_policy_for_a_dtype_runs_on_float32_casts():
