@@ -140,6 +140,21 @@ def test_layer_exports_with_a_dynamic_batch():
     torch.testing.assert_close(exported.module()(x), layer(x), rtol=0, atol=0)
 
 
+def test_layer_runs_from_an_aot_inductor_package(tmp_path):
+    """AOTInductor (an exported program compiled ahead of time into a .pt2 package, for deployment): the
+    compiled code calls the op through the dispatcher, at another batch size than it was traced with."""
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2dWithOffsetPredictor(4, 6, 3, padding=1, offset_groups=2).eval()
+    with torch.no_grad():
+        layer.offset_predictor.weight.normal_(std=0.5)
+    batch = torch.export.Dim("batch", min=1, max=16)
+    exported = torch.export.export(layer, (torch.randn(2, 4, 7, 9),), dynamic_shapes={"input": {0: batch}})
+    package = torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp_path / "layer.pt2"))
+    x = torch.randn(5, 4, 7, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(torch._inductor.aoti_load_package(package)(x), layer(x))
+
+
 def test_layers_reject_an_input_with_other_than_in_channels():
     """9 channels would otherwise run as 3 groups of 3 with a weight made for 2 groups of 3."""
     layer = ModulatedDeformConv2d(6, 6, 3, groups=2)
