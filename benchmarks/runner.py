@@ -14,7 +14,8 @@ largest value of its tensor; reported, never fatal), then timed:
 Timing: every implementation is warmed up (a few calls, at least a short wall time), then their timed
 calls are interleaved, in TIMING_ROUNDS rounds of a share of each, so that a drift in the machine's
 speed weighs on all alike; the reported time is the median. CPU: ``time.perf_counter`` per call
-(caches not flushed). CUDA: a pair of ``torch.cuda.Event`` around each call, the calls queued back to
+(caches not flushed), each slice after a pause that lets the threads of the implementation before it stop
+spinning (CPU_SETTLE_S). CUDA: a pair of ``torch.cuda.Event`` around each call, the calls queued back to
 back with no synchronisation between them, each after a write of CUDA_L2_FLUSH_BYTES that evicts the
 last call's data from L2 (the method of ``triton.testing.do_bench``): a time is the device's, with the
 host's work for a call hidden behind the flush before it (where it takes less than the flush, about
@@ -582,6 +583,13 @@ CUDA_L2_FLUSH_BYTES = 256 << 20
 TIMING_ROUNDS = 5
 
 
+# On the CPU an engine's idle threads spin for a while after its last call (OpenMP's, and onnxruntime's by
+# default) and slow whatever runs next on the same cores: on 2 cores ours' first forward right after
+# onnxruntime's took 2.2x its time, and onnxruntime's right after ours 1.4x. So each slice of timed calls
+# starts after this pause, as it would in a program that runs one of them.
+CPU_SETTLE_S = 0.05
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -621,9 +629,10 @@ class _Timing:
         self.repeats = max(settings.min_repeats, min(settings.max_repeats, repeats))
 
     def time_calls(self, count: int) -> None:
-        """Times `count` more calls. CPU: perf_counter around each. CUDA: an event pair around each, the
+        """Times `count` more calls. CPU: perf_counter around each, after a pause of CPU_SETTLE_S. CUDA: an event pair around each, the
         calls queued back to back, each after a write of CUDA_L2_FLUSH_BYTES (see the module's docstring)."""
         if self.device.type != "cuda":
+            time.sleep(CPU_SETTLE_S)
             for _ in range(count):
                 self.prepare()
                 t0 = time.perf_counter()

@@ -296,6 +296,16 @@ def test_timed_calls_of_the_implementations_are_interleaved(monkeypatch):
     assert switches >= 2 * runner.TIMING_ROUNDS - 1, calls
 
 
+def test_each_slice_of_cpu_calls_starts_after_a_pause(monkeypatch):
+    """So that the threads of whatever ran before, still spinning, do not share the cores with its calls."""
+    events = []
+    monkeypatch.setattr(runner.time, "sleep", lambda seconds: events.append(("sleep", seconds)))
+    timing = runner._Timing(lambda: None, lambda: events.append("call"), torch.device("cpu"), SETTINGS)
+    events.clear()
+    timing.time_calls(3)
+    assert events == [("sleep", runner.CPU_SETTLE_S), "call", "call", "call"]
+
+
 @pytest.mark.parametrize("repeats", [1, 2, 5, 7, 30])
 def test_repeats_are_spread_evenly_over_the_rounds(repeats):
     shares = [runner.round_share(repeats, i) for i in range(runner.TIMING_ROUNDS)]
