@@ -91,15 +91,17 @@ def test_export_writes_one_deform_conv_node_with_the_layers_attributes(tmp_path)
     assert [i != "" for i in nodes[0].input] == [True] * 5  # input, weight, offset, bias, mask
 
 
-def test_exported_offset_predicting_layer_runs_at_another_batch_size():
-    """The layer that predicts its offsets and mask (conv2d, sigmoid, the op) in one graph."""
+def test_exported_offset_predicting_layer_runs_at_another_batch_and_image_size():
+    """The layer that predicts its offsets and mask (conv2d, sigmoid, the op) in one graph, exported with a
+    dynamic batch, height and width."""
     torch.manual_seed(0)
     layer = ModulatedDeformConv2dWithOffsetPredictor(4, 6, 3, padding=1, offset_groups=2).eval()
     with torch.no_grad():
         layer.offset_predictor.weight.normal_(std=0.5)
-    program = rcm_fsad_ops.onnx.export(layer, (torch.randn(2, 4, 7, 9),),
-                                       dynamic_shapes={"input": {0: torch.export.Dim("batch", min=1, max=16)}})
-    x = torch.randn(5, 4, 7, 9)
+    dims = {0: torch.export.Dim("batch", min=1, max=16), 2: torch.export.Dim("height", min=2, max=64),
+            3: torch.export.Dim("width", min=2, max=64)}
+    program = rcm_fsad_ops.onnx.export(layer, (torch.randn(2, 4, 7, 9),), dynamic_shapes={"input": dims})
+    x = torch.randn(5, 4, 12, 5)
     with torch.no_grad():
         want = layer(x)
     torch.testing.assert_close(_run(program, x), want, rtol=1e-5, atol=1e-5)
