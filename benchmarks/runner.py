@@ -629,8 +629,9 @@ class _Timing:
         self.repeats = max(settings.min_repeats, min(settings.max_repeats, repeats))
 
     def time_calls(self, count: int) -> None:
-        """Times `count` more calls. CPU: perf_counter around each, after a pause of CPU_SETTLE_S. CUDA: an event pair around each, the
-        calls queued back to back, each after a write of CUDA_L2_FLUSH_BYTES (see the module's docstring)."""
+        """Times `count` more calls. CPU: perf_counter around each, after a pause of CPU_SETTLE_S. CUDA: an
+        event pair around each, the calls queued back to back, each after a write of CUDA_L2_FLUSH_BYTES (see
+        the module's docstring)."""
         if self.device.type != "cuda":
             time.sleep(CPU_SETTLE_S)
             for _ in range(count):
@@ -996,14 +997,14 @@ def _measure_case_dtype(device: torch.device, case: Case, dtype_name: str, impls
         if expected is not None and impl not in (TORCHVISION, DENSE):
             try:
                 t0 = time.perf_counter()
-                if FWD_BWD in variant.passes:
+                if impl == ONNXRUNTIME:  # an inference engine: no backward to check
+                    with torch.no_grad():
+                        evaluated = {"output": _call(fn, _leaves(inputs, requires_grad=False), case)}
+                else:
                     evaluated = _evaluate(fn, inputs, case)
                     if is_cuda:
                         torch.cuda.synchronize(device)
                     first_fwd_bwd_ms[impl] = (time.perf_counter() - t0) * 1e3
-                else:  # an inference engine's: no backward to check
-                    with torch.no_grad():
-                        evaluated = {"output": _call(fn, _leaves(inputs, requires_grad=False), case)}
                 diffs = _differences(evaluated, expected)
                 del evaluated
             except Exception as exc:  # noqa: BLE001
