@@ -114,8 +114,8 @@ setup(
     packages=find_packages(include=["rcm_fsad_ops", "rcm_fsad_ops.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
-    # torchvision: what `rcm-fsad demo` and the benchmarks compare with; onnxscript: what rcm_fsad_ops.onnx
-    # (and torch's exporter) needs.
+    # torchvision: what `rcm-fsad demo` and the benchmarks compare with; onnxscript: what torch's ONNX exporter
+    # needs (and rcm_fsad_ops.onnx's translation table).
     extras_require={"demo": ["torchvision"], "onnx": ["onnxscript"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -46,7 +46,7 @@ FLOPs without the sampling, so ours' time over its time is what the deformation 
 deformable convolution, so it has no parity check and stays out of the geometric means and goals.
 
 ``onnxruntime`` (CPU, where onnxruntime and onnxscript are installed) is onnxruntime's DeformConv kernel
-running the op as ``rcm_fsad_ops.onnx`` exports it, with the weight and bias as initializers, on as many
+running the op as ``torch.onnx.export`` exports it (rcm_fsad_ops.onnx), with the weight and bias as initializers, on as many
 intra-op threads as torch has, its other session options the defaults: what a model exported to ONNX runs
 on. It is an inference engine, so it has forward rows only, and none in bfloat16, which its CPU kernel
 lacks; ours' rows report their speed-up over it.
@@ -443,14 +443,13 @@ ONNXRUNTIME_DTYPES = ("fp16", "fp32", "fp64")
 
 
 def _onnxruntime(tensors: Dict[str, torch.Tensor], case: Case) -> Callable:
-    """onnxruntime's DeformConv on the CPU, forward only: the op exported by rcm_fsad_ops.onnx with this
+    """onnxruntime's DeformConv on the CPU, forward only: the op exported by torch.onnx.export with this
     case's weight and bias as the graph's initializers (as in an exported model), run on as many threads
     as torch's. Returns deform_conv2d's signature; the weight, bias and hyper-parameters it is given are
     those it was exported with."""
     import onnxruntime
 
     import rcm_fsad_ops
-    import rcm_fsad_ops.onnx
 
     class Layer(torch.nn.Module):
         def __init__(self) -> None:
@@ -462,8 +461,8 @@ def _onnxruntime(tensors: Dict[str, torch.Tensor], case: Case) -> Callable:
             return rcm_fsad_ops.deform_conv2d(input, offset, self.weight, self.bias, mask=mask, **case.kwargs())
 
     names = [name for name in ("input", "offset", "mask") if name in tensors]
-    program = rcm_fsad_ops.onnx.export(Layer().eval(), tuple(tensors[name].detach() for name in names),
-                                       verbose=False)
+    program = torch.onnx.export(Layer().eval(), tuple(tensors[name].detach() for name in names), dynamo=True,
+                                verbose=False)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -869,7 +868,7 @@ def markdown_report(result: dict) -> str:
               "Ours' time over a dense conv2d's of the same shape (1.00× would be a sampling that costs nothing):",
               "", markdown_ours_column(result["rows"], "time_vs_dense", "ours / dense conv2d")]
     if ONNXRUNTIME in meta.get("impls", ()):
-        lines += ["", "Ours' speed-up over onnxruntime's DeformConv (the op as rcm_fsad_ops.onnx exports it):", "",
+        lines += ["", "Ours' speed-up over onnxruntime's DeformConv (the op as torch.onnx.export exports it):", "",
                   markdown_ours_column(result["rows"], "speedup_vs_onnxruntime", "onnxruntime / ours")]
     from benchmarks.goals import goals_of, markdown as goals_markdown  # here: benchmarks.goals imports this module
 
@@ -1115,11 +1114,11 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
     if device.type == "cpu":
         try:
             import onnxruntime
-            import rcm_fsad_ops.onnx  # noqa: F401
+            import onnxscript  # noqa: F401  (what torch.onnx.export needs)
             impls.append(ONNXRUNTIME)
             notes.append(f"{ONNXRUNTIME} = onnxruntime {onnxruntime.__version__}'s DeformConv (CPU execution "
                          f"provider, as many threads as torch's), forward only: the op exported by "
-                         f"rcm_fsad_ops.onnx, weight and bias as initializers")
+                         f"torch.onnx.export, weight and bias as initializers")
         except ImportError as exc:
             notes.append(f"onnxruntime unavailable ({exc}): no {ONNXRUNTIME} rows")
     impls.append(DENSE)
