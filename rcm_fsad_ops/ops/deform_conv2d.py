@@ -11,10 +11,16 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+from torch.torch_version import TorchVersion
 
 from rcm_fsad_ops import _C  # noqa: F401  (registers the schemas and kernels)
 from rcm_fsad_ops.onnx import deform_conv_node
 from rcm_fsad_ops.reference import output_size
+
+# During torch.onnx.export the function returns ONNX's DeformConv node (rcm_fsad_ops.onnx), made by
+# torch.onnx.ops.symbolic, which torch 2.8 brought. torch.compiler.is_exporting() is asked first: it takes
+# 26 ns a call, torch.onnx.is_in_onnx_export() 1.1 us.
+_EMITS_ONNX_NODE = TorchVersion(torch.__version__) >= (2, 8)
 
 # In the types TorchScript knows; outside it _pair takes more (anything with __index__, iterables).
 IntPair = Union[int, Tuple[int, int], List[int]]
@@ -109,9 +115,7 @@ def deform_conv2d(
     if torch.jit.is_scripting():
         return torch.ops.rcm_fsad.deform_conv2d(input, offset, weight, mask, bias, _scripted_pair(stride),
                                                 _scripted_pair(padding), _scripted_pair(dilation))
-    # During torch.onnx.export, ONNX's DeformConv node (rcm_fsad_ops.onnx). is_exporting first: it costs
-    # 26 ns a call, is_in_onnx_export 1.1 us.
-    if torch.compiler.is_exporting() and torch.onnx.is_in_onnx_export():
+    if _EMITS_ONNX_NODE and torch.compiler.is_exporting() and torch.onnx.is_in_onnx_export():
         return deform_conv_node(input, offset, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
                                 _pair(dilation, "dilation"), mask)
     _reject_forward_ad((input, offset, weight, mask, bias))
