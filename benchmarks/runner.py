@@ -46,10 +46,10 @@ FLOPs without the sampling, so ours' time over its time is what the deformation 
 deformable convolution, so it has no parity check and stays out of the geometric means and goals.
 
 ``onnxruntime`` (CPU, where onnxruntime and onnxscript are installed) is onnxruntime's DeformConv kernel
-running the op as ``torch.onnx.export`` exports it (rcm_fsad_ops.onnx), with the weight and bias as initializers, on as many
-intra-op threads as torch has, its other session options the defaults: what a model exported to ONNX runs
-on. It is an inference engine, so it has forward rows only, and none in bfloat16, which its CPU kernel
-lacks; ours' rows report their speed-up over it.
+running the op as ``torch.onnx.export`` exports it (rcm_fsad_ops.onnx), with the weight and bias as
+initializers, on as many intra-op threads as torch has, its other session options the defaults: what a
+model exported to ONNX runs on. It is an inference engine, so it has forward rows only, and none in
+bfloat16, which its CPU kernel lacks; ours' rows report their speed-up over it.
 
 torchvision's deform_conv2d may lack a kernel for a dtype (bf16, say). Then it runs the way a user
 would get it: under ``torch.autocast`` in that dtype, where torchvision upcasts to fp32 and casts the
