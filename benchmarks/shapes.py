@@ -176,8 +176,9 @@ CASES: List[Case] = [
 
 # Cases that run only when named (--cases), outside the geometric means and the goals, which stay those
 # of the stage shapes above: a depthwise layer (a conv group a channel) of the first stage's shape, one
-# of the third stage's with a channel multiplier of 4 (four outputs a group), and the first stage's with
-# 16 offset groups (4 channels each: the samples, not the channels, are most of the work).
+# of the third stage's with a channel multiplier of 4 (four outputs a group), the first stage's with
+# 16 offset groups (4 channels each: the samples, not the channels, are most of the work), and the third
+# stage's at batch 1 (one image at a time, as an inference server may run it: few rows for the GEMMs).
 EXTRA_CASES: List[Case] = [
     Case("n8_c64_56x56_depthwise", n=8, c_in=64, h=56, w=56, groups=64,
          dtypes={"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES}),
@@ -185,6 +186,7 @@ EXTRA_CASES: List[Case] = [
          dtypes={"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES}),
     Case("n8_c64_56x56_og16", n=8, c_in=64, h=56, w=56, offset_groups=16,
          dtypes={"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES}),
+    Case("n1_c256_14x14", n=1, c_in=256, h=14, w=14, dtypes={"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES}),
 ]
 
 CASES_BY_NAME = {case.name: case for case in CASES + EXTRA_CASES}
