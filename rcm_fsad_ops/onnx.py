@@ -3,7 +3,7 @@ torchvision's semantics and which onnxruntime runs.
 
 PyTorch's exporter (``torch.onnx.export(..., dynamo=True)``, its default) needs nothing more: during an
 export the function, and so the layers, emit the DeformConv node themselves (``deform_conv_node``), as
-torchvision's op does. A graph that already holds the compiled op, an ``ExportedProgram`` that
+torchvision's op does. A graph that already holds the op itself, an ``ExportedProgram`` that
 ``torch.export`` traced outside an export, needs a translation for it: ``export`` adds it, or pass
 ``translation_table()`` as torch.onnx.export's ``custom_translation_table`` (that one needs onnxscript,
 as the exporter does).
