@@ -4,6 +4,8 @@ Ops (CPU and CUDA kernels registered under ``torch.ops.rcm_fsad``):
   deform_conv2d   modulated deformable convolution (DCNv2), a drop-in for torchvision.ops.deform_conv2d.
 Layers (rcm_fsad_ops.nn): ModulatedDeformConv2d, a drop-in for torchvision.ops.DeformConv2d, and
 ModulatedDeformConv2dWithOffsetPredictor, which predicts its own offsets and mask.
+ONNX (rcm_fsad_ops.onnx): torch.onnx.export writes the op as ONNX's DeformConv; export() and
+translation_table() for graphs that hold the op itself (ExportedPrograms).
 """
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
