@@ -449,20 +449,17 @@ def _onnxruntime(tensors: Dict[str, torch.Tensor], case: Case) -> Callable:
     those it was exported with."""
     import onnxruntime
 
-    import rcm_fsad_ops
+    from rcm_fsad_ops.nn import ModulatedDeformConv2d
 
-    class Layer(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight = torch.nn.Parameter(tensors["weight"].detach().clone())
-            self.bias = torch.nn.Parameter(tensors["bias"].detach().clone()) if "bias" in tensors else None
-
-        def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor] = None):
-            return rcm_fsad_ops.deform_conv2d(input, offset, self.weight, self.bias, mask=mask, **case.kwargs())
-
+    weight = tensors["weight"]
+    layer = ModulatedDeformConv2d(case.c_in, case.out_channels, case.kernel, groups=case.groups,
+                                  bias="bias" in tensors, dtype=weight.dtype, **case.kwargs()).eval()
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if layer.bias is not None:
+            layer.bias.copy_(tensors["bias"])
     names = [name for name in ("input", "offset", "mask") if name in tensors]
-    program = torch.onnx.export(Layer().eval(), tuple(tensors[name].detach() for name in names), dynamo=True,
-                                verbose=False)
+    program = torch.onnx.export(layer, tuple(tensors[name].detach() for name in names), dynamo=True, verbose=False)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1

@@ -3,8 +3,8 @@
 // CPU it runs in bfloat16 where a bfloat16 forward multiplies in bfloat16 (cpu_bfloat16_gemms; a layer
 // too small for those GEMMs computes in float32 inside and returns bfloat16 all the same, one dtype for
 // all layers as conv2d's), and otherwise in float32, where the kernels compute 16-bit tensors anyway:
-// casting to 16 bits there would only add conversions and rounding. Either way every floating-point argument gets the same
-// dtype, so a layer whose offsets come from an autocast conv2d works under autocast.
+// casting to 16 bits there would only add conversions and rounding. Either way every floating-point
+// argument gets the same dtype, so a layer whose offsets come from an autocast conv2d works under autocast.
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
