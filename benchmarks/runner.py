@@ -34,11 +34,14 @@ operand in registers, where it applies; in fp32 with TF32 off the same on split 
 WMMA kernel without them), ``ours[implicit_gemm_simt]`` and ``ours[columns]`` (forward only) are the
 other five, so
 the tensor-core, CUDA-core and columns paths sit side by side, with ``ours[autotune]`` (forward only),
-the fastest of them as timed on its first call; ``ours[channels_last]`` runs what ``ours`` runs on
-channels_last input, offset, mask and grad_output (what a channels_last model hands it), where the op
-converts no layout (on contiguous NCHW tensors it converts the input and grad_output to NHWC and the
-output and input gradient back, and reads offset and mask across their planes);
-``ours[deterministic]`` times forward+backward under ``torch.use_deterministic_algorithms(True)``.
+the fastest of them as timed on its first call; ``ours[deterministic]`` times forward+backward under
+``torch.use_deterministic_algorithms(True)``.
+
+On every device ``ours[channels_last]`` runs what ``ours`` runs on channels_last input, offset, mask,
+weight and grad_output (what a model converted by ``model.to(memory_format=torch.channels_last)`` hands
+it), where the op converts no layout: on contiguous NCHW tensors it converts the input and grad_output to
+NHWC and the output and input gradient back, reads offset and mask across their planes, and reorders the
+weight into its GEMMs' layout and the weight gradient back.
 
 ``dense conv2d`` is ``torch.nn.functional.conv2d`` with the same input, weight, bias and hyper-parameters,
 no offsets and no mask (the backend's own convolution: cuDNN, or oneDNN/MKL on the CPU): the same
@@ -377,9 +380,10 @@ def _torchvision(mode: str) -> Callable:
 
 
 def compared_impls(device_type: str) -> List[str]:
-    """The implementations every run compares: ours, on CUDA also its other paths (CUDA_VARIANTS), and
-    torchvision. Returns their names in table order."""
-    return [OURS] + (list(CUDA_VARIANTS) if device_type == "cuda" else []) + [TORCHVISION]
+    """The implementations every run compares: ours and ours[channels_last], on CUDA also its other paths
+    (CUDA_VARIANTS), and torchvision. Returns their names in table order."""
+    variants = list(CUDA_VARIANTS) if device_type == "cuda" else [OURS_CHANNELS_LAST]
+    return [OURS] + variants + [TORCHVISION]
 
 
 def current_variant() -> Variant:
@@ -494,12 +498,13 @@ def _leaves(tensors: Dict[str, torch.Tensor], requires_grad: bool) -> Dict[str, 
 
 
 def _in_layout(tensors: Dict[str, torch.Tensor], variant: Variant) -> Dict[str, torch.Tensor]:
-    """The tensors a variant runs on: channels_last copies of the 4-D activations (input, offset, mask,
-    grad_output: what a channels_last model passes) where it asks for them; the weight as it is."""
+    """The tensors a variant runs on: channels_last copies of the 4-D ones (input, offset, mask, weight,
+    grad_output: what a channels_last model passes) where it asks for them."""
     if not variant.channels_last:
         return tensors
-    return {name: t.contiguous(memory_format=torch.channels_last) if name in ("input", "offset", "mask", "grad_output")
-            else t for name, t in tensors.items()}
+    four_d = ("input", "offset", "mask", "weight", "grad_output")
+    return {name: t.contiguous(memory_format=torch.channels_last) if name in four_d else t
+            for name, t in tensors.items()}
 
 
 def _call(fn: Callable, leaves: Dict[str, torch.Tensor], case: Case) -> torch.Tensor:
@@ -1093,12 +1098,12 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
     selected = cases_for(device.type, cases)
 
     impls = compared_impls(device.type)
-    notes = []
+    notes = [f"{OURS_CHANNELS_LAST}: ours on channels_last input, offset, mask, weight and grad_output, as a "
+             f"channels_last model passes them (no layout conversion in the op)"]
     if device.type == "cuda":
         notes.append(f"ours = the default path (tensor cores for fp16/bf16, for fp32 under TF32, and for fp32 "
                      f"without TF32 on operands split in two TF32 parts, float32's accuracy) on the "
-                     f"contiguous NCHW tensors every implementation gets; {OURS_CHANNELS_LAST}: the same on "
-                     f"channels_last input, offset, mask and grad_output (no layout conversion in the op); "
+                     f"contiguous NCHW tensors every implementation gets; "
                      f"{OURS_WGMMA}, {OURS_WMMA}, {OURS_SYNC}, {OURS_SIMT}, {OURS_COLUMNS}: our other CUDA forward paths "
                      f"({ALGORITHM_ENV}), forward only, and {OURS_AUTOTUNE} the fastest of them as timed on its "
                      f"first call; {OURS_DETERMINISTIC}: forward+backward under "

@@ -168,8 +168,14 @@ at::Tensor weight_matrix(const at::Tensor& weight) {
 }
 
 at::Tensor weight_from_matrix(const at::Tensor& matrix, const at::Tensor& weight) {
+  const at::Tensor ohwi = matrix.view({weight.size(0), weight.size(2), weight.size(3), weight.size(1)});
+  // A channels_last weight's gradient is the matrix itself, seen as (C_out, C_in, kh, kw): no copy, and
+  // none in autograd's accumulation either, which makes a gradient take its parameter's strides.
+  if (output_memory_format(weight) == at::MemoryFormat::ChannelsLast) {
+    return ohwi.to(weight.scalar_type()).permute({0, 3, 1, 2});
+  }
   at::Tensor result = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
-  result.permute({0, 2, 3, 1}).copy_(matrix.view({weight.size(0), weight.size(2), weight.size(3), weight.size(1)}));
+  result.permute({0, 2, 3, 1}).copy_(ohwi);
   return result;
 }
 

@@ -53,7 +53,9 @@ at::Tensor from_nhwc(const at::Tensor& nhwc, at::ScalarType dtype, at::MemoryFor
 // column order matches kernels::DeformConvGeometry::column_index within one conv group.
 at::Tensor weight_matrix(const at::Tensor& weight);
 
-// Inverse of weight_matrix for the weight gradient: a new contiguous tensor of weight's shape and dtype.
+// Inverse of weight_matrix for the weight gradient, `matrix` (C_out, kh*kw*C_in/groups) contiguous: a
+// tensor of weight's shape and dtype, in weight's memory format (output_memory_format), which the caller
+// must not alias elsewhere (a channels_last result is a view of it, or of its conversion to the dtype).
 at::Tensor weight_from_matrix(const at::Tensor& matrix, const at::Tensor& weight);
 
 // The offset gradient, and the mask gradient (empty without a mask), for a backward to fill: left

@@ -313,7 +313,7 @@ def test_repeats_are_spread_evenly_over_the_rounds(repeats):
 
 
 def test_the_channels_last_variant_gets_channels_last_activations(monkeypatch):
-    """ours[channels_last] is called with channels_last input, offset and mask (and backward with a
+    """ours[channels_last] is called with channels_last input, offset, mask and weight (and backward with a
     channels_last grad_output), ours with the contiguous tensors; both match torchvision."""
     import rcm_fsad_ops
 
@@ -321,14 +321,14 @@ def test_the_channels_last_variant_gets_channels_last_activations(monkeypatch):
 
     def recording(input, offset, weight, bias=None, mask=None, **kwargs):
         layouts.add(tuple(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-                          for t in (input, offset, mask)))
+                          for t in (input, offset, mask, weight)))
         return rcm_fsad_ops.deform_conv2d(input, offset, weight, bias, mask=mask, **kwargs)
 
     monkeypatch.setattr(runner, "_ours", lambda: recording)
     impls = [runner.OURS, runner.OURS_CHANNELS_LAST, runner.TORCHVISION]
     rows = runner._measure_case_dtype(torch.device("cpu"), TINY, "fp32", impls, SETTINGS, runner.tf32_state(),
                                       skipped=[])
-    assert layouts == {(False, False, False), (True, True, True)}
+    assert layouts == {(False,) * 4, (True,) * 4}
     variant = runner.variant_of(runner.OURS_CHANNELS_LAST, runner.current_variant())
     grad_output = runner._in_layout({"grad_output": torch.zeros(1, 2, 3, 4)}, variant)["grad_output"]
     assert grad_output.is_contiguous(memory_format=torch.channels_last) and not grad_output.is_contiguous()

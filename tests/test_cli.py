@@ -49,8 +49,9 @@ def test_bench_runs_the_runner_with_its_options(tiny_case, tmp_path, capsys):
     assert list(result["meta"]["cases"]) == ["tiny"]
     assert result["meta"]["quick"] is True
     assert runner.REFERENCE not in result["meta"]["impls"]
-    assert {(r["impl"], r["status"]) for r in result["rows"]} == {(runner.OURS, "ok"), (runner.TORCHVISION, "ok"),
-                                                                 (runner.ONNXRUNTIME, "ok"), (runner.DENSE, "ok")}
+    assert {(r["impl"], r["status"]) for r in result["rows"]} == {
+        (runner.OURS, "ok"), (runner.OURS_CHANNELS_LAST, "ok"), (runner.TORCHVISION, "ok"), (runner.ONNXRUNTIME, "ok"),
+        (runner.DENSE, "ok")}
     assert "| tiny |" in capsys.readouterr().out
 
 

@@ -423,6 +423,35 @@ def test_memory_layouts(layout, name, device):
         assert ours[0].is_contiguous()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("weight_layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("name", ["basic", "groups2_offset_groups3", "depthwise_multiplier"])
+def test_weight_gradient_keeps_the_weights_layout(name, weight_layout, dtype, device):
+    """The op's own weight gradient (torch.autograd.grad: no accumulation into .grad, which would give
+    it the weight's strides anyway) is laid out as the weight, as conv2d's is: channels_last for a
+    channels_last weight, which the op reads in place. Its values against torchvision's in float64 on
+    the same values, within twice bfloat16's rounding of the largest for bfloat16."""
+    case = CASES[name]
+    tensors = case.tensors(dtype, device)
+    tensors["weight"] = tensors["weight"].contiguous(memory_format=weight_layout)
+    g = torch.Generator().manual_seed(3)
+    cotangent = torch.randn(case.batch, case.out_channels, *case.out_size, generator=g, dtype=torch.float64)
+
+    def weight_gradient(fn, t):
+        leaves = {k: None if v is None else v.detach().clone().requires_grad_(k == "weight") for k, v in t.items()}
+        out = fn(leaves["input"], leaves["offset"], leaves["weight"], leaves["bias"], mask=leaves["mask"],
+                 **case.kwargs())
+        return torch.autograd.grad(out, leaves["weight"], cotangent.to(out))[0]
+
+    ours = weight_gradient(rcm_fsad_ops.deform_conv2d, tensors)
+    theirs = weight_gradient(torchvision.ops.deform_conv2d,
+                             {k: None if v is None else v.double() for k, v in tensors.items()})
+    assert ours.dtype == dtype
+    assert ours.is_contiguous(memory_format=weight_layout)
+    tol = 1e-10 if dtype == torch.float64 else 2 ** -7 * theirs.abs().max().item()
+    torch.testing.assert_close(ours.double(), theirs, rtol=0, atol=tol)
+
+
 def test_non_finite_offsets_sample_zero(device):
     """A NaN or infinite offset samples zero, as an offset far outside the image does, and passes no
     gradient to that offset; never garbage. (torchvision returns NaN there.) The oracles: the same

@@ -43,9 +43,12 @@ def test_opcheck_channels_last(device):
     torch.library.opcheck(torch.ops.rcm_fsad.deform_conv2d.default, tuple(args))
 
 
-def test_opcheck_backward_op(device):
+@pytest.mark.parametrize("weight_layout", [torch.contiguous_format, torch.channels_last])
+def test_opcheck_backward_op(weight_layout, device):
+    """The fake kernel's gradients take the real ones' layouts too (the weight's for the weight gradient)."""
     case = CASES["groups2_offset_groups3"]
     inp, off, w, m, b, *geometry = op_args(case, device, requires_grad=False)
+    w = w.contiguous(memory_format=weight_layout)
     grad = torch.randn(case.batch, case.out_channels, *case.out_size, dtype=torch.float64, device=device)
     torch.library.opcheck(torch.ops.rcm_fsad.deform_conv2d_backward.default, (grad, inp, off, w, m, *geometry),
                           test_utils=("test_schema", "test_faketensor"))

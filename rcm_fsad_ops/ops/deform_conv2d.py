@@ -125,9 +125,10 @@ def deform_conv2d(
     )
 
 
-def _output_memory_format(input: Tensor) -> torch.memory_format:
-    """Mirror of output_memory_format in csrc/deform_conv2d_args.cpp."""
-    channels_last = input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+def _output_memory_format(t: Tensor) -> torch.memory_format:
+    """The layout of a result shaped like t (the output and input gradient like the input, the weight
+    gradient like the weight): mirror of output_memory_format in csrc/deform_conv2d_args.cpp."""
+    channels_last = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
@@ -233,7 +234,9 @@ def _deform_conv2d_backward_fake(grad_output, input, offset, weight, mask, strid
     grad_input = torch.empty(input.shape, dtype=input.dtype, device=input.device,
                              memory_format=_output_memory_format(input))
     grad_mask = torch.empty_like(mask) if mask is not None else input.new_empty((0,))
-    return grad_input, torch.empty_like(offset), weight.new_empty(weight.shape), grad_mask
+    grad_weight = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device,
+                              memory_format=_output_memory_format(weight))
+    return grad_input, torch.empty_like(offset), grad_weight, grad_mask
 
 
 def _setup_context(ctx, inputs, output):
