@@ -39,7 +39,8 @@
 #                where                                                                -> bench.log
 #  12 profile    per-kernel device time of each implementation (python -m benchmarks.profile_kernels
 #                --device cuda --repeats 5; tables only)                            -> bench.log
-#  13 grouped    the benchmark's depthwise case (named, so outside the goals; no reference, no file)
+#  13 grouped    the benchmark's depthwise and 16-offset-group cases (named, so outside the goals; no
+#                reference, no file)
 #                                                                                   -> bench.log
 #  14 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log
 #
@@ -441,10 +442,11 @@ else
     skip_step profile "$BENCH_LOG" 0 "not enough time left for the kernel profile"
 fi
 
-# ---- 13 a depthwise layer -------------------------------------------------------------------------------
-# What the CUDA paths make of one channel a conv group (NOTES, session 19): rows in bench.log only.
+# ---- 13 a depthwise layer, then 16 offset groups ---------------------------------------------------------
+# What the CUDA paths make of one channel a conv group (NOTES, session 19), then of a sample's corners
+# feeding 4 channels instead of 64 (session 22): rows in bench.log only, the depthwise case's first.
 if (( $(remaining) >= 60 )); then
-    gpu_step grouped "$BENCH_LOG" 60 0 "$PY -m benchmarks --device cuda --cases n8_c64_56x56_depthwise --no-reference --no-write"
+    gpu_step grouped "$BENCH_LOG" 120 0 "$PY -m benchmarks --device cuda --cases n8_c64_56x56_depthwise n8_c64_56x56_og16 --no-reference --no-write"
 else
     skip_step grouped "$BENCH_LOG" 0 "not enough time left for the depthwise case"
 fi
