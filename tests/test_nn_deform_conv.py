@@ -5,7 +5,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from rcm_fsad_ops.nn import ModulatedDeformConv2d, ModulatedDeformConv2dWithOffsetPredictor
+from rcm_fsad_ops.nn import (
+    ModulatedDeformConv2d,
+    ModulatedDeformConv2dWithOffsetPredictor,
+    convert_torchvision_deform_conv2d,
+)
 
 
 def test_modulated_deform_conv2d_matches_torchvision(device):
@@ -186,3 +190,79 @@ def test_reset_parameters_zeroes_a_trained_offset_predictor(device):
     half_mask = torch.full((2, 2 * 9, 6, 7), 0.5, dtype=torch.float64, device=device)
     expected = torchvision.ops.deform_conv2d(x, zero_offset, layer.weight, layer.bias, padding=1, mask=half_mask)
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+
+
+class _OffsetsAndMask(torch.nn.Module):
+    """A torchvision DeformConv2d fed by a conv predicting its offsets and mask: a model to convert."""
+
+    def __init__(self, channels: int, bias: bool):
+        super().__init__()
+        self.predict = torch.nn.Conv2d(channels, 27, 3, padding=1)
+        self.deform = torchvision.ops.DeformConv2d(channels, channels, 3, padding=1, bias=bias)
+
+    def forward(self, x):
+        offset, mask = self.predict(x).split([18, 9], dim=1)
+        return torch.relu(self.deform(x, offset, torch.sigmoid(mask)))
+
+
+def test_conversion_swaps_torchvisions_layers_and_keeps_their_parameters(device):
+    """convert_torchvision_deform_conv2d swaps every torchvision DeformConv2d of a model, nested ones too,
+    for ours holding the same Parameter objects: the model's output and gradients (torchvision's, taken
+    before the swap, the oracle), its state_dict keys and training modes stay; other layers are kept."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_OffsetsAndMask(4, bias=True),
+                                torch.nn.ModuleList([_OffsetsAndMask(4, bias=False)])).double().to(device)
+    model[1][0].eval()
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64, device=device)
+
+    def run():
+        model.zero_grad()
+        out = model[1][0](model[0](x))
+        out.square().sum().backward()
+        return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    expected_out, expected_grads = run()
+    parameters = dict(model.named_parameters())
+    keys = list(model.state_dict())
+    predictor = model[0].predict
+    assert convert_torchvision_deform_conv2d(model) is model
+    assert type(model[0].deform) is ModulatedDeformConv2d and type(model[1][0].deform) is ModulatedDeformConv2d
+    assert model[0].predict is predictor
+    assert all(parameters[name] is p for name, p in model.named_parameters()) and len(parameters) == 7
+    assert list(model.state_dict()) == keys
+    assert model[0].deform.training and not model[1][0].deform.training
+    assert model[1][0].deform.bias is None
+    out, grads = run()
+    torch.testing.assert_close(out, expected_out, rtol=1e-10, atol=1e-10)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_conversion_of_a_layer_returns_ours():
+    theirs = torchvision.ops.DeformConv2d(6, 4, (3, 2), stride=2, padding=(1, 0), dilation=(2, 1), groups=2)
+    ours = convert_torchvision_deform_conv2d(theirs)
+    assert type(ours) is ModulatedDeformConv2d and ours.weight is theirs.weight and ours.bias is theirs.bias
+    assert (ours.kernel_size, ours.stride, ours.padding, ours.dilation, ours.groups) == \
+        (theirs.kernel_size, theirs.stride, theirs.padding, theirs.dilation, theirs.groups)
+
+
+def test_conversion_keeps_a_shared_layer_shared():
+    shared = torchvision.ops.DeformConv2d(4, 4, 3)
+    model = convert_torchvision_deform_conv2d(torch.nn.Sequential(shared, torch.nn.Sequential(shared)))
+    assert type(model[0]) is ModulatedDeformConv2d and model[1][0] is model[0]
+
+
+def test_conversion_leaves_subclasses_and_refuses_hooked_layers():
+    """A subclass may compute something else in its forward: it stays. A layer with a hook raises, naming
+    where it is, instead of silently losing it, and before any layer is swapped."""
+    class Subclass(torchvision.ops.DeformConv2d):
+        pass
+
+    model = torch.nn.Sequential(Subclass(4, 4, 3))
+    assert type(convert_torchvision_deform_conv2d(model)[0]) is Subclass
+    hooked = torch.nn.Sequential(torchvision.ops.DeformConv2d(4, 4, 3),
+                                 torch.nn.Sequential(torchvision.ops.DeformConv2d(4, 4, 3)))
+    hooked[1][0].register_forward_hook(lambda *args: None)
+    with pytest.raises(ValueError, match=r"DeformConv2d at 1\.0 has hooks"):
+        convert_torchvision_deform_conv2d(hooked)
+    assert type(hooked[0]) is torchvision.ops.DeformConv2d

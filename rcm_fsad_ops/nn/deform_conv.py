@@ -7,6 +7,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
+from torch.nn.utils import parametrize
 
 from rcm_fsad_ops.ops.deform_conv2d import deform_conv2d
 
@@ -152,3 +153,51 @@ class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, offset_groups={self.offset_groups}"
+
+
+def convert_torchvision_deform_conv2d(module: nn.Module) -> nn.Module:
+    """Swaps every torchvision.ops.DeformConv2d in module (module itself included) for a
+    ModulatedDeformConv2d that holds the very same Parameter objects, as nn.SyncBatchNorm.convert_sync_batchnorm
+    does for batch norms: state_dict keys, devices, dtypes, memory formats, training modes and optimisers
+    built on the model before stay as they were, and the outputs are torchvision's. A layer that appears
+    at several places becomes one layer of ours at all of them.
+
+    Returns module, changed in place, or the new layer when module is itself such a layer. Only layers of
+    exactly that type are swapped (a subclass may compute something else in its forward). A layer with
+    hooks or parametrizations raises a ValueError naming it, before anything is swapped: the new layer
+    would silently lose them.
+    """
+    try:
+        from torchvision.ops import DeformConv2d
+    except ImportError:  # then module cannot hold one
+        return module
+    theirs = [(name, m) for name, m in module.named_modules() if type(m) is DeformConv2d]
+    for name, m in theirs:
+        hooks = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
+        if any(hooks) or parametrize.is_parametrized(m):
+            raise ValueError(f"convert_torchvision_deform_conv2d: the DeformConv2d at {name or 'the top level'} "
+                             f"has hooks or parametrizations, which the new layer would not have; add them "
+                             f"after converting")
+    ours = {id(m): _from_torchvision(m) for _, m in theirs}
+
+    def swap(parent: nn.Module) -> None:
+        for child_name, child in parent.named_children():
+            if id(child) in ours:
+                setattr(parent, child_name, ours[id(child)])
+            else:
+                swap(child)
+
+    if id(module) in ours:
+        return ours[id(module)]
+    swap(module)
+    return module
+
+
+def _from_torchvision(layer: nn.Module) -> ModulatedDeformConv2d:
+    # Made on the meta device: its own parameters are replaced by the torchvision layer's right away.
+    ours = ModulatedDeformConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                 layer.padding, layer.dilation, layer.groups, layer.bias is not None,
+                                 device="meta", dtype=layer.weight.dtype)
+    ours.weight = layer.weight
+    ours.bias = layer.bias
+    return ours.train(layer.training)
