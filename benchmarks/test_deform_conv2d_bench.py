@@ -1,9 +1,10 @@
-"""pytest-benchmark suite: rcm_fsad_ops.deform_conv2d vs torchvision.ops.deform_conv2d and, on the CPU forward,
-onnxruntime's DeformConv, beside a dense conv2d of the same shape (the runner's yardstick, benchmarks/runner.py).
+"""pytest-benchmark suite: rcm_fsad_ops.deform_conv2d (on contiguous tensors, and on channels_last ones as a
+channels_last model passes them) vs torchvision.ops.deform_conv2d and, on the CPU forward, onnxruntime's
+DeformConv, beside a dense conv2d of the same shape (the runner's yardstick, benchmarks/runner.py).
 
 Same cases and inputs as ``python -m benchmarks`` (benchmarks/shapes.py), forward and forward+backward.
 Each (device, case, dtype, pass) is one pytest-benchmark group, so ``--benchmark-only`` prints ours,
-torchvision, onnxruntime and the dense conv2d next to each other. CUDA cases are skipped without a GPU, and
+ours[channels_last], torchvision, onnxruntime and the dense conv2d next to each other. CUDA cases are skipped without a GPU, and
 onnxruntime where the runner skips it (backward, bfloat16, CUDA, not installed). TF32 is off on every side.
 
 Run:  pytest benchmarks --benchmark-only
@@ -17,8 +18,9 @@ pytest.importorskip("pytest_benchmark")
 
 import torch  # noqa: E402
 
-from benchmarks.runner import (DENSE, ONNXRUNTIME, ONNXRUNTIME_DTYPES, _dense_conv2d, _make_step,  # noqa: E402
-                               _onnxruntime, _ours, pick_torchvision, tf32_set_to)
+from benchmarks.runner import (DENSE, ONNXRUNTIME, ONNXRUNTIME_DTYPES, OURS, OURS_CHANNELS_LAST,  # noqa: E402
+                               _dense_conv2d, _in_layout, _make_step, _onnxruntime, _ours, current_variant,
+                               pick_torchvision, tf32_set_to, variant_of)
 from benchmarks.shapes import CASES, FWD, FWD_BWD, dtype_of  # noqa: E402
 
 DEVICE_DTYPE_CASES = [
@@ -30,7 +32,7 @@ DEVICE_DTYPE_CASES = [
     for dtype_name in case.dtypes[device]
 ]
 PASS_PARAMS = [pytest.param(FWD, id="fwd"), pytest.param(FWD_BWD, id="fwd_bwd")]
-IMPL_PARAMS = ["ours", "torchvision", ONNXRUNTIME, DENSE]
+IMPL_PARAMS = [OURS, OURS_CHANNELS_LAST, "torchvision", ONNXRUNTIME, DENSE]
 
 _INPUTS: dict = {}
 
@@ -63,9 +65,9 @@ def test_deform_conv2d(benchmark, tf32_off, device, case, dtype_name, pass_name,
         if device != "cpu" or pass_name != FWD or dtype_name not in ONNXRUNTIME_DTYPES:
             pytest.skip("onnxruntime runs the CPU forward in fp16, fp32 and fp64 only")
         pytest.importorskip("onnxruntime")
-    tensors = _inputs(case, device, dtype_name)
+    tensors = _in_layout(_inputs(case, device, dtype_name), variant_of(impl, current_variant()))
     note = ""
-    if impl == "ours":
+    if impl in (OURS, OURS_CHANNELS_LAST):
         fn = _ours()
     elif impl == DENSE:
         fn = _dense_conv2d()
