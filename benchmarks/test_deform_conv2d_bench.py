@@ -4,8 +4,9 @@ DeformConv, beside a dense conv2d of the same shape (the runner's yardstick, ben
 
 Same cases and inputs as ``python -m benchmarks`` (benchmarks/shapes.py), forward and forward+backward.
 Each (device, case, dtype, pass) is one pytest-benchmark group, so ``--benchmark-only`` prints ours,
-ours[channels_last], torchvision, onnxruntime and the dense conv2d next to each other. CUDA cases are skipped without a GPU, and
-onnxruntime where the runner skips it (backward, bfloat16, CUDA, not installed). TF32 is off on every side.
+ours[channels_last], torchvision, onnxruntime and the dense conv2d next to each other. CUDA cases are
+skipped without a GPU, and onnxruntime where the runner skips it (backward, bfloat16, CUDA, not
+installed). TF32 is off on every side.
 
 Run:  pytest benchmarks --benchmark-only
       pytest benchmarks --benchmark-only -k "cpu and fwd_bwd" --benchmark-min-rounds=3
