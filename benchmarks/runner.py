@@ -726,9 +726,10 @@ def _row_key(row: dict) -> tuple:
 
 def _finish_rows(rows: List[dict], ceilings: Optional[dict]) -> None:
     """Fill in speed-ups vs torchvision, times over the dense conv2d's, throughput and roofline fractions."""
-    tv_time = {_row_key(r): r["median_ms"] for r in rows if r["impl"] == TORCHVISION and r["status"] == "ok"}
-    ort_time = {_row_key(r): r["median_ms"] for r in rows if r["impl"] == ONNXRUNTIME and r["status"] == "ok"}
-    dense_time = {_row_key(r): r["median_ms"] for r in rows if r["impl"] == DENSE and r["status"] == "ok"}
+    def times_of(impl: str) -> Dict[tuple, float]:
+        return {_row_key(r): r["median_ms"] for r in rows if r["impl"] == impl and r["status"] == "ok"}
+
+    tv_time, ort_time, dense_time = times_of(TORCHVISION), times_of(ONNXRUNTIME), times_of(DENSE)
     for row in rows:
         if row["status"] != "ok":
             continue

@@ -231,11 +231,9 @@ def _deform_conv2d_backward_fake(grad_output, input, offset, weight, mask, strid
     torch._check(grad_output.dim() == 4 and list(grad_output.shape) == expected,
                  lambda: f"deform_conv2d_backward: expected grad_output of shape "
                          f"({', '.join(map(str, expected))}), got {list(grad_output.shape)}")
-    grad_input = torch.empty(input.shape, dtype=input.dtype, device=input.device,
-                             memory_format=_output_memory_format(input))
+    grad_input = torch.empty_like(input, memory_format=_output_memory_format(input))
+    grad_weight = torch.empty_like(weight, memory_format=_output_memory_format(weight))
     grad_mask = torch.empty_like(mask) if mask is not None else input.new_empty((0,))
-    grad_weight = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device,
-                              memory_format=_output_memory_format(weight))
     return grad_input, torch.empty_like(offset), grad_weight, grad_mask
 
 
