@@ -206,9 +206,8 @@ void columns_gradient(const at::Tensor& grad_rows, const at::Tensor& wmat, at::T
   }
 }
 
-void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, const at::Tensor& wmat,
-                    at::Tensor& grad_columns, at::Tensor& grad_wmat, const kernels::DeformConvGeometry& g) {
-  columns_gradient(grad_rows, wmat, grad_columns, g);
+void add_weight_gradient(const at::Tensor& grad_rows, const at::Tensor& columns, at::Tensor& grad_wmat,
+                         const kernels::DeformConvGeometry& g) {
   const int64_t in_cols = g.kernel_points() * g.channels_per_group();
   const int64_t out_cols = g.out_channels / g.groups;
   for (int64_t group = 0; group < g.groups; ++group) {
@@ -223,6 +222,12 @@ void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, cons
       gw.add_(mm_in_float(go.t(), cols));
     }
   }
+}
+
+void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, const at::Tensor& wmat,
+                    at::Tensor& grad_columns, at::Tensor& grad_wmat, const kernels::DeformConvGeometry& g) {
+  columns_gradient(grad_rows, wmat, grad_columns, g);
+  add_weight_gradient(grad_rows, columns, grad_wmat, g);
 }
 
 }  // namespace rcm_fsad

@@ -78,9 +78,12 @@ void columns_times_weight(const at::Tensor& columns, const at::Tensor& wmat,
 void columns_gradient(const at::Tensor& grad_rows, const at::Tensor& wmat, at::Tensor& grad_columns,
                       const kernels::DeformConvGeometry& g);
 
-// The two backward GEMMs of a block of rows, per conv group: columns_gradient and
-// grad_wmat += grad_rows^T x columns. grad_wmat is in the operands' dtype, or in float32 for float16
-// and bfloat16 operands.
+// grad_wmat += grad_rows^T x columns, per conv group, for a block of rows. grad_wmat is in the operands'
+// dtype, or in float32 for float16 and bfloat16 operands.
+void add_weight_gradient(const at::Tensor& grad_rows, const at::Tensor& columns, at::Tensor& grad_wmat,
+                         const kernels::DeformConvGeometry& g);
+
+// The two backward GEMMs of a block of rows: columns_gradient and add_weight_gradient.
 void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, const at::Tensor& wmat,
                     at::Tensor& grad_columns, at::Tensor& grad_wmat, const kernels::DeformConvGeometry& g);
 

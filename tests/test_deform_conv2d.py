@@ -696,14 +696,16 @@ def test_cpu_threads_split_the_work_without_changing_it(batch, groups, offset_gr
     sums of the copies change with the count). Forward: tiles of output pixels, sized for the thread
     count. Backward on 4 threads: images, or bands of an image's rows, a copy of the input gradient each,
     when there are fewer images than threads and the copies fit (RCM_FSAD_CPU_COPY_BYTES: its default, 0,
-    or one copy of the weight gradient beyond the first); the weight gradient in ranges of rows, a copy
-    each, times blocks of columns: runs of conv groups covering whole offset groups (two groups for
-    offset groups that straddle them, all four at one offset group, two blocks of two at two, four at
-    eight depthwise groups), or, where the copies do not fit, one conv group's runs of kernel points (at
-    one conv group 3 runs with no copy, 9 runs in 2 ranges with one; at two, 9 runs with no copy). The
-    layers of small groups ((2, 3, 6, 6) on) take the group loops instead of GEMMs, with every column
-    layout: a block of groups, a group's runs of kernel points ((2, 2, 2, 2) without copies), and with
-    several outputs a group ((4, 2, 8, 16), (2, 2, 2, 6))."""
+    or one copy of the weight gradient beyond the first). The weight gradient: with the default budget,
+    in that same pass, a copy for each of 4 workers (at batch 3, 3 of the 12 tasks each), as on one
+    thread with no copy; else in a second pass, in ranges of rows, a copy each, times blocks of columns:
+    runs of conv groups covering whole offset groups (two groups for offset groups that straddle them, all
+    four at one offset group, two blocks of two at two, four at eight depthwise groups), or, where the
+    copies do not fit, one conv group's runs of kernel points (at one conv group 3 runs with no copy, 9
+    runs in 2 ranges with one; at two, 9 runs with no copy). The layers of small groups ((2, 3, 6, 6) on)
+    take the group loops instead of GEMMs, in both passes and with every column layout: a block of groups,
+    a group's runs of kernel points ((2, 2, 2, 2) without copies), and with several outputs a group
+    ((4, 2, 8, 16), (2, 2, 2, 6))."""
     case = DeformCase(batch=batch, in_channels=in_channels, out_channels=out_channels, height=20, width=20,
                       groups=groups, offset_groups=offset_groups, offset_scale=3.0)
     tensors = case.tensors(torch.float64)

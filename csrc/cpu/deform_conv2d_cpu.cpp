@@ -61,6 +61,21 @@ GroupBlock group_block(const DeformConvGeometry& g) {
 at::Tensor output_major(const at::Tensor& t, int64_t dim, const DeformConvGeometry& g) {
   return t.unflatten(dim, {g.groups, g.out_channels / g.groups}).transpose(dim, dim + 1).flatten(dim, dim + 1);
 }
+// grad_block[(gi * m + o) * weight_row + k * cg + c'] += sums[(k * cg + c') * outputs + o * groups + gi]: a
+// block's weight gradient over a tile, as group_loops_weight_gradient sums it (transposed, output-major),
+// added to the block's part of a copy of the weight matrix's gradient (rows weight_row apart).
+template <typename T>
+[[gnu::always_inline]] inline void add_block_sums(const GroupBlock& b, const T* sums, T* grad_block,
+                                                  int64_t weight_row) {
+  const int64_t width = b.points * b.cg;
+  for (int64_t gi = 0; gi < b.groups; ++gi) {
+    for (int64_t o = 0; o < b.m; ++o) {
+      T* grad_oc = grad_block + (gi * b.m + o) * weight_row;
+      const T* sums_oc = sums + b.output_major(gi, o);
+      for (int64_t j = 0; j < width; ++j) grad_oc[j] += sums_oc[j * b.outputs()];
+    }
+  }
+}
 // planes[oc * plane_stride + r] = rows[r * channels + oc] for the len rows of an NHWC tile: an image's
 // output pixels as NCHW planes.
 template <typename T>
@@ -233,8 +248,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const int64_t bands =
       backward_bands(g.batch, g.out_pixels(), threads, g.batch * image_size * input.element_size(), copy_bytes);
   const int64_t band_rows = (g.out_pixels() + bands - 1) / bands;
-  const WeightGradientSplit split =
-      weight_gradient_split(g, rows, threads, weight.numel() * weight.element_size(), copy_bytes);
+  const int64_t grad_weight_bytes = weight.numel() * weight.element_size();
+  const WeightGradientSplit split = weight_gradient_split(g, rows, threads, grad_weight_bytes, copy_bytes);
+  // The first pass's tasks: task t is band t % bands of image t / bands.
+  const int64_t tasks = g.batch * bands;
+  const int64_t first_pass_workers =
+      first_pass_weight_gradient_workers(tasks, threads, grad_weight_bytes, copy_bytes, split.share);
+  // Either way the first pass runs on workers, each a contiguous run of tasks: one task each where the
+  // weight gradient takes a second pass.
+  const int64_t workers = first_pass_workers > 0 ? first_pass_workers : tasks;
   const int64_t blocks = g.groups / split.conv_groups * split.kernel_point_runs;
   const int64_t range_rows = (rows + split.row_ranges - 1) / split.row_ranges;
   at::Tensor grad_input_bands = at::zeros({bands, g.batch, g.height, g.width, g.channels}, input.options());
@@ -242,11 +264,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   at::Tensor grad_offset = sample_gradients.offset;
   at::Tensor grad_mask = sample_gradients.mask;
   const at::Tensor wmat = weight_matrix(weight);
-  at::Tensor grad_wmat_ranges = at::zeros({split.row_ranges, wmat.size(0), wmat.size(1)}, weight.options());
+  // The weight gradient's copies: a first-pass worker's each, or a second-pass range's each.
+  const int64_t copies = first_pass_workers > 0 ? first_pass_workers : split.row_ranges;
+  at::Tensor grad_wmat_copies = at::zeros({copies, wmat.size(0), wmat.size(1)}, weight.options());
   const bool loops = use_group_loops(g);
   const ColumnLayout layout = loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor;
   const ColumnWindow every_column = ColumnWindow::every_column(g, layout);
   const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
+  const int64_t out_cols = g.out_channels / g.groups;
+  const int64_t weight_row = wmat.size(1);
   if (rows > 0 && g.out_channels > 0) {
     const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
     // NHWC rows of the output gradient, their channels output-major for the group loops.
@@ -260,44 +286,65 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       const FieldStrides gos = field_strides(grad_offset);
       const FieldStrides gms = mask.has_value() ? field_strides(grad_mask) : FieldStrides{0, 0, 0, 0};
       scalar_t* gm_ptr = mask.has_value() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr;
-      // The input, offset and mask gradients. Task t is band t % bands of image t / bands: the only
-      // writer of its copy of that image's input gradient.
-      parallel_for_calling_ops(0, g.batch * bands, [&](int64_t t0, int64_t t1) {
+      // The first pass: the input, offset and mask gradients, and with first_pass_workers the weight
+      // gradient. A task is the only writer of its band's copy of its image's input gradient, a worker of
+      // its copy of the weight gradient.
+      parallel_for_calling_ops(0, workers, [&](int64_t w0, int64_t w1) {
+        const bool adds_weight_gradient = first_pass_workers > 0;
+        const GroupBlock layer = group_block(g);
         at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, input.options());
         at::Tensor sink = at::zeros({4, g.channels}, input.options());
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t image_row = (t / bands) * g.out_pixels();
-          const int64_t begin = image_row + std::min(g.out_pixels(), (t % bands) * band_rows);
-          const int64_t end = image_row + std::min(g.out_pixels(), (t % bands + 1) * band_rows);
-          scalar_t* grad_input = grad_input_bands.mutable_data_ptr<scalar_t>() + (t % bands) * g.batch * image_size;
-          for (int64_t r0 = begin; r0 < end; r0 += kRowTile) {
-            const int64_t len = std::min(kRowTile, end - r0);
-            if (loops) {
-              const scalar_t* go = grad_rows.const_data_ptr<scalar_t>() + r0 * g.out_channels;
-              const scalar_t* w = weight_om.const_data_ptr<scalar_t>();
-              scalar_t* gc = grad_cols.mutable_data_ptr<scalar_t>();
-              run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-                group_loops_columns_gradient(group_block(g), len, go, g.out_channels, w, gc);
-              });
-            } else {
-              at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
-              columns_gradient(grad_rows.narrow(0, r0, len), wmat, grad_cols_tile, g);
+        at::Tensor cols = at::empty({adds_weight_gradient ? kRowTile : 0, g.column_width()}, input.options());
+        scalar_t* cols_ptr = adds_weight_gradient ? cols.mutable_data_ptr<scalar_t>() : nullptr;
+        at::Tensor tile_sums = at::empty({adds_weight_gradient && loops ? layer.points * layer.cg : 0, layer.outputs()},
+                                         input.options());
+        // Rows [r0, r0 + len) of one band of one image, whose copy of the input gradient is grad_input.
+        const auto tile = [&](int64_t r0, int64_t len, scalar_t* grad_input, at::Tensor& grad_wmat) {
+          const scalar_t* grad_row0 = grad_rows.const_data_ptr<scalar_t>() + r0 * g.out_channels;
+          if (loops) {
+            const scalar_t* w = weight_om.const_data_ptr<scalar_t>();
+            scalar_t* gc = grad_cols.mutable_data_ptr<scalar_t>();
+            run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+              group_loops_columns_gradient(layer, len, grad_row0, g.out_channels, w, gc);
+            });
+          } else {
+            at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
+            columns_gradient(grad_rows.narrow(0, r0, len), wmat, grad_cols_tile, g);
+          }
+          sample_columns_backward(s, r0, r0 + len, every_column, grad_cols.const_data_ptr<scalar_t>(), cols_ptr,
+                                  grad_input, sink.mutable_data_ptr<scalar_t>(),
+                                  grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
+          if (!adds_weight_gradient) return;
+          if (!loops) return add_weight_gradient(grad_rows.narrow(0, r0, len), cols.narrow(0, 0, len), grad_wmat, g);
+          scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
+          run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+            std::fill(sums, sums + tile_sums.numel(), scalar_t(0));
+            group_loops_weight_gradient(layer, len, grad_row0, g.out_channels, g.groups, cols_ptr, sums);
+            add_block_sums(layer, sums, grad_wmat.mutable_data_ptr<scalar_t>(), weight_row);
+          });
+        };
+        for (int64_t worker = w0; worker < w1; ++worker) {
+          at::Tensor grad_wmat = adds_weight_gradient ? grad_wmat_copies[worker] : at::Tensor();
+          for (int64_t t = worker * tasks / workers; t < (worker + 1) * tasks / workers; ++t) {
+            const int64_t image_row = (t / bands) * g.out_pixels();
+            const int64_t begin = image_row + std::min(g.out_pixels(), (t % bands) * band_rows);
+            const int64_t end = image_row + std::min(g.out_pixels(), (t % bands + 1) * band_rows);
+            scalar_t* grad_input = grad_input_bands.mutable_data_ptr<scalar_t>() + (t % bands) * g.batch * image_size;
+            for (int64_t r0 = begin; r0 < end; r0 += kRowTile) {
+              tile(r0, std::min(kRowTile, end - r0), grad_input, grad_wmat);
             }
-            sample_columns_backward(s, r0, r0 + len, every_column, grad_cols.const_data_ptr<scalar_t>(), grad_input,
-                                    sink.mutable_data_ptr<scalar_t>(), grad_offset.mutable_data_ptr<scalar_t>(),
-                                    gos, gm_ptr, gms);
           }
         }
       });
-      // The weight gradient. Task t is block t % blocks (a run of conv groups, or of one group's kernel
-      // points) of range t / blocks of the rows: it samples that block's columns and adds, group by group,
-      // grad_rows^T x them to the range's copy, a tile of rows at a time (with the group loops, each tile's
-      // sum apart first, as a GEMM per tile sums it). No two tasks write the same block of a copy.
-      const int64_t out_cols = g.out_channels / g.groups;
+      if (first_pass_workers > 0) return;
+      // The second pass: the weight gradient. Task t is block t % blocks (a run of conv groups, or of one
+      // group's kernel points) of range t / blocks of the rows: it samples that block's columns and adds,
+      // group by group, grad_rows^T x them to the range's copy, a tile of rows at a time (with the group
+      // loops, each tile's sum apart first, as a GEMM per tile sums it). No two tasks write the same block
+      // of a copy.
       const int64_t cg = g.channels_per_group();
       const int64_t run = g.kernel_points() / split.kernel_point_runs;
       const int64_t group_width = run * cg;  // a group's columns in a block
-      const int64_t weight_row = wmat.size(1);
       const int64_t tile_rows = kRowTile * blocks;  // as many elements as a tile of kRowTile whole rows
       parallel_for_calling_ops(0, split.row_ranges * blocks, [&](int64_t t0, int64_t t1) {
         at::Tensor cols = at::empty({tile_rows, split.conv_groups * group_width}, input.options());
@@ -323,7 +370,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
             // The block of the range's copy, grad_wmat[oc, k * cg + c'] for the block's output channels
             // oc and kernel points k, and its first group's output 0 in the (output-major) grad_rows.
             scalar_t* grad_block =
-                grad_wmat_ranges[range].mutable_data_ptr<scalar_t>() + group0 * out_cols * weight_row + k0 * cg;
+                grad_wmat_copies[range].mutable_data_ptr<scalar_t>() + group0 * out_cols * weight_row + k0 * cg;
             const scalar_t* grad_row_block = grad_rows.const_data_ptr<scalar_t>() + group0;
             scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
             for_each_tile([&](int64_t r0, int64_t len) {
@@ -331,13 +378,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
                 std::fill(sums, sums + group_width * block.outputs(), scalar_t(0));
                 group_loops_weight_gradient(block, len, grad_row_block + r0 * g.out_channels, g.out_channels,
                                             g.groups, cols_ptr, sums);
-                for (int64_t gi = 0; gi < block.groups; ++gi) {
-                  for (int64_t o = 0; o < block.m; ++o) {
-                    scalar_t* grad_oc = grad_block + (gi * block.m + o) * weight_row;
-                    const scalar_t* sums_oc = sums + block.output_major(gi, o);
-                    for (int64_t j = 0; j < group_width; ++j) grad_oc[j] += sums_oc[j * block.outputs()];
-                  }
-                }
+                add_block_sums(block, sums, grad_block, weight_row);
               });
             });
             continue;
@@ -346,7 +387,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           std::vector<at::Tensor> grad_blocks, grad_row_blocks;
           for (int64_t group = group0; group < group0 + split.conv_groups; ++group) {
             grad_blocks.push_back(
-                grad_wmat_ranges[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, group_width));
+                grad_wmat_copies[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, group_width));
             grad_row_blocks.push_back(grad_rows.narrow(1, group * out_cols, out_cols));
           }
           for_each_tile([&](int64_t r0, int64_t len) {
@@ -361,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     });
   }
   const at::Tensor grad_input = bands > 1 ? grad_input_bands.sum(0) : grad_input_bands.squeeze(0);
-  const at::Tensor grad_wmat = split.row_ranges > 1 ? grad_wmat_ranges.sum(0) : grad_wmat_ranges.squeeze(0);
+  const at::Tensor grad_wmat = copies > 1 ? grad_wmat_copies.sum(0) : grad_wmat_copies.squeeze(0);
   return {from_nhwc(grad_input, input.scalar_type(), output_memory_format(input)), grad_offset,
           weight_from_matrix(grad_wmat, weight), grad_mask};
 }

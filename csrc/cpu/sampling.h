@@ -100,6 +100,14 @@ struct ColumnWindow {
   int64_t block_end(int64_t c) const { return c_begin + ((c - c_begin) / block + 1) * block; }
 };
 
+// A sample's value in one channel from its four corners' values and masked weights (Tap::weight): the
+// columns' entry, as the forward samples it and as the backward does again for the weight gradient.
+template <typename scalar_t>
+[[gnu::always_inline]] inline scalar_t masked_blend(const scalar_t (&w)[4], scalar_t v00, scalar_t v01, scalar_t v10,
+                                                    scalar_t v11) {
+  return w[0] * v00 + w[1] * v01 + w[2] * v10 + w[3] * v11;
+}
+
 // cols[r - row_begin, :] = the window's columns of rows [row_begin, row_end), blended in scalar_t and
 // stored as col_t (bfloat16 for the CPU's bfloat16 GEMMs, rounded to nearest even).
 template <typename scalar_t, typename col_t>
@@ -126,7 +134,7 @@ template <typename scalar_t, typename col_t>
           const scalar_t* __restrict__ c = corner[2] + c0;
           const scalar_t* __restrict__ d = corner[3] + c0;
           for (int64_t i = 0; i < c1 - c0; ++i) {
-            dst[i] = static_cast<col_t>(w[0] * a[i] + w[1] * b[i] + w[2] * c[i] + w[3] * d[i]);
+            dst[i] = static_cast<col_t>(masked_blend(w, a[i], b[i], c[i], d[i]));
           }
         }
       }
@@ -140,17 +148,19 @@ template <typename scalar_t, typename col_t>
 // and mask gradients of every (row, offset group, kernel point). sink: 4 x C values, a row per corner,
 // that absorb the scatter of corners the input gradient does not reach (kernels::gradient_reaches), so
 // that the loop over a sample's channels has no branch; a row each keeps the four targets distinct, as
-// their __restrict__ promises.
-template <typename scalar_t>
+// their __restrict__ promises. With kWriteColumns it also writes the rows' columns to cols, laid out as
+// grad_cols, as sample_columns would: it reads their corners anyway, and the weight gradient needs them.
+template <bool kWriteColumns, typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_backward_body(
     const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
-    const scalar_t* grad_cols, scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
+    const scalar_t* grad_cols, scalar_t* cols, scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
     FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
   const DeformConvGeometry& g = s.g;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const auto [n, oy, ox] = kernels::output_pixel(g, r);
     scalar_t* grad_image = grad_input + n * g.height * g.width * g.channels;
     const scalar_t* grad_row = grad_cols + (r - row_begin) * window.width();
+    scalar_t* col_row = kWriteColumns ? cols + (r - row_begin) * window.width() : nullptr;
     for (int64_t og = 0; og < g.offset_groups; ++og) {
       for (int64_t k = 0; k < g.kernel_points(); ++k) {
         const auto t = s.tap(n, og, k, oy, ox);
@@ -167,6 +177,7 @@ template <typename scalar_t>
         for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < og_end; c0 = c1) {
           c1 = std::min(og_end, window.block_end(c0));
           const scalar_t* __restrict__ gcol = grad_row + window.index(c0, k) - c0;
+          scalar_t* __restrict__ col = kWriteColumns ? col_row + window.index(c0, k) - c0 : nullptr;
           const scalar_t* __restrict__ v00 = corner[0];
           const scalar_t* __restrict__ v01 = corner[1];
           const scalar_t* __restrict__ v10 = corner[2];
@@ -187,6 +198,11 @@ template <typename scalar_t>
                                          ? scalar_t(0)
                                          : kernels::bilinear_blend(p, v00[ch], v01[ch], v10[ch], v11[ch]);
               sum_value[l] += gc * value;
+              if constexpr (kWriteColumns) {
+                // sample_columns' value: 0 on the border, where it reads no corner.
+                col[ch] = decltype(on_border)::value ? scalar_t(0)
+                                                     : masked_blend(w, v00[ch], v01[ch], v10[ch], v11[ch]);
+              }
               t00[ch] += w[0] * gc;
               t01[ch] += w[1] * gc;
               t10[ch] += w[2] * gc;
@@ -234,14 +250,20 @@ void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_
   run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP { sample_columns_body(s, row_begin, row_end, window, cols); });
 }
 
+// sample_columns_backward_body, writing the columns where cols is not null.
 template <typename scalar_t>
 void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end,
-                             const ColumnWindow& window, const scalar_t* grad_cols, scalar_t* grad_input,
-                             scalar_t* sink, scalar_t* grad_offset, FieldStrides grad_offset_strides,
-                             scalar_t* grad_mask, FieldStrides grad_mask_strides) {
+                             const ColumnWindow& window, const scalar_t* grad_cols, scalar_t* cols,
+                             scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
+                             FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
   run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-    sample_columns_backward_body(s, row_begin, row_end, window, grad_cols, grad_input, sink, grad_offset,
-                                 grad_offset_strides, grad_mask, grad_mask_strides);
+    if (cols != nullptr) {
+      sample_columns_backward_body<true>(s, row_begin, row_end, window, grad_cols, cols, grad_input, sink,
+                                         grad_offset, grad_offset_strides, grad_mask, grad_mask_strides);
+    } else {
+      sample_columns_backward_body<false>(s, row_begin, row_end, window, grad_cols, cols, grad_input, sink,
+                                          grad_offset, grad_offset_strides, grad_mask, grad_mask_strides);
+    }
   });
 }
 

@@ -1,6 +1,7 @@
 // How the CPU backend spreads an op over threads: the forward's tiles of output pixels, the backward's
-// bands of an image's output pixels (input gradient) and blocks of columns times ranges of rows (weight
-// gradient), within a budget of copies that let threads split a sum.
+// bands of an image's output pixels (input gradient, and the weight gradient where a copy per thread
+// fits) and otherwise blocks of columns times ranges of rows (weight gradient), within a budget of copies
+// that let threads split a sum.
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -72,18 +73,19 @@ inline int64_t backward_bands(int64_t batch, int64_t out_pixels, int64_t threads
   return fewest_splits(batch, threads, std::min({threads, affordable, out_pixels}));
 }
 
-// The weight gradient's tasks: blocks of columns times `row_ranges` ranges of the rows, each range adding
-// into a copy of its own. A block is `conv_groups` consecutive conv groups' columns, or, where that is
-// one group, a run of its kernel points (`kernel_point_runs` a group): a ColumnWindow either way. A block
-// of whole offset groups samples each point once, as the forward does; a block inside an offset group
-// repeats its points' sampling (offsets, weights, corners) once for each block, which costs most where a
-// conv group has few channels (a depthwise layer's backward took 1.65x as long with a block a conv group,
-// on 2 threads). So blocks of whole offset groups, split to keep the threads busiest with the copies that
-// fit in split_copy_bytes(), with the fewest runs, then the fewest copies (whole conv groups sample a row
-// at a time, as the forward does: a kernel point a block took 4-8% longer at 64 channels on 2 threads);
-// single conv groups with their kernel-point runs only where those keep fewer than 7/8 of the threads
-// busy and single groups keep more. 2 threads: 1 run, 2 ranges; 64 threads and a 512-channel 3x3 layer in
-// float32: 3 runs, 21 ranges (189 MiB, where a copy per thread took 576 MiB).
+// The weight gradient's tasks in a second pass (first_pass_weight_gradient_workers says when): blocks of
+// columns times `row_ranges` ranges of the rows, each range adding into a copy of its own. A block is
+// `conv_groups` consecutive conv groups' columns, or, where that is one group, a run of its kernel points
+// (`kernel_point_runs` a group): a ColumnWindow either way. A block of whole offset groups samples each
+// point once, as the forward does; a block inside an offset group repeats its points' sampling (offsets,
+// weights, corners) once for each block, which costs most where a conv group has few channels (a
+// depthwise layer's backward took 1.65x as long with a block a conv group, on 2 threads). So blocks of
+// whole offset groups, split to keep the threads busiest with the copies that fit in split_copy_bytes(),
+// with the fewest runs, then the fewest copies (whole conv groups sample a row at a time, as the forward
+// does: a kernel point a block took 4-8% longer at 64 channels on 2 threads); single conv groups with
+// their kernel-point runs only where those keep fewer than 7/8 of the threads busy and single groups keep
+// more. 2 threads: 1 run, 2 ranges; 64 threads and a 512-channel 3x3 layer in float32: 3 runs, 21 ranges
+// (189 MiB, where a copy per thread took 576 MiB).
 struct WeightGradientSplit {
   int64_t conv_groups;  // a block's; 1 wherever kernel_point_runs > 1
   int64_t kernel_point_runs;
@@ -117,6 +119,21 @@ inline WeightGradientSplit weight_gradient_split(const DeformConvGeometry& g, in
   if (whole == 1 || blocks_of_whole.share >= 0.875) return blocks_of_whole;
   const WeightGradientSplit single_groups = busiest_split(g, 1, threads, most_ranges);
   return single_groups.share > blocks_of_whole.share ? single_groups : blocks_of_whole;
+}
+
+// Whether the backward adds the weight gradient in its first pass, and on how many workers (0: in a second
+// pass, split as weight_gradient_split says). A worker runs a contiguous share of the first pass's `tasks`
+// (backward_bands' images times bands) and adds its tiles' weight gradient to a copy of its own, from the
+// columns its scatter writes as it goes (sample_columns_backward), where the second pass samples every
+// column again: a sample's offsets, weights and corners once per backward instead of twice. Taken where
+// the copies beyond the first fit in copy_bytes and the tasks keep at least the share of the threads busy
+// that the second pass's split would (`second_pass_share`); a batch of fewer images than threads, whose
+// input gradient is too large for band copies, keeps few threads busy in the first pass.
+inline int64_t first_pass_weight_gradient_workers(int64_t tasks, int64_t threads, int64_t grad_weight_bytes,
+                                                  int64_t copy_bytes, double second_pass_share) {
+  const int64_t workers = std::min(threads, tasks);
+  if (workers < 1 || workers - 1 > copy_bytes / std::max<int64_t>(1, grad_weight_bytes)) return 0;
+  return busy_share(tasks, threads) >= second_pass_share ? workers : 0;
 }
 
 }  // namespace rcm_fsad::cpu
