@@ -108,28 +108,29 @@ LOW_PRECISIONS = {
 
 
 class _RoundedBuffer(torch.autograd.Function):
-    """Identity that rounds to `dtype` both ways: a buffer the CUDA backward keeps in the tensor dtype
-    (the sampled columns forward, their gradient backward)."""
+    """Identity that rounds to `dtype` on the way back, and on the way forward too where `values`: a
+    buffer a backward keeps in a 16-bit dtype (the sampled columns forward, their gradient backward)."""
 
     @staticmethod
-    def forward(ctx, x, dtype):
+    def forward(ctx, x, dtype, values):
         ctx.dtype = dtype
-        return x.to(dtype).to(x.dtype)
+        return x.to(dtype).to(x.dtype) if values else x.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.to(ctx.dtype).to(grad.dtype), None
+        return grad.to(ctx.dtype).to(grad.dtype), None, None
 
 
-def columns_rounded_to(dtype):
-    """The reference (float64) with the columns and their gradient rounded to dtype, as the CUDA
-    backward's columns path stores them; the rest exact."""
+def columns_rounded_to(dtype, values: bool = True):
+    """The reference (float64) with the columns' gradient rounded to dtype, and the columns too where
+    `values`, as the CUDA backward's columns path stores them (the CPU's bfloat16 GEMMs: the gradient
+    only); the rest exact."""
     def fn(input, offset, weight, bias, stride, padding, dilation, mask):
         groups = input.shape[1] // weight.shape[1]
         columns = reference.sampled_columns(input, offset, weight.shape[2:], groups, stride, padding, dilation,
                                             mask=mask)
         out_size = reference.output_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
-        return reference.columns_times_weight(_RoundedBuffer.apply(columns, dtype), weight, bias, out_size)
+        return reference.columns_times_weight(_RoundedBuffer.apply(columns, dtype, values), weight, bias, out_size)
     return fn
 
 
@@ -154,7 +155,9 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
     CPU computes float16, and bfloat16 where it does not multiply it natively, in float32, rounding only the
     output: test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does.) The 16-bit gradients likewise,
     against the float64 ones for the same rounded cotangent: the reference rounds what the backward
-    must (on CUDA the columns and their gradient, 16-bit buffers; on the CPU nothing), then its results."""
+    must (on CUDA the columns and their gradient, 16-bit buffers; on the CPU nothing, as these layers are
+    too small for its bfloat16 GEMMs: test_cpu_bfloat16_backward_takes_bfloat16_gemms_for_the_columns_gradient),
+    then its results."""
     if device == "cpu" and precision == "tf32":
         pytest.skip("TF32 is a CUDA setting")
     dtype, mma_input, grad_tol = LOW_PRECISIONS[precision]
@@ -236,6 +239,49 @@ def test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does(name, la
     ours_err = (ours.double() - exact).abs().max().item()
     same_err = (same - exact).abs().max().item()
     assert ours_err <= 2 * same_err + 1e-5 * exact.abs().max().item(), (ours_err, same_err)
+
+
+@pytest.mark.skipif(not rcm_fsad_ops.info()["cpu_bfloat16_gemms"],
+                    reason="the CPU does not multiply bfloat16 natively (AVX512-BF16), or oneDNN is off")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name", sorted(BFLOAT16_GEMM_CASES))
+def test_cpu_bfloat16_backward_takes_bfloat16_gemms_for_the_columns_gradient(name, layout, monkeypatch):
+    """Where a bfloat16 forward takes bfloat16 GEMMs, so does its backward for the columns' gradient, rounded
+    to bfloat16 as the CUDA backward's 16-bit buffer holds it; the rest computes in float32, the weight
+    gradient's sums over all rows too. So the input, offset and mask gradients differ from a float32
+    backward's rounded, and the weight gradient does not; with oneDNN off all four are that float32 backward's
+    rounded, bit for bit. Each gradient's error against the float64 one of the same inputs and cotangent is
+    at most twice that of a float64 backward that rounds the columns' gradient to bfloat16, then its
+    results (plus float32's summation)."""
+    case = BFLOAT16_GEMM_CASES[name]
+    low = {k: None if v is None else v.to(torch.bfloat16) for k, v in case.tensors(torch.float64).items()}
+    if layout == "channels_last":
+        low["input"] = low["input"].contiguous(memory_format=torch.channels_last)
+    op_grads = ["input", "offset", "weight"] + (["mask"] if case.use_mask else [])
+
+    def gradients(fn, tensors):
+        grads = run_with_grads(fn, case, tensors, cotangent_dtype=torch.bfloat16)[1]
+        return {k: grads[k] for k in op_grads}
+
+    ours = gradients(rcm_fsad_ops.deform_conv2d, low)
+    as_float = {k: None if v is None else v.float() for k, v in low.items()}
+    in_float = {k: v.bfloat16() for k, v in gradients(rcm_fsad_ops.deform_conv2d, as_float).items()}
+    for key in op_grads:
+        assert ours[key].dtype == torch.bfloat16
+        assert torch.equal(ours[key], in_float[key]) == (key == "weight"), key
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    without = gradients(rcm_fsad_ops.deform_conv2d, low)
+    for key in op_grads:
+        assert torch.equal(without[key], in_float[key]), key
+
+    exact_inputs = {k: None if v is None else v.double() for k, v in low.items()}
+    exact = gradients(reference.deform_conv2d, exact_inputs)
+    same = gradients(columns_rounded_to(torch.bfloat16, values=False), exact_inputs)
+    for key in op_grads:
+        truth = exact[key]
+        ours_err = (ours[key].double() - truth).abs().max().item()
+        same_err = (same[key].to(torch.bfloat16).double() - truth).abs().max().item()
+        assert ours_err <= 2 * same_err + 1e-5 * truth.abs().max().item(), (key, ours_err, same_err)
 
 
 @pytest.mark.skipif(not rcm_fsad_ops.info()["cpu_bfloat16_gemms"],

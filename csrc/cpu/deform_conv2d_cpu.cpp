@@ -103,17 +103,17 @@ bool computed_in_float(const at::Tensor& t) {
   return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
 }
 
-// Whether a bfloat16 forward multiplies in bfloat16: where the CPU does so natively and oneDNN is on
-// (torch.backends.mkldnn), for layers that take the GEMMs (the group loops compute in float32) with at
-// least kBfloat16GemmMinProducts group_products. The columns are sampled in float32 and stored rounded
-// to bfloat16, and each GEMM sums in float32 and rounds once, as the CUDA tensor-core kernels do. On an
-// AVX512-BF16 EPYC (one thread) oneDNN's bfloat16 GEMM costs about 14 us a call more than float32's, and
-// then runs at about twice its rate: a tile of 64 or 256 rows broke even at 1.1-1.2 million multiply-adds
-// (256 x 72 x 64: 1.08x float32's speed, 256 x 36 x 64: 0.74x) and took 0.5x float32's time from
-// 256 x 576 x 16 up (the first benchmark case's tile, 256 x 576 x 64: 101 us against 192). So the GEMMs
-// take bfloat16 from 4096 products a row, a full tile of 256 rows at about 1 million. Without native
-// bfloat16 a bfloat16 GEMM is emulated (90x slower with oneDNN off); there, and for smaller layers, the
-// forward computes in float32 as the backward always does.
+// Whether a bfloat16 forward multiplies in bfloat16, and its backward's columns' gradient too: where the
+// CPU does so natively and oneDNN is on (torch.backends.mkldnn), for layers that take the GEMMs (the
+// group loops compute in float32) with at least kBfloat16GemmMinProducts group_products. The columns are
+// sampled in float32 and stored rounded to bfloat16, and each GEMM sums in float32 and rounds once, as
+// the CUDA tensor-core kernels do. On an AVX512-BF16 EPYC (one thread) oneDNN's bfloat16 GEMM costs about
+// 14 us a call more than float32's, and then runs at about twice its rate: a tile of 64 or 256 rows broke
+// even at 1.1-1.2 million multiply-adds (256 x 72 x 64: 1.08x float32's speed, 256 x 36 x 64: 0.74x) and
+// took 0.5x float32's time from 256 x 576 x 16 up (the first benchmark case's tile, 256 x 576 x 64: 101
+// us against 192). So the GEMMs take bfloat16 from 4096 products a row, a full tile of 256 rows at about
+// 1 million. Without native bfloat16 a bfloat16 GEMM is emulated (90x slower with oneDNN off); there, and
+// for smaller layers, the op computes in float32.
 constexpr int64_t kBfloat16GemmMinProducts = 4096;
 bool bfloat16_gemms(const at::Tensor& input, const DeformConvGeometry& g) {
   return input.scalar_type() == at::kBFloat16 && !use_group_loops(g) &&
@@ -233,22 +233,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     at::IntArrayRef padding, at::IntArrayRef dilation) {
   const DeformConvGeometry g = check_deform_conv2d_backward_args(grad_output, input, offset, weight,
                                                                  mask, stride, padding, dilation);
-  if (computed_in_float(input)) {
+  // Where the forward takes bfloat16 GEMMs, the columns' gradient comes from bfloat16 GEMMs too (summed in
+  // float32 and rounded once, as the CUDA backward's 16-bit buffer holds it); the rest computes in
+  // float32, the weight gradient's GEMMs included, which sum over every row and round once at the end.
+  const bool gemms16 = bfloat16_gemms(input, g);
+  if (computed_in_float(input) && !gemms16) {
     const auto [gi, go, gw, gm] =
         deform_conv2d_backward_cpu(grad_output.to(at::kFloat), input.to(at::kFloat), offset.to(at::kFloat),
                                    weight.to(at::kFloat), to_float(mask), stride, padding, dilation);
     const at::ScalarType t = input.scalar_type();
     return {gi.to(t), go.to(t), gw.to(t), gm.to(t)};
   }
-  check_cpu_dtype(input);
+  if (!gemms16) check_cpu_dtype(input);
+  // The dtype of the sampling, its gradients and the weight gradient's sums.
+  const at::ScalarType computed = gemms16 ? at::kFloat : input.scalar_type();
+  const at::TensorOptions options = input.options().dtype(computed);
+  const int64_t element_size = static_cast<int64_t>(c10::elementSize(computed));
   const int64_t threads = at::get_num_threads();
   const int64_t rows = g.batch * g.out_pixels();
   const int64_t image_size = g.height * g.width * g.channels;
   const int64_t copy_bytes = split_copy_bytes();
   const int64_t bands =
-      backward_bands(g.batch, g.out_pixels(), threads, g.batch * image_size * input.element_size(), copy_bytes);
+      backward_bands(g.batch, g.out_pixels(), threads, g.batch * image_size * element_size, copy_bytes);
   const int64_t band_rows = (g.out_pixels() + bands - 1) / bands;
-  const int64_t grad_weight_bytes = weight.numel() * weight.element_size();
+  const int64_t grad_weight_bytes = weight.numel() * element_size;
   const WeightGradientSplit split = weight_gradient_split(g, rows, threads, grad_weight_bytes, copy_bytes);
   // The first pass's tasks: task t is band t % bands of image t / bands.
   const int64_t tasks = g.batch * bands;
@@ -259,14 +267,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const int64_t workers = first_pass_workers > 0 ? first_pass_workers : tasks;
   const int64_t blocks = g.groups / split.conv_groups * split.kernel_point_runs;
   const int64_t range_rows = (rows + split.row_ranges - 1) / split.row_ranges;
-  at::Tensor grad_input_bands = at::zeros({bands, g.batch, g.height, g.width, g.channels}, input.options());
-  OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset, mask, g);
+  at::Tensor grad_input_bands = at::zeros({bands, g.batch, g.height, g.width, g.channels}, options);
+  const at::Tensor offset_c = offset.to(computed);
+  const std::optional<at::Tensor> mask_c = gemms16 ? to_float(mask) : mask;
+  OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset_c, mask_c, g);
   at::Tensor grad_offset = sample_gradients.offset;
   at::Tensor grad_mask = sample_gradients.mask;
-  const at::Tensor wmat = weight_matrix(weight);
+  const at::Tensor wmat = weight_matrix(weight);  // in the GEMMs' dtype
   // The weight gradient's copies: a first-pass worker's each, or a second-pass range's each.
   const int64_t copies = first_pass_workers > 0 ? first_pass_workers : split.row_ranges;
-  at::Tensor grad_wmat_copies = at::zeros({copies, wmat.size(0), wmat.size(1)}, weight.options());
+  at::Tensor grad_wmat_copies = at::zeros({copies, wmat.size(0), wmat.size(1)}, options);
   const bool loops = use_group_loops(g);
   const ColumnLayout layout = loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor;
   const ColumnWindow every_column = ColumnWindow::every_column(g, layout);
@@ -274,15 +284,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const int64_t out_cols = g.out_channels / g.groups;
   const int64_t weight_row = wmat.size(1);
   if (rows > 0 && g.out_channels > 0) {
-    const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
-    // NHWC rows of the output gradient, their channels output-major for the group loops.
+    const at::Tensor input_nhwc = input.to(computed, false, false, at::MemoryFormat::ChannelsLast);
+    // NHWC rows of the output gradient, their channels output-major for the group loops: in the GEMMs'
+    // dtype for the columns' gradient, and in the computed one for the weight gradient's sums.
     const at::Tensor grad_nhwc = grad_output.permute({0, 2, 3, 1});
     const at::Tensor grad_rows =
         (loops ? output_major(grad_nhwc, 3, g) : grad_nhwc).contiguous().view({-1, g.out_channels});
-    const at::Tensor zeros = at::zeros({g.channels}, input.options());
+    const at::Tensor grad_rows_c = grad_rows.to(computed);
+    const at::Tensor zeros = at::zeros({g.channels}, options);
     const std::vector<kernels::KernelPoint> points = kernel_points(g);
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
-      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset, mask, zeros, points);
+    AT_DISPATCH_FLOATING_TYPES(computed, "deform_conv2d_backward_cpu", [&] {
+      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset_c, mask_c, zeros, points);
       const FieldStrides gos = field_strides(grad_offset);
       const FieldStrides gms = mask.has_value() ? field_strides(grad_mask) : FieldStrides{0, 0, 0, 0};
       scalar_t* gm_ptr = mask.has_value() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr;
@@ -292,15 +304,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       parallel_for_calling_ops(0, workers, [&](int64_t w0, int64_t w1) {
         const bool adds_weight_gradient = first_pass_workers > 0;
         const GroupBlock layer = group_block(g);
-        at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, input.options());
-        at::Tensor sink = at::zeros({4, g.channels}, input.options());
-        at::Tensor cols = at::empty({adds_weight_gradient ? kRowTile : 0, g.column_width()}, input.options());
+        at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, options);
+        // With gemms16 the GEMMs' bfloat16 output, widened into grad_cols for the scatter in a pass of its
+        // own: the scatter reading bfloat16 itself vectorised 4 wide instead of 8, with spills, and took
+        // 28% of a backward instead of 18%.
+        at::Tensor grad_cols16 = at::empty({gemms16 ? kRowTile : 0, g.column_width()}, grad_rows.options());
+        at::Tensor sink = at::zeros({4, g.channels}, options);
+        at::Tensor cols = at::empty({adds_weight_gradient ? kRowTile : 0, g.column_width()}, options);
         scalar_t* cols_ptr = adds_weight_gradient ? cols.mutable_data_ptr<scalar_t>() : nullptr;
-        at::Tensor tile_sums = at::empty({adds_weight_gradient && loops ? layer.points * layer.cg : 0, layer.outputs()},
-                                         input.options());
+        at::Tensor tile_sums =
+            at::empty({adds_weight_gradient && loops ? layer.points * layer.cg : 0, layer.outputs()}, options);
         // Rows [r0, r0 + len) of one band of one image, whose copy of the input gradient is grad_input.
         const auto tile = [&](int64_t r0, int64_t len, scalar_t* grad_input, at::Tensor& grad_wmat) {
-          const scalar_t* grad_row0 = grad_rows.const_data_ptr<scalar_t>() + r0 * g.out_channels;
+          const scalar_t* grad_row0 = grad_rows_c.const_data_ptr<scalar_t>() + r0 * g.out_channels;
           if (loops) {
             const scalar_t* w = weight_om.const_data_ptr<scalar_t>();
             scalar_t* gc = grad_cols.mutable_data_ptr<scalar_t>();
@@ -309,13 +325,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
             });
           } else {
             at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
-            columns_gradient(grad_rows.narrow(0, r0, len), wmat, grad_cols_tile, g);
+            at::Tensor gemm_tile = gemms16 ? grad_cols16.narrow(0, 0, len) : grad_cols_tile;
+            columns_gradient(grad_rows.narrow(0, r0, len), wmat, gemm_tile, g);
+            if (gemms16) grad_cols_tile.copy_(gemm_tile);
           }
           sample_columns_backward(s, r0, r0 + len, every_column, grad_cols.const_data_ptr<scalar_t>(), cols_ptr,
                                   grad_input, sink.mutable_data_ptr<scalar_t>(),
                                   grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
           if (!adds_weight_gradient) return;
-          if (!loops) return add_weight_gradient(grad_rows.narrow(0, r0, len), cols.narrow(0, 0, len), grad_wmat, g);
+          if (!loops) {
+            return add_weight_gradient(grad_rows_c.narrow(0, r0, len), cols.narrow(0, 0, len), grad_wmat, g);
+          }
           scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
           run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
             std::fill(sums, sums + tile_sums.numel(), scalar_t(0));
@@ -347,10 +367,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       const int64_t group_width = run * cg;  // a group's columns in a block
       const int64_t tile_rows = kRowTile * blocks;  // as many elements as a tile of kRowTile whole rows
       parallel_for_calling_ops(0, split.row_ranges * blocks, [&](int64_t t0, int64_t t1) {
-        at::Tensor cols = at::empty({tile_rows, split.conv_groups * group_width}, input.options());
+        at::Tensor cols = at::empty({tile_rows, split.conv_groups * group_width}, options);
         scalar_t* cols_ptr = cols.mutable_data_ptr<scalar_t>();
         const GroupBlock block{split.conv_groups, cg, out_cols, run};
-        at::Tensor tile_sums = loops ? at::empty({group_width, block.outputs()}, input.options()) : at::Tensor();
+        at::Tensor tile_sums = loops ? at::empty({group_width, block.outputs()}, options) : at::Tensor();
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t range = t / blocks;
           const int64_t group0 = t % blocks / split.kernel_point_runs * split.conv_groups;
@@ -371,7 +391,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
             // oc and kernel points k, and its first group's output 0 in the (output-major) grad_rows.
             scalar_t* grad_block =
                 grad_wmat_copies[range].mutable_data_ptr<scalar_t>() + group0 * out_cols * weight_row + k0 * cg;
-            const scalar_t* grad_row_block = grad_rows.const_data_ptr<scalar_t>() + group0;
+            const scalar_t* grad_row_block = grad_rows_c.const_data_ptr<scalar_t>() + group0;
             scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
             for_each_tile([&](int64_t r0, int64_t len) {
               run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
@@ -388,7 +408,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           for (int64_t group = group0; group < group0 + split.conv_groups; ++group) {
             grad_blocks.push_back(
                 grad_wmat_copies[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, group_width));
-            grad_row_blocks.push_back(grad_rows.narrow(1, group * out_cols, out_cols));
+            grad_row_blocks.push_back(grad_rows_c.narrow(1, group * out_cols, out_cols));
           }
           for_each_tile([&](int64_t r0, int64_t len) {
             const at::Tensor tile = cols.narrow(0, 0, len);
@@ -403,8 +423,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   }
   const at::Tensor grad_input = bands > 1 ? grad_input_bands.sum(0) : grad_input_bands.squeeze(0);
   const at::Tensor grad_wmat = copies > 1 ? grad_wmat_copies.sum(0) : grad_wmat_copies.squeeze(0);
-  return {from_nhwc(grad_input, input.scalar_type(), output_memory_format(input)), grad_offset,
-          weight_from_matrix(grad_wmat, weight), grad_mask};
+  return {from_nhwc(grad_input, input.scalar_type(), output_memory_format(input)),
+          grad_offset.to(input.scalar_type()), weight_from_matrix(grad_wmat, weight),
+          grad_mask.to(input.scalar_type())};
 }
 
 }  // namespace
