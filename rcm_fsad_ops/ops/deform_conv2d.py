@@ -92,10 +92,11 @@ def deform_conv2d(
     sample exactly on y = -1 or x = -1 is not zeroed, unlike mmcv). Double backward and forward-mode AD
     are not supported (both raise).
     Float32/float64 on CPU, and float16/bfloat16 computed there in float32 (converted on entry, the
-    results rounded back), except a bfloat16 forward on a CPU with AVX512-BF16 and oneDNN on
-    (``rcm_fsad_ops.info()["cpu_bfloat16_gemms"]``) of a layer of at least 4096 multiply-adds a conv
-    group and output pixel, whose sampled columns are rounded to bfloat16 for GEMMs that sum in float32; float32/float64/float16/bfloat16 on CUDA (16-bit types accumulate in
-    float32); under CUDA autocast the op runs in the autocast dtype, under CPU autocast in bfloat16
+    results rounded back), except bfloat16 on a CPU with AVX512-BF16 and oneDNN on
+    (``rcm_fsad_ops.info()["cpu_bfloat16_gemms"]``) for a layer of at least 4096 multiply-adds a conv
+    group and output pixel: its forward rounds the sampled columns to bfloat16 for GEMMs that sum in
+    float32, and its backward computes the columns' gradient in such GEMMs, rounded to bfloat16;
+    float32/float64/float16/bfloat16 on CUDA (16-bit types accumulate in float32); under CUDA autocast the op runs in the autocast dtype, under CPU autocast in bfloat16
     where a bfloat16 forward multiplies in bfloat16 (``cpu_bfloat16_gemms``), else in float32. On
     sm_80+ the CUDA forward uses tensor cores for float16/bfloat16; for float32 in TF32 when
     ``torch.backends.cuda.matmul.allow_tf32`` is set, and otherwise, where its kernel applies, on
