@@ -241,18 +241,32 @@ def test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does(name, la
     assert ours_err <= 2 * same_err + 1e-5 * exact.abs().max().item(), (ours_err, same_err)
 
 
+@pytest.fixture
+def two_threads():
+    """torch's thread count set to 2 for the test, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.skipif(not rcm_fsad_ops.info()["cpu_bfloat16_gemms"],
                     reason="the CPU does not multiply bfloat16 natively (AVX512-BF16), or oneDNN is off")
+@pytest.mark.parametrize("copies", ["default", "none"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("name", sorted(BFLOAT16_GEMM_CASES))
-def test_cpu_bfloat16_backward_takes_bfloat16_gemms_for_the_columns_gradient(name, layout, monkeypatch):
+def test_cpu_bfloat16_backward_takes_bfloat16_gemms_for_the_columns_gradient(name, layout, copies, two_threads,
+                                                                               monkeypatch):
     """Where a bfloat16 forward takes bfloat16 GEMMs, so does its backward for the columns' gradient, rounded
     to bfloat16 as the CUDA backward's 16-bit buffer holds it; the rest computes in float32, the weight
     gradient's sums over all rows too. So the input, offset and mask gradients differ from a float32
     backward's rounded, and the weight gradient does not; with oneDNN off all four are that float32 backward's
     rounded, bit for bit. Each gradient's error against the float64 one of the same inputs and cotangent is
     at most twice that of a float64 backward that rounds the columns' gradient to bfloat16, then its
-    results (plus float32's summation)."""
+    results (plus float32's summation). On 2 threads, with the weight gradient in the first pass (the
+    default budget of copies) and in a second pass (no copies)."""
+    if copies == "none":
+        monkeypatch.setenv("RCM_FSAD_CPU_COPY_BYTES", "0")
     case = BFLOAT16_GEMM_CASES[name]
     low = {k: None if v is None else v.to(torch.bfloat16) for k, v in case.tensors(torch.float64).items()}
     if layout == "channels_last":
