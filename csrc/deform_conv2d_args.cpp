@@ -224,10 +224,4 @@ void add_weight_gradient(const at::Tensor& grad_rows, const at::Tensor& columns,
   }
 }
 
-void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, const at::Tensor& wmat,
-                    at::Tensor& grad_columns, at::Tensor& grad_wmat, const kernels::DeformConvGeometry& g) {
-  columns_gradient(grad_rows, wmat, grad_columns, g);
-  add_weight_gradient(grad_rows, columns, grad_wmat, g);
-}
-
 }  // namespace rcm_fsad

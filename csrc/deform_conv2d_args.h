@@ -83,8 +83,4 @@ void columns_gradient(const at::Tensor& grad_rows, const at::Tensor& wmat, at::T
 void add_weight_gradient(const at::Tensor& grad_rows, const at::Tensor& columns, at::Tensor& grad_wmat,
                          const kernels::DeformConvGeometry& g);
 
-// The two backward GEMMs of a block of rows: columns_gradient and add_weight_gradient.
-void backward_gemms(const at::Tensor& grad_rows, const at::Tensor& columns, const at::Tensor& wmat,
-                    at::Tensor& grad_columns, at::Tensor& grad_wmat, const kernels::DeformConvGeometry& g);
-
 }  // namespace rcm_fsad

@@ -100,14 +100,6 @@ struct ColumnWindow {
   int64_t block_end(int64_t c) const { return c_begin + ((c - c_begin) / block + 1) * block; }
 };
 
-// A sample's value in one channel from its four corners' values and masked weights (Tap::weight): the
-// columns' entry, as the forward samples it and as the backward does again for the weight gradient.
-template <typename scalar_t>
-[[gnu::always_inline]] inline scalar_t masked_blend(const scalar_t (&w)[4], scalar_t v00, scalar_t v01, scalar_t v10,
-                                                    scalar_t v11) {
-  return w[0] * v00 + w[1] * v01 + w[2] * v10 + w[3] * v11;
-}
-
 // cols[r - row_begin, :] = the window's columns of rows [row_begin, row_end), blended in scalar_t and
 // stored as col_t (bfloat16 for the CPU's bfloat16 GEMMs, rounded to nearest even).
 template <typename scalar_t, typename col_t>
@@ -134,7 +126,7 @@ template <typename scalar_t, typename col_t>
           const scalar_t* __restrict__ c = corner[2] + c0;
           const scalar_t* __restrict__ d = corner[3] + c0;
           for (int64_t i = 0; i < c1 - c0; ++i) {
-            dst[i] = static_cast<col_t>(masked_blend(w, a[i], b[i], c[i], d[i]));
+            dst[i] = static_cast<col_t>(kernels::masked_blend(w, a[i], b[i], c[i], d[i]));
           }
         }
       }
@@ -201,7 +193,7 @@ template <bool kWriteColumns, typename scalar_t>
               if constexpr (kWriteColumns) {
                 // sample_columns' value: 0 on the border, where it reads no corner.
                 col[ch] = decltype(on_border)::value ? scalar_t(0)
-                                                     : masked_blend(w, v00[ch], v01[ch], v10[ch], v11[ch]);
+                                                     : kernels::masked_blend(w, v00[ch], v01[ch], v10[ch], v11[ch]);
               }
               t00[ch] += w[0] * gc;
               t01[ch] += w[1] * gc;

@@ -35,8 +35,10 @@
 //   autotune                 the fastest of the paths above that differ for the problem, timed on
 //                            its first call and remembered per problem (autotuned_algorithm), as
 //                            torch.backends.cudnn.benchmark does for convolutions.
-// The backward takes the columns path: recompute the columns, both GEMMs, deform_col2im_kernel,
-// which scatters the input gradient with float atomics. Under torch.use_deterministic_algorithms
+// The backward takes the columns path without recomputing the columns in a kernel of their own: the
+// columns' gradient (a GEMM), then deform_col2im_kernel, which scatters the input gradient with float
+// atomics and writes the columns from the corners it reads for the offset gradient, then the weight
+// gradient's GEMM on them. Under torch.use_deterministic_algorithms
 // that scatter is off and the input gradient is gathered instead, without atomics: a table of the
 // samples (deform_sample_table_kernel), the keys of their corners (deform_sample_keys_kernel) sorted
 // stably, then one thread per input element adding its corners in row order
@@ -582,16 +584,17 @@ void launch_im2col(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, in
 template <typename scalar_t>
 void launch_col2im(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, int64_t first_row,
                    int64_t rows, const scalar_t* grad_columns, at::opmath_type<scalar_t>* grad_input,
-                   scalar_t* grad_offset, FieldStrides gos, scalar_t* grad_mask, FieldStrides gms) {
+                   scalar_t* grad_offset, FieldStrides gos, scalar_t* grad_mask, FieldStrides gms,
+                   scalar_t* columns) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int lanes =
-      kernels::lanes_per_sample<scalar_t>(g, kernels::col2im_vectors(g, a.input, grad_columns, grad_input));
+  const int lanes = kernels::lanes_per_sample<scalar_t>(
+      g, kernels::col2im_vectors(g, a.input, grad_columns, grad_input, columns));
   launch_sampling(g, rows, lanes, [&](auto index, auto lanes_type, int blocks) {
     using index_t = decltype(index);
     kernels::deform_col2im_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>
         <<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
             g, a.input, a.offset, a.offset_strides, a.mask, a.mask_strides, first_row, static_cast<index_t>(rows),
-            grad_columns, grad_input, grad_offset, gos, grad_mask, gms);
+            grad_columns, grad_input, grad_offset, gos, grad_mask, gms, columns);
   });
 }
 
@@ -858,14 +861,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       scalar_t* gm_ptr = mask.has_value() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr;
       for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         const int64_t len = std::min(chunk, rows - r0);
-        launch_im2col<scalar_t>(g, a, r0, len, cols.mutable_data_ptr<scalar_t>());
         at::Tensor grad_cols_chunk = grad_cols.narrow(0, 0, len);
-        backward_gemms(grad_rows.narrow(0, r0, len), cols.narrow(0, 0, len), wmat, grad_cols_chunk,
-                       grad_wmat, g);
+        columns_gradient(grad_rows.narrow(0, r0, len), wmat, grad_cols_chunk, g);
         const scalar_t* gc_ptr = grad_cols.const_data_ptr<scalar_t>();
         acc_t* gi_ptr = grad_input.mutable_data_ptr<acc_t>();
         launch_col2im<scalar_t>(g, a, r0, len, gc_ptr, deterministic ? nullptr : gi_ptr,
-                                grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
+                                grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms,
+                                cols.mutable_data_ptr<scalar_t>());
+        add_weight_gradient(grad_rows.narrow(0, r0, len), cols.narrow(0, 0, len), grad_wmat, g);
         if (deterministic) {
           launch_col2im_input_deterministic<scalar_t>(g, a, r0, len, table_rows, gc_ptr, table, gi_ptr);
         }

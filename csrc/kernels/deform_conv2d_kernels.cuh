@@ -147,11 +147,12 @@ __global__ void __launch_bounds__(256, kIm2colBlocksPerSM<acc_t>)
 }
 
 // Whether deform_col2im_kernel moves 16-byte vectors of channels: as im2col_vectors (its columns
-// gradient laid out as the columns), and the input gradient aligned too.
+// gradient laid out as the columns), and the input gradient and the columns it writes (either may be
+// null) aligned too.
 template <typename scalar_t, typename acc_t>
 RCM_HD bool col2im_vectors(const DeformConvGeometry& g, const scalar_t* input, const scalar_t* grad_columns,
-                           const acc_t* grad_input) {
-  return im2col_vectors(g, input, grad_columns) && aligned16(grad_input);
+                           const acc_t* grad_input, const scalar_t* columns) {
+  return im2col_vectors(g, input, grad_columns) && aligned16(grad_input) && aligned16(columns);
 }
 
 // deform_col2im_kernel's blocks of (at most) 256 threads per SM. Its 16-byte path keeps four corner
@@ -172,7 +173,11 @@ constexpr int kCol2imBlocksPerSM = 2;
 // Grid: sample_warps warps (a grid-stride loop covers the rest).
 // grad_input: NHWC, accumulated in acc_t; null skips the scatter (the deterministic backward
 // computes it with deform_sample_keys_kernel and deform_col2im_input_gather_kernel instead). grad_mask
-// may be null (DCNv1).
+// may be null (DCNv1). columns: where not null, the rows' columns as deform_im2col_kernel writes them
+// (the same sums in the same order), from the corners read for the offset gradient, so that the weight
+// gradient needs no sampling kernel of its own. The CUDA backward always passes them; the test per
+// write is what ptxas allocates without spills (the unconditional form spilled 28-52 bytes in the
+// 16-bit and 64-bit-index instantiations), as for the scatter below.
 template <typename scalar_t, typename acc_t, typename index_t, int kLanes>
 __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
     deform_col2im_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
@@ -180,7 +185,8 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
                          const scalar_t* __restrict__ mask, FieldStrides mask_strides, int64_t first_row,
                          index_t rows, const scalar_t* __restrict__ grad_columns, acc_t* __restrict__ grad_input,
                          scalar_t* __restrict__ grad_offset, FieldStrides grad_offset_strides,
-                         scalar_t* __restrict__ grad_mask, FieldStrides grad_mask_strides) {
+                         scalar_t* __restrict__ grad_mask, FieldStrides grad_mask_strides,
+                         scalar_t* __restrict__ columns) {
   static_assert(kLanes == 8 || kLanes == 16 || kLanes == 32, "kLanes: 8, 16 or 32");
   constexpr int kSamplesPerWarp = kWarpSize / kLanes;
   const int lane = threadIdx.x % kLanes;  // of the sample's
@@ -190,7 +196,7 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
   const index_t step = warps_per_block * gridDim.x * kSamplesPerWarp;
   const int64_t cpog = g.channels_per_offset_group();
   constexpr int kVector = Vector16<scalar_t>::kSize;
-  const bool vectors = col2im_vectors(g, input, grad_columns, grad_input);
+  const bool vectors = col2im_vectors(g, input, grad_columns, grad_input, columns);
   // The loop runs over the warp's first sample, so that all its lanes take the same trips to the
   // reductions; a sample past the last (in the last warp) takes the last one's indices and does
   // nothing with them.
@@ -209,10 +215,13 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
     const bool scatter = grad_input != nullptr;
     acc_t* grad_image = scatter ? grad_input + image_base : nullptr;
     const scalar_t* grad_row = grad_columns + static_cast<int64_t>(s.r) * g.column_width();
+    const bool writes_columns = columns != nullptr;
+    scalar_t* col_row = writes_columns ? columns + static_cast<int64_t>(s.r) * g.column_width() : nullptr;
     acc_t sum_dy = 0, sum_dx = 0, sum_value = 0;
     for (int64_t c0 = s.og * cpog, c1; live && c0 < (s.og + 1) * cpog; c0 = c1) {
       c1 = g.column_run_end(s.og, c0);
       const scalar_t* gcol_run = grad_row + g.column_index(c0, s.k) - c0;
+      scalar_t* col_run = writes_columns ? col_row + g.column_index(c0, s.k) - c0 : nullptr;
       if (vectors) {
         for (int64_t c = c0 + lane * kVector; c < c1; c += kLanes * kVector) {
           const Vector16<scalar_t> gcol = load16<scalar_t>(gcol_run + c);
@@ -222,6 +231,7 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
             corner[i] = load16_if<scalar_t>(image + (p.valid[i] ? p.pixel[i] * g.channels + c : 0), p.valid[i]);
           }
           acc_t gm[kVector];
+          Vector16<scalar_t> sample;
           RCM_UNROLL
           for (int j = 0; j < kVector; ++j) {
             const acc_t gc = static_cast<acc_t>(gcol.v[j]);
@@ -232,7 +242,9 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
             sum_dx += gc * d.dx;
             sum_value += gc * interpolate(p, v00, v01, v10, v11);
             gm[j] = gc * m;
+            sample.v[j] = static_cast<scalar_t>(masked_sample(p, m, v00, v01, v10, v11));
           }
+          if (writes_columns) store16_global(col_run + c, sample);
           RCM_UNROLL
           for (int i = 0; i < 4; ++i) {
             if (scatter && gradient_reaches(p, i)) {
@@ -255,6 +267,7 @@ __global__ void __launch_bounds__(256, kCol2imBlocksPerSM)
         sum_dy += gcol * d.dy;
         sum_dx += gcol * d.dx;
         sum_value += gcol * interpolate(p, v00, v01, v10, v11);
+        if (writes_columns) col_run[c] = static_cast<scalar_t>(masked_sample(p, m, v00, v01, v10, v11));
         const acc_t gm = gcol * m;
         for (int i = 0; i < 4; ++i) {
           if (scatter && gradient_reaches(p, i)) {

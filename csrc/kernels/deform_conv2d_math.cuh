@@ -344,6 +344,24 @@ RCM_HD acc_t interpolate(const SamplePoint<acc_t>& p, acc_t v00, acc_t v01, acc_
   return bilinear_blend(p, v00, v01, v10, v11);
 }
 
+// A sample's value times its modulation from its corner values and their masked_weight w: a column's
+// entry, summed in corner order as deform_im2col_kernel and the CPU's sampling sum it.
+template <typename acc_t>
+RCM_HD acc_t masked_blend(const acc_t (&w)[4], acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
+  return w[0] * v00 + w[1] * v01 + w[2] * v10 + w[3] * v11;
+}
+
+// masked_blend of a sample's corner values (zero for a corner outside the image, which adds 0 x 0):
+// the column deform_im2col_kernel writes from masked_corners_of, zero on the -1 border, where the value
+// reads no corner. For a kernel that holds the corner values already (deform_col2im_kernel).
+template <typename acc_t>
+RCM_HD acc_t masked_sample(const SamplePoint<acc_t>& p, acc_t m, acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
+  if (p.on_border) return acc_t(0);
+  const acc_t w[4] = {masked_weight(p, 0, m), masked_weight(p, 1, m), masked_weight(p, 2, m),
+                      masked_weight(p, 3, m)};
+  return masked_blend(w, v00, v01, v10, v11);
+}
+
 // Value of channel c at corner i of an NHWC image; zero for a corner outside the image.
 template <typename acc_t, typename scalar_t>
 RCM_HD acc_t corner_value(const SamplePoint<acc_t>& p, int i, const scalar_t* image,

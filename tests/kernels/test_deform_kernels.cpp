@@ -23,7 +23,8 @@
 // does for c10::Half/BFloat16); index: int32 | int64.
 // im2col and col2im (each with 8, 16 and 32 lanes a sample) run each problem below with several launch
 // configurations: the production one (256 threads, grid from the work size, capped), all blocks at
-// once (AllBlocks: races between blocks), and a small odd grid (grid-stride loops). col2im_deterministic is the deterministic
+// once (AllBlocks: races between blocks), and a small odd grid (grid-stride loops); col2im's columns, which
+// it writes for the weight gradient, are checked as im2col's are. col2im_deterministic is the deterministic
 // backward (deform_col2im_kernel with the grad_input scatter off, then deform_sample_table_kernel,
 // deform_sample_keys_kernel, the keys' stable sort (std::stable_sort here) and
 // deform_col2im_input_gather_kernel) under the same configurations plus one warp in launches of 5
@@ -359,8 +360,9 @@ class Misaligned {
 };
 
 // Which base pointer a check passes misaligned (Misaligned), the others as allocated. Output: the
-// columns of im2col, the columns gradient of col2im; Gradient: col2im's input gradient.
-enum class Misalign { None, Input, Output, Weights, Gradient };
+// columns of im2col, the columns gradient of col2im; Gradient: col2im's input gradient; Columns: the
+// columns col2im writes.
+enum class Misalign { None, Input, Output, Weights, Gradient, Columns };
 
 template <typename T>
 double to_double(T v) {
@@ -528,12 +530,14 @@ struct Col2imRun {
 // each key's run (std::stable_sort and std::lower_bound, where the CUDA backend takes PyTorch's sort and
 // searchsorted) and deform_col2im_input_gather_kernel, as the CUDA backend does under
 // torch.use_deterministic_algorithms.
-// misalign: Input, Output (the columns gradient) or Gradient (grad_input, with the scatter) passes
-// that base one element past a 16-byte boundary. lanes: deform_col2im_kernel's lanes a sample (8, 16
-// or 32), or 0 for the launcher's choice (kernels::lanes_per_sample).
+// misalign: Input, Output (the columns gradient), Gradient (grad_input, with the scatter) or Columns
+// (the columns it writes, poisoned with NaN first and compared with the reference's) passes that base one
+// element past a 16-byte boundary. lanes: deform_col2im_kernel's lanes a sample (8, 16 or 32), or 0 for
+// the launcher's choice (kernels::lanes_per_sample). with_columns false passes no columns (null).
 template <typename scalar_t, typename index_t>
 Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const Config& cfg, bool deterministic,
-                                                         int lanes = 0, Misalign misalign = Misalign::None) {
+                                                         int lanes = 0, Misalign misalign = Misalign::None,
+                                                         bool with_columns = true) {
   const auto start = std::chrono::steady_clock::now();
   using acc_t = typename Traits<scalar_t>::acc_t;
   const Shape& s = p.shape;
@@ -561,6 +565,7 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
   std::string launched;
   std::string lanes_taken;  // by the first launch
   int unwritten_keys = 0;
+  int column_mismatches = 0;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t len = std::min(chunk, rows - r0);
     std::vector<scalar_t> aligned_grad_columns(len * width);
@@ -570,11 +575,15 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
     std::optional<Misaligned<scalar_t>> shifted_grad_columns;
     if (misalign == Misalign::Output) shifted_grad_columns.emplace(aligned_grad_columns);
     const scalar_t* grad_columns = shifted_grad_columns ? shifted_grad_columns->data() : aligned_grad_columns.data();
+    std::vector<scalar_t> aligned_columns(len * width, nan);
+    std::optional<Misaligned<scalar_t>> shifted_columns;
+    if (misalign == Misalign::Columns) shifted_columns.emplace(aligned_columns);
+    scalar_t* columns = !with_columns ? nullptr : shifted_columns ? shifted_columns->data() : aligned_columns.data();
     acc_t* scatter = deterministic ? nullptr : grad_input_ptr;
     const int launch_lanes =
         lanes != 0 ? lanes
                    : rcm_fsad::kernels::lanes_per_sample<scalar_t>(
-                         g, rcm_fsad::kernels::col2im_vectors(g, input, grad_columns, scatter));
+                         g, rcm_fsad::kernels::col2im_vectors(g, input, grad_columns, scatter, columns));
     if (lanes_taken.empty()) lanes_taken = std::to_string(launch_lanes);
     const int64_t grid = grid_for(cfg, rcm_fsad::kernels::sample_warps(g, len, launch_lanes), cfg.block / 32);
     // Input-gradient elements of the images the rows of this launch touch.
@@ -589,8 +598,35 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
                   rcm_fsad::kernels::deform_col2im_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>, g,
                   input, op.offset.data(), op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len), grad_columns,
                   scatter, grad_offset.data(), gol.strides, s.has_mask ? grad_mask.data() : nullptr,
-                  s.has_mask ? gml.strides : FieldStrides{0, 0, 0, 0});
+                  s.has_mask ? gml.strides : FieldStrides{0, 0, 0, 0}, columns);
     });
+    // The columns, against the reference and against the very values deform_im2col_kernel writes (its
+    // launch as the forward's columns path makes it).
+    if (with_columns) {
+      std::vector<double> got_columns(len * width), want_columns(len * width);
+      for (int64_t i = 0; i < len * width; ++i) {
+        got_columns[i] = to_double(columns[i]);
+        want_columns[i] = ref.columns[r0 * width + i];
+      }
+      const auto column_where = [&](size_t i) {
+        return emu::detail::format("row %" PRId64 " col %" PRId64, r0 + static_cast<int64_t>(i) / width,
+                                   static_cast<int64_t>(i) % width);
+      };
+      column_mismatches += compare("columns", got_columns, want_columns, Traits<scalar_t>::tol, column_where);
+      std::vector<scalar_t> im2col_columns(len * width);
+      const int im2col_lanes = rcm_fsad::kernels::lanes_per_sample<scalar_t>(
+          g, rcm_fsad::kernels::im2col_vectors(g, input, im2col_columns.data()));
+      const int64_t im2col_grid = grid_for(cfg, rcm_fsad::kernels::sample_warps(g, len, im2col_lanes), cfg.block / 32);
+      rcm_fsad::kernels::with_sample_lanes(im2col_lanes, [&](auto lanes_type) {
+        emu::launch(cfg.mode, dim3(static_cast<unsigned>(im2col_grid)), dim3(cfg.block), 0,
+                    rcm_fsad::kernels::deform_im2col_kernel<scalar_t, acc_t, index_t, decltype(lanes_type)::value>, g,
+                    input, op.offset.data(), op.os, op.mask_ptr(), op.ms, r0, static_cast<index_t>(len),
+                    im2col_columns.data());
+      });
+      std::vector<double> im2col_values(len * width);
+      for (int64_t i = 0; i < len * width; ++i) im2col_values[i] = to_double(im2col_columns[i]);
+      column_mismatches += compare("columns against im2col's", got_columns, im2col_values, 0.0, column_where);
+    }
     if (deterministic) {
       std::vector<rcm_fsad::kernels::MaskedCorners<acc_t>> table(len * K * G);
       emu::launch(cfg.mode, dim3(static_cast<unsigned>(grid_for(cfg, len * K * G, cfg.block))), dim3(cfg.block), 0,
@@ -623,7 +659,7 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
     }
   }
   if (shifted_grad_input) std::copy(grad_input_ptr, grad_input_ptr + grad_input.size(), grad_input.begin());
-  int bad = unwritten_keys;
+  int bad = unwritten_keys + column_mismatches;
   {
     std::vector<double> got(s.N * image_size);
     for (size_t i = 0; i < got.size(); ++i) got[i] = to_double(grad_input[i]);
@@ -675,10 +711,11 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
   const char* shifted = misalign == Misalign::Input      ? ", input misaligned"
                         : misalign == Misalign::Output   ? ", columns gradient misaligned"
                         : misalign == Misalign::Gradient ? ", grad_input misaligned"
+                        : misalign == Misalign::Columns  ? ", columns misaligned"
                                                          : "";
-  std::printf("  %s %-32s [%s, %s lanes a sample, chunk %" PRId64 ", %s fields%s] %.2fs\n", bad ? "FAIL" : "ok  ",
+  std::printf("  %s %-32s [%s, %s lanes a sample, chunk %" PRId64 ", %s fields%s%s] %.2fs\n", bad ? "FAIL" : "ok  ",
               p.name, launched.c_str(), lanes_taken.c_str(), chunk, layout_name(p.layout), shifted,
-              seconds_since(start));
+              with_columns ? "" : ", no columns", seconds_since(start));
   return {bad, std::move(grad_input)};
 }
 
@@ -1133,9 +1170,11 @@ int run_kernel_case(const std::string& kernel) {
   if (im2col) {
     for (const Misalign m : {Misalign::Input, Misalign::Output}) bad += check_im2col<scalar_t, index_t>(p, kSmallIm2col, m);
   } else {
-    for (const Misalign m : {Misalign::Input, Misalign::Output, Misalign::Gradient}) {
+    for (const Misalign m : {Misalign::Input, Misalign::Output, Misalign::Gradient, Misalign::Columns}) {
       bad += check_col2im<scalar_t, index_t>(p, kSmallCol2im, /*deterministic=*/false, /*lanes=*/0, m).bad;
     }
+    // And without columns to write: the same gradients.
+    bad += check_col2im<scalar_t, index_t>(p, kSmallCol2im, false, 0, Misalign::None, /*with_columns=*/false).bad;
   }
   return bad;
 }
