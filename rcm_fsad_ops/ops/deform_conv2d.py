@@ -96,8 +96,9 @@ def deform_conv2d(
     (``rcm_fsad_ops.info()["cpu_bfloat16_gemms"]``) for a layer of at least 4096 multiply-adds a conv
     group and output pixel: its forward rounds the sampled columns to bfloat16 for GEMMs that sum in
     float32, and its backward computes the columns' gradient in such GEMMs, rounded to bfloat16;
-    float32/float64/float16/bfloat16 on CUDA (16-bit types accumulate in float32); under CUDA autocast the op runs in the autocast dtype, under CPU autocast in bfloat16
-    where a bfloat16 forward multiplies in bfloat16 (``cpu_bfloat16_gemms``), else in float32. On
+    float32/float64/float16/bfloat16 on CUDA (16-bit types accumulate in float32); under CUDA autocast
+    the op runs in the autocast dtype, under CPU autocast in bfloat16 where a bfloat16 forward
+    multiplies in bfloat16 (``cpu_bfloat16_gemms``), else in float32. On
     sm_80+ the CUDA forward uses tensor cores for float16/bfloat16; for float32 in TF32 when
     ``torch.backends.cuda.matmul.allow_tf32`` is set, and otherwise, where its kernel applies, on
     operands split in two TF32 parts, which keeps float32's accuracy.
