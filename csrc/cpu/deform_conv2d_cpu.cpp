@@ -61,13 +61,20 @@ GroupBlock group_block(const DeformConvGeometry& g) {
 at::Tensor output_major(const at::Tensor& t, int64_t dim, const DeformConvGeometry& g) {
   return t.unflatten(dim, {g.groups, g.out_channels / g.groups}).transpose(dim, dim + 1).flatten(dim, dim + 1);
 }
-// grad_block[(gi * m + o) * weight_row + k * cg + c'] += sums[(k * cg + c') * outputs + o * groups + gi]: a
-// block's weight gradient over a tile, as group_loops_weight_gradient sums it (transposed, output-major),
-// added to the block's part of a copy of the weight matrix's gradient (rows weight_row apart).
+// A block's weight gradient over a tile of len rows by the group loops, added to the block's part of a
+// copy of the weight matrix's gradient (grad_block, rows weight_row apart): the tile's sum apart first in
+// `sums` ((points * cg) x outputs, as group_loops_weight_gradient sums it: transposed, output-major), as a
+// GEMM per tile sums it, then grad_block[(gi * m + o) * weight_row + k * cg + c'] += sums[(k * cg + c') *
+// outputs + o * groups + gi]. grad_rows, grad_stride, output_stride and cols as group_loops_weight_gradient
+// takes them.
 template <typename T>
-[[gnu::always_inline]] inline void add_block_sums(const GroupBlock& b, const T* sums, T* grad_block,
-                                                  int64_t weight_row) {
+[[gnu::always_inline]] inline void add_group_loops_weight_gradient(const GroupBlock& b, int64_t len,
+                                                                   const T* grad_rows, int64_t grad_stride,
+                                                                   int64_t output_stride, const T* cols, T* sums,
+                                                                   T* grad_block, int64_t weight_row) {
   const int64_t width = b.points * b.cg;
+  std::fill(sums, sums + width * b.outputs(), T(0));
+  group_loops_weight_gradient(b, len, grad_rows, grad_stride, output_stride, cols, sums);
   for (int64_t gi = 0; gi < b.groups; ++gi) {
     for (int64_t o = 0; o < b.m; ++o) {
       T* grad_oc = grad_block + (gi * b.m + o) * weight_row;
@@ -262,9 +269,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const int64_t tasks = g.batch * bands;
   const int64_t first_pass_workers =
       first_pass_weight_gradient_workers(tasks, threads, grad_weight_bytes, copy_bytes, split.share);
+  const bool weight_in_first_pass = first_pass_workers > 0;
   // Either way the first pass runs on workers, each a contiguous run of tasks: one task each where the
   // weight gradient takes a second pass.
-  const int64_t workers = first_pass_workers > 0 ? first_pass_workers : tasks;
+  const int64_t workers = weight_in_first_pass ? first_pass_workers : tasks;
   const int64_t blocks = g.groups / split.conv_groups * split.kernel_point_runs;
   const int64_t range_rows = (rows + split.row_ranges - 1) / split.row_ranges;
   at::Tensor grad_input_bands = at::zeros({bands, g.batch, g.height, g.width, g.channels}, options);
@@ -275,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   at::Tensor grad_mask = sample_gradients.mask;
   const at::Tensor wmat = weight_matrix(weight);  // in the GEMMs' dtype
   // The weight gradient's copies: a first-pass worker's each, or a second-pass range's each.
-  const int64_t copies = first_pass_workers > 0 ? first_pass_workers : split.row_ranges;
+  const int64_t copies = weight_in_first_pass ? first_pass_workers : split.row_ranges;
   at::Tensor grad_wmat_copies = at::zeros({copies, wmat.size(0), wmat.size(1)}, options);
   const bool loops = use_group_loops(g);
   const ColumnLayout layout = loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor;
@@ -298,11 +306,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       const FieldStrides gos = field_strides(grad_offset);
       const FieldStrides gms = mask.has_value() ? field_strides(grad_mask) : FieldStrides{0, 0, 0, 0};
       scalar_t* gm_ptr = mask.has_value() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr;
-      // The first pass: the input, offset and mask gradients, and with first_pass_workers the weight
+      // The first pass: the input, offset and mask gradients, and with weight_in_first_pass the weight
       // gradient. A task is the only writer of its band's copy of its image's input gradient, a worker of
       // its copy of the weight gradient.
       parallel_for_calling_ops(0, workers, [&](int64_t w0, int64_t w1) {
-        const bool adds_weight_gradient = first_pass_workers > 0;
         const GroupBlock layer = group_block(g);
         at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, options);
         // With gemms16 the GEMMs' bfloat16 output, widened into grad_cols for the scatter in a pass of its
@@ -310,10 +317,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         // 28% of a backward instead of 18%.
         at::Tensor grad_cols16 = at::empty({gemms16 ? kRowTile : 0, g.column_width()}, grad_rows.options());
         at::Tensor sink = at::zeros({4, g.channels}, options);
-        at::Tensor cols = at::empty({adds_weight_gradient ? kRowTile : 0, g.column_width()}, options);
-        scalar_t* cols_ptr = adds_weight_gradient ? cols.mutable_data_ptr<scalar_t>() : nullptr;
+        at::Tensor cols = at::empty({weight_in_first_pass ? kRowTile : 0, g.column_width()}, options);
+        scalar_t* cols_ptr = weight_in_first_pass ? cols.mutable_data_ptr<scalar_t>() : nullptr;
         at::Tensor tile_sums =
-            at::empty({adds_weight_gradient && loops ? layer.points * layer.cg : 0, layer.outputs()}, options);
+            at::empty({weight_in_first_pass && loops ? layer.points * layer.cg : 0, layer.outputs()}, options);
         // Rows [r0, r0 + len) of one band of one image, whose copy of the input gradient is grad_input.
         const auto tile = [&](int64_t r0, int64_t len, scalar_t* grad_input, at::Tensor& grad_wmat) {
           const scalar_t* grad_row0 = grad_rows_c.const_data_ptr<scalar_t>() + r0 * g.out_channels;
@@ -332,19 +339,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           sample_columns_backward(s, r0, r0 + len, every_column, grad_cols.const_data_ptr<scalar_t>(), cols_ptr,
                                   grad_input, sink.mutable_data_ptr<scalar_t>(),
                                   grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
-          if (!adds_weight_gradient) return;
+          if (!weight_in_first_pass) return;
           if (!loops) {
             return add_weight_gradient(grad_rows_c.narrow(0, r0, len), cols.narrow(0, 0, len), grad_wmat, g);
           }
           scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
           run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-            std::fill(sums, sums + tile_sums.numel(), scalar_t(0));
-            group_loops_weight_gradient(layer, len, grad_row0, g.out_channels, g.groups, cols_ptr, sums);
-            add_block_sums(layer, sums, grad_wmat.mutable_data_ptr<scalar_t>(), weight_row);
+            add_group_loops_weight_gradient(layer, len, grad_row0, g.out_channels, g.groups, cols_ptr, sums,
+                                            grad_wmat.mutable_data_ptr<scalar_t>(), weight_row);
           });
         };
         for (int64_t worker = w0; worker < w1; ++worker) {
-          at::Tensor grad_wmat = adds_weight_gradient ? grad_wmat_copies[worker] : at::Tensor();
+          at::Tensor grad_wmat = weight_in_first_pass ? grad_wmat_copies[worker] : at::Tensor();
           for (int64_t t = worker * tasks / workers; t < (worker + 1) * tasks / workers; ++t) {
             const int64_t image_row = (t / bands) * g.out_pixels();
             const int64_t begin = image_row + std::min(g.out_pixels(), (t % bands) * band_rows);
@@ -356,7 +362,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           }
         }
       });
-      if (first_pass_workers > 0) return;
+      if (weight_in_first_pass) return;
       // The second pass: the weight gradient. Task t is block t % blocks (a run of conv groups, or of one
       // group's kernel points) of range t / blocks of the rows: it samples that block's columns and adds,
       // group by group, grad_rows^T x them to the range's copy, a tile of rows at a time (with the group
@@ -395,10 +401,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
             scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
             for_each_tile([&](int64_t r0, int64_t len) {
               run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-                std::fill(sums, sums + group_width * block.outputs(), scalar_t(0));
-                group_loops_weight_gradient(block, len, grad_row_block + r0 * g.out_channels, g.out_channels,
-                                            g.groups, cols_ptr, sums);
-                add_block_sums(block, sums, grad_block, weight_row);
+                add_group_loops_weight_gradient(block, len, grad_row_block + r0 * g.out_channels, g.out_channels,
+                                                g.groups, cols_ptr, sums, grad_block, weight_row);
               });
             });
             continue;
