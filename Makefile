@@ -1,5 +1,6 @@
 # make demo   set up .venv, build the extension, run the main job
 # make test   set up .venv, build the extension and the C++ library, run every test
+# make test-older-torch   build for the CPU against torch 2.13 as C++17 and smoke-test that build
 # make test-kernels   run the CUDA kernels on the CPU (ASan+UBSan and TSan builds) + the ptxas gate;
 #                     needs no venv, no torch and no GPU
 # make audit-barriers   remove each barrier, async-copy wait and wgmma fence of the implicit-GEMM and transpose
@@ -29,13 +30,13 @@ export MAX_JOBS
 # The venv's tools (ninja, cmake's generator and torch's build backend) without activating it.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test test-python test-cpp test-kernels audit-barriers build cmake bench info clean FORCE
+.PHONY: demo test test-python test-cpp test-older-torch test-kernels audit-barriers build cmake bench info clean FORCE
 
 demo: build
 	$(PY) -m rcm_fsad_ops demo
 
 # In this order, one after the other, so that pytest's summary stays the last line.
-test: test-kernels test-cpp test-python
+test: test-kernels test-cpp test-older-torch test-python
 .NOTPARALLEL: test
 
 test-python: build
@@ -43,6 +44,11 @@ test-python: build
 
 test-cpp: cmake
 	cd $(CMAKE_BUILD) && ctest --output-on-failure
+
+# The CPU build against torch 2.13 (the CPU wheel on this machine's disk) as C++17, what torch before 2.12
+# compiles extensions as, and a smoke test of it against the float64 reference (build/older-torch/; a minute).
+test-older-torch:
+	bash tools/older_torch_check.sh
 
 # The __global__ kernels of csrc/kernels/ run on the CPU through tests/kernels/cuda_emulation.h, in an
 # ASan+UBSan build (build/kernels-asan) and a TSan build (build/kernels-tsan), then

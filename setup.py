@@ -13,6 +13,7 @@ Environment:
                           wgmma), or 9.0a (Hopper with its arch-specific features) when no GPU is
                           visible.
   MAX_JOBS                parallel compile jobs (ninja).
+  RCM_FSAD_CXX_STD        the C++ standard to compile as (c++17, say) in place of torch's choice.
 """
 from __future__ import annotations
 
@@ -73,7 +74,10 @@ def extension():
     if not openmp:
         print("warning: the C++ compiler does not build OpenMP programs; the CPU kernels will run on one thread",
               file=sys.stderr)
-    cxx_flags = ["-O3"] + openmp + simd
+    # RCM_FSAD_CXX_STD (c++17, say): the C++ standard to compile as, in place of torch's (C++20 from torch 2.12,
+    # C++17 before), to check that the sources keep to older torch's (tools/older_torch_check.sh).
+    std = [f"-std={os.environ['RCM_FSAD_CXX_STD']}"] if os.environ.get("RCM_FSAD_CXX_STD") else []
+    cxx_flags = ["-O3"] + openmp + simd + std
     link_flags = openmp
     with_cuda = CUDA_HOME is not None
     if with_cuda and torch.version.cuda is None:
@@ -99,7 +103,7 @@ def extension():
         sources,
         include_dirs=include_dirs,
         depends=depends,
-        extra_compile_args={"cxx": cxx_flags + wheel_includes, "nvcc": ["-O3", "-lineinfo"] + wheel_includes},
+        extra_compile_args={"cxx": cxx_flags + wheel_includes, "nvcc": ["-O3", "-lineinfo"] + std + wheel_includes},
         extra_link_args=link_flags,
     )
 
