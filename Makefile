@@ -1,6 +1,7 @@
 # make demo   set up .venv, build the extension, run the main job
 # make test   set up .venv, build the extension and the C++ library, run every test
-# make test-older-torch   build for the CPU against torch 2.13 as C++17 and smoke-test that build
+# make test-older-torch   the sources against torch 2.13 as C++17: the CPU build, smoke-tested, and the CUDA
+#                         sources through nvcc's front end
 # make test-kernels   run the CUDA kernels on the CPU (ASan+UBSan and TSan builds) + the ptxas gate;
 #                     needs no venv, no torch and no GPU
 # make audit-barriers   remove each barrier, async-copy wait and wgmma fence of the implicit-GEMM and transpose
@@ -45,10 +46,12 @@ test-python: build
 test-cpp: cmake
 	cd $(CMAKE_BUILD) && ctest --output-on-failure
 
-# The CPU build against torch 2.13 (the CPU wheel on this machine's disk) as C++17, what torch before 2.12
-# compiles extensions as, and a smoke test of it against the float64 reference (build/older-torch/; a minute).
-test-older-torch:
-	bash tools/older_torch_check.sh
+# The sources against torch 2.13 (the CPU wheel on this machine's disk) as C++17, what torch before 2.12
+# compiles extensions as: the CPU build, smoke-tested against the float64 reference, and the CUDA sources
+# through nvcc's front end (build/older-torch/; 2-3 minutes the first time). The venv's nvidia-* wheels hold
+# the CUDA headers the toolkit lacks.
+test-older-torch: $(DEPS_STAMP)
+	$(PY) tools/older_torch_check.py
 
 # The __global__ kernels of csrc/kernels/ run on the CPU through tests/kernels/cuda_emulation.h, in an
 # ASan+UBSan build (build/kernels-asan) and a TSan build (build/kernels-tsan), then

@@ -75,7 +75,7 @@ def extension():
         print("warning: the C++ compiler does not build OpenMP programs; the CPU kernels will run on one thread",
               file=sys.stderr)
     # RCM_FSAD_CXX_STD (c++17, say): the C++ standard to compile as, in place of torch's (C++20 from torch 2.12,
-    # C++17 before), to check that the sources keep to older torch's (tools/older_torch_check.sh).
+    # C++17 before), to check that the sources keep to older torch's (tools/older_torch_check.py).
     std = [f"-std={os.environ['RCM_FSAD_CXX_STD']}"] if os.environ.get("RCM_FSAD_CXX_STD") else []
     cxx_flags = ["-O3"] + openmp + simd + std
     link_flags = openmp

@@ -1,6 +1,6 @@
 """The op against the package's float64 reference on a torch older than the pinned one, where neither
-torchvision nor the test suite's other dependencies need be installed (tools/older_torch_check.sh runs
-it on the CPU build it makes against torch 2.13, which compiles extensions as C++17).
+torchvision nor the test suite's other dependencies need be installed (tools/older_torch_check.py runs
+it on the CPU build it makes against torch 2.13 as C++17).
 
 Forward and all five gradients of several layers (groups, offset groups, no mask, stride, dilation,
 offsets that leave the image, channels_last), in float64 and float32; gradcheck; opcheck; the layer
