@@ -1,6 +1,6 @@
-"""Checks the sources against an older torch, one that compiles extensions as C++17 (torch before 2.12; the
-pinned 2.14 compiles them as C++20), so that they keep to C++17 and to the API of the torch versions
-README promises, and a GPU machine with an older torch (2.11 in sessions so far) meets no compile error.
+"""Checks the sources against a torch older than the pinned one, as C++17 (what torch before 2.12 compiles
+extensions as; the pinned 2.14 compiles them as C++20), so that they keep to C++17 and to an older torch's
+API, and a GPU machine with an older torch (2.11 in sessions so far) meets no compile error.
 
 Against torch 2.13.0+cpu (OLDER_TORCH; the CPU wheel on this machine's disk, found through pip's
 find-links) in a venv of its own, on a copy of the working tree (edits included, the checkout's own module
