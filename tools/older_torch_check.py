@@ -2,9 +2,10 @@
 extensions as; the pinned 2.14 compiles them as C++20), so that they keep to C++17 and to an older torch's
 API, and a GPU machine with an older torch (2.11 in sessions so far) meets no compile error.
 
-Against torch 2.13.0+cpu (OLDER_TORCH; the CPU wheel on this machine's disk, found through pip's
-find-links) in a venv of its own, on a copy of the working tree (edits included, the checkout's own module
-left alone), all under build/older-torch/:
+Against torch 2.13.0+cpu (OLDER_TORCH: the CPU wheel on this machine's disk, found through pip's
+find-links, or else from PyTorch's CPU index; where neither has it, the check says so and passes, unless
+RCM_FSAD_REQUIRE_OLDER_TORCH=1, which .ci/run sets) in a venv of its own, on a copy of the working tree
+(edits included, the checkout's own module left alone), all under build/older-torch/:
   1. the CPU build (setup.py, RCM_FSAD_CXX_STD=c++17), then tools/older_torch_smoke.py on it: the op against
      the float64 reference;
   2. where a CUDA toolkit is found (as setup.py finds one), the CUDA sources through nvcc's front end only
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from build_env import find_cuda_home, wheel_cuda_include_dirs  # noqa: E402
 
 OLDER_TORCH = os.environ.get("OLDER_TORCH", "2.13.0+cpu")
+PYTORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 WORK = ROOT / "build" / "older-torch"
 VENV = WORK / "venv"
 SRC = WORK / "src"
@@ -41,14 +43,20 @@ def fail(message: str) -> None:
     sys.exit(f"older_torch_check: {message}")
 
 
-def make_venv() -> None:
+def make_venv() -> bool:
+    """Whether the venv has the older torch: from pip's own sources (this machine's disk), else from PyTorch's
+    CPU index, where the +cpu wheels live (PyPI has none)."""
     stamp = VENV / f".torch-{OLDER_TORCH}"
     if stamp.exists():
-        return
+        return True
     shutil.rmtree(VENV, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    subprocess.run([str(PYTHON), "-m", "pip", "install", "-q", f"torch=={OLDER_TORCH}", "ninja", "numpy"], check=True)
+    install = [str(PYTHON), "-m", "pip", "install", "-q", f"torch=={OLDER_TORCH}", "ninja", "numpy"]
+    if (subprocess.run(install).returncode != 0 and
+            subprocess.run(install + ["--timeout", "30", "--retries", "1", "--extra-index-url", PYTORCH_CPU_INDEX]).returncode != 0):
+        return False
     stamp.touch()
+    return True
 
 
 def copy_sources() -> None:
@@ -117,7 +125,13 @@ def cuda_front_end() -> None:
 
 
 def main() -> None:
-    make_venv()
+    if not make_venv():
+        message = (f"torch {OLDER_TORCH} is neither in pip's sources here nor reachable at {PYTORCH_CPU_INDEX}: "
+                   "the sources are not checked against it")
+        if os.environ.get("RCM_FSAD_REQUIRE_OLDER_TORCH") == "1":
+            fail(message)
+        print(f"older_torch_check: {message} (RCM_FSAD_REQUIRE_OLDER_TORCH=1, as CI sets it, makes that a failure)")
+        return
     copy_sources()
     cpu_build()
     subprocess.run([str(PYTHON), str(ROOT / "tools" / "older_torch_smoke.py")], check=True,
