@@ -46,10 +46,10 @@ test-python: build
 test-cpp: cmake
 	cd $(CMAKE_BUILD) && ctest --output-on-failure
 
-# The sources against torch 2.13 (the CPU wheel on this machine's disk) as C++17, what torch before 2.12
-# compiles extensions as: the CPU build, smoke-tested against the float64 reference, and the CUDA sources
-# through nvcc's front end (build/older-torch/; 2-3 minutes the first time). The venv's nvidia-* wheels hold
-# the CUDA headers the toolkit lacks.
+# The sources against torch 2.13 (its CPU wheel: on this machine's disk, else from PyTorch's index) as C++17,
+# what torch before 2.12 compiles extensions as: the CPU build, smoke-tested against the float64 reference,
+# and the CUDA sources through nvcc's front end (build/older-torch/; 2-3 minutes the first time). The venv's
+# nvidia-* wheels hold the CUDA headers the toolkit lacks.
 test-older-torch: $(DEPS_STAMP)
 	$(PY) tools/older_torch_check.py
 

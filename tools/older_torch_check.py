@@ -52,8 +52,8 @@ def make_venv() -> bool:
     shutil.rmtree(VENV, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     install = [str(PYTHON), "-m", "pip", "install", "-q", f"torch=={OLDER_TORCH}", "ninja", "numpy"]
-    if (subprocess.run(install).returncode != 0 and
-            subprocess.run(install + ["--timeout", "30", "--retries", "1", "--extra-index-url", PYTORCH_CPU_INDEX]).returncode != 0):
+    from_index = ["--timeout", "30", "--retries", "1", "--extra-index-url", PYTORCH_CPU_INDEX]
+    if subprocess.run(install).returncode != 0 and subprocess.run(install + from_index).returncode != 0:
         return False
     stamp.touch()
     return True
