@@ -17,6 +17,9 @@
 //   test_deform_kernels mma_steps                  the mma.sync kernel's steps per kernel point
 //   test_deform_kernels transpose/<in>[_to_<out>]  the layout transpose (batched_transpose_kernel),
 //                                                  e.g. transpose/bfloat16, transpose/float_to_half
+//   test_deform_kernels fuzz [<first seed> <count>]  every kernel on random problems (random_problem):
+//                                                  kFuzzProblems from kFuzzFirstSeed, or count from
+//                                                  the seed given
 //   test_deform_kernels --list
 //
 // dtype: float | double | half | bfloat16 (16-bit types accumulate in float, as the CUDA backend
@@ -52,10 +55,14 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <limits>
+#include <map>
 #include <memory>
 #include <new>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -908,7 +915,8 @@ int check_igemm(const Problem& p, bool infinite_mask = false) {
                                              kernels::implicit_gemm_shared_bytes<acc_t>());
       const int b = compare("out", got, op.want, Traits<scalar_t>::tol, out_element(p)) +
                     (infinite_mask ? check_infinities(op.want) : 0);
-      const std::string extra = std::string(vector_fills ? ", 16-byte fills" : "") + infinity_note(infinite_mask, op.want);
+      const std::string extra = std::string(", CUDA cores ") + Traits<scalar_t>::name +
+                                (vector_fills ? ", 16-byte fills" : "") + infinity_note(infinite_mask, op.want);
       report_forward(b, p, grid, Tiles::kThreads, extra.c_str(), start);
       bad += b;
     }
@@ -950,6 +958,20 @@ std::vector<scalar_t> repacked_weights(Repack repack, const Problem& p, const Fo
 // exact and its sums in float, and 1.25 still catches operands truncated instead of rounded.)
 // The tensor-core kernels, each launched as the launcher does.
 enum class TensorCoreKernel { Wmma, WmmaAsync, Mma, Wgmma };
+
+const char* kernel_name(TensorCoreKernel k) {
+  return k == TensorCoreKernel::Wmma ? "wmma" : k == TensorCoreKernel::WmmaAsync ? "wmma_async"
+                                     : k == TensorCoreKernel::Mma               ? "mma"
+                                                                                : "wgmma";
+}
+
+// The multiplications' type, as the case names spell it.
+template <typename scalar_t, typename mma_t>
+const char* mma_type_name() {
+  if constexpr (std::is_same_v<mma_t, rcm_fsad::kernels::Tf32>) return "tf32";
+  if constexpr (std::is_same_v<mma_t, rcm_fsad::kernels::Tf32Split>) return "tf32_split";
+  return Traits<scalar_t>::name;
+}
 
 // The tolerance of a tensor-core forward against the float64 reference (split TF32: float's).
 template <typename scalar_t, typename mma_t>
@@ -1072,7 +1094,9 @@ int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = 
                 rounding_error, scale);
     ++bad;
   }
-  std::string errors = emu::detail::format(", error %.2g vs rounding %.2g", kernel_error, rounding_error);
+  std::string errors = emu::detail::format(", %s %s %d wide, error %.2g vs rounding %.2g", kernel_name(kKernel),
+                                           mma_type_name<scalar_t, mma_t>(), kCols * kWarpsAlongCols, kernel_error,
+                                           rounding_error);
   if constexpr (std::is_same_v<mma_t, rcm_fsad::kernels::Tf32Split>) bad += check_float32_accuracy(op, p, got, errors);
   errors += infinity_note(infinite_mask, op.want);
   report_forward(bad, p, grid, Tiles::kThreads, errors.c_str(), start);
@@ -1261,46 +1285,59 @@ int run_igemm_case() {
 // mma.sync kernel: five), for float also the 40-channel ones. Under TSan the cp.async kernel runs
 // all of them; the mma.sync one the last three problems it applies to, unsplit: one of each warp layout, several
 // row tiles, and in the 128 x 256 one, the warps that trade sampled rows, an idle one among them.
+// Whether the launcher takes a tensor-core kernel for p: the cp.async kernel where its channel runs
+// are whole 16-byte vectors, the mma.sync and wgmma ones where mma_kernel_applies (the WMMA kernel
+// always).
+template <typename scalar_t, TensorCoreKernel kKernel>
+bool tensor_core_kernel_applies(const Problem& p) {
+  if constexpr (kKernel == TensorCoreKernel::Mma || kKernel == TensorCoreKernel::Wgmma) {
+    return rcm_fsad::kernels::mma_kernel_applies<scalar_t>(geometry(p));
+  } else if constexpr (kKernel == TensorCoreKernel::WmmaAsync) {
+    return geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize);
+  }
+  return true;
+}
+
+// check_igemm_tensor_cores with the block widths the launcher picks for p.
+template <typename scalar_t, typename mma_t, TensorCoreKernel kKernel>
+int check_tensor_core_widths(const Problem& p, int split, bool infinite_mask) {
+  namespace kernels = rcm_fsad::kernels;
+  const int64_t cog = p.out_channels / p.shape.groups;
+  if constexpr (kKernel == TensorCoreKernel::Mma) {
+    return kernels::with_mma_tiles<mma_t>(cog, [&](auto tiles) {
+      using Tiles = decltype(tiles);
+      return check_igemm_tensor_cores<scalar_t, mma_t, Tiles::kWarpCols, kKernel, Tiles::kWarpsAlongCols>(
+          p, split, infinite_mask);
+    });
+  } else if constexpr (kKernel == TensorCoreKernel::Wgmma) {
+    return kernels::with_wgmma_tiles<mma_t>(cog, [&](auto tiles) {
+      return check_igemm_tensor_cores<scalar_t, mma_t, decltype(tiles)::kCols, kKernel>(p, split, infinite_mask);
+    });
+  } else {
+    if (kernels::wmma_tile_cols<mma_t>(cog) == 128) {
+      return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split, infinite_mask);
+    }
+    return check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split, infinite_mask);
+  }
+}
+
 template <typename scalar_t, typename mma_t, TensorCoreKernel kKernel = TensorCoreKernel::Wmma>
 int run_tensor_core_case() {
   constexpr bool kVectorsOnly = kKernel != TensorCoreKernel::Wmma;
   int bad = 0;
   constexpr bool kMmaProblems = kKernel == TensorCoreKernel::Mma || kKernel == TensorCoreKernel::Wgmma;
   const std::vector<Problem>& all = kMmaProblems ? mma_problems() : igemm_problems();
-  auto applies = [](const Problem& p) {
-    return kMmaProblems ? rcm_fsad::kernels::mma_kernel_applies<scalar_t>(geometry(p))
-                        : geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize);
-  };
+  const auto applies = tensor_core_kernel_applies<scalar_t, kKernel>;
+  const auto check = check_tensor_core_widths<scalar_t, mma_t, kKernel>;
   const bool light = kMmaProblems && kThreadSanitizer;
   // Under light checking, the last three problems the kernel applies to.
   size_t light_from = all.size();
   for (int found = 0; light && found < 3 && light_from > 0;) found += applies(all[--light_from]) ? 1 : 0;
-  // With the widths the launcher picks for the problem.
-  auto check = [](const Problem& p, int split, bool infinite_mask) {
-    namespace kernels = rcm_fsad::kernels;
-    const int64_t cog = p.out_channels / p.shape.groups;
-    if constexpr (kKernel == TensorCoreKernel::Mma) {
-      return kernels::with_mma_tiles<mma_t>(cog, [&](auto tiles) {
-        using Tiles = decltype(tiles);
-        return check_igemm_tensor_cores<scalar_t, mma_t, Tiles::kWarpCols, kKernel, Tiles::kWarpsAlongCols>(
-            p, split, infinite_mask);
-      });
-    } else if constexpr (kKernel == TensorCoreKernel::Wgmma) {
-      return kernels::with_wgmma_tiles<mma_t>(cog, [&](auto tiles) {
-        return check_igemm_tensor_cores<scalar_t, mma_t, decltype(tiles)::kCols, kKernel>(p, split, infinite_mask);
-      });
-    } else {
-      if (kernels::wmma_tile_cols<mma_t>(cog) == 128) {
-        return check_igemm_tensor_cores<scalar_t, mma_t, 128, kKernel>(p, split, infinite_mask);
-      }
-      return check_igemm_tensor_cores<scalar_t, mma_t, 64, kKernel>(p, split, infinite_mask);
-    }
-  };
   // Split over kernel points: the first and the last problem the kernel takes (not the list's first and
-  // last, which the vectors-only kernels may not take).
+  // last, which the kernels of whole vectors may not take).
   size_t first_taken = all.size(), last_taken = 0;
   for (size_t i = 0; i < all.size(); ++i) {
-    if (kVectorsOnly && !applies(all[i])) continue;
+    if (!applies(all[i])) continue;
     first_taken = std::min(first_taken, i);
     last_taken = i;
   }
@@ -1308,7 +1345,7 @@ int run_tensor_core_case() {
   int split_checked = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     const Problem& p = all[i];
-    if (kVectorsOnly && !applies(p)) continue;
+    if (!applies(p)) continue;
     if (!kVectorsOnly && kThreadSanitizer && i != 0 && i + 2 < all.size()) continue;
     if (light && i < light_from) continue;
     ++checked;
@@ -1332,7 +1369,9 @@ int run_tensor_core_case() {
   if constexpr (kKernel == TensorCoreKernel::Wmma) {
     if (!kThreadSanitizer) {
       // The last problem whose runs of channels are whole vectors, from bases that are not on one.
-      const auto last_vectors = std::find_if(all.rbegin(), all.rend(), applies);
+      const auto last_vectors = std::find_if(all.rbegin(), all.rend(), [](const Problem& p) {
+        return geometry(p).channel_runs_are_multiples_of(rcm_fsad::kernels::Vector16<scalar_t>::kSize);
+      });
       if (last_vectors == all.rend()) std::abort();  // the problem list has lost them
       const bool wide = rcm_fsad::kernels::wmma_tile_cols<mma_t>(last_vectors->out_channels / last_vectors->shape.groups) == 128;
       for (const Misalign m : {Misalign::Input, Misalign::Weights}) {
@@ -1540,8 +1579,145 @@ int transpose_case() {
   return bad;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Random problems.
+
+// The problems the `fuzz` case runs (seeds kFuzzFirstSeed onwards); `fuzz <first seed> <count>` runs
+// others, for a longer search by hand.
+constexpr uint64_t kFuzzFirstSeed = 1;
+constexpr int64_t kFuzzProblems = 6;
+// Rows of a random problem at most, channels at most (per vector draw and not), output channels a
+// conv group at most: every emulated warp collective costs microseconds of context switches per lane.
+constexpr int64_t kFuzzMaxRows = 160;
+constexpr int64_t kFuzzMaxChannels = 96;
+constexpr int64_t kFuzzMaxOutputsPerGroup = 260;
+
+// A problem drawn from `seed`: batch, image and kernel sizes, strides, paddings, dilations, conv and
+// offset groups, the fields' layout, im2col's and col2im's rows per launch, the output channels (up to
+// three column tiles of the tensor-core kernels), with or without a mask (and a bias: odd seeds). Half
+// have conv and offset groups of whole 16-byte vectors in every type (multiples of 8 channels), which
+// the vector, cp.async, mma.sync and wgmma paths need.
+Problem random_problem(uint64_t seed) {
+  static std::deque<std::string> names;  // Problem::name points into it
+  Rng rng{seed * 0x2545f4914f6cdd1dull + 99u};
+  for (;;) {
+    Shape s{};
+    s.groups = rng.integer(1, 3);
+    s.offset_groups = rng.integer(1, 4);
+    const bool vectors = rng.uniform() < 0.5;
+    const int64_t unit = std::lcm(s.groups, s.offset_groups) * (vectors ? 8 : 1);
+    if (unit > kFuzzMaxChannels) continue;
+    s.C = unit * rng.integer(1, std::min<int64_t>(kFuzzMaxChannels / unit, vectors ? 3 : 8));
+    s.N = rng.integer(1, 3);
+    s.H = rng.integer(1, 10);
+    s.W = rng.integer(1, 10);
+    s.kh = rng.integer(1, rng.uniform() < 0.1 ? 5 : 3);
+    s.kw = rng.integer(1, rng.uniform() < 0.1 ? 5 : 3);
+    s.sh = rng.integer(1, 3);
+    s.sw = rng.integer(1, 3);
+    s.ph = rng.integer(0, 2);
+    s.pw = rng.integer(0, 2);
+    s.dh = rng.integer(1, 2);
+    s.dw = rng.integer(1, 2);
+    s.has_mask = rng.uniform() < 0.75;
+    if (s.out_h() < 1 || s.out_w() < 1 || s.rows() > kFuzzMaxRows) continue;
+    const int64_t most = s.groups == 1 ? kFuzzMaxOutputsPerGroup : kFuzzMaxOutputsPerGroup / 2;
+    const int64_t per_group = rng.uniform() < 0.25 ? rng.integer(65, most) : rng.integer(1, 24);
+    const Layout layout = static_cast<Layout>(rng.integer(0, 2));
+    const int64_t chunk = rng.uniform() < 0.5 ? 0 : rng.integer(1, s.rows());
+    names.push_back("fuzz" + std::to_string(seed));
+    return {names.back().c_str(), s, layout, chunk, seed, s.groups * per_group};
+  }
+}
+
+void describe(const Problem& p) {
+  const Shape& s = p.shape;
+  std::printf("%s: N %" PRId64 ", C %" PRId64 ", %" PRId64 "x%" PRId64 ", kernel %" PRId64 "x%" PRId64
+              ", stride %" PRId64 "x%" PRId64 ", padding %" PRId64 "x%" PRId64 ", dilation %" PRId64 "x%" PRId64
+              ", groups %" PRId64 ", offset groups %" PRId64 ", %s, C_out %" PRId64 ", %s fields, chunk %" PRId64 "\n",
+              p.name, s.N, s.C, s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.dh, s.dw, s.groups, s.offset_groups,
+              s.has_mask ? "mask" : "no mask", p.out_channels, layout_name(p.layout), p.chunk);
+}
+
+// im2col, col2im and the deterministic backward on p.
+template <typename scalar_t, typename index_t>
+int fuzz_sampling(const Problem& p) {
+  return check_im2col<scalar_t, index_t>(p, kProduction) + check_col2im<scalar_t, index_t>(p, kSmallCol2im, false).bad +
+         check_col2im_deterministic<scalar_t, index_t>(p, {kProduction, kOneWarpChunked});
+}
+
+template <typename scalar_t>
+int fuzz_sampling(const Problem& p, bool int32_indices) {
+  return int32_indices ? fuzz_sampling<scalar_t, int32_t>(p) : fuzz_sampling<scalar_t, int64_t>(p);
+}
+
+// Problems each tensor-core kernel and type ran on, by "kernel type", for fuzz_case's summary.
+std::map<std::string, int>& fuzz_runs() {
+  static std::map<std::string, int> runs;
+  return runs;
+}
+
+// A tensor-core kernel on p where the launcher would take it.
+template <typename scalar_t, typename mma_t, TensorCoreKernel kKernel>
+int fuzz_tensor_cores(const Problem& p, int split) {
+  if (!tensor_core_kernel_applies<scalar_t, kKernel>(p)) return 0;
+  ++fuzz_runs()[std::string(kernel_name(kKernel)) + " " + mma_type_name<scalar_t, mma_t>()];
+  return check_tensor_core_widths<scalar_t, mma_t, kKernel>(p, split, false);
+}
+
+template <typename scalar_t>
+int fuzz_tensor_cores_16_bit(const Problem& p, int split) {
+  return fuzz_tensor_cores<scalar_t, scalar_t, TensorCoreKernel::Wmma>(p, split) +
+         fuzz_tensor_cores<scalar_t, scalar_t, TensorCoreKernel::WmmaAsync>(p, split) +
+         fuzz_tensor_cores<scalar_t, scalar_t, TensorCoreKernel::Mma>(p, split) +
+         fuzz_tensor_cores<scalar_t, scalar_t, TensorCoreKernel::Wgmma>(p, split);
+}
+
+// Every kernel on the problem of `seed`: the sampling kernels and the CUDA-core forward in an element
+// type (and index type) drawn with it, and every tensor-core kernel that applies, in float (TF32 and
+// split TF32) and a 16-bit type, unsplit or split over a drawn count of kernel points.
+int fuzz_problem(uint64_t seed) {
+  const Problem p = random_problem(seed);
+  describe(p);
+  Rng rng{seed ^ 0x5851f42d4c957f2dull};
+  std::vector<int> splits = split_counts(p);
+  splits.push_back(1);
+  const int split = splits[rng.integer(0, static_cast<int64_t>(splits.size()) - 1)];
+  const bool int32_indices = rng.uniform() < 0.5;
+  int bad = 0;
+  switch (rng.integer(0, 3)) {
+    case 0: bad += fuzz_sampling<float>(p, int32_indices) + check_igemm<float>(p); break;
+    case 1: bad += fuzz_sampling<double>(p, int32_indices) + check_igemm<double>(p); break;
+    case 2: bad += fuzz_sampling<__half>(p, int32_indices) + check_igemm<__half>(p); break;
+    default: bad += fuzz_sampling<__nv_bfloat16>(p, int32_indices) + check_igemm<__nv_bfloat16>(p); break;
+  }
+  using rcm_fsad::kernels::Tf32;
+  using rcm_fsad::kernels::Tf32Split;
+  bad += rng.uniform() < 0.5 ? fuzz_tensor_cores_16_bit<__half>(p, split) : fuzz_tensor_cores_16_bit<__nv_bfloat16>(p, split);
+  bad += fuzz_tensor_cores<float, Tf32, TensorCoreKernel::Wmma>(p, split) +
+         fuzz_tensor_cores<float, Tf32, TensorCoreKernel::WmmaAsync>(p, split) +
+         fuzz_tensor_cores<float, Tf32, TensorCoreKernel::Mma>(p, split) +
+         fuzz_tensor_cores<float, Tf32Split, TensorCoreKernel::Mma>(p, split) +
+         fuzz_tensor_cores<float, Tf32, TensorCoreKernel::Wgmma>(p, split) +
+         fuzz_tensor_cores<float, Tf32Split, TensorCoreKernel::Wgmma>(p, split);
+  return bad;
+}
+
+int fuzz_case(uint64_t first_seed, int64_t count) {
+  int bad = 0;
+  for (int64_t i = 0; i < count; ++i) bad += fuzz_problem(first_seed + static_cast<uint64_t>(i));
+  std::printf("  %" PRId64 " problems; of them the tensor-core kernels took", count);
+  const char* separator = ":";
+  for (const auto& [kernel, runs] : fuzz_runs()) {
+    std::printf("%s %s %d", separator, kernel.c_str(), runs);
+    separator = ",";
+  }
+  std::printf("\n");
+  return bad;
+}
+
 std::vector<std::string> case_names() {
-  std::vector<std::string> names = {"reference", "splits", "mma_steps"};
+  std::vector<std::string> names = {"reference", "splits", "mma_steps", "fuzz"};
   for (const char* dtype : {"float", "double", "half", "bfloat16"}) names.push_back(std::string("igemm/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma/") + dtype);
   for (const char* dtype : {"half", "bfloat16", "tf32"}) names.push_back(std::string("wmma_async/") + dtype);
@@ -1561,11 +1737,12 @@ std::vector<std::string> case_names() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s <kernel>/<dtype>/<index> | reference | --list\n", argv[0]);
+  const std::string name = argc > 1 ? argv[1] : "";
+  if (argc != 2 && !(argc == 4 && name == "fuzz")) {
+    std::fprintf(stderr, "usage: %s <kernel>/<dtype>/<index> | reference | fuzz [<first seed> <count>] | --list\n",
+                 argv[0]);
     return 2;
   }
-  const std::string name = argv[1];
   const std::vector<std::string> names = case_names();
   if (name == "--list") {
     for (const std::string& n : names) std::printf("%s\n", n.c_str());
@@ -1584,6 +1761,9 @@ int main(int argc, char** argv) {
     bad = splits_case();
   } else if (name == "mma_steps") {
     bad = mma_steps_case();
+  } else if (name == "fuzz") {
+    bad = argc == 4 ? fuzz_case(std::strtoull(argv[2], nullptr, 10), std::strtoll(argv[3], nullptr, 10))
+                    : fuzz_case(kFuzzFirstSeed, kFuzzProblems);
   } else if (name.rfind("transpose/", 0) == 0) {
     const std::string types = name.substr(10);
     if (types == "float") bad = transpose_case<float, float>();
