@@ -1,6 +1,8 @@
 """Random deformable-convolution problems shared by the tests."""
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass, replace
 
 import torch
@@ -98,3 +100,28 @@ CASES = {
     # runs longer than a vector start off a 16-byte boundary (the CUDA kernels must not load them as vectors)
     "runs_off_vectors": DeformCase(in_channels=40, out_channels=6, offset_groups=4, height=5, width=5, seed=4),
 }
+
+
+def random_case(seed: int) -> DeformCase:
+    """A problem drawn from seed: batch, image and kernel sizes, stride, padding, dilation, conv and offset
+    groups, output channels (up to 130 a group: several tensor-core column tiles), offsets near, far or on
+    integers, with or without mask and bias. Half have conv and offset groups of multiples of 8 channels,
+    whole 16-byte vectors in every dtype, which the CUDA vector and tensor-core paths need; all are small
+    enough to leave a GPU's grid less than a wave, so that the CUDA forward also splits over kernel points."""
+    rng = random.Random(seed)
+    while True:
+        groups, offset_groups = rng.randint(1, 3), rng.randint(1, 4)
+        vectors = rng.random() < 0.5
+        unit = math.lcm(groups, offset_groups) * (8 if vectors else 1)
+        if unit > 96:
+            continue
+        case = DeformCase(
+            batch=rng.randint(1, 3), in_channels=unit * rng.randint(1, min(96 // unit, 3 if vectors else 8)),
+            out_channels=groups * (rng.randint(65, 130) if rng.random() < 0.25 else rng.randint(1, 24)),
+            height=rng.randint(1, 10), width=rng.randint(1, 10),
+            kernel=(rng.randint(1, 4), rng.randint(1, 4)), stride=(rng.randint(1, 3), rng.randint(1, 3)),
+            padding=(rng.randint(0, 2), rng.randint(0, 2)), dilation=(rng.randint(1, 2), rng.randint(1, 2)),
+            groups=groups, offset_groups=offset_groups, use_mask=rng.random() < 0.75, use_bias=rng.random() < 0.5,
+            offset_scale=rng.choice([0.5, 1.5, 4.0]), integer_offsets=rng.random() < 0.2, seed=seed)
+        if min(case.out_size) >= 1:
+            return case

@@ -10,7 +10,7 @@ import torchvision
 import rcm_fsad_ops
 from benchmarks.runner import tf32_set_to
 from rcm_fsad_ops import reference
-from tests.deform_cases import CASES, DeformCase
+from tests.deform_cases import CASES, DeformCase, random_case
 
 GRAD_NAMES = ("input", "offset", "weight", "bias", "mask")
 
@@ -73,7 +73,10 @@ def test_matches_reference_float64(name, device):
 def test_float32_error_is_that_of_float32_arithmetic(name, device):
     """Judged against float64: ours in float32 (IEEE: TF32 off) is no worse than torchvision in float32
     (times 4, or one float32 epsilon of the largest value)."""
-    case = CASES[name]
+    assert_float32_error_is_that_of_float32_arithmetic(CASES[name], device)
+
+
+def assert_float32_error_is_that_of_float32_arithmetic(case: DeformCase, device: str):
     exact = run_with_grads(reference.deform_conv2d, case, case.tensors(torch.float64, device))
     with tf32_set_to(False):
         ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, case.tensors(torch.float32, device))
@@ -155,13 +158,29 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
     CPU computes float16, and bfloat16 where it does not multiply it natively, in float32, rounding only the
     output: test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does.) The 16-bit gradients likewise,
     against the float64 ones for the same rounded cotangent: the reference rounds what the backward
-    must (on CUDA the columns and their gradient, 16-bit buffers; on the CPU nothing, as these layers are
-    too small for its bfloat16 GEMMs: test_cpu_bfloat16_backward_takes_bfloat16_gemms_for_the_columns_gradient),
-    then its results."""
+    must (backward_rounding_model), then its results."""
     if device == "cpu" and precision == "tf32":
         pytest.skip("TF32 is a CUDA setting")
+    assert_low_precision_error_is_that_of_its_rounding(CASES[name], precision, device)
+
+
+def backward_rounding_model(case: DeformCase, dtype, device: str):
+    """The float64 backward that rounds what ours must: on CUDA the columns and their gradient (16-bit
+    buffers); on the CPU, in bfloat16 where the CPU multiplies it natively, a layer of at least 4096
+    multiply-adds a conv group and output pixel (README: CPU) the columns' gradient, from its bfloat16 GEMMs
+    (test_cpu_bfloat16_backward_takes_bfloat16_gemms_for_the_columns_gradient); else nothing, the rest
+    computing in float32."""
+    if device != "cpu":
+        return columns_rounded_to(dtype)
+    kh, kw = case.kernel
+    products = kh * kw * (case.in_channels // case.groups) * (case.out_channels // case.groups)
+    if dtype == torch.bfloat16 and products >= 4096 and rcm_fsad_ops.info()["cpu_bfloat16_gemms"]:
+        return columns_rounded_to(dtype, values=False)
+    return reference.deform_conv2d
+
+
+def assert_low_precision_error_is_that_of_its_rounding(case: DeformCase, precision: str, device: str):
     dtype, mma_input, grad_tol = LOW_PRECISIONS[precision]
-    case = CASES[name]
     low = {k: None if v is None else v.to(dtype) for k, v in case.tensors(torch.float64, device).items()}
     exact_inputs = {k: None if v is None else v.double() for k, v in low.items()}
     exact = run_with_grads(reference.deform_conv2d, case, exact_inputs, cotangent_dtype=dtype)
@@ -182,13 +201,49 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
             err = (grad.double() - exact[1][key]).abs().max().item()
             assert err <= grad_tol * exact[1][key].abs().max().item(), (key, err)
         return
-    model = reference.deform_conv2d if device == "cpu" else columns_rounded_to(dtype)
-    same_grads = run_with_grads(model, case, exact_inputs, cotangent_dtype=dtype)[1]
+    same_grads = run_with_grads(backward_rounding_model(case, dtype, device), case, exact_inputs, cotangent_dtype=dtype)[1]
     for key, grad in ours[1].items():
         truth = exact[1][key]
         ours_err = (grad.double() - truth).abs().max().item()
         same_err = (same_grads[key].to(dtype).double() - truth).abs().max().item()
         assert ours_err <= 2 * same_err + 1e-5 * truth.abs().max().item(), (key, ours_err, same_err)
+
+
+# Random problems (tests.deform_cases.random_case), odd seeds on channels_last tensors. On CUDA they reach
+# the launchers' choices (kernels, 16-byte paths, column tiles, splits over kernel points) on geometries
+# nobody picked; the CUDA kernels' own random problems run on the CPU (tests/kernels, `fuzz`). Twelve: on
+# a GPU each runs on six forward paths in five precisions, 360 tests of gpu_check.sh's `tests` step.
+RANDOM_SEEDS = range(12)
+
+
+def random_case_tensors(seed: int, dtype, device) -> tuple:
+    case = random_case(seed)
+    tensors = case.tensors(dtype, device)
+    if seed % 2:
+        tensors = {k: v if v is None or v.dim() != 4 else v.contiguous(memory_format=torch.channels_last)
+                   for k, v in tensors.items()}
+    return case, tensors
+
+
+@pytest.mark.parametrize("seed", RANDOM_SEEDS)
+def test_random_problems_match_torchvision_float64(seed, device):
+    case, tensors = random_case_tensors(seed, torch.float64, device)
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    theirs = run_with_grads(torchvision.ops.deform_conv2d, case, tensors)
+    assert_matches(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", RANDOM_SEEDS)
+def test_random_problems_float32_error_is_that_of_float32_arithmetic(seed, device):
+    assert_float32_error_is_that_of_float32_arithmetic(random_case(seed), device)
+
+
+@pytest.mark.parametrize("precision", sorted(LOW_PRECISIONS))
+@pytest.mark.parametrize("seed", RANDOM_SEEDS)
+def test_random_problems_low_precision_error_is_that_of_its_rounding(seed, precision, device):
+    if device == "cpu" and precision == "tf32":
+        pytest.skip("TF32 is a CUDA setting")
+    assert_low_precision_error_is_that_of_its_rounding(random_case(seed), precision, device)
 
 
 # Layers of at least 4096 multiply-adds a conv group and output pixel, where a bfloat16 forward on a CPU
