@@ -1275,16 +1275,6 @@ int run_igemm_case() {
   return bad + check_igemm<scalar_t>(infinite_mask_problem(), /*infinite_mask=*/true);
 }
 
-// The ThreadSanitizer build runs the first problem (element loads) and the last two (16-byte loads,
-// blocks 64 and, but for TF32, 128 columns wide): the barriers are the same on every problem, and a
-// block of hundreds of emulated threads is slow under TSan. Split over kernel points
-// (split_counts()): the first problem and the last, in every build.
-//
-// The cp.async and mma.sync kernels run on the problems whose channel runs are whole vectors
-// (channel_runs_are_multiples_of, as the launcher checks): for 16-bit types the last three (the
-// mma.sync kernel: five), for float also the 40-channel ones. Under TSan the cp.async kernel runs
-// all of them; the mma.sync one the last three problems it applies to, unsplit: one of each warp layout, several
-// row tiles, and in the 128 x 256 one, the warps that trade sampled rows, an idle one among them.
 // Whether the launcher takes a tensor-core kernel for p: the cp.async kernel where its channel runs
 // are whole 16-byte vectors, the mma.sync and wgmma ones where mma_kernel_applies (the WMMA kernel
 // always).
@@ -1321,6 +1311,16 @@ int check_tensor_core_widths(const Problem& p, int split, bool infinite_mask) {
   }
 }
 
+// The ThreadSanitizer build runs the first problem (element loads) and the last two (16-byte loads,
+// blocks 64 and, but for TF32, 128 columns wide): the barriers are the same on every problem, and a
+// block of hundreds of emulated threads is slow under TSan. Split over kernel points
+// (split_counts()): the first problem and the last, in every build.
+//
+// The cp.async and mma.sync kernels run on the problems whose channel runs are whole vectors
+// (channel_runs_are_multiples_of, as the launcher checks): for 16-bit types the last three (the
+// mma.sync kernel: five), for float also the 40-channel ones. Under TSan the cp.async kernel runs
+// all of them; the mma.sync one the last three problems it applies to, unsplit: one of each warp layout, several
+// row tiles, and in the 128 x 256 one, the warps that trade sampled rows, an idle one among them.
 template <typename scalar_t, typename mma_t, TensorCoreKernel kKernel = TensorCoreKernel::Wmma>
 int run_tensor_core_case() {
   constexpr bool kVectorsOnly = kKernel != TensorCoreKernel::Wmma;
@@ -1762,8 +1762,20 @@ int main(int argc, char** argv) {
   } else if (name == "mma_steps") {
     bad = mma_steps_case();
   } else if (name == "fuzz") {
-    bad = argc == 4 ? fuzz_case(std::strtoull(argv[2], nullptr, 10), std::strtoll(argv[3], nullptr, 10))
-                    : fuzz_case(kFuzzFirstSeed, kFuzzProblems);
+    uint64_t first_seed = kFuzzFirstSeed;
+    int64_t count = kFuzzProblems;
+    if (argc == 4) {
+      char* seed_end = nullptr;
+      char* count_end = nullptr;
+      first_seed = std::strtoull(argv[2], &seed_end, 10);
+      count = std::strtoll(argv[3], &count_end, 10);
+      if (*argv[2] == '\0' || *seed_end != '\0' || *argv[3] == '\0' || *count_end != '\0' || count < 1) {
+        std::fprintf(stderr, "fuzz: the first seed must be a number and the count a positive one, got '%s' '%s'\n",
+                     argv[2], argv[3]);
+        return 2;
+      }
+    }
+    bad = fuzz_case(first_seed, count);
   } else if (name.rfind("transpose/", 0) == 0) {
     const std::string types = name.substr(10);
     if (types == "float") bad = transpose_case<float, float>();
