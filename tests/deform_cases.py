@@ -28,6 +28,7 @@ class DeformCase:
     offset_scale: float = 1.5
     integer_offsets: bool = False
     seed: int = 0
+    channels_last: bool = False  # the 4-D tensors' memory format
 
     def with_(self, **changes) -> "DeformCase":
         return replace(self, **changes)
@@ -56,7 +57,9 @@ class DeformCase:
             mask=torch.rand(self.batch, self.offset_groups * points, out_h, out_w, generator=g, dtype=torch.float64)
             if self.use_mask else None,
         )
-        return {k: None if v is None else v.to(device=device, dtype=dtype) for k, v in values.items()}
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return {k: None if v is None else v.to(device=device, dtype=dtype, memory_format=layout if v.dim() == 4 else
+                                                torch.preserve_format) for k, v in values.items()}
 
     def kwargs(self) -> dict:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
@@ -105,7 +108,7 @@ CASES = {
 def random_case(seed: int) -> DeformCase:
     """A problem drawn from seed: batch, image and kernel sizes, stride, padding, dilation, conv and offset
     groups, output channels (up to 130 a group: several tensor-core column tiles), offsets near, far or on
-    integers, with or without mask and bias. Half have conv and offset groups of multiples of 8 channels,
+    integers, with or without mask and bias, channels_last where the seed is odd. Half have conv and offset groups of multiples of 8 channels,
     whole 16-byte vectors in every dtype, which the CUDA vector and tensor-core paths need; all are small
     enough to leave a GPU's grid less than a wave, so that the CUDA forward also splits over kernel points."""
     rng = random.Random(seed)
@@ -122,6 +125,7 @@ def random_case(seed: int) -> DeformCase:
             kernel=(rng.randint(1, 4), rng.randint(1, 4)), stride=(rng.randint(1, 3), rng.randint(1, 3)),
             padding=(rng.randint(0, 2), rng.randint(0, 2)), dilation=(rng.randint(1, 2), rng.randint(1, 2)),
             groups=groups, offset_groups=offset_groups, use_mask=rng.random() < 0.75, use_bias=rng.random() < 0.5,
-            offset_scale=rng.choice([0.5, 1.5, 4.0]), integer_offsets=rng.random() < 0.2, seed=seed)
+            offset_scale=rng.choice([0.5, 1.5, 4.0]), integer_offsets=rng.random() < 0.2, seed=seed,
+            channels_last=seed % 2 == 1)
         if min(case.out_size) >= 1:
             return case

@@ -201,7 +201,8 @@ def assert_low_precision_error_is_that_of_its_rounding(case: DeformCase, precisi
             err = (grad.double() - exact[1][key]).abs().max().item()
             assert err <= grad_tol * exact[1][key].abs().max().item(), (key, err)
         return
-    same_grads = run_with_grads(backward_rounding_model(case, dtype, device), case, exact_inputs, cotangent_dtype=dtype)[1]
+    model = backward_rounding_model(case, dtype, device)
+    same_grads = run_with_grads(model, case, exact_inputs, cotangent_dtype=dtype)[1]
     for key, grad in ours[1].items():
         truth = exact[1][key]
         ours_err = (grad.double() - truth).abs().max().item()
@@ -209,25 +210,17 @@ def assert_low_precision_error_is_that_of_its_rounding(case: DeformCase, precisi
         assert ours_err <= 2 * same_err + 1e-5 * truth.abs().max().item(), (key, ours_err, same_err)
 
 
-# Random problems (tests.deform_cases.random_case), odd seeds on channels_last tensors. On CUDA they reach
-# the launchers' choices (kernels, 16-byte paths, column tiles, splits over kernel points) on geometries
+# Random problems (tests.deform_cases.random_case, odd seeds channels_last). On CUDA they reach the
+# launchers' choices (kernels, layouts, 16-byte paths, column tiles, splits over kernel points) on geometries
 # nobody picked; the CUDA kernels' own random problems run on the CPU (tests/kernels, `fuzz`). Twelve: on
 # a GPU each runs on six forward paths in five precisions, 360 tests of gpu_check.sh's `tests` step.
 RANDOM_SEEDS = range(12)
 
 
-def random_case_tensors(seed: int, dtype, device) -> tuple:
-    case = random_case(seed)
-    tensors = case.tensors(dtype, device)
-    if seed % 2:
-        tensors = {k: v if v is None or v.dim() != 4 else v.contiguous(memory_format=torch.channels_last)
-                   for k, v in tensors.items()}
-    return case, tensors
-
-
 @pytest.mark.parametrize("seed", RANDOM_SEEDS)
 def test_random_problems_match_torchvision_float64(seed, device):
-    case, tensors = random_case_tensors(seed, torch.float64, device)
+    case = random_case(seed)
+    tensors = case.tensors(torch.float64, device)
     ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
     theirs = run_with_grads(torchvision.ops.deform_conv2d, case, tensors)
     assert_matches(ours, theirs, rtol=1e-10, atol=1e-10)
