@@ -64,6 +64,32 @@ def test_trained_offset_predictor_matches_torchvision(device):
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
 
 
+def test_offset_predictor_loads_mmcvs_state_dict(device):
+    """mmcv's ModulatedDeformConv2dPack (mmdetection's DCNv2 checkpoints) keeps its predictor as conv_offset:
+    such a state_dict, inside a model, loads strictly (the caller's dict unchanged), and the layer then
+    computes what mmcv's forward does, written out here with F.conv2d and torchvision: thirds o1, o2 and
+    the mask logits, sampled at cat(o1, o2) with the logits' sigmoid as mask."""
+    torch.manual_seed(0)
+    kwargs = dict(stride=2, padding=2, dilation=2)
+    model = torch.nn.Sequential(torch.nn.Identity(),
+                                ModulatedDeformConv2dWithOffsetPredictor(6, 4, 3, offset_groups=2, bias=False,
+                                                                         **kwargs)).double().to(device)
+    mmcv_state = {"1.weight": torch.randn(4, 6, 3, 3, dtype=torch.float64),
+                  "1.conv_offset.weight": 0.1 * torch.randn(54, 6, 3, 3, dtype=torch.float64),
+                  "1.conv_offset.bias": torch.randn(54, dtype=torch.float64)}
+    keys = list(mmcv_state)
+    model.load_state_dict(mmcv_state)
+    assert list(mmcv_state) == keys
+    x = torch.randn(2, 6, 9, 8, dtype=torch.float64, device=device)
+    o1, o2, logits = torch.chunk(F.conv2d(x, mmcv_state["1.conv_offset.weight"].to(device),
+                                          mmcv_state["1.conv_offset.bias"].to(device), **kwargs), 3, dim=1)
+    expected = torchvision.ops.deform_conv2d(x, torch.cat((o1, o2), dim=1), mmcv_state["1.weight"].to(device),
+                                             mask=logits.sigmoid(), **kwargs)
+    torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+    # And its own keys still: the state_dict it saves loads back.
+    model.load_state_dict(model.state_dict())
+
+
 def test_offset_predictor_learns(device):
     """The predictor receives gradients through the offsets and the mask."""
     torch.manual_seed(0)

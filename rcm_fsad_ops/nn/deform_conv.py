@@ -101,6 +101,11 @@ class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
     mask. It is zero-initialised, so a new layer samples the regular grid with a mask of 0.5.
     device and dtype place the parameters of both, as for nn.Conv2d.
 
+    load_state_dict also takes mmcv's ModulatedDeformConv2dPack's (as in mmdetection's DCNv2
+    checkpoints): its predictor, conv_offset, lays out its channels as this one does (mmcv splits them
+    into thirds o1, o2 and the mask logits, and samples at cat(o1, o2)), so its keys load as
+    offset_predictor's.
+
     forward(input (N, C_in, H, W)) -> (N, C_out, H_out, W_out)
     """
 
@@ -142,6 +147,17 @@ class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
     def _reset_offset_predictor(self) -> None:
         nn.init.zeros_(self.offset_predictor.weight)
         nn.init.zeros_(self.offset_predictor.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # mmcv's keys renamed here, before nn.Module hands the predictor its share of state_dict (a copy
+        # that load_state_dict made: the caller's dict is left alone).
+        for name in ("weight", "bias"):
+            mmcv_key, key = f"{prefix}conv_offset.{name}", f"{prefix}offset_predictor.{name}"
+            if mmcv_key in state_dict and key not in state_dict:
+                state_dict[key] = state_dict.pop(mmcv_key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def forward(self, input: Tensor) -> Tensor:  # type: ignore[override]
         # Checked before the predictor runs, so that both layers report a wrong input the same way.
