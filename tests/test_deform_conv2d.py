@@ -10,7 +10,7 @@ import torchvision
 import rcm_fsad_ops
 from benchmarks.runner import tf32_set_to
 from rcm_fsad_ops import reference
-from tests.deform_cases import CASES, DeformCase, random_case
+from tests.deform_cases import CASES, DeformCase
 
 GRAD_NAMES = ("input", "offset", "weight", "bias", "mask")
 
@@ -208,35 +208,6 @@ def assert_low_precision_error_is_that_of_its_rounding(case: DeformCase, precisi
         ours_err = (grad.double() - truth).abs().max().item()
         same_err = (same_grads[key].to(dtype).double() - truth).abs().max().item()
         assert ours_err <= 2 * same_err + 1e-5 * truth.abs().max().item(), (key, ours_err, same_err)
-
-
-# Random problems (tests.deform_cases.random_case, odd seeds channels_last). On CUDA they reach the
-# launchers' choices (kernels, layouts, 16-byte paths, column tiles, splits over kernel points) on geometries
-# nobody picked; the CUDA kernels' own random problems run on the CPU (tests/kernels, `fuzz`). Twelve: on
-# a GPU each runs on six forward paths in five precisions, 360 tests of gpu_check.sh's `tests` step.
-RANDOM_SEEDS = range(12)
-
-
-@pytest.mark.parametrize("seed", RANDOM_SEEDS)
-def test_random_problems_match_torchvision_float64(seed, device):
-    case = random_case(seed)
-    tensors = case.tensors(torch.float64, device)
-    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
-    theirs = run_with_grads(torchvision.ops.deform_conv2d, case, tensors)
-    assert_matches(ours, theirs, rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize("seed", RANDOM_SEEDS)
-def test_random_problems_float32_error_is_that_of_float32_arithmetic(seed, device):
-    assert_float32_error_is_that_of_float32_arithmetic(random_case(seed), device)
-
-
-@pytest.mark.parametrize("precision", sorted(LOW_PRECISIONS))
-@pytest.mark.parametrize("seed", RANDOM_SEEDS)
-def test_random_problems_low_precision_error_is_that_of_its_rounding(seed, precision, device):
-    if device == "cpu" and precision == "tf32":
-        pytest.skip("TF32 is a CUDA setting")
-    assert_low_precision_error_is_that_of_its_rounding(random_case(seed), precision, device)
 
 
 # Layers of at least 4096 multiply-adds a conv group and output pixel, where a bfloat16 forward on a CPU
