@@ -38,7 +38,8 @@ class DeformCase:
         return output_size((self.height, self.width), self.kernel, self.stride, self.padding, self.dilation)
 
     def tensors(self, dtype=torch.float64, device="cpu") -> dict:
-        """input, offset, weight, bias, mask (None where unused), generated from the seed on the CPU."""
+        """input, offset, weight, bias, mask (None where unused), generated from the seed on the CPU; the 4-D
+        ones channels_last where channels_last."""
         g = torch.Generator().manual_seed(self.seed)
         kh, kw = self.kernel
         out_h, out_w = self.out_size
@@ -58,8 +59,9 @@ class DeformCase:
             if self.use_mask else None,
         )
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        return {k: None if v is None else v.to(device=device, dtype=dtype, memory_format=layout if v.dim() == 4 else
-                                                torch.preserve_format) for k, v in values.items()}
+        return {k: None if v is None else
+                v.to(device=device, dtype=dtype, memory_format=layout if v.dim() == 4 else torch.preserve_format)
+                for k, v in values.items()}
 
     def kwargs(self) -> dict:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
@@ -108,9 +110,10 @@ CASES = {
 def random_case(seed: int) -> DeformCase:
     """A problem drawn from seed: batch, image and kernel sizes, stride, padding, dilation, conv and offset
     groups, output channels (up to 130 a group: several tensor-core column tiles), offsets near, far or on
-    integers, with or without mask and bias, channels_last where the seed is odd. Half have conv and offset groups of multiples of 8 channels,
-    whole 16-byte vectors in every dtype, which the CUDA vector and tensor-core paths need; all are small
-    enough to leave a GPU's grid less than a wave, so that the CUDA forward also splits over kernel points."""
+    integers, with or without mask and bias, channels_last where the seed is odd. Half have conv and offset
+    groups of multiples of 8 channels, whole 16-byte vectors in every dtype, which the CUDA vector and
+    tensor-core paths need; all are small enough to leave a GPU's grid less than a wave, so that the CUDA
+    forward also splits over kernel points."""
     rng = random.Random(seed)
     while True:
         groups, offset_groups = rng.randint(1, 3), rng.randint(1, 4)
