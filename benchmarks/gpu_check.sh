@@ -363,7 +363,7 @@ gpu_step smoke "$CHECKS_LOG" 120 1 "$PY -c '$CUDA_VISIBLE' && $PY $SMALL_PY"
 # (whose rounds count --maxfail each).
 # A per-test timeout (thread method: a kernel that never returns blocks signals) where pytest-timeout is
 # installed. 240 s: six CUDA backends since session 14 (cuda-wgmma), none of them timed on the GPU
-# machine yet; since session 26 also 360 tests on random problems (tests/test_random_problems.py, small
+# machine yet; since session 26 also 432 tests on random problems (tests/test_random_problems.py, small
 # ones), collected last, so that if the cap cuts the step it cuts them.
 if $PY -c 'import pytest' >/dev/null 2>&1; then
     TEST_TIMEOUT=""
