@@ -1646,9 +1646,11 @@ int fuzz_sampling(const Problem& p) {
          check_col2im_deterministic<scalar_t, index_t>(p, {kProduction, kOneWarpChunked});
 }
 
+// Those and the CUDA-core forward on p in scalar_t, the sampling kernels with int32 or int64 indices.
 template <typename scalar_t>
-int fuzz_sampling(const Problem& p, bool int32_indices) {
-  return int32_indices ? fuzz_sampling<scalar_t, int32_t>(p) : fuzz_sampling<scalar_t, int64_t>(p);
+int fuzz_cuda_cores(const Problem& p, bool int32_indices) {
+  return (int32_indices ? fuzz_sampling<scalar_t, int32_t>(p) : fuzz_sampling<scalar_t, int64_t>(p)) +
+         check_igemm<scalar_t>(p);
 }
 
 // Problems each tensor-core kernel and type ran on, by "kernel type", for fuzz_case's summary.
@@ -1686,10 +1688,10 @@ int fuzz_problem(uint64_t seed) {
   const bool int32_indices = rng.uniform() < 0.5;
   int bad = 0;
   switch (rng.integer(0, 3)) {
-    case 0: bad += fuzz_sampling<float>(p, int32_indices) + check_igemm<float>(p); break;
-    case 1: bad += fuzz_sampling<double>(p, int32_indices) + check_igemm<double>(p); break;
-    case 2: bad += fuzz_sampling<__half>(p, int32_indices) + check_igemm<__half>(p); break;
-    default: bad += fuzz_sampling<__nv_bfloat16>(p, int32_indices) + check_igemm<__nv_bfloat16>(p); break;
+    case 0: bad += fuzz_cuda_cores<float>(p, int32_indices); break;
+    case 1: bad += fuzz_cuda_cores<double>(p, int32_indices); break;
+    case 2: bad += fuzz_cuda_cores<__half>(p, int32_indices); break;
+    default: bad += fuzz_cuda_cores<__nv_bfloat16>(p, int32_indices); break;
   }
   using rcm_fsad::kernels::Tf32;
   using rcm_fsad::kernels::Tf32Split;
