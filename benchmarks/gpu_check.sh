@@ -51,8 +51,9 @@
 # console into an eighth).
 #
 # Environment: OUT (default /tmp/gpu_check_out), PYTHON (default: python, else python3),
-# BUDGET_S (total time budget in seconds, default 480; each step's timeout is capped by what is left;
-# 540 fits one call of the device tool's 600 s),
+# BUDGET_S (total time budget in seconds, default 480; each step's timeout is capped by what is left
+# after the time kept for the memcheck and benchmark steps still to come (RESERVED_S below); 540 fits
+# one call of the device tool's 600 s),
 # RCM_FSAD_GIT_REVISION (the commit the tree was copied from, for the reports: a device copy's .git can be
 # stale; e.g. RCM_FSAD_GIT_REVISION=$(git rev-parse --short HEAD), filled in where the copy is made).
 
@@ -116,65 +117,13 @@ LAST_STATUS=OK  # of the last step: OK, FAIL, TIME (cut short by the budget) or 
     printf '%-10s %-6s %5s %7s  %s\n' step status rc seconds log
 } > "$SUMMARY"
 
-remaining() { echo $(( BUDGET_S - (SECONDS - START) )); }
-
-# step NAME LOG CAP_SECONDS REQUIRED(1/0) COMMAND...
-# Runs COMMAND through bash under `timeout`, min(CAP, time left); appends to LOG and echoes to stdout.
-step() {
-    local name="$1" log="$2" cap="$3" required="$4"
-    shift 4
-    local cmd="$*"
-    local left
-    left=$(remaining)
-    local limit=$(( cap < left ? cap : left ))
-    if (( limit < 15 )); then
-        echo "===== [$name] SKIPPED: only ${left}s of the ${BUDGET_S}s budget left" | tee -a "$log"
-        printf '%-10s %-6s %5s %7s  %s\n' "$name" SKIP - 0 "$(basename "$log") (out of time)" >> "$SUMMARY"
-        (( required )) && SKIPPED_REQUIRED+=("$name")
-        LAST_RC=0
-        LAST_STATUS=SKIP
-        return 0
-    fi
-    local shown="${cmd#$'\n'}"
-    [[ "$shown" == *$'\n'* ]] && shown="${shown%%$'\n'*} ..."
-    echo "===== [$name] $(date +%T) timeout ${limit}s: $shown" | tee -a "$log"
-    local t0=$SECONDS
-    timeout --kill-after=10 "$limit" bash -c "$cmd" 2>&1 | tee -a "$log"
-    local rc=${PIPESTATUS[0]}
-    local dt=$(( SECONDS - t0 ))
-    local status=OK
-    if (( (rc == 124 || rc == 137) && limit < cap )); then
-        # Cut short by the budget, not by its own cap: unfinished, which says nothing of its result.
-        status=TIME
-        (( required )) && SKIPPED_REQUIRED+=("$name")
-        echo "===== [$name] OUT OF BUDGET after ${limit}s (its cap: ${cap}s)" | tee -a "$log"
-    elif (( rc != 0 )); then
-        status=FAIL
-        if (( required )); then FAILED+=("$name"); else OPTIONAL_FAILED+=("$name"); fi
-        (( rc == 124 || rc == 137 )) && echo "===== [$name] TIMED OUT after ${limit}s" | tee -a "$log"
-    fi
-    LAST_RC=$rc
-    LAST_STATUS=$status
-    echo "===== [$name] $status (rc=$rc, ${dt}s)" | tee -a "$log"
-    printf '%-10s %-6s %5s %7s  %s\n' "$name" "$status" "$rc" "$dt" "$(basename "$log")" >> "$SUMMARY"
-}
-
-# gpu_step NAME LOG CAP REQUIRED COMMAND...: step, unless NO_GPU_STEPS says why not.
-gpu_step() {
-    if [[ -n "$NO_GPU_STEPS" ]]; then
-        skip_step "$1" "$2" "$4" "$NO_GPU_STEPS"
-    else
-        step "$@"
-    fi
-}
-
-skip_step() {  # skip_step NAME LOG REQUIRED REASON
-    echo "===== [$1] SKIPPED: $4" | tee -a "$2"
-    printf '%-10s %-6s %5s %7s  %s\n' "$1" SKIP - 0 "$(basename "$2") ($4)" >> "$SUMMARY"
-    (( $3 )) && SKIPPED_REQUIRED+=("$1")
-    LAST_RC=0
-    LAST_STATUS=SKIP
-}
+# step, gpu_step, skip_step and the reservations they honour.
+source "$REPO/benchmarks/gpu_check_steps.sh"
+# Kept back for the required steps whose results a run is for: memcheck (12 s in session 12, with fewer
+# paths and no wgmma), the benchmark that judges the goals (33 s then, now with more rows) and its TF32 run
+# (18 s), at two to three times those, so that the CUDA tests before them (capped at 240 s, and growing with
+# every test added) cannot take their time. A shorter budget cuts the earlier steps first.
+RESERVED_S=([memcheck]=30 [bench]=90 [bench-tf32]=45)
 
 # ---- 1 env ------------------------------------------------------------------------------------------
 step env "$BUILD_LOG" 60 1 "
