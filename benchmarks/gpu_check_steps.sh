@@ -16,12 +16,10 @@ MIN_STEP_S="${MIN_STEP_S:-15}"
 
 remaining() { echo $(( BUDGET_S - (SECONDS - START) )); }
 
-# The seconds reserved for the steps still to come, other than $1.
-reserved_for_others() {
+# The seconds reserved for the steps still to come.
+reserved_total() {
     local total=0 name
-    for name in "${!RESERVED_S[@]}"; do
-        [[ $name == "$1" ]] || total=$(( total + RESERVED_S[$name] ))
-    done
+    for name in "${!RESERVED_S[@]}"; do total=$(( total + RESERVED_S[$name] )); done
     echo "$total"
 }
 
@@ -33,8 +31,8 @@ step() {
     shift 4
     local cmd="$*"
     local kept left
-    kept=$(reserved_for_others "$name")
     unset "RESERVED_S[$name]"
+    kept=$(reserved_total)
     left=$(( $(remaining) - kept ))
     local limit=$(( cap < left ? cap : left ))
     if (( limit < MIN_STEP_S )); then

@@ -63,7 +63,7 @@ def test_a_step_run_or_skipped_gives_its_reservation_back(tmp_path):
 RESERVED_S=([memcheck]=10 [bench]=10 [later]=5)
 skip_step memcheck "$LOG" 1 "compute-sanitizer not found"
 step bench "$LOG" 20 1 "true"
-echo "kept: $(reserved_for_others none) ${!RESERVED_S[*]}"
+echo "kept: $(reserved_total) ${!RESERVED_S[*]}"
 """)
     assert steps["memcheck"] == ("SKIP", "-")
     assert steps["bench"] == ("OK", "0")
