@@ -465,7 +465,8 @@ at::Tensor repacked_weights(Repack repack, const DeformConvGeometry& g, const at
 }
 
 // The mma.sync forward, its warps laid out as kernels::with_mma_tiles picks, on the weights repacked
-// as its lanes read them (kernels::mma_weight_fragment_elements). mma_t: the tensor-core input type,
+// as its lanes read them (kernels::mma_weight_fragment_elements), after the pixel of zeros its
+// corners outside the image read (kernels::zero_pixel_elements). mma_t: the tensor-core input type,
 // or kernels::Tf32Split for float32 at float32's accuracy. Its shared memory fits every sm_80+
 // device (kernels::kMmaMaxSharedBytes).
 template <typename mma_t, typename scalar_t>
@@ -473,7 +474,7 @@ void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& 
                         const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
   const at::Tensor fragments =
       repacked_weights<scalar_t>(kernels::deform_conv2d_mma_weight_fragments_kernel<scalar_t, mma_t>, g, wmat,
-                                 kernels::mma_weight_fragment_elements<scalar_t, mma_t>(g));
+                                 kernels::mma_weight_buffer_elements<scalar_t, mma_t>(g));
   kernels::with_mma_tiles<mma_t>(g.out_channels / g.groups, [&](auto tiles) {
     using Tiles = decltype(tiles);
     launch_implicit_gemm<Tiles, float>(
@@ -483,14 +484,14 @@ void launch_mma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& 
 }
 
 // The wgmma forward (where wgmma_applies), its block as wide as kernels::wgmma_tile_cols picks, on the
-// weights repacked as the image of a block's step in shared memory. mma_t: the tensor-core input
-// type, or kernels::Tf32Split for float32 at float32's accuracy.
+// weights repacked as the image of a block's step in shared memory, after the zero pixel. mma_t: the
+// tensor-core input type, or kernels::Tf32Split for float32 at float32's accuracy.
 template <typename mma_t, typename scalar_t>
 void launch_wgmma_forward(const DeformConvGeometry& g, const ChunkArgs<scalar_t>& a, const at::Tensor& wmat,
                           const std::optional<at::Tensor>& bias, at::Tensor& out_rows) {
   const at::Tensor tiles =
       repacked_weights<scalar_t>(kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t, mma_t>, g, wmat,
-                                 kernels::wgmma_weight_tile_elements<scalar_t, mma_t>(g));
+                                 kernels::wgmma_weight_buffer_elements<scalar_t, mma_t>(g));
   kernels::with_wgmma_tiles<mma_t>(g.out_channels / g.groups, [&](auto tiles_type) {
     using Tiles = decltype(tiles_type);
     launch_implicit_gemm<Tiles, float>(kernels::deform_conv2d_implicit_gemm_wgmma_kernel<scalar_t, mma_t, Tiles::kCols>,

@@ -18,7 +18,8 @@
 //     contiguous, 512 bytes each, with nothing to check. The block copies the next step's into
 //     shared memory with cp.async while it multiplies, once for all its warps;
 //   * one barrier per step: the next step's weights have landed, and the traded words are there;
-//   * a corner vector is one predicated load (load16_if), which skips corners outside the image;
+//   * a corner vector is one load, without a predicate: a corner outside the image reads a pixel of
+//     zeros, which comes first in the repacked weights' buffer (zero_pixel_elements);
 //   * the corners of the warp's rows, computed once per (kernel point, offset group) run, are in
 //     the warp's own shared memory (__syncwarp around them);
 //   * a warp loads the next step's corner vectors of a row before multiplying a share of the
@@ -153,28 +154,64 @@ RCM_HD int64_t mma_weight_fragment_elements(const DeformConvGeometry& g) {
          mma_column_tiles<mma_t>(g.out_channels / g.groups) * MmaParts<mma_t>::kParts * 32 * Vector16<scalar_t>::kSize;
 }
 
-// The corners of one of a warp's rows, for the run being multiplied: its four pixel indices (-1
-// outside the image) and weights, read as two 16-byte words.
+// A pixel of zeros, g.channels elements rounded up to whole 16-byte vectors, which the tensor-core
+// kernels' corners outside the image read (RowCorners) instead of loading under a predicate and
+// zeroing the registers first: about 36 instructions fewer a warp and step (wgmma, bfloat16). It
+// comes first in the buffer of the repacked weights, whose repack kernel writes it, so that the
+// kernels find it at their weights argument for nothing.
+template <typename scalar_t>
+RCM_HD int64_t zero_pixel_elements(const DeformConvGeometry& g) {
+  constexpr int64_t kVector = Vector16<scalar_t>::kSize;
+  return (g.channels + kVector - 1) / kVector * kVector;
+}
+
+// The buffer of the mma.sync kernel's repacked weights: the zero pixel, then the fragments.
+template <typename scalar_t, typename mma_t>
+RCM_HD int64_t mma_weight_buffer_elements(const DeformConvGeometry& g) {
+  return zero_pixel_elements<scalar_t>(g) + mma_weight_fragment_elements<scalar_t, mma_t>(g);
+}
+
+// The grid-stride loop of a repack kernel, one 16-byte vector a thread: `buffer` gets the zero pixel,
+// then weights(v) for each vector v < weight_vectors of the repacked weights.
+template <typename scalar_t, typename F>
+__device__ __forceinline__ void repack_after_zero_pixel(const DeformConvGeometry& g, int64_t weight_vectors,
+                                                        scalar_t* buffer, F&& weights) {
+  constexpr int kVector = Vector16<scalar_t>::kSize;
+  const int64_t zero_vectors = zero_pixel_elements<scalar_t>(g) / kVector;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; u < zero_vectors + weight_vectors;
+       u += stride) {
+    const Vector16<uint32_t> zeros{};
+    store16(buffer + u * kVector, u < zero_vectors ? load16<scalar_t>(&zeros) : weights(u - zero_vectors));
+  }
+}
+
+// The corners of one of a warp's rows, for the run being multiplied: the address of each corner's
+// pixel (the zero pixel's where the sample does not read it: outside the image, or on the -1 border)
+// and its weight, read as three 16-byte words.
 struct alignas(16) RowCorners {
-  int32_t pixel[4];
+  const char* pixel[4];
   float weight[4];
 
-  __device__ __forceinline__ void set(const MaskedCorners<float>& c) {
+  // From the corners' pixel indices in the NHWC batch at `input` (pixels of pixel_bytes each).
+  __device__ __forceinline__ void set(const MaskedCorners<float>& c, const char* input, uint32_t pixel_bytes,
+                                      const char* zero_pixel) {
     RCM_UNROLL
     for (int i = 0; i < 4; ++i) {
-      pixel[i] = static_cast<int32_t>(c.pixel[i]);
+      // 32-bit indices (mma_kernel_applies): one wide multiply-add.
+      pixel[i] = c.pixel[i] >= 0 ? input + static_cast<uint64_t>(static_cast<uint32_t>(c.pixel[i])) * pixel_bytes
+                                 : zero_pixel;
       weight[i] = c.weight[i];
     }
   }
 };
 
-// Dynamic shared memory of the kernel below: each warp's corners of its rows, with 32-bit pixel
-// indices (one wide multiply-add per corner load instead of 64-bit arithmetic); two stages of the
-// block's weight fragments (the step being multiplied, and the next one in flight), lane l's 16
-// bytes of part p of the block's column tile j at [j][p][l]; and, with two warps along the columns,
-// two buffers of each warp's words of the rows it sampled, [row tile][row h][part][lane] (a warp
-// writes one while its partner may still read the other). 56 KB for 128 x 256 blocks, 28 KB for
-// 256 x 128; with two parts (Tf32Split) 72 KB for 128 x 128 and 32 KB for 256 x 64.
+// Dynamic shared memory of the kernel below: each warp's corners of its rows (RowCorners); two
+// stages of the block's weight fragments (the step being multiplied, and the next one in flight),
+// lane l's 16 bytes of part p of the block's column tile j at [j][p][l]; and, with two warps along
+// the columns, two buffers of each warp's words of the rows it sampled, [row tile][row h][part][lane]
+// (a warp writes one while its partner may still read the other). 60 KB for 128 x 256 blocks, 32 KB
+// for 256 x 128; with two parts (Tf32Split) 76 KB for 128 x 128 and 36 KB for 256 x 64.
 template <typename Tiles, int kParts>
 struct MmaShared {
   static constexpr int kStages = 2;
@@ -191,7 +228,7 @@ constexpr size_t mma_shared_bytes() {
 
 // What every layout with_mma_tiles picks stays within: every sm_80+ device gives a block at least
 // 99 KB (sm_86, sm_89, sm_120), so the launcher needs no check.
-constexpr size_t kMmaMaxSharedBytes = 72 * 1024;
+constexpr size_t kMmaMaxSharedBytes = 76 * 1024;
 
 // Whether the kernel below takes a forward of tensors of scalar_t (with 16-byte aligned input and
 // weights): every run of channels whole 16-byte vectors, its steps alike in every conv group, and
@@ -241,19 +278,17 @@ __device__ __forceinline__ void to_words(const Vector16<T>& x, uint32_t (&w)[4])
   for (int j = 0; j < 4; ++j) w[j] = u.v[j];
 }
 
-// A row's four corner vectors at a thread's 16 bytes of a step's channels, `at` (the input's
-// address of those channels in pixel 0): raw[c] from pixel.v[c] (-1 outside the image), zeros where
-// the corner is outside or the thread's bytes are past the step's depth (!live), whose loads do not
-// happen (so the address may be formed from the pixel index as unsigned, one wide multiply-add,
-// even for -1).
+// A row's four corner vectors at a thread's 16 bytes of a step's channels, `channel_bytes` into
+// each corner's pixel: raw[c] from c.pixel[c] (the zero pixel's for a corner the sample does not
+// read). Past the step's depth (!live) each reads the first 16 bytes of its pixel instead, which are
+// there to read whatever the depth, and which blend_corner_vectors does not use: every load happens,
+// with no predicate and no zeroing of its registers.
 template <typename scalar_t>
-__device__ __forceinline__ void fetch_corner_vectors(const char* at, const Vector16<int32_t>& pixel, uint32_t pixel_bytes,
-                                                     bool live, Vector16<scalar_t> (&raw)[4]) {
+__device__ __forceinline__ void fetch_corner_vectors(const RowCorners& c, uint32_t channel_bytes, bool live,
+                                                     Vector16<scalar_t> (&raw)[4]) {
+  const uint32_t at = live ? channel_bytes : 0u;
   RCM_UNROLL
-  for (int c = 0; c < 4; ++c) {
-    raw[c] = load16_if<scalar_t>(at + static_cast<uint64_t>(static_cast<uint32_t>(pixel.v[c])) * pixel_bytes,
-                                 live && pixel.v[c] >= 0);
-  }
+  for (int i = 0; i < 4; ++i) raw[i] = load16_global_nc<scalar_t>(c.pixel[i] + at);
 }
 
 // A row's sample from its corner vectors and their weights, in float, as the MMA's words in its parts
@@ -304,12 +339,12 @@ __device__ __forceinline__ void to_a_fragments(const uint32_t (&w)[2][kParts][4]
 }
 #endif  // RCM_WMMA_AVAILABLE
 
-// The weight fragments above from wmat: (C_out, K, C_g), weight_matrix()'s layout, into
-// `fragments` (mma_weight_fragment_elements<scalar_t>(g) elements), one 16-byte vector per thread
-// of a grid-stride loop. For geometries with mma_steps_per_point<scalar_t>(g) > 0.
+// The zero pixel and then the weight fragments above from wmat: (C_out, K, C_g), weight_matrix()'s
+// layout, into `buffer` (mma_weight_buffer_elements<scalar_t, mma_t>(g) elements), one 16-byte vector
+// per thread of a grid-stride loop. For geometries with mma_steps_per_point<scalar_t>(g) > 0.
 template <typename scalar_t, typename mma_t>
 __global__ void deform_conv2d_mma_weight_fragments_kernel(DeformConvGeometry g, const scalar_t* __restrict__ wmat,
-                                                          scalar_t* __restrict__ fragments) {
+                                                          scalar_t* __restrict__ buffer) {
 #if defined(RCM_WMMA_AVAILABLE)
   constexpr int kVector = Vector16<scalar_t>::kSize;
   constexpr int kParts = MmaParts<mma_t>::kParts;
@@ -318,9 +353,7 @@ __global__ void deform_conv2d_mma_weight_fragments_kernel(DeformConvGeometry g, 
   const int64_t cg = g.channels_per_group();
   const int64_t points = g.kernel_points();
   const int64_t column_tiles = mma_column_tiles<mma_t>(cog);
-  const int64_t vectors = mma_weight_fragment_elements<scalar_t, mma_t>(g) / kVector;
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < vectors; v += stride) {
+  repack_after_zero_pixel(g, mma_weight_fragment_elements<scalar_t, mma_t>(g) / kVector, buffer, [&](int64_t v) {
     const int lane = static_cast<int>(v % 32);
     const int part = static_cast<int>(v / 32 % kParts);
     const int64_t tile = v / (32 * kParts) % column_tiles;
@@ -338,8 +371,8 @@ __global__ void deform_conv2d_mma_weight_fragments_kernel(DeformConvGeometry g, 
       RCM_UNROLL
       for (int e = 0; e < kVector; ++e) x.v[e] = weight_part<mma_t>(w[e], part);
     }
-    store16(fragments + v * kVector, x);
-  }
+    return x;
+  });
 #endif  // RCM_WMMA_AVAILABLE
 }
 
@@ -347,16 +380,16 @@ __global__ void deform_conv2d_mma_weight_fragments_kernel(DeformConvGeometry g, 
 // block: T::kThreads; dynamic shared memory: mma_shared_bytes<T, mma_t>().
 // scalar_t and mma_t as for deform_conv2d_implicit_gemm_wmma_kernel (c10::Half with __half,
 // c10::BFloat16 with __nv_bfloat16, float with Tf32), or float with Tf32Split, and so are the
-// arguments, except that the weights come as fragments (deform_conv2d_mma_weight_fragments_kernel,
-// with the same mma_t). The launcher guarantees
-// input and fragments 16-byte aligned and mma_kernel_applies<scalar_t>(g).
+// arguments, except that the weights come as fragments after the zero pixel, in `buffer`
+// (deform_conv2d_mma_weight_fragments_kernel, with the same mma_t). The launcher guarantees input
+// and buffer 16-byte aligned and mma_kernel_applies<scalar_t>(g).
 template <typename scalar_t, typename mma_t, int kWarpCols, int kWarpsAlongCols>
 __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads,
                                   MmaTiles<kWarpCols, kWarpsAlongCols>::kBlocksPerSM)
     deform_conv2d_implicit_gemm_mma_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                                            const scalar_t* __restrict__ offset, FieldStrides offset_strides,
                                            const scalar_t* __restrict__ mask, FieldStrides mask_strides,
-                                           const scalar_t* __restrict__ fragments, const scalar_t* __restrict__ bias,
+                                           const scalar_t* __restrict__ buffer, const scalar_t* __restrict__ bias,
                                            scalar_t* __restrict__ out, float* __restrict__ partials) {
 #if defined(RCM_WMMA_AVAILABLE)
   using T = MmaTiles<kWarpCols, kWarpsAlongCols>;
@@ -412,8 +445,8 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   // Whether thread t's 16 bytes of a step's channels are within its depth (else it samples zeros).
   auto live_in = [t](const Steps& s) { return t * kVector < s.depth; };
   auto fetch_row = [&](const Steps& s, int r, CornerVectors& raw) {
-    fetch_corner_vectors(reinterpret_cast<const char*>(input + (s.c0 + t * kVector)), load16<int32_t>(corners[r].pixel),
-                         pixel_bytes, live_in(s), raw);
+    const uint32_t channel_bytes = static_cast<uint32_t>((s.c0 + t * kVector) * sizeof(scalar_t));
+    fetch_corner_vectors(corners[r], channel_bytes, live_in(s), raw);
   };
   auto blend_row = [&](const Steps& s, const CornerVectors& raw, int r, uint32_t (&w)[kParts][4]) {
     blend_corner_vectors<mma_t>(load16<float>(corners[r].weight), raw, live_in(s), w);
@@ -474,7 +507,8 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
     // between a run's last reads and the next start_run, already orders that: this is insurance,
     // not the barrier the kernel relies on (barrier audit: redundant).
     __syncwarp();
-    corners[lane].set(row_live ? masked_corners_of<float>(g, px, s.k, field) : no_corners<float>());
+    corners[lane].set(row_live ? masked_corners_of<float>(g, px, s.k, field) : no_corners<float>(),
+                      reinterpret_cast<const char*>(input), pixel_bytes, reinterpret_cast<const char*>(buffer));
     __syncwarp();
     const typename Steps::Run after = s.following_run();
     if (row_live && after.k < s.points) field = load_field(after.k, after.og);
@@ -532,7 +566,7 @@ __global__ void __launch_bounds__(MmaTiles<kWarpCols, kWarpsAlongCols>::kThreads
   Steps s(g, group, kernel_point_range(g, blockIdx.y, gridDim.y));
   if (!s.done()) {  // the same for the whole block, as every barrier below
     // The fragments walk the steps in the order the kernel takes them, one step_stride apart.
-    const scalar_t* b = fragments +
+    const scalar_t* b = buffer + zero_pixel_elements<scalar_t>(g) +
                         ((group * g.kernel_points() + s.k) * mma_steps_per_point<scalar_t>(g) * column_tiles +
                          tile.co0 / 8) * kTileStride;
     int stage = 0;

@@ -109,10 +109,16 @@ RCM_HD int64_t wgmma_weight_tile_elements(const DeformConvGeometry& g) {
          MmaParts<mma_t>::kParts * 4 * wgmma_tile_cols<mma_t>(cog) * Vector16<scalar_t>::kSize;
 }
 
+// The buffer of the wgmma kernel's repacked weights: the zero pixel, then the tiles.
+template <typename scalar_t, typename mma_t>
+RCM_HD int64_t wgmma_weight_buffer_elements(const DeformConvGeometry& g) {
+  return zero_pixel_elements<scalar_t>(g) + wgmma_weight_tile_elements<scalar_t, mma_t>(g);
+}
+
 // Dynamic shared memory of the kernel below: each warp's corners of its 16 rows; three stages of the
 // block's weights (the step being multiplied, the step before, whose MMAs may still run, and the
 // next one in flight), [stage][p][m][h][n]: for part p and MMA m, B's two core matrices along k
-// kCols x 16 bytes apart, those along n 128 bytes apart. 52 KB 256 wide, and 128 wide with two parts.
+// kCols x 16 bytes apart, those along n 128 bytes apart. 54 KB 256 wide, and 128 wide with two parts.
 template <int kCols, int kParts>
 struct WgmmaShared {
   static constexpr int kStages = 3;
@@ -125,13 +131,13 @@ constexpr size_t wgmma_shared_bytes() {
   return sizeof(WgmmaShared<kCols, MmaParts<mma_t>::kParts>);
 }
 
-// The weight tiles above from wmat: (C_out, K, C_g), weight_matrix()'s layout, into `tiles`
-// (wgmma_weight_tile_elements<scalar_t, mma_t>(g) elements), one 16-byte vector per thread of a
-// grid-stride loop. For geometries with mma_steps_per_point<scalar_t>(g) > 0; scalar_t and mma_t as
-// for the kernel below.
+// The zero pixel and then the weight tiles above from wmat: (C_out, K, C_g), weight_matrix()'s layout,
+// into `buffer` (wgmma_weight_buffer_elements<scalar_t, mma_t>(g) elements), one 16-byte vector per
+// thread of a grid-stride loop. For geometries with mma_steps_per_point<scalar_t>(g) > 0; scalar_t
+// and mma_t as for the kernel below.
 template <typename scalar_t, typename mma_t>
 __global__ void deform_conv2d_wgmma_weight_tiles_kernel(DeformConvGeometry g, const scalar_t* __restrict__ wmat,
-                                                        scalar_t* __restrict__ tiles) {
+                                                        scalar_t* __restrict__ buffer) {
 #if defined(RCM_WGMMA_AVAILABLE)
   constexpr int kVector = Vector16<scalar_t>::kSize;
   constexpr int kParts = MmaParts<mma_t>::kParts;
@@ -141,9 +147,7 @@ __global__ void deform_conv2d_wgmma_weight_tiles_kernel(DeformConvGeometry g, co
   const int64_t points = g.kernel_points();
   const int64_t cols = wgmma_tile_cols<mma_t>(cog);
   const int64_t blocks = wgmma_column_blocks<mma_t>(cog);
-  const int64_t vectors = wgmma_weight_tile_elements<scalar_t, mma_t>(g) / kVector;
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < vectors; v += stride) {
+  repack_after_zero_pixel(g, wgmma_weight_tile_elements<scalar_t, mma_t>(g) / kVector, buffer, [&](int64_t v) {
     const int64_t n = v % cols;
     const int h = static_cast<int>(v / cols % 2);
     const int m = static_cast<int>(v / (2 * cols) % 2);
@@ -163,23 +167,24 @@ __global__ void deform_conv2d_wgmma_weight_tiles_kernel(DeformConvGeometry g, co
       if (co >= cog || c >= s.depth) continue;
       x.v[e] = weight_part<mma_t>(wmat[((group * cog + co) * points + k) * cg + (s.c0 + c - group * cg)], part);
     }
-    store16(tiles + v * kVector, x);
-  }
+    return x;
+  });
 #endif  // RCM_WGMMA_AVAILABLE
 }
 
 // Grid: (gemm_grid_x<T::kRows, kCols>(g), splits, groups) with T = WgmmaTiles<kCols>; block:
 // T::kThreads; dynamic shared memory: wgmma_shared_bytes<kCols, mma_t>(). scalar_t and mma_t:
 // c10::Half with __half, c10::BFloat16 with __nv_bfloat16, float with Tf32 or Tf32Split; the
-// arguments as for the mma.sync kernel, but the weights come as tiles
-// (deform_conv2d_wgmma_weight_tiles_kernel, with the same mma_t). The launcher guarantees input and
-// tiles 16-byte aligned, mma_kernel_applies<scalar_t>(g) and kCols = wgmma_tile_cols<mma_t>(C_out / G).
+// arguments as for the mma.sync kernel, but the weights come as tiles after the zero pixel, in
+// `buffer` (deform_conv2d_wgmma_weight_tiles_kernel, with the same mma_t). The launcher guarantees
+// input and buffer 16-byte aligned, mma_kernel_applies<scalar_t>(g) and
+// kCols = wgmma_tile_cols<mma_t>(C_out / G).
 template <typename scalar_t, typename mma_t, int kCols>
 __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>::kBlocksPerSM)
     deform_conv2d_implicit_gemm_wgmma_kernel(DeformConvGeometry g, const scalar_t* __restrict__ input,
                                              const scalar_t* __restrict__ offset, FieldStrides offset_strides,
                                              const scalar_t* __restrict__ mask, FieldStrides mask_strides,
-                                             const scalar_t* __restrict__ tiles, const scalar_t* __restrict__ bias,
+                                             const scalar_t* __restrict__ buffer, const scalar_t* __restrict__ bias,
                                              scalar_t* __restrict__ out, float* __restrict__ partials) {
 #if defined(RCM_WGMMA_AVAILABLE)
   using T = WgmmaTiles<kCols>;
@@ -220,7 +225,10 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
   // loads are issued (fetch): a run may start while the step before it is still to be blended.
   auto start_run = [&](const Steps& s) {
     __syncwarp();  // every lane is done reading the previous run's corners
-    if (lane < T::kWarpRows) corners[lane].set(row_live ? masked_corners_of<float>(g, px, s.k, field) : no_corners<float>());
+    if (lane < T::kWarpRows) {
+      corners[lane].set(row_live ? masked_corners_of<float>(g, px, s.k, field) : no_corners<float>(),
+                        reinterpret_cast<const char*>(input), pixel_bytes, reinterpret_cast<const char*>(buffer));
+    }
     __syncwarp();
     const typename Steps::Run after = s.following_run();
     if (row_live && after.k < s.points) field = load_field(after.k, after.og);
@@ -235,12 +243,12 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
   };
   auto fetch = [&](const Steps& s, Fetched& f) {
     f.live = t * kVector < s.depth;
-    const char* at = reinterpret_cast<const char*>(input + (s.c0 + t * kVector));
+    const uint32_t channel_bytes = static_cast<uint32_t>((s.c0 + t * kVector) * sizeof(scalar_t));
     RCM_UNROLL
     for (int h = 0; h < 2; ++h) {
       const RowCorners& c = corners[quad + 8 * h];
       f.weight[h] = load16<float>(c.weight);
-      fetch_corner_vectors(at, load16<int32_t>(c.pixel), pixel_bytes, f.live, f.raw[h]);
+      fetch_corner_vectors(c, channel_bytes, f.live, f.raw[h]);
     }
   };
   // Keeps the compiler from moving accesses to the accumulators across this point
@@ -324,9 +332,9 @@ __global__ void __launch_bounds__(WgmmaTiles<kCols>::kThreads, WgmmaTiles<kCols>
   Steps s(g, group, points);
   if (!s.done()) {  // the same for the whole block, as every barrier below
     const int steps_per_point = static_cast<int>(mma_steps_per_point<scalar_t>(g));
-    const scalar_t* b =
-        tiles + ((group * g.kernel_points() + s.k) * steps_per_point * wgmma_column_blocks<mma_t>(cog) +
-                 tile.co0 / kCols) * kStepVectors * kVector;
+    const scalar_t* b = buffer + zero_pixel_elements<scalar_t>(g) +
+                        ((group * g.kernel_points() + s.k) * steps_per_point * wgmma_column_blocks<mma_t>(cog) +
+                         tile.co0 / kCols) * kStepVectors * kVector;
     int stage = 0;
     copy_weights(b, stage);
     if (row_live) field = load_field(s.k, s.og);

@@ -76,6 +76,21 @@ __device__ __forceinline__ Vector16<T> load16_if(const void* p, bool use) {
   return load16<T>(&bits);
 }
 
+// The 16 bytes at p, a global address that is read-only while the kernel runs: under nvcc one
+// ld.global.nc, with no zeroing of its registers first (load16_if's), for loads that always happen.
+template <typename T>
+__device__ __forceinline__ Vector16<T> load16_global_nc(const void* p) {
+#if defined(__CUDA_ARCH__)
+  Vector16<uint32_t> bits;
+  asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      : "=r"(bits.v[0]), "=r"(bits.v[1]), "=r"(bits.v[2]), "=r"(bits.v[3])
+      : "l"(p));
+  return load16<T>(&bits);
+#else
+  return load16<T>(p);
+#endif
+}
+
 template <typename T>
 __device__ __forceinline__ void store16(T* p, const Vector16<T>& x) {
 #if defined(__CUDA_ARCH__)

@@ -1056,14 +1056,14 @@ int check_igemm_tensor_cores(const Problem& p, int splits, bool infinite_mask = 
   } else if constexpr (kKernel == TensorCoreKernel::Mma) {
     const std::vector<scalar_t> fragments =
         repacked_weights<scalar_t>(kernels::deform_conv2d_mma_weight_fragments_kernel<scalar_t, mma_t>, p, op,
-                                   kernels::mma_weight_fragment_elements<scalar_t, mma_t>(geometry(p)));
+                                   kernels::mma_weight_buffer_elements<scalar_t, mma_t>(geometry(p)));
     got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), fragments.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_mma_kernel<scalar_t, mma_t, kCols, kWarpsAlongCols>,
                                        kernels::mma_shared_bytes<Tiles, mma_t>());
   } else if constexpr (kKernel == TensorCoreKernel::Wgmma) {
     const std::vector<scalar_t> tiles =
         repacked_weights<scalar_t>(kernels::deform_conv2d_wgmma_weight_tiles_kernel<scalar_t, mma_t>, p, op,
-                                   kernels::wgmma_weight_tile_elements<scalar_t, mma_t>(geometry(p)));
+                                   kernels::wgmma_weight_buffer_elements<scalar_t, mma_t>(geometry(p)));
     got = run_forward<scalar_t, float>(p, op, op.sampling.input.data(), tiles.data(), grid, Tiles::kThreads,
                                        kernels::deform_conv2d_implicit_gemm_wgmma_kernel<scalar_t, mma_t, kCols>,
                                        kernels::wgmma_shared_bytes<kCols, mma_t>());
