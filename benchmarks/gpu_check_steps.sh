@@ -36,12 +36,8 @@ step() {
     left=$(( $(remaining) - kept ))
     local limit=$(( cap < left ? cap : left ))
     if (( limit < MIN_STEP_S )); then
-        echo "===== [$name] SKIPPED: only ${left}s of the ${BUDGET_S}s budget left (${kept}s kept for later steps)" |
-            tee -a "$log"
-        printf '%-10s %-6s %5s %7s  %s\n' "$name" SKIP - 0 "$(basename "$log") (out of time)" >> "$SUMMARY"
-        (( required )) && SKIPPED_REQUIRED+=("$name")
-        LAST_RC=0
-        LAST_STATUS=SKIP
+        skip_step "$name" "$log" "$required" \
+            "out of time: ${left}s of the ${BUDGET_S}s budget free, ${kept}s kept for later steps"
         return 0
     fi
     local shown="${cmd#$'\n'}"
