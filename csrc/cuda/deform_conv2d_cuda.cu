@@ -648,10 +648,15 @@ void launch_col2im_input_deterministic(const DeformConvGeometry& g, const ChunkA
       // Where the run of each key of these images begins, and where the last one ends.
       const at::Tensor starts = at::searchsorted(
           sorted, at::arange(first_image * image_keys, (first_image + images) * image_keys + 1, index_options));
-      kernels::deform_col2im_input_gather_kernel<scalar_t, acc_t, index_t>
-          <<<blocks_for(elements, kThreads), kThreads, 0, stream>>>(
-              g, entries, order.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(), p0,
-              static_cast<index_t>(len), gc, grad_input);
+      // The kernel visits only the band of pixels the piece's corners reach, which the host does not
+      // know: a grid the device holds at once strides over it, where one sized to the images would
+      // schedule mostly blocks with nothing to do on a large image.
+      const auto gather = kernels::deform_col2im_input_gather_kernel<scalar_t, acc_t, index_t>;
+      const int64_t resident = int64_t{at::cuda::getCurrentDeviceProperties()->multiProcessorCount} *
+                               resident_blocks_per_sm(gather, kThreads, 0);
+      gather<<<std::min<int64_t>(blocks_for(elements, kThreads), resident), kThreads, 0, stream>>>(
+          g, entries, order.const_data_ptr<int64_t>(), sorted.const_data_ptr<int64_t>(),
+          starts.const_data_ptr<int64_t>(), p0, static_cast<index_t>(len), gc, grad_input);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

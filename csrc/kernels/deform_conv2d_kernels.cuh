@@ -328,33 +328,43 @@ __global__ void deform_sample_keys_kernel(DeformConvGeometry g, const MaskedCorn
 // rows first_row .. first_row+rows-1 of `table`, one thread per (input pixel, channel) of the images
 // those rows belong to adds every corner that lands there to grad_input, without atomics. `order`:
 // the corners (4 * entry + i) in the stable order of their keys, so a key's corners come in the order
-// of their rows, kernel points and corners. starts: where each key's run lies in `order`, for the keys
-// of those images, from key0 = first image * H*W*G: run key - key0 is starts[key - key0] ..
-// starts[key - key0 + 1] (images * H*W*G + 1 values). Each thread starts from the element's gradient
-// and adds its corners one by one in that order, so the sums are the same bits whatever the launch
-// configuration, and whatever the chunking of the rows (chunks being taken in row order); an element
-// no corner of these rows lands on is left alone. Consecutive threads take consecutive
-// channels: the grad_columns reads and the grad_input update coalesce, and the threads of a warp
-// read the same corners (when they share an offset group).
+// of their rows, kernel points and corners; `sorted`: the keys in that order. starts: where each key's
+// run lies in `order`, for the keys of those images, from key0 = first image * H*W*G: run key - key0 is
+// starts[key - key0] .. starts[key - key0 + 1] (images * H*W*G + 1 values). Each thread starts from the
+// element's gradient and adds its corners one by one in that order, so the sums are the same bits
+// whatever the launch configuration, and whatever the chunking of the rows (chunks being taken in row
+// order); an element no corner of these rows lands on is left alone. Only the pixels from the first
+// key's to the last one's are visited, the grid striding over them whatever its size: a piece of a
+// large image reaches a band of it, and the host cannot size the grid to that band without waiting
+// for the sort. Consecutive threads take consecutive channels: the grad_columns reads and the
+// grad_input update coalesce, and the threads of a warp read the same corners (when they share an
+// offset group).
 // grad_input: NHWC (N, H, W, C) in acc_t.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void deform_col2im_input_gather_kernel(DeformConvGeometry g,
                                                   const MaskedCorners<acc_t>* __restrict__ table,
                                                   const int64_t* __restrict__ order,
+                                                  const int64_t* __restrict__ sorted,
                                                   const int64_t* __restrict__ starts, int64_t first_row,
                                                   index_t rows, const scalar_t* __restrict__ grad_columns,
                                                   acc_t* __restrict__ grad_input) {
   const int64_t image_pixels = g.height * g.width;
   const int64_t first_image = first_row / g.out_pixels();
   const int64_t images = (first_row + rows - 1) / g.out_pixels() - first_image + 1;
+  // The corners on these images are sorted[0 .. reached): every key below the end of their runs.
+  const int64_t key0 = first_image * image_pixels * g.offset_groups;
+  const int64_t reached = starts[images * image_pixels * g.offset_groups];
+  if (reached == 0) return;
   const index_t channels = static_cast<index_t>(g.channels);
-  const index_t total = static_cast<index_t>(images * image_pixels) * channels;
+  const index_t first_element = static_cast<index_t>((sorted[0] - key0) / g.offset_groups) * channels;
+  const index_t end_element = static_cast<index_t>((sorted[reached - 1] - key0) / g.offset_groups + 1) * channels;
   const index_t step = static_cast<index_t>(blockDim.x) * gridDim.x;
   const int64_t cpog = g.channels_per_offset_group();
   // The corners' indices fit index_t (the launcher's choice), so they are decoded in it.
   const index_t groups = static_cast<index_t>(g.offset_groups);
   const index_t points = static_cast<index_t>(g.kernel_points());
-  for (index_t idx = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
+  for (index_t idx = first_element + static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < end_element;
+       idx += step) {
     const index_t c = idx % channels;
     const int64_t local_pixel = idx / channels;  // of the images from first_image on
     const int64_t run = local_pixel * g.offset_groups + c / cpog;

@@ -662,7 +662,8 @@ Col2imRun<typename Traits<scalar_t>::acc_t> check_col2im(const Problem& p, const
       }
       emu::launch(cfg.mode, dim3(static_cast<unsigned>(elements_grid)), dim3(cfg.block), 0,
                   rcm_fsad::kernels::deform_col2im_input_gather_kernel<scalar_t, acc_t, index_t>, g, table.data(),
-                  order.data(), starts.data(), r0, static_cast<index_t>(len), grad_columns, grad_input_ptr);
+                  order.data(), sorted.data(), starts.data(), r0, static_cast<index_t>(len), grad_columns,
+                  grad_input_ptr);
     }
   }
   if (shifted_grad_input) std::copy(grad_input_ptr, grad_input_ptr + grad_input.size(), grad_input.begin());
