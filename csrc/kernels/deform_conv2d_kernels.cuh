@@ -351,7 +351,7 @@ __global__ void deform_col2im_input_gather_kernel(DeformConvGeometry g,
   const int64_t image_pixels = g.height * g.width;
   const int64_t first_image = first_row / g.out_pixels();
   const int64_t images = (first_row + rows - 1) / g.out_pixels() - first_image + 1;
-  // The corners on these images are sorted[0 .. reached): every key below the end of their runs.
+  // The corners on these images are sorted[0 .. reached); the keys after them are `none`.
   const int64_t key0 = first_image * image_pixels * g.offset_groups;
   const int64_t reached = starts[images * image_pixels * g.offset_groups];
   if (reached == 0) return;
