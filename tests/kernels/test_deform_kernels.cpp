@@ -129,7 +129,9 @@ const std::vector<Problem>& problems() {
 // of zeros), conv groups of 40 channels (reduction steps of 32 and 8), and 140 output channels (two
 // 128-wide tiles, the second partial). And 40 channels in offset groups of 10: whole vectors per
 // conv group but not per offset group (for 16-bit types and float alike), so runs of a kernel point
-// longer than a vector start off a 16-byte boundary and must not be read 16 bytes at a time.
+// longer than a vector start off a 16-byte boundary and must not be read 16 bytes at a time. Last,
+// three conv groups of whole vectors (16 channels, 8 outputs each), so that the tensor-core kernels
+// meet a group past the second (grid z 2) among the fixed problems too.
 const std::vector<Problem>& igemm_problems() {
   static const std::vector<Problem> list = [] {
     std::vector<Problem> l = problems();
@@ -142,6 +144,8 @@ const std::vector<Problem>& igemm_problems() {
     l.push_back({"wmma_wide_140cout", {1, 16, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, true}, Layout::Contiguous, 0, 11, 140});
     l.push_back({"runs_off_vectors_c40_og4", {1, 40, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 4, true}, Layout::Contiguous, 0, 15,
                  20});
+    l.push_back({"vectors_groups3_c48", {1, 48, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 3, 3, true}, Layout::ChannelsLast, 0, 17,
+                 24});
     return l;
   }();
   return list;
