@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence
 
-from benchmarks.runner import OURS, OURS_CHANNELS_LAST, OURS_WGMMA, TORCHVISION
+from benchmarks.implementations import OURS, OURS_CHANNELS_LAST, OURS_WGMMA, TORCHVISION
 from benchmarks.shapes import FWD, FWD_BWD, cases_for
 
 GOAL_CASE = "n32_c256_56x56"

@@ -175,7 +175,7 @@ import sys
 import torch
 
 import rcm_fsad_ops
-from benchmarks.runner import tf32_set_to
+from benchmarks.environment import tf32_set_to
 from benchmarks.shapes import CASES
 
 

@@ -1,7 +1,7 @@
 """Per-kernel profile of deform_conv2d: where the time of each implementation goes.
 
 ``python -m benchmarks`` times whole calls; this says which kernels the time is spent in. For each case,
-dtype, implementation (ours, on CUDA each of ``runner.CUDA_VARIANTS``, and torchvision the way the
+dtype, implementation (ours, on CUDA each of ``implementations.CUDA_VARIANTS``, and torchvision the way the
 runner picks it) and pass (forward under ``torch.no_grad()``, forward+backward), it
 
 - warms up (WARMUP calls),
@@ -31,23 +31,21 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.runner import (
+from benchmarks.environment import machine_info, tf32_set_to, tf32_state
+from benchmarks.implementations import (
     TORCHVISION,
-    _error_text,
-    _in_layout,
-    _make_step,
-    _ours,
-    _select,
     compared_impls,
     current_variant,
-    machine_info,
+    error_text,
+    in_layout,
+    ours,
     pick_torchvision,
-    resolve_devices,
-    tf32_set_to,
-    tf32_state,
+    select,
     variant_applies,
     variant_of,
 )
+from benchmarks.runner import resolve_devices
+from benchmarks.timing import make_step
 from benchmarks.shapes import DTYPE_NAMES, Case, cases_for, dtype_of
 
 DEFAULT_CASES = ("n32_c256_56x56", "n8_c64_56x56")
@@ -127,7 +125,7 @@ def profile_calls(fn: Callable, tensors: Dict[str, torch.Tensor], case: Case, pa
 
     Returns {"wall_ms": per call, "device_ms": kernel time per call, "kernels": per-kernel rows}.
     """
-    prepare, step = _make_step(fn, tensors, case, pass_name)
+    prepare, step = make_step(fn, tensors, case, pass_name)
     is_cuda = device.type == "cuda"
 
     def calls(count: int) -> None:
@@ -162,7 +160,7 @@ def profile_case_dtype(device: torch.device, case: Case, dtype_name: str, repeat
             if not variant_applies(impl, dtype_name, tf32_matmul):
                 continue
             variant = variant_of(impl, default)
-            _select(variant)
+            select(variant)
             for pass_name in variant.passes:
                 record = {"case": case.name, "dtype": dtype_name, "impl": impl, "impl_note": "", "pass": pass_name,
                           "repeats": repeats, "status": "ok"}
@@ -170,14 +168,14 @@ def profile_case_dtype(device: torch.device, case: Case, dtype_name: str, repeat
                     if impl == TORCHVISION:  # one forward+backward to pick the way it runs: cheap next to a profile
                         fn, record["impl_note"], _ = pick_torchvision(tensors, case)
                     else:
-                        fn = _ours()
-                    record.update(profile_calls(fn, _in_layout(tensors, variant), case, pass_name, device, repeats))
+                        fn = ours()
+                    record.update(profile_calls(fn, in_layout(tensors, variant), case, pass_name, device, repeats))
                 except Exception as exc:  # noqa: BLE001  (reported in its table; the other profiles still run)
-                    record.update(status="error", error=_error_text(exc))
+                    record.update(status="error", error=error_text(exc))
                 print(markdown_record(record, device.type), flush=True)
                 records.append(record)
     finally:
-        _select(default)
+        select(default)
         del tensors
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -19,10 +19,12 @@ pytest.importorskip("pytest_benchmark")
 
 import torch  # noqa: E402
 
-from benchmarks.runner import (DENSE, ONNXRUNTIME, ONNXRUNTIME_DTYPES, OURS, OURS_CHANNELS_LAST,  # noqa: E402
-                               _dense_conv2d, _in_layout, _make_step, _onnxruntime, _ours, current_variant,
-                               pick_torchvision, tf32_set_to, variant_of)
+from benchmarks.environment import tf32_set_to  # noqa: E402
+from benchmarks.implementations import (DENSE, ONNXRUNTIME, ONNXRUNTIME_DTYPES, OURS, OURS_CHANNELS_LAST,  # noqa: E402
+                                        current_variant, dense_conv2d, in_layout, onnxruntime_deform_conv, ours,
+                                        pick_torchvision, variant_of)
 from benchmarks.shapes import CASES, FWD, FWD_BWD, dtype_of  # noqa: E402
+from benchmarks.timing import make_step  # noqa: E402
 
 DEVICE_DTYPE_CASES = [
     pytest.param(device, case, dtype_name, id=f"{device}-{case.name}-{dtype_name}",
@@ -66,17 +68,17 @@ def test_deform_conv2d(benchmark, tf32_off, device, case, dtype_name, pass_name,
         if device != "cpu" or pass_name != FWD or dtype_name not in ONNXRUNTIME_DTYPES:
             pytest.skip("onnxruntime runs the CPU forward in fp16, fp32 and fp64 only")
         pytest.importorskip("onnxruntime")
-    tensors = _in_layout(_inputs(case, device, dtype_name), variant_of(impl, current_variant()))
+    tensors = in_layout(_inputs(case, device, dtype_name), variant_of(impl, current_variant()))
     note = ""
     if impl in (OURS, OURS_CHANNELS_LAST):
-        fn = _ours()
+        fn = ours()
     elif impl == DENSE:
-        fn = _dense_conv2d()
+        fn = dense_conv2d()
     elif impl == ONNXRUNTIME:
-        fn = _onnxruntime(tensors, case)
+        fn = onnxruntime_deform_conv(tensors, case)
     else:
         fn, note, _ = pick_torchvision(tensors, case)
-    prepare, step = _make_step(fn, tensors, case, pass_name)
+    prepare, step = make_step(fn, tensors, case, pass_name)
     if device == "cuda":
         def target():
             prepare()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import goals
-from benchmarks.runner import OURS, OURS_CHANNELS_LAST, OURS_WGMMA, TORCHVISION
+from benchmarks.implementations import OURS, OURS_CHANNELS_LAST, OURS_WGMMA, TORCHVISION
+from benchmarks.report import markdown_report
 from benchmarks.shapes import FWD
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -74,8 +75,6 @@ def test_command_prints_the_table_and_fails_on_an_unreadable_file(capsys, tmp_pa
 
 def test_every_report_has_the_goals_of_its_run():
     """The runner's markdown (printed and stored with each run) judges the goals of that run."""
-    from benchmarks.runner import markdown_report
-
     report = markdown_report(json.loads((RESULTS / "cpu-20261129-155306.json").read_text()))
     assert "| cpu fp32 fwd+bwd vs torchvision | geomean of 3 cases | 17.96x | >= 10x | yes | this run |" in report
 

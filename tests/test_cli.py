@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import runner, shapes
+from benchmarks import environment, implementations, shapes
+from benchmarks.implementations import DENSE, ONNXRUNTIME, OURS, OURS_CHANNELS_LAST, REFERENCE, TORCHVISION
 from benchmarks.shapes import Case
 from rcm_fsad_ops import cli
 
@@ -48,21 +49,21 @@ def test_bench_runs_the_runner_with_its_options(tiny_case, tmp_path, capsys):
     result = json.loads(json_path.read_text())
     assert list(result["meta"]["cases"]) == ["tiny"]
     assert result["meta"]["quick"] is True
-    assert runner.REFERENCE not in result["meta"]["impls"]
+    assert REFERENCE not in result["meta"]["impls"]
     assert {(r["impl"], r["status"]) for r in result["rows"]} == {
-        (runner.OURS, "ok"), (runner.OURS_CHANNELS_LAST, "ok"), (runner.TORCHVISION, "ok"), (runner.ONNXRUNTIME, "ok"),
-        (runner.DENSE, "ok")}
+        (OURS, "ok"), (OURS_CHANNELS_LAST, "ok"), (TORCHVISION, "ok"), (ONNXRUNTIME, "ok"),
+        (DENSE, "ok")}
     assert "| tiny |" in capsys.readouterr().out
 
 
 @pytest.fixture
 def tf32_switches_odd():
     """The two TF32 switches set unlike each other, as a caller may have them, and reset after."""
-    before = runner.tf32_state()
-    with runner.tf32_set_to(True):
+    before = environment.tf32_state()
+    with environment.tf32_set_to(True):
         torch.backends.cudnn.allow_tf32 = False
-        yield runner.tf32_state()
-    assert runner.tf32_state() == before
+        yield environment.tf32_state()
+    assert environment.tf32_state() == before
 
 
 @pytest.mark.parametrize("tf32", [False, True])
@@ -74,14 +75,14 @@ def test_bench_leaves_the_tf32_switches_as_it_found_them(tf32, tiny_case, tf32_s
     assert code == 0
     (json_path,) = tmp_path.glob("cpu-*.json")
     assert set(json.loads(json_path.read_text())["meta"]["tf32"].values()) == {tf32}
-    assert runner.tf32_state() == tf32_switches_odd
+    assert environment.tf32_state() == tf32_switches_odd
 
 
 def test_bench_exits_1_when_a_measurement_fails(tiny_case, tmp_path, monkeypatch, capsys):
     def broken():
         raise RuntimeError("no kernel today")
 
-    monkeypatch.setattr(runner, "_ours", broken)
+    monkeypatch.setattr(implementations, "ours", broken)
     code = cli.main(["bench", "--device", "cpu", "--cases", "tiny", "--quick", "--no-reference", "--no-write",
                      "--out", str(tmp_path)])
     assert code == 1

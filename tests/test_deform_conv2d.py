@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 import rcm_fsad_ops
-from benchmarks.runner import tf32_set_to
+from benchmarks.environment import tf32_set_to
 from rcm_fsad_ops import reference
 from tests.deform_cases import CASES, DeformCase
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import rcm_fsad_ops
-from benchmarks.runner import ALGORITHM_ENV, tf32_set_to
+from benchmarks.environment import tf32_set_to
+from benchmarks.implementations import ALGORITHM_ENV
 from tests.deform_cases import DeformCase
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

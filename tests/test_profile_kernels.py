@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from benchmarks import profile_kernels, runner, shapes
+from benchmarks import environment, profile_kernels, shapes
+from benchmarks.implementations import OURS, OURS_CHANNELS_LAST, TORCHVISION
 from benchmarks.shapes import FWD, FWD_BWD, Case
 
 TINY = Case("tiny", n=1, c_in=4, h=5, w=5, dtypes={"cpu": ("fp32",)})
@@ -13,15 +14,15 @@ TINY = Case("tiny", n=1, c_in=4, h=5, w=5, dtypes={"cpu": ("fp32",)})
 # Per call of each implementation and pass: the operators of the op itself, each run once, and on
 # forward+backward one gradient accumulation per leaf (input, offset, weight, mask, bias).
 EXPECTED_CALLS = {
-    (runner.OURS, FWD): {"rcm_fsad::deform_conv2d": 1},
-    (runner.OURS, FWD_BWD): {"rcm_fsad::deform_conv2d": 1, "rcm_fsad::deform_conv2d_backward": 1,
+    (OURS, FWD): {"rcm_fsad::deform_conv2d": 1},
+    (OURS, FWD_BWD): {"rcm_fsad::deform_conv2d": 1, "rcm_fsad::deform_conv2d_backward": 1,
                              "torch::autograd::AccumulateGrad": 5},
-    (runner.TORCHVISION, FWD): {"torchvision::deform_conv2d": 1},
-    (runner.TORCHVISION, FWD_BWD): {"torchvision::deform_conv2d": 1, "torchvision::_deform_conv2d_backward": 1,
+    (TORCHVISION, FWD): {"torchvision::deform_conv2d": 1},
+    (TORCHVISION, FWD_BWD): {"torchvision::deform_conv2d": 1, "torchvision::_deform_conv2d_backward": 1,
                                     "torch::autograd::AccumulateGrad": 5},
 }
 # ours[channels_last] calls what ours calls, on other tensors.
-EXPECTED_CALLS.update({(runner.OURS_CHANNELS_LAST, p): EXPECTED_CALLS[runner.OURS, p] for p in (FWD, FWD_BWD)})
+EXPECTED_CALLS.update({(OURS_CHANNELS_LAST, p): EXPECTED_CALLS[OURS, p] for p in (FWD, FWD_BWD)})
 BACKWARD_OPS = {"rcm_fsad::deform_conv2d_backward", "torchvision::_deform_conv2d_backward"}
 
 
@@ -35,12 +36,12 @@ def tiny_case(monkeypatch) -> Case:
 
 def test_cpu_profile_of_a_tiny_case(tiny_case, tmp_path, capsys):
     # default --dtypes (fp32 bf16): bf16 is no CPU dtype of the case, so only fp32 runs
-    tf32_before = runner.tf32_state()
-    with runner.tf32_set_to(True):  # the profile turns TF32 off for itself, and back on after
+    tf32_before = environment.tf32_state()
+    with environment.tf32_set_to(True):  # the profile turns TF32 off for itself, and back on after
         assert profile_kernels.main(["--device", "cpu", "--cases", "tiny", "--repeats", "2",
                                      "--out", str(tmp_path)]) == 0
-        assert set(runner.tf32_state().values()) == {True}
-    assert runner.tf32_state() == tf32_before
+        assert set(environment.tf32_state().values()) == {True}
+    assert environment.tf32_state() == tf32_before
     printed = capsys.readouterr().out
 
     (json_path,) = tmp_path.glob("profile-cpu-*.json")
