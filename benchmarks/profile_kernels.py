@@ -45,8 +45,8 @@ from benchmarks.implementations import (
     variant_of,
 )
 from benchmarks.runner import resolve_devices
-from benchmarks.timing import make_step
 from benchmarks.shapes import DTYPE_NAMES, Case, cases_for, dtype_of
+from benchmarks.timing import make_step
 
 DEFAULT_CASES = ("n32_c256_56x56", "n8_c64_56x56")
 DEFAULT_DTYPES = ("fp32", "bf16")

@@ -1,6 +1,6 @@
 """pytest-benchmark suite: rcm_fsad_ops.deform_conv2d (on contiguous tensors, and on channels_last ones as a
 channels_last model passes them) vs torchvision.ops.deform_conv2d and, on the CPU forward, onnxruntime's
-DeformConv, beside a dense conv2d of the same shape (the runner's yardstick, benchmarks/runner.py).
+DeformConv, beside a dense conv2d of the same shape (the runner's yardstick, benchmarks/implementations.py).
 
 Same cases and inputs as ``python -m benchmarks`` (benchmarks/shapes.py), forward and forward+backward.
 Each (device, case, dtype, pass) is one pytest-benchmark group, so ``--benchmark-only`` prints ours,

@@ -41,8 +41,8 @@
 // gradient's GEMM on them. Under torch.use_deterministic_algorithms
 // that scatter is off and the input gradient is gathered instead, without atomics: a table of the
 // samples (deform_sample_table_kernel), the keys of their corners (deform_sample_keys_kernel) sorted
-// stably, then one thread per input element adding its corners in row order
-// (deform_col2im_input_gather_kernel). Every kernel of the backward is then deterministic, and the
+// stably, then each input element that a corner reaches summed by one thread, its corners in row
+// order (deform_col2im_input_gather_kernel). Every kernel of the backward is then deterministic, and the
 // GEMMs are cuBLAS's on one stream, deterministic under PyTorch's own rules (some versions of PyTorch
 // raise until CUBLAS_WORKSPACE_CONFIG is set).
 // Kernel bodies live in ../kernels/.

@@ -325,20 +325,20 @@ __global__ void deform_sample_keys_kernel(DeformConvGeometry g, const MaskedCorn
 }
 
 // The deterministic input gradient, step 2, after the keys are sorted stably (by the caller): for the
-// rows first_row .. first_row+rows-1 of `table`, one thread per (input pixel, channel) of the images
-// those rows belong to adds every corner that lands there to grad_input, without atomics. `order`:
-// the corners (4 * entry + i) in the stable order of their keys, so a key's corners come in the order
-// of their rows, kernel points and corners; `sorted`: the keys in that order. starts: where each key's
-// run lies in `order`, for the keys of those images, from key0 = first image * H*W*G: run key - key0 is
-// starts[key - key0] .. starts[key - key0 + 1] (images * H*W*G + 1 values). Each thread starts from the
-// element's gradient and adds its corners one by one in that order, so the sums are the same bits
-// whatever the launch configuration, and whatever the chunking of the rows (chunks being taken in row
-// order); an element no corner of these rows lands on is left alone. Only the pixels from the first
-// key's to the last one's are visited, the grid striding over them whatever its size: a piece of a
-// large image reaches a band of it, and the host cannot size the grid to that band without waiting
-// for the sort. Consecutive threads take consecutive channels: the grad_columns reads and the
-// grad_input update coalesce, and the threads of a warp read the same corners (when they share an
-// offset group).
+// rows first_row .. first_row+rows-1 of `table`, each (input pixel, channel) element of the images those
+// rows belong to is summed by one thread, which adds every corner that lands there to grad_input,
+// without atomics. `order`: the corners (4 * entry + i) in the stable order of their keys, so a key's
+// corners come in the order of their rows, kernel points and corners; `sorted`: the keys in that
+// order. starts: where each key's run lies in `order`, for the keys of those images, from key0 = first
+// image * H*W*G: run key - key0 is starts[key - key0] .. starts[key - key0 + 1] (images * H*W*G + 1
+// values). Each thread starts from the element's gradient and adds its corners one by one in that
+// order, so the sums are the same bits whatever the launch configuration, and whatever the chunking of
+// the rows (chunks being taken in row order); an element no corner of these rows lands on is left
+// alone. Only the pixels from the first key's to the last one's are visited, the grid striding over
+// them whatever its size: a piece of a large image reaches a band of it, and the host cannot size the
+// grid to that band without waiting for the sort. Consecutive threads take consecutive channels: the
+// grad_columns reads and the grad_input update coalesce, and the threads of a warp read the same
+// corners (when they share an offset group).
 // grad_input: NHWC (N, H, W, C) in acc_t.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void deform_col2im_input_gather_kernel(DeformConvGeometry g,
