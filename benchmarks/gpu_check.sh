@@ -39,10 +39,12 @@
 #                where                                                                -> bench.log
 #  12 profile    per-kernel device time of each implementation (python -m benchmarks.profile_kernels
 #                --device cuda --repeats 5; tables only)                            -> bench.log
-#  13 grouped    the benchmark's depthwise and 16-offset-group cases (named, so outside the goals; no
+#  13 overhead   the host's cost of a call on a layer too small for its kernels to count, ours beside
+#                torchvision and conv2d (python -m benchmarks.call_overhead)         -> bench.log
+#  14 grouped    the benchmark's depthwise and 16-offset-group cases (named, so outside the goals; no
 #                reference, no file)
 #                                                                                   -> bench.log
-#  14 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log
+#  15 compile    benchmark incl. torch.compile(reference) on the smallest case      -> bench.log
 #
 # $OUT/summary.txt lists every step (OK / FAIL / SKIP / TIME, exit code, seconds), a STATUS line, then
 # the goals and the files in $OUT; TIME: cut short by the budget before its own cap (unfinished, not
@@ -392,7 +394,15 @@ else
     skip_step profile "$BENCH_LOG" 0 "not enough time left for the kernel profile"
 fi
 
-# ---- 13 a depthwise layer, then 16 offset groups ---------------------------------------------------------
+# ---- 13 what a call costs the host ----------------------------------------------------------------------
+# Since session 29 autograd is a C++ kernel (csrc/autograd.cpp): NOTES says what these rows should show.
+if (( $(remaining) >= 30 )); then
+    gpu_step overhead "$BENCH_LOG" 30 0 "$PY -m benchmarks.call_overhead --device cuda"
+else
+    skip_step overhead "$BENCH_LOG" 0 "not enough time left for the cost of a call"
+fi
+
+# ---- 14 a depthwise layer, then 16 offset groups ---------------------------------------------------------
 # What the CUDA paths make of one channel a conv group (NOTES, session 19), then of a sample's corners
 # feeding 4 channels instead of 64 (session 22): rows in bench.log only, the depthwise case's first.
 if (( $(remaining) >= 60 )); then
@@ -401,7 +411,7 @@ else
     skip_step grouped "$BENCH_LOG" 0 "not enough time left for the depthwise case"
 fi
 
-# ---- 14 torch.compile of the reference ------------------------------------------------------------------
+# ---- 15 torch.compile of the reference ------------------------------------------------------------------
 if (( $(remaining) >= 90 )); then
     gpu_step compile "$BENCH_LOG" 200 0 "$PY -m benchmarks --device cuda --compile --cases n8_c256_14x14 --dtypes fp32 bf16 --no-write"
 else

@@ -1,0 +1,113 @@
+"""What a call costs where the arithmetic does not count: the Python wrapper, the dispatcher, autograd,
+argument checks, allocations and launches that a small layer pays on every call, for ours beside
+torchvision's deform_conv2d and a dense conv2d of the same shape.
+
+The problem is tiny (CALL_OVERHEAD_CASE: N=1, C=8, 8x8, 3x3, mask and bias, float32), the passes the
+runner's (``timing.make_step``): the forward under ``torch.no_grad`` and forward+backward. Each
+implementation's calls run back to back in slices, the slices of all of them interleaved over
+TIMING_ROUNDS rounds; on CUDA the device is synchronised only at the end of a slice, so that where the
+host takes longer than the kernels (as here) a call's time is the host's, as in a model's stream of
+small layers. The table gives the median slice's time per call.
+
+usage: python -m benchmarks.call_overhead [--device cpu|cuda] [--quick] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+
+import torch
+
+from benchmarks.environment import machine_info
+from benchmarks.implementations import DENSE, OURS, TORCHVISION, dense_conv2d, ours, pick_torchvision
+from benchmarks.shapes import PASSES, Case
+from benchmarks.timing import TIMING_ROUNDS, make_step
+
+CALL_OVERHEAD_CASE = Case("n1_c8_8x8", n=1, c_in=8, h=8, w=8)
+IMPLS = (OURS, TORCHVISION, DENSE)
+
+
+class OverheadRow(NamedTuple):
+    pass_name: str
+    impl: str
+    us_per_call: float
+    vs_torchvision: Optional[float]  # torchvision's time over this one: above 1, this one is cheaper
+
+
+def _slice_us(prepare: Callable, step: Callable, device: torch.device, calls: int) -> float:
+    """Microseconds per call of `calls` calls back to back, the device synchronised before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        prepare()
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def measure(device: str, quick: bool = False) -> List[OverheadRow]:
+    """The time per call of each implementation in IMPLS and each pass, CALL_OVERHEAD_CASE in float32."""
+    dev = torch.device(device)
+    case = CALL_OVERHEAD_CASE
+    tensors = case.make_inputs(device, torch.float32)
+    torchvision_fn = pick_torchvision(tensors, case)[0]
+    fns: Dict[str, Callable] = {OURS: ours(), TORCHVISION: torchvision_fn, DENSE: dense_conv2d()}
+    calls, warmup = (3, 2) if quick else (200, 50)
+    rows = []
+    for pass_name in PASSES:
+        steps = {impl: make_step(fns[impl], tensors, case, pass_name) for impl in IMPLS}
+        for prepare, step in steps.values():
+            _slice_us(prepare, step, dev, warmup)
+        slices: Dict[str, List[float]] = {impl: [] for impl in IMPLS}
+        for _ in range(TIMING_ROUNDS):
+            for impl, (prepare, step) in steps.items():
+                slices[impl].append(_slice_us(prepare, step, dev, calls))
+        medians = {impl: statistics.median(times) for impl, times in slices.items()}
+        rows += [OverheadRow(pass_name, impl, medians[impl], medians[TORCHVISION] / medians[impl]) for impl in IMPLS]
+    return rows
+
+
+def markdown(rows: Sequence[OverheadRow], device: str) -> str:
+    case = CALL_OVERHEAD_CASE
+    machine = machine_info(device)
+    lines = [f"## Cost of a call on {device}: {case.name} (N={case.n} C={case.c_in} {case.h}x{case.w}, 3x3, "
+             f"mask, bias), float32",
+             "",
+             f"- {machine.get('gpu_name', machine['cpu_model'])}, {machine['torch_threads']} torch threads; "
+             f"torch {machine['torch']}, torchvision {machine['torchvision']}, rcm_fsad_ops "
+             f"{machine.get('rcm_fsad_ops')} (git {machine['git']})",
+             "",
+             "| pass | impl | us per call | vs torchvision |",
+             "|---|---|---|---|"]
+    lines += [f"| {r.pass_name} | {r.impl} | {r.us_per_call:.1f} | {r.vs_torchvision:.2f}x |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.call_overhead", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="a few calls each: checks that it runs, times nothing")
+    parser.add_argument("--out", type=Path, help="also write the table to OUT/<device>-call-overhead-<date>.md")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("benchmarks.call_overhead: no GPU visible", file=sys.stderr)
+        return 2
+    table = markdown(measure(args.device, args.quick), args.device)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"{args.device}-call-overhead-{time.strftime('%Y%m%d-%H%M%S')}.md"
+        path.write_text(table + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
