@@ -1,8 +1,9 @@
 // The C++ API of the deform_conv2d operators, for programs linked against librcm_fsad_ops
 // (CMakeLists.txt): typed calls through the dispatcher, which picks the CPU or CUDA kernel as
 // torch.ops.rcm_fsad.* does in Python. Schemas and semantics: csrc/ops.cpp, and
-// rcm_fsad_ops.deform_conv2d's docstring. Autograd is registered from Python only; in C++ the
-// gradients come from deform_conv2d_backward (the bias gradient is grad_output summed over N, H, W).
+// rcm_fsad_ops.deform_conv2d's docstring. deform_conv2d records the autograd graph as in Python
+// (csrc/autograd.cpp): its gradients also come from deform_conv2d_backward, and the bias gradient is
+// grad_output summed over N, H and W.
 #pragma once
 
 #include <ATen/core/Tensor.h>

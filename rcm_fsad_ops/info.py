@@ -32,7 +32,8 @@ def info() -> dict:
         # whether RCM_FSAD_DEFORM_CONV_ALGO=implicit_gemm_wgmma takes the wgmma kernel on the current GPU (its
         # sm_90a code loaded, RCM_FSAD_DISABLE_WGMMA not 1), or falls back to the default path
         "wgmma": bool(_C.wgmma_runs()) if built_with_cuda and torch.cuda.is_available() else False,
-        "kernels": {op: [key for key in ("CPU", "CUDA", "AutocastCPU", "AutocastCUDA") if _has_kernel(op, key)] for op in OPS},
+        "kernels": {op: [key for key in ("CPU", "CUDA", "Autograd", "AutocastCPU", "AutocastCUDA") if _has_kernel(op, key)]
+                    for op in OPS},
         "threads": torch.get_num_threads(),
         # the CPU kernels' at::parallel_for runs on those threads (built with OpenMP), or serially
         "cpu_parallel": bool(_C.intra_op_parallel),

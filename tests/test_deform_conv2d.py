@@ -701,8 +701,9 @@ def test_double_backward_raises(device):
 
 @pytest.mark.parametrize("name", ["input", "offset", "weight", "bias", "mask"])
 def test_forward_mode_ad_raises(name, device):
-    """A tangent on any argument, through torch.func.jvp or a dual tensor, raises: the op's autograd
-    would hand back a zero tangent. Without one, inside a dual level, the op still runs."""
+    """A tangent on any argument, through torch.func.jvp or a dual tensor, raises with a message saying so
+    (the op itself raises PyTorch's own, test_the_op_refuses_forward_mode_ad_and_functorch_gradients).
+    Without one, inside a dual level, the op still runs."""
     case = DeformCase(batch=1)
     t = case.tensors(torch.float64, device)
 
@@ -718,6 +719,24 @@ def test_forward_mode_ad_raises(name, device):
             op(torch.autograd.forward_ad.make_dual(t[name], torch.ones_like(t[name])))
         torch.testing.assert_close(op(t[name]), reference.deform_conv2d(
             t["input"], t["offset"], t["weight"], t["bias"], mask=t["mask"], **case.kwargs()))
+
+
+def test_the_op_refuses_forward_mode_ad_and_functorch_gradients(device):
+    """Called through torch.ops, where the wrapper's check does not run, the op's autograd (a C++ kernel)
+    raises on a dual tensor rather than hand back a zero tangent (torchvision's op does), and torch.func's
+    gradient transforms raise as they do for torchvision's op, rather than give a wrong gradient."""
+    case = DeformCase(batch=1)
+    t = case.tensors(torch.float64, device)
+
+    def op(x):
+        return torch.ops.rcm_fsad.deform_conv2d(x, t["offset"], t["weight"], t["mask"], t["bias"],
+                                                list(case.stride), list(case.padding), list(case.dilation))
+
+    with torch.autograd.forward_ad.dual_level():
+        with pytest.raises(RuntimeError, match="jvp"):
+            op(torch.autograd.forward_ad.make_dual(t["input"], torch.ones_like(t["input"])))
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.grad(lambda x: op(x).sum())(t["input"])
 
 
 @pytest.mark.parametrize("in_dims", [(0, 0, None, 0), (None, 1, None, None), (0, 0, 0, 0), (None, None, 0, None)])

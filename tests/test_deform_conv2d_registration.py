@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 from torch._dynamo.testing import CompileCounterWithBackend
+from torch._dynamo.utils import counters
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.modules.utils import _pair
 
@@ -72,6 +73,28 @@ def test_torch_compile_fullgraph(backend, device):
     torch.testing.assert_close(got, expected)
     expected.sum().backward()
     got.sum().backward()
+    for a, b in zip(compiled_args, eager_args):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_compiled_autograd_gives_eager_gradients(device):
+    """torch.compile with compiled autograd traces the backward too: through the op's C++ autograd node
+    (csrc/autograd.cpp), which says it can be traced, to the backward op's fake kernel."""
+    case = CASES["basic"]
+    t = case.tensors(torch.float64, device)
+
+    def train_step(x, offset, weight, bias, mask):
+        out = rcm_fsad_ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+        out.square().sum().backward()
+
+    args = [t["input"], t["offset"], t["weight"], t["bias"], t["mask"]]
+    eager_args = [a.clone().requires_grad_(True) for a in args]
+    compiled_args = [a.clone().requires_grad_(True) for a in args]
+    train_step(*eager_args)
+    captures = counters["compiled_autograd"]["captures"]
+    with torch._dynamo.config.patch(compiled_autograd=True):
+        torch.compile(train_step, backend="aot_eager")(*compiled_args)
+    assert counters["compiled_autograd"]["captures"] > captures  # the backward went through compiled autograd
     for a, b in zip(compiled_args, eager_args):
         torch.testing.assert_close(a.grad, b.grad)
 
@@ -277,8 +300,8 @@ def test_cuda_kernels_compiled_and_registered():
     """On any machine with a CUDA toolkit the CUDA sources must have compiled into the extension."""
     assert _C.built_with_cuda == 1
     kernels = rcm_fsad_ops.info()["kernels"]
-    assert kernels["deform_conv2d"] == ["CPU", "CUDA", "AutocastCPU", "AutocastCUDA"]
-    assert kernels["deform_conv2d_backward"] == ["CPU", "CUDA"]
+    assert kernels["deform_conv2d"] == ["CPU", "CUDA", "Autograd", "AutocastCPU", "AutocastCUDA"]
+    assert kernels["deform_conv2d_backward"] == ["CPU", "CUDA", "Autograd"]
     assert rcm_fsad_ops.info()["cuda_arch_list"]
     assert len(rcm_fsad_ops.info()["gpu_archs"]) == torch.cuda.device_count()
 

@@ -52,9 +52,10 @@ def _scripted_pair(value: IntPair) -> List[int]:
 
 
 def _reject_forward_ad(tensors: Sequence[Optional[Tensor]]) -> None:
-    """The op's autograd is reverse mode only, and forward mode (torch.func.jvp, jacfwd, dual tensors)
-    would get a zero tangent from it without a word: raise instead. The level is -1 outside any dual
-    level, so the common case costs one comparison (a private name: should it go, every call checks)."""
+    """The op's autograd (a C++ torch::autograd::Function, csrc/autograd.cpp) is reverse mode only: forward
+    mode (torch.func.jvp, jacfwd, dual tensors) gets PyTorch's generic refusal from it, which names neither
+    the op nor what to use instead. This error does. The level is -1 outside any dual level, so the common
+    case costs one comparison (a private name: should it go, every call checks)."""
     if getattr(fwAD, "_current_level", 0) >= 0 and any(
             t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
         raise NotImplementedError(
@@ -239,26 +240,6 @@ def _deform_conv2d_backward_fake(grad_output, input, offset, weight, mask, strid
     return grad_input, torch.empty_like(offset), grad_weight, grad_mask
 
 
-def _setup_context(ctx, inputs, output):
-    input, offset, weight, mask, bias, stride, padding, dilation = inputs
-    ctx.save_for_backward(input, offset, weight, mask)
-    ctx.geometry = (stride, padding, dilation)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_output):
-    input, offset, weight, mask = ctx.saved_tensors
-    grad_input, grad_offset, grad_weight, grad_mask = torch.ops.rcm_fsad.deform_conv2d_backward.default(
-        grad_output, input, offset, weight, mask, *ctx.geometry
-    )
-    grad_bias = grad_output.sum((0, 2, 3)) if ctx.has_bias else None
-    return (grad_input, grad_offset, grad_weight, grad_mask if mask is not None else None, grad_bias,
-            None, None, None)
-
-
-torch.library.register_autograd("rcm_fsad::deform_conv2d", _backward, setup_context=_setup_context)
-
-
 def _deform_conv2d_vmap(info, in_dims, input, offset, weight, mask, bias, stride, padding, dilation):
     """torch.vmap's batching rule: when only input, offset and mask are vmapped (one layer over many
     batches), the vmapped dimension folds into N and the op runs once; a vmapped weight or bias runs
@@ -290,18 +271,3 @@ def _deform_conv2d_vmap(info, in_dims, input, offset, weight, mask, bias, stride
 # register_vmap is new in torch 2.5: before it, vmap runs the op once per index (PyTorch's fallback).
 if hasattr(torch.library, "register_vmap"):
     torch.library.register_vmap("rcm_fsad::deform_conv2d", _deform_conv2d_vmap)
-
-
-def _double_backward(ctx, *grads):
-    raise RuntimeError(
-        "rcm_fsad.deform_conv2d does not support double backward (gradients of its gradients)"
-    )
-
-
-def _setup_backward_context(ctx, inputs, output):
-    pass
-
-
-torch.library.register_autograd(
-    "rcm_fsad::deform_conv2d_backward", _double_backward, setup_context=_setup_backward_context
-)

@@ -1,6 +1,6 @@
 // The C++ library on its own, through its API (csrc/deform_conv2d.h) from a program linked against
-// libtorch: with zero offsets and no mask the operator is an ordinary convolution, and its backward
-// gives that convolution's gradients (libtorch's autograd of conv2d is the oracle).
+// libtorch: with zero offsets and no mask the operator is an ordinary convolution, and its backward, and
+// its autograd, give that convolution's gradients (libtorch's autograd of conv2d is the oracle).
 #include <torch/torch.h>
 
 #include <iostream>
@@ -68,6 +68,46 @@ int main() {
          "the backward's input and weight gradients at zero offsets equal conv2d's");
   expect(grad_offset.sizes() == offset.sizes() && grad_mask.numel() == 0,
          "the backward gives an offset gradient of offset's shape and an empty mask gradient without a mask");
+
+  // Autograd through the same call: at zero offsets the input, weight and bias gradients are conv2d's,
+  // and a gradient of those gradients is refused.
+  const at::Tensor bias = torch::randn({4}, options);
+  const at::Tensor ours_input = input.clone().requires_grad_(true);
+  const at::Tensor ours_offset = offset.clone().requires_grad_(true);
+  const at::Tensor ours_weight = weight.clone().requires_grad_(true);
+  const at::Tensor ours_bias = bias.clone().requires_grad_(true);
+  const at::Tensor theirs_input = input.clone().requires_grad_(true);
+  const at::Tensor theirs_weight = weight.clone().requires_grad_(true);
+  const at::Tensor theirs_bias = bias.clone().requires_grad_(true);
+  const at::Tensor ours_output =
+      rcm_fsad::deform_conv2d(ours_input, ours_offset, ours_weight, std::nullopt, ours_bias, {1, 1}, {1, 1}, {1, 1});
+  ours_output.backward(grad_output);
+  torch::conv2d(theirs_input, theirs_weight, theirs_bias, 1, 1).backward(grad_output);
+  expect(torch::allclose(ours_input.grad(), theirs_input.grad(), 1e-12, 1e-12) &&
+             torch::allclose(ours_weight.grad(), theirs_weight.grad(), 1e-12, 1e-12) &&
+             torch::allclose(ours_bias.grad(), theirs_bias.grad(), 1e-12, 1e-12),
+         "autograd gives conv2d's input, weight and bias gradients at zero offsets");
+  expect(ours_offset.grad().defined() && ours_offset.grad().sizes() == offset.sizes(),
+         "autograd gives an offset gradient of offset's shape");
+  {
+    const torch::NoGradGuard no_grad;
+    expect(!rcm_fsad::deform_conv2d(ours_input, offset, weight, std::nullopt, std::nullopt, {1, 1}, {1, 1}, {1, 1})
+                .requires_grad(),
+           "under NoGradGuard the output records no graph");
+  }
+  const at::Tensor grad_of_input =
+      torch::autograd::grad({rcm_fsad::deform_conv2d(ours_input, offset, weight, std::nullopt, std::nullopt, {1, 1},
+                                                     {1, 1}, {1, 1})
+                                 .square()
+                                 .sum()},
+                            {ours_input}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+  raised = false;
+  try {
+    grad_of_input.sum().backward();
+  } catch (const c10::Error& e) {
+    raised = std::string(e.what()).find("double backward") != std::string::npos;
+  }
+  expect(raised, "a gradient of the gradients raises an error saying double backward is not supported");
 
   std::cout << (checks - failures) << " passed, " << failures << " failed\n";
   return failures == 0 ? 0 : 1;
