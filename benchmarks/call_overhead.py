@@ -5,9 +5,10 @@ torchvision's deform_conv2d and a dense conv2d of the same shape.
 The problem is tiny (CALL_OVERHEAD_CASE: N=1, C=8, 8x8, 3x3, mask and bias, float32), the passes the
 runner's (``timing.make_step``): the forward under ``torch.no_grad`` and forward+backward. Each
 implementation's calls run back to back in slices, the slices of all of them interleaved over
-TIMING_ROUNDS rounds; on CUDA the device is synchronised only at the end of a slice, so that where the
-host takes longer than the kernels (as here) a call's time is the host's, as in a model's stream of
-small layers. The table gives the median slice's time per call.
+TIMING_ROUNDS rounds; on CUDA the device is synchronised only at the end of a slice, as in a model's
+stream of small layers. The table gives the median slice's time per call, and of it the time until the
+host had returned from the slice's last call: on CUDA, where that is the whole time but the final wait,
+the host was the bound; where it is much less, the device was (the queue filled and the host waited).
 
 usage: python -m benchmarks.call_overhead [--device cpu|cuda] [--quick] [--out DIR]
 """
@@ -25,34 +26,49 @@ import torch
 from benchmarks.environment import machine_info
 from benchmarks.implementations import DENSE, OURS, TORCHVISION, dense_conv2d, ours, pick_torchvision
 from benchmarks.shapes import PASSES, Case
-from benchmarks.timing import TIMING_ROUNDS, make_step
+from benchmarks.timing import CPU_SETTLE_S, TIMING_ROUNDS, make_step
 
 CALL_OVERHEAD_CASE = Case("n1_c8_8x8", n=1, c_in=8, h=8, w=8)
 IMPLS = (OURS, TORCHVISION, DENSE)
 
 
+class SliceTime(NamedTuple):
+    """Microseconds per call of a slice: until the last call returned (the host's submission), and until
+    the device finished it too (the same on the CPU)."""
+    host_us: float
+    total_us: float
+
+
 class OverheadRow(NamedTuple):
     pass_name: str
     impl: str
-    us_per_call: float
-    vs_torchvision: Optional[float]  # torchvision's time over this one: above 1, this one is cheaper
+    us_per_call: float  # the median slice's total
+    host_us_per_call: float  # the median slice's host share: below us_per_call, the device was the bound
+    vs_torchvision: float  # torchvision's time over this one: above 1, this one is cheaper
 
 
-def _slice_us(prepare: Callable, step: Callable, device: torch.device, calls: int) -> float:
-    """Microseconds per call of `calls` calls back to back, the device synchronised before and after."""
+def _slice(prepare: Callable, step: Callable, device: torch.device, calls: int) -> SliceTime:
+    """`calls` calls back to back (each after its prepare: a training step's reset of the gradients). On
+    the CPU after a pause that lets the threads of the slice before stop spinning (timing.CPU_SETTLE_S); on
+    CUDA with the device synchronised before the first call and after the last only."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    else:
+        time.sleep(CPU_SETTLE_S)
     start = time.perf_counter()
     for _ in range(calls):
         prepare()
         step()
+    submitted = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / calls * 1e6
+    finished = time.perf_counter()
+    return SliceTime((submitted - start) / calls * 1e6, (finished - start) / calls * 1e6)
 
 
 def measure(device: str, quick: bool = False) -> List[OverheadRow]:
-    """The time per call of each implementation in IMPLS and each pass, CALL_OVERHEAD_CASE in float32."""
+    """The time per call of each implementation in IMPLS and each pass, CALL_OVERHEAD_CASE in float32:
+    the median of TIMING_ROUNDS slices, each implementation's slices interleaved with the others'."""
     dev = torch.device(device)
     case = CALL_OVERHEAD_CASE
     tensors = case.make_inputs(device, torch.float32)
@@ -63,13 +79,15 @@ def measure(device: str, quick: bool = False) -> List[OverheadRow]:
     for pass_name in PASSES:
         steps = {impl: make_step(fns[impl], tensors, case, pass_name) for impl in IMPLS}
         for prepare, step in steps.values():
-            _slice_us(prepare, step, dev, warmup)
-        slices: Dict[str, List[float]] = {impl: [] for impl in IMPLS}
+            _slice(prepare, step, dev, warmup)
+        slices: Dict[str, List[SliceTime]] = {impl: [] for impl in IMPLS}
         for _ in range(TIMING_ROUNDS):
             for impl, (prepare, step) in steps.items():
-                slices[impl].append(_slice_us(prepare, step, dev, calls))
-        medians = {impl: statistics.median(times) for impl, times in slices.items()}
-        rows += [OverheadRow(pass_name, impl, medians[impl], medians[TORCHVISION] / medians[impl]) for impl in IMPLS]
+                slices[impl].append(_slice(prepare, step, dev, calls))
+        total = {impl: statistics.median(t.total_us for t in times) for impl, times in slices.items()}
+        host = {impl: statistics.median(t.host_us for t in times) for impl, times in slices.items()}
+        rows += [OverheadRow(pass_name, impl, total[impl], host[impl], total[TORCHVISION] / total[impl])
+                 for impl in IMPLS]
     return rows
 
 
@@ -83,9 +101,10 @@ def markdown(rows: Sequence[OverheadRow], device: str) -> str:
              f"torch {machine['torch']}, torchvision {machine['torchvision']}, rcm_fsad_ops "
              f"{machine.get('rcm_fsad_ops')} (git {machine['git']})",
              "",
-             "| pass | impl | us per call | vs torchvision |",
-             "|---|---|---|---|"]
-    lines += [f"| {r.pass_name} | {r.impl} | {r.us_per_call:.1f} | {r.vs_torchvision:.2f}x |" for r in rows]
+             "| pass | impl | us per call | of it, until the host returned | vs torchvision |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r.pass_name} | {r.impl} | {r.us_per_call:.1f} | {r.host_us_per_call:.1f} | {r.vs_torchvision:.2f}x |"
+              for r in rows]
     return "\n".join(lines)
 
 

@@ -396,6 +396,7 @@ fi
 
 # ---- 13 what a call costs the host ----------------------------------------------------------------------
 # Since session 29 autograd is a C++ kernel (csrc/autograd.cpp): NOTES says what these rows should show.
+# Its table goes to bench.log only: $OUT already holds 7 files.
 if (( $(remaining) >= 30 )); then
     gpu_step overhead "$BENCH_LOG" 30 0 "$PY -m benchmarks.call_overhead --device cuda"
 else

@@ -61,7 +61,7 @@ class DeformConv2dFunction : public torch::autograd::Function<DeformConv2dFuncti
     ctx->saved_data["stride"] = stride.vec();
     ctx->saved_data["padding"] = padding.vec();
     ctx->saved_data["dilation"] = dilation.vec();
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["has_bias"] = bias.has_value();
     return output;
   }
 
@@ -83,18 +83,25 @@ class DeformConv2dFunction : public torch::autograd::Function<DeformConv2dFuncti
   }
 };
 
+// A C++ caller may pass an optional that holds an undefined tensor: the same as none, as Python's None is,
+// for the kernels below, which ask only has_value().
+std::optional<at::Tensor> defined_or_none(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t : std::nullopt;
+}
+
 at::Tensor deform_conv2d_autograd(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  return DeformConv2dFunction::apply(input, offset, weight, mask, bias, stride, padding, dilation);
+  return DeformConv2dFunction::apply(input, offset, weight, defined_or_none(mask), defined_or_none(bias), stride,
+                                     padding, dilation);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
     const std::optional<at::Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation) {
-  const variable_list gradients =
-      DeformConv2dBackwardFunction::apply(grad_output, input, offset, weight, mask, stride, padding, dilation);
+  const variable_list gradients = DeformConv2dBackwardFunction::apply(grad_output, input, offset, weight,
+                                                                      defined_or_none(mask), stride, padding, dilation);
   return {gradients[0], gradients[1], gradients[2], gradients[3]};
 }
 

@@ -723,8 +723,9 @@ def test_forward_mode_ad_raises(name, device):
 
 def test_the_op_refuses_forward_mode_ad_and_functorch_gradients(device):
     """Called through torch.ops, where the wrapper's check does not run, the op's autograd (a C++ kernel)
-    raises on a dual tensor rather than hand back a zero tangent (torchvision's op does), and torch.func's
-    gradient transforms raise as they do for torchvision's op, rather than give a wrong gradient."""
+    raises on a dual tensor rather than silently return no tangent (as torchvision's op does), and
+    torch.func's gradient transforms raise as they do for torchvision's op, rather than give a wrong
+    gradient."""
     case = DeformCase(batch=1)
     t = case.tensors(torch.float64, device)
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torchvision
 from torch._dynamo.testing import CompileCounterWithBackend
-from torch._dynamo.utils import counters
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.modules.utils import _pair
 
@@ -77,26 +76,33 @@ def test_torch_compile_fullgraph(backend, device):
         torch.testing.assert_close(a.grad, b.grad)
 
 
-def test_compiled_autograd_gives_eager_gradients(device):
-    """torch.compile with compiled autograd traces the backward too: through the op's C++ autograd node
-    (csrc/autograd.cpp), which says it can be traced, to the backward op's fake kernel."""
+def test_compiled_autograd_traces_the_ops_autograd_node(device):
+    """With compiled autograd, a compiled backward of an eager forward traces the op's C++ autograd node
+    (csrc/autograd.cpp, marked traceable) into the graph it hands the backend, and gives eager's
+    gradients. (A forward compiled too would hand compiled autograd AOTAutograd's node instead.)"""
     case = CASES["basic"]
     t = case.tensors(torch.float64, device)
-
-    def train_step(x, offset, weight, bias, mask):
-        out = rcm_fsad_ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
-        out.square().sum().backward()
-
     args = [t["input"], t["offset"], t["weight"], t["bias"], t["mask"]]
-    eager_args = [a.clone().requires_grad_(True) for a in args]
-    compiled_args = [a.clone().requires_grad_(True) for a in args]
-    train_step(*eager_args)
-    captures = counters["compiled_autograd"]["captures"]
-    with torch._dynamo.config.patch(compiled_autograd=True):
-        torch.compile(train_step, backend="aot_eager")(*compiled_args)
-    assert counters["compiled_autograd"]["captures"] > captures  # the backward went through compiled autograd
-    for a, b in zip(compiled_args, eager_args):
-        torch.testing.assert_close(a.grad, b.grad)
+    gradients = []
+    for compiled in (False, True):
+        leaves = [a.clone().requires_grad_(True) for a in args]
+        x, offset, weight, bias, mask = leaves
+        loss = rcm_fsad_ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask).square().sum()
+        if compiled:
+            graphs = []
+
+            def backend(gm, example_inputs):
+                graphs.append(gm.code)
+                return gm.forward
+
+            with torch._dynamo.config.patch(compiled_autograd=True):
+                torch.compile(lambda loss: loss.backward(), backend=backend)(loss)
+            assert any("DeformConv2dFunction" in code for code in graphs)
+        else:
+            loss.backward()
+        gradients.append([leaf.grad for leaf in leaves])
+    for eager, compiled in zip(*gradients):
+        torch.testing.assert_close(compiled, eager)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")

@@ -89,6 +89,17 @@ int main() {
          "autograd gives conv2d's input, weight and bias gradients at zero offsets");
   expect(ours_offset.grad().defined() && ours_offset.grad().sizes() == offset.sizes(),
          "autograd gives an offset gradient of offset's shape");
+  // The output is linear in a constant mask m: d<grad_output, output>/dm = <grad_output, conv2d>, the
+  // mask gradient's sum.
+  const at::Tensor ours_mask = half_mask.clone().requires_grad_(true);
+  rcm_fsad::deform_conv2d(input, offset, weight, ours_mask, std::nullopt, {1, 1}, {1, 1}, {1, 1}).backward(grad_output);
+  expect(torch::allclose(ours_mask.grad().sum(), (grad_output * expected).sum(), 1e-12, 1e-12),
+         "autograd's mask gradient sums to grad_output times conv2d at zero offsets and a constant mask");
+  // An optional holding an undefined tensor is no mask and no bias, as std::nullopt is.
+  const at::Tensor undefined;
+  expect(torch::equal(rcm_fsad::deform_conv2d(input, offset, weight, undefined, undefined, {1, 1}, {1, 1}, {1, 1}),
+                      deform_conv2d(input, offset, weight, std::nullopt)),
+         "an undefined mask and bias are none");
   {
     const torch::NoGradGuard no_grad;
     expect(!rcm_fsad::deform_conv2d(ours_input, offset, weight, std::nullopt, std::nullopt, {1, 1}, {1, 1}, {1, 1})
