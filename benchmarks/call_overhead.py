@@ -66,6 +66,13 @@ def _slice(prepare: Callable, step: Callable, device: torch.device, calls: int) 
     return SliceTime((submitted - start) / calls * 1e6, (finished - start) / calls * 1e6)
 
 
+SLICE_S = 0.1
+
+
+def _calls_per_slice(us_per_call: float) -> int:
+    return max(50, min(5000, int(SLICE_S * 1e6 / max(us_per_call, 1e-3))))
+
+
 def measure(device: str, quick: bool = False) -> List[OverheadRow]:
     """The time per call of each implementation in IMPLS and each pass, CALL_OVERHEAD_CASE in float32:
     the median of TIMING_ROUNDS slices, each implementation's slices interleaved with the others'."""
@@ -74,16 +81,18 @@ def measure(device: str, quick: bool = False) -> List[OverheadRow]:
     tensors = case.make_inputs(device, torch.float32)
     torchvision_fn = pick_torchvision(tensors, case)[0]
     fns: Dict[str, Callable] = {OURS: ours(), TORCHVISION: torchvision_fn, DENSE: dense_conv2d()}
-    calls, warmup = (3, 2) if quick else (200, 50)
+    warmup = 2 if quick else 50
     rows = []
     for pass_name in PASSES:
         steps = {impl: make_step(fns[impl], tensors, case, pass_name) for impl in IMPLS}
-        for prepare, step in steps.values():
-            _slice(prepare, step, dev, warmup)
+        # Slices of about SLICE_S each, from the warm-up's time per call, so that the pause before a slice
+        # and its first calls after it weigh little.
+        warmed = {impl: _slice(prepare, step, dev, warmup) for impl, (prepare, step) in steps.items()}
+        calls = {impl: 3 if quick else _calls_per_slice(warm.total_us) for impl, warm in warmed.items()}
         slices: Dict[str, List[SliceTime]] = {impl: [] for impl in IMPLS}
         for _ in range(TIMING_ROUNDS):
             for impl, (prepare, step) in steps.items():
-                slices[impl].append(_slice(prepare, step, dev, calls))
+                slices[impl].append(_slice(prepare, step, dev, calls[impl]))
         total = {impl: statistics.median(t.total_us for t in times) for impl, times in slices.items()}
         host = {impl: statistics.median(t.host_us for t in times) for impl, times in slices.items()}
         rows += [OverheadRow(pass_name, impl, total[impl], host[impl], total[TORCHVISION] / total[impl])
