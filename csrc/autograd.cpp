@@ -3,7 +3,7 @@
 // Python-registered one. Two reasons to keep it out of Python:
 //   * time: a kernel registered with torch.library.register_autograd crosses from the dispatcher into
 //     Python and back on every call, with or without gradients. On the project's 2-core CPU that cost
-//     about 20 us a forward without gradients and 140 us a forward and backward (benchmarks/NOTES.md,
+//     20-30 us a forward without gradients and 120-140 us a forward and backward (benchmarks/NOTES.md,
 //     session 29), where a small layer's kernels take tens of microseconds on a GPU;
 //   * C++ programs linked against the library (CMakeLists.txt) get the gradients from the same call.
 // The backward operator has an autograd kernel of its own, which says that gradients of gradients are
