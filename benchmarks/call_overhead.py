@@ -30,6 +30,8 @@ from benchmarks.timing import CPU_SETTLE_S, TIMING_ROUNDS, make_step
 
 CALL_OVERHEAD_CASE = Case("n1_c8_8x8", n=1, c_in=8, h=8, w=8)
 IMPLS = (OURS, TORCHVISION, DENSE)
+# Seconds a timed slice takes, about: its calls are counted from the warm-up's time per call.
+SLICE_S = 0.1
 
 
 class SliceTime(NamedTuple):
@@ -64,9 +66,6 @@ def _slice(prepare: Callable, step: Callable, device: torch.device, calls: int) 
         torch.cuda.synchronize(device)
     finished = time.perf_counter()
     return SliceTime((submitted - start) / calls * 1e6, (finished - start) / calls * 1e6)
-
-
-SLICE_S = 0.1
 
 
 def _calls_per_slice(us_per_call: float) -> int:
