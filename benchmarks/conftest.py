@@ -40,4 +40,4 @@ def pytest_ignore_collect(collection_path, config):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
+    config.addinivalue_line("markers", "cuda: a CUDA case (the test skips itself without a CUDA device)")

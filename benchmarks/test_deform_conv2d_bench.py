@@ -6,7 +6,8 @@ Same cases and inputs as ``python -m benchmarks`` (benchmarks/shapes.py), forwar
 Each (device, case, dtype, pass) is one pytest-benchmark group, so ``--benchmark-only`` prints ours,
 ours[channels_last], torchvision, onnxruntime and the dense conv2d next to each other. CUDA cases are
 skipped without a GPU, and onnxruntime where the runner skips it (backward, bfloat16, CUDA, not
-installed). TF32 is off on every side.
+installed). TF32 is off on every side. It only times: what each implementation computes is judged by the
+test suite, and by the runner's column of differences from torchvision.
 
 Run:  pytest benchmarks --benchmark-only
       pytest benchmarks --benchmark-only -k "cpu and fwd_bwd" --benchmark-min-rounds=3
@@ -21,8 +22,8 @@ import torch  # noqa: E402
 
 from benchmarks.environment import tf32_set_to  # noqa: E402
 from benchmarks.implementations import (DENSE, ONNXRUNTIME, ONNXRUNTIME_DTYPES, OURS, OURS_CHANNELS_LAST,  # noqa: E402
-                                        current_variant, dense_conv2d, in_layout, onnxruntime_deform_conv, ours,
-                                        pick_torchvision, variant_of)
+                                        TORCHVISION, current_variant, dense_conv2d, in_layout,
+                                        onnxruntime_deform_conv, ours, pick_torchvision, variant_of)
 from benchmarks.shapes import CASES, FWD, FWD_BWD, dtype_of  # noqa: E402
 from benchmarks.timing import make_step  # noqa: E402
 
@@ -35,7 +36,7 @@ DEVICE_DTYPE_CASES = [
     for dtype_name in case.dtypes[device]
 ]
 PASS_PARAMS = [pytest.param(FWD, id="fwd"), pytest.param(FWD_BWD, id="fwd_bwd")]
-IMPL_PARAMS = [OURS, OURS_CHANNELS_LAST, "torchvision", ONNXRUNTIME, DENSE]
+IMPL_PARAMS = [OURS, OURS_CHANNELS_LAST, TORCHVISION, ONNXRUNTIME, DENSE]
 
 _INPUTS: dict = {}
 
@@ -68,6 +69,7 @@ def test_deform_conv2d(benchmark, tf32_off, device, case, dtype_name, pass_name,
         if device != "cpu" or pass_name != FWD or dtype_name not in ONNXRUNTIME_DTYPES:
             pytest.skip("onnxruntime runs the CPU forward in fp16, fp32 and fp64 only")
         pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")  # what torch.onnx.export needs
     tensors = in_layout(_inputs(case, device, dtype_name), variant_of(impl, current_variant()))
     note = ""
     if impl in (OURS, OURS_CHANNELS_LAST):

@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+from benchmarks import shapes
+from benchmarks.shapes import Case
+from tests.benchmark_cases import TINY
+
 # (test id, device, CUDA forward algorithm): every CUDA parity test runs each forward path (on sm_80+
 # the default one takes tensor cores for float16/bfloat16, for float32 under TF32, and for float32
 # without TF32 on operands split in two TF32 parts; cuda-wgmma takes the wgmma kernel where
@@ -20,6 +24,14 @@ def device(request, monkeypatch) -> str:
     if algorithm is not None:
         monkeypatch.setenv("RCM_FSAD_DEFORM_CONV_ALGO", algorithm)
     return device
+
+
+@pytest.fixture
+def tiny_case(monkeypatch) -> Case:
+    """TINY as the only benchmark case, so that the command line (--cases) can name it."""
+    monkeypatch.setattr(shapes, "CASES", [TINY])
+    monkeypatch.setattr(shapes, "CASES_BY_NAME", {TINY.name: TINY})
+    return TINY
 
 
 def pytest_collection_modifyitems(config, items):

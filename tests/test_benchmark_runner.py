@@ -23,8 +23,8 @@ from benchmarks.implementations import (
     TORCHVISION,
 )
 from benchmarks.shapes import FWD, FWD_BWD, Case
+from tests.benchmark_cases import TINY
 
-TINY = Case("tiny", n=1, c_in=4, h=5, w=5, dtypes={"cpu": ("fp32",)})
 SETTINGS = timing.TimingSettings(warmup=1, warmup_s=0.0, min_repeats=2, max_repeats=2, target_s=0.0)
 
 

@@ -10,24 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import environment, implementations, shapes
+from benchmarks import environment, implementations
 from benchmarks.implementations import DENSE, ONNXRUNTIME, OURS, OURS_CHANNELS_LAST, REFERENCE, TORCHVISION
-from benchmarks.shapes import Case
 from rcm_fsad_ops import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = Case("tiny", n=1, c_in=4, h=5, w=5, dtypes={"cpu": ("fp32",)})
 # What `python -m benchmarks --help` offers (benchmarks/runner.py build_parser).
 RUNNER_OPTIONS = ("--device", "--quick", "--out", "--no-reference", "--compile", "--tf32", "--cases", "--dtypes",
                   "--no-write")
-
-
-@pytest.fixture
-def tiny_case(monkeypatch) -> Case:
-    """TINY as the only benchmark case, so that --cases can name it."""
-    monkeypatch.setattr(shapes, "CASES", [TINY])
-    monkeypatch.setattr(shapes, "CASES_BY_NAME", {TINY.name: TINY})
-    return TINY
 
 
 @pytest.mark.parametrize("command", ["bench", "demo"])

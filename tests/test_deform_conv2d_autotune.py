@@ -10,6 +10,7 @@ import rcm_fsad_ops
 from benchmarks.environment import tf32_set_to
 from benchmarks.implementations import ALGORITHM_ENV
 from tests.deform_cases import DeformCase
+from tests.test_deform_conv2d import runs_as
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
@@ -32,7 +33,7 @@ def forward(tensors: dict, case: DeformCase = CASE) -> torch.Tensor:
 
 
 def tensors_of(dtype: torch.dtype, case: DeformCase = CASE) -> dict:
-    return {k: None if v is None else v.to(dtype) for k, v in case.tensors(torch.float32, "cuda").items()}
+    return case.tensors(dtype, "cuda")
 
 
 def outputs_by_path(tensors: dict, monkeypatch, case: DeformCase = CASE) -> dict:
@@ -56,13 +57,11 @@ def autotuned_not_default(monkeypatch, case: DeformCase) -> tuple:
     return tensors, default, autotuned
 
 
-@pytest.mark.parametrize("tf32", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype, tf32", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False),
+                                         (torch.float16, False)], ids=["float32", "tf32", "bfloat16", "float16"])
 def test_cuda_autotune_gives_the_bits_of_one_path_and_keeps_them(dtype, tf32, monkeypatch):
     """The autotuned output is bit for bit that of one of the paths run alone (not a blend of them), and
-    the same on every later call (the choice is remembered)."""
-    if dtype != torch.float32 and tf32:
-        pytest.skip("TF32 concerns float32 only")
+    the same on every later call (the choice is remembered). TF32 concerns float32 only."""
     tensors = tensors_of(dtype)
     with tf32_set_to(tf32):
         by_path = outputs_by_path(tensors, monkeypatch)
@@ -79,12 +78,7 @@ def test_cuda_autotune_under_deterministic_algorithms_takes_the_default_path(mon
     autotune gives the default path's bits, on a problem where it otherwise chooses another path."""
     with tf32_set_to(False):
         tensors, default, _ = autotuned_not_default(monkeypatch, COLUMNS_WIN)
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True)
-        try:
-            out = forward(tensors, COLUMNS_WIN)
-        finally:
-            torch.use_deterministic_algorithms(deterministic)
+        out = runs_as(True, forward, tensors, COLUMNS_WIN)
     assert torch.equal(out, default)
 
 

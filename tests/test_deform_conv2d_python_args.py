@@ -1,5 +1,5 @@
-"""stride, padding and dilation take what torchvision.ops.deform_conv2d takes, and anything else is
-rejected with an error naming the argument."""
+"""stride, padding and dilation take what torchvision.ops.deform_conv2d takes, and also a 0-d integer
+tensor, which torchvision rejects; anything else is rejected with an error naming the argument."""
 from __future__ import annotations
 
 import operator
@@ -59,6 +59,8 @@ def test_integral_values_are_taken_like_torchvision(name, value):
 
 
 def test_a_0d_integer_tensor_counts_as_its_value():
+    """Where torchvision fails ("iteration over a 0-d tensor"), ours takes the tensor's value, as
+    torch.nn.functional.conv2d does; the oracle is torchvision given that value as an int."""
     t, geometry = problem("stride", 2)
     args = dict(input=t["input"], offset=t["offset"], weight=t["weight"], bias=t["bias"], mask=t["mask"])
     expected = torchvision.ops.deform_conv2d(**args, **geometry)

@@ -107,7 +107,8 @@ def test_export_writes_one_deform_conv_node_with_the_layers_attributes(how, tmp_
 
 def test_exported_offset_predicting_layer_runs_at_another_batch_and_image_size():
     """The layer that predicts its offsets and mask (conv2d, sigmoid, the op) in one graph, exported with a
-    dynamic batch, height and width."""
+    dynamic batch, height and width; the oracle is F.conv2d then torchvision (the first 2*G*K predicted
+    channels are the offsets, the last G*K the mask logits)."""
     torch.manual_seed(0)
     layer = ModulatedDeformConv2dWithOffsetPredictor(4, 6, 3, padding=1, offset_groups=2).eval()
     with torch.no_grad():
@@ -116,8 +117,11 @@ def test_exported_offset_predicting_layer_runs_at_another_batch_and_image_size()
             3: torch.export.Dim("width", min=2, max=64)}
     program = torch.onnx.export(layer, (torch.randn(2, 4, 7, 9),), dynamo=True, dynamic_shapes={"input": dims})
     x = torch.randn(5, 4, 12, 5)
+    predictor = layer.offset_predictor
     with torch.no_grad():
-        want = layer(x)
+        predicted = torch.nn.functional.conv2d(x, predictor.weight, predictor.bias, padding=1)
+        want = torchvision.ops.deform_conv2d(x, predicted[:, :36], layer.weight, layer.bias, padding=1,
+                                             mask=predicted[:, 36:].sigmoid())
     torch.testing.assert_close(_run(program, x), want, rtol=1e-5, atol=1e-5)
 
 

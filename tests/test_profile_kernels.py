@@ -3,13 +3,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from benchmarks import environment, profile_kernels, shapes
+from benchmarks import environment, profile_kernels
 from benchmarks.implementations import OURS, OURS_CHANNELS_LAST, TORCHVISION
-from benchmarks.shapes import FWD, FWD_BWD, Case
-
-TINY = Case("tiny", n=1, c_in=4, h=5, w=5, dtypes={"cpu": ("fp32",)})
+from benchmarks.shapes import FWD, FWD_BWD
 
 # Per call of each implementation and pass: the operators of the op itself, each run once, and on
 # forward+backward one gradient accumulation per leaf (input, offset, weight, mask, bias).
@@ -24,14 +20,6 @@ EXPECTED_CALLS = {
 # ours[channels_last] calls what ours calls, on other tensors.
 EXPECTED_CALLS.update({(OURS_CHANNELS_LAST, p): EXPECTED_CALLS[OURS, p] for p in (FWD, FWD_BWD)})
 BACKWARD_OPS = {"rcm_fsad::deform_conv2d_backward", "torchvision::_deform_conv2d_backward"}
-
-
-@pytest.fixture
-def tiny_case(monkeypatch) -> Case:
-    """TINY as the only benchmark case, so that the command line can name it."""
-    monkeypatch.setattr(shapes, "CASES", [TINY])
-    monkeypatch.setattr(shapes, "CASES_BY_NAME", {TINY.name: TINY})
-    return TINY
 
 
 def test_cpu_profile_of_a_tiny_case(tiny_case, tmp_path, capsys):
