@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/MemoryFormat.h>
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
 
 #include "torch_compat.h"
 
@@ -27,6 +28,20 @@ void check_pair(at::IntArrayRef v, const char* name, int64_t minimum) {
   TORCH_CHECK(v.size() == 2, "deform_conv2d: expected ", name, " to have 2 values, got ", v);
   TORCH_CHECK(v[0] >= minimum && v[1] >= minimum, "deform_conv2d: expected ", name,
               " values to be at least ", minimum, ", got ", v);
+}
+
+// Outputs along one axis of `size` input pixels, as torchvision computes them (division toward zero: a
+// kernel overhanging the padded input by less than the stride still gives one). The padded input and the
+// kernel's reach must fit in int64: padding or dilation near 2^63 would wrap them into a plausible size.
+int64_t outputs_along(int64_t size, int64_t kernel, int64_t stride, int64_t pad, int64_t dil,
+                      at::IntArrayRef padding, at::IntArrayRef dilation) {
+  int64_t twice_pad = 0, padded = 0, reach = 0;
+  const bool wraps = c10::mul_overflows(pad, int64_t{2}, &twice_pad) ||
+                     c10::add_overflows(size, twice_pad, &padded) || c10::mul_overflows(dil, kernel - 1, &reach);
+  TORCH_CHECK(!wraps, "deform_conv2d: expected padding and dilation small enough that the padded input (size + "
+              "2*padding) and the kernel's reach (dilation*(kernel-1)) fit in 64 bits, got padding ", padding,
+              " and dilation ", dilation);
+  return (padded - reach - 1) / stride + 1;
 }
 
 }  // namespace
@@ -84,10 +99,9 @@ kernels::DeformConvGeometry check_deform_conv2d_args(const at::Tensor& input, co
   TORCH_CHECK(g.channels % g.offset_groups == 0, "deform_conv2d: offset groups (", g.offset_groups,
               ", from offset.shape[1] / (2*kh*kw)) must divide the input channels (", g.channels, ")");
 
-  // Division toward zero, as torchvision's: a kernel overhanging the padded input by less than the
-  // stride still gives one output (reference.output_size, which the fake kernel uses, agrees).
-  g.out_h = (g.height + 2 * g.pad_h - (g.dil_h * (g.kernel_h - 1) + 1)) / g.stride_h + 1;
-  g.out_w = (g.width + 2 * g.pad_w - (g.dil_w * (g.kernel_w - 1) + 1)) / g.stride_w + 1;
+  // reference.output_size, which the fake kernel uses, agrees.
+  g.out_h = outputs_along(g.height, g.kernel_h, g.stride_h, g.pad_h, g.dil_h, padding, dilation);
+  g.out_w = outputs_along(g.width, g.kernel_w, g.stride_w, g.pad_w, g.dil_w, padding, dilation);
   TORCH_CHECK(g.out_h > 0 && g.out_w > 0, "deform_conv2d: the output would be empty: input of size ",
               g.height, "x", g.width, " with kernel ", g.kernel_h, "x", g.kernel_w, ", padding ",
               padding, ", dilation ", dilation, ", stride ", stride);

@@ -162,6 +162,9 @@ BAD_INPUTS = {
     "empty output": (lambda a: a.update(padding=0, input=a["input"][:, :, :2, :2]), r"the output would be empty"),
     "bad stride type": (lambda a: a.update(stride=(1, 2, 3)), r"expected stride to be an int or a pair"),
     "meta offset": (lambda a: a.update(offset=a["offset"].to("meta")), r"offset to be on the same device as input"),
+    "missing offset": (lambda a: a.update(offset=None), r"expected offset to be a Tensor, got NoneType"),
+    "weight as a list": (lambda a: a.update(weight=a["weight"].tolist()), r"expected weight to be a Tensor, got list"),
+    "mask as a number": (lambda a: a.update(mask=0.5), r"expected mask to be a Tensor or None, got float"),
 }
 
 
@@ -170,7 +173,7 @@ def test_bad_input_errors_name_the_argument(name):
     args = good_args()
     change, message = BAD_INPUTS[name]
     change(args)
-    with pytest.raises((RuntimeError, ValueError), match=message):
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=message):
         rcm_fsad_ops.deform_conv2d(**args)
 
 
@@ -186,6 +189,21 @@ def test_fake_kernel_rejects_what_the_cpu_kernel_rejects(name):
     change, message = BAD_INPUTS[name]
     change(args)
     with pytest.raises((RuntimeError, ValueError, TypeError), match=message):
+        rcm_fsad_ops.deform_conv2d(**on_meta(args))
+
+
+@pytest.mark.parametrize("geometry, out_size", [(dict(dilation=(2**63 - 1, 1), padding=1), (9, 6)),
+                                                (dict(padding=(2**63 - 1, 0)), (1, 4))],
+                         ids=["dilation", "padding"])
+def test_padding_or_dilation_that_would_wrap_int64_is_an_error(geometry, out_size):
+    """A 5x6 input and a 3x3 kernel: the output size computed in int64 would wrap to out_size (kernel rows
+    2^63 - 1 apart, or an input padded by that much), which the offset has; the op must refuse, not
+    sample wrapped positions. The fake kernel computes the sizes exactly, and rejects the offset's."""
+    args = dict(input=torch.randn(1, 1, 5, 6), offset=torch.zeros(1, 18, *out_size), weight=torch.ones(1, 1, 3, 3),
+                **geometry)
+    with pytest.raises(RuntimeError, match=r"padding and dilation small enough .* fit in 64 bits"):
+        rcm_fsad_ops.deform_conv2d(**args)
+    with pytest.raises(RuntimeError, match=r"the output would be empty|expected offset of shape"):
         rcm_fsad_ops.deform_conv2d(**on_meta(args))
 
 

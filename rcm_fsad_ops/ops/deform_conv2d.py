@@ -51,6 +51,17 @@ def _scripted_pair(value: IntPair) -> List[int]:
     return value
 
 
+def _check_tensor_args(required: Sequence[Tuple[str, object]], optional: Sequence[Tuple[str, object]]) -> None:
+    """A clear error naming the argument where a tensor is missing or is something else: the dispatcher's
+    own ("tensor does not have a device") names neither."""
+    for name, value in required:
+        if not isinstance(value, Tensor):
+            raise TypeError(f"deform_conv2d: expected {name} to be a Tensor, got {type(value).__name__}")
+    for name, value in optional:
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"deform_conv2d: expected {name} to be a Tensor or None, got {type(value).__name__}")
+
+
 def _reject_forward_ad(tensors: Sequence[Optional[Tensor]]) -> None:
     """The op's autograd (a C++ torch::autograd::Function, csrc/autograd.cpp) is reverse mode only: forward
     mode (torch.func.jvp, jacfwd, dual tensors) gets PyTorch's generic refusal from it, which names neither
@@ -118,6 +129,7 @@ def deform_conv2d(
     if torch.jit.is_scripting():
         return torch.ops.rcm_fsad.deform_conv2d(input, offset, weight, mask, bias, _scripted_pair(stride),
                                                 _scripted_pair(padding), _scripted_pair(dilation))
+    _check_tensor_args((("input", input), ("offset", offset), ("weight", weight)), (("bias", bias), ("mask", mask)))
     if _EMITS_ONNX_NODE and torch.compiler.is_exporting() and torch.onnx.is_in_onnx_export():
         return deform_conv_node(input, offset, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
                                 _pair(dilation, "dilation"), mask)
