@@ -752,6 +752,16 @@ def test_the_op_refuses_forward_mode_ad_and_functorch_gradients(device):
         torch.func.grad(lambda x: op(x).sum())(t["input"])
 
 
+def vmapped_args(vmapped: int, offset_batch: int = 2) -> list[torch.Tensor]:
+    """Input, offset, weight and mask in float64, each with a leading vmapped dimension of `vmapped`
+    indices; one index is a layer of 2 images, 4 channels in, 5 out, 6x6 pixels, 3x3 kernel at padding 1."""
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(vmapped, 2, 4, 6, 6, generator=g, dtype=torch.float64),
+            torch.randn(vmapped, offset_batch, 18, 6, 6, generator=g, dtype=torch.float64),
+            torch.randn(vmapped, 5, 4, 3, 3, generator=g, dtype=torch.float64),
+            torch.rand(vmapped, 2, 9, 6, 6, generator=g, dtype=torch.float64)]
+
+
 @pytest.mark.parametrize("in_dims", [(0, 0, None, 0), (None, 1, None, None), (0, 0, 0, 0), (None, None, 0, None)])
 def test_vmap_matches_a_loop_over_torchvision(in_dims, device):
     """torch.vmap over any of input, offset, weight and mask (dims as given, None: shared) gives the
@@ -759,13 +769,9 @@ def test_vmap_matches_a_loop_over_torchvision(in_dims, device):
     batch folds into N: the op runs once, not once per index (from torch 2.5, which takes batching
     rules of custom ops)."""
     vmapped = 4
-    g = torch.Generator().manual_seed(0)
-    full = [torch.randn(vmapped, 2, 4, 6, 6, generator=g, dtype=torch.float64),
-            torch.randn(vmapped, 2, 18, 6, 6, generator=g, dtype=torch.float64),
-            torch.randn(vmapped, 5, 4, 3, 3, generator=g, dtype=torch.float64),
-            torch.rand(vmapped, 2, 9, 6, 6, generator=g, dtype=torch.float64)]
-    args = [(t[0] if dim is None else t.movedim(0, dim)).to(device).requires_grad_(True) for t, dim in zip(full, in_dims)]
-    bias = torch.randn(5, generator=g, dtype=torch.float64).to(device)
+    args = [(t[0] if dim is None else t.movedim(0, dim)).to(device).requires_grad_(True)
+            for t, dim in zip(vmapped_args(vmapped), in_dims)]
+    bias = torch.randn(5, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
 
     def ours(x, offset, weight, mask):
         return rcm_fsad_ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
@@ -786,6 +792,26 @@ def test_vmap_matches_a_loop_over_torchvision(in_dims, device):
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     for got, a in zip(grads, args):
         torch.testing.assert_close(got, a.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_vmap_reports_bad_sizes_as_one_index_has_them():
+    """The batching rule folds the vmapped dimension into N (4 indices of 2 images: 8): an offset of 3
+    images an index is reported against 2, not 12 against 8."""
+    input, offset, weight, mask = vmapped_args(4, offset_batch=3)
+    with pytest.raises(RuntimeError, match=r"expected offset of shape \(2, 18, 6, 6\) .* got \[3, 18, 6, 6\]"):
+        torch.vmap(lambda x, o, m: rcm_fsad_ops.deform_conv2d(x, o, weight[0], padding=1, mask=m))(input, offset, mask)
+
+
+@pytest.mark.parametrize("in_dims", [(0, 0, None, 0), (None, None, 0, None)], ids=["folded", "per-index"])
+def test_vmap_over_an_empty_dimension_gives_an_empty_output_and_zero_gradients(in_dims):
+    """No index to run: an output of 0 x one index's (2, 5, 6, 6), and the shared arguments' gradients
+    zero, as a sum over no indices is."""
+    args = [(t[0] if dim is None else t[:0]).requires_grad_(True) for t, dim in zip(vmapped_args(1), in_dims)]
+    out = torch.vmap(lambda x, o, w, m: rcm_fsad_ops.deform_conv2d(x, o, w, padding=1, mask=m), in_dims=in_dims)(*args)
+    assert out.shape == (0, 2, 5, 6, 6)
+    out.sum().backward()
+    for a in args:
+        assert a.grad is not None and a.grad.shape == a.shape and not a.grad.any()
 
 
 def test_cpu_backward_is_deterministic():

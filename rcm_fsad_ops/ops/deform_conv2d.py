@@ -252,12 +252,32 @@ def _deform_conv2d_backward_fake(grad_output, input, offset, weight, mask, strid
     return grad_input, torch.empty_like(offset), grad_weight, grad_mask
 
 
+def _one_index(t: Optional[Tensor], dim: Optional[int]) -> Optional[Tensor]:
+    """A meta tensor of the shape and dtype one index of a vmapped dimension `dim` (None: not vmapped)
+    of `t` has."""
+    if t is None:
+        return None
+    shape = list(t.shape)
+    if dim is not None:
+        del shape[dim]
+    return torch.empty(shape, dtype=t.dtype, device="meta")
+
+
 def _deform_conv2d_vmap(info, in_dims, input, offset, weight, mask, bias, stride, padding, dilation):
     """torch.vmap's batching rule: when only input, offset and mask are vmapped (one layer over many
     batches), the vmapped dimension folds into N and the op runs once; a vmapped weight or bias runs
     it once per index. (Without a rule PyTorch would run it per index with a warning.)"""
     input_dim, offset_dim, weight_dim, mask_dim, bias_dim = in_dims[:5]
     size = info.batch_size
+    args = (input, offset, weight, mask, bias)
+    if size == 0:
+        # No index to run: the op once on zeros of one index's shape (sums over the empty dimension), so
+        # that the empty output is still connected to every argument's gradient, and bad sizes are
+        # reported as one index has them.
+        out = torch.ops.rcm_fsad.deform_conv2d.default(
+            *(t if t is None or dim is None else t.sum(dim) for t, dim in zip(args, in_dims[:5])),
+            stride, padding, dilation)
+        return out.unsqueeze(0)[:0], 0
     if weight_dim is None and bias_dim is None:
         def fold(t: Optional[Tensor], dim: Optional[int]) -> Optional[Tensor]:
             if t is None:
@@ -265,8 +285,13 @@ def _deform_conv2d_vmap(info, in_dims, input, offset, weight, mask, bias, stride
             t = t.movedim(dim, 0) if dim is not None else t.expand(size, *t.shape)
             return t.reshape(size * t.shape[1], *t.shape[2:])
 
-        out = torch.ops.rcm_fsad.deform_conv2d.default(fold(input, input_dim), fold(offset, offset_dim), weight,
-                                                       fold(mask, mask_dim), bias, stride, padding, dilation)
+        try:
+            out = torch.ops.rcm_fsad.deform_conv2d.default(fold(input, input_dim), fold(offset, offset_dim), weight,
+                                                           fold(mask, mask_dim), bias, stride, padding, dilation)
+        except (RuntimeError, IndexError):
+            # The op's message gives the folded sizes: the same checks on one index's raise in its sizes.
+            _check_args(*map(_one_index, args, in_dims[:5]), stride, padding, dilation)
+            raise
         return out.reshape(size, -1, *out.shape[1:]), 0
 
     def pick(t: Optional[Tensor], dim: Optional[int], i: int) -> Optional[Tensor]:
