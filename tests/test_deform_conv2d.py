@@ -814,6 +814,15 @@ def test_vmap_over_an_empty_dimension_gives_an_empty_output_and_zero_gradients(i
         assert a.grad is not None and a.grad.shape == a.shape and not a.grad.any()
 
 
+def test_vmap_inside_an_empty_vmap_gives_an_empty_output():
+    """The inner vmap folds its 3 indices into N while the outer one has none: an output of (0, 3) x one
+    index's (2, 5, 6, 6), though there are no elements to infer a size from."""
+    input, offset, weight, mask = vmapped_args(3)
+    input, offset, mask = (t.unsqueeze(0)[:0] for t in (input, offset, mask))
+    inner = torch.vmap(lambda x, o, m: rcm_fsad_ops.deform_conv2d(x, o, weight[0], padding=1, mask=m))
+    assert torch.vmap(inner)(input, offset, mask).shape == (0, 3, 2, 5, 6, 6)
+
+
 def test_cpu_backward_is_deterministic():
     case = DeformCase(batch=5, in_channels=16, out_channels=8, height=9, width=9, offset_scale=3.0)
     tensors = case.tensors(torch.float32)

@@ -292,7 +292,8 @@ def _deform_conv2d_vmap(info, in_dims, input, offset, weight, mask, bias, stride
             # The op's message gives the folded sizes: the same checks on one index's raise in its sizes.
             _check_args(*map(_one_index, args, in_dims[:5]), stride, padding, dilation)
             raise
-        return out.reshape(size, -1, *out.shape[1:]), 0
+        # Not -1: where an enclosing vmap's dimension is empty, the tensor has no elements to infer it from.
+        return out.reshape(size, out.shape[0] // size, *out.shape[1:]), 0
 
     def pick(t: Optional[Tensor], dim: Optional[int], i: int) -> Optional[Tensor]:
         return t if t is None or dim is None else t.select(dim, i)
