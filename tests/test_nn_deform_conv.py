@@ -1,5 +1,6 @@
 import io
 
+import numpy as np  # a dependency of torchvision
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,6 +114,44 @@ def test_modules_reject_group_counts_that_are_not_positive(groups):
         ModulatedDeformConv2d(6, 4, 3, groups=groups)
     with pytest.raises(ValueError, match=f"offset_groups must be a positive integer, got {groups}"):
         ModulatedDeformConv2dWithOffsetPredictor(6, 6, 3, offset_groups=groups)
+
+
+BAD_GEOMETRY = [
+    (dict(in_channels=0), ValueError, "in_channels must be a positive integer, got 0"),
+    (dict(in_channels=-2), ValueError, "in_channels must be a positive integer, got -2"),
+    (dict(in_channels=4.0), TypeError, "in_channels must be an integer, got 4.0"),
+    (dict(out_channels=-1), ValueError, "out_channels must be a non-negative integer, got -1"),
+    (dict(kernel_size=0), ValueError, r"kernel_size values must be at least 1, got 0"),
+    (dict(kernel_size=(3, 3, 3)), ValueError, r"expected kernel_size to be an int or a pair of ints, got 3 values"),
+    (dict(stride=(1, 0)), ValueError, r"stride values must be at least 1, got \(1, 0\)"),
+    (dict(padding=-1), ValueError, "padding values must be at least 0, got -1"),
+    (dict(dilation=0), ValueError, "dilation values must be at least 1, got 0"),
+    (dict(offset_groups=1.5), TypeError, "offset_groups must be an integer, got 1.5"),
+]
+
+
+@pytest.mark.parametrize("arguments, error, message", BAD_GEOMETRY,
+                         ids=[",".join(f"{k}={v}" for k, v in a.items()) for a, _, _ in BAD_GEOMETRY])
+def test_modules_reject_a_bad_geometry_when_made(arguments, error, message):
+    """Where nn.Conv2d's initialisation would divide by zero (no input channels, an empty kernel) or size a
+    tensor negatively, or the op would refuse the layer's first call, the layer refuses to be made, naming
+    the argument. Both layers; offset_groups is the predictor's."""
+    layers = [ModulatedDeformConv2dWithOffsetPredictor]
+    if "offset_groups" not in arguments:
+        layers.append(ModulatedDeformConv2d)
+    for layer in layers:
+        with pytest.raises(error, match=message):
+            layer(**{**dict(in_channels=4, out_channels=4, kernel_size=3), **arguments})
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")  # as for nn.Conv2d
+def test_modules_take_numpy_integers_and_no_output_channels():
+    """Any integer with __index__ counts, as for nn.Conv2d; no output channels give an empty output."""
+    layer = ModulatedDeformConv2dWithOffsetPredictor(np.int64(4), np.int64(0), np.int64(3), padding=np.int64(1),
+                                                     offset_groups=np.int64(2))
+    assert (layer.in_channels, layer.kernel_size, layer.padding, layer.offset_groups) == (4, (3, 3), (1, 1), 2)
+    assert all(type(v) is int for v in (layer.in_channels, layer.out_channels, *layer.kernel_size))
+    assert layer(torch.randn(2, 4, 5, 5)).shape == (2, 0, 5, 5)
 
 
 def test_modules_place_their_parameters_by_device_and_dtype():

@@ -2,22 +2,36 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 from torch.nn.utils import parametrize
 
-from rcm_fsad_ops.ops.deform_conv2d import deform_conv2d
+from rcm_fsad_ops.ops.deform_conv2d import _pair, deform_conv2d
 
 IntPair = Union[int, Tuple[int, int]]
 
 
-def _check_positive(value: int, name: str) -> None:
-    # As nn.Conv2d checks its groups: 0 would otherwise divide by zero, a negative count size a tensor.
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
+def _count(value: int, name: str, minimum: int) -> int:
+    """value as an int of at least minimum (0 or 1), else an error naming it: checked when the layer is
+    made, where a zero would divide by zero in the initialisation and a negative count size a tensor."""
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if count < minimum:
+        raise ValueError(f"{name} must be a {'positive' if minimum else 'non-negative'} integer, got {count}")
+    return count
+
+
+def _geometry(value: IntPair, name: str, minimum: int) -> Tuple[int, int]:
+    """A kernel size, stride, padding or dilation as the pair the op takes, both at least minimum."""
+    pair = _pair(value, name)
+    if min(pair) < minimum:
+        raise ValueError(f"{name} values must be at least {minimum}, got {value!r}")
+    return pair[0], pair[1]
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -44,17 +58,20 @@ class ModulatedDeformConv2d(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        _check_positive(groups, "groups")
+        # The op takes no input without channels; a layer of no output channels gives an empty output.
+        in_channels = _count(in_channels, "in_channels", 1)
+        out_channels = _count(out_channels, "out_channels", 0)
+        groups = _count(groups, "groups", 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels ({out_channels})"
             )
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
+        self.kernel_size = _geometry(kernel_size, "kernel_size", 1)
+        self.stride = _geometry(stride, "stride", 1)
+        self.padding = _geometry(padding, "padding", 0)
+        self.dilation = _geometry(dilation, "dilation", 1)
         self.groups = groups
         self._name = type(self).__name__  # for error messages, also under TorchScript
         factory = dict(device=device, dtype=dtype)
@@ -126,14 +143,14 @@ class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          device=device, dtype=dtype)
-        _check_positive(offset_groups, "offset_groups")
-        if in_channels % offset_groups:
-            raise ValueError(f"offset_groups ({offset_groups}) must divide in_channels ({in_channels})")
+        offset_groups = _count(offset_groups, "offset_groups", 1)
+        if self.in_channels % offset_groups:
+            raise ValueError(f"offset_groups ({offset_groups}) must divide in_channels ({self.in_channels})")
         self.offset_groups = offset_groups
         points = self.kernel_size[0] * self.kernel_size[1]
         self.offset_channels = 2 * offset_groups * points
         self.offset_predictor = nn.Conv2d(
-            in_channels, 3 * offset_groups * points, self.kernel_size, self.stride, self.padding,
+            self.in_channels, 3 * offset_groups * points, self.kernel_size, self.stride, self.padding,
             self.dilation, bias=True, device=device, dtype=dtype,
         )
         self._reset_offset_predictor()
