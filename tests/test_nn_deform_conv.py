@@ -235,6 +235,16 @@ def test_layers_reject_an_input_with_other_than_in_channels():
         predicting(x)
 
 
+@pytest.mark.parametrize("value", [None, [[1.0]]], ids=["None", "list"])
+def test_layers_name_an_input_that_is_not_a_tensor(value):
+    """Where the channel check would fail on a missing method (AttributeError naming none of the arguments)."""
+    for layer, args in ((ModulatedDeformConv2d(4, 4, 3), (torch.zeros(1, 18, 3, 3),)),
+                        (ModulatedDeformConv2dWithOffsetPredictor(4, 4, 3), ())):
+        with pytest.raises(TypeError, match=rf"{type(layer).__name__}: expected input to be a Tensor, got "
+                                            rf"{type(value).__name__}"):
+            layer(value, *args)
+
+
 def test_reset_parameters_zeroes_a_trained_offset_predictor(device):
     torch.manual_seed(0)
     layer = ModulatedDeformConv2dWithOffsetPredictor(4, 5, 3, padding=1, offset_groups=2).double().to(device)

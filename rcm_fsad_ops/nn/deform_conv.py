@@ -90,6 +90,8 @@ class ModulatedDeformConv2d(nn.Module):
     def _check_input_channels(self, input: Tensor) -> None:
         # The op infers groups from the input's channels, so a wrong channel count would silently
         # regroup the weight instead of failing. Other ranks are left to the op's own check.
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{self._name}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() == 4 and input.shape[1] != self.in_channels:
             raise ValueError(
                 f"{self._name}: expected input to have in_channels = {self.in_channels} channels, "
