@@ -165,6 +165,10 @@ BAD_INPUTS = {
     "missing offset": (lambda a: a.update(offset=None), r"expected offset to be a Tensor, got NoneType"),
     "weight as a list": (lambda a: a.update(weight=a["weight"].tolist()), r"expected weight to be a Tensor, got list"),
     "mask as a number": (lambda a: a.update(mask=0.5), r"expected mask to be a Tensor or None, got float"),
+    "sparse weight": (lambda a: a.update(weight=a["weight"].to_sparse()),
+                      r"expected weight to be a dense tensor, got a torch.sparse_coo one"),
+    "nested mask": (lambda a: a.update(mask=torch.nested.as_nested_tensor(list(a["mask"]), layout=torch.jagged)),
+                    r"expected mask to be a dense tensor, got a nested one"),
 }
 
 

@@ -52,14 +52,19 @@ def _scripted_pair(value: IntPair) -> List[int]:
 
 
 def _check_tensor_args(required: Sequence[Tuple[str, object]], optional: Sequence[Tuple[str, object]]) -> None:
-    """A clear error naming the argument where a tensor is missing or is something else: the dispatcher's
-    own ("tensor does not have a device") names neither."""
+    """A clear error naming the argument where a tensor is missing, is something else or is not a dense
+    one: the dispatcher's own ("tensor does not have a device", "Could not run ... from the 'SparseCPU'
+    backend", a nested tensor's "Internal error") names none."""
     for name, value in required:
         if not isinstance(value, Tensor):
             raise TypeError(f"deform_conv2d: expected {name} to be a Tensor, got {type(value).__name__}")
     for name, value in optional:
         if value is not None and not isinstance(value, Tensor):
             raise TypeError(f"deform_conv2d: expected {name} to be a Tensor or None, got {type(value).__name__}")
+    for name, value in (*required, *optional):
+        if value is not None and (value.layout != torch.strided or value.is_nested):
+            kind = "nested" if value.is_nested else str(value.layout)
+            raise TypeError(f"deform_conv2d: expected {name} to be a dense tensor, got a {kind} one")
 
 
 def _reject_forward_ad(tensors: Sequence[Optional[Tensor]]) -> None:
