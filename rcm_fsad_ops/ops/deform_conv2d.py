@@ -51,18 +51,18 @@ def _scripted_pair(value: IntPair) -> List[int]:
     return value
 
 
-def _check_tensor_args(required: Sequence[Tuple[str, object]], optional: Sequence[Tuple[str, object]]) -> None:
+def _check_tensor_args(input: object, offset: object, weight: object, bias: object, mask: object) -> None:
     """A clear error naming the argument where a tensor is missing, is something else or is not a dense
     one: the dispatcher's own ("tensor does not have a device", "Could not run ... from the 'SparseCPU'
-    backend", a nested tensor's "Internal error") names none."""
-    for name, value in required:
+    backend", a nested tensor's "Internal error") names none. bias and mask may be None."""
+    for name, value in (("input", input), ("offset", offset), ("weight", weight), ("bias", bias), ("mask", mask)):
+        optional = name in ("bias", "mask")
+        if value is None and optional:
+            continue
         if not isinstance(value, Tensor):
-            raise TypeError(f"deform_conv2d: expected {name} to be a Tensor, got {type(value).__name__}")
-    for name, value in optional:
-        if value is not None and not isinstance(value, Tensor):
-            raise TypeError(f"deform_conv2d: expected {name} to be a Tensor or None, got {type(value).__name__}")
-    for name, value in (*required, *optional):
-        if value is not None and (value.layout != torch.strided or value.is_nested):
+            raise TypeError(f"deform_conv2d: expected {name} to be a Tensor{' or None' if optional else ''}, "
+                            f"got {type(value).__name__}")
+        if value.layout != torch.strided or value.is_nested:
             kind = "nested" if value.is_nested else str(value.layout)
             raise TypeError(f"deform_conv2d: expected {name} to be a dense tensor, got a {kind} one")
 
@@ -134,7 +134,7 @@ def deform_conv2d(
     if torch.jit.is_scripting():
         return torch.ops.rcm_fsad.deform_conv2d(input, offset, weight, mask, bias, _scripted_pair(stride),
                                                 _scripted_pair(padding), _scripted_pair(dilation))
-    _check_tensor_args((("input", input), ("offset", offset), ("weight", weight)), (("bias", bias), ("mask", mask)))
+    _check_tensor_args(input, offset, weight, bias, mask)
     if _EMITS_ONNX_NODE and torch.compiler.is_exporting() and torch.onnx.is_in_onnx_export():
         return deform_conv_node(input, offset, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"),
                                 _pair(dilation, "dilation"), mask)
