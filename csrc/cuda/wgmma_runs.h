@@ -1,5 +1,5 @@
-// Whether the CUDA backend's wgmma forward kernel runs here: for the launcher
-// (csrc/cuda/deform_conv2d_cuda.cu) and rcm_fsad_ops.info() (csrc/python_module.cpp).
+// Whether the CUDA backend's wgmma forward kernel runs here (defined in device_queries.cu): for the
+// forward's launcher (deform_conv2d_forward_cuda.cu) and rcm_fsad_ops.info() (csrc/python_module.cpp).
 #pragma once
 
 namespace rcm_fsad {

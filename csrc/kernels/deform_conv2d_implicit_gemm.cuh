@@ -4,7 +4,7 @@
 // reduction dimension (kernel point k, channel c) in BK-channel steps; the A tile is sampled
 // straight into shared memory from the NHWC input, with the bilinear corners and weights of each
 // (row, k, offset group) computed once and shared by all its channels. Accumulation in acc_t.
-// Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness.
+// Torch-free: launched by csrc/cuda/deform_conv2d_forward_cuda.cu and by the CPU emulation harness.
 #pragma once
 
 #include "deform_conv2d_tile_corners.cuh"

@@ -29,7 +29,7 @@
 // WMMA kernel, with tiles of its own (MmaTiles).
 // For float32 with TF32 off it keeps float32's accuracy on TF32 tensor cores (Tf32Split, "3xTF32"):
 // every operand as the sum of two TF32 numbers, and three MMAs where TF32 takes one.
-// Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness.
+// Torch-free: launched by csrc/cuda/deform_conv2d_forward_cuda.cu and by the CPU emulation harness.
 #pragma once
 
 #include <type_traits>

@@ -28,7 +28,7 @@
 // Two warpgroups a block, one block per SM (accumulators: kCols / 2 registers a thread).
 // Split TF32 takes three MMAs a product, as the mma.sync kernel does (Tf32Split): A's small part times
 // B's big, A's big times B's small, then big times big.
-// Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness; its
+// Torch-free: launched by csrc/cuda/deform_conv2d_forward_cuda.cu and by the CPU emulation harness; its
 // body and its weight repack's are empty where wgmma is not compiled (RCM_WGMMA_AVAILABLE: sm_90a),
 // which the launcher checks at run time (wgmma_code_loaded).
 #pragma once

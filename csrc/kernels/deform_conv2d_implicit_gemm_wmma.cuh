@@ -7,7 +7,7 @@
 // 16x16 fragments and float accumulators. 16-byte loads of the NHWC input and the weight when
 // channels and pointers allow (channels a multiple of 8 for 16-bit types, of 4 for float), element
 // loads otherwise.
-// Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness, which
+// Torch-free: launched by csrc/cuda/deform_conv2d_forward_cuda.cu and by the CPU emulation harness, which
 // models the WMMA API (tests/kernels/cuda_emulation.h).
 #pragma once
 

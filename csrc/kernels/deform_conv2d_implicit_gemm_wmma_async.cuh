@@ -7,7 +7,7 @@
 // the raw corner vectors of every (row, 16-byte vector) item, zero-filled for corners outside the
 // image, and the weight tile. While they land, the block blends the previous step's corners
 // (shared to shared, in float, rounded once into the A tile) and multiplies.
-// Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness.
+// Torch-free: launched by csrc/cuda/deform_conv2d_forward_cuda.cu and by the CPU emulation harness.
 #pragma once
 
 #include "async_copy.cuh"

@@ -1,5 +1,5 @@
 // CUDA kernel bodies of the direct (columns-based) DCNv2 path. Torch-free: launched by
-// csrc/cuda/deform_conv2d_cuda.cu, and by the CPU emulation harness.
+// csrc/cuda/deform_conv2d_forward_cuda.cu and deform_conv2d_backward_cuda.cu, and by the CPU emulation harness.
 #pragma once
 
 #include <type_traits>

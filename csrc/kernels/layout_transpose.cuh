@@ -2,7 +2,7 @@
 // input and grad_output to the NHWC they read; NHWC output and input gradient back to NCHW). PyTorch's
 // permuted copy makes one side of each access strided: on an H200 its three conversions took 0.32 of
 // the 1.06 ms of the bf16 N32 C256 56x56 forward (session 12's profile), about 640 GB/s.
-// Torch-free: launched by csrc/cuda/deform_conv2d_cuda.cu and by the CPU emulation harness.
+// Torch-free: launched by csrc/cuda/layout_cuda.cu and by the CPU emulation harness.
 #pragma once
 
 #include "common.cuh"
