@@ -162,17 +162,26 @@ def test_low_precision_error_is_that_of_its_rounding(name, precision, device):
     assert_low_precision_error_is_that_of_its_rounding(CASES[name], precision, device)
 
 
+def takes_cpu_bfloat16_gemms(case: DeformCase) -> bool:
+    """Whether a bfloat16 call of the case multiplies in bfloat16 on this CPU (README: CPU): where the CPU
+    does so natively and oneDNN is on, a layer of at least 4096 multiply-adds a conv group and output pixel
+    whose two GEMMs reduce over whole multiples of 32 (a group's kernel points x input channels, and its
+    output channels)."""
+    kh, kw = case.kernel
+    reduction = kh * kw * (case.in_channels // case.groups)
+    outputs = case.out_channels // case.groups
+    return (rcm_fsad_ops.info()["cpu_bfloat16_gemms"] and reduction * outputs >= 4096 and reduction % 32 == 0
+            and outputs % 32 == 0)
+
+
 def backward_rounding_model(case: DeformCase, dtype, device: str):
     """The float64 backward that rounds what ours must: on CUDA the columns and their gradient (16-bit
-    buffers); on the CPU, in bfloat16 where the CPU multiplies it natively, a layer of at least 4096
-    multiply-adds a conv group and output pixel (README: CPU) the columns' gradient, from its bfloat16 GEMMs
-    (test_cpu_bfloat16_backward_takes_bfloat16_gemms_for_the_columns_gradient); else nothing, the rest
-    computing in float32."""
+    buffers); on the CPU, in bfloat16 where it takes bfloat16 GEMMs (takes_cpu_bfloat16_gemms), the
+    columns' gradient (test_cpu_bfloat16_backward_takes_bfloat16_gemms_for_the_columns_gradient); else
+    nothing, the rest computing in float32."""
     if device != "cpu":
         return columns_rounded_to(dtype)
-    kh, kw = case.kernel
-    products = kh * kw * (case.in_channels // case.groups) * (case.out_channels // case.groups)
-    if dtype == torch.bfloat16 and products >= 4096 and rcm_fsad_ops.info()["cpu_bfloat16_gemms"]:
+    if dtype == torch.bfloat16 and takes_cpu_bfloat16_gemms(case):
         return columns_rounded_to(dtype, values=False)
     return reference.deform_conv2d
 
@@ -217,15 +226,15 @@ def assert_low_precision_error_is_that_of_its_rounding(case: DeformCase, precisi
         assert ours_err <= 2 * same_err + 1e-5 * truth.abs().max().item(), (key, ours_err, same_err)
 
 
-# Layers of at least 4096 multiply-adds a conv group and output pixel, where a bfloat16 forward on a CPU
-# that multiplies bfloat16 takes bfloat16 GEMMs: 9 x 64 x 8 = 4608 and 9 x 67 x 8 = 4824 (channel runs that
-# are not whole vectors).
+# Layers where a bfloat16 forward on a CPU that multiplies bfloat16 takes bfloat16 GEMMs
+# (takes_cpu_bfloat16_gemms): 9 x 64 and 16 x 66 (channel runs that are not whole vectors) products a
+# group's output channel, times 32 of them.
 BFLOAT16_GEMM_CASES = {
-    "basic": DeformCase(in_channels=64, out_channels=8, height=6, width=5),
-    "no_mask": DeformCase(in_channels=64, out_channels=8, height=6, width=5, use_mask=False),
-    "no_bias": DeformCase(in_channels=64, out_channels=8, height=6, width=5, use_bias=False),
-    "wide_channels": DeformCase(in_channels=67, out_channels=8, height=5, width=5, seed=3),
-    "one_pixel_images": DeformCase(batch=5, in_channels=64, out_channels=8, height=3, width=3, padding=(0, 0),
+    "basic": DeformCase(in_channels=64, out_channels=32, height=6, width=5),
+    "no_mask": DeformCase(in_channels=64, out_channels=32, height=6, width=5, use_mask=False),
+    "no_bias": DeformCase(in_channels=64, out_channels=32, height=6, width=5, use_bias=False),
+    "wide_channels": DeformCase(in_channels=66, out_channels=32, height=5, width=5, kernel=(4, 4), seed=3),
+    "one_pixel_images": DeformCase(batch=5, in_channels=64, out_channels=32, height=3, width=3, padding=(0, 0),
                                    seed=2),
 }
 
@@ -235,9 +244,9 @@ BFLOAT16_GEMM_CASES = {
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("name", sorted(BFLOAT16_GEMM_CASES))
 def test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does(name, layout, monkeypatch):
-    """Where the CPU multiplies bfloat16 natively and oneDNN is on, a bfloat16 forward of a layer of at least
-    4096 products a group and pixel rounds its sampled columns to bfloat16 for GEMMs that sum in float32, as
-    the CUDA tensor-core kernels do; with oneDNN off it computes in float32 and rounds the output only: the
+    """Where the CPU multiplies bfloat16 natively and oneDNN is on, a bfloat16 forward of a layer that takes
+    bfloat16 GEMMs (takes_cpu_bfloat16_gemms) rounds its sampled columns to bfloat16 for GEMMs that sum in
+    float32, as the CUDA tensor-core kernels do; with oneDNN off it computes in float32 and rounds the output only: the
     same bits as a float32 call rounded, which the bfloat16 GEMMs' output is not. Their error against the
     float64 output of the same inputs is at most twice that of a float64 computation that rounds the
     columns and the weight to bfloat16 (plus float32's summation), in either layout of the input (the output
@@ -332,14 +341,18 @@ def test_cpu_bfloat16_backward_takes_bfloat16_gemms_for_the_columns_gradient(nam
 
 @pytest.mark.skipif(not rcm_fsad_ops.info()["cpu_bfloat16_gemms"],
                     reason="the CPU does not multiply bfloat16 natively (AVX512-BF16), or oneDNN is off")
-@pytest.mark.parametrize("channels", [(64, 64), (63, 65)], ids=["4096_products", "4095_products"])
-def test_cpu_bfloat16_gemms_start_at_4096_products_a_group_and_pixel(channels):
+@pytest.mark.parametrize("channels, gemms", [((64, 64), True), ((32, 96), False), ((72, 64), False),
+                                             ((64, 72), False)],
+                         ids=["4096_products", "3072_products", "72_inputs", "72_outputs"])
+def test_cpu_bfloat16_gemms_take_4096_products_a_group_and_pixel_in_whole_steps_of_32(channels, gemms):
     """Below 4096 multiply-adds a group and output pixel a bfloat16 GEMM's fixed cost outweighs its rate, so
     a smaller layer computes in float32 (the same bits as a float32 call rounded) and a layer of 4096 takes
-    the bfloat16 GEMMs (not those bits): 1x1 kernels of 64 x 64 and 63 x 65 channels."""
+    the bfloat16 GEMMs (not those bits); so does one whose GEMMs reduce over a tail of fewer than 32 values
+    (the forward's over 72 input channels, the backward's over 72 output channels), which oneDNN's AMX
+    kernels read past (test_non_finite_bfloat16_inputs_as_torchvision_in_float32). 1x1 kernels, one group."""
     in_channels, out_channels = channels
-    products = in_channels * out_channels  # a 1x1 kernel, one group
     case = DeformCase(in_channels=in_channels, out_channels=out_channels, kernel=(1, 1), padding=(0, 0))
+    assert takes_cpu_bfloat16_gemms(case) == gemms
     low = case.tensors(torch.bfloat16)
 
     def forward(tensors):
@@ -347,7 +360,7 @@ def test_cpu_bfloat16_gemms_start_at_4096_products_a_group_and_pixel(channels):
                                           mask=tensors["mask"], **case.kwargs())
 
     in_float = forward({k: None if v is None else v.float() for k, v in low.items()}).bfloat16()
-    assert torch.equal(forward(low), in_float) == (products < 4096)
+    assert torch.equal(forward(low), in_float) != gemms
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -624,14 +637,19 @@ def test_non_finite_inputs_and_gradients_as_torchvision(use_mask, in_channels, d
     assert_matches(ours, theirs, rtol=tol, atol=tol, equal_nan=True)
 
 
+@pytest.mark.parametrize("channels", [(32, 32), (19, 24)], ids=["whole_steps", "tails"])
 @pytest.mark.parametrize("use_mask", [True, False])
-def test_non_finite_bfloat16_inputs_as_torchvision_in_float32(use_mask, device):
+def test_non_finite_bfloat16_inputs_as_torchvision_in_float32(use_mask, channels, device):
     """The same samples, infinities, NaN and infinite output gradients in bfloat16 (on a CPU with AVX512-BF16
-    through its bfloat16 GEMMs, on CUDA through the tensor-core kernels), against torchvision on the same
-    values in float32: NaN and each infinity where torchvision has them, in the output and every gradient,
-    and the finite values within a few bfloat16 roundings of the largest."""
-    # 9 x 19 x 24 = 4104 products a pixel: the CPU's bfloat16 GEMMs where it has them
-    case = DeformCase(height=5, width=6, use_mask=use_mask, in_channels=19, out_channels=24)
+    through its bfloat16 GEMMs where it takes them, on CUDA through the tensor-core kernels), against
+    torchvision on the same values in float32: NaN and each infinity where torchvision has them, in the
+    output and every gradient, and the finite values within a few bfloat16 roundings of the largest.
+    9 x 32 x 32 products a pixel take the CPU's bfloat16 GEMMs; 9 x 19 x 24 would too by their count, but
+    reduce over tails of fewer than 32 values, which oneDNN's AMX kernels read past, so that a NaN in one
+    output pixel's columns made NaN of its neighbour's output (uxlfoundation/oneDNN#5717): they compute
+    in float32."""
+    in_channels, out_channels = channels
+    case = DeformCase(height=5, width=6, use_mask=use_mask, in_channels=in_channels, out_channels=out_channels)
     tensors, cotangent = non_finite_case(case, device, torch.bfloat16)
     ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors, cotangent=cotangent)
     theirs = run_with_grads(torchvision.ops.deform_conv2d, case,

@@ -121,10 +121,21 @@ bool computed_in_float(const at::Tensor& t) {
 // us against 192). So the GEMMs take bfloat16 from 4096 products a row, a full tile of 256 rows at about
 // 1 million. Without native bfloat16 a bfloat16 GEMM is emulated (90x slower with oneDNN off); there, and
 // for smaller layers, the op computes in float32.
+// Both GEMMs' reductions (the forward's over a group's kernel points x input channels, the columns'
+// gradient's over its output channels) must also be whole multiples of kBfloat16GemmReductionStep. On a
+// CPU with AMX, oneDNN's bfloat16 GEMM (torch 2.14's) reads a reduction's tail past the end of an A row:
+// a NaN or infinity in one row of A made NaN of another row's output, finite as it was (uxlfoundation/
+// oneDNN#5717). An AMX tile holds 32 bfloat16 values of a row, so a whole number of them leaves no tail. On
+// a Xeon with AMX (2 threads) NaN leaked between rows at 156 of the reduction lengths from 1 to 199 (every
+// odd one from 3), and at none of 32, 64, 96, 288, 576 and 1152, in the op's layouts of either GEMM. The
+// rule holds on every CPU, so that which layers take bfloat16 does not hang on the kernel oneDNN picks.
 constexpr int64_t kBfloat16GemmMinProducts = 4096;
+constexpr int64_t kBfloat16GemmReductionStep = 32;
 bool bfloat16_gemms(const at::Tensor& input, const DeformConvGeometry& g) {
+  const bool whole_steps = (g.kernel_points() * g.channels_per_group()) % kBfloat16GemmReductionStep == 0 &&
+                           (g.out_channels / g.groups) % kBfloat16GemmReductionStep == 0;
   return input.scalar_type() == at::kBFloat16 && !use_group_loops(g) &&
-         group_products(g) >= kBfloat16GemmMinProducts && cpu_bfloat16_gemms();
+         group_products(g) >= kBfloat16GemmMinProducts && whole_steps && cpu_bfloat16_gemms();
 }
 
 std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {

@@ -111,8 +111,10 @@ def deform_conv2d(
     Float32/float64 on CPU, and float16/bfloat16 computed there in float32 (converted on entry, the
     results rounded back), except bfloat16 on a CPU with AVX512-BF16 and oneDNN on
     (``rcm_fsad_ops.info()["cpu_bfloat16_gemms"]``) for a layer of at least 4096 multiply-adds a conv
-    group and output pixel: its forward rounds the sampled columns to bfloat16 for GEMMs that sum in
-    float32, and its backward computes the columns' gradient in such GEMMs, rounded to bfloat16;
+    group and output pixel whose GEMMs reduce over whole multiples of 32 values (a group's kernel points
+    x input channels, and its output channels; README: CPU): its forward rounds the sampled columns to
+    bfloat16 for GEMMs that sum in float32, and its backward computes the columns' gradient in such GEMMs,
+    rounded to bfloat16;
     float32/float64/float16/bfloat16 on CUDA (16-bit types accumulate in float32); under CUDA autocast
     the op runs in the autocast dtype, under CPU autocast in bfloat16 where a bfloat16 forward
     multiplies in bfloat16 (``cpu_bfloat16_gemms``), else in float32. On
