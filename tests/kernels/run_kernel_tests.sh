@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# `make test-kernels`: configures, builds and runs the CPU-emulated kernel tests in the AddressSanitizer
-# + UBSan build (build/kernels-asan) and the ThreadSanitizer build (build/kernels-tsan), then the
-# ptxas resource gate (tools/ptxas_report.py --check). Needs g++ >= 12, cmake and python3 (no venv,
-# no torch, no GPU). The last line is the summary, "N passed, M failed", counting the test cases of
-# both builds plus the gate; the exit status is non-zero when anything failed.
-#   MAX_JOBS       parallel compile jobs (default 2)
+# `make test-kernels`: configures and builds the CPU-emulated kernel tests in the AddressSanitizer
+# + UBSan build (build/kernels-asan) and the ThreadSanitizer build (build/kernels-tsan) while the
+# ptxas resource gate (tools/ptxas_report.py --check) runs, then runs the tests of each build. Needs
+# g++ >= 12, cmake and python3 (no venv, no torch, no GPU). The last line is the summary, "N passed,
+# M failed", counting the test cases of both builds plus the gate; the exit status is non-zero when
+# anything failed.
+#   MAX_JOBS       parallel compile jobs of each build (default 2)
 #   CTEST_JOBS     parallel test processes (default 1: every test runs hundreds of threads, and two
 #                  at once on 2 cores take twice as long as one after the other)
 #   CXX            the compiler (default g++)
@@ -38,23 +39,56 @@ tsan_runner() {
   echo "$out" | head -5 >&2
 }
 
-for sanitizer in address thread; do
-  case $sanitizer in
-    address) label="AddressSanitizer + UBSan"; dir=build/kernels-asan ;;
-    thread) label="ThreadSanitizer"; dir=build/kernels-tsan ;;
+label_of() {
+  case $1 in
+    address) echo "AddressSanitizer + UBSan" ;;
+    thread) echo "ThreadSanitizer" ;;
   esac
+}
+dir_of() {
+  case $1 in
+    address) echo build/kernels-asan ;;
+    thread) echo build/kernels-tsan ;;
+  esac
+}
+
+# Configures and builds one sanitizer's tree; its output goes to $dir/build.log.
+build_tree() {
+  local sanitizer=$1 dir
+  dir=$(dir_of "$sanitizer")
+  mkdir -p "$dir"
+  cmake -S tests/kernels -B "$dir" "${generator[@]}" -DCMAKE_CXX_COMPILER="$cxx" \
+    -DKERNEL_TESTS_SANITIZER="$sanitizer" >"$dir/build.log" 2>&1 &&
+    cmake --build "$dir" -j "$jobs" >>"$dir/build.log" 2>&1
+}
+
+# Both builds and the ptxas gate at once: each build spends most of its time compiling one file
+# (test_deform_kernels.cpp), so that one after the other would leave a core idle.
+echo "==== kernel tests: building both sanitizer trees, and the ptxas resource gate (sm_90a)"
+mkdir -p build
+ptxas_log=build/ptxas_check.log
+python3 tools/ptxas_report.py --check >"$ptxas_log" 2>&1 &
+ptxas_pid=$!
+declare -A build_pid
+for sanitizer in address thread; do
+  build_tree "$sanitizer" &
+  build_pid[$sanitizer]=$!
+done
+declare -A built
+for sanitizer in address thread; do
+  if wait "${build_pid[$sanitizer]}"; then built[$sanitizer]=1; else built[$sanitizer]=0; fi
+done
+if wait "$ptxas_pid"; then ptxas_status=0; else ptxas_status=1; fi
+echo "     built in $((SECONDS - start_all))s"
+
+for sanitizer in address thread; do
+  label=$(label_of "$sanitizer")
+  dir=$(dir_of "$sanitizer")
   echo "==== kernel tests: $label build ($dir)"
   start=$SECONDS
-  mkdir -p "$dir"
-  if ! cmake -S tests/kernels -B "$dir" "${generator[@]}" -DCMAKE_CXX_COMPILER="$cxx" \
-      -DKERNEL_TESTS_SANITIZER="$sanitizer" >"$dir/configure.log" 2>&1; then
-    cat "$dir/configure.log"
-    echo "==== $label build: configure FAILED"
-    failed=$((failed + 1))
-    continue
-  fi
-  if ! cmake --build "$dir" -j "$jobs"; then
-    echo "==== $label build: compile FAILED"
+  if [[ ${built[$sanitizer]} -eq 0 ]]; then
+    cat "$dir/build.log"
+    echo "==== $label build: configure or compile FAILED"
     failed=$((failed + 1))
     continue
   fi
@@ -85,16 +119,13 @@ for sanitizer in address thread; do
 done
 
 echo "==== ptxas resource gate (sm_90a)"
-if out=$(python3 tools/ptxas_report.py --check 2>&1); then
-  echo "$out"
-  if grep -q "ptxas check skipped" <<<"$out"; then
-    echo "     (not counted)"
-  else
-    passed=$((passed + 1))
-  fi
-else
-  echo "$out"
+cat "$ptxas_log"
+if [[ $ptxas_status -ne 0 ]]; then
   failed=$((failed + 1))
+elif grep -q "ptxas check skipped" "$ptxas_log"; then
+  echo "     (not counted)"
+else
+  passed=$((passed + 1))
 fi
 
 echo "==== kernel tests took $((SECONDS - start_all))s"
