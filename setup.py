@@ -77,7 +77,10 @@ def extension():
     # RCM_FSAD_CXX_STD (c++17, say): the C++ standard to compile as, in place of torch's (C++20 from torch 2.12,
     # C++17 before), to check that the sources keep to older torch's (tools/older_torch_check.py).
     std = [f"-std={os.environ['RCM_FSAD_CXX_STD']}"] if os.environ.get("RCM_FSAD_CXX_STD") else []
-    cxx_flags = ["-O3"] + openmp + simd + std
+    # -fno-trapping-math: the CPU's loops over samples (cpu/sampling.h) vectorise only where GCC may compute
+    # a float operation on every path, with no branch around it (which is all it changes: no floating-point
+    # exception traps, the results the same, NaN and infinities included).
+    cxx_flags = ["-O3", "-fno-trapping-math"] + openmp + simd + std
     link_flags = openmp
     with_cuda = CUDA_HOME is not None
     if with_cuda and torch.version.cuda is None:

@@ -499,6 +499,21 @@ def test_no_input_channels_is_an_error(device):
         rcm_fsad_ops.deform_conv2d(t["input"][:, :0], t["offset"], t["weight"], mask=t["mask"], **case.kwargs())
 
 
+def test_cpu_images_of_2_to_the_31_pixels_are_an_error():
+    """The CPU's sampling indexes an image's pixels in 32 bits: an image of 2^31 pixels (65536 x 32768, expanded
+    from one element, so that nothing is allocated) is rejected by the forward and the backward before anything
+    is read."""
+    size = (1, 1, 2 ** 16, 2 ** 15)
+    input = torch.zeros(1, 1, 1, 1).expand(size)
+    offset = torch.zeros(1, 2, 1, 1).expand(1, 2, *size[2:])
+    weight = torch.ones(1, 1, 1, 1)
+    message = r"fewer than 2\^31 pixels \(height x width\), got input of 65536 x 32768"
+    with pytest.raises(RuntimeError, match=message):
+        rcm_fsad_ops.deform_conv2d(input, offset, weight)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.rcm_fsad.deform_conv2d_backward(input, input, offset, weight, None, (1, 1), (0, 0), (1, 1))
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_offset"])
 @pytest.mark.parametrize("name", ["basic", "groups2_offset_groups3", "depthwise_multiplier"])
 def test_memory_layouts(layout, name, device):

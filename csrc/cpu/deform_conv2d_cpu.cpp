@@ -142,6 +142,13 @@ std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
   return t.has_value() ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
 }
 
+// The sampling (sample_columns) indexes an image's pixels in 32 bits, in which its loops vectorise.
+void check_cpu_image_size(const DeformConvGeometry& g) {
+  TORCH_CHECK(g.height * g.width < (int64_t(1) << 31),
+              "deform_conv2d: the CPU kernel takes images of fewer than 2^31 pixels (height x width), got input of ",
+              g.height, " x ", g.width);
+}
+
 void check_cpu_dtype(const at::Tensor& input) {
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
               "deform_conv2d: the CPU kernel supports float32, float64, float16 and bfloat16 inputs, got ",
@@ -153,6 +160,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const DeformConvGeometry g =
       check_deform_conv2d_args(input, offset, weight, mask, bias, stride, padding, dilation);
+  check_cpu_image_size(g);
   const bool gemms16 = bfloat16_gemms(input, g);
   if (computed_in_float(input) && !gemms16) {
     return deform_conv2d_cpu(input.to(at::kFloat), offset.to(at::kFloat), weight.to(at::kFloat), to_float(mask),
@@ -251,6 +259,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     at::IntArrayRef padding, at::IntArrayRef dilation) {
   const DeformConvGeometry g = check_deform_conv2d_backward_args(grad_output, input, offset, weight,
                                                                  mask, stride, padding, dilation);
+  check_cpu_image_size(g);
   // Where the forward takes bfloat16 GEMMs, the columns' gradient comes from bfloat16 GEMMs too (summed in
   // float32 and rounded once, as the CUDA backward's 16-bit buffer holds it); the rest computes in
   // float32, the weight gradient's GEMMs included, which sum over every row and round once at the end.

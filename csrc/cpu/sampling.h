@@ -39,15 +39,13 @@ struct Sampling {
 
   const scalar_t* image(int64_t n) const { return input + n * g.height * g.width * g.channels; }
 
-  // The sample of kernel point k of offset group og at output pixel (oy, ox) of image n: its
-  // bilinear point, its modulation, the four corners' NHWC rows (the zeros row for a corner outside
-  // the image), the same for the value (the zeros row too for a corner the value does not read:
-  // kernels::value_reads) and their weights times the modulation (kernels::masked_weight).
+  // The sample of kernel point k of offset group og at output pixel (oy, ox) of image n, as the backward
+  // takes it: its bilinear point, its modulation, the four corners' NHWC rows (the zeros row for a corner
+  // outside the image) and their weights times the modulation (kernels::masked_weight).
   struct Tap {
     SamplePoint<scalar_t> point;
     scalar_t m;
     const scalar_t* corner[4];
-    const scalar_t* value_corner[4];
     scalar_t weight[4];
   };
   Tap tap(int64_t n, int64_t og, int64_t k, int64_t oy, int64_t ox) const {
@@ -57,7 +55,6 @@ struct Sampling {
     t.m = kernels::modulation<scalar_t>(g, mask, mask_strides, n, og, k, oy, ox);
     for (int i = 0; i < 4; ++i) {
       t.corner[i] = t.point.valid[i] ? image(n) + t.point.pixel[i] * g.channels : zeros;
-      t.value_corner[i] = kernels::value_reads(t.point, i) ? t.corner[i] : zeros;
       t.weight[i] = kernels::masked_weight(t.point, i, t.m);
     }
     return t;
@@ -100,33 +97,139 @@ struct ColumnWindow {
   int64_t block_end(int64_t c) const { return c_begin + ((c - c_begin) / block + 1) * block; }
 };
 
+// Output pixels whose samples the forward computes together, in loops along them that vectorise.
+constexpr int64_t kSampleRows = 16;
+
+// The samples of one offset group and kernel point at up to kSampleRows output pixels, as the forward
+// blends them: each corner's pixel in its image where the value reads it (kernels::value_reads), else -1,
+// and its kernels::masked_weight. 32-bit pixels, which vectorise on AVX2: sample_columns takes images of
+// fewer than 2^31 pixels.
+template <typename scalar_t>
+struct ForwardSamples {
+  int32_t pixel[4][kSampleRows];
+  scalar_t weight[4][kSampleRows];
+};
+
+// A run of channels [c0, c1) of one offset group whose columns are consecutive, its first kernel point's
+// from `column` of a row of the window and each next kernel point's a block further.
+struct ChannelRun {
+  int64_t c0, c1, column;
+};
+
+// The runs of each offset group in a window: one, unless the group spans blocks (PointMajor windows of
+// several conv groups never split one; GroupMajor windows do where an offset group spans conv groups).
+inline std::vector<std::vector<ChannelRun>> channel_runs(const DeformConvGeometry& g, const ColumnWindow& window) {
+  const int64_t per_og = g.channels_per_offset_group();
+  std::vector<std::vector<ChannelRun>> runs(g.offset_groups);
+  for (int64_t og = window.c_begin / per_og; og * per_og < window.c_end; ++og) {
+    const int64_t og_end = std::min((og + 1) * per_og, window.c_end);
+    for (int64_t c0 = std::max(og * per_og, window.c_begin), c1; c0 < og_end; c0 = c1) {
+      c1 = std::min(og_end, window.block_end(c0));
+      runs[og].push_back({c0, c1, window.index(c0, window.k_begin)});
+    }
+  }
+  return runs;
+}
+
+// The rows [r0, r0 + len) of a forward's chunk: their images, where their offsets and masks start (channel
+// 0), and the tap origins (kernels::tap_origin) of the window's kernel points, kSampleRows a point.
+template <typename scalar_t>
+struct SampleRows {
+  const scalar_t* image[kSampleRows];
+  int64_t offset_at[kSampleRows];
+  int64_t mask_at[kSampleRows];
+  std::vector<scalar_t> origin_y, origin_x;
+};
+
+// f = the samples of offset group og and kernel point k at rows' first len rows, whose origins of k are
+// origin_y and origin_x. In three loops: the fields' loads, which gather, then sample_position, then
+// sample_point_at and the weights, which vectorise (kernels::sample_point_at says why they are apart).
+template <typename scalar_t>
+[[gnu::always_inline]] inline void forward_samples(const Sampling<scalar_t>& s, int64_t og, int64_t k, int64_t len,
+                                                   const SampleRows<scalar_t>& rows, const scalar_t* origin_y,
+                                                   const scalar_t* origin_x, ForwardSamples<scalar_t>& f) {
+  const DeformConvGeometry& g = s.g;
+  const int64_t dy_at = 2 * (og * g.kernel_points() + k) * s.offset_strides.c;
+  const int64_t dx_at = dy_at + s.offset_strides.c;
+  const int64_t m_at = (og * g.kernel_points() + k) * s.mask_strides.c;
+  scalar_t y[kSampleRows], x[kSampleRows], m[kSampleRows];
+  for (int64_t j = 0; j < len; ++j) {
+    y[j] = origin_y[j] + s.offset[rows.offset_at[j] + dy_at];
+    x[j] = origin_x[j] + s.offset[rows.offset_at[j] + dx_at];
+    m[j] = s.mask != nullptr ? s.mask[rows.mask_at[j] + m_at] : scalar_t(1);
+  }
+  // The positions' flags as 32-bit integers, as wide as the 32-bit lanes they are computed in.
+  int32_t reachable[kSampleRows], on_border[kSampleRows];
+  for (int64_t j = 0; j < len; ++j) {
+    const auto q = kernels::sample_position(y[j], x[j], g.height, g.width);
+    y[j] = q.y;
+    x[j] = q.x;
+    reachable[j] = q.reachable;
+    on_border[j] = q.on_border;
+  }
+  const auto height = static_cast<int32_t>(g.height);
+  const auto width = static_cast<int32_t>(g.width);
+  for (int64_t j = 0; j < len; ++j) {
+    const auto p = kernels::sample_point_at<scalar_t, int32_t>({y[j], x[j], reachable[j] != 0, on_border[j] != 0},
+                                                               height, width);
+    for (int i = 0; i < 4; ++i) {
+      f.pixel[i][j] = kernels::value_reads(p, i) ? p.pixel[i] : -1;
+      f.weight[i][j] = kernels::masked_weight(p, i, m[j]);
+    }
+  }
+}
+
 // cols[r - row_begin, :] = the window's columns of rows [row_begin, row_end), blended in scalar_t and
-// stored as col_t (bfloat16 for the CPU's bfloat16 GEMMs, rounded to nearest even).
+// stored as col_t (bfloat16 for the CPU's bfloat16 GEMMs, rounded to nearest even); runs: channel_runs of
+// the window. The samples of kSampleRows rows at a time (forward_samples), then their blends, a row at a
+// time. samples: a ForwardSamples for each of the window's kernel points.
 template <typename scalar_t, typename col_t>
 [[gnu::always_inline]] inline void sample_columns_body(const Sampling<scalar_t>& s, int64_t row_begin,
                                                        int64_t row_end, const ColumnWindow& window,
+                                                       const std::vector<std::vector<ChannelRun>>& runs,
+                                                       SampleRows<scalar_t>& rows, ForwardSamples<scalar_t>* samples,
                                                        col_t* cols) {
   const DeformConvGeometry& g = s.g;
   const int64_t per_og = g.channels_per_offset_group();
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const auto [n, oy, ox] = kernels::output_pixel(g, r);
-    col_t* col_row = cols + (r - row_begin) * window.width();
-    for (int64_t og = window.c_begin / per_og; og * per_og < window.c_end; ++og) {
-      const int64_t og_end = std::min((og + 1) * per_og, window.c_end);
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kSampleRows) {
+    const int64_t len = std::min(kSampleRows, row_end - r0);
+    for (int64_t j = 0; j < len; ++j) {
+      const auto [n, oy, ox] = kernels::output_pixel(g, r0 + j);
+      rows.image[j] = s.image(n);
+      rows.offset_at[j] = s.offset_strides.at(n, 0, oy, ox);
+      rows.mask_at[j] = s.mask_strides.at(n, 0, oy, ox);
       for (int64_t k = window.k_begin; k < window.k_end; ++k) {
-        const auto t = s.tap(n, og, k, oy, ox);
-        const auto& corner = t.value_corner;
-        const auto& w = t.weight;
-        // A run ends at its offset group's end or its block's, neither past the window's.
-        for (int64_t c0 = std::max(og * per_og, window.c_begin), c1; c0 < og_end; c0 = c1) {
-          c1 = std::min(og_end, window.block_end(c0));
-          col_t* __restrict__ dst = col_row + window.index(c0, k);
-          const scalar_t* __restrict__ a = corner[0] + c0;
-          const scalar_t* __restrict__ b = corner[1] + c0;
-          const scalar_t* __restrict__ c = corner[2] + c0;
-          const scalar_t* __restrict__ d = corner[3] + c0;
-          for (int64_t i = 0; i < c1 - c0; ++i) {
-            dst[i] = static_cast<col_t>(kernels::masked_blend(w, a[i], b[i], c[i], d[i]));
+        const kernels::TapOrigin o = kernels::tap_origin(g, oy, ox, s.points[k]);
+        rows.origin_y[(k - window.k_begin) * kSampleRows + j] = static_cast<scalar_t>(o.y);
+        rows.origin_x[(k - window.k_begin) * kSampleRows + j] = static_cast<scalar_t>(o.x);
+      }
+    }
+    for (int64_t og = window.c_begin / per_og; og * per_og < window.c_end; ++og) {
+      for (int64_t k = window.k_begin; k < window.k_end; ++k) {
+        const int64_t at = (k - window.k_begin) * kSampleRows;
+        forward_samples(s, og, k, len, rows, rows.origin_y.data() + at, rows.origin_x.data() + at,
+                        samples[k - window.k_begin]);
+      }
+      for (int64_t j = 0; j < len; ++j) {
+        col_t* col_row = cols + (r0 + j - row_begin) * window.width();
+        for (const ChannelRun& run : runs[og]) {
+          const int64_t run_length = run.c1 - run.c0;
+          for (int64_t k = window.k_begin; k < window.k_end; ++k) {
+            const ForwardSamples<scalar_t>& f = samples[k - window.k_begin];
+            const scalar_t* corner[4];
+            scalar_t w[4];
+            for (int i = 0; i < 4; ++i) {
+              corner[i] = (f.pixel[i][j] >= 0 ? rows.image[j] + int64_t(f.pixel[i][j]) * g.channels : s.zeros) + run.c0;
+              w[i] = f.weight[i][j];
+            }
+            col_t* __restrict__ dst = col_row + run.column + (k - window.k_begin) * window.block;
+            const scalar_t* __restrict__ a = corner[0];
+            const scalar_t* __restrict__ b = corner[1];
+            const scalar_t* __restrict__ c = corner[2];
+            const scalar_t* __restrict__ d = corner[3];
+            for (int64_t i = 0; i < run_length; ++i) {
+              dst[i] = static_cast<col_t>(kernels::masked_blend(w, a[i], b[i], c[i], d[i]));
+            }
           }
         }
       }
@@ -239,7 +342,15 @@ template <bool kWriteColumns, typename scalar_t>
 template <typename scalar_t, typename col_t>
 void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
                     col_t* cols) {
-  run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP { sample_columns_body(s, row_begin, row_end, window, cols); });
+  const int64_t points = window.k_end - window.k_begin;
+  const std::vector<std::vector<ChannelRun>> runs = channel_runs(s.g, window);
+  SampleRows<scalar_t> rows;
+  rows.origin_y.resize(points * kSampleRows);
+  rows.origin_x.resize(points * kSampleRows);
+  std::vector<ForwardSamples<scalar_t>> samples(points);
+  run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+    sample_columns_body(s, row_begin, row_end, window, runs, rows, samples.data(), cols);
+  });
 }
 
 // sample_columns_backward_body, writing the columns where cols is not null.

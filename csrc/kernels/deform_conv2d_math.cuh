@@ -133,9 +133,9 @@ RCM_HD T floor_of(T v) {
 // pixel[i] is the corner's index y*W + x within its image (0 for a corner outside the image, so
 // it is always safe to form an address from it); valid[i] says the corner is inside the image.
 // weight[i] is the bilinear weight, zero for an invalid corner: the sample is sum(weight[i] * v[i]).
-template <typename acc_t>
+template <typename acc_t, typename index_t = int64_t>
 struct SamplePoint {
-  int64_t pixel[4];
+  index_t pixel[4];
   bool valid[4];
   acc_t weight[4];
   acc_t ly;  // y - y0
@@ -145,38 +145,48 @@ struct SamplePoint {
   bool on_border;
 };
 
-// Every corner of a sample with y < -1, y >= H, x < -1 or x >= W lies outside the image; the same
-// test also rejects NaN and infinite positions before they reach floor() and an integer cast.
+// A sample's position as its corners are found from it: (y, x) where a corner may lie inside the image
+// (-1 <= y < H, -1 <= x < W), else (0, 0) and not reachable, every corner outside. The test also rejects
+// NaN and infinite positions before they reach floor() and an integer cast.
 template <typename acc_t>
-RCM_HD SamplePoint<acc_t> make_sample_point(acc_t y, acc_t x, int64_t height, int64_t width) {
-  SamplePoint<acc_t> p;
-  const bool reachable = y >= acc_t(-1) && y < acc_t(height) && x >= acc_t(-1) && x < acc_t(width);
-  if (!reachable) {
-    for (int i = 0; i < 4; ++i) {
-      p.pixel[i] = 0;
-      p.valid[i] = false;
-      p.weight[i] = acc_t(0);
-    }
-    p.ly = acc_t(0);
-    p.lx = acc_t(0);
-    p.on_border = false;
-    return p;
-  }
-  const acc_t yf = floor_of(y);
-  const acc_t xf = floor_of(x);
-  const int64_t y0 = static_cast<int64_t>(yf);
-  const int64_t x0 = static_cast<int64_t>(xf);
-  p.ly = y - yf;
-  p.lx = x - xf;
-  p.on_border = y == acc_t(-1) || x == acc_t(-1);
+struct SamplePosition {
+  acc_t y;
+  acc_t x;
+  bool reachable;
+  bool on_border;  // SamplePoint::on_border
+};
+
+// Here and in sample_point_at and value_reads, & where && would do: a comparison that && may skip is a
+// branch, which keeps GCC from vectorising the CPU's loops over samples.
+template <typename acc_t>
+RCM_HD SamplePosition<acc_t> sample_position(acc_t y, acc_t x, int64_t height, int64_t width) {
+  const bool reachable = (y >= acc_t(-1)) & (y < acc_t(height)) & (x >= acc_t(-1)) & (x < acc_t(width));
+  const bool on_border = reachable & ((y == acc_t(-1)) | (x == acc_t(-1)));
+  return {reachable ? y : acc_t(0), reachable ? x : acc_t(0), reachable, on_border};
+}
+
+// The sample at position q (sample_position). index_t, the corners' coordinates and pixel indices, must
+// hold height * width. Apart from sample_position so that a loop over samples may compute the two in
+// loops of their own: in one loop, GCC turns sample_position's test into a branch around floor() and
+// the integer cast, and vectorises nothing.
+template <typename acc_t, typename index_t = int64_t>
+RCM_HD SamplePoint<acc_t, index_t> sample_point_at(SamplePosition<acc_t> q, index_t height, index_t width) {
+  SamplePoint<acc_t, index_t> p;
+  const acc_t yf = floor_of(q.y);
+  const acc_t xf = floor_of(q.x);
+  const index_t y0 = static_cast<index_t>(yf);
+  const index_t x0 = static_cast<index_t>(xf);
+  p.ly = q.y - yf;
+  p.lx = q.x - xf;
+  p.on_border = q.on_border;
   const acc_t hy = acc_t(1) - p.ly;
   const acc_t hx = acc_t(1) - p.lx;
-  const bool in_y0 = y0 >= 0;
-  const bool in_y1 = y0 + 1 < height;
+  const bool in_y0 = q.reachable & (y0 >= 0);
+  const bool in_y1 = q.reachable & (y0 + 1 < height);
   const bool in_x0 = x0 >= 0;
   const bool in_x1 = x0 + 1 < width;
   const bool inside[4] = {in_y0 && in_x0, in_y0 && in_x1, in_y1 && in_x0, in_y1 && in_x1};
-  const int64_t pixel[4] = {y0 * width + x0, y0 * width + x0 + 1, (y0 + 1) * width + x0,
+  const index_t pixel[4] = {y0 * width + x0, y0 * width + x0 + 1, (y0 + 1) * width + x0,
                             (y0 + 1) * width + x0 + 1};
   const acc_t bilinear[4] = {hy * hx, hy * p.lx, p.ly * hx, p.ly * p.lx};
   for (int i = 0; i < 4; ++i) {
@@ -185,6 +195,12 @@ RCM_HD SamplePoint<acc_t> make_sample_point(acc_t y, acc_t x, int64_t height, in
     p.weight[i] = inside[i] ? bilinear[i] : acc_t(0);
   }
   return p;
+}
+
+// The sample at (y, x), for a kernel that takes one at a time.
+template <typename acc_t>
+RCM_HD SamplePoint<acc_t> make_sample_point(acc_t y, acc_t x, int64_t height, int64_t width) {
+  return sample_point_at<acc_t>(sample_position(y, x, height, width), height, width);
 }
 
 // The offset (dy, dx) of kernel point k of offset group og at output pixel (oy, ox) of image n.
@@ -259,9 +275,9 @@ RCM_HD SampleField<acc_t> sample_field(const DeformConvGeometry& g, const Output
 // Whether corner i counts in the sample's value (the forward, the mask gradient): inside the image,
 // of a sample not on the -1 border. Inside corners of zero weight count, as in torchvision, where a
 // sample on an integer coordinate next to an infinity is NaN (0 x inf).
-template <typename acc_t>
-RCM_HD bool value_reads(const SamplePoint<acc_t>& p, int i) {
-  return p.valid[i] && !p.on_border;
+template <typename acc_t, typename index_t>
+RCM_HD bool value_reads(const SamplePoint<acc_t, index_t>& p, int i) {
+  return p.valid[i] & !p.on_border;
 }
 
 // Whether corner i receives the sample's input gradient: inside the image, and within a pixel of the
@@ -282,8 +298,8 @@ RCM_HD bool gradient_reaches(const SamplePoint<acc_t>& p, int i) {
 // coordinate or the zero that a corner outside reads (0 x inf = NaN). torchvision multiplies the
 // interpolated sample by m instead, so with an infinite m the two still differ where the sample
 // reads no corner (0 here, inf x 0 = NaN there) or a corner of non-zero weight holds 0.
-template <typename acc_t>
-RCM_HD acc_t masked_weight(const SamplePoint<acc_t>& p, int i, acc_t m) {
+template <typename acc_t, typename index_t>
+RCM_HD acc_t masked_weight(const SamplePoint<acc_t, index_t>& p, int i, acc_t m) {
   return value_reads(p, i) && p.weight[i] != acc_t(0) ? p.weight[i] * m : acc_t(0);
 }
 
