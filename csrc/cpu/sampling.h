@@ -132,7 +132,8 @@ inline std::vector<std::vector<ChannelRun>> channel_runs(const DeformConvGeometr
 }
 
 // The rows [r0, r0 + len) of a forward's chunk: their images, where their offsets and masks start (channel
-// 0), and the tap origins (kernels::tap_origin) of the window's kernel points, kSampleRows a point.
+// 0), and the tap origins (kernels::tap_origin) of the window's kernel points, kSampleRows a kernel point
+// (from kernel point 0: those outside the window unused).
 template <typename scalar_t>
 struct SampleRows {
   const scalar_t* image[kSampleRows];
@@ -141,14 +142,14 @@ struct SampleRows {
   std::vector<scalar_t> origin_y, origin_x;
 };
 
-// f = the samples of offset group og and kernel point k at rows' first len rows, whose origins of k are
-// origin_y and origin_x. In three loops: the fields' loads, which gather, then sample_position, then
+// f = the samples of offset group og and kernel point k at rows' first len rows. In three loops: the fields' loads, which gather, then sample_position, then
 // sample_point_at and the weights, which vectorise (kernels::sample_point_at says why they are apart).
 template <typename scalar_t>
 [[gnu::always_inline]] inline void forward_samples(const Sampling<scalar_t>& s, int64_t og, int64_t k, int64_t len,
-                                                   const SampleRows<scalar_t>& rows, const scalar_t* origin_y,
-                                                   const scalar_t* origin_x, ForwardSamples<scalar_t>& f) {
+                                                   const SampleRows<scalar_t>& rows, ForwardSamples<scalar_t>& f) {
   const DeformConvGeometry& g = s.g;
+  const scalar_t* origin_y = rows.origin_y.data() + k * kSampleRows;
+  const scalar_t* origin_x = rows.origin_x.data() + k * kSampleRows;
   const int64_t dy_at = 2 * (og * g.kernel_points() + k) * s.offset_strides.c;
   const int64_t dx_at = dy_at + s.offset_strides.c;
   const int64_t m_at = (og * g.kernel_points() + k) * s.mask_strides.c;
@@ -200,15 +201,13 @@ template <typename scalar_t, typename col_t>
       rows.mask_at[j] = s.mask_strides.at(n, 0, oy, ox);
       for (int64_t k = window.k_begin; k < window.k_end; ++k) {
         const kernels::TapOrigin o = kernels::tap_origin(g, oy, ox, s.points[k]);
-        rows.origin_y[(k - window.k_begin) * kSampleRows + j] = static_cast<scalar_t>(o.y);
-        rows.origin_x[(k - window.k_begin) * kSampleRows + j] = static_cast<scalar_t>(o.x);
+        rows.origin_y[k * kSampleRows + j] = static_cast<scalar_t>(o.y);
+        rows.origin_x[k * kSampleRows + j] = static_cast<scalar_t>(o.x);
       }
     }
     for (int64_t og = window.c_begin / per_og; og * per_og < window.c_end; ++og) {
       for (int64_t k = window.k_begin; k < window.k_end; ++k) {
-        const int64_t at = (k - window.k_begin) * kSampleRows;
-        forward_samples(s, og, k, len, rows, rows.origin_y.data() + at, rows.origin_x.data() + at,
-                        samples[k - window.k_begin]);
+        forward_samples(s, og, k, len, rows, samples[k - window.k_begin]);
       }
       for (int64_t j = 0; j < len; ++j) {
         col_t* col_row = cols + (r0 + j - row_begin) * window.width();
@@ -245,10 +244,11 @@ template <typename scalar_t, typename col_t>
 // that the loop over a sample's channels has no branch; a row each keeps the four targets distinct, as
 // their __restrict__ promises. With kWriteColumns it also writes the rows' columns to cols, laid out as
 // grad_cols, as sample_columns would: it reads their corners anyway, and the weight gradient needs them.
+// runs: channel_runs of the window.
 template <bool kWriteColumns, typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_backward_body(
     const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
-    const scalar_t* grad_cols, scalar_t* cols, scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
+    const std::vector<std::vector<ChannelRun>>& runs, const scalar_t* grad_cols, scalar_t* cols, scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
     FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
   const DeformConvGeometry& g = s.g;
   for (int64_t r = row_begin; r < row_end; ++r) {
@@ -268,11 +268,11 @@ template <bool kWriteColumns, typename scalar_t>
           target[i] = kernels::gradient_reaches(p, i) ? grad_image + p.pixel[i] * g.channels : sink + i * g.channels;
         }
         scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
-        const int64_t og_end = (og + 1) * g.channels_per_offset_group();
-        for (int64_t c0 = og * g.channels_per_offset_group(), c1; c0 < og_end; c0 = c1) {
-          c1 = std::min(og_end, window.block_end(c0));
-          const scalar_t* __restrict__ gcol = grad_row + window.index(c0, k) - c0;
-          scalar_t* __restrict__ col = kWriteColumns ? col_row + window.index(c0, k) - c0 : nullptr;
+        for (const ChannelRun& channels : runs[og]) {
+          const int64_t c0 = channels.c0, c1 = channels.c1;
+          const int64_t column = channels.column + (k - window.k_begin) * window.block;
+          const scalar_t* __restrict__ gcol = grad_row + column - c0;
+          scalar_t* __restrict__ col = kWriteColumns ? col_row + column - c0 : nullptr;
           const scalar_t* __restrict__ v00 = corner[0];
           const scalar_t* __restrict__ v01 = corner[1];
           const scalar_t* __restrict__ v10 = corner[2];
@@ -342,12 +342,11 @@ template <bool kWriteColumns, typename scalar_t>
 template <typename scalar_t, typename col_t>
 void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
                     col_t* cols) {
-  const int64_t points = window.k_end - window.k_begin;
   const std::vector<std::vector<ChannelRun>> runs = channel_runs(s.g, window);
   SampleRows<scalar_t> rows;
-  rows.origin_y.resize(points * kSampleRows);
-  rows.origin_x.resize(points * kSampleRows);
-  std::vector<ForwardSamples<scalar_t>> samples(points);
+  rows.origin_y.resize(s.g.kernel_points() * kSampleRows);
+  rows.origin_x.resize(s.g.kernel_points() * kSampleRows);
+  std::vector<ForwardSamples<scalar_t>> samples(window.k_end - window.k_begin);
   run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
     sample_columns_body(s, row_begin, row_end, window, runs, rows, samples.data(), cols);
   });
@@ -359,12 +358,13 @@ void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int
                              const ColumnWindow& window, const scalar_t* grad_cols, scalar_t* cols,
                              scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
                              FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
+  const std::vector<std::vector<ChannelRun>> runs = channel_runs(s.g, window);
   run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
     if (cols != nullptr) {
-      sample_columns_backward_body<true>(s, row_begin, row_end, window, grad_cols, cols, grad_input, sink,
+      sample_columns_backward_body<true>(s, row_begin, row_end, window, runs, grad_cols, cols, grad_input, sink,
                                          grad_offset, grad_offset_strides, grad_mask, grad_mask_strides);
     } else {
-      sample_columns_backward_body<false>(s, row_begin, row_end, window, grad_cols, cols, grad_input, sink,
+      sample_columns_backward_body<false>(s, row_begin, row_end, window, runs, grad_cols, cols, grad_input, sink,
                                           grad_offset, grad_offset_strides, grad_mask, grad_mask_strides);
     }
   });
