@@ -142,8 +142,9 @@ struct SampleRows {
   std::vector<scalar_t> origin_y, origin_x;
 };
 
-// f = the samples of offset group og and kernel point k at rows' first len rows. In three loops: the fields' loads, which gather, then sample_position, then
-// sample_point_at and the weights, which vectorise (kernels::sample_point_at says why they are apart).
+// f = the samples of offset group og and kernel point k at rows' first len rows. In three loops: the fields'
+// loads, which gather, then sample_position, then sample_point_at and the weights, which vectorise
+// (kernels::sample_point_at says why they are apart).
 template <typename scalar_t>
 [[gnu::always_inline]] inline void forward_samples(const Sampling<scalar_t>& s, int64_t og, int64_t k, int64_t len,
                                                    const SampleRows<scalar_t>& rows, ForwardSamples<scalar_t>& f) {
@@ -248,8 +249,9 @@ template <typename scalar_t, typename col_t>
 template <bool kWriteColumns, typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_backward_body(
     const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
-    const std::vector<std::vector<ChannelRun>>& runs, const scalar_t* grad_cols, scalar_t* cols, scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
-    FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
+    const std::vector<std::vector<ChannelRun>>& runs, const scalar_t* grad_cols, scalar_t* cols, scalar_t* grad_input,
+    scalar_t* sink, scalar_t* grad_offset, FieldStrides grad_offset_strides, scalar_t* grad_mask,
+    FieldStrides grad_mask_strides) {
   const DeformConvGeometry& g = s.g;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const auto [n, oy, ox] = kernels::output_pixel(g, r);
