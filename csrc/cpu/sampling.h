@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -38,27 +39,6 @@ struct Sampling {
   const kernels::KernelPoint* points;
 
   const scalar_t* image(int64_t n) const { return input + n * g.height * g.width * g.channels; }
-
-  // The sample of kernel point k of offset group og at output pixel (oy, ox) of image n, as the backward
-  // takes it: its bilinear point, its modulation, the four corners' NHWC rows (the zeros row for a corner
-  // outside the image) and their weights times the modulation (kernels::masked_weight).
-  struct Tap {
-    SamplePoint<scalar_t> point;
-    scalar_t m;
-    const scalar_t* corner[4];
-    scalar_t weight[4];
-  };
-  Tap tap(int64_t n, int64_t og, int64_t k, int64_t oy, int64_t ox) const {
-    Tap t;
-    t.point = kernels::displaced_sample_point<scalar_t>(
-        g, points[k], oy, ox, kernels::sample_offset<scalar_t>(g, offset, offset_strides, n, og, k, oy, ox));
-    t.m = kernels::modulation<scalar_t>(g, mask, mask_strides, n, og, k, oy, ox);
-    for (int i = 0; i < 4; ++i) {
-      t.corner[i] = t.point.valid[i] ? image(n) + t.point.pixel[i] * g.channels : zeros;
-      t.weight[i] = kernels::masked_weight(t.point, i, t.m);
-    }
-    return t;
-  }
 };
 
 // How a window's columns follow one another along a row. GroupMajor: conv group after conv group, each
@@ -131,52 +111,102 @@ inline std::vector<std::vector<ChannelRun>> channel_runs(const DeformConvGeometr
   return runs;
 }
 
-// The rows [r0, r0 + len) of a forward's chunk: their images, where their offsets and masks start (channel
-// 0), and the tap origins (kernels::tap_origin) of the window's kernel points, kSampleRows a kernel point
-// (from kernel point 0: those outside the window unused).
+// The rows [r0, r0 + len) of a chunk: their images, where their offsets and masks start (channel 0), and
+// the tap origins (kernels::tap_origin) of the window's kernel points, kSampleRows a kernel point (from
+// kernel point 0: those outside the window unused).
 template <typename scalar_t>
 struct SampleRows {
   const scalar_t* image[kSampleRows];
   int64_t offset_at[kSampleRows];
   int64_t mask_at[kSampleRows];
   std::vector<scalar_t> origin_y, origin_x;
+
+  explicit SampleRows(const DeformConvGeometry& g)
+      : origin_y(g.kernel_points() * kSampleRows), origin_x(g.kernel_points() * kSampleRows) {}
+
+  void load(const Sampling<scalar_t>& s, int64_t r0, int64_t len, int64_t k_begin, int64_t k_end) {
+    for (int64_t j = 0; j < len; ++j) {
+      const auto [n, oy, ox] = kernels::output_pixel(s.g, r0 + j);
+      image[j] = s.image(n);
+      offset_at[j] = s.offset_strides.at(n, 0, oy, ox);
+      mask_at[j] = s.mask_strides.at(n, 0, oy, ox);
+      for (int64_t k = k_begin; k < k_end; ++k) {
+        const kernels::TapOrigin o = kernels::tap_origin(s.g, oy, ox, s.points[k]);
+        origin_y[k * kSampleRows + j] = static_cast<scalar_t>(o.y);
+        origin_x[k * kSampleRows + j] = static_cast<scalar_t>(o.x);
+      }
+    }
+  }
 };
 
-// f = the samples of offset group og and kernel point k at rows' first len rows. In three loops: the fields'
-// loads, which gather, then sample_position, then sample_point_at and the weights, which vectorise
-// (kernels::sample_point_at says why they are apart).
+// Asks the cache for the field values of the chunk after a chunk whose first row reads field[at], in a
+// field of NCHW planes (w_stride 1): there a chunk's rows read a cache line or two of each of its
+// channels, more streams at once than the hardware prefetchers follow (2 x 144 + 144 with 16 offset
+// groups of a 3x3 kernel). Integer arithmetic, since past the last chunk the address is past the field.
+template <typename scalar_t>
+[[gnu::always_inline]] inline void prefetch_next_chunk(const scalar_t* field, int64_t at, int64_t w_stride) {
+  if (w_stride != 1) return;
+  const auto address = reinterpret_cast<std::uintptr_t>(field + at);
+  __builtin_prefetch(reinterpret_cast<const void*>(address + kSampleRows * sizeof(scalar_t)));
+  __builtin_prefetch(reinterpret_cast<const void*>(address + (2 * kSampleRows - 1) * sizeof(scalar_t)));
+}
+
+// The positions (kernels::sample_position) and modulations of offset group og's kernel point k at a
+// chunk's rows, the flags as 32-bit integers, as wide as the 32-bit lanes they are computed in; and the
+// image's size in the corners' 32-bit indices.
+template <typename scalar_t>
+struct SamplePositions {
+  scalar_t y[kSampleRows], x[kSampleRows], m[kSampleRows];
+  int32_t reachable[kSampleRows], on_border[kSampleRows];
+  int32_t height, width;
+
+  // In two loops: the fields' loads, which gather, then sample_position, which vectorises.
+  [[gnu::always_inline]] SamplePositions(const Sampling<scalar_t>& s, int64_t og, int64_t k, int64_t len,
+                                         const SampleRows<scalar_t>& rows) {
+    const DeformConvGeometry& g = s.g;
+    height = static_cast<int32_t>(g.height);
+    width = static_cast<int32_t>(g.width);
+    const scalar_t* origin_y = rows.origin_y.data() + k * kSampleRows;
+    const scalar_t* origin_x = rows.origin_x.data() + k * kSampleRows;
+    const int64_t dy_at = 2 * (og * g.kernel_points() + k) * s.offset_strides.c;
+    const int64_t dx_at = dy_at + s.offset_strides.c;
+    const int64_t m_at = (og * g.kernel_points() + k) * s.mask_strides.c;
+    prefetch_next_chunk(s.offset, rows.offset_at[0] + dy_at, s.offset_strides.w);
+    prefetch_next_chunk(s.offset, rows.offset_at[0] + dx_at, s.offset_strides.w);
+    if (s.mask != nullptr) prefetch_next_chunk(s.mask, rows.mask_at[0] + m_at, s.mask_strides.w);
+    for (int64_t j = 0; j < len; ++j) {
+      y[j] = origin_y[j] + s.offset[rows.offset_at[j] + dy_at];
+      x[j] = origin_x[j] + s.offset[rows.offset_at[j] + dx_at];
+      m[j] = s.mask != nullptr ? s.mask[rows.mask_at[j] + m_at] : scalar_t(1);
+    }
+    for (int64_t j = 0; j < len; ++j) {
+      const auto q = kernels::sample_position(y[j], x[j], g.height, g.width);
+      y[j] = q.y;
+      x[j] = q.x;
+      reachable[j] = q.reachable;
+      on_border[j] = q.on_border;
+    }
+  }
+
+  // The sample at row j, for a loop along the rows apart from the constructor's (kernels::sample_point_at
+  // says why).
+  SamplePoint<scalar_t, int32_t> point(int64_t j) const {
+    return kernels::sample_point_at<scalar_t, int32_t>({y[j], x[j], reachable[j] != 0, on_border[j] != 0}, height,
+                                                       width);
+  }
+};
+
+// f = the samples of offset group og and kernel point k at rows' first len rows: their positions, then
+// their points and weights in a loop that vectorises.
 template <typename scalar_t>
 [[gnu::always_inline]] inline void forward_samples(const Sampling<scalar_t>& s, int64_t og, int64_t k, int64_t len,
                                                    const SampleRows<scalar_t>& rows, ForwardSamples<scalar_t>& f) {
-  const DeformConvGeometry& g = s.g;
-  const scalar_t* origin_y = rows.origin_y.data() + k * kSampleRows;
-  const scalar_t* origin_x = rows.origin_x.data() + k * kSampleRows;
-  const int64_t dy_at = 2 * (og * g.kernel_points() + k) * s.offset_strides.c;
-  const int64_t dx_at = dy_at + s.offset_strides.c;
-  const int64_t m_at = (og * g.kernel_points() + k) * s.mask_strides.c;
-  scalar_t y[kSampleRows], x[kSampleRows], m[kSampleRows];
+  const SamplePositions<scalar_t> q(s, og, k, len, rows);
   for (int64_t j = 0; j < len; ++j) {
-    y[j] = origin_y[j] + s.offset[rows.offset_at[j] + dy_at];
-    x[j] = origin_x[j] + s.offset[rows.offset_at[j] + dx_at];
-    m[j] = s.mask != nullptr ? s.mask[rows.mask_at[j] + m_at] : scalar_t(1);
-  }
-  // The positions' flags as 32-bit integers, as wide as the 32-bit lanes they are computed in.
-  int32_t reachable[kSampleRows], on_border[kSampleRows];
-  for (int64_t j = 0; j < len; ++j) {
-    const auto q = kernels::sample_position(y[j], x[j], g.height, g.width);
-    y[j] = q.y;
-    x[j] = q.x;
-    reachable[j] = q.reachable;
-    on_border[j] = q.on_border;
-  }
-  const auto height = static_cast<int32_t>(g.height);
-  const auto width = static_cast<int32_t>(g.width);
-  for (int64_t j = 0; j < len; ++j) {
-    const auto p = kernels::sample_point_at<scalar_t, int32_t>({y[j], x[j], reachable[j] != 0, on_border[j] != 0},
-                                                               height, width);
+    const auto p = q.point(j);
     for (int i = 0; i < 4; ++i) {
       f.pixel[i][j] = kernels::value_reads(p, i) ? p.pixel[i] : -1;
-      f.weight[i][j] = kernels::masked_weight(p, i, m[j]);
+      f.weight[i][j] = kernels::masked_weight(p, i, q.m[j]);
     }
   }
 }
@@ -195,17 +225,7 @@ template <typename scalar_t, typename col_t>
   const int64_t per_og = g.channels_per_offset_group();
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kSampleRows) {
     const int64_t len = std::min(kSampleRows, row_end - r0);
-    for (int64_t j = 0; j < len; ++j) {
-      const auto [n, oy, ox] = kernels::output_pixel(g, r0 + j);
-      rows.image[j] = s.image(n);
-      rows.offset_at[j] = s.offset_strides.at(n, 0, oy, ox);
-      rows.mask_at[j] = s.mask_strides.at(n, 0, oy, ox);
-      for (int64_t k = window.k_begin; k < window.k_end; ++k) {
-        const kernels::TapOrigin o = kernels::tap_origin(g, oy, ox, s.points[k]);
-        rows.origin_y[k * kSampleRows + j] = static_cast<scalar_t>(o.y);
-        rows.origin_x[k * kSampleRows + j] = static_cast<scalar_t>(o.x);
-      }
-    }
+    rows.load(s, r0, len, window.k_begin, window.k_end);
     for (int64_t og = window.c_begin / per_og; og * per_og < window.c_end; ++og) {
       for (int64_t k = window.k_begin; k < window.k_end; ++k) {
         forward_samples(s, og, k, len, rows, samples[k - window.k_begin]);
@@ -237,6 +257,54 @@ template <typename scalar_t, typename col_t>
   }
 }
 
+// The samples of one offset group and kernel point at up to kSampleRows output pixels, as the backward
+// takes them: each corner's pixel in its image where it is inside (SamplePoint::valid; the offset
+// gradient reads it), else -1; where the input gradient reaches it (kernels::gradient_reaches), else -1;
+// its bilinear and masked (kernels::masked_weight) weights; the fractions and the modulation.
+template <typename scalar_t>
+struct BackwardSamples {
+  int32_t pixel[4][kSampleRows];
+  int32_t target[4][kSampleRows];
+  scalar_t weight[4][kSampleRows];
+  scalar_t masked[4][kSampleRows];
+  scalar_t ly[kSampleRows], lx[kSampleRows], m[kSampleRows];
+  int32_t on_border[kSampleRows];
+
+  // The sample at row j as kernels::coordinate_gradient and kernels::bilinear_blend take it.
+  SamplePoint<scalar_t, int32_t> point(int64_t j) const {
+    SamplePoint<scalar_t, int32_t> p;
+    for (int i = 0; i < 4; ++i) {
+      p.pixel[i] = pixel[i][j];
+      p.valid[i] = pixel[i][j] >= 0;
+      p.weight[i] = weight[i][j];
+    }
+    p.ly = ly[j];
+    p.lx = lx[j];
+    p.on_border = on_border[j] != 0;
+    return p;
+  }
+};
+
+// b = the samples of offset group og and kernel point k at rows' first len rows, as forward_samples.
+template <typename scalar_t>
+[[gnu::always_inline]] inline void backward_samples(const Sampling<scalar_t>& s, int64_t og, int64_t k, int64_t len,
+                                                    const SampleRows<scalar_t>& rows, BackwardSamples<scalar_t>& b) {
+  const SamplePositions<scalar_t> q(s, og, k, len, rows);
+  for (int64_t j = 0; j < len; ++j) {
+    const auto p = q.point(j);
+    for (int i = 0; i < 4; ++i) {
+      b.pixel[i][j] = p.valid[i] ? p.pixel[i] : -1;
+      b.target[i][j] = kernels::gradient_reaches(p, i) ? p.pixel[i] : -1;
+      b.weight[i][j] = p.weight[i];
+      b.masked[i][j] = kernels::masked_weight(p, i, q.m[j]);
+    }
+    b.ly[j] = p.ly;
+    b.lx[j] = p.lx;
+    b.m[j] = q.m[j];
+    b.on_border[j] = p.on_border;
+  }
+}
+
 // Backward of sample_columns for rows [row_begin, row_end) of one image, whose columns' gradient
 // grad_cols has every column, laid out as `window` (ColumnWindow::every_column, in either layout):
 // scatters into that image's NHWC grad_input (the caller owns it, so no atomics) and writes the offset
@@ -245,96 +313,114 @@ template <typename scalar_t, typename col_t>
 // that the loop over a sample's channels has no branch; a row each keeps the four targets distinct, as
 // their __restrict__ promises. With kWriteColumns it also writes the rows' columns to cols, laid out as
 // grad_cols, as sample_columns would: it reads their corners anyway, and the weight gradient needs them.
-// runs: channel_runs of the window.
+// runs: channel_runs of the window. The samples of kSampleRows rows at a time (backward_samples), then
+// each row's sums and scatters; samples: a BackwardSamples for each kernel point.
 template <bool kWriteColumns, typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_backward_body(
     const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
-    const std::vector<std::vector<ChannelRun>>& runs, const scalar_t* grad_cols, scalar_t* cols, scalar_t* grad_input,
-    scalar_t* sink, scalar_t* grad_offset, FieldStrides grad_offset_strides, scalar_t* grad_mask,
-    FieldStrides grad_mask_strides) {
+    const std::vector<std::vector<ChannelRun>>& runs, SampleRows<scalar_t>& rows, BackwardSamples<scalar_t>* samples,
+    const scalar_t* grad_cols, scalar_t* cols, scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
+    FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
   const DeformConvGeometry& g = s.g;
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const auto [n, oy, ox] = kernels::output_pixel(g, r);
-    scalar_t* grad_image = grad_input + n * g.height * g.width * g.channels;
-    const scalar_t* grad_row = grad_cols + (r - row_begin) * window.width();
-    scalar_t* col_row = kWriteColumns ? cols + (r - row_begin) * window.width() : nullptr;
+  // Lanes of the sums that a sample's channels reach: summing the others would add zeros.
+  int64_t lanes = 0;
+  for (const auto& og_runs : runs) {
+    for (const ChannelRun& run : og_runs) lanes = std::max(lanes, std::min(kLanes, run.c1 - run.c0));
+  }
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kSampleRows) {
+    const int64_t len = std::min(kSampleRows, row_end - r0);
+    rows.load(s, r0, len, 0, g.kernel_points());
     for (int64_t og = 0; og < g.offset_groups; ++og) {
-      for (int64_t k = 0; k < g.kernel_points(); ++k) {
-        const auto t = s.tap(n, og, k, oy, ox);
-        const SamplePoint<scalar_t>& p = t.point;
-        const scalar_t m = t.m;
-        const auto& corner = t.corner;
-        const auto& w = t.weight;
-        scalar_t* target[4];
-        for (int i = 0; i < 4; ++i) {
-          target[i] = kernels::gradient_reaches(p, i) ? grad_image + p.pixel[i] * g.channels : sink + i * g.channels;
-        }
-        scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
-        for (const ChannelRun& channels : runs[og]) {
-          const int64_t c0 = channels.c0, c1 = channels.c1;
-          const int64_t column = channels.column + (k - window.k_begin) * window.block;
-          const scalar_t* __restrict__ gcol = grad_row + column - c0;
-          scalar_t* __restrict__ col = kWriteColumns ? col_row + column - c0 : nullptr;
-          const scalar_t* __restrict__ v00 = corner[0];
-          const scalar_t* __restrict__ v01 = corner[1];
-          const scalar_t* __restrict__ v10 = corner[2];
-          const scalar_t* __restrict__ v11 = corner[3];
-          scalar_t* __restrict__ t00 = target[0];
-          scalar_t* __restrict__ t01 = target[1];
-          scalar_t* __restrict__ t10 = target[2];
-          scalar_t* __restrict__ t11 = target[3];
-          const auto run = [&](auto on_border) __attribute__((always_inline)) {
-            const auto lane = [&](int64_t l, int64_t ch) __attribute__((always_inline)) {
-              const scalar_t gc = gcol[ch];
-              const auto d = kernels::coordinate_gradient(p, v00[ch], v01[ch], v10[ch], v11[ch]);
-              sum_dy[l] += gc * d.dy;
-              sum_dx[l] += gc * d.dx;
-              // kernels::interpolate's value: 0 on the border, times gc there too (0 x inf = NaN, as in
-              // torchvision's mask gradient).
-              const scalar_t value = decltype(on_border)::value
-                                         ? scalar_t(0)
-                                         : kernels::bilinear_blend(p, v00[ch], v01[ch], v10[ch], v11[ch]);
-              sum_value[l] += gc * value;
-              if constexpr (kWriteColumns) {
-                // sample_columns' value: 0 on the border, where it reads no corner.
-                col[ch] = decltype(on_border)::value ? scalar_t(0)
-                                                     : kernels::masked_blend(w, v00[ch], v01[ch], v10[ch], v11[ch]);
-              }
-              t00[ch] += w[0] * gc;
-              t01[ch] += w[1] * gc;
-              t10[ch] += w[2] * gc;
-              t11[ch] += w[3] * gc;
-            };
-            // Whole steps of kLanes channels, then the rest. `omp simd` (honoured under -fopenmp or
-            // -fopenmp-simd, which setup.py and CMakeLists.txt add where the compiler takes one; without
-            // either, the same results unvectorised) vectorises the steps: their lanes write distinct
-            // channels of four distinct targets and sum into sums of their own.
-            int64_t base = c0;
-            for (; base + kLanes <= c1; base += kLanes) {
-#pragma omp simd
-              for (int64_t l = 0; l < kLanes; ++l) lane(l, base + l);
-            }
-            for (int64_t l = 0; base + l < c1; ++l) lane(l, base + l);
-          };
-          // A loop for samples on the -1 border and one for the others, so that neither tests it per
-          // channel (kernels::interpolate does): a branch in the loop keeps it from vectorising.
-          if (p.on_border) {
-            run(std::true_type{});
-          } else {
-            run(std::false_type{});
+      for (int64_t k = 0; k < g.kernel_points(); ++k) backward_samples(s, og, k, len, rows, samples[k]);
+      for (int64_t j = 0; j < len; ++j) {
+        const auto [n, oy, ox] = kernels::output_pixel(g, r0 + j);
+        scalar_t* grad_image = grad_input + n * g.height * g.width * g.channels;
+        const scalar_t* grad_row = grad_cols + (r0 + j - row_begin) * window.width();
+        scalar_t* col_row = kWriteColumns ? cols + (r0 + j - row_begin) * window.width() : nullptr;
+        for (int64_t k = 0; k < g.kernel_points(); ++k) {
+          const BackwardSamples<scalar_t>& b = samples[k];
+          const SamplePoint<scalar_t, int32_t> p = b.point(j);
+          const scalar_t* corner[4];
+          scalar_t* target[4];
+          scalar_t w[4];
+          for (int i = 0; i < 4; ++i) {
+            corner[i] = p.valid[i] ? rows.image[j] + int64_t(p.pixel[i]) * g.channels : s.zeros;
+            target[i] = b.target[i][j] >= 0 ? grad_image + int64_t(b.target[i][j]) * g.channels : sink + i * g.channels;
+            w[i] = b.masked[i][j];
           }
-        }
-        scalar_t dy = 0, dx = 0, value = 0;
-        for (int64_t l = 0; l < kLanes; ++l) {
-          dy += sum_dy[l];
-          dx += sum_dx[l];
-          value += sum_value[l];
-        }
-        const int64_t ch = 2 * (og * g.kernel_points() + k);
-        grad_offset[grad_offset_strides.at(n, ch, oy, ox)] = m * dy;
-        grad_offset[grad_offset_strides.at(n, ch + 1, oy, ox)] = m * dx;
-        if (grad_mask != nullptr) {
-          grad_mask[grad_mask_strides.at(n, og * g.kernel_points() + k, oy, ox)] = value;
+          scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
+          for (const ChannelRun& channels : runs[og]) {
+            const int64_t c0 = channels.c0, c1 = channels.c1;
+            const int64_t column = channels.column + (k - window.k_begin) * window.block;
+            const scalar_t* __restrict__ gcol = grad_row + column - c0;
+            scalar_t* __restrict__ col = kWriteColumns ? col_row + column - c0 : nullptr;
+            const scalar_t* __restrict__ v00 = corner[0];
+            const scalar_t* __restrict__ v01 = corner[1];
+            const scalar_t* __restrict__ v10 = corner[2];
+            const scalar_t* __restrict__ v11 = corner[3];
+            scalar_t* __restrict__ t00 = target[0];
+            scalar_t* __restrict__ t01 = target[1];
+            scalar_t* __restrict__ t10 = target[2];
+            scalar_t* __restrict__ t11 = target[3];
+            const auto run = [&](auto on_border) __attribute__((always_inline)) {
+              const auto lane = [&](int64_t l, int64_t ch) __attribute__((always_inline)) {
+                const scalar_t gc = gcol[ch];
+                const auto d = kernels::coordinate_gradient(p, v00[ch], v01[ch], v10[ch], v11[ch]);
+                sum_dy[l] += gc * d.dy;
+                sum_dx[l] += gc * d.dx;
+                // kernels::interpolate's value: 0 on the border, times gc there too (0 x inf = NaN, as in
+                // torchvision's mask gradient).
+                const scalar_t value = decltype(on_border)::value
+                                           ? scalar_t(0)
+                                           : kernels::bilinear_blend(p, v00[ch], v01[ch], v10[ch], v11[ch]);
+                sum_value[l] += gc * value;
+                if constexpr (kWriteColumns) {
+                  // sample_columns' value: 0 on the border, where it reads no corner.
+                  col[ch] = decltype(on_border)::value ? scalar_t(0)
+                                                       : kernels::masked_blend(w, v00[ch], v01[ch], v10[ch], v11[ch]);
+                }
+                t00[ch] += w[0] * gc;
+                t01[ch] += w[1] * gc;
+                t10[ch] += w[2] * gc;
+                t11[ch] += w[3] * gc;
+              };
+              // Whole steps of kLanes channels, then at most one of kLanes / 2 (the whole run where an
+              // offset group has 4 channels in float32), then the rest. `omp simd` (honoured under -fopenmp
+              // or -fopenmp-simd, which setup.py and CMakeLists.txt add where the compiler takes one;
+              // without either, the same results unvectorised) vectorises the steps: their lanes write
+              // distinct channels of four distinct targets and sum into sums of their own.
+              int64_t base = c0;
+              for (; base + kLanes <= c1; base += kLanes) {
+#pragma omp simd
+                for (int64_t l = 0; l < kLanes; ++l) lane(l, base + l);
+              }
+              if (base + kLanes / 2 <= c1) {
+#pragma omp simd
+                for (int64_t l = 0; l < kLanes / 2; ++l) lane(l, base + l);
+                base += kLanes / 2;
+              }
+              for (int64_t l = 0; base + l < c1; ++l) lane(l, base + l);
+            };
+            // A loop for samples on the -1 border and one for the others, so that neither tests it per
+            // channel (kernels::interpolate does): a branch in the loop keeps it from vectorising.
+            if (p.on_border) {
+              run(std::true_type{});
+            } else {
+              run(std::false_type{});
+            }
+          }
+          scalar_t dy = 0, dx = 0, value = 0;
+          for (int64_t l = 0; l < lanes; ++l) {
+            dy += sum_dy[l];
+            dx += sum_dx[l];
+            value += sum_value[l];
+          }
+          const int64_t ch = 2 * (og * g.kernel_points() + k);
+          grad_offset[grad_offset_strides.at(n, ch, oy, ox)] = b.m[j] * dy;
+          grad_offset[grad_offset_strides.at(n, ch + 1, oy, ox)] = b.m[j] * dx;
+          if (grad_mask != nullptr) {
+            grad_mask[grad_mask_strides.at(n, og * g.kernel_points() + k, oy, ox)] = value;
+          }
         }
       }
     }
@@ -345,9 +431,7 @@ template <typename scalar_t, typename col_t>
 void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
                     col_t* cols) {
   const std::vector<std::vector<ChannelRun>> runs = channel_runs(s.g, window);
-  SampleRows<scalar_t> rows;
-  rows.origin_y.resize(s.g.kernel_points() * kSampleRows);
-  rows.origin_x.resize(s.g.kernel_points() * kSampleRows);
+  SampleRows<scalar_t> rows(s.g);
   std::vector<ForwardSamples<scalar_t>> samples(window.k_end - window.k_begin);
   run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
     sample_columns_body(s, row_begin, row_end, window, runs, rows, samples.data(), cols);
@@ -361,13 +445,17 @@ void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int
                              scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
                              FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
   const std::vector<std::vector<ChannelRun>> runs = channel_runs(s.g, window);
+  SampleRows<scalar_t> rows(s.g);
+  std::vector<BackwardSamples<scalar_t>> samples(s.g.kernel_points());
   run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
     if (cols != nullptr) {
-      sample_columns_backward_body<true>(s, row_begin, row_end, window, runs, grad_cols, cols, grad_input, sink,
-                                         grad_offset, grad_offset_strides, grad_mask, grad_mask_strides);
+      sample_columns_backward_body<true>(s, row_begin, row_end, window, runs, rows, samples.data(), grad_cols, cols,
+                                         grad_input, sink, grad_offset, grad_offset_strides, grad_mask,
+                                         grad_mask_strides);
     } else {
-      sample_columns_backward_body<false>(s, row_begin, row_end, window, runs, grad_cols, cols, grad_input, sink,
-                                          grad_offset, grad_offset_strides, grad_mask, grad_mask_strides);
+      sample_columns_backward_body<false>(s, row_begin, row_end, window, runs, rows, samples.data(), grad_cols,
+                                          cols, grad_input, sink, grad_offset, grad_offset_strides, grad_mask,
+                                          grad_mask_strides);
     }
   });
 }

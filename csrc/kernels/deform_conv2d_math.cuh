@@ -156,8 +156,8 @@ struct SamplePosition {
   bool on_border;  // SamplePoint::on_border
 };
 
-// Here and in sample_point_at and value_reads, & where && would do: a comparison that && may skip is a
-// branch, which keeps GCC from vectorising the CPU's loops over samples.
+// Here and in sample_point_at, value_reads and gradient_reaches, & and | where && and || would do: a
+// comparison that && or || may skip is a branch, which keeps GCC from vectorising the CPU's loops over samples.
 template <typename acc_t>
 RCM_HD SamplePosition<acc_t> sample_position(acc_t y, acc_t x, int64_t height, int64_t width) {
   const bool reachable = (y >= acc_t(-1)) & (y < acc_t(height)) & (x >= acc_t(-1)) & (x < acc_t(width));
@@ -286,11 +286,11 @@ RCM_HD bool value_reads(const SamplePoint<acc_t, index_t>& p, int i) {
 // rounds them, stay below 1 (not for a sample on an integer coordinate, nor within a rounding of one).
 // Adding 0 x the share of a corner it skips would spread a non-finite output gradient or mask
 // (0 x inf = NaN) to the neighbours of that sample.
-template <typename acc_t>
-RCM_HD bool gradient_reaches(const SamplePoint<acc_t>& p, int i) {
-  const bool row = i < 2 || acc_t(1) - p.ly < acc_t(1);
-  const bool column = i % 2 == 0 || acc_t(1) - p.lx < acc_t(1);
-  return p.valid[i] && row && column;
+template <typename acc_t, typename index_t>
+RCM_HD bool gradient_reaches(const SamplePoint<acc_t, index_t>& p, int i) {
+  const bool row = (i < 2) | (acc_t(1) - p.ly < acc_t(1));
+  const bool column = (i % 2 == 0) | (acc_t(1) - p.lx < acc_t(1));
+  return p.valid[i] & row & column;
 }
 
 // Corner i's bilinear weight times the modulation m where value_reads and the weight is not zero,
@@ -347,8 +347,8 @@ RCM_HD MaskedCorners<acc_t> masked_corners(const DeformConvGeometry& g, int64_t 
 
 // The bilinear blend of a sample's corner values (zero for a corner outside the image): its value
 // unless it is on the -1 border. Branch-free, for loops that vectorise.
-template <typename acc_t>
-RCM_HD acc_t bilinear_blend(const SamplePoint<acc_t>& p, acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
+template <typename acc_t, typename index_t>
+RCM_HD acc_t bilinear_blend(const SamplePoint<acc_t, index_t>& p, acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
   return p.weight[0] * v00 + p.weight[1] * v01 + p.weight[2] * v10 + p.weight[3] * v11;
 }
 
@@ -392,8 +392,8 @@ struct CoordinateGradient {
   acc_t dx;
 };
 
-template <typename acc_t>
-RCM_HD CoordinateGradient<acc_t> coordinate_gradient(const SamplePoint<acc_t>& p, acc_t v00,
+template <typename acc_t, typename index_t>
+RCM_HD CoordinateGradient<acc_t> coordinate_gradient(const SamplePoint<acc_t, index_t>& p, acc_t v00,
                                                      acc_t v01, acc_t v10, acc_t v11) {
   return {(acc_t(1) - p.lx) * (v10 - v00) + p.lx * (v11 - v01),
           (acc_t(1) - p.ly) * (v01 - v00) + p.ly * (v11 - v10)};
