@@ -261,16 +261,51 @@ def test_cpu_bfloat16_forward_multiplies_in_bfloat16_where_the_cpu_does(name, la
                   **case.kwargs())
 
     ours = forward(low)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert not rcm_fsad_ops.info()["cpu_bfloat16_gemms"]
+    # With oneDNN off the float32 call's GEMMs are BLAS's too (onednn_gemms.h).
     in_float = forward({k: None if v is None else v.float() for k, v in low.items()}).bfloat16()
     assert ours.dtype == torch.bfloat16 and not torch.equal(ours, in_float)
     assert ours.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-    assert not rcm_fsad_ops.info()["cpu_bfloat16_gemms"]
     assert torch.equal(forward(low), in_float)
 
     exact_inputs = {k: None if v is None else v.double() for k, v in low.items()}
     exact = forward(exact_inputs, reference.deform_conv2d)
     assert_output_error_is_that_of_its_rounding(case, exact_inputs, exact, ours, "bfloat16")
+
+
+# Layers whose CPU products with the weight are GEMMs (not the group loops): 2304 and 576 values a reduction.
+FLOAT32_GEMM_CASES = {
+    "wide": DeformCase(in_channels=256, out_channels=48, height=7, width=6, seed=4),
+    "groups": DeformCase(in_channels=128, out_channels=64, height=6, width=7, groups=2, offset_groups=2, seed=5),
+}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch was built without oneDNN")
+@pytest.mark.parametrize("name", sorted(FLOAT32_GEMM_CASES))
+def test_cpu_float32_gemms_are_as_accurate_in_onednn_as_in_blas(name, monkeypatch):
+    """The CPU's float32 products with the weight run in oneDNN where it is on (csrc/cpu/onednn_gemms.h), in
+    BLAS where it is off, and the two differ. Either way the output and the input gradient (the columns'
+    gradient's product) are within twice the RMS error of torchvision's float32, whose GEMMs are BLAS's,
+    against float64 (measured here: oneDNN's 1.2-1.4 times on the output, BLAS's 1)."""
+    case = FLOAT32_GEMM_CASES[name]
+    single = case.tensors(torch.float32)
+    exact = run_with_grads(reference.deform_conv2d, case, {k: None if v is None else v.double()
+                                                         for k, v in single.items()}, cotangent_dtype=torch.float32)
+    theirs = run_with_grads(torchvision.ops.deform_conv2d, case, single)
+    onednn = run_with_grads(rcm_fsad_ops.deform_conv2d, case, single)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    blas = run_with_grads(rcm_fsad_ops.deform_conv2d, case, single)
+    assert not torch.equal(onednn[0], blas[0])
+
+    def rms_errors(result):
+        out, grads = result
+        return [(t.double() - e).pow(2).mean().sqrt().item() for t, e in ((out, exact[0]),
+                                                                          (grads["input"], exact[1]["input"]))]
+
+    for ours in (onednn, blas):
+        for ours_err, their_err in zip(rms_errors(ours), rms_errors(theirs)):
+            assert ours_err <= 2 * their_err, (ours_err, their_err)
 
 
 @contextlib.contextmanager

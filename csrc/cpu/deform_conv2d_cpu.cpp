@@ -17,6 +17,7 @@
 #include "cpu_capability.h"
 #include "group_loops.h"
 #include "hot_loop.h"
+#include "onednn_gemms.h"
 #include "sampling.h"
 #include "work_split.h"
 
@@ -194,6 +195,8 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
         ColumnWindow::every_column(g, loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor);
     // The weight matrix transposed for the group loops, its columns output-major (as the bias there).
     const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
+    const bool onednn = !loops && onednn_float_gemms(wmat);
+    const at::Tensor conv_weight = onednn ? columns_weight(wmat) : at::Tensor();
     const std::optional<at::Tensor> bias_c =
         bias.has_value() ? std::optional((loops ? output_major(*bias, 0, g) : *bias).contiguous()) : std::nullopt;
     // scalar_t: the sampling's type; out_t: the output's and the GEMMs' operands' (bfloat16 with gemms16).
@@ -216,7 +219,11 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
           if (!loops) {
             // NHWC rows: the output's own where it is channels_last, else the tile's, stored below.
             at::Tensor out_tile = nhwc ? out_rows.narrow(0, r0, len) : tile_out.narrow(0, 0, len);
-            columns_times_weight(cols.narrow(0, 0, len), wmat, bias_c, out_tile, g);
+            if (onednn) {
+              convolve_rows(cols.narrow(0, 0, len), conv_weight, bias_c, g.groups, out_tile);
+            } else {
+              columns_times_weight(cols.narrow(0, 0, len), wmat, bias_c, out_tile, g);
+            }
             if (nhwc) continue;
           }
           // The tile's rows image by image (NHWC rows all at once): an image's output pixels are
@@ -309,6 +316,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const ColumnLayout layout = loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor;
   const ColumnWindow every_column = ColumnWindow::every_column(g, layout);
   const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
+  const bool onednn = !loops && onednn_float_gemms(wmat);
+  const at::Tensor conv_weight_t = onednn ? columns_gradient_weight(wmat, g) : at::Tensor();
   const int64_t out_cols = g.out_channels / g.groups;
   const int64_t weight_row = wmat.size(1);
   if (rows > 0 && g.out_channels > 0) {
@@ -353,7 +362,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           } else {
             at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
             at::Tensor gemm_tile = gemms16 ? grad_cols16.narrow(0, 0, len) : grad_cols_tile;
-            columns_gradient(grad_rows.narrow(0, r0, len), wmat, gemm_tile, g);
+            if (onednn) {
+              convolve_rows(grad_rows.narrow(0, r0, len), conv_weight_t, std::nullopt, g.groups, gemm_tile);
+            } else {
+              columns_gradient(grad_rows.narrow(0, r0, len), wmat, gemm_tile, g);
+            }
             if (gemms16) grad_cols_tile.copy_(gemm_tile);
           }
           sample_columns_backward(s, r0, r0 + len, every_column, grad_cols.const_data_ptr<scalar_t>(), cols_ptr,
