@@ -16,9 +16,8 @@
 
 namespace rcm_fsad::cpu {
 
-// Whether t's GEMMs take oneDNN: float32, in a build with oneDNN, and oneDNN on (torch.backends.mkldnn,
-// whose conv.fp32_precision they follow as torch's own convolutions do). float64 stays with BLAS, and so
-// does bfloat16, whose GEMMs ATen hands to oneDNN itself.
+// Whether t's GEMMs take oneDNN: float32, in a build with oneDNN, and oneDNN on (torch.backends.mkldnn).
+// float64 stays with BLAS, and bfloat16 with ATen's GEMM, which hands it to oneDNN itself.
 inline bool onednn_float_gemms(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
 }
