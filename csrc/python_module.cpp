@@ -19,6 +19,10 @@ PyObject* cpu_capability(PyObject*, PyObject*) { return PyUnicode_FromString(rcm
 
 PyObject* cpu_bfloat16_gemms(PyObject*, PyObject*) { return PyBool_FromLong(rcm_fsad::cpu_bfloat16_gemms()); }
 
+PyObject* cpu_float32_gemms(PyObject*, PyObject*) {
+  return PyUnicode_FromString(rcm_fsad::cpu_float32_gemms_in_onednn() ? "onednn" : "blas");
+}
+
 // rcm_fsad::wgmma_kernel_runs() for the current CUDA device (False in a build without CUDA); its errors
 // as RuntimeError.
 PyObject* wgmma_runs(PyObject*, PyObject*) {
@@ -41,6 +45,8 @@ PyMethodDef methods[] = {
     {"cpu_capability", cpu_capability, METH_NOARGS, "The CPU build of the hot loops that runs: avx2+fma or default."},
     {"cpu_bfloat16_gemms", cpu_bfloat16_gemms, METH_NOARGS,
      "Whether a bfloat16 forward's GEMMs run in bfloat16 on this CPU now (AVX512-BF16, oneDNN on)."},
+    {"cpu_float32_gemms", cpu_float32_gemms, METH_NOARGS,
+     "What runs float32 GEMMs with the weight on the CPU now: onednn (oneDNN on) or blas."},
     {"wgmma_runs", wgmma_runs, METH_NOARGS,
      "Whether implicit_gemm_wgmma takes the wgmma kernel on the current CUDA device (needs one)."},
     {nullptr, nullptr, 0, nullptr}};

@@ -41,6 +41,8 @@ def info() -> dict:
         "cpu_capability": _C.cpu_capability(),
         # a bfloat16 forward's GEMMs in bfloat16 (the CPU has AVX512-BF16, torch.backends.mkldnn is on), else float32
         "cpu_bfloat16_gemms": bool(_C.cpu_bfloat16_gemms()),
+        # what runs a float32 layer's GEMMs with the weight: onednn (torch.backends.mkldnn is on) or blas
+        "cpu_float32_gemms": _C.cpu_float32_gemms(),
     }
 
 

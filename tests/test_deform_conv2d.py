@@ -293,8 +293,10 @@ def test_cpu_float32_gemms_are_as_accurate_in_onednn_as_in_blas(name, monkeypatc
     exact = run_with_grads(reference.deform_conv2d, case, {k: None if v is None else v.double()
                                                          for k, v in single.items()}, cotangent_dtype=torch.float32)
     theirs = run_with_grads(torchvision.ops.deform_conv2d, case, single)
+    assert rcm_fsad_ops.info()["cpu_float32_gemms"] == "onednn"
     onednn = run_with_grads(rcm_fsad_ops.deform_conv2d, case, single)
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert rcm_fsad_ops.info()["cpu_float32_gemms"] == "blas"
     blas = run_with_grads(rcm_fsad_ops.deform_conv2d, case, single)
     assert not torch.equal(onednn[0], blas[0])
 

@@ -471,8 +471,11 @@ def test_info_reports_build(monkeypatch):
     assert values["cpu_capability"] == ("avx2+fma" if {"avx2", "fma"} <= flags else "default"), flags
     assert values["cpu_bfloat16_gemms"] == ("avx512_bf16" in flags and torch.backends.mkldnn.is_available()
                                             and torch.backends.mkldnn.enabled), flags
+    onednn = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    assert values["cpu_float32_gemms"] == ("onednn" if onednn else "blas")
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     assert rcm_fsad_ops.info()["cpu_bfloat16_gemms"] is False
+    assert rcm_fsad_ops.info()["cpu_float32_gemms"] == "blas"
     # the wgmma kernel runs only on a GPU of compute capability 9.0 (test_cuda_info_says_where_wgmma_runs)
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         assert values["wgmma"] is False

@@ -470,9 +470,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
 
 const char* cpu_capability() { return cpu::use_avx2_fma() ? "avx2+fma" : "default"; }
 
-bool cpu_bfloat16_gemms() {
-  return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() && cpu::cpu_multiplies_bfloat16();
-}
+bool cpu_bfloat16_gemms() { return cpu::onednn_on() && cpu::cpu_multiplies_bfloat16(); }
+
+bool cpu_float32_gemms_in_onednn() { return cpu::onednn_on(); }
 
 TORCH_LIBRARY_IMPL(rcm_fsad, CPU, m) {
   m.impl("deform_conv2d", &cpu::deform_conv2d_cpu);

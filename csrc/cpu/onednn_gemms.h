@@ -16,11 +16,12 @@
 
 namespace rcm_fsad::cpu {
 
-// Whether t's GEMMs take oneDNN: float32, in a build with oneDNN, and oneDNN on (torch.backends.mkldnn).
-// float64 stays with BLAS, and bfloat16 with ATen's GEMM, which hands it to oneDNN itself.
-inline bool onednn_float_gemms(const at::Tensor& t) {
-  return t.scalar_type() == at::kFloat && at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
-}
+// Whether oneDNN may run: torch was built with it, and it is on (torch.backends.mkldnn.enabled).
+inline bool onednn_on() { return at::hasMKLDNN() && at::globalContext().userEnabledMkldnn(); }
+
+// Whether t's GEMMs take oneDNN: float32, with onednn_on. float64 stays with BLAS, and bfloat16 with ATen's
+// GEMM, which hands it to oneDNN itself.
+inline bool onednn_float_gemms(const at::Tensor& t) { return t.scalar_type() == at::kFloat && onednn_on(); }
 
 // rows (R, width), contiguous, as the 1x1 image (1, width, R, 1) in channels_last, and back.
 inline at::Tensor rows_as_image(const at::Tensor& rows) {
