@@ -23,7 +23,7 @@ inline bool onednn_on() { return at::hasMKLDNN() && at::globalContext().userEnab
 // GEMM, which hands it to oneDNN itself.
 inline bool onednn_float_gemms(const at::Tensor& t) { return t.scalar_type() == at::kFloat && onednn_on(); }
 
-// rows (R, width), contiguous, as the 1x1 image (1, width, R, 1) in channels_last, and back.
+// rows (R, width), contiguous, as the image (1, width, R, 1) in channels_last, without a copy.
 inline at::Tensor rows_as_image(const at::Tensor& rows) {
   return rows.view({1, rows.size(0), 1, rows.size(1)}).permute({0, 3, 1, 2});
 }
