@@ -62,7 +62,8 @@ def check(name, ours, expected, rtol, atol):
 
 def main() -> None:
     info = rcm_fsad_ops.info()
-    print(f"torch {info['torch']}, backends {info['backends']}, {info['cpu_capability']} hot loops")
+    print(f"torch {info['torch']}, backends {info['backends']}, {info['cpu_capability']} hot loops, "
+          f"float32 GEMMs in {info['cpu_float32_gemms']}")
     for layer in LAYERS:
         args64, kwargs = tensors(layer, torch.float64)
         expected = value_and_gradients(reference.deform_conv2d, args64, kwargs)

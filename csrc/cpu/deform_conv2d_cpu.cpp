@@ -62,6 +62,17 @@ GroupBlock group_block(const DeformConvGeometry& g) {
 at::Tensor output_major(const at::Tensor& t, int64_t dim, const DeformConvGeometry& g) {
   return t.unflatten(dim, {g.groups, g.out_channels / g.groups}).transpose(dim, dim + 1).flatten(dim, dim + 1);
 }
+// grad_block (M, N) += grad_rows^T cols, for a tile's rows of the output gradient (len, M) and of the
+// columns (len, N) of one conv group: in oneDNN with `onednn`, else in BLAS.
+void add_weight_gradient_block(at::Tensor& grad_block, const at::Tensor& grad_rows, const at::Tensor& cols,
+                               bool onednn) {
+  if (onednn) {
+    add_transposed_product(grad_block, grad_rows, cols);
+  } else {
+    grad_block.addmm_(grad_rows.t(), cols);
+  }
+}
+
 // A block's weight gradient over a tile of len rows by the group loops, added to the block's part of a
 // copy of the weight matrix's gradient (grad_block, rows weight_row apart): the tile's sum apart first in
 // `sums` ((points * cg) x outputs, as group_loops_weight_gradient sums it: transposed, output-major), as a
@@ -196,7 +207,8 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     // The weight matrix transposed for the group loops, its columns output-major (as the bias there).
     const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
     const bool onednn = !loops && onednn_float_gemms(wmat);
-    const at::Tensor conv_weight = onednn ? columns_weight(wmat) : at::Tensor();
+    const PackedGroups packed_weight =
+        onednn ? columns_weight(wmat, g.groups, forward_tile_rows(rows, at::get_num_threads())) : PackedGroups();
     const std::optional<at::Tensor> bias_c =
         bias.has_value() ? std::optional((loops ? output_major(*bias, 0, g) : *bias).contiguous()) : std::nullopt;
     // scalar_t: the sampling's type; out_t: the output's and the GEMMs' operands' (bfloat16 with gemms16).
@@ -220,7 +232,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
             // NHWC rows: the output's own where it is channels_last, else the tile's, stored below.
             at::Tensor out_tile = nhwc ? out_rows.narrow(0, r0, len) : tile_out.narrow(0, 0, len);
             if (onednn) {
-              convolve_rows(cols.narrow(0, 0, len), conv_weight, bias_c, g.groups, out_tile);
+              packed_weight.multiply_rows(cols.narrow(0, 0, len), bias_c, out_tile);
             } else {
               columns_times_weight(cols.narrow(0, 0, len), wmat, bias_c, out_tile, g);
             }
@@ -317,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const ColumnWindow every_column = ColumnWindow::every_column(g, layout);
   const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
   const bool onednn = !loops && onednn_float_gemms(wmat);
-  const at::Tensor conv_weight_t = onednn ? columns_gradient_weight(wmat, g) : at::Tensor();
+  const PackedGroups packed_weight_t = onednn ? columns_gradient_weight(wmat, g.groups, kRowTile) : PackedGroups();
   const int64_t out_cols = g.out_channels / g.groups;
   const int64_t weight_row = wmat.size(1);
   if (rows > 0 && g.out_channels > 0) {
@@ -363,7 +375,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
             at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
             at::Tensor gemm_tile = gemms16 ? grad_cols16.narrow(0, 0, len) : grad_cols_tile;
             if (onednn) {
-              convolve_rows(grad_rows.narrow(0, r0, len), conv_weight_t, std::nullopt, g.groups, gemm_tile);
+              packed_weight_t.multiply_rows(grad_rows.narrow(0, r0, len), std::nullopt, gemm_tile);
             } else {
               columns_gradient(grad_rows.narrow(0, r0, len), wmat, gemm_tile, g);
             }
@@ -374,7 +386,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
                                   grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
           if (!weight_in_first_pass) return;
           if (!loops) {
-            return add_weight_gradient(grad_rows_c.narrow(0, r0, len), cols.narrow(0, 0, len), grad_wmat, g);
+            const at::Tensor grad_row_tile = grad_rows_c.narrow(0, r0, len);
+            const at::Tensor tile = cols.narrow(0, 0, len);
+            for (int64_t group = 0; group < g.groups; ++group) {
+              at::Tensor grad_block = grad_wmat.narrow(0, group * out_cols, out_cols);
+              add_weight_gradient_block(grad_block, grad_row_tile.narrow(1, group * out_cols, out_cols),
+                                        tile.narrow(1, group * weight_row, weight_row), onednn);
+            }
+            return;
           }
           scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
           run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
@@ -450,8 +469,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           for_each_tile([&](int64_t r0, int64_t len) {
             const at::Tensor tile = cols.narrow(0, 0, len);
             for (int64_t i = 0; i < split.conv_groups; ++i) {
-              grad_blocks[i].addmm_(grad_row_blocks[i].narrow(0, r0, len).t(),
-                                    tile.narrow(1, i * group_width, group_width));
+              add_weight_gradient_block(grad_blocks[i], grad_row_blocks[i].narrow(0, r0, len),
+                                        tile.narrow(1, i * group_width, group_width), onednn);
             }
           });
         }
@@ -472,7 +491,7 @@ const char* cpu_capability() { return cpu::use_avx2_fma() ? "avx2+fma" : "defaul
 
 bool cpu_bfloat16_gemms() { return cpu::onednn_on() && cpu::cpu_multiplies_bfloat16(); }
 
-bool cpu_float32_gemms_in_onednn() { return cpu::onednn_on(); }
+bool cpu_float32_gemms_in_onednn() { return cpu::onednn_float_gemms_available(); }
 
 TORCH_LIBRARY_IMPL(rcm_fsad, CPU, m) {
   m.impl("deform_conv2d", &cpu::deform_conv2d_cpu);
