@@ -330,6 +330,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
   const bool onednn = !loops && onednn_float_gemms(wmat);
   const PackedGroups packed_weight_t = onednn ? columns_gradient_weight(wmat, g.groups, kRowTile) : PackedGroups();
+  // The weight gradient's sums take float32 operands whenever the sampling is float32, bfloat16 layers' too.
+  const bool onednn_weight_gradient = !loops && computed == at::kFloat && onednn_float_gemms_available();
   const int64_t out_cols = g.out_channels / g.groups;
   const int64_t weight_row = wmat.size(1);
   if (rows > 0 && g.out_channels > 0) {
@@ -391,7 +393,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
             for (int64_t group = 0; group < g.groups; ++group) {
               at::Tensor grad_block = grad_wmat.narrow(0, group * out_cols, out_cols);
               add_weight_gradient_block(grad_block, grad_row_tile.narrow(1, group * out_cols, out_cols),
-                                        tile.narrow(1, group * weight_row, weight_row), onednn);
+                                        tile.narrow(1, group * weight_row, weight_row), onednn_weight_gradient);
             }
             return;
           }
@@ -470,7 +472,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
             const at::Tensor tile = cols.narrow(0, 0, len);
             for (int64_t i = 0; i < split.conv_groups; ++i) {
               add_weight_gradient_block(grad_blocks[i], grad_row_blocks[i].narrow(0, r0, len),
-                                        tile.narrow(1, i * group_width, group_width), onednn);
+                                        tile.narrow(1, i * group_width, group_width), onednn_weight_gradient);
             }
           });
         }
