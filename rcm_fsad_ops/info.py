@@ -41,7 +41,7 @@ def info() -> dict:
         "cpu_capability": _C.cpu_capability(),
         # a bfloat16 forward's GEMMs in bfloat16 (the CPU has AVX512-BF16, torch.backends.mkldnn is on), else float32
         "cpu_bfloat16_gemms": bool(_C.cpu_bfloat16_gemms()),
-        # what runs a float32 layer's GEMMs with the weight: onednn (torch.backends.mkldnn is on) or blas
+        # what runs the float32 GEMMs: onednn (torch.backends.mkldnn is on and torch has its linear ops) or blas
         "cpu_float32_gemms": _C.cpu_float32_gemms(),
     }
 

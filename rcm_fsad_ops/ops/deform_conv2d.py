@@ -114,8 +114,8 @@ def deform_conv2d(
     group and output pixel whose GEMMs reduce over whole multiples of 32 values (a group's kernel points
     x input channels, and its output channels; README: CPU): its forward rounds the sampled columns to
     bfloat16 for GEMMs that sum in float32, and its backward computes the columns' gradient in such GEMMs,
-    rounded to bfloat16; float32 layers' GEMMs with the weight run in oneDNN where it is on
-    (``cpu_float32_gemms``), in BLAS where it is off;
+    rounded to bfloat16; float32 GEMMs (and the weight gradient's float32 sums) run in oneDNN where it is
+    on and torch has the ops they take (``cpu_float32_gemms``), else in BLAS;
     float32/float64/float16/bfloat16 on CUDA (16-bit types accumulate in float32); under CUDA autocast
     the op runs in the autocast dtype, under CPU autocast in bfloat16 where a bfloat16 forward
     multiplies in bfloat16 (``cpu_bfloat16_gemms``), else in float32. On
