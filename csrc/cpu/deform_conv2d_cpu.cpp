@@ -329,12 +329,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const ColumnWindow every_column = ColumnWindow::every_column(g, layout);
   const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
   const bool onednn = !loops && onednn_float_gemms(wmat);
-  const PackedGroups packed_weight_t = onednn ? columns_gradient_weight(wmat, g.groups, kRowTile) : PackedGroups();
   // The weight gradient's sums take float32 operands whenever the sampling is float32, bfloat16 layers' too.
   const bool onednn_weight_gradient = !loops && computed == at::kFloat && onednn_float_gemms_available();
   const int64_t out_cols = g.out_channels / g.groups;
   const int64_t weight_row = wmat.size(1);
   if (rows > 0 && g.out_channels > 0) {
+    const PackedGroups packed_weight_t = onednn ? columns_gradient_weight(wmat, g.groups, kRowTile) : PackedGroups();
     const at::Tensor input_nhwc = input.to(computed, false, false, at::MemoryFormat::ChannelsLast);
     // NHWC rows of the output gradient, their channels output-major for the group loops: in the GEMMs'
     // dtype for the columns' gradient, and in the computed one for the weight gradient's sums.

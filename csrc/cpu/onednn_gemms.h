@@ -63,13 +63,11 @@ inline bool onednn_float_gemms(const at::Tensor& t) {
 class PackedGroups {
  public:
   PackedGroups() = default;
-  PackedGroups(const at::Tensor& matrix, int64_t groups, int64_t rows_hint) {
-    const int64_t out = matrix.size(0) / groups;
+  PackedGroups(const at::Tensor& matrix, int64_t groups, int64_t rows_hint)
+      : out_(matrix.size(0) / groups), in_(matrix.size(1)) {
     for (int64_t gi = 0; gi < groups; ++gi) {
-      blocks_.push_back(OnednnLinearOps::get().pack->call(matrix.narrow(0, gi * out, out).contiguous(), rows_hint));
+      blocks_.push_back(OnednnLinearOps::get().pack->call(matrix.narrow(0, gi * out_, out_).contiguous(), rows_hint));
     }
-    out_ = out;
-    in_ = matrix.size(1);
   }
 
   // out[:, gi*out : (gi+1)*out] = rows[:, gi*in : (gi+1)*in] @ block(gi)^T (+ bias's block), for each group.
@@ -101,8 +99,9 @@ inline PackedGroups columns_weight(const at::Tensor& wmat, int64_t groups, int64
 // The weight matrix's transpose, group by group, packed to multiply output-gradient rows by it.
 inline PackedGroups columns_gradient_weight(const at::Tensor& wmat, int64_t groups, int64_t rows_hint) {
   const int64_t out_cols = wmat.size(0) / groups;
-  return PackedGroups(wmat.view({groups, out_cols, wmat.size(1)}).transpose(1, 2).reshape({-1, out_cols}), groups,
-                      rows_hint);
+  return PackedGroups(
+      wmat.view({groups, out_cols, wmat.size(1)}).transpose(1, 2).reshape({groups * wmat.size(1), out_cols}), groups,
+      rows_hint);
 }
 
 // acc (M, N) += a^T b, for a (R, M) and b (R, N) with unit strides along their rows: oneDNN's sums over the
