@@ -206,9 +206,9 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
         ColumnWindow::every_column(g, loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor);
     // The weight matrix transposed for the group loops, its columns output-major (as the bias there).
     const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
+    const int64_t tile_rows = forward_tile_rows(rows, at::get_num_threads());
     const bool onednn = !loops && onednn_float_gemms(wmat);
-    const PackedGroups packed_weight =
-        onednn ? columns_weight(wmat, g.groups, forward_tile_rows(rows, at::get_num_threads())) : PackedGroups();
+    const PackedGroups packed_weight = onednn ? columns_weight(wmat, g.groups, tile_rows) : PackedGroups();
     const std::optional<at::Tensor> bias_c =
         bias.has_value() ? std::optional((loops ? output_major(*bias, 0, g) : *bias).contiguous()) : std::nullopt;
     // scalar_t: the sampling's type; out_t: the output's and the GEMMs' operands' (bfloat16 with gemms16).
@@ -216,7 +216,6 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
       using scalar_t = decltype(sampled_type);
       using out_t = decltype(out_type);
       const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset_s, mask_s, zeros, points);
-      const int64_t tile_rows = forward_tile_rows(rows, at::get_num_threads());
       const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
       out_t* out_ptr = out.mutable_data_ptr<out_t>();
       parallel_for_calling_ops(0, tiles, [&](int64_t t0, int64_t t1) {
