@@ -1,8 +1,8 @@
 """The CPU's loops over samples vectorise (csrc/cpu/sampling.h: SamplePositions, forward_samples,
-backward_samples, and the backward's steps along a sample's channels): GCC's report on the CPU source, compiled
-with the flags of this checkout's build. They do only while the shared per-sample math stays branch-free and the
-build keeps -fno-trapping-math (README: CPU), which an edit far from the loops may undo without changing a result
-or failing another test."""
+backward_samples, and the steps along a sample's channels in sample_backward): GCC's report on the CPU source,
+compiled with the flags of this checkout's build. They do only while the shared per-sample math stays branch-free
+and the build keeps -fno-trapping-math (README: CPU), which an edit far from the loops may undo without changing a
+result or failing another test."""
 from __future__ import annotations
 
 import re
@@ -53,7 +53,7 @@ def sample_loops() -> List[int]:
 
 def channel_steps() -> List[int]:
     """The backward's loops over whole steps of channels (kLanes, then kLanes / 2)."""
-    return lines_in("inline void sample_columns_backward_body(", CHANNEL_STEP)[:2]
+    return lines_in("inline SampleSums<scalar_t> sample_backward(", CHANNEL_STEP)[:2]
 
 
 def test_the_sampling_has_its_loops():

@@ -305,6 +305,103 @@ template <typename scalar_t>
   }
 }
 
+// One sample's corners as its backward reads and scatters them, each at its pixel's channel 0: the input's
+// (s.zeros outside the image), the input gradient's, or a row of the sink where the gradient does not reach
+// the corner (kernels::gradient_reaches); and the corners' masked weights.
+template <typename scalar_t>
+struct SampleCorners {
+  const scalar_t* value[4];
+  scalar_t* target[4];
+  scalar_t w[4];
+};
+
+// A sample's sums over its channels, of the columns' gradient times the value's derivatives along y and x
+// (before modulation, kernels::coordinate_gradient) and times the value (the mask's gradient).
+template <typename scalar_t>
+struct SampleSums {
+  scalar_t dy, dx, value;
+};
+
+// Backward of one sample p over its offset group's channel runs: adds w[i] x the columns' gradient to
+// corner i's target, channel by channel, writes the sample's columns with kWriteColumns, and returns its
+// sums. grad_row and col_row: the rows of the columns' gradient and of the columns, each from its kernel
+// point's block (a run's columns start ChannelRun::column further). lanes: the most lanes a run fills, past
+// which the sums would add zeros.
+template <bool kWriteColumns, typename scalar_t>
+[[gnu::always_inline]] inline SampleSums<scalar_t> sample_backward(const SamplePoint<scalar_t, int32_t>& p,
+                                                                    const SampleCorners<scalar_t>& corners,
+                                                                    const std::vector<ChannelRun>& runs,
+                                                                    const scalar_t* grad_row, scalar_t* col_row,
+                                                                    int64_t lanes) {
+  const scalar_t(&w)[4] = corners.w;
+  scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
+  for (const ChannelRun& channels : runs) {
+    const int64_t c0 = channels.c0, c1 = channels.c1;
+    const scalar_t* __restrict__ gcol = grad_row + channels.column - c0;
+    scalar_t* __restrict__ col = kWriteColumns ? col_row + channels.column - c0 : nullptr;
+    const scalar_t* __restrict__ v00 = corners.value[0];
+    const scalar_t* __restrict__ v01 = corners.value[1];
+    const scalar_t* __restrict__ v10 = corners.value[2];
+    const scalar_t* __restrict__ v11 = corners.value[3];
+    scalar_t* __restrict__ t00 = corners.target[0];
+    scalar_t* __restrict__ t01 = corners.target[1];
+    scalar_t* __restrict__ t10 = corners.target[2];
+    scalar_t* __restrict__ t11 = corners.target[3];
+    const auto run = [&](auto on_border) __attribute__((always_inline)) {
+      const auto lane = [&](int64_t l, int64_t ch) __attribute__((always_inline)) {
+        const scalar_t gc = gcol[ch];
+        const auto d = kernels::coordinate_gradient(p, v00[ch], v01[ch], v10[ch], v11[ch]);
+        sum_dy[l] += gc * d.dy;
+        sum_dx[l] += gc * d.dx;
+        // kernels::interpolate's value: 0 on the border, times gc there too (0 x inf = NaN, as in
+        // torchvision's mask gradient).
+        const scalar_t value =
+            decltype(on_border)::value ? scalar_t(0) : kernels::bilinear_blend(p, v00[ch], v01[ch], v10[ch], v11[ch]);
+        sum_value[l] += gc * value;
+        if constexpr (kWriteColumns) {
+          // sample_columns' value: 0 on the border, where it reads no corner.
+          col[ch] = decltype(on_border)::value ? scalar_t(0)
+                                               : kernels::masked_blend(w, v00[ch], v01[ch], v10[ch], v11[ch]);
+        }
+        t00[ch] += w[0] * gc;
+        t01[ch] += w[1] * gc;
+        t10[ch] += w[2] * gc;
+        t11[ch] += w[3] * gc;
+      };
+      // Whole steps of kLanes channels, then at most one of kLanes / 2 (the whole run where an offset group
+      // has 4 channels in float32), then the rest. `omp simd` (honoured under -fopenmp or -fopenmp-simd,
+      // which setup.py and CMakeLists.txt add where the compiler takes one; without either, the same results
+      // unvectorised) vectorises the steps: their lanes write distinct channels of four distinct targets and
+      // sum into sums of their own.
+      int64_t base = c0;
+      for (; base + kLanes <= c1; base += kLanes) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) lane(l, base + l);
+      }
+      if (base + kLanes / 2 <= c1) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes / 2; ++l) lane(l, base + l);
+        base += kLanes / 2;
+      }
+      for (int64_t l = 0; base + l < c1; ++l) lane(l, base + l);
+    };
+    // A loop for samples on the -1 border and one for the others, so that neither tests it per channel
+    // (kernels::interpolate does): a branch in the loop keeps it from vectorising.
+    if (p.on_border) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
+    }
+  }
+  SampleSums<scalar_t> sums{0, 0, 0};
+  for (int64_t l = 0; l < lanes; ++l) {
+    sums.dy += sum_dy[l];
+    sums.dx += sum_dx[l];
+    sums.value += sum_value[l];
+  }
+  return sums;
+}
+
 // Backward of sample_columns for rows [row_begin, row_end) of one image, whose columns' gradient
 // grad_cols has every column, laid out as `window` (ColumnWindow::every_column, in either layout):
 // scatters into that image's NHWC grad_input (the caller owns it, so no atomics) and writes the offset
@@ -314,7 +411,7 @@ template <typename scalar_t>
 // their __restrict__ promises. With kWriteColumns it also writes the rows' columns to cols, laid out as
 // grad_cols, as sample_columns would: it reads their corners anyway, and the weight gradient needs them.
 // runs: channel_runs of the window. The samples of kSampleRows rows at a time (backward_samples), then
-// each row's sums and scatters; samples: a BackwardSamples for each kernel point.
+// each row's samples (sample_backward); samples: a BackwardSamples for each kernel point.
 template <bool kWriteColumns, typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_backward_body(
     const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
@@ -322,7 +419,6 @@ template <bool kWriteColumns, typename scalar_t>
     const scalar_t* grad_cols, scalar_t* cols, scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
     FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
   const DeformConvGeometry& g = s.g;
-  // Lanes of the sums that a sample's channels reach: summing the others would add zeros.
   int64_t lanes = 0;
   for (const auto& og_runs : runs) {
     for (const ChannelRun& run : og_runs) lanes = std::max(lanes, std::min(kLanes, run.c1 - run.c0));
@@ -335,91 +431,24 @@ template <bool kWriteColumns, typename scalar_t>
       for (int64_t j = 0; j < len; ++j) {
         const auto [n, oy, ox] = kernels::output_pixel(g, r0 + j);
         scalar_t* grad_image = grad_input + n * g.height * g.width * g.channels;
-        const scalar_t* grad_row = grad_cols + (r0 + j - row_begin) * window.width();
-        scalar_t* col_row = kWriteColumns ? cols + (r0 + j - row_begin) * window.width() : nullptr;
+        const int64_t row_at = (r0 + j - row_begin) * window.width();
         for (int64_t k = 0; k < g.kernel_points(); ++k) {
           const BackwardSamples<scalar_t>& b = samples[k];
-          const SamplePoint<scalar_t, int32_t> p = b.point(j);
-          const scalar_t* corner[4];
-          scalar_t* target[4];
-          scalar_t w[4];
+          SampleCorners<scalar_t> corners;
           for (int i = 0; i < 4; ++i) {
-            corner[i] = p.valid[i] ? rows.image[j] + int64_t(p.pixel[i]) * g.channels : s.zeros;
-            target[i] = b.target[i][j] >= 0 ? grad_image + int64_t(b.target[i][j]) * g.channels : sink + i * g.channels;
-            w[i] = b.masked[i][j];
+            corners.value[i] = b.pixel[i][j] >= 0 ? rows.image[j] + int64_t(b.pixel[i][j]) * g.channels : s.zeros;
+            corners.target[i] =
+                b.target[i][j] >= 0 ? grad_image + int64_t(b.target[i][j]) * g.channels : sink + i * g.channels;
+            corners.w[i] = b.masked[i][j];
           }
-          scalar_t sum_dy[kLanes] = {}, sum_dx[kLanes] = {}, sum_value[kLanes] = {};
-          for (const ChannelRun& channels : runs[og]) {
-            const int64_t c0 = channels.c0, c1 = channels.c1;
-            const int64_t column = channels.column + (k - window.k_begin) * window.block;
-            const scalar_t* __restrict__ gcol = grad_row + column - c0;
-            scalar_t* __restrict__ col = kWriteColumns ? col_row + column - c0 : nullptr;
-            const scalar_t* __restrict__ v00 = corner[0];
-            const scalar_t* __restrict__ v01 = corner[1];
-            const scalar_t* __restrict__ v10 = corner[2];
-            const scalar_t* __restrict__ v11 = corner[3];
-            scalar_t* __restrict__ t00 = target[0];
-            scalar_t* __restrict__ t01 = target[1];
-            scalar_t* __restrict__ t10 = target[2];
-            scalar_t* __restrict__ t11 = target[3];
-            const auto run = [&](auto on_border) __attribute__((always_inline)) {
-              const auto lane = [&](int64_t l, int64_t ch) __attribute__((always_inline)) {
-                const scalar_t gc = gcol[ch];
-                const auto d = kernels::coordinate_gradient(p, v00[ch], v01[ch], v10[ch], v11[ch]);
-                sum_dy[l] += gc * d.dy;
-                sum_dx[l] += gc * d.dx;
-                // kernels::interpolate's value: 0 on the border, times gc there too (0 x inf = NaN, as in
-                // torchvision's mask gradient).
-                const scalar_t value = decltype(on_border)::value
-                                           ? scalar_t(0)
-                                           : kernels::bilinear_blend(p, v00[ch], v01[ch], v10[ch], v11[ch]);
-                sum_value[l] += gc * value;
-                if constexpr (kWriteColumns) {
-                  // sample_columns' value: 0 on the border, where it reads no corner.
-                  col[ch] = decltype(on_border)::value ? scalar_t(0)
-                                                       : kernels::masked_blend(w, v00[ch], v01[ch], v10[ch], v11[ch]);
-                }
-                t00[ch] += w[0] * gc;
-                t01[ch] += w[1] * gc;
-                t10[ch] += w[2] * gc;
-                t11[ch] += w[3] * gc;
-              };
-              // Whole steps of kLanes channels, then at most one of kLanes / 2 (the whole run where an
-              // offset group has 4 channels in float32), then the rest. `omp simd` (honoured under -fopenmp
-              // or -fopenmp-simd, which setup.py and CMakeLists.txt add where the compiler takes one;
-              // without either, the same results unvectorised) vectorises the steps: their lanes write
-              // distinct channels of four distinct targets and sum into sums of their own.
-              int64_t base = c0;
-              for (; base + kLanes <= c1; base += kLanes) {
-#pragma omp simd
-                for (int64_t l = 0; l < kLanes; ++l) lane(l, base + l);
-              }
-              if (base + kLanes / 2 <= c1) {
-#pragma omp simd
-                for (int64_t l = 0; l < kLanes / 2; ++l) lane(l, base + l);
-                base += kLanes / 2;
-              }
-              for (int64_t l = 0; base + l < c1; ++l) lane(l, base + l);
-            };
-            // A loop for samples on the -1 border and one for the others, so that neither tests it per
-            // channel (kernels::interpolate does): a branch in the loop keeps it from vectorising.
-            if (p.on_border) {
-              run(std::true_type{});
-            } else {
-              run(std::false_type{});
-            }
-          }
-          scalar_t dy = 0, dx = 0, value = 0;
-          for (int64_t l = 0; l < lanes; ++l) {
-            dy += sum_dy[l];
-            dx += sum_dx[l];
-            value += sum_value[l];
-          }
+          const int64_t block_at = row_at + (k - window.k_begin) * window.block;
+          const SampleSums<scalar_t> sums = sample_backward<kWriteColumns>(
+              b.point(j), corners, runs[og], grad_cols + block_at, kWriteColumns ? cols + block_at : nullptr, lanes);
           const int64_t ch = 2 * (og * g.kernel_points() + k);
-          grad_offset[grad_offset_strides.at(n, ch, oy, ox)] = b.m[j] * dy;
-          grad_offset[grad_offset_strides.at(n, ch + 1, oy, ox)] = b.m[j] * dx;
+          grad_offset[grad_offset_strides.at(n, ch, oy, ox)] = b.m[j] * sums.dy;
+          grad_offset[grad_offset_strides.at(n, ch + 1, oy, ox)] = b.m[j] * sums.dx;
           if (grad_mask != nullptr) {
-            grad_mask[grad_mask_strides.at(n, og * g.kernel_points() + k, oy, ox)] = value;
+            grad_mask[grad_mask_strides.at(n, og * g.kernel_points() + k, oy, ox)] = sums.value;
           }
         }
       }
