@@ -271,6 +271,188 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
   return out;
 }
 
+// What the passes of a backward read and write, in the dtype of its sampling and sums, scalar_t (float32
+// for bfloat16 layers, whose GEMMs take bfloat16 operands with gemms16).
+template <typename scalar_t>
+struct BackwardOperands {
+  const DeformConvGeometry& g;
+  const Sampling<scalar_t>& s;
+  const BackwardSplit& split;
+  bool loops;                   // use_group_loops
+  bool gemms16;                 // bfloat16_gemms
+  bool onednn;                  // the columns' gradient by packed_weight_t
+  bool onednn_weight_gradient;  // the weight gradient's sums in oneDNN
+  // NHWC rows (N * H_out * W_out, C_out) of the output gradient, their channels output-major for the group
+  // loops: in the GEMMs' dtype for the columns' gradient, and in scalar_t for the weight gradient's sums.
+  at::Tensor grad_rows;
+  at::Tensor grad_rows_c;
+  at::Tensor wmat;                      // (C_out, K * C_g), in the GEMMs' dtype
+  at::Tensor weight_om;                 // with the group loops: wmat transposed, its columns output-major
+  const PackedGroups& packed_weight_t;  // with onednn: columns_gradient_weight
+  // What the passes write: the input gradient, a copy for each band (bands, N, H, W, C); the offset's and
+  // the mask's (undefined without a mask); the weight matrix's, split.weight_copies copies (copies, C_out,
+  // K * C_g).
+  at::Tensor grad_input_bands;
+  at::Tensor grad_offset;
+  at::Tensor grad_mask;
+  at::Tensor grad_wmat_copies;
+};
+
+// The first pass: the input, offset and mask gradients, and with split.weight_in_first_pass the weight
+// gradient. A task is the only writer of its band's copy of its image's input gradient, a worker of its
+// copy of the weight gradient.
+template <typename scalar_t>
+void backward_first_pass(const BackwardOperands<scalar_t>& o) {
+  const DeformConvGeometry& g = o.g;
+  const BackwardSplit& split = o.split;
+  const at::TensorOptions options = o.grad_rows_c.options();
+  const int64_t out_cols = g.out_channels / g.groups;
+  const int64_t weight_row = o.wmat.size(1);
+  const int64_t image_size = g.height * g.width * g.channels;
+  const ColumnWindow every_column =
+      ColumnWindow::every_column(g, o.loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor);
+  const FieldStrides gos = field_strides(o.grad_offset);
+  const bool has_mask = o.grad_mask.defined();
+  const FieldStrides gms = has_mask ? field_strides(o.grad_mask) : FieldStrides{0, 0, 0, 0};
+  scalar_t* gm_ptr = has_mask ? o.grad_mask.template mutable_data_ptr<scalar_t>() : nullptr;
+  parallel_for_calling_ops(0, split.workers, [&](int64_t w0, int64_t w1) {
+    const GroupBlock layer = group_block(g);
+    at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, options);
+    // With gemms16 the GEMMs' bfloat16 output, widened into grad_cols for the scatter in a pass of its
+    // own: the scatter reading bfloat16 itself vectorised 4 wide instead of 8, with spills, and took 28% of
+    // a backward instead of 18%.
+    at::Tensor grad_cols16 = at::empty({o.gemms16 ? kRowTile : 0, g.column_width()}, o.grad_rows.options());
+    at::Tensor sink = at::zeros({4, g.channels}, options);
+    at::Tensor cols = at::empty({split.weight_in_first_pass ? kRowTile : 0, g.column_width()}, options);
+    scalar_t* cols_ptr = split.weight_in_first_pass ? cols.mutable_data_ptr<scalar_t>() : nullptr;
+    at::Tensor tile_sums =
+        at::empty({split.weight_in_first_pass && o.loops ? layer.points * layer.cg : 0, layer.outputs()}, options);
+    // Rows [r0, r0 + len) of one band of one image, whose copy of the input gradient is grad_input.
+    const auto tile = [&](int64_t r0, int64_t len, scalar_t* grad_input, at::Tensor& grad_wmat) {
+      const scalar_t* grad_row0 = o.grad_rows_c.template const_data_ptr<scalar_t>() + r0 * g.out_channels;
+      if (o.loops) {
+        const scalar_t* w = o.weight_om.template const_data_ptr<scalar_t>();
+        scalar_t* gc = grad_cols.mutable_data_ptr<scalar_t>();
+        run_hot_loop(o.s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+          group_loops_columns_gradient(layer, len, grad_row0, g.out_channels, w, gc);
+        });
+      } else {
+        at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
+        at::Tensor gemm_tile = o.gemms16 ? grad_cols16.narrow(0, 0, len) : grad_cols_tile;
+        if (o.onednn) {
+          o.packed_weight_t.multiply_rows(o.grad_rows.narrow(0, r0, len), std::nullopt, gemm_tile);
+        } else {
+          columns_gradient(o.grad_rows.narrow(0, r0, len), o.wmat, gemm_tile, g);
+        }
+        if (o.gemms16) grad_cols_tile.copy_(gemm_tile);
+      }
+      sample_columns_backward(o.s, r0, r0 + len, every_column, grad_cols.const_data_ptr<scalar_t>(), cols_ptr,
+                              grad_input, sink.mutable_data_ptr<scalar_t>(),
+                              o.grad_offset.template mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
+      if (!split.weight_in_first_pass) return;
+      if (!o.loops) {
+        const at::Tensor grad_row_tile = o.grad_rows_c.narrow(0, r0, len);
+        const at::Tensor tile = cols.narrow(0, 0, len);
+        for (int64_t group = 0; group < g.groups; ++group) {
+          at::Tensor grad_block = grad_wmat.narrow(0, group * out_cols, out_cols);
+          add_weight_gradient_block(grad_block, grad_row_tile.narrow(1, group * out_cols, out_cols),
+                                    tile.narrow(1, group * weight_row, weight_row), o.onednn_weight_gradient);
+        }
+        return;
+      }
+      scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
+      run_hot_loop(o.s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+        add_group_loops_weight_gradient(layer, len, grad_row0, g.out_channels, g.groups, cols_ptr, sums,
+                                        grad_wmat.mutable_data_ptr<scalar_t>(), weight_row);
+      });
+    };
+    for (int64_t worker = w0; worker < w1; ++worker) {
+      at::Tensor grad_wmat = split.weight_in_first_pass ? o.grad_wmat_copies[worker] : at::Tensor();
+      for (int64_t t = worker * split.tasks / split.workers; t < (worker + 1) * split.tasks / split.workers; ++t) {
+        const int64_t image_row = (t / split.bands) * g.out_pixels();
+        const int64_t begin = image_row + std::min(g.out_pixels(), (t % split.bands) * split.band_rows);
+        const int64_t end = image_row + std::min(g.out_pixels(), (t % split.bands + 1) * split.band_rows);
+        scalar_t* grad_input =
+            o.grad_input_bands.template mutable_data_ptr<scalar_t>() + (t % split.bands) * g.batch * image_size;
+        for (int64_t r0 = begin; r0 < end; r0 += kRowTile) {
+          tile(r0, std::min(kRowTile, end - r0), grad_input, grad_wmat);
+        }
+      }
+    }
+  });
+}
+
+// The second pass: the weight gradient. Task t is block t % blocks (a run of conv groups, or of one group's
+// kernel points) of range t / blocks of the rows: it samples that block's columns and adds, group by group,
+// grad_rows^T x them to the range's copy, a tile of rows at a time (with the group loops, each tile's sum
+// apart first, as a GEMM per tile sums it). No two tasks write the same block of a copy.
+template <typename scalar_t>
+void backward_weight_gradient_pass(const BackwardOperands<scalar_t>& o) {
+  const DeformConvGeometry& g = o.g;
+  const BackwardSplit& split = o.split;
+  const WeightGradientSplit& weights = split.weights;
+  const at::TensorOptions options = o.grad_rows_c.options();
+  const int64_t rows = g.batch * g.out_pixels();
+  const int64_t out_cols = g.out_channels / g.groups;
+  const int64_t weight_row = o.wmat.size(1);
+  const int64_t cg = g.channels_per_group();
+  const int64_t run = g.kernel_points() / weights.kernel_point_runs;
+  const int64_t group_width = run * cg;               // a group's columns in a block
+  const int64_t tile_rows = kRowTile * split.blocks;  // as many elements as a tile of kRowTile whole rows
+  const ColumnLayout layout = o.loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor;
+  parallel_for_calling_ops(0, weights.row_ranges * split.blocks, [&](int64_t t0, int64_t t1) {
+    at::Tensor cols = at::empty({tile_rows, weights.conv_groups * group_width}, options);
+    scalar_t* cols_ptr = cols.mutable_data_ptr<scalar_t>();
+    const GroupBlock block{weights.conv_groups, cg, out_cols, run};
+    at::Tensor tile_sums = o.loops ? at::empty({group_width, block.outputs()}, options) : at::Tensor();
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t range = t / split.blocks;
+      const int64_t group0 = t % split.blocks / weights.kernel_point_runs * weights.conv_groups;
+      const int64_t k0 = t % weights.kernel_point_runs * run;
+      const ColumnWindow window =
+          ColumnWindow::conv_groups(g, group0, group0 + weights.conv_groups, k0, k0 + run, layout);
+      // Samples the tiles of the range's rows in turn and hands each to add(r0, len).
+      const auto for_each_tile = [&](const auto& add) {
+        const int64_t end = std::min(rows, (range + 1) * split.range_rows);
+        for (int64_t r0 = range * split.range_rows; r0 < end; r0 += tile_rows) {
+          const int64_t len = std::min(tile_rows, end - r0);
+          sample_columns(o.s, r0, r0 + len, window, cols_ptr);
+          add(r0, len);
+        }
+      };
+      if (o.loops) {
+        // The block of the range's copy, grad_wmat[oc, k * cg + c'] for the block's output channels oc and
+        // kernel points k, and its first group's output 0 in the (output-major) grad_rows.
+        scalar_t* grad_block = o.grad_wmat_copies[range].template mutable_data_ptr<scalar_t>() +
+                               group0 * out_cols * weight_row + k0 * cg;
+        const scalar_t* grad_row_block = o.grad_rows_c.template const_data_ptr<scalar_t>() + group0;
+        scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
+        for_each_tile([&](int64_t r0, int64_t len) {
+          run_hot_loop(o.s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+            add_group_loops_weight_gradient(block, len, grad_row_block + r0 * g.out_channels, g.out_channels,
+                                            g.groups, cols_ptr, sums, grad_block, weight_row);
+          });
+        });
+        continue;
+      }
+      // Each group's block of the range's copy and its columns of grad_rows, made once per task.
+      std::vector<at::Tensor> grad_blocks, grad_row_blocks;
+      for (int64_t group = group0; group < group0 + weights.conv_groups; ++group) {
+        grad_blocks.push_back(
+            o.grad_wmat_copies[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, group_width));
+        grad_row_blocks.push_back(o.grad_rows_c.narrow(1, group * out_cols, out_cols));
+      }
+      for_each_tile([&](int64_t r0, int64_t len) {
+        const at::Tensor tile = cols.narrow(0, 0, len);
+        for (int64_t i = 0; i < weights.conv_groups; ++i) {
+          add_weight_gradient_block(grad_blocks[i], grad_row_blocks[i].narrow(0, r0, len),
+                                    tile.narrow(1, i * group_width, group_width), o.onednn_weight_gradient);
+        }
+      });
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
     const at::Tensor& weight, const std::optional<at::Tensor>& mask, at::IntArrayRef stride,
@@ -293,196 +475,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   // The dtype of the sampling, its gradients and the weight gradient's sums.
   const at::ScalarType computed = gemms16 ? at::kFloat : input.scalar_type();
   const at::TensorOptions options = input.options().dtype(computed);
-  const int64_t element_size = static_cast<int64_t>(c10::elementSize(computed));
-  const int64_t threads = at::get_num_threads();
-  const int64_t rows = g.batch * g.out_pixels();
-  const int64_t image_size = g.height * g.width * g.channels;
-  const int64_t copy_bytes = split_copy_bytes();
-  const int64_t bands =
-      backward_bands(g.batch, g.out_pixels(), threads, g.batch * image_size * element_size, copy_bytes);
-  const int64_t band_rows = (g.out_pixels() + bands - 1) / bands;
-  const int64_t grad_weight_bytes = weight.numel() * element_size;
-  const WeightGradientSplit split = weight_gradient_split(g, rows, threads, grad_weight_bytes, copy_bytes);
-  // The first pass's tasks: task t is band t % bands of image t / bands.
-  const int64_t tasks = g.batch * bands;
-  const int64_t first_pass_workers =
-      first_pass_weight_gradient_workers(tasks, threads, grad_weight_bytes, copy_bytes, split.share);
-  const bool weight_in_first_pass = first_pass_workers > 0;
-  // Either way the first pass runs on workers, each a contiguous run of tasks: one task each where the
-  // weight gradient takes a second pass.
-  const int64_t workers = weight_in_first_pass ? first_pass_workers : tasks;
-  const int64_t blocks = g.groups / split.conv_groups * split.kernel_point_runs;
-  const int64_t range_rows = (rows + split.row_ranges - 1) / split.row_ranges;
-  at::Tensor grad_input_bands = at::zeros({bands, g.batch, g.height, g.width, g.channels}, options);
+  const BackwardSplit split = backward_split(g, at::get_num_threads(),
+                                             static_cast<int64_t>(c10::elementSize(computed)), split_copy_bytes());
+  at::Tensor grad_input_bands = at::zeros({split.bands, g.batch, g.height, g.width, g.channels}, options);
   const at::Tensor offset_c = offset.to(computed);
   const std::optional<at::Tensor> mask_c = gemms16 ? to_float(mask) : mask;
-  OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset_c, mask_c, g);
-  at::Tensor grad_offset = sample_gradients.offset;
-  at::Tensor grad_mask = sample_gradients.mask;
+  const OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset_c, mask_c, g);
   const at::Tensor wmat = weight_matrix(weight);  // in the GEMMs' dtype
-  // The weight gradient's copies: a first-pass worker's each, or a second-pass range's each.
-  const int64_t copies = weight_in_first_pass ? first_pass_workers : split.row_ranges;
-  at::Tensor grad_wmat_copies = at::zeros({copies, wmat.size(0), wmat.size(1)}, options);
-  const bool loops = use_group_loops(g);
-  const ColumnLayout layout = loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor;
-  const ColumnWindow every_column = ColumnWindow::every_column(g, layout);
-  const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
-  const bool onednn = !loops && onednn_float_gemms(wmat);
-  // The weight gradient's sums take float32 operands whenever the sampling is float32, bfloat16 layers' too.
-  const bool onednn_weight_gradient = !loops && computed == at::kFloat && onednn_float_gemms_available();
-  const int64_t out_cols = g.out_channels / g.groups;
-  const int64_t weight_row = wmat.size(1);
-  if (rows > 0 && g.out_channels > 0) {
+  at::Tensor grad_wmat_copies = at::zeros({split.weight_copies, wmat.size(0), wmat.size(1)}, options);
+  if (g.batch * g.out_pixels() > 0 && g.out_channels > 0) {
+    const bool loops = use_group_loops(g);
+    const bool onednn = !loops && onednn_float_gemms(wmat);
     const PackedGroups packed_weight_t = onednn ? columns_gradient_weight(wmat, g.groups, kRowTile) : PackedGroups();
     const at::Tensor input_nhwc = input.to(computed, false, false, at::MemoryFormat::ChannelsLast);
-    // NHWC rows of the output gradient, their channels output-major for the group loops: in the GEMMs'
-    // dtype for the columns' gradient, and in the computed one for the weight gradient's sums.
     const at::Tensor grad_nhwc = grad_output.permute({0, 2, 3, 1});
     const at::Tensor grad_rows =
         (loops ? output_major(grad_nhwc, 3, g) : grad_nhwc).contiguous().view({-1, g.out_channels});
-    const at::Tensor grad_rows_c = grad_rows.to(computed);
     const at::Tensor zeros = at::zeros({g.channels}, options);
     const std::vector<kernels::KernelPoint> points = kernel_points(g);
     AT_DISPATCH_FLOATING_TYPES(computed, "deform_conv2d_backward_cpu", [&] {
       const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset_c, mask_c, zeros, points);
-      const FieldStrides gos = field_strides(grad_offset);
-      const FieldStrides gms = mask.has_value() ? field_strides(grad_mask) : FieldStrides{0, 0, 0, 0};
-      scalar_t* gm_ptr = mask.has_value() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr;
-      // The first pass: the input, offset and mask gradients, and with weight_in_first_pass the weight
-      // gradient. A task is the only writer of its band's copy of its image's input gradient, a worker of
-      // its copy of the weight gradient.
-      parallel_for_calling_ops(0, workers, [&](int64_t w0, int64_t w1) {
-        const GroupBlock layer = group_block(g);
-        at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, options);
-        // With gemms16 the GEMMs' bfloat16 output, widened into grad_cols for the scatter in a pass of its
-        // own: the scatter reading bfloat16 itself vectorised 4 wide instead of 8, with spills, and took
-        // 28% of a backward instead of 18%.
-        at::Tensor grad_cols16 = at::empty({gemms16 ? kRowTile : 0, g.column_width()}, grad_rows.options());
-        at::Tensor sink = at::zeros({4, g.channels}, options);
-        at::Tensor cols = at::empty({weight_in_first_pass ? kRowTile : 0, g.column_width()}, options);
-        scalar_t* cols_ptr = weight_in_first_pass ? cols.mutable_data_ptr<scalar_t>() : nullptr;
-        at::Tensor tile_sums =
-            at::empty({weight_in_first_pass && loops ? layer.points * layer.cg : 0, layer.outputs()}, options);
-        // Rows [r0, r0 + len) of one band of one image, whose copy of the input gradient is grad_input.
-        const auto tile = [&](int64_t r0, int64_t len, scalar_t* grad_input, at::Tensor& grad_wmat) {
-          const scalar_t* grad_row0 = grad_rows_c.const_data_ptr<scalar_t>() + r0 * g.out_channels;
-          if (loops) {
-            const scalar_t* w = weight_om.const_data_ptr<scalar_t>();
-            scalar_t* gc = grad_cols.mutable_data_ptr<scalar_t>();
-            run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-              group_loops_columns_gradient(layer, len, grad_row0, g.out_channels, w, gc);
-            });
-          } else {
-            at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
-            at::Tensor gemm_tile = gemms16 ? grad_cols16.narrow(0, 0, len) : grad_cols_tile;
-            if (onednn) {
-              packed_weight_t.multiply_rows(grad_rows.narrow(0, r0, len), std::nullopt, gemm_tile);
-            } else {
-              columns_gradient(grad_rows.narrow(0, r0, len), wmat, gemm_tile, g);
-            }
-            if (gemms16) grad_cols_tile.copy_(gemm_tile);
-          }
-          sample_columns_backward(s, r0, r0 + len, every_column, grad_cols.const_data_ptr<scalar_t>(), cols_ptr,
-                                  grad_input, sink.mutable_data_ptr<scalar_t>(),
-                                  grad_offset.mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
-          if (!weight_in_first_pass) return;
-          if (!loops) {
-            const at::Tensor grad_row_tile = grad_rows_c.narrow(0, r0, len);
-            const at::Tensor tile = cols.narrow(0, 0, len);
-            for (int64_t group = 0; group < g.groups; ++group) {
-              at::Tensor grad_block = grad_wmat.narrow(0, group * out_cols, out_cols);
-              add_weight_gradient_block(grad_block, grad_row_tile.narrow(1, group * out_cols, out_cols),
-                                        tile.narrow(1, group * weight_row, weight_row), onednn_weight_gradient);
-            }
-            return;
-          }
-          scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
-          run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-            add_group_loops_weight_gradient(layer, len, grad_row0, g.out_channels, g.groups, cols_ptr, sums,
-                                            grad_wmat.mutable_data_ptr<scalar_t>(), weight_row);
-          });
-        };
-        for (int64_t worker = w0; worker < w1; ++worker) {
-          at::Tensor grad_wmat = weight_in_first_pass ? grad_wmat_copies[worker] : at::Tensor();
-          for (int64_t t = worker * tasks / workers; t < (worker + 1) * tasks / workers; ++t) {
-            const int64_t image_row = (t / bands) * g.out_pixels();
-            const int64_t begin = image_row + std::min(g.out_pixels(), (t % bands) * band_rows);
-            const int64_t end = image_row + std::min(g.out_pixels(), (t % bands + 1) * band_rows);
-            scalar_t* grad_input = grad_input_bands.mutable_data_ptr<scalar_t>() + (t % bands) * g.batch * image_size;
-            for (int64_t r0 = begin; r0 < end; r0 += kRowTile) {
-              tile(r0, std::min(kRowTile, end - r0), grad_input, grad_wmat);
-            }
-          }
-        }
-      });
-      if (weight_in_first_pass) return;
-      // The second pass: the weight gradient. Task t is block t % blocks (a run of conv groups, or of one
-      // group's kernel points) of range t / blocks of the rows: it samples that block's columns and adds,
-      // group by group, grad_rows^T x them to the range's copy, a tile of rows at a time (with the group
-      // loops, each tile's sum apart first, as a GEMM per tile sums it). No two tasks write the same block
-      // of a copy.
-      const int64_t cg = g.channels_per_group();
-      const int64_t run = g.kernel_points() / split.kernel_point_runs;
-      const int64_t group_width = run * cg;  // a group's columns in a block
-      const int64_t tile_rows = kRowTile * blocks;  // as many elements as a tile of kRowTile whole rows
-      parallel_for_calling_ops(0, split.row_ranges * blocks, [&](int64_t t0, int64_t t1) {
-        at::Tensor cols = at::empty({tile_rows, split.conv_groups * group_width}, options);
-        scalar_t* cols_ptr = cols.mutable_data_ptr<scalar_t>();
-        const GroupBlock block{split.conv_groups, cg, out_cols, run};
-        at::Tensor tile_sums = loops ? at::empty({group_width, block.outputs()}, options) : at::Tensor();
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t range = t / blocks;
-          const int64_t group0 = t % blocks / split.kernel_point_runs * split.conv_groups;
-          const int64_t k0 = t % split.kernel_point_runs * run;
-          const ColumnWindow window =
-              ColumnWindow::conv_groups(g, group0, group0 + split.conv_groups, k0, k0 + run, layout);
-          // Samples the tiles of the range's rows in turn and hands each to add(r0, len).
-          const auto for_each_tile = [&](const auto& add) {
-            const int64_t end = std::min(rows, (range + 1) * range_rows);
-            for (int64_t r0 = range * range_rows; r0 < end; r0 += tile_rows) {
-              const int64_t len = std::min(tile_rows, end - r0);
-              sample_columns(s, r0, r0 + len, window, cols_ptr);
-              add(r0, len);
-            }
-          };
-          if (loops) {
-            // The block of the range's copy, grad_wmat[oc, k * cg + c'] for the block's output channels
-            // oc and kernel points k, and its first group's output 0 in the (output-major) grad_rows.
-            scalar_t* grad_block =
-                grad_wmat_copies[range].mutable_data_ptr<scalar_t>() + group0 * out_cols * weight_row + k0 * cg;
-            const scalar_t* grad_row_block = grad_rows_c.const_data_ptr<scalar_t>() + group0;
-            scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
-            for_each_tile([&](int64_t r0, int64_t len) {
-              run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-                add_group_loops_weight_gradient(block, len, grad_row_block + r0 * g.out_channels, g.out_channels,
-                                                g.groups, cols_ptr, sums, grad_block, weight_row);
-              });
-            });
-            continue;
-          }
-          // Each group's block of the range's copy and its columns of grad_rows, made once per task.
-          std::vector<at::Tensor> grad_blocks, grad_row_blocks;
-          for (int64_t group = group0; group < group0 + split.conv_groups; ++group) {
-            grad_blocks.push_back(
-                grad_wmat_copies[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, group_width));
-            grad_row_blocks.push_back(grad_rows_c.narrow(1, group * out_cols, out_cols));
-          }
-          for_each_tile([&](int64_t r0, int64_t len) {
-            const at::Tensor tile = cols.narrow(0, 0, len);
-            for (int64_t i = 0; i < split.conv_groups; ++i) {
-              add_weight_gradient_block(grad_blocks[i], grad_row_blocks[i].narrow(0, r0, len),
-                                        tile.narrow(1, i * group_width, group_width), onednn_weight_gradient);
-            }
-          });
-        }
-      });
+      const BackwardOperands<scalar_t> operands{
+          g, s, split, loops, gemms16, onednn,
+          // bfloat16 layers sum their weight gradient in float32 too.
+          !loops && computed == at::kFloat && onednn_float_gemms_available(), grad_rows, grad_rows.to(computed),
+          wmat, loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor(), packed_weight_t,
+          grad_input_bands, sample_gradients.offset, mask.has_value() ? sample_gradients.mask : at::Tensor(),
+          grad_wmat_copies};
+      backward_first_pass(operands);
+      if (!split.weight_in_first_pass) backward_weight_gradient_pass(operands);
     });
   }
-  const at::Tensor grad_input = bands > 1 ? grad_input_bands.sum(0) : grad_input_bands.squeeze(0);
-  const at::Tensor grad_wmat = copies > 1 ? grad_wmat_copies.sum(0) : grad_wmat_copies.squeeze(0);
+  const at::Tensor grad_input = split.bands > 1 ? grad_input_bands.sum(0) : grad_input_bands.squeeze(0);
+  const at::Tensor grad_wmat =
+      split.weight_copies > 1 ? grad_wmat_copies.sum(0) : grad_wmat_copies.squeeze(0);
   return {from_nhwc(grad_input, input.scalar_type(), output_memory_format(input)),
-          grad_offset.to(input.scalar_type()), weight_from_matrix(grad_wmat, weight),
-          grad_mask.to(input.scalar_type())};
+          sample_gradients.offset.to(input.scalar_type()), weight_from_matrix(grad_wmat, weight),
+          sample_gradients.mask.to(input.scalar_type())};
 }
 
 }  // namespace

@@ -136,4 +136,38 @@ inline int64_t first_pass_weight_gradient_workers(int64_t tasks, int64_t threads
   return busy_share(tasks, threads) >= second_pass_share ? workers : 0;
 }
 
+// How a backward spreads its work. The first pass's tasks (task t: band t % bands of image t / bands, of at
+// most band_rows output pixels) run on `workers` workers, each a contiguous run of tasks. The weight gradient
+// is added in the first pass where first_pass_weight_gradient_workers says so (a copy a worker), else in a
+// second pass of `blocks` blocks of columns (weight_gradient_split) times `weights.row_ranges` ranges of at
+// most range_rows rows (a copy a range).
+struct BackwardSplit {
+  int64_t bands, band_rows, tasks, workers;
+  bool weight_in_first_pass;
+  WeightGradientSplit weights;
+  int64_t blocks, range_rows;
+  int64_t weight_copies;
+};
+
+// The split of a backward on `threads` threads whose sums take element_size bytes a value.
+inline BackwardSplit backward_split(const DeformConvGeometry& g, int64_t threads, int64_t element_size,
+                                    int64_t copy_bytes) {
+  BackwardSplit b;
+  const int64_t rows = g.batch * g.out_pixels();
+  const int64_t grad_input_bytes = g.batch * g.height * g.width * g.channels * element_size;
+  b.bands = backward_bands(g.batch, g.out_pixels(), threads, grad_input_bytes, copy_bytes);
+  b.band_rows = (g.out_pixels() + b.bands - 1) / b.bands;
+  b.tasks = g.batch * b.bands;
+  const int64_t grad_weight_bytes = g.out_channels * g.channels_per_group() * g.kernel_points() * element_size;
+  b.weights = weight_gradient_split(g, rows, threads, grad_weight_bytes, copy_bytes);
+  const int64_t first_pass_workers =
+      first_pass_weight_gradient_workers(b.tasks, threads, grad_weight_bytes, copy_bytes, b.weights.share);
+  b.weight_in_first_pass = first_pass_workers > 0;
+  b.workers = b.weight_in_first_pass ? first_pass_workers : b.tasks;
+  b.blocks = g.groups / b.weights.conv_groups * b.weights.kernel_point_runs;
+  b.range_rows = (rows + b.weights.row_ranges - 1) / b.weights.row_ranges;
+  b.weight_copies = b.weight_in_first_pass ? first_pass_workers : b.weights.row_ranges;
+  return b;
+}
+
 }  // namespace rcm_fsad::cpu
