@@ -188,11 +188,10 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
   if (rows > 0 && g.out_channels > 0) {
     // The sampling's dtype: bfloat16 is sampled in float32 (its GEMMs' operands are bfloat16).
     const at::ScalarType sampled = gemms16 ? at::kFloat : input.scalar_type();
-    const at::Tensor input_nhwc = input.to(sampled, false, false, at::MemoryFormat::ChannelsLast);
     const at::Tensor offset_s = offset.to(sampled);
     const std::optional<at::Tensor> mask_s = gemms16 ? to_float(mask) : mask;
     const at::Tensor wmat = weight_matrix(weight);
-    const at::Tensor zeros = at::zeros({g.channels}, input_nhwc.options());
+    const at::Tensor zeros = at::zeros({g.channels}, input.options().dtype(sampled));
     const std::vector<kernels::KernelPoint> points = kernel_points(g);
     const bool loops = use_group_loops(g);
     // Channels 1 apart: the output is NHWC rows (channels_last, or images of one pixel), which the GEMMs
@@ -215,7 +214,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     const auto forward_tiles = [&](auto sampled_type, auto out_type) {
       using scalar_t = decltype(sampled_type);
       using out_t = decltype(out_type);
-      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset_s, mask_s, zeros, points);
+      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input, offset_s, mask_s, zeros, points);
       const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
       out_t* out_ptr = out.mutable_data_ptr<out_t>();
       parallel_for_calling_ops(0, tiles, [&](int64_t t0, int64_t t1) {
@@ -223,10 +222,11 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
         out_t* cols_ptr = cols.mutable_data_ptr<out_t>();
         at::Tensor scratch = at::empty({loops ? g.out_channels : 0}, input.options());
         at::Tensor tile_out = at::empty({loops || nhwc ? 0 : tile_rows, g.out_channels}, input.options());
+        WorkerImages<scalar_t> images(s, input);
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t r0 = t * tile_rows;
           const int64_t len = std::min(tile_rows, rows - r0);
-          sample_columns(s, r0, r0 + len, window, cols_ptr);
+          sample_columns(images, r0, r0 + len, window, cols_ptr);
           if (!loops) {
             // NHWC rows: the output's own where it is channels_last, else the tile's, stored below.
             at::Tensor out_tile = nhwc ? out_rows.narrow(0, r0, len) : tile_out.narrow(0, 0, len);
@@ -277,6 +277,7 @@ template <typename scalar_t>
 struct BackwardOperands {
   const DeformConvGeometry& g;
   const Sampling<scalar_t>& s;
+  at::Tensor input;  // (N, C, H, W), as make_sampling took it: what WorkerImages copies where s does not read it
   const BackwardSplit& split;
   bool loops;                   // use_group_loops
   bool gemms16;                 // bfloat16_gemms
@@ -327,6 +328,7 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
     scalar_t* cols_ptr = split.weight_in_first_pass ? cols.mutable_data_ptr<scalar_t>() : nullptr;
     at::Tensor tile_sums =
         at::empty({split.weight_in_first_pass && o.loops ? layer.points * layer.cg : 0, layer.outputs()}, options);
+    WorkerImages<scalar_t> images(o.s, o.input);
     // Rows [r0, r0 + len) of one band of one image, whose copy of the input gradient is grad_input.
     const auto tile = [&](int64_t r0, int64_t len, scalar_t* grad_input, at::Tensor& grad_wmat) {
       const scalar_t* grad_row0 = o.grad_rows_c.template const_data_ptr<scalar_t>() + r0 * g.out_channels;
@@ -346,9 +348,10 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
         }
         if (o.gemms16) grad_cols_tile.copy_(gemm_tile);
       }
-      sample_columns_backward(o.s, r0, r0 + len, every_column, grad_cols.const_data_ptr<scalar_t>(), cols_ptr,
-                              grad_input, sink.mutable_data_ptr<scalar_t>(),
-                              o.grad_offset.template mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
+      sample_columns_backward(images.holding(r0 / g.out_pixels()), r0, r0 + len, every_column,
+                              grad_cols.const_data_ptr<scalar_t>(), cols_ptr, grad_input,
+                              sink.mutable_data_ptr<scalar_t>(), o.grad_offset.template mutable_data_ptr<scalar_t>(),
+                              gos, gm_ptr, gms);
       if (!split.weight_in_first_pass) return;
       if (!o.loops) {
         const at::Tensor grad_row_tile = o.grad_rows_c.narrow(0, r0, len);
@@ -405,6 +408,7 @@ void backward_weight_gradient_pass(const BackwardOperands<scalar_t>& o) {
     scalar_t* cols_ptr = cols.mutable_data_ptr<scalar_t>();
     const GroupBlock block{weights.conv_groups, cg, out_cols, run};
     at::Tensor tile_sums = o.loops ? at::empty({group_width, block.outputs()}, options) : at::Tensor();
+    WorkerImages<scalar_t> images(o.s, o.input);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t range = t / split.blocks;
       const int64_t group0 = t % split.blocks / weights.kernel_point_runs * weights.conv_groups;
@@ -416,7 +420,7 @@ void backward_weight_gradient_pass(const BackwardOperands<scalar_t>& o) {
         const int64_t end = std::min(rows, (range + 1) * split.range_rows);
         for (int64_t r0 = range * split.range_rows; r0 < end; r0 += tile_rows) {
           const int64_t len = std::min(tile_rows, end - r0);
-          sample_columns(o.s, r0, r0 + len, window, cols_ptr);
+          sample_columns(images, r0, r0 + len, window, cols_ptr);
           add(r0, len);
         }
       };
@@ -487,16 +491,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     const bool loops = use_group_loops(g);
     const bool onednn = !loops && onednn_float_gemms(wmat);
     const PackedGroups packed_weight_t = onednn ? columns_gradient_weight(wmat, g.groups, kRowTile) : PackedGroups();
-    const at::Tensor input_nhwc = input.to(computed, false, false, at::MemoryFormat::ChannelsLast);
     const at::Tensor grad_nhwc = grad_output.permute({0, 2, 3, 1});
     const at::Tensor grad_rows =
         (loops ? output_major(grad_nhwc, 3, g) : grad_nhwc).contiguous().view({-1, g.out_channels});
     const at::Tensor zeros = at::zeros({g.channels}, options);
     const std::vector<kernels::KernelPoint> points = kernel_points(g);
     AT_DISPATCH_FLOATING_TYPES(computed, "deform_conv2d_backward_cpu", [&] {
-      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input_nhwc, offset_c, mask_c, zeros, points);
+      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input, offset_c, mask_c, zeros, points);
       const BackwardOperands<scalar_t> operands{
-          g, s, split, loops, gemms16, onednn,
+          g, s, input, split, loops, gemms16, onednn,
           // bfloat16 layers sum their weight gradient in float32 too.
           !loops && computed == at::kFloat && onednn_float_gemms_available(), grad_rows, grad_rows.to(computed),
           wmat, loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor(), packed_weight_t,

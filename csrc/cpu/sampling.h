@@ -27,7 +27,8 @@ constexpr int64_t kLanes = 8;
 template <typename scalar_t>
 struct Sampling {
   const DeformConvGeometry& g;
-  const scalar_t* input;  // NHWC
+  const scalar_t* input;  // NHWC; null where the workers sample copies of the images (WorkerImages)
+  int64_t image_stride;   // between images: H * W * C, or 0 in a WorkerImages' copy of one image
   const scalar_t* offset;
   FieldStrides offset_strides;
   const scalar_t* mask;  // null without modulation
@@ -38,7 +39,7 @@ struct Sampling {
   // 11-14% of a forward with 8 to 16 offset groups.
   const kernels::KernelPoint* points;
 
-  const scalar_t* image(int64_t n) const { return input + n * g.height * g.width * g.channels; }
+  const scalar_t* image(int64_t n) const { return input + n * image_stride; }
 };
 
 // How a window's columns follow one another along a row. GroupMajor: conv group after conv group, each
@@ -467,6 +468,54 @@ void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_
   });
 }
 
+// The images a worker samples: the input itself where the batch's Sampling reads it in place (make_sampling),
+// else a copy of one image at a time, made as the worker's rows reach the image. An NHWC copy of the whole
+// batch, made up front, was mapped afresh by glibc on each call along with the output (N=8, 64 channels,
+// 56x56: 6.4 MB each, about 3000 page faults a call and a third of the forward's time on 2 threads), where
+// an image's copy (800 kB) stays in the worker's heap.
+template <typename scalar_t>
+class WorkerImages {
+ public:
+  // s: the batch's sampling; input: (N, C, H, W) in any layout and dtype, as make_sampling took it.
+  WorkerImages(const Sampling<scalar_t>& s, const at::Tensor& input) : sampling_(s) {
+    if (s.input != nullptr) return;
+    input_ = input;
+    buffer_ = at::empty({s.g.height, s.g.width, s.g.channels},
+                        input.options().dtype(c10::CppTypeToScalarType<scalar_t>::value));
+    sampling_.input = buffer_.const_data_ptr<scalar_t>();
+    sampling_.image_stride = 0;
+  }
+
+  const DeformConvGeometry& geometry() const { return sampling_.g; }
+
+  // The sampling of image n's rows (where the images are copied, of no other image's until the next call).
+  const Sampling<scalar_t>& holding(int64_t n) {
+    if (buffer_.defined() && n != image_) {
+      buffer_.copy_(input_[n].permute({1, 2, 0}));
+      image_ = n;
+    }
+    return sampling_;
+  }
+
+ private:
+  Sampling<scalar_t> sampling_;
+  at::Tensor input_;
+  at::Tensor buffer_;  // (H, W, C), where the images are copied
+  int64_t image_ = -1;
+};
+
+// sample_columns of rows [row_begin, row_end) of any images, each image's rows sampled from `images`.
+template <typename scalar_t, typename col_t>
+void sample_columns(WorkerImages<scalar_t>& images, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
+                    col_t* cols) {
+  const int64_t out_pixels = images.geometry().out_pixels();
+  for (int64_t r0 = row_begin, r1; r0 < row_end; r0 = r1) {
+    const int64_t n = r0 / out_pixels;
+    r1 = std::min(row_end, (n + 1) * out_pixels);
+    sample_columns(images.holding(n), r0, r1, window, cols + (r0 - row_begin) * window.width());
+  }
+}
+
 // sample_columns_backward_body, writing the columns where cols is not null.
 template <typename scalar_t>
 void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end,
@@ -489,12 +538,17 @@ void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int
   });
 }
 
+// The sampling of a batch whose offset, mask and zeros are scalar_t. It reads `input` in place where that is
+// NHWC and scalar_t; else its input is null, and each worker samples copies of the images (WorkerImages).
 template <typename scalar_t>
-Sampling<scalar_t> make_sampling(const DeformConvGeometry& g, const at::Tensor& input_nhwc,
+Sampling<scalar_t> make_sampling(const DeformConvGeometry& g, const at::Tensor& input,
                                  const at::Tensor& offset, const std::optional<at::Tensor>& mask,
                                  const at::Tensor& zeros, const std::vector<kernels::KernelPoint>& points) {
+  const bool in_place = input.scalar_type() == c10::CppTypeToScalarType<scalar_t>::value &&
+                        input.is_contiguous(at::MemoryFormat::ChannelsLast);
   return {g,
-          input_nhwc.const_data_ptr<scalar_t>(),
+          in_place ? input.const_data_ptr<scalar_t>() : nullptr,
+          g.height * g.width * g.channels,
           offset.const_data_ptr<scalar_t>(),
           field_strides(offset),
           mask.has_value() ? mask->const_data_ptr<scalar_t>() : nullptr,
