@@ -945,12 +945,37 @@ def test_cpu_threads_split_the_work_without_changing_it(batch, groups, offset_gr
     assert_matches(several, run_with_grads(reference.deform_conv2d, case, tensors), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("copies", ["default", "none"])
+@pytest.mark.parametrize("images_a_copy", [1, 3, "default"])
+def test_cpu_images_copied_in_runs_give_what_the_input_read_in_place_gives(images_a_copy, copies, two_threads,
+                                                                           monkeypatch):
+    """The CPU sampling reads a channels_last input in place and copies any other to NHWC, each worker a run
+    of images at a time (csrc/cpu/sampling.h's WorkerImages; RCM_FSAD_CPU_IMAGE_COPY_BYTES: one or three
+    images' bytes, or its default, which holds all 40 images here). The forward's tiles (180 output pixels on
+    2 threads) span 20 images of 3x3 pixels, so runs end inside them, as they do inside the ranges of rows of
+    the backward's second pass (RCM_FSAD_CPU_COPY_BYTES 0: no copies of the weight gradient). An NCHW input
+    gives what its channels_last copy gives, to float64's rounding, and what the float64 reference gives."""
+    case = DeformCase(batch=40, in_channels=4, out_channels=6, height=3, width=3, offset_scale=2.0, seed=7)
+    tensors = case.tensors(torch.float64)
+    if images_a_copy != "default":
+        image_bytes = tensors["input"][0].numel() * tensors["input"].element_size()
+        monkeypatch.setenv("RCM_FSAD_CPU_IMAGE_COPY_BYTES", str(images_a_copy * image_bytes))
+    if copies == "none":
+        monkeypatch.setenv("RCM_FSAD_CPU_COPY_BYTES", "0")
+    copied = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
+    in_place = run_with_grads(rcm_fsad_ops.deform_conv2d, case,
+                              dict(tensors, input=tensors["input"].contiguous(memory_format=torch.channels_last)))
+    assert_matches(copied, in_place, rtol=1e-12, atol=1e-12)
+    assert_matches(copied, run_with_grads(reference.deform_conv2d, case, tensors), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variable", ["RCM_FSAD_CPU_COPY_BYTES", "RCM_FSAD_CPU_IMAGE_COPY_BYTES"])
 @pytest.mark.parametrize("value", ["-1", "lots", "", " 5", "5 "])
-def test_cpu_copy_budget_that_is_not_a_number_of_bytes_is_an_error(value, monkeypatch):
+def test_cpu_copy_budget_that_is_not_a_number_of_bytes_is_an_error(variable, value, monkeypatch):
     case = DeformCase()
     tensors = case.tensors(torch.float64)
-    monkeypatch.setenv("RCM_FSAD_CPU_COPY_BYTES", value)
-    with pytest.raises(RuntimeError, match=f"RCM_FSAD_CPU_COPY_BYTES must be a number of bytes \\(0 or more\\), got '{value}'"):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(RuntimeError, match=f"{variable} must be a number of bytes \\(0 or more\\), got '{value}'"):
         run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors)
 
 

@@ -348,10 +348,10 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
         }
         if (o.gemms16) grad_cols_tile.copy_(gemm_tile);
       }
-      sample_columns_backward(images.holding(r0 / g.out_pixels()), r0, r0 + len, every_column,
-                              grad_cols.const_data_ptr<scalar_t>(), cols_ptr, grad_input,
-                              sink.mutable_data_ptr<scalar_t>(), o.grad_offset.template mutable_data_ptr<scalar_t>(),
-                              gos, gm_ptr, gms);
+      const int64_t n = r0 / g.out_pixels();
+      sample_columns_backward(images.holding(n, n), r0, r0 + len, every_column, grad_cols.const_data_ptr<scalar_t>(),
+                              cols_ptr, grad_input, sink.mutable_data_ptr<scalar_t>(),
+                              o.grad_offset.template mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
       if (!split.weight_in_first_pass) return;
       if (!o.loops) {
         const at::Tensor grad_row_tile = o.grad_rows_c.narrow(0, r0, len);

@@ -14,6 +14,7 @@
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_math.cuh"
 #include "hot_loop.h"
+#include "work_split.h"
 
 namespace rcm_fsad::cpu {
 
@@ -27,8 +28,9 @@ constexpr int64_t kLanes = 8;
 template <typename scalar_t>
 struct Sampling {
   const DeformConvGeometry& g;
-  const scalar_t* input;  // NHWC; null where the workers sample copies of the images (WorkerImages)
-  int64_t image_stride;   // between images: H * W * C, or 0 in a WorkerImages' copy of one image
+  const scalar_t* input;  // NHWC from image first_image on; null where the workers copy the images (WorkerImages)
+  int64_t first_image;
+  int64_t image_copy_bytes;  // what WorkerImages' copies take at most (or one image): image_copy_bytes()
   const scalar_t* offset;
   FieldStrides offset_strides;
   const scalar_t* mask;  // null without modulation
@@ -39,7 +41,7 @@ struct Sampling {
   // 11-14% of a forward with 8 to 16 offset groups.
   const kernels::KernelPoint* points;
 
-  const scalar_t* image(int64_t n) const { return input + n * image_stride; }
+  const scalar_t* image(int64_t n) const { return input + (n - first_image) * g.height * g.width * g.channels; }
 };
 
 // How a window's columns follow one another along a row. GroupMajor: conv group after conv group, each
@@ -469,50 +471,59 @@ void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_
 }
 
 // The images a worker samples: the input itself where the batch's Sampling reads it in place (make_sampling),
-// else a copy of one image at a time, made as the worker's rows reach the image. An NHWC copy of the whole
-// batch, made up front, was mapped afresh by glibc on each call along with the output (N=8, 64 channels,
-// 56x56: 6.4 MB each, about 3000 page faults a call and a third of the forward's time on 2 threads), where
-// an image's copy (800 kB) stays in the worker's heap.
+// else NHWC copies of runs of its images, made as the worker's rows reach them, in a buffer of at most
+// s.image_copy_bytes or one image. An NHWC copy of the whole batch, made up front, was mapped afresh by glibc
+// on each call along with the output (N=8, 64 channels, 56x56: 6.4 MB each, about 3000 page faults a call
+// and a third of the forward's time on 2 threads), where an image's copy (800 kB) stays in the worker's
+// heap. Runs of small images keep the copies few: an image a copy took the forward of 1024 images of 4x4
+// pixels and 4 channels from 3.0 to 4.3 ms (one thread), runs of them 3.1-3.4 ms.
 template <typename scalar_t>
 class WorkerImages {
  public:
   // s: the batch's sampling; input: (N, C, H, W) in any layout and dtype, as make_sampling took it.
-  WorkerImages(const Sampling<scalar_t>& s, const at::Tensor& input) : sampling_(s) {
+  WorkerImages(const Sampling<scalar_t>& s, const at::Tensor& input) : sampling_(s), held_end_(s.g.batch) {
     if (s.input != nullptr) return;
+    const DeformConvGeometry& g = s.g;
+    const int64_t image_bytes = g.height * g.width * g.channels * int64_t(sizeof(scalar_t));
+    const int64_t images = std::clamp<int64_t>(s.image_copy_bytes / std::max<int64_t>(1, image_bytes), 1, g.batch);
     input_ = input;
-    buffer_ = at::empty({s.g.height, s.g.width, s.g.channels},
+    buffer_ = at::empty({images, g.height, g.width, g.channels},
                         input.options().dtype(c10::CppTypeToScalarType<scalar_t>::value));
     sampling_.input = buffer_.const_data_ptr<scalar_t>();
-    sampling_.image_stride = 0;
+    held_end_ = 0;
   }
 
   const DeformConvGeometry& geometry() const { return sampling_.g; }
 
-  // The sampling of image n's rows (where the images are copied, of no other image's until the next call).
-  const Sampling<scalar_t>& holding(int64_t n) {
-    if (buffer_.defined() && n != image_) {
-      buffer_.copy_(input_[n].permute({1, 2, 0}));
-      image_ = n;
+  // The sampling of images [first, held_end()), for a held_end() past `first`: where the images are copied
+  // and the buffer does not hold image `first`, it copies as many of images [first, last] as it holds.
+  const Sampling<scalar_t>& holding(int64_t first, int64_t last) {
+    if (buffer_.defined() && (first < sampling_.first_image || first >= held_end_)) {
+      const int64_t count = std::min(buffer_.size(0), last + 1 - first);
+      buffer_.narrow(0, 0, count).copy_(input_.narrow(0, first, count).permute({0, 2, 3, 1}));
+      sampling_.first_image = first;
+      held_end_ = first + count;
     }
     return sampling_;
   }
+  int64_t held_end() const { return held_end_; }
 
  private:
   Sampling<scalar_t> sampling_;
+  int64_t held_end_;   // the images the sampling holds end here (the batch's end where it reads the input)
   at::Tensor input_;
-  at::Tensor buffer_;  // (H, W, C), where the images are copied
-  int64_t image_ = -1;
+  at::Tensor buffer_;  // (images, H, W, C), where the images are copied
 };
 
-// sample_columns of rows [row_begin, row_end) of any images, each image's rows sampled from `images`.
+// sample_columns of rows [row_begin, row_end) of any images, sampled from `images`.
 template <typename scalar_t, typename col_t>
 void sample_columns(WorkerImages<scalar_t>& images, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
                     col_t* cols) {
   const int64_t out_pixels = images.geometry().out_pixels();
   for (int64_t r0 = row_begin, r1; r0 < row_end; r0 = r1) {
-    const int64_t n = r0 / out_pixels;
-    r1 = std::min(row_end, (n + 1) * out_pixels);
-    sample_columns(images.holding(n), r0, r1, window, cols + (r0 - row_begin) * window.width());
+    const Sampling<scalar_t>& s = images.holding(r0 / out_pixels, (row_end - 1) / out_pixels);
+    r1 = std::min(row_end, images.held_end() * out_pixels);
+    sample_columns(s, r0, r1, window, cols + (r0 - row_begin) * window.width());
   }
 }
 
@@ -548,7 +559,8 @@ Sampling<scalar_t> make_sampling(const DeformConvGeometry& g, const at::Tensor& 
                         input.is_contiguous(at::MemoryFormat::ChannelsLast);
   return {g,
           in_place ? input.const_data_ptr<scalar_t>() : nullptr,
-          g.height * g.width * g.channels,
+          0,
+          image_copy_bytes(),
           offset.const_data_ptr<scalar_t>(),
           field_strides(offset),
           mask.has_value() ? mask->const_data_ptr<scalar_t>() : nullptr,

@@ -30,19 +30,27 @@ inline int64_t forward_tile_rows(int64_t rows, int64_t threads) {
   return std::max<int64_t>(1, (rows + rounds * threads - 1) / (rounds * threads));
 }
 
-// Copies that let threads split a sum (the input gradient's, one per band of rows; the weight
-// gradient's, one per range of rows) take at most this many bytes beyond the first, each kind:
-// RCM_FSAD_CPU_COPY_BYTES (a number of bytes, 0 for no copies), else 256 MiB. Read once per backward.
-inline int64_t split_copy_bytes() {
-  const char* text = std::getenv("RCM_FSAD_CPU_COPY_BYTES");
-  if (text == nullptr) return int64_t(256) << 20;
+// A number of bytes (digits only) from the environment variable `name`, else `fallback`.
+inline int64_t bytes_from_environment(const char* name, int64_t fallback) {
+  const char* text = std::getenv(name);
+  if (text == nullptr) return fallback;
   char* end = nullptr;
   const long long value = std::strtoll(text, &end, 10);
   // Digits only: strtoll would also take leading spaces and a sign.
-  TORCH_CHECK(std::isdigit(static_cast<unsigned char>(*text)) && *end == '\0',
-              "RCM_FSAD_CPU_COPY_BYTES must be a number of bytes (0 or more), got '", text, "'");
+  TORCH_CHECK(std::isdigit(static_cast<unsigned char>(*text)) && *end == '\0', name,
+              " must be a number of bytes (0 or more), got '", text, "'");
   return std::min<int64_t>(value, int64_t(1) << 60);  // beyond any memory; no overflow in the counts below
 }
+
+// Copies that let threads split a sum (the input gradient's, one per band of rows; the weight
+// gradient's, one per range of rows) take at most this many bytes beyond the first, each kind:
+// RCM_FSAD_CPU_COPY_BYTES (a number of bytes, 0 for no copies), else 256 MiB. Read once per backward.
+inline int64_t split_copy_bytes() { return bytes_from_environment("RCM_FSAD_CPU_COPY_BYTES", int64_t(256) << 20); }
+
+// A worker's NHWC copies of an input's images (sampling.h's WorkerImages) take at most this many bytes, or one
+// image: RCM_FSAD_CPU_IMAGE_COPY_BYTES (for tests: runs of images that end inside a tile of rows), else 1
+// MiB. Read once per op.
+inline int64_t image_copy_bytes() { return bytes_from_environment("RCM_FSAD_CPU_IMAGE_COPY_BYTES", int64_t(1) << 20); }
 
 // The share of `threads` threads' time that `tasks` equal tasks keep busy.
 inline double busy_share(int64_t tasks, int64_t threads) {
