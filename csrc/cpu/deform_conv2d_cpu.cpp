@@ -329,6 +329,8 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
     at::Tensor tile_sums =
         at::empty({split.weight_in_first_pass && o.loops ? layer.points * layer.cg : 0, layer.outputs()}, options);
     WorkerImages<scalar_t> images(o.s, o.input);
+    // The image of the thread's last task: how far a run of copied images may reach.
+    const int64_t last_image = (w1 * split.tasks / split.workers - 1) / split.bands;
     // Rows [r0, r0 + len) of one band of one image, whose copy of the input gradient is grad_input.
     const auto tile = [&](int64_t r0, int64_t len, scalar_t* grad_input, at::Tensor& grad_wmat) {
       const scalar_t* grad_row0 = o.grad_rows_c.template const_data_ptr<scalar_t>() + r0 * g.out_channels;
@@ -348,10 +350,10 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
         }
         if (o.gemms16) grad_cols_tile.copy_(gemm_tile);
       }
-      const int64_t n = r0 / g.out_pixels();
-      sample_columns_backward(images.holding(n, n), r0, r0 + len, every_column, grad_cols.const_data_ptr<scalar_t>(),
-                              cols_ptr, grad_input, sink.mutable_data_ptr<scalar_t>(),
-                              o.grad_offset.template mutable_data_ptr<scalar_t>(), gos, gm_ptr, gms);
+      sample_columns_backward(images.holding(r0 / g.out_pixels(), last_image), r0, r0 + len, every_column,
+                              grad_cols.const_data_ptr<scalar_t>(), cols_ptr, grad_input,
+                              sink.mutable_data_ptr<scalar_t>(), o.grad_offset.template mutable_data_ptr<scalar_t>(),
+                              gos, gm_ptr, gms);
       if (!split.weight_in_first_pass) return;
       if (!o.loops) {
         const at::Tensor grad_row_tile = o.grad_rows_c.narrow(0, r0, len);
