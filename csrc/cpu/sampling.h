@@ -1,6 +1,7 @@
 // The CPU backend's sampling: a tile of output pixels' columns (the bilinear samples of their kernel
 // points, NHWC gathers shared by all channels of an offset group), and its backward, which scatters the
-// columns' gradient into the input gradient and writes the offset and mask gradients.
+// columns' gradient into the input gradient and writes the offset and mask gradients; and the workers' NHWC
+// copies of an input it cannot read in place (WorkerImages).
 #pragma once
 
 #include <ATen/ATen.h>
