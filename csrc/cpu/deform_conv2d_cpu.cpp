@@ -291,7 +291,7 @@ struct BackwardOperands {
   at::Tensor weight_om;                 // with the group loops: wmat transposed, its columns output-major
   const PackedGroups& packed_weight_t;  // with onednn: columns_gradient_weight
   // What the passes write: the input gradient, a copy for each band (bands, N, H, W, C); the offset's and
-  // the mask's (undefined without a mask); the weight matrix's, split.weight_copies copies (copies, C_out,
+  // the mask's (undefined without a mask); the weight matrix's, split.weight_copies() copies (copies, C_out,
   // K * C_g).
   at::Tensor grad_input_bands;
   at::Tensor grad_offset;
@@ -330,7 +330,7 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
         at::empty({split.weight_in_first_pass && o.loops ? layer.points * layer.cg : 0, layer.outputs()}, options);
     WorkerImages<scalar_t> images(o.s, o.input);
     // The image of the thread's last task: how far a run of copied images may reach.
-    const int64_t last_image = (w1 * split.tasks / split.workers - 1) / split.bands;
+    const int64_t last_image = (split.first_task(w1) - 1) / split.bands;
     // Rows [r0, r0 + len) of one band of one image, whose copy of the input gradient is grad_input.
     const auto tile = [&](int64_t r0, int64_t len, scalar_t* grad_input, at::Tensor& grad_wmat) {
       const scalar_t* grad_row0 = o.grad_rows_c.template const_data_ptr<scalar_t>() + r0 * g.out_channels;
@@ -373,7 +373,7 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
     };
     for (int64_t worker = w0; worker < w1; ++worker) {
       at::Tensor grad_wmat = split.weight_in_first_pass ? o.grad_wmat_copies[worker] : at::Tensor();
-      for (int64_t t = worker * split.tasks / split.workers; t < (worker + 1) * split.tasks / split.workers; ++t) {
+      for (int64_t t = split.first_task(worker); t < split.first_task(worker + 1); ++t) {
         const int64_t image_row = (t / split.bands) * g.out_pixels();
         const int64_t begin = image_row + std::min(g.out_pixels(), (t % split.bands) * split.band_rows);
         const int64_t end = image_row + std::min(g.out_pixels(), (t % split.bands + 1) * split.band_rows);
@@ -488,7 +488,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const std::optional<at::Tensor> mask_c = gemms16 ? to_float(mask) : mask;
   const OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset_c, mask_c, g);
   const at::Tensor wmat = weight_matrix(weight);  // in the GEMMs' dtype
-  at::Tensor grad_wmat_copies = at::zeros({split.weight_copies, wmat.size(0), wmat.size(1)}, options);
+  at::Tensor grad_wmat_copies = at::zeros({split.weight_copies(), wmat.size(0), wmat.size(1)}, options);
   if (g.batch * g.out_pixels() > 0 && g.out_channels > 0) {
     const bool loops = use_group_loops(g);
     const bool onednn = !loops && onednn_float_gemms(wmat);
@@ -512,8 +512,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     });
   }
   const at::Tensor grad_input = split.bands > 1 ? grad_input_bands.sum(0) : grad_input_bands.squeeze(0);
-  const at::Tensor grad_wmat =
-      split.weight_copies > 1 ? grad_wmat_copies.sum(0) : grad_wmat_copies.squeeze(0);
+  const at::Tensor grad_wmat = split.weight_copies() > 1 ? grad_wmat_copies.sum(0) : grad_wmat_copies.squeeze(0);
   return {from_nhwc(grad_input, input.scalar_type(), output_memory_format(input)),
           sample_gradients.offset.to(input.scalar_type()), weight_from_matrix(grad_wmat, weight),
           sample_gradients.mask.to(input.scalar_type())};

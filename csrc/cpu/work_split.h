@@ -154,7 +154,11 @@ struct BackwardSplit {
   bool weight_in_first_pass;
   WeightGradientSplit weights;
   int64_t blocks, range_rows;
-  int64_t weight_copies;
+
+  // The first of worker w's tasks; its last is first_task(w + 1) - 1.
+  int64_t first_task(int64_t w) const { return w * tasks / workers; }
+  // The weight gradient's copies: one a first-pass worker, or one a second-pass range.
+  int64_t weight_copies() const { return weight_in_first_pass ? workers : weights.row_ranges; }
 };
 
 // The split of a backward on `threads` threads whose sums take element_size bytes a value.
@@ -174,7 +178,6 @@ inline BackwardSplit backward_split(const DeformConvGeometry& g, int64_t threads
   b.workers = b.weight_in_first_pass ? first_pass_workers : b.tasks;
   b.blocks = g.groups / b.weights.conv_groups * b.weights.kernel_point_runs;
   b.range_rows = (rows + b.weights.row_ranges - 1) / b.weights.row_ranges;
-  b.weight_copies = b.weight_in_first_pass ? first_pass_workers : b.weights.row_ranges;
   return b;
 }
 
