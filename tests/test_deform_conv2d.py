@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -586,6 +587,34 @@ def test_memory_layouts(layout, name, device):
         assert ours[0].is_contiguous(memory_format=torch.channels_last)
     else:
         assert ours[0].is_contiguous()
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "expanded", "one_column_channels_last"])
+@pytest.mark.parametrize("name", ["basic", "groups2_wide", "depthwise_multiplier"])
+def test_output_gradient_layouts(layout, name, device):
+    """The output gradient in any layout, which the CPU backward reads a tile of rows at a time (as planes or
+    rows, in the GEMMs' order or the group loops'): channels_last; expanded from a value a channel (a sum's
+    gradient, strides 0); and channels_last with images of one column whose width has a stride no dense layout
+    gives it (PyTorch ignores the strides of size-1 dimensions). Against torchvision's in float64."""
+    case = CASES[name]
+    if layout == "one_column_channels_last":
+        case = replace(case, width=3, padding=(1, 0))
+    tensors = case.tensors(torch.float64, device)
+    out_shape = torchvision.ops.deform_conv2d(tensors["input"], tensors["offset"], tensors["weight"],
+                                              mask=tensors["mask"], **case.kwargs()).shape
+    n, c, h, w = out_shape
+    if layout == "channels_last":
+        cotangent = torch.randn(out_shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    elif layout == "expanded":
+        cotangent = torch.randn(1, c, 1, 1, dtype=torch.float64).expand(out_shape)
+    else:
+        assert w == 1
+        cotangent = torch.randn(n * h * c, dtype=torch.float64).as_strided(out_shape, (h * c, 1, c, 7))
+        assert cotangent.is_contiguous(memory_format=torch.channels_last) and cotangent.stride(3) == 7
+    cotangent = cotangent.to(device)
+    expected = run_with_grads(torchvision.ops.deform_conv2d, case, tensors, cotangent=cotangent.contiguous())
+    ours = run_with_grads(rcm_fsad_ops.deform_conv2d, case, tensors, cotangent=cotangent)
+    assert_matches(ours, expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

@@ -15,6 +15,7 @@
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_math.cuh"
 #include "cpu_capability.h"
+#include "grad_rows.h"
 #include "group_loops.h"
 #include "hot_loop.h"
 #include "onednn_gemms.h"
@@ -57,11 +58,6 @@ GroupBlock group_block(const DeformConvGeometry& g) {
   return {g.groups, g.channels_per_group(), g.out_channels / g.groups, g.kernel_points()};
 }
 
-// t with its dimension `dim` of C_out output channels in output-major order (GroupBlock::output_major),
-// as group_loops.h takes the weights, the bias and the output gradient: a view, to make contiguous.
-at::Tensor output_major(const at::Tensor& t, int64_t dim, const DeformConvGeometry& g) {
-  return t.unflatten(dim, {g.groups, g.out_channels / g.groups}).transpose(dim, dim + 1).flatten(dim, dim + 1);
-}
 // grad_block (M, N) += grad_rows^T cols, for a tile's rows of the output gradient (len, M) and of the
 // columns (len, N) of one conv group: in oneDNN with `onednn`, else in BLAS.
 void add_weight_gradient_block(at::Tensor& grad_block, const at::Tensor& grad_rows, const at::Tensor& cols,
@@ -96,13 +92,40 @@ template <typename T>
   }
 }
 // planes[oc * plane_stride + r] = rows[r * channels + oc] for the len rows of an NHWC tile: an image's
-// output pixels as NCHW planes.
-template <typename T>
-[[gnu::always_inline]] inline void store_planes(const T* rows, int64_t len, int64_t channels, T* planes,
+// pixels as NCHW planes (of type D, rounded where that is narrower).
+template <typename S, typename D>
+[[gnu::always_inline]] inline void store_planes(const S* rows, int64_t len, int64_t channels, D* planes,
                                                 int64_t plane_stride) {
   for (int64_t oc = 0; oc < channels; ++oc) {
-    T* __restrict__ plane = planes + oc * plane_stride;
-    for (int64_t r = 0; r < len; ++r) plane[r] = rows[r * channels + oc];
+    D* __restrict__ plane = planes + oc * plane_stride;
+    for (int64_t r = 0; r < len; ++r) plane[r] = static_cast<D>(rows[r * channels + oc]);
+  }
+}
+// Stores image n's input gradient, scattered as NHWC rows into `image` (H * W * C values), into grad_input
+// (N, C, H, W), contiguous or channels_last, of type T or bfloat16 (whose layers sum in float32). NCHW planes
+// take a block of pixels at a time, whose rows stay in L1 while each channel reads them.
+template <typename T>
+void store_image_gradient(const T* image, const at::Tensor& grad_input, int64_t n, bool avx2_fma) {
+  const int64_t channels = grad_input.size(1);
+  const int64_t pixels = grad_input.size(2) * grad_input.size(3);
+  const auto store = [&](auto* out) {
+    using D = std::remove_pointer_t<decltype(out)>;
+    D* o = out + n * grad_input.stride(0);
+    run_hot_loop(avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+      if (grad_input.stride(1) == 1) {  // NHWC, as the image: only the type changes
+        for (int64_t i = 0; i < pixels * channels; ++i) o[i] = static_cast<D>(image[i]);
+        return;
+      }
+      constexpr int64_t kPixelBlock = 64;
+      for (int64_t p0 = 0; p0 < pixels; p0 += kPixelBlock) {
+        store_planes(image + p0 * channels, std::min(kPixelBlock, pixels - p0), channels, o + p0, pixels);
+      }
+    });
+  };
+  if (grad_input.scalar_type() == at::kBFloat16) {
+    store(grad_input.mutable_data_ptr<at::BFloat16>());
+  } else {
+    store(grad_input.mutable_data_ptr<T>());
   }
 }
 // at::parallel_for over [begin, end) whose body calls ATen operators (the tiles' GEMMs): the worker
@@ -283,16 +306,18 @@ struct BackwardOperands {
   bool gemms16;                 // bfloat16_gemms
   bool onednn;                  // the columns' gradient by packed_weight_t
   bool onednn_weight_gradient;  // the weight gradient's sums in oneDNN
-  // NHWC rows (N * H_out * W_out, C_out) of the output gradient, their channels output-major for the group
-  // loops: in the GEMMs' dtype for the columns' gradient, and in scalar_t for the weight gradient's sums.
-  at::Tensor grad_rows;
-  at::Tensor grad_rows_c;
+  // The output gradient's rows, their channels output-major for the group loops: in scalar_t, and with
+  // gemms16 in bfloat16 for the columns' gradient.
+  const GradRows& grad_rows;
+  const std::optional<GradRows>& grad_rows16;
   at::Tensor wmat;                      // (C_out, K * C_g), in the GEMMs' dtype
   at::Tensor weight_om;                 // with the group loops: wmat transposed, its columns output-major
   const PackedGroups& packed_weight_t;  // with onednn: columns_gradient_weight
-  // What the passes write: the input gradient, a copy for each band (bands, N, H, W, C); the offset's and
-  // the mask's (undefined without a mask); the weight matrix's, split.weight_copies() copies (copies, C_out,
-  // K * C_g).
+  // What the passes write: the input gradient (N, C, H, W), in the input's layout and dtype (with several
+  // bands, a copy for each band instead, (bands, N, H, W, C), summed into it after the passes); the offset's
+  // and the mask's (undefined without a mask); the weight matrix's, split.weight_copies() copies (copies,
+  // C_out, K * C_g).
+  at::Tensor grad_input;
   at::Tensor grad_input_bands;
   at::Tensor grad_offset;
   at::Tensor grad_mask;
@@ -301,12 +326,15 @@ struct BackwardOperands {
 
 // The first pass: the input, offset and mask gradients, and with split.weight_in_first_pass the weight
 // gradient. A task is the only writer of its band's copy of its image's input gradient, a worker of its
-// copy of the weight gradient.
+// copy of the weight gradient. With one band a task scatters its image into grad_input itself where that is
+// NHWC in scalar_t, else into the worker's image, which it then stores there: a whole batch's NHWC gradient,
+// zeroed before the passes and converted after them, was mapped afresh by glibc on every call, as
+// WorkerImages says of the input (N=8, 64 channels, 56x56, 2 threads: 1.4 ms to zero it, 2.2 to convert it).
 template <typename scalar_t>
 void backward_first_pass(const BackwardOperands<scalar_t>& o) {
   const DeformConvGeometry& g = o.g;
   const BackwardSplit& split = o.split;
-  const at::TensorOptions options = o.grad_rows_c.options();
+  const at::TensorOptions options = o.grad_offset.options();
   const int64_t out_cols = g.out_channels / g.groups;
   const int64_t weight_row = o.wmat.size(1);
   const int64_t image_size = g.height * g.width * g.channels;
@@ -316,13 +344,18 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
   const bool has_mask = o.grad_mask.defined();
   const FieldStrides gms = has_mask ? field_strides(o.grad_mask) : FieldStrides{0, 0, 0, 0};
   scalar_t* gm_ptr = has_mask ? o.grad_mask.template mutable_data_ptr<scalar_t>() : nullptr;
+  const bool in_place =
+      o.grad_input.scalar_type() == c10::CppTypeToScalarType<scalar_t>::value && o.grad_input.stride(1) == 1;
   parallel_for_calling_ops(0, split.workers, [&](int64_t w0, int64_t w1) {
     const GroupBlock layer = group_block(g);
     at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, options);
+    at::Tensor image_grad = at::empty({split.bands == 1 && !in_place ? image_size : 0}, options);
     // With gemms16 the GEMMs' bfloat16 output, widened into grad_cols for the scatter in a pass of its
     // own: the scatter reading bfloat16 itself vectorised 4 wide instead of 8, with spills, and took 28% of
     // a backward instead of 18%.
-    at::Tensor grad_cols16 = at::empty({o.gemms16 ? kRowTile : 0, g.column_width()}, o.grad_rows.options());
+    at::Tensor grad_cols16 = at::empty({o.gemms16 ? kRowTile : 0, g.column_width()}, o.wmat.options());
+    const at::Tensor grad_buffer = o.grad_rows.buffer(kRowTile);
+    const at::Tensor grad_buffer16 = o.gemms16 ? o.grad_rows16->buffer(kRowTile) : at::Tensor();
     at::Tensor sink = at::zeros({4, g.channels}, options);
     at::Tensor cols = at::empty({split.weight_in_first_pass ? kRowTile : 0, g.column_width()}, options);
     scalar_t* cols_ptr = split.weight_in_first_pass ? cols.mutable_data_ptr<scalar_t>() : nullptr;
@@ -331,9 +364,10 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
     WorkerImages<scalar_t> images(o.s, o.input);
     // The image of the thread's last task: how far a run of copied images may reach.
     const int64_t last_image = (split.first_task(w1) - 1) / split.bands;
-    // Rows [r0, r0 + len) of one band of one image, whose copy of the input gradient is grad_input.
-    const auto tile = [&](int64_t r0, int64_t len, scalar_t* grad_input, at::Tensor& grad_wmat) {
-      const scalar_t* grad_row0 = o.grad_rows_c.template const_data_ptr<scalar_t>() + r0 * g.out_channels;
+    // Rows [r0, r0 + len) of one band of one image, whose NHWC input gradient (or its band's copy) is grad_image.
+    const auto tile = [&](int64_t r0, int64_t len, scalar_t* grad_image, at::Tensor& grad_wmat) {
+      const at::Tensor grad_tile = o.grad_rows.rows(r0, len, grad_buffer, o.s.avx2_fma);
+      const scalar_t* grad_row0 = grad_tile.template const_data_ptr<scalar_t>();
       if (o.loops) {
         const scalar_t* w = o.weight_om.template const_data_ptr<scalar_t>();
         scalar_t* gc = grad_cols.mutable_data_ptr<scalar_t>();
@@ -343,24 +377,24 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
       } else {
         at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
         at::Tensor gemm_tile = o.gemms16 ? grad_cols16.narrow(0, 0, len) : grad_cols_tile;
+        const at::Tensor gemm_grad = o.gemms16 ? o.grad_rows16->rows(r0, len, grad_buffer16, o.s.avx2_fma) : grad_tile;
         if (o.onednn) {
-          o.packed_weight_t.multiply_rows(o.grad_rows.narrow(0, r0, len), std::nullopt, gemm_tile);
+          o.packed_weight_t.multiply_rows(gemm_grad, std::nullopt, gemm_tile);
         } else {
-          columns_gradient(o.grad_rows.narrow(0, r0, len), o.wmat, gemm_tile, g);
+          columns_gradient(gemm_grad, o.wmat, gemm_tile, g);
         }
         if (o.gemms16) grad_cols_tile.copy_(gemm_tile);
       }
       sample_columns_backward(images.holding(r0 / g.out_pixels(), last_image), r0, r0 + len, every_column,
-                              grad_cols.const_data_ptr<scalar_t>(), cols_ptr, grad_input,
+                              grad_cols.const_data_ptr<scalar_t>(), cols_ptr, grad_image,
                               sink.mutable_data_ptr<scalar_t>(), o.grad_offset.template mutable_data_ptr<scalar_t>(),
                               gos, gm_ptr, gms);
       if (!split.weight_in_first_pass) return;
       if (!o.loops) {
-        const at::Tensor grad_row_tile = o.grad_rows_c.narrow(0, r0, len);
         const at::Tensor tile = cols.narrow(0, 0, len);
         for (int64_t group = 0; group < g.groups; ++group) {
           at::Tensor grad_block = grad_wmat.narrow(0, group * out_cols, out_cols);
-          add_weight_gradient_block(grad_block, grad_row_tile.narrow(1, group * out_cols, out_cols),
+          add_weight_gradient_block(grad_block, grad_tile.narrow(1, group * out_cols, out_cols),
                                     tile.narrow(1, group * weight_row, weight_row), o.onednn_weight_gradient);
         }
         return;
@@ -374,14 +408,22 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
     for (int64_t worker = w0; worker < w1; ++worker) {
       at::Tensor grad_wmat = split.weight_in_first_pass ? o.grad_wmat_copies[worker] : at::Tensor();
       for (int64_t t = split.first_task(worker); t < split.first_task(worker + 1); ++t) {
-        const int64_t image_row = (t / split.bands) * g.out_pixels();
-        const int64_t begin = image_row + std::min(g.out_pixels(), (t % split.bands) * split.band_rows);
-        const int64_t end = image_row + std::min(g.out_pixels(), (t % split.bands + 1) * split.band_rows);
-        scalar_t* grad_input =
-            o.grad_input_bands.template mutable_data_ptr<scalar_t>() + (t % split.bands) * g.batch * image_size;
-        for (int64_t r0 = begin; r0 < end; r0 += kRowTile) {
-          tile(r0, std::min(kRowTile, end - r0), grad_input, grad_wmat);
+        const int64_t n = t / split.bands;
+        const int64_t band = t % split.bands;
+        const int64_t begin = n * g.out_pixels() + std::min(g.out_pixels(), band * split.band_rows);
+        const int64_t end = n * g.out_pixels() + std::min(g.out_pixels(), (band + 1) * split.band_rows);
+        scalar_t* grad_image;
+        if (split.bands > 1) {
+          grad_image = o.grad_input_bands.template mutable_data_ptr<scalar_t>() + (band * g.batch + n) * image_size;
+        } else {
+          grad_image = in_place ? o.grad_input.template mutable_data_ptr<scalar_t>() + n * o.grad_input.stride(0)
+                                : image_grad.mutable_data_ptr<scalar_t>();
+          std::fill(grad_image, grad_image + image_size, scalar_t(0));
         }
+        for (int64_t r0 = begin; r0 < end; r0 += kRowTile) {
+          tile(r0, std::min(kRowTile, end - r0), grad_image, grad_wmat);
+        }
+        if (split.bands == 1 && !in_place) store_image_gradient(grad_image, o.grad_input, n, o.s.avx2_fma);
       }
     }
   });
@@ -396,7 +438,7 @@ void backward_weight_gradient_pass(const BackwardOperands<scalar_t>& o) {
   const DeformConvGeometry& g = o.g;
   const BackwardSplit& split = o.split;
   const WeightGradientSplit& weights = split.weights;
-  const at::TensorOptions options = o.grad_rows_c.options();
+  const at::TensorOptions options = o.grad_offset.options();
   const int64_t rows = g.batch * g.out_pixels();
   const int64_t out_cols = g.out_channels / g.groups;
   const int64_t weight_row = o.wmat.size(1);
@@ -410,6 +452,7 @@ void backward_weight_gradient_pass(const BackwardOperands<scalar_t>& o) {
     scalar_t* cols_ptr = cols.mutable_data_ptr<scalar_t>();
     const GroupBlock block{weights.conv_groups, cg, out_cols, run};
     at::Tensor tile_sums = o.loops ? at::empty({group_width, block.outputs()}, options) : at::Tensor();
+    const at::Tensor grad_buffer = o.grad_rows.buffer(tile_rows);
     WorkerImages<scalar_t> images(o.s, o.input);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t range = t / split.blocks;
@@ -417,41 +460,39 @@ void backward_weight_gradient_pass(const BackwardOperands<scalar_t>& o) {
       const int64_t k0 = t % weights.kernel_point_runs * run;
       const ColumnWindow window =
           ColumnWindow::conv_groups(g, group0, group0 + weights.conv_groups, k0, k0 + run, layout);
-      // Samples the tiles of the range's rows in turn and hands each to add(r0, len).
+      // Samples the tiles of the range's rows in turn and hands each to add(len, its rows of grad_rows).
       const auto for_each_tile = [&](const auto& add) {
         const int64_t end = std::min(rows, (range + 1) * split.range_rows);
         for (int64_t r0 = range * split.range_rows; r0 < end; r0 += tile_rows) {
           const int64_t len = std::min(tile_rows, end - r0);
           sample_columns(images, r0, r0 + len, window, cols_ptr);
-          add(r0, len);
+          add(len, o.grad_rows.rows(r0, len, grad_buffer, o.s.avx2_fma));
         }
       };
       if (o.loops) {
         // The block of the range's copy, grad_wmat[oc, k * cg + c'] for the block's output channels oc and
-        // kernel points k, and its first group's output 0 in the (output-major) grad_rows.
+        // kernel points k; its first group's output 0 is column group0 of the (output-major) rows.
         scalar_t* grad_block = o.grad_wmat_copies[range].template mutable_data_ptr<scalar_t>() +
                                group0 * out_cols * weight_row + k0 * cg;
-        const scalar_t* grad_row_block = o.grad_rows_c.template const_data_ptr<scalar_t>() + group0;
         scalar_t* sums = tile_sums.mutable_data_ptr<scalar_t>();
-        for_each_tile([&](int64_t r0, int64_t len) {
+        for_each_tile([&](int64_t len, const at::Tensor& grad_tile) {
           run_hot_loop(o.s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-            add_group_loops_weight_gradient(block, len, grad_row_block + r0 * g.out_channels, g.out_channels,
+            add_group_loops_weight_gradient(block, len, grad_tile.const_data_ptr<scalar_t>() + group0, g.out_channels,
                                             g.groups, cols_ptr, sums, grad_block, weight_row);
           });
         });
         continue;
       }
-      // Each group's block of the range's copy and its columns of grad_rows, made once per task.
-      std::vector<at::Tensor> grad_blocks, grad_row_blocks;
+      // Each group's block of the range's copy, made once per task.
+      std::vector<at::Tensor> grad_blocks;
       for (int64_t group = group0; group < group0 + weights.conv_groups; ++group) {
         grad_blocks.push_back(
             o.grad_wmat_copies[range].narrow(0, group * out_cols, out_cols).narrow(1, k0 * cg, group_width));
-        grad_row_blocks.push_back(o.grad_rows_c.narrow(1, group * out_cols, out_cols));
       }
-      for_each_tile([&](int64_t r0, int64_t len) {
+      for_each_tile([&](int64_t len, const at::Tensor& grad_tile) {
         const at::Tensor tile = cols.narrow(0, 0, len);
         for (int64_t i = 0; i < weights.conv_groups; ++i) {
-          add_weight_gradient_block(grad_blocks[i], grad_row_blocks[i].narrow(0, r0, len),
+          add_weight_gradient_block(grad_blocks[i], grad_tile.narrow(1, (group0 + i) * out_cols, out_cols),
                                     tile.narrow(1, i * group_width, group_width), o.onednn_weight_gradient);
         }
       });
@@ -483,7 +524,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const at::TensorOptions options = input.options().dtype(computed);
   const BackwardSplit split = backward_split(g, at::get_num_threads(),
                                              static_cast<int64_t>(c10::elementSize(computed)), split_copy_bytes());
-  at::Tensor grad_input_bands = at::zeros({split.bands, g.batch, g.height, g.width, g.channels}, options);
+  at::Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(output_memory_format(input)));
+  const at::Tensor grad_input_bands =
+      split.bands > 1 ? at::zeros({split.bands, g.batch, g.height, g.width, g.channels}, options) : at::Tensor();
   const at::Tensor offset_c = offset.to(computed);
   const std::optional<at::Tensor> mask_c = gemms16 ? to_float(mask) : mask;
   const OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset_c, mask_c, g);
@@ -493,9 +536,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     const bool loops = use_group_loops(g);
     const bool onednn = !loops && onednn_float_gemms(wmat);
     const PackedGroups packed_weight_t = onednn ? columns_gradient_weight(wmat, g.groups, kRowTile) : PackedGroups();
-    const at::Tensor grad_nhwc = grad_output.permute({0, 2, 3, 1});
-    const at::Tensor grad_rows =
-        (loops ? output_major(grad_nhwc, 3, g) : grad_nhwc).contiguous().view({-1, g.out_channels});
+    // A second pass of several blocks reads a few of each row's channels a task: the rows copied once.
+    const bool whole_rows = !split.weight_in_first_pass && split.blocks > 1;
+    const GradRows grad_rows(grad_output, computed, loops, whole_rows, g);
+    const std::optional<GradRows> grad_rows16 =
+        gemms16 ? std::optional<GradRows>(std::in_place, grad_output, wmat.scalar_type(), loops, whole_rows, g)
+                : std::nullopt;
     const at::Tensor zeros = at::zeros({g.channels}, options);
     const std::vector<kernels::KernelPoint> points = kernel_points(g);
     AT_DISPATCH_FLOATING_TYPES(computed, "deform_conv2d_backward_cpu", [&] {
@@ -503,18 +549,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       const BackwardOperands<scalar_t> operands{
           g, s, input, split, loops, gemms16, onednn,
           // bfloat16 layers sum their weight gradient in float32 too.
-          !loops && computed == at::kFloat && onednn_float_gemms_available(), grad_rows, grad_rows.to(computed),
+          !loops && computed == at::kFloat && onednn_float_gemms_available(), grad_rows, grad_rows16,
           wmat, loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor(), packed_weight_t,
-          grad_input_bands, sample_gradients.offset, mask.has_value() ? sample_gradients.mask : at::Tensor(),
-          grad_wmat_copies};
+          grad_input, grad_input_bands, sample_gradients.offset,
+          mask.has_value() ? sample_gradients.mask : at::Tensor(), grad_wmat_copies};
       backward_first_pass(operands);
       if (!split.weight_in_first_pass) backward_weight_gradient_pass(operands);
     });
+    if (split.bands > 1) grad_input.permute({0, 2, 3, 1}).copy_(grad_input_bands.sum(0));
+  } else {
+    grad_input.zero_();
   }
-  const at::Tensor grad_input = split.bands > 1 ? grad_input_bands.sum(0) : grad_input_bands.squeeze(0);
   const at::Tensor grad_wmat = split.weight_copies() > 1 ? grad_wmat_copies.sum(0) : grad_wmat_copies.squeeze(0);
-  return {from_nhwc(grad_input, input.scalar_type(), output_memory_format(input)),
-          sample_gradients.offset.to(input.scalar_type()), weight_from_matrix(grad_wmat, weight),
+  return {grad_input, sample_gradients.offset.to(input.scalar_type()), weight_from_matrix(grad_wmat, weight),
           sample_gradients.mask.to(input.scalar_type())};
 }
 

@@ -408,19 +408,20 @@ template <bool kWriteColumns, typename scalar_t>
 
 // Backward of sample_columns for rows [row_begin, row_end) of one image, whose columns' gradient
 // grad_cols has every column, laid out as `window` (ColumnWindow::every_column, in either layout):
-// scatters into that image's NHWC grad_input (the caller owns it, so no atomics) and writes the offset
-// and mask gradients of every (row, offset group, kernel point). sink: 4 x C values, a row per corner,
-// that absorb the scatter of corners the input gradient does not reach (kernels::gradient_reaches), so
-// that the loop over a sample's channels has no branch; a row each keeps the four targets distinct, as
-// their __restrict__ promises. With kWriteColumns it also writes the rows' columns to cols, laid out as
-// grad_cols, as sample_columns would: it reads their corners anyway, and the weight gradient needs them.
-// runs: channel_runs of the window. The samples of kSampleRows rows at a time (backward_samples), then
-// each row's samples (sample_backward); samples: a BackwardSamples for each kernel point.
+// scatters into grad_image, that image's NHWC input gradient (the caller owns it, so no atomics), and
+// writes the offset and mask gradients of every (row, offset group, kernel point). sink: 4 x C values, a
+// row per corner, that absorb the scatter of corners the input gradient does not reach
+// (kernels::gradient_reaches), so that the loop over a sample's channels has no branch; a row each keeps
+// the four targets distinct, as their __restrict__ promises. With kWriteColumns it also writes the rows'
+// columns to cols, laid out as grad_cols, as sample_columns would: it reads their corners anyway, and the
+// weight gradient needs them. runs: channel_runs of the window. The samples of kSampleRows rows at a time
+// (backward_samples), then each row's samples (sample_backward); samples: a BackwardSamples for each
+// kernel point.
 template <bool kWriteColumns, typename scalar_t>
 [[gnu::always_inline]] inline void sample_columns_backward_body(
     const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end, const ColumnWindow& window,
     const std::vector<std::vector<ChannelRun>>& runs, SampleRows<scalar_t>& rows, BackwardSamples<scalar_t>* samples,
-    const scalar_t* grad_cols, scalar_t* cols, scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
+    const scalar_t* grad_cols, scalar_t* cols, scalar_t* grad_image, scalar_t* sink, scalar_t* grad_offset,
     FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
   const DeformConvGeometry& g = s.g;
   int64_t lanes = 0;
@@ -434,7 +435,6 @@ template <bool kWriteColumns, typename scalar_t>
       for (int64_t k = 0; k < g.kernel_points(); ++k) backward_samples(s, og, k, len, rows, samples[k]);
       for (int64_t j = 0; j < len; ++j) {
         const auto [n, oy, ox] = kernels::output_pixel(g, r0 + j);
-        scalar_t* grad_image = grad_input + n * g.height * g.width * g.channels;
         const int64_t row_at = (r0 + j - row_begin) * window.width();
         for (int64_t k = 0; k < g.kernel_points(); ++k) {
           const BackwardSamples<scalar_t>& b = samples[k];
@@ -532,7 +532,7 @@ void sample_columns(WorkerImages<scalar_t>& images, int64_t row_begin, int64_t r
 template <typename scalar_t>
 void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_end,
                              const ColumnWindow& window, const scalar_t* grad_cols, scalar_t* cols,
-                             scalar_t* grad_input, scalar_t* sink, scalar_t* grad_offset,
+                             scalar_t* grad_image, scalar_t* sink, scalar_t* grad_offset,
                              FieldStrides grad_offset_strides, scalar_t* grad_mask, FieldStrides grad_mask_strides) {
   const std::vector<std::vector<ChannelRun>> runs = channel_runs(s.g, window);
   SampleRows<scalar_t> rows(s.g);
@@ -540,11 +540,11 @@ void sample_columns_backward(const Sampling<scalar_t>& s, int64_t row_begin, int
   run_hot_loop(s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
     if (cols != nullptr) {
       sample_columns_backward_body<true>(s, row_begin, row_end, window, runs, rows, samples.data(), grad_cols, cols,
-                                         grad_input, sink, grad_offset, grad_offset_strides, grad_mask,
+                                         grad_image, sink, grad_offset, grad_offset_strides, grad_mask,
                                          grad_mask_strides);
     } else {
       sample_columns_backward_body<false>(s, row_begin, row_end, window, runs, rows, samples.data(), grad_cols,
-                                          cols, grad_input, sink, grad_offset, grad_offset_strides, grad_mask,
+                                          cols, grad_image, sink, grad_offset, grad_offset_strides, grad_mask,
                                           grad_mask_strides);
     }
   });

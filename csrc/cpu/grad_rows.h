@@ -1,0 +1,120 @@
+// The output gradient as the CPU backward reads it: NHWC rows, a tile at a time.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../kernels/deform_conv2d_math.cuh"
+#include "group_loops.h"
+#include "hot_loop.h"
+
+namespace rcm_fsad::cpu {
+
+using kernels::DeformConvGeometry;
+
+// rows[r * channels + column[oc]] = src[oc * channel_stride + r * pixel_stride] for r < len: a run of an
+// image's output pixels as rows (NHWC). Planes (pixel_stride 1) are read a block of pixels at a time, so
+// that the block's rows stay in L1 while each channel writes them.
+template <typename S, typename D>
+[[gnu::always_inline]] inline void gather_rows(const S* src, int64_t channel_stride, int64_t pixel_stride,
+                                               int64_t len, int64_t channels, const int64_t* column, D* rows) {
+  if (pixel_stride != 1) {
+    for (int64_t r = 0; r < len; ++r) {
+      for (int64_t oc = 0; oc < channels; ++oc) {
+        rows[r * channels + column[oc]] = static_cast<D>(src[r * pixel_stride + oc * channel_stride]);
+      }
+    }
+    return;
+  }
+  constexpr int64_t kPixelBlock = 64;
+  for (int64_t p0 = 0; p0 < len; p0 += kPixelBlock) {
+    const int64_t block = std::min(kPixelBlock, len - p0);
+    for (int64_t oc = 0; oc < channels; ++oc) {
+      const S* __restrict__ plane = src + oc * channel_stride + p0;
+      D* __restrict__ out = rows + p0 * channels + column[oc];
+      for (int64_t r = 0; r < block; ++r) out[r * channels] = static_cast<D>(plane[r]);
+    }
+  }
+}
+
+// t with its dimension `dim` of C_out output channels in output-major order (GroupBlock::output_major),
+// as group_loops.h takes the weights, the bias and the output gradient: a view, to make contiguous.
+inline at::Tensor output_major(const at::Tensor& t, int64_t dim, const DeformConvGeometry& g) {
+  return t.unflatten(dim, {g.groups, g.out_channels / g.groups}).transpose(dim, dim + 1).flatten(dim, dim + 1);
+}
+
+// The output gradient (N, C_out, H_out, W_out) as rows (N * H_out * W_out, C_out) of `dtype`, NHWC, their
+// channels output-major (GroupBlock::output_major) for the group loops: a view of it where it is such rows
+// already, else each tile's rows gathered into a worker's buffer, or with `whole` all of them copied up
+// front (for tiles that take a few of the rows' channels each). A whole batch's copy, made up front, was
+// mapped afresh by glibc on every call, as WorkerImages (sampling.h) says of the input.
+class GradRows {
+ public:
+  GradRows(const at::Tensor& grad_output, at::ScalarType dtype, bool output_major_channels, bool whole,
+           const DeformConvGeometry& g)
+      : g_(g), options_(grad_output.options().dtype(dtype)) {
+    const at::Tensor nhwc = grad_output.permute({0, 2, 3, 1});
+    if (!output_major_channels && nhwc.is_contiguous() && grad_output.scalar_type() == dtype) {
+      view_ = nhwc.view({-1, g.out_channels});
+      return;
+    }
+    if (whole) {
+      view_ = at::empty({g.batch * g.out_pixels(), g.out_channels}, grad_output.options().dtype(dtype));
+      view_.view({g.batch, g.out_h, g.out_w, g.out_channels})
+          .copy_(output_major_channels ? output_major(nhwc, 3, g) : nhwc);
+      return;
+    }
+    // Planes or rows, whichever grad_output is closer to; other strides (an expanded gradient) are copied.
+    source_ = grad_output.is_contiguous(at::MemoryFormat::ChannelsLast) ? grad_output : grad_output.contiguous();
+    // Consecutive pixels are a row apart, or a column apart in images of one column (strides of size-1
+    // dimensions are arbitrary).
+    pixel_stride_ = source_.stride(g.out_w > 1 ? 3 : 2);
+    const GroupBlock block{g.groups, 0, g.out_channels / g.groups, 0};
+    for (int64_t oc = 0; oc < g.out_channels; ++oc) {
+      column_.push_back(output_major_channels ? block.output_major(oc / block.m, oc % block.m) : oc);
+    }
+  }
+
+  // A worker's buffer for tiles of at most `rows` rows (empty where the rows are views).
+  at::Tensor buffer(int64_t rows) const {
+    return at::empty({view_.defined() ? 0 : rows, g_.out_channels}, options_);
+  }
+
+  // Rows [r0, r0 + len), of any images: a (len, C_out) tensor whose rows are contiguous, a view or buffer's
+  // first len rows.
+  at::Tensor rows(int64_t r0, int64_t len, const at::Tensor& buffer, bool avx2_fma) const {
+    if (view_.defined()) return view_.narrow(0, r0, len);
+    const int64_t out_pixels = g_.out_pixels();
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, source_.scalar_type(), "GradRows", [&] {
+      using source_t = scalar_t;
+      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, buffer.scalar_type(), "GradRows", [&] {
+        for (int64_t a = 0; a < len;) {
+          const int64_t n = (r0 + a) / out_pixels;
+          const int64_t pixel = r0 + a - n * out_pixels;
+          const int64_t seg = std::min(len - a, out_pixels - pixel);
+          const source_t* src = source_.const_data_ptr<source_t>() + n * source_.stride(0) + pixel * pixel_stride_;
+          scalar_t* out = buffer.mutable_data_ptr<scalar_t>() + a * g_.out_channels;
+          run_hot_loop(avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+            gather_rows(src, source_.stride(1), pixel_stride_, seg, g_.out_channels, column_.data(), out);
+          });
+          a += seg;
+        }
+      });
+    });
+    return buffer.narrow(0, 0, len);
+  }
+
+ private:
+  DeformConvGeometry g_;
+  at::TensorOptions options_;    // the rows'
+  at::Tensor view_;              // (N * H_out * W_out, C_out), where grad_output is such rows or `whole`
+  at::Tensor source_;            // else grad_output, contiguous or channels_last,
+  int64_t pixel_stride_ = 0;     // its pixels' stride,
+  std::vector<int64_t> column_;  // and the column of each output channel
+};
+
+}  // namespace rcm_fsad::cpu
