@@ -18,6 +18,7 @@
 #include "grad_rows.h"
 #include "group_loops.h"
 #include "hot_loop.h"
+#include "layout_copies.h"
 #include "onednn_gemms.h"
 #include "sampling.h"
 #include "work_split.h"
@@ -91,19 +92,8 @@ template <typename T>
     }
   }
 }
-// planes[oc * plane_stride + r] = rows[r * channels + oc] for the len rows of an NHWC tile: an image's
-// pixels as NCHW planes (of type D, rounded where that is narrower).
-template <typename S, typename D>
-[[gnu::always_inline]] inline void store_planes(const S* rows, int64_t len, int64_t channels, D* planes,
-                                                int64_t plane_stride) {
-  for (int64_t oc = 0; oc < channels; ++oc) {
-    D* __restrict__ plane = planes + oc * plane_stride;
-    for (int64_t r = 0; r < len; ++r) plane[r] = static_cast<D>(rows[r * channels + oc]);
-  }
-}
 // Stores image n's input gradient, scattered as NHWC rows into `image` (H * W * C values), into grad_input
-// (N, C, H, W), contiguous or channels_last, of type T or bfloat16 (whose layers sum in float32). NCHW planes
-// take a block of pixels at a time, whose rows stay in L1 while each channel reads them.
+// (N, C, H, W), contiguous or channels_last, of type T or bfloat16 (whose layers sum in float32).
 template <typename T>
 void store_image_gradient(const T* image, const at::Tensor& grad_input, int64_t n, bool avx2_fma) {
   const int64_t channels = grad_input.size(1);
@@ -116,10 +106,7 @@ void store_image_gradient(const T* image, const at::Tensor& grad_input, int64_t 
         for (int64_t i = 0; i < pixels * channels; ++i) o[i] = static_cast<D>(image[i]);
         return;
       }
-      constexpr int64_t kPixelBlock = 64;
-      for (int64_t p0 = 0; p0 < pixels; p0 += kPixelBlock) {
-        store_planes(image + p0 * channels, std::min(kPixelBlock, pixels - p0), channels, o + p0, pixels);
-      }
+      store_planes(image, pixels, channels, o, pixels);
     });
   };
   if (grad_input.scalar_type() == at::kBFloat16) {

@@ -10,36 +10,11 @@
 
 #include "../kernels/deform_conv2d_math.cuh"
 #include "group_loops.h"
-#include "hot_loop.h"
+#include "layout_copies.h"
 
 namespace rcm_fsad::cpu {
 
 using kernels::DeformConvGeometry;
-
-// rows[r * channels + column[oc]] = src[oc * channel_stride + r * pixel_stride] for r < len: a run of an
-// image's output pixels as rows (NHWC). Planes (pixel_stride 1) are read a block of pixels at a time, so
-// that the block's rows stay in L1 while each channel writes them.
-template <typename S, typename D>
-[[gnu::always_inline]] inline void gather_rows(const S* src, int64_t channel_stride, int64_t pixel_stride,
-                                               int64_t len, int64_t channels, const int64_t* column, D* rows) {
-  if (pixel_stride != 1) {
-    for (int64_t r = 0; r < len; ++r) {
-      for (int64_t oc = 0; oc < channels; ++oc) {
-        rows[r * channels + column[oc]] = static_cast<D>(src[r * pixel_stride + oc * channel_stride]);
-      }
-    }
-    return;
-  }
-  constexpr int64_t kPixelBlock = 64;
-  for (int64_t p0 = 0; p0 < len; p0 += kPixelBlock) {
-    const int64_t block = std::min(kPixelBlock, len - p0);
-    for (int64_t oc = 0; oc < channels; ++oc) {
-      const S* __restrict__ plane = src + oc * channel_stride + p0;
-      D* __restrict__ out = rows + p0 * channels + column[oc];
-      for (int64_t r = 0; r < block; ++r) out[r * channels] = static_cast<D>(plane[r]);
-    }
-  }
-}
 
 // t with its dimension `dim` of C_out output channels in output-major order (GroupBlock::output_major),
 // as group_loops.h takes the weights, the bias and the output gradient: a view, to make contiguous.
@@ -68,11 +43,9 @@ class GradRows {
           .copy_(output_major_channels ? output_major(nhwc, 3, g) : nhwc);
       return;
     }
-    // Planes or rows, whichever grad_output is closer to; other strides (an expanded gradient) are copied.
-    source_ = grad_output.is_contiguous(at::MemoryFormat::ChannelsLast) ? grad_output : grad_output.contiguous();
-    // Consecutive pixels are a row apart, or a column apart in images of one column (strides of size-1
-    // dimensions are arbitrary).
-    pixel_stride_ = source_.stride(g.out_w > 1 ? 3 : 2);
+    // A copy only where its pixels are not evenly spaced.
+    source_ = pixel_stride(grad_output).has_value() ? grad_output : grad_output.contiguous();
+    pixel_stride_ = *pixel_stride(source_);
     const GroupBlock block{g.groups, 0, g.out_channels / g.groups, 0};
     for (int64_t oc = 0; oc < g.out_channels; ++oc) {
       column_.push_back(output_major_channels ? block.output_major(oc / block.m, oc % block.m) : oc);
@@ -88,22 +61,15 @@ class GradRows {
   // first len rows.
   at::Tensor rows(int64_t r0, int64_t len, const at::Tensor& buffer, bool avx2_fma) const {
     if (view_.defined()) return view_.narrow(0, r0, len);
-    const int64_t out_pixels = g_.out_pixels();
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, source_.scalar_type(), "GradRows", [&] {
-      using source_t = scalar_t;
-      AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, buffer.scalar_type(), "GradRows", [&] {
-        for (int64_t a = 0; a < len;) {
-          const int64_t n = (r0 + a) / out_pixels;
-          const int64_t pixel = r0 + a - n * out_pixels;
-          const int64_t seg = std::min(len - a, out_pixels - pixel);
-          const source_t* src = source_.const_data_ptr<source_t>() + n * source_.stride(0) + pixel * pixel_stride_;
-          scalar_t* out = buffer.mutable_data_ptr<scalar_t>() + a * g_.out_channels;
-          run_hot_loop(avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
-            gather_rows(src, source_.stride(1), pixel_stride_, seg, g_.out_channels, column_.data(), out);
-          });
-          a += seg;
-        }
-      });
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, buffer.scalar_type(), "GradRows", [&] {
+      for (int64_t a = 0; a < len;) {
+        const int64_t n = (r0 + a) / g_.out_pixels();
+        const int64_t pixel = r0 + a - n * g_.out_pixels();
+        const int64_t seg = std::min(len - a, g_.out_pixels() - pixel);
+        gather_image_rows(source_, n, pixel, seg, pixel_stride_, column_.data(),
+                          buffer.mutable_data_ptr<scalar_t>() + a * g_.out_channels, avx2_fma);
+        a += seg;
+      }
     });
     return buffer.narrow(0, 0, len);
   }
@@ -112,7 +78,7 @@ class GradRows {
   DeformConvGeometry g_;
   at::TensorOptions options_;    // the rows'
   at::Tensor view_;              // (N * H_out * W_out, C_out), where grad_output is such rows or `whole`
-  at::Tensor source_;            // else grad_output, contiguous or channels_last,
+  at::Tensor source_;            // else grad_output (or a contiguous copy),
   int64_t pixel_stride_ = 0;     // its pixels' stride,
   std::vector<int64_t> column_;  // and the column of each output channel
 };

@@ -15,6 +15,7 @@
 #include "../deform_conv2d_args.h"
 #include "../kernels/deform_conv2d_math.cuh"
 #include "hot_loop.h"
+#include "layout_copies.h"
 #include "work_split.h"
 
 namespace rcm_fsad::cpu {
@@ -487,7 +488,10 @@ class WorkerImages {
     const DeformConvGeometry& g = s.g;
     const int64_t image_bytes = g.height * g.width * g.channels * int64_t(sizeof(scalar_t));
     const int64_t images = std::clamp<int64_t>(s.image_copy_bytes / std::max<int64_t>(1, image_bytes), 1, g.batch);
-    input_ = input;
+    // A whole copy only where an image's pixels are not evenly spaced (a layout of no use to anyone).
+    input_ = pixel_stride(input).has_value() ? input : input.contiguous();
+    pixel_stride_ = *pixel_stride(input_);
+    for (int64_t c = 0; c < g.channels; ++c) channels_.push_back(c);
     buffer_ = at::empty({images, g.height, g.width, g.channels},
                         input.options().dtype(c10::CppTypeToScalarType<scalar_t>::value));
     sampling_.input = buffer_.const_data_ptr<scalar_t>();
@@ -501,7 +505,12 @@ class WorkerImages {
   const Sampling<scalar_t>& holding(int64_t first, int64_t last) {
     if (buffer_.defined() && (first < sampling_.first_image || first >= held_end_)) {
       const int64_t count = std::min(buffer_.size(0), last + 1 - first);
-      buffer_.narrow(0, 0, count).copy_(input_.narrow(0, first, count).permute({0, 2, 3, 1}));
+      const int64_t pixels = sampling_.g.height * sampling_.g.width;
+      for (int64_t i = 0; i < count; ++i) {
+        gather_image_rows(input_, first + i, 0, pixels, pixel_stride_, channels_.data(),
+                          buffer_.mutable_data_ptr<scalar_t>() + i * pixels * sampling_.g.channels,
+                          sampling_.avx2_fma);
+      }
       sampling_.first_image = first;
       held_end_ = first + count;
     }
@@ -512,8 +521,10 @@ class WorkerImages {
  private:
   Sampling<scalar_t> sampling_;
   int64_t held_end_;   // the images the sampling holds end here (the batch's end where it reads the input)
-  at::Tensor input_;
-  at::Tensor buffer_;  // (images, H, W, C), where the images are copied
+  at::Tensor input_;               // (N, C, H, W), its images' pixels pixel_stride_ apart
+  int64_t pixel_stride_ = 0;
+  std::vector<int64_t> channels_;  // 0, ..., C - 1: gather_rows' columns
+  at::Tensor buffer_;              // (images, H, W, C), where the images are copied
 };
 
 // sample_columns of rows [row_begin, row_end) of any images, sampled from `images`.
