@@ -561,11 +561,12 @@ def test_cpu_images_of_2_to_the_31_pixels_are_an_error():
         torch.ops.rcm_fsad.deform_conv2d_backward(input, input, offset, weight, None, (1, 1), (0, 0), (1, 1))
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_offset"])
+@pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_input", "transposed_offset"])
 @pytest.mark.parametrize("name", ["basic", "groups2_offset_groups3", "depthwise_multiplier"])
 def test_memory_layouts(layout, name, device):
     """Inputs in any layout; the output in the input's (on the CPU: written by the GEMMs, and by the group
-    loops with one and several outputs a group)."""
+    loops with one and several outputs a group). A sliced input's pixels are evenly spaced, a transposed one's
+    are not (the CPU copies its images from each other way)."""
     case = CASES[name]
     tensors = case.tensors(torch.float64, device)
     expected = run_with_grads(torchvision.ops.deform_conv2d, case, tensors)
@@ -578,6 +579,8 @@ def test_memory_layouts(layout, name, device):
         wide[:, 1:-1, :, ::2] = tensors["input"]
         tensors["input"] = wide[:, 1:-1, :, ::2]
         assert not tensors["input"].is_contiguous()
+    elif layout == "transposed_input":
+        tensors["input"] = tensors["input"].transpose(2, 3).contiguous().transpose(2, 3)
     else:
         tensors["offset"] = tensors["offset"].transpose(2, 3).contiguous().transpose(2, 3)
         tensors["mask"] = tensors["mask"].transpose(0, 1).contiguous().transpose(0, 1)
@@ -589,13 +592,14 @@ def test_memory_layouts(layout, name, device):
         assert ours[0].is_contiguous()
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "expanded", "one_column_channels_last"])
+@pytest.mark.parametrize("layout", ["channels_last", "expanded", "transposed", "one_column_channels_last"])
 @pytest.mark.parametrize("name", ["basic", "groups2_wide", "depthwise_multiplier"])
 def test_output_gradient_layouts(layout, name, device):
     """The output gradient in any layout, which the CPU backward reads a tile of rows at a time (as planes or
     rows, in the GEMMs' order or the group loops'): channels_last; expanded from a value a channel (a sum's
-    gradient, strides 0); and channels_last with images of one column whose width has a stride no dense layout
-    gives it (PyTorch ignores the strides of size-1 dimensions). Against torchvision's in float64."""
+    gradient, strides 0); height and width transposed (pixels not evenly spaced: copied first); and
+    channels_last with images of one column whose width has a stride no dense layout gives it (PyTorch
+    ignores the strides of size-1 dimensions). Against torchvision's in float64."""
     case = CASES[name]
     if layout == "one_column_channels_last":
         case = replace(case, width=3, padding=(1, 0))
@@ -607,6 +611,8 @@ def test_output_gradient_layouts(layout, name, device):
         cotangent = torch.randn(out_shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     elif layout == "expanded":
         cotangent = torch.randn(1, c, 1, 1, dtype=torch.float64).expand(out_shape)
+    elif layout == "transposed":
+        cotangent = torch.randn(n, c, w, h, dtype=torch.float64).transpose(2, 3)
     else:
         assert w == 1
         cotangent = torch.randn(n * h * c, dtype=torch.float64).as_strided(out_shape, (h * c, 1, c, 7))
