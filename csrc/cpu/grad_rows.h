@@ -38,7 +38,7 @@ class GradRows {
       return;
     }
     if (whole) {
-      view_ = at::empty({g.batch * g.out_pixels(), g.out_channels}, grad_output.options().dtype(dtype));
+      view_ = at::empty({g.batch * g.out_pixels(), g.out_channels}, options_);
       view_.view({g.batch, g.out_h, g.out_w, g.out_channels})
           .copy_(output_major_channels ? output_major(nhwc, 3, g) : nhwc);
       return;

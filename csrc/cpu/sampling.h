@@ -488,7 +488,7 @@ class WorkerImages {
     const DeformConvGeometry& g = s.g;
     const int64_t image_bytes = g.height * g.width * g.channels * int64_t(sizeof(scalar_t));
     const int64_t images = std::clamp<int64_t>(s.image_copy_bytes / std::max<int64_t>(1, image_bytes), 1, g.batch);
-    // A whole copy only where an image's pixels are not evenly spaced (a layout of no use to anyone).
+    // A whole copy only where an image's pixels are not evenly spaced (height and width transposed, say).
     input_ = pixel_stride(input).has_value() ? input : input.contiguous();
     pixel_stride_ = *pixel_stride(input_);
     for (int64_t c = 0; c < g.channels; ++c) channels_.push_back(c);
