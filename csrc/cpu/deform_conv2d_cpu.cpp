@@ -199,6 +199,8 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     // The sampling's dtype: bfloat16 is sampled in float32 (its GEMMs' operands are bfloat16).
     const at::ScalarType sampled = gemms16 ? at::kFloat : input.scalar_type();
     const at::Tensor offset_s = offset.to(sampled);
+    // Copied whole, once, only where its pixels are not evenly spaced (height and width transposed, say).
+    const at::Tensor images_in = evenly_spaced(input);
     const std::optional<at::Tensor> mask_s = gemms16 ? to_float(mask) : mask;
     const at::Tensor wmat = weight_matrix(weight);
     const at::Tensor zeros = at::zeros({g.channels}, input.options().dtype(sampled));
@@ -224,7 +226,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     const auto forward_tiles = [&](auto sampled_type, auto out_type) {
       using scalar_t = decltype(sampled_type);
       using out_t = decltype(out_type);
-      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input, offset_s, mask_s, zeros, points);
+      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, images_in, offset_s, mask_s, zeros, points);
       const int64_t tiles = (rows + tile_rows - 1) / tile_rows;
       out_t* out_ptr = out.mutable_data_ptr<out_t>();
       parallel_for_calling_ops(0, tiles, [&](int64_t t0, int64_t t1) {
@@ -232,7 +234,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
         out_t* cols_ptr = cols.mutable_data_ptr<out_t>();
         at::Tensor scratch = at::empty({loops ? g.out_channels : 0}, input.options());
         at::Tensor tile_out = at::empty({loops || nhwc ? 0 : tile_rows, g.out_channels}, input.options());
-        WorkerImages<scalar_t> images(s, input);
+        WorkerImages<scalar_t> images(s, images_in);
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t r0 = t * tile_rows;
           const int64_t len = std::min(tile_rows, rows - r0);
@@ -530,11 +532,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         gemms16 ? std::optional<GradRows>(std::in_place, grad_output, wmat.scalar_type(), loops, whole_rows, g)
                 : std::nullopt;
     const at::Tensor zeros = at::zeros({g.channels}, options);
+    // Copied whole, once, only where its pixels are not evenly spaced (height and width transposed, say).
+    const at::Tensor images_in = evenly_spaced(input);
     const std::vector<kernels::KernelPoint> points = kernel_points(g);
     AT_DISPATCH_FLOATING_TYPES(computed, "deform_conv2d_backward_cpu", [&] {
-      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, input, offset_c, mask_c, zeros, points);
+      const Sampling<scalar_t> s = make_sampling<scalar_t>(g, images_in, offset_c, mask_c, zeros, points);
       const BackwardOperands<scalar_t> operands{
-          g, s, input, split, loops, gemms16, onednn,
+          g, s, images_in, split, loops, gemms16, onednn,
           // bfloat16 layers sum their weight gradient in float32 too.
           !loops && computed == at::kFloat && onednn_float_gemms_available(), grad_rows, grad_rows16,
           wmat, loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor(), packed_weight_t,

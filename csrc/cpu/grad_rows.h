@@ -43,8 +43,7 @@ class GradRows {
           .copy_(output_major_channels ? output_major(nhwc, 3, g) : nhwc);
       return;
     }
-    // A copy only where its pixels are not evenly spaced.
-    source_ = pixel_stride(grad_output).has_value() ? grad_output : grad_output.contiguous();
+    source_ = evenly_spaced(grad_output);
     pixel_stride_ = *pixel_stride(source_);
     const GroupBlock block{g.groups, 0, g.out_channels / g.groups, 0};
     for (int64_t oc = 0; oc < g.out_channels; ++oc) {

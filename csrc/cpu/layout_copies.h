@@ -69,6 +69,10 @@ inline std::optional<int64_t> pixel_stride(const at::Tensor& t) {
   return std::nullopt;
 }
 
+// t itself where its images' pixels are evenly spaced (pixel_stride), else a contiguous copy: what the
+// gathers below read.
+inline at::Tensor evenly_spaced(const at::Tensor& t) { return pixel_stride(t).has_value() ? t : t.contiguous(); }
+
 // gather_rows of pixels [pixel0, pixel0 + len) of image n of t (N, C, H, W; floating or bfloat16, its pixels
 // `stride` apart), converted to D.
 template <typename D>

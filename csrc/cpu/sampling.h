@@ -482,15 +482,16 @@ void sample_columns(const Sampling<scalar_t>& s, int64_t row_begin, int64_t row_
 template <typename scalar_t>
 class WorkerImages {
  public:
-  // s: the batch's sampling; input: (N, C, H, W) in any layout and dtype, as make_sampling took it.
+  // s: the batch's sampling; input: (N, C, H, W) in any dtype, its images' pixels evenly spaced
+  // (evenly_spaced), as make_sampling took it.
   WorkerImages(const Sampling<scalar_t>& s, const at::Tensor& input) : sampling_(s), held_end_(s.g.batch) {
     if (s.input != nullptr) return;
     const DeformConvGeometry& g = s.g;
     const int64_t image_bytes = g.height * g.width * g.channels * int64_t(sizeof(scalar_t));
     const int64_t images = std::clamp<int64_t>(s.image_copy_bytes / std::max<int64_t>(1, image_bytes), 1, g.batch);
-    // A whole copy only where an image's pixels are not evenly spaced (height and width transposed, say).
-    input_ = pixel_stride(input).has_value() ? input : input.contiguous();
-    pixel_stride_ = *pixel_stride(input_);
+    TORCH_INTERNAL_ASSERT(pixel_stride(input).has_value(), "WorkerImages takes evenly spaced pixels");
+    input_ = input;
+    pixel_stride_ = *pixel_stride(input);
     for (int64_t c = 0; c < g.channels; ++c) channels_.push_back(c);
     buffer_ = at::empty({images, g.height, g.width, g.channels},
                         input.options().dtype(c10::CppTypeToScalarType<scalar_t>::value));
