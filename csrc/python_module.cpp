@@ -8,6 +8,7 @@
 #include <exception>
 
 #include "cpu/cpu_capability.h"
+#include "cpu/weight_cache.h"
 #include "rcm_fsad_build_config.h"
 #ifdef RCM_FSAD_WITH_CUDA
 #include "cuda/wgmma_runs.h"
@@ -21,6 +22,19 @@ PyObject* cpu_bfloat16_gemms(PyObject*, PyObject*) { return PyBool_FromLong(rcm_
 
 PyObject* cpu_float32_gemms(PyObject*, PyObject*) {
   return PyUnicode_FromString(rcm_fsad::cpu_float32_gemms_in_onednn() ? "onednn" : "blas");
+}
+
+// The CPU forward's weight cache (cpu/weight_cache.h): its counters as a dict.
+PyObject* cpu_weight_cache(PyObject*, PyObject*) {
+  const rcm_fsad::cpu::ForwardWeightCacheStats stats = rcm_fsad::cpu::forward_weight_cache_stats();
+  return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L}", "entries", static_cast<long long>(stats.entries), "bytes",
+                       static_cast<long long>(stats.bytes), "hits", static_cast<long long>(stats.hits), "builds",
+                       static_cast<long long>(stats.builds), "capacity", static_cast<long long>(stats.capacity));
+}
+
+PyObject* clear_cpu_weight_cache(PyObject*, PyObject*) {
+  rcm_fsad::cpu::clear_forward_weight_cache();
+  Py_RETURN_NONE;
 }
 
 // rcm_fsad::wgmma_kernel_runs() for the current CUDA device (False in a build without CUDA); its errors
@@ -47,6 +61,10 @@ PyMethodDef methods[] = {
      "Whether a bfloat16 forward's GEMMs run in bfloat16 on this CPU now (AVX512-BF16, oneDNN on)."},
     {"cpu_float32_gemms", cpu_float32_gemms, METH_NOARGS,
      "What runs float32 GEMMs with the weight on the CPU now: onednn (oneDNN on) or blas."},
+    {"cpu_weight_cache", cpu_weight_cache, METH_NOARGS,
+     "The CPU forward's weight cache: entries, bytes, hits, builds and capacity (RCM_FSAD_CPU_WEIGHT_CACHE_BYTES)."},
+    {"clear_cpu_weight_cache", clear_cpu_weight_cache, METH_NOARGS,
+     "Drops the CPU forward's cached weight operands and zeroes the cache's counters."},
     {"wgmma_runs", wgmma_runs, METH_NOARGS,
      "Whether implicit_gemm_wgmma takes the wgmma kernel on the current CUDA device (needs one)."},
     {nullptr, nullptr, 0, nullptr}};

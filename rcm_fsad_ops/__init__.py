@@ -17,8 +17,8 @@ except ImportError as exc:
         f"built against another torch than this one ({torch.__version__}): in the checkout run `make build`, or "
         "reinstall with `pip install --no-build-isolation .`") from exc
 from rcm_fsad_ops import nn
-from rcm_fsad_ops.info import info
+from rcm_fsad_ops.info import clear_cpu_weight_cache, info
 from rcm_fsad_ops.ops.deform_conv2d import deform_conv2d
 
 __version__ = "0.1.0"
-__all__ = ["deform_conv2d", "info", "nn", "__version__"]
+__all__ = ["clear_cpu_weight_cache", "deform_conv2d", "info", "nn", "__version__"]

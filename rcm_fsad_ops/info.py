@@ -15,7 +15,8 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
 def info() -> dict:
     """Package and torch versions, compiled backends and CUDA arch list, the visible GPUs' archs, whether
     the current GPU runs the wgmma kernel, registered kernels, threads, whether the CPU kernels use them,
-    which build of their hot loops runs, and whether their bfloat16 forwards multiply in bfloat16."""
+    which build of their hot loops runs, whether their bfloat16 forwards multiply in bfloat16, and the
+    counters of their weight cache."""
     from rcm_fsad_ops import __version__
 
     built_with_cuda = bool(_C.built_with_cuda)
@@ -43,7 +44,21 @@ def info() -> dict:
         "cpu_bfloat16_gemms": bool(_C.cpu_bfloat16_gemms()),
         # what runs the float32 GEMMs: onednn (torch.backends.mkldnn is on and torch has its linear ops) or blas
         "cpu_float32_gemms": _C.cpu_float32_gemms(),
+        # the CPU forward's weight operands kept across calls (see clear_cpu_weight_cache): entries, bytes, hits,
+        # builds and capacity (RCM_FSAD_CPU_WEIGHT_CACHE_BYTES)
+        "cpu_weight_cache": _C.cpu_weight_cache(),
     }
+
+
+def clear_cpu_weight_cache() -> None:
+    """Drops the CPU forward's cached weight operands and zeroes the cache's counters.
+
+    A CPU forward keeps the GEMM operands it makes of a weight (its matrix, oneDNN's packing) once it has seen
+    that weight twice at the same version, and reuses them while the weight's bytes are those they were made
+    from (a copy of the weight is compared on every call). That spares inference the preparation and its
+    allocations; a weight that is trained is never kept. The cache holds at most RCM_FSAD_CPU_WEIGHT_CACHE_BYTES
+    (256 MiB unless set; 0 turns it off), least recently used out first."""
+    _C.clear_cpu_weight_cache()
 
 
 def format_info(values: dict) -> str:

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -21,6 +22,7 @@
 #include "layout_copies.h"
 #include "onednn_gemms.h"
 #include "sampling.h"
+#include "weight_cache.h"
 #include "work_split.h"
 
 namespace rcm_fsad {
@@ -202,7 +204,6 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     // Copied whole, once, only where its pixels are not evenly spaced (height and width transposed, say).
     const at::Tensor images_in = evenly_spaced(input);
     const std::optional<at::Tensor> mask_s = gemms16 ? to_float(mask) : mask;
-    const at::Tensor wmat = weight_matrix(weight);
     const at::Tensor zeros = at::zeros({g.channels}, input.options().dtype(sampled));
     const std::vector<kernels::KernelPoint> points = kernel_points(g);
     const bool loops = use_group_loops(g);
@@ -215,11 +216,27 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     const at::Tensor out_rows = nhwc ? out.permute({0, 2, 3, 1}).view({rows, g.out_channels}) : at::Tensor();
     const ColumnWindow window =
         ColumnWindow::every_column(g, loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor);
-    // The weight matrix transposed for the group loops, its columns output-major (as the bias there).
-    const at::Tensor weight_om = loops ? output_major(wmat, 0, g).t().contiguous() : at::Tensor();
     const int64_t tile_rows = forward_tile_rows(rows, at::get_num_threads());
-    const bool onednn = !loops && onednn_float_gemms(wmat);
-    const PackedGroups packed_weight = onednn ? columns_weight(wmat, g.groups, tile_rows) : PackedGroups();
+    const bool onednn = !loops && onednn_float_gemms(weight);
+    const WeightProduct product =
+        loops ? WeightProduct::group_loops : onednn ? WeightProduct::onednn : WeightProduct::aten_gemm;
+    const ForwardWeightConfig config{g.groups, onednn ? tile_rows : 0, product};
+    const std::shared_ptr<const ForwardWeight> prepared = cached_forward_weight(weight, config, [&] {
+      const at::Tensor wmat = cpu_weight_matrix(weight);
+      ForwardWeight w;
+      switch (product) {
+        case WeightProduct::group_loops:  // transposed, its columns output-major (as the bias there)
+          w.loops = output_major(wmat, 0, g).t().contiguous();
+          break;
+        case WeightProduct::onednn:
+          w.packed = columns_weight(wmat, g.groups, tile_rows);
+          break;
+        case WeightProduct::aten_gemm:
+          w.matrix = wmat;
+          break;
+      }
+      return w;
+    });
     const std::optional<at::Tensor> bias_c =
         bias.has_value() ? std::optional((loops ? output_major(*bias, 0, g) : *bias).contiguous()) : std::nullopt;
     // scalar_t: the sampling's type; out_t: the output's and the GEMMs' operands' (bfloat16 with gemms16).
@@ -243,9 +260,9 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
             // NHWC rows: the output's own where it is channels_last, else the tile's, stored below.
             at::Tensor out_tile = nhwc ? out_rows.narrow(0, r0, len) : tile_out.narrow(0, 0, len);
             if (onednn) {
-              packed_weight.multiply_rows(cols.narrow(0, 0, len), bias_c, out_tile);
+              prepared->packed.multiply_rows(cols.narrow(0, 0, len), bias_c, out_tile);
             } else {
-              columns_times_weight(cols.narrow(0, 0, len), wmat, bias_c, out_tile, g);
+              columns_times_weight(cols.narrow(0, 0, len), prepared->matrix, bias_c, out_tile, g);
             }
             if (nhwc) continue;
           }
@@ -259,7 +276,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
               if constexpr (std::is_same_v<out_t, scalar_t>) {
                 if (loops) {
                   group_loops_forward(group_block(g), seg, cols_ptr + a * g.column_width(),
-                                      weight_om.const_data_ptr<scalar_t>(),
+                                      prepared->loops.const_data_ptr<scalar_t>(),
                                       bias_c.has_value() ? bias_c->const_data_ptr<scalar_t>() : nullptr, o,
                                       row_stride, out.stride(1), scratch.mutable_data_ptr<scalar_t>());
                   return;
@@ -519,7 +536,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const at::Tensor offset_c = offset.to(computed);
   const std::optional<at::Tensor> mask_c = gemms16 ? to_float(mask) : mask;
   const OffsetMaskGradients sample_gradients = offset_mask_gradients(input, offset_c, mask_c, g);
-  const at::Tensor wmat = weight_matrix(weight);  // in the GEMMs' dtype
+  const at::Tensor wmat = cpu_weight_matrix(weight);  // in the GEMMs' dtype
   at::Tensor grad_wmat_copies = at::zeros({split.weight_copies(), wmat.size(0), wmat.size(1)}, options);
   if (g.batch * g.out_pixels() > 0 && g.out_channels > 0) {
     const bool loops = use_group_loops(g);
@@ -552,7 +569,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     grad_input.zero_();
   }
   const at::Tensor grad_wmat = split.weight_copies() > 1 ? grad_wmat_copies.sum(0) : grad_wmat_copies.squeeze(0);
-  return {grad_input, sample_gradients.offset.to(input.scalar_type()), weight_from_matrix(grad_wmat, weight),
+  return {grad_input, sample_gradients.offset.to(input.scalar_type()), cpu_weight_from_matrix(grad_wmat, weight),
           sample_gradients.mask.to(input.scalar_type())};
 }
 

@@ -84,6 +84,13 @@ class PackedGroups {
     }
   }
 
+  // The packed blocks' size (oneDNN's layout may pad them a little).
+  int64_t bytes() const {
+    int64_t total = 0;
+    for (const at::Tensor& block : blocks_) total += block.numel() * int64_t(block.element_size());
+    return total;
+  }
+
  private:
   std::vector<at::Tensor> blocks_;
   int64_t out_ = 0;
