@@ -50,9 +50,9 @@ class OverheadRow(NamedTuple):
 
 
 def _slice(prepare: Callable, step: Callable, device: torch.device, calls: int) -> SliceTime:
-    """`calls` calls back to back (each after its prepare: a training step's reset of the gradients). On
-    the CPU after a pause that lets the threads of the slice before stop spinning (timing.CPU_SETTLE_S); on
-    CUDA with the device synchronised before the first call and after the last only."""
+    """`calls` calls back to back (each after its prepare: a training step's reset of the gradients and bump of
+    the weight's version). On the CPU after a pause that lets the threads of the slice before stop spinning
+    (timing.CPU_SETTLE_S); on CUDA with the device synchronised before the first call and after the last only."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     else:

@@ -398,7 +398,9 @@ def _run_device(device_name: str, quick: bool, out_dir: Optional[Path], referenc
     notes.append(f"{DENSE} = torch.nn.functional.conv2d of the same input, weight and bias, without offsets or "
                  f"mask: the same FLOPs without the sampling (no parity check, not in the geometric means)")
     notes.append("forward timed under torch.no_grad(); forward+backward = out.backward(grad_output) with "
-                 "input, offset, weight, mask, bias requiring grad")
+                 "input, offset, weight, mask, bias requiring grad, the weight's version bumped before each call "
+                 "(as by an optimiser's step, so that ours' CPU weight cache, which keeps the operands of a weight "
+                 "seen twice at one version, serves the forward rows, as in inference, and not these)")
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     stem = f"{device.type}-{stamp}"

@@ -60,6 +60,9 @@ def make_step(fn: Callable, tensors: Dict[str, torch.Tensor], case: Case, pass_n
     def prepare():
         for leaf in leaves.values():
             leaf.grad = None
+        # As an optimiser's step would: a forward+backward times training, where ours' CPU weight cache
+        # (rcm_fsad_ops.clear_cpu_weight_cache) never keeps the weight, whose version each step bumps.
+        torch.autograd.graph.increment_version(leaves["weight"])
 
     def step():
         call(fn, leaves, case).backward(grad_output)

@@ -322,6 +322,22 @@ def test_each_slice_of_cpu_calls_starts_after_a_pause(monkeypatch):
     assert events == [("sleep", timing.CPU_SETTLE_S), "call", "call", "call"]
 
 
+@pytest.mark.parametrize("pass_name", [FWD, FWD_BWD])
+def test_ours_weight_cache_serves_the_forward_rows_and_not_the_training_ones(pass_name):
+    """The forward times inference, where a weight stays as it is; forward+backward times training, where each
+    step writes the weight and bumps its version, which the timed step's preparation does in its place."""
+    import rcm_fsad_ops
+
+    rcm_fsad_ops.clear_cpu_weight_cache()
+    prepare, step = timing.make_step(implementations.ours(), TINY.make_inputs("cpu", torch.float32), TINY, pass_name)
+    for _ in range(4):
+        prepare()
+        step()
+    kept = rcm_fsad_ops.info()["cpu_weight_cache"]
+    rcm_fsad_ops.clear_cpu_weight_cache()
+    assert kept["hits"] == (2 if pass_name == FWD else 0), kept
+
+
 @pytest.mark.parametrize("repeats", [1, 2, 5, 7, 30])
 def test_repeats_are_spread_evenly_over_the_rounds(repeats):
     shares = [timing.round_share(repeats, i) for i in range(timing.TIMING_ROUNDS)]

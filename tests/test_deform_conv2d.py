@@ -1004,7 +1004,8 @@ def test_cpu_images_copied_in_runs_give_what_the_input_read_in_place_gives(image
     assert_matches(copied, run_with_grads(reference.deform_conv2d, case, tensors), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("variable", ["RCM_FSAD_CPU_COPY_BYTES", "RCM_FSAD_CPU_IMAGE_COPY_BYTES"])
+@pytest.mark.parametrize("variable", ["RCM_FSAD_CPU_COPY_BYTES", "RCM_FSAD_CPU_IMAGE_COPY_BYTES",
+                                      "RCM_FSAD_CPU_WEIGHT_CACHE_BYTES"])
 @pytest.mark.parametrize("value", ["-1", "lots", "", " 5", "5 "])
 def test_cpu_copy_budget_that_is_not_a_number_of_bytes_is_an_error(variable, value, monkeypatch):
     case = DeformCase()
