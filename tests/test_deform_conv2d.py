@@ -526,15 +526,20 @@ def test_reference_takes_empty_problems(case):
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_image_of_no_pixels_padded_samples_zeros(deterministic, device, monkeypatch):
-    """An input of height 0 padded to an output of 2 rows: torchvision's output (the bias alone) and
-    gradients, in the deterministic backward too (whose gather over the input's elements has none to
-    gather into: it must not launch an empty grid)."""
+@pytest.mark.parametrize("empty", ["height", "width"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_image_of_no_pixels_padded_samples_zeros(deterministic, empty, channels_last, device, monkeypatch):
+    """An input of height 0 (width 0) padded to an output of 2 rows (columns): torchvision's output (the bias
+    alone) and gradients, in the deterministic backward too (whose gather over the input's elements has none
+    to gather into: it must not launch an empty grid). A width of 0 gives the rows' stride no relation to the
+    pixels' (contiguous strides take it as 1), which the CPU's copies once asserted on."""
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what some PyTorch versions ask for cuBLAS
-    case = DeformCase(batch=2, in_channels=3, out_channels=4, height=0, width=5, kernel=(1, 1), padding=(1, 1))
+    height, width = (0, 5) if empty == "height" else (5, 0)
+    case = DeformCase(batch=2, in_channels=3, out_channels=4, height=height, width=width, kernel=(1, 1),
+                      padding=(1, 1), channels_last=channels_last)
     tensors = case.tensors(torch.float64, device)
     ours = runs_as(deterministic, run_with_grads, rcm_fsad_ops.deform_conv2d, case, tensors)
-    assert ours[0].shape == (2, 4, 2, 7)
+    assert ours[0].shape == (2, 4, height + 2, width + 2)
     assert_matches(ours, run_with_grads(torchvision.ops.deform_conv2d, case, tensors), rtol=0, atol=0)
 
 

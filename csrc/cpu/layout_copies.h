@@ -67,6 +67,7 @@ template <typename S, typename D>
 // contiguous and channels_last tensors, slices of their rows or columns, expanded ones. (The strides of
 // size-1 dimensions are arbitrary.)
 inline std::optional<int64_t> pixel_stride(const at::Tensor& t) {
+  if (t.size(2) * t.size(3) == 0) return 1;  // no pixels: any distance will do
   if (t.size(3) == 1) return t.stride(2);
   if (t.size(2) == 1 || t.stride(2) == t.size(3) * t.stride(3)) return t.stride(3);
   return std::nullopt;
