@@ -341,3 +341,24 @@ def test_conversion_leaves_subclasses_and_refuses_hooked_layers():
     with pytest.raises(ValueError, match=r"DeformConv2d at 1\.0 has hooks"):
         convert_torchvision_deform_conv2d(hooked)
     assert type(hooked[0]) is torchvision.ops.DeformConv2d
+
+
+@pytest.mark.parametrize("addition, what", [
+    (lambda m: m.register_buffer("scale", torch.ones(1)), r"parameters, buffers or submodules of its own \(scale\)"),
+    (lambda m: m.register_parameter("gain", torch.nn.Parameter(torch.ones(1))),
+     r"parameters, buffers or submodules of its own \(gain\)"),
+    (lambda m: m.add_module("norm", torch.nn.Identity()), r"parameters, buffers or submodules of its own \(norm\)"),
+    (lambda m: m.register_load_state_dict_pre_hook(lambda *args, **kwargs: None), "state_dict hooks"),
+    (lambda m: m.register_state_dict_post_hook(lambda *args, **kwargs: None), "state_dict hooks"),
+    (lambda m: setattr(m, "tag", "keep me"), r"attributes of its own \(tag\)"),
+], ids=["buffer", "parameter", "submodule", "load_state_dict_hook", "state_dict_hook", "attribute"])
+def test_conversion_refuses_layers_with_state_it_would_lose(addition, what):
+    """A buffer, parameter or submodule of the layer's own would leave the state_dict, a state_dict hook would
+    stop running, an attribute would be gone: each raises, naming the layer and what, and nothing is swapped."""
+    model = torch.nn.Sequential(torchvision.ops.DeformConv2d(4, 4, 3))
+    addition(model[0])
+    with pytest.raises(ValueError, match=f"DeformConv2d at 0 has {what}"):
+        convert_torchvision_deform_conv2d(model)
+    assert type(model[0]) is torchvision.ops.DeformConv2d
+    assert type(convert_torchvision_deform_conv2d(torch.nn.Sequential(torchvision.ops.DeformConv2d(4, 4, 3)))[0]) \
+        is not torchvision.ops.DeformConv2d

@@ -199,8 +199,9 @@ def convert_torchvision_deform_conv2d(module: nn.Module) -> nn.Module:
 
     Returns module, changed in place, or the new layer when module is itself such a layer. Only layers of
     exactly that type are swapped (a subclass may compute something else in its forward). A layer with
-    hooks or parametrizations raises a ValueError naming it, before anything is swapped: the new layer
-    would silently lose them.
+    anything the new layer would silently lose (hooks, state_dict hooks, parametrizations, parameters,
+    buffers or submodules registered beyond torchvision's, attributes set on it) raises a ValueError naming
+    it and what, before anything is swapped.
     """
     try:
         from torchvision.ops import DeformConv2d
@@ -208,11 +209,11 @@ def convert_torchvision_deform_conv2d(module: nn.Module) -> nn.Module:
         return module
     theirs = [(name, m) for name, m in module.named_modules() if type(m) is DeformConv2d]
     for name, m in theirs:
-        hooks = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
-        if any(hooks) or parametrize.is_parametrized(m):
+        lost = _what_conversion_would_lose(m, DeformConv2d)
+        if lost:
             raise ValueError(f"convert_torchvision_deform_conv2d: the DeformConv2d at {name or 'the top level'} "
-                             f"has hooks or parametrizations, which the new layer would not have; add them "
-                             f"after converting")
+                             f"has {', '.join(lost)}, which the new layer would not have; add them after "
+                             f"converting")
     ours = {id(m): _from_torchvision(m) for _, m in theirs}
 
     def swap(parent: nn.Module) -> None:
@@ -226,6 +227,26 @@ def convert_torchvision_deform_conv2d(module: nn.Module) -> nn.Module:
         return ours[id(module)]
     swap(module)
     return module
+
+
+def _what_conversion_would_lose(layer: nn.Module, layer_type: type) -> list:
+    """What `layer` holds beyond a freshly made layer of its type: what _from_torchvision would not carry over."""
+    lost = []
+    if any((layer._forward_hooks, layer._forward_pre_hooks, layer._backward_hooks, layer._backward_pre_hooks)):
+        lost.append("hooks")
+    if any((layer._state_dict_hooks, layer._state_dict_pre_hooks, layer._load_state_dict_pre_hooks,
+            layer._load_state_dict_post_hooks)):
+        lost.append("state_dict hooks")
+    if parametrize.is_parametrized(layer):
+        lost.append("parametrizations")
+    extra = sorted(set(layer._parameters) - {"weight", "bias"}) + sorted(layer._buffers) + sorted(layer._modules)
+    if extra:
+        lost.append(f"parameters, buffers or submodules of its own ({', '.join(extra)})")
+    fresh = layer_type(1, 1, 1)
+    attributes = sorted(set(vars(layer)) - set(vars(fresh)))
+    if attributes:
+        lost.append(f"attributes of its own ({', '.join(attributes)})")
+    return lost
 
 
 def _from_torchvision(layer: nn.Module) -> ModulatedDeformConv2d:
