@@ -11,6 +11,7 @@ import torchvision
 
 import rcm_fsad_ops
 from tests.deform_cases import DeformCase
+from tests.test_deform_conv2d import two_threads  # noqa: F401  (a fixture)
 
 # A float32 layer the oneDNN products take, a depthwise one the group loops take, and a bfloat16 one.
 CASE = DeformCase(batch=2, in_channels=16, out_channels=8, height=6, width=5, seed=3)
@@ -96,6 +97,23 @@ def test_a_kept_weight_written_in_place_gives_the_new_weight_result(write):
     out = forward(tensors, weight)
     assert counters()["builds"] == builds + 1
     assert_is_torchvision(out, tensors, weight)
+
+
+@pytest.mark.parametrize("element", ["first", "last"])
+def test_a_write_anywhere_in_a_large_kept_weight_is_seen(element, two_threads):
+    """A weight of several chunks of the comparison (256 KiB each, shared among the threads): a write into the
+    first or the last one makes the operands again."""
+    case = DeformCase(batch=1, in_channels=64, out_channels=128, height=4, width=4, seed=5)
+    tensors = case.tensors(torch.float32)
+    weight = tensors["weight"].clone()
+    assert weight.nbytes > 256 << 10
+    for _ in range(3):
+        forward(tensors, weight, case)
+    assert counters()["hits"] == 1
+    weight.data.view(-1)[0 if element == "first" else -1] += 1.0
+    out = forward(tensors, weight, case)
+    assert counters()["hits"] == 1
+    assert_is_torchvision(out, tensors, weight, case)
 
 
 def test_weights_of_the_same_shape_each_get_their_own_result():

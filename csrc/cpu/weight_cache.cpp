@@ -1,6 +1,9 @@
 #include "weight_cache.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -17,6 +20,23 @@ int64_t ForwardWeight::bytes() const {
 }
 
 namespace {
+
+// Whether a and b hold the same `bytes` bytes, compared a chunk a task on torch's threads. One thread took
+// 0.22 ms for the 9.4 MB of a 512-channel weight; a forward at batch 1 and 7x7 pixels on 2 threads took
+// 0.94-1.00 ms with the chunks shared, 0.95-1.07 (and once 1.56) with one thread comparing.
+bool same_bytes(const void* a, const void* b, int64_t bytes) {
+  constexpr int64_t kChunk = int64_t(256) << 10;
+  const auto* pa = static_cast<const unsigned char*>(a);
+  const auto* pb = static_cast<const unsigned char*>(b);
+  std::atomic<bool> differ{false};
+  at::parallel_for(0, (bytes + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1 && !differ.load(std::memory_order_relaxed); ++c) {
+      const int64_t begin = c * kChunk;
+      if (std::memcmp(pa + begin, pb + begin, std::min(kChunk, bytes - begin)) != 0) differ = true;
+    }
+  });
+  return !differ.load();
+}
 
 constexpr int64_t kDefaultCapacity = int64_t(256) << 20;
 // Weights seen once, with their versions: bounded, as a model that is trained sights a version once each.
@@ -60,7 +80,7 @@ class Cache {
                   config};
     if (std::optional<Entry> kept = find(key); kept.has_value()) {
       // Outside the lock: the comparison reads the whole weight.
-      if (std::memcmp(kept->copy.const_data_ptr(), weight.const_data_ptr(), weight.nbytes()) == 0) {
+      if (same_bytes(kept->copy.const_data_ptr(), weight.const_data_ptr(), int64_t(weight.nbytes()))) {
         std::lock_guard<std::mutex> lock(mutex_);
         ++hits_;
         if (auto it = entries_.find(key); it != entries_.end()) it->second.last_use = ++clock_;
