@@ -13,7 +13,7 @@ import rcm_fsad_ops
 from tests.deform_cases import DeformCase
 from tests.test_deform_conv2d import two_threads  # noqa: F401  (a fixture)
 
-# A float32 layer the oneDNN products take, a depthwise one the group loops take, and a bfloat16 one.
+# A layer oneDNN's products (float32) or ATen's GEMM (float64) take, and a depthwise one the group loops take.
 CASE = DeformCase(batch=2, in_channels=16, out_channels=8, height=6, width=5, seed=3)
 DEPTHWISE = DeformCase(batch=2, in_channels=8, out_channels=16, groups=8, height=5, width=5, seed=4)
 
