@@ -107,13 +107,16 @@ inline at::Tensor cpu_weight_matrix(const at::Tensor& weight) {
   for (int64_t c = 0; c < channels; ++c) column[c] = c;
   const bool avx2_fma = use_avx2_fma();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, weight.scalar_type(), "cpu_weight_matrix", [&] {
+    const scalar_t* planes = weight.const_data_ptr<scalar_t>();
     scalar_t* rows = matrix.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, weight.size(0), at::internal::GRAIN_SIZE / std::max<int64_t>(1, matrix.size(1)),
                      [&](int64_t o0, int64_t o1) {
-                       for (int64_t o = o0; o < o1; ++o) {
-                         gather_image_rows(weight, o, 0, points, *stride, column.data(),
-                                           rows + o * matrix.size(1), avx2_fma);
-                       }
+                       run_hot_loop(avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
+                         for (int64_t o = o0; o < o1; ++o) {
+                           gather_rows(planes + o * weight.stride(0), weight.stride(1), *stride, points, channels,
+                                       column.data(), rows + o * matrix.size(1));
+                         }
+                       });
                      });
   });
   return matrix;

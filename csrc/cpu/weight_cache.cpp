@@ -99,10 +99,7 @@ class Cache {
       std::memcpy(copy.mutable_data_ptr(), weight.const_data_ptr(), weight.nbytes());
       std::lock_guard<std::mutex> lock(mutex_);
       sightings_.erase(key);
-      if (auto it = entries_.find(key); it != entries_.end()) {
-        bytes_ -= it->second.bytes;
-        entries_.erase(it);
-      }
+      if (auto it = entries_.find(key); it != entries_.end()) erase(it);
       entries_.emplace(key, Entry{std::move(copy), built, bytes, ++clock_});
       bytes_ += bytes;
       evict_to(capacity);
@@ -134,10 +131,7 @@ class Cache {
   // The entry of key, if it still holds `weight`: its bytes are no longer the weight's.
   void drop(const Key& key, const std::shared_ptr<const ForwardWeight>& weight) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (auto it = entries_.find(key); it != entries_.end() && it->second.weight == weight) {
-      bytes_ -= it->second.bytes;
-      entries_.erase(it);
-    }
+    if (auto it = entries_.find(key); it != entries_.end() && it->second.weight == weight) erase(it);
   }
 
   // Whether key was seen at this version before; records it.
@@ -161,12 +155,16 @@ class Cache {
   // Least recently used out first, until the entries fit. Under mutex_.
   void evict_to(int64_t capacity) {
     while (bytes_ > capacity) {
-      const auto oldest = std::min_element(entries_.begin(), entries_.end(), [](const auto& a, const auto& b) {
+      erase(std::min_element(entries_.begin(), entries_.end(), [](const auto& a, const auto& b) {
         return a.second.last_use < b.second.last_use;
-      });
-      bytes_ -= oldest->second.bytes;
-      entries_.erase(oldest);
+      }));
     }
+  }
+
+  // Under mutex_; bytes_ stays the entries' sum.
+  void erase(std::map<Key, Entry>::iterator it) {
+    bytes_ -= it->second.bytes;
+    entries_.erase(it);
   }
 
   std::mutex mutex_;

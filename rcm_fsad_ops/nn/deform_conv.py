@@ -208,8 +208,9 @@ def convert_torchvision_deform_conv2d(module: nn.Module) -> nn.Module:
     except ImportError:  # then module cannot hold one
         return module
     theirs = [(name, m) for name, m in module.named_modules() if type(m) is DeformConv2d]
+    own_attributes = set(vars(DeformConv2d(1, 1, 1))) if theirs else set()
     for name, m in theirs:
-        lost = _what_conversion_would_lose(m, DeformConv2d)
+        lost = _what_conversion_would_lose(m, own_attributes)
         if lost:
             raise ValueError(f"convert_torchvision_deform_conv2d: the DeformConv2d at {name or 'the top level'} "
                              f"has {', '.join(lost)}, which the new layer would not have; add them after "
@@ -229,8 +230,9 @@ def convert_torchvision_deform_conv2d(module: nn.Module) -> nn.Module:
     return module
 
 
-def _what_conversion_would_lose(layer: nn.Module, layer_type: type) -> list:
-    """What `layer` holds beyond a freshly made layer of its type: what _from_torchvision would not carry over."""
+def _what_conversion_would_lose(layer: nn.Module, own_attributes: set) -> list:
+    """What `layer` holds beyond a freshly made layer of its type, whose attributes' names are own_attributes:
+    what _from_torchvision would not carry over."""
     lost = []
     if any((layer._forward_hooks, layer._forward_pre_hooks, layer._backward_hooks, layer._backward_pre_hooks)):
         lost.append("hooks")
@@ -242,8 +244,7 @@ def _what_conversion_would_lose(layer: nn.Module, layer_type: type) -> list:
     extra = sorted(set(layer._parameters) - {"weight", "bias"}) + sorted(layer._buffers) + sorted(layer._modules)
     if extra:
         lost.append(f"parameters, buffers or submodules of its own ({', '.join(extra)})")
-    fresh = layer_type(1, 1, 1)
-    attributes = sorted(set(vars(layer)) - set(vars(fresh)))
+    attributes = sorted(set(vars(layer)) - own_attributes)
     if attributes:
         lost.append(f"attributes of its own ({', '.join(attributes)})")
     return lost
