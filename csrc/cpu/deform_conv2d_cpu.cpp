@@ -250,21 +250,28 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
         at::Tensor cols = at::empty({tile_rows, g.column_width()}, input.options());
         out_t* cols_ptr = cols.mutable_data_ptr<out_t>();
         at::Tensor scratch = at::empty({loops ? g.out_channels : 0}, input.options());
-        at::Tensor tile_out = at::empty({loops || nhwc ? 0 : tile_rows, g.out_channels}, input.options());
+        at::Tensor tile_out = at::empty({loops || nhwc || onednn ? 0 : tile_rows, g.out_channels}, input.options());
         WorkerImages<scalar_t> images(s, images_in);
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t r0 = t * tile_rows;
           const int64_t len = std::min(tile_rows, rows - r0);
           sample_columns(images, r0, r0 + len, window, cols_ptr);
+          // The tile's NHWC rows, which an NCHW output stores below: tile_out, or oneDNN's product itself.
+          at::Tensor tile_values = tile_out;
           if (!loops) {
-            // NHWC rows: the output's own where it is channels_last, else the tile's, stored below.
-            at::Tensor out_tile = nhwc ? out_rows.narrow(0, r0, len) : tile_out.narrow(0, 0, len);
-            if (onednn) {
-              prepared->packed.multiply_rows(cols.narrow(0, 0, len), bias_c, out_tile);
+            const at::Tensor tile_cols = cols.narrow(0, 0, len);
+            if (onednn && !nhwc) {
+              tile_values = prepared->packed.product(tile_cols, bias_c);
             } else {
-              columns_times_weight(cols.narrow(0, 0, len), prepared->matrix, bias_c, out_tile, g);
+              // Written in place where the output is channels_last.
+              at::Tensor out_tile = nhwc ? out_rows.narrow(0, r0, len) : tile_out.narrow(0, 0, len);
+              if (onednn) {
+                prepared->packed.multiply_rows(tile_cols, bias_c, out_tile);
+              } else {
+                columns_times_weight(tile_cols, prepared->matrix, bias_c, out_tile, g);
+              }
+              if (nhwc) continue;
             }
-            if (nhwc) continue;
           }
           // The tile's rows image by image (NHWC rows all at once): an image's output pixels are
           // row_stride apart, its channels out.stride(1).
@@ -282,7 +289,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
                   return;
                 }
               }
-              store_planes(tile_out.const_data_ptr<out_t>() + a * g.out_channels, seg, g.out_channels, o,
+              store_planes(tile_values.const_data_ptr<out_t>() + a * g.out_channels, seg, g.out_channels, o,
                            out.stride(1));
             });
             a += seg;
@@ -354,7 +361,7 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
       o.grad_input.scalar_type() == c10::CppTypeToScalarType<scalar_t>::value && o.grad_input.stride(1) == 1;
   parallel_for_calling_ops(0, split.workers, [&](int64_t w0, int64_t w1) {
     const GroupBlock layer = group_block(g);
-    at::Tensor grad_cols = at::empty({kRowTile, g.column_width()}, options);
+    at::Tensor grad_cols = at::empty({o.onednn ? 0 : kRowTile, g.column_width()}, options);
     at::Tensor image_grad = at::empty({split.bands == 1 && !in_place ? image_size : 0}, options);
     // With gemms16 the GEMMs' bfloat16 output, widened into grad_cols for the scatter in a pass of its
     // own: the scatter reading bfloat16 itself vectorised 4 wide instead of 8, with spills, and took 28% of
@@ -374,25 +381,24 @@ void backward_first_pass(const BackwardOperands<scalar_t>& o) {
     const auto tile = [&](int64_t r0, int64_t len, scalar_t* grad_image, at::Tensor& grad_wmat) {
       const at::Tensor grad_tile = o.grad_rows.rows(r0, len, grad_buffer, o.s.avx2_fma);
       const scalar_t* grad_row0 = grad_tile.template const_data_ptr<scalar_t>();
+      // The tile's columns gradient (len, column_width): grad_cols, or oneDNN's product itself.
+      at::Tensor grad_cols_tile = grad_cols;
       if (o.loops) {
         const scalar_t* w = o.weight_om.template const_data_ptr<scalar_t>();
         scalar_t* gc = grad_cols.mutable_data_ptr<scalar_t>();
         run_hot_loop(o.s.avx2_fma, [&]() RCM_FSAD_HOT_LOOP {
           group_loops_columns_gradient(layer, len, grad_row0, g.out_channels, w, gc);
         });
+      } else if (o.onednn) {
+        grad_cols_tile = o.packed_weight_t.product(grad_tile, std::nullopt);
       } else {
-        at::Tensor grad_cols_tile = grad_cols.narrow(0, 0, len);
-        at::Tensor gemm_tile = o.gemms16 ? grad_cols16.narrow(0, 0, len) : grad_cols_tile;
+        at::Tensor gemm_tile = o.gemms16 ? grad_cols16.narrow(0, 0, len) : grad_cols.narrow(0, 0, len);
         const at::Tensor gemm_grad = o.gemms16 ? o.grad_rows16->rows(r0, len, grad_buffer16, o.s.avx2_fma) : grad_tile;
-        if (o.onednn) {
-          o.packed_weight_t.multiply_rows(gemm_grad, std::nullopt, gemm_tile);
-        } else {
-          columns_gradient(gemm_grad, o.wmat, gemm_tile, g);
-        }
-        if (o.gemms16) grad_cols_tile.copy_(gemm_tile);
+        columns_gradient(gemm_grad, o.wmat, gemm_tile, g);
+        if (o.gemms16) grad_cols.narrow(0, 0, len).copy_(gemm_tile);
       }
       sample_columns_backward(images.holding(r0 / g.out_pixels(), last_image), r0, r0 + len, every_column,
-                              grad_cols.const_data_ptr<scalar_t>(), cols_ptr, grad_image,
+                              grad_cols_tile.template const_data_ptr<scalar_t>(), cols_ptr, grad_image,
                               sink.mutable_data_ptr<scalar_t>(), o.grad_offset.template mutable_data_ptr<scalar_t>(),
                               gos, gm_ptr, gms);
       if (!split.weight_in_first_pass) return;

@@ -73,15 +73,23 @@ class PackedGroups {
   // out[:, gi*out : (gi+1)*out] = rows[:, gi*in : (gi+1)*in] @ block(gi)^T (+ bias's block), for each group.
   // rows (R, groups * in) with unit stride along a row; out (R, groups * out), any strides.
   void multiply_rows(const at::Tensor& rows, const std::optional<at::Tensor>& bias, at::Tensor& out) const {
-    const auto& multiply = *OnednnLinearOps::get().multiply;
     for (int64_t gi = 0; gi < int64_t(blocks_.size()); ++gi) {
-      const std::optional<at::Tensor> bias_block =
-          bias.has_value() ? std::optional(bias->narrow(0, gi * out_, out_)) : std::nullopt;
-      const at::Tensor product =
-          multiply.call(rows.narrow(1, gi * in_, in_), blocks_[gi], bias_block, "none",
-                        c10::List<std::optional<c10::Scalar>>(), std::nullopt);
-      out.narrow(1, gi * out_, out_).copy_(product);
+      out.narrow(1, gi * out_, out_).copy_(multiply_group(rows, bias, gi));
     }
+  }
+
+  // What multiply_rows writes, as a new contiguous (R, groups * out) tensor. With one group it is oneDNN's own
+  // result, not a copy of it: for callers that only read the product (a tile's copy took 4% of a 64-channel
+  // forward+backward, one thread).
+  at::Tensor product(const at::Tensor& rows, const std::optional<at::Tensor>& bias) const {
+    if (blocks_.size() == 1) {
+      at::Tensor only = multiply_group(rows, bias, 0);
+      TORCH_INTERNAL_ASSERT(only.is_contiguous(), "oneDNN's linear product is not contiguous");
+      return only;
+    }
+    at::Tensor out = at::empty({rows.size(0), int64_t(blocks_.size()) * out_}, rows.options());
+    multiply_rows(rows, bias, out);
+    return out;
   }
 
   // The packed blocks' size (oneDNN's layout may pad them a little).
@@ -92,6 +100,14 @@ class PackedGroups {
   }
 
  private:
+  // rows[:, gi*in : (gi+1)*in] @ block(gi)^T (+ bias's block): (R, out), oneDNN's result.
+  at::Tensor multiply_group(const at::Tensor& rows, const std::optional<at::Tensor>& bias, int64_t gi) const {
+    const std::optional<at::Tensor> bias_block =
+        bias.has_value() ? std::optional(bias->narrow(0, gi * out_, out_)) : std::nullopt;
+    return OnednnLinearOps::get().multiply->call(rows.narrow(1, gi * in_, in_), blocks_[gi], bias_block, "none",
+                                                  c10::List<std::optional<c10::Scalar>>(), std::nullopt);
+  }
+
   std::vector<at::Tensor> blocks_;
   int64_t out_ = 0;
   int64_t in_ = 0;
