@@ -119,6 +119,9 @@ setup(
     # benchmarks/ stays in the checkout: a top-level package of that name would clash in
     # site-packages, and its runner writes its results next to itself.
     packages=find_packages(include=["rcm_fsad_ops", "rcm_fsad_ops.*"]),
+    # PEP 561: the package's own type hints, and those of its compiled module, for type checkers (setuptools 69
+    # and later ship both files unasked; earlier ones need this).
+    package_data={"rcm_fsad_ops": ["py.typed", "_C.pyi"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
     # torchvision: what `rcm-fsad demo` and the benchmarks compare with; onnxscript: what torch's ONNX exporter

@@ -1,6 +1,8 @@
 """What was built and what this process can run."""
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import torch
 
 from rcm_fsad_ops import _C
@@ -12,7 +14,7 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"rcm_fsad::{op}", dispatch_key)
 
 
-def info() -> dict:
+def info() -> Dict[str, Any]:
     """Package and torch versions, compiled backends and CUDA arch list, the visible GPUs' archs, whether
     the current GPU runs the wgmma kernel, registered kernels, threads, whether the CPU kernels use them,
     which build of their hot loops runs, whether their bfloat16 forwards multiply in bfloat16, and the
@@ -61,6 +63,6 @@ def clear_cpu_weight_cache() -> None:
     _C.clear_cpu_weight_cache()
 
 
-def format_info(values: dict) -> str:
+def format_info(values: Dict[str, Any]) -> str:
     width = max(len(k) for k in values)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in values.items())

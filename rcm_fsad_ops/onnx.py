@@ -100,5 +100,7 @@ def export(model: torch.nn.Module | torch.export.ExportedProgram, args: tuple[An
         raise ValueError(f"rcm_fsad_ops.onnx.export: expected opset_version of at least {MIN_OPSET} (ONNX has "
                          f"DeformConv since opset {MIN_OPSET}), got {opset_version}")
     table = {**translation_table(), **(custom_translation_table or {})}
-    return torch.onnx.export(model, args, f, dynamo=True, opset_version=opset_version,
-                             custom_translation_table=table, **kwargs)
+    program = torch.onnx.export(model, args, f, dynamo=True, opset_version=opset_version,
+                                custom_translation_table=table, **kwargs)
+    assert program is not None  # only the TorchScript-based exporter (dynamo=False) returns None
+    return program

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.types import Device
 
 from rcm_fsad_ops.ops.deform_conv2d import _pair, deform_conv2d
+
+if TYPE_CHECKING:
+    from torchvision.ops import DeformConv2d
 
 IntPair = Union[int, Tuple[int, int]]
 
@@ -54,7 +58,7 @@ class ModulatedDeformConv2d(nn.Module):
         groups: int = 1,
         bias: bool = True,
         *,
-        device: Optional[torch.device] = None,
+        device: Device = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
@@ -74,9 +78,9 @@ class ModulatedDeformConv2d(nn.Module):
         self.dilation = _geometry(dilation, "dilation", 1)
         self.groups = groups
         self._name = type(self).__name__  # for error messages, also under TorchScript
-        factory = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
-        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels // groups, *self.kernel_size, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -140,7 +144,7 @@ class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
         offset_groups: int = 1,
         bias: bool = True,
         *,
-        device: Optional[torch.device] = None,
+        device: Device = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
@@ -165,10 +169,12 @@ class ModulatedDeformConv2dWithOffsetPredictor(ModulatedDeformConv2d):
 
     def _reset_offset_predictor(self) -> None:
         nn.init.zeros_(self.offset_predictor.weight)
+        assert self.offset_predictor.bias is not None  # made with bias=True
         nn.init.zeros_(self.offset_predictor.bias)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, local_metadata: Dict[str, Any],
+                              strict: bool, missing_keys: List[str], unexpected_keys: List[str],
+                              error_msgs: List[str]) -> None:
         # mmcv's keys renamed here, before nn.Module hands the predictor its share of state_dict (a copy
         # that load_state_dict made: the caller's dict is left alone).
         for name in ("weight", "bias"):
@@ -250,7 +256,7 @@ def _what_conversion_would_lose(layer: nn.Module, own_attributes: set) -> list:
     return lost
 
 
-def _from_torchvision(layer: nn.Module) -> ModulatedDeformConv2d:
+def _from_torchvision(layer: DeformConv2d) -> ModulatedDeformConv2d:
     # Made on the meta device: its own parameters are replaced by the torchvision layer's right away.
     ours = ModulatedDeformConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                                  layer.padding, layer.dilation, layer.groups, layer.bias is not None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -20,18 +20,18 @@ from rcm_fsad_ops.reference import output_size
 # During torch.onnx.export the function returns ONNX's DeformConv node (rcm_fsad_ops.onnx), made by
 # torch.onnx.ops.symbolic, which torch 2.8 brought. torch.compiler.is_exporting() is asked first: it takes
 # 26 ns a call, torch.onnx.is_in_onnx_export() 1.1 us.
-_EMITS_ONNX_NODE = TorchVersion(torch.__version__) >= (2, 8)
+_EMITS_ONNX_NODE = TorchVersion(torch.__version__) >= "2.8"
 
 # In the types TorchScript knows; outside it _pair takes more (anything with __index__, iterables).
 IntPair = Union[int, Tuple[int, int], List[int]]
 
 
-def _pair(value: IntPair, name: str) -> List[int]:
+def _pair(value: object, name: str) -> List[int]:
     """What torchvision takes: an integral scalar (int, bool, NumPy integer, anything with __index__)
     or an iterable of two; a 0-d integer tensor, which torchvision rejects, counts as its value."""
     # A 0-d tensor or array is iterable by type but not in fact, so it is taken as a scalar.
-    scalar = not isinstance(value, Iterable) or getattr(value, "ndim", None) == 0
-    items = [value, value] if scalar else list(value)
+    items: List[Any] = (list(value) if isinstance(value, Iterable) and getattr(value, "ndim", None) != 0
+                        else [value, value])
     try:
         values = [operator.index(v) for v in items]
     except TypeError:

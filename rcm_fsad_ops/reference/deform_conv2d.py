@@ -11,11 +11,14 @@ Memory is O(N * C_in * kh * kw * H_out * W_out): meant for tests, not for speed.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.nn.modules.utils import _pair
+
+# A kernel size, stride, padding or dilation: one int for both dimensions, or (h, w).
+IntPair = Union[int, Sequence[int]]
 
 
 def _bilinear_gather(image: Tensor, y: Tensor, x: Tensor) -> Tensor:
@@ -47,11 +50,11 @@ def _bilinear_gather(image: Tensor, y: Tensor, x: Tensor) -> Tensor:
 def sampled_columns(
     input: Tensor,
     offset: Tensor,
-    kernel_size,
+    kernel_size: IntPair,
     groups: int = 1,
-    stride=1,
-    padding=0,
-    dilation=1,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
     mask: Optional[Tensor] = None,
 ) -> Tensor:
     """The modulated bilinear samples that the convolution multiplies by the weight.
@@ -89,9 +92,9 @@ def deform_conv2d(
     offset: Tensor,
     weight: Tensor,
     bias: Optional[Tensor] = None,
-    stride=1,
-    padding=0,
-    dilation=1,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
     mask: Optional[Tensor] = None,
 ) -> Tensor:
     """Same contract as rcm_fsad_ops.deform_conv2d (and torchvision.ops.deform_conv2d).
@@ -106,7 +109,8 @@ def deform_conv2d(
     return columns_times_weight(columns, weight, bias, out_size)
 
 
-def output_size(size, kernel_size, stride=1, padding=0, dilation=1) -> tuple:
+def output_size(size: Sequence[int], kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
+                dilation: IntPair = 1) -> Tuple[int, int]:
     """(H_out, W_out) of a convolution over an input of spatial size (H, W).
 
     As the C++ checks and torchvision compute it, dividing toward zero: a kernel that overhangs the
@@ -123,7 +127,7 @@ def output_size(size, kernel_size, stride=1, padding=0, dilation=1) -> tuple:
     return outputs(height, kh, sh, ph, dh), outputs(width, kw, sw, pw, dw)
 
 
-def columns_times_weight(columns: Tensor, weight: Tensor, bias: Optional[Tensor], out_size) -> Tensor:
+def columns_times_weight(columns: Tensor, weight: Tensor, bias: Optional[Tensor], out_size: Sequence[int]) -> Tensor:
     """columns (N, groups, C_in/groups * K, L) times weight (C_out, C_in/groups, kh, kw), plus bias
     -> (N, C_out, H_out, W_out)."""
     n, groups = columns.shape[:2]
