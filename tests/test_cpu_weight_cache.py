@@ -64,16 +64,17 @@ def test_a_weight_seen_twice_is_kept_and_its_operands_reused(dtype, case, layout
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_16_bit_weights_give_their_results_call_after_call(dtype):
-    """bfloat16 layers this small, and float16 ones, compute in float32 on a converted weight, a new tensor on
-    every call (the same bytes, perhaps at the same address): kept or not, each call gives the weight's
-    result."""
+def test_16_bit_weights_computed_in_float32_are_kept_under_their_own_bytes(dtype):
+    """bfloat16 layers this small, and float16 ones, compute in float32 on the caller's weight converted: the
+    operands are made from it and kept under it (under a converted copy, a new tensor on every call, two layers
+    of one shape had alternated in one entry). Two such weights, called in turn, each get their own result."""
     tensors = {k: v.to(dtype) for k, v in CASE.tensors(torch.float32).items()}
     weights = [tensors["weight"], -tensors["weight"]]
     first = [forward(tensors, w) for w in weights]
     for _ in range(3):
         for weight, out in zip(weights, first):
             torch.testing.assert_close(forward(tensors, weight), out, rtol=0, atol=0)
+    assert counters()["entries"] == 2 and counters()["builds"] == 4 and counters()["hits"] == 4
     for weight, out in zip(weights, first):
         assert_is_torchvision(out, tensors, weight)
 
@@ -202,4 +203,20 @@ def test_a_weight_kept_for_one_product_is_made_again_for_another(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     for _ in range(3):
         assert_is_torchvision(forward(tensors, weight), tensors, weight)
+    assert counters()["entries"] == 2 and counters()["hits"] == 2
+
+
+@pytest.mark.skipif(not rcm_fsad_ops.info()["cpu_bfloat16_gemms"],
+                    reason="this CPU computes bfloat16 forwards in float32, oneDNN on or off")
+def test_a_bfloat16_weight_kept_for_bfloat16_gemms_is_made_again_for_float32_ones(monkeypatch):
+    """With oneDNN on, a bfloat16 layer this large multiplies in bfloat16 (ATen's GEMM on a bfloat16 matrix); with
+    it off, in float32 (ATen's GEMM on a float32 matrix): one product, other operands, an entry each."""
+    case = DeformCase(batch=1, in_channels=32, out_channels=32, height=5, width=5, seed=5)
+    tensors = {k: v.to(torch.bfloat16) for k, v in case.tensors(torch.float32).items()}
+    weight = tensors["weight"]
+    for _ in range(3):
+        assert_is_torchvision(forward(tensors, weight, case), tensors, weight, case)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    for _ in range(3):
+        assert_is_torchvision(forward(tensors, weight, case), tensors, weight, case)
     assert counters()["entries"] == 2 and counters()["hits"] == 2

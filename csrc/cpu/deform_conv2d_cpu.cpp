@@ -179,19 +179,13 @@ void check_cpu_dtype(const at::Tensor& input) {
               input.scalar_type());
 }
 
-at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-                             const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
-                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const DeformConvGeometry g =
-      check_deform_conv2d_args(input, offset, weight, mask, bias, stride, padding, dilation);
-  check_cpu_image_size(g);
-  const bool gemms16 = bfloat16_gemms(input, g);
-  if (computed_in_float(input) && !gemms16) {
-    return deform_conv2d_cpu(input.to(at::kFloat), offset.to(at::kFloat), weight.to(at::kFloat), to_float(mask),
-                             to_float(bias), stride, padding, dilation)
-        .to(input.scalar_type());
-  }
-  if (!gemms16) check_cpu_dtype(input);
+// The forward of checked arguments in the dtype of its sampling and GEMMs, the input's: float32 or float64, or
+// bfloat16 with gemms16. The weight may be the caller's 16-bit one where the rest was converted to float32:
+// its operands are made from it in the input's dtype, and the cache keeps them under the caller's weight
+// (a converted copy would be a new tensor on every call).
+at::Tensor forward_cpu(const DeformConvGeometry& g, const at::Tensor& input, const at::Tensor& offset,
+                       const at::Tensor& weight, const std::optional<at::Tensor>& mask,
+                       const std::optional<at::Tensor>& bias, bool gemms16) {
   const int64_t rows = g.batch * g.out_pixels();
   // The tiles write the output in its own layout: no NHWC buffer and no copy from it (a copy took 0.7 ms
   // of a 64-channel layer's forward at 56x56, and 2.3 of 3.8 ms at 1024 output channels and 14x14, on
@@ -217,12 +211,12 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     const ColumnWindow window =
         ColumnWindow::every_column(g, loops ? ColumnLayout::PointMajor : ColumnLayout::GroupMajor);
     const int64_t tile_rows = forward_tile_rows(rows, at::get_num_threads());
-    const bool onednn = !loops && onednn_float_gemms(weight);
+    const bool onednn = !loops && onednn_float_gemms(input);
     const WeightProduct product =
         loops ? WeightProduct::group_loops : onednn ? WeightProduct::onednn : WeightProduct::aten_gemm;
-    const ForwardWeightConfig config{g.groups, onednn ? tile_rows : 0, product};
+    const ForwardWeightConfig config{g.groups, onednn ? tile_rows : 0, product, input.scalar_type()};
     const std::shared_ptr<const ForwardWeight> prepared = cached_forward_weight(weight, config, [&] {
-      const at::Tensor wmat = cpu_weight_matrix(weight);
+      const at::Tensor wmat = cpu_weight_matrix(weight.to(input.scalar_type()));
       ForwardWeight w;
       switch (product) {
         case WeightProduct::group_loops:  // transposed, its columns output-major (as the bias there)
@@ -305,6 +299,21 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, 
     }
   }
   return out;
+}
+
+at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& bias,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const DeformConvGeometry g =
+      check_deform_conv2d_args(input, offset, weight, mask, bias, stride, padding, dilation);
+  check_cpu_image_size(g);
+  const bool gemms16 = bfloat16_gemms(input, g);
+  if (computed_in_float(input) && !gemms16) {
+    return forward_cpu(g, input.to(at::kFloat), offset.to(at::kFloat), weight, to_float(mask), to_float(bias), false)
+        .to(input.scalar_type());
+  }
+  if (!gemms16) check_cpu_dtype(input);
+  return forward_cpu(g, input, offset, weight, mask, bias, gemms16);
 }
 
 // What the passes of a backward read and write, in the dtype of its sampling and sums, scalar_t (float32

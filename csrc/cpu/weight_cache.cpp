@@ -50,9 +50,9 @@ struct Key {
   ForwardWeightConfig config;
 
   bool operator<(const Key& other) const {
-    return std::tie(data, dtype, sizes, strides, config.groups, config.rows_hint, config.product) <
+    return std::tie(data, dtype, sizes, strides, config.groups, config.rows_hint, config.product, config.operands) <
            std::tie(other.data, other.dtype, other.sizes, other.strides, other.config.groups, other.config.rows_hint,
-                    other.config.product);
+                    other.config.product, other.config.operands);
   }
 };
 

@@ -36,6 +36,7 @@ struct ForwardWeightConfig {
   int64_t groups;
   int64_t rows_hint;  // oneDNN's: the tiles' rows, which its choice of layout may take into account (else 0)
   WeightProduct product;
+  at::ScalarType operands;  // the operands' dtype: float32 for a float16 or bfloat16 weight computed in it
 };
 
 // build(): a fresh ForwardWeight of weight for config, or the cached one built from the same bytes. Only dense
