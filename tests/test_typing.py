@@ -27,7 +27,7 @@ from rcm_fsad_ops.nn import ModulatedDeformConv2dWithOffsetPredictor
 x = torch.zeros(1, 2, 4, 4)
 reveal_type(rcm_fsad_ops.deform_conv2d(x, torch.zeros(1, 18, 4, 4), torch.zeros(3, 2, 3, 3), padding=1))  # Tensor
 reveal_type(ModulatedDeformConv2dWithOffsetPredictor(2, 3, 3, device="cpu").forward(x))  # Tensor
-reveal_type(rcm_fsad_ops.info())  # dict of str
+reveal_type(rcm_fsad_ops.info())  # a dict keyed by str
 reveal_type(rcm_fsad_ops._C.cpu_weight_cache())  # the stub's type
 rcm_fsad_ops.deform_conv2d(x, x, x, stride="2")  # an error naming stride
 """
@@ -66,12 +66,8 @@ def test_a_users_code_sees_the_hints_of_the_installed_package(tmp_path: Path, my
         result.stdout + result.stderr)
 
 
-def _stub() -> ast.Module:
-    return ast.parse((PACKAGE / "_C.pyi").read_text())
-
-
 def test_the_stub_of_the_compiled_module_names_what_it_has() -> None:
-    stub = _stub()
+    stub = ast.parse((PACKAGE / "_C.pyi").read_text())
     functions = {node.name: node for node in stub.body if isinstance(node, ast.FunctionDef)}
     constants = {node.target.id: node.annotation for node in stub.body
                  if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
