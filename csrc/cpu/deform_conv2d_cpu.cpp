@@ -254,17 +254,21 @@ at::Tensor forward_cpu(const DeformConvGeometry& g, const at::Tensor& input, con
           at::Tensor tile_values = tile_out;
           if (!loops) {
             const at::Tensor tile_cols = cols.narrow(0, 0, len);
-            if (onednn && !nhwc) {
-              tile_values = prepared->packed.product(tile_cols, bias_c);
-            } else {
-              // Written in place where the output is channels_last.
-              at::Tensor out_tile = nhwc ? out_rows.narrow(0, r0, len) : tile_out.narrow(0, 0, len);
+            const auto multiply_into = [&](at::Tensor out_tile) {
               if (onednn) {
                 prepared->packed.multiply_rows(tile_cols, bias_c, out_tile);
               } else {
                 columns_times_weight(tile_cols, prepared->matrix, bias_c, out_tile, g);
               }
-              if (nhwc) continue;
+            };
+            if (nhwc) {  // the output's own rows, written in place
+              multiply_into(out_rows.narrow(0, r0, len));
+              continue;
+            }
+            if (onednn) {
+              tile_values = prepared->packed.product(tile_cols, bias_c);
+            } else {
+              multiply_into(tile_out.narrow(0, 0, len));
             }
           }
           // The tile's rows image by image (NHWC rows all at once): an image's output pixels are
